@@ -1,0 +1,5 @@
+//! The actors: thin owners of state that call into the pure logic in `sip`,
+//! `proxy` and `script`.
+
+pub mod transaction;
+pub mod transport;

@@ -1,0 +1,1214 @@
+//! The transaction shard: RFC 3261 §17 server and client transactions and the
+//! §16 proxy core for every Call-ID that hashes to this shard.
+//!
+//! Each shard runs on its own arbiter thread, which is also a Python worker:
+//! the script runs inline, so a request costs no cross-thread round trip.
+//! Timers live in one queue per shard, drained by a short periodic tick.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::actors::transport::{Flow, Inbound, Protocol, Transports};
+use crate::proxy::forward::{self, ForwardEdits, Resolver};
+use crate::proxy::timers::TimerOwner;
+use crate::proxy::{better_response, next_hop, TimerKind, TimerQueue, TimerSettings};
+use crate::script::{Action, Decision, LocalIdentity, RequestInput, ScriptCache, ScriptEngine};
+use crate::sip::{self, build, HeaderName, Message, Method, Via};
+
+/// How often the shard looks at its timer queue.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What every shard shares: transports, the script, timers and identity.
+pub struct ShardConfig {
+    pub transports: Transports,
+    pub script: Arc<ScriptEngine>,
+    pub timers: TimerSettings,
+    pub local: Arc<LocalIdentity>,
+    /// Gateway groups: relaying to a destination's uri uses its address.
+    pub gateways: Arc<crate::gateway::Gateways>,
+    /// Host written in our Via and Record-Route (advertise, or the listen IP).
+    pub via_host: String,
+}
+
+/// A server transaction is found by the branch of the request's top Via and
+/// by method class (ACK joins its INVITE; CANCEL has its own).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: Box<str>,
+    class: MethodClass,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MethodClass {
+    Invite,
+    Cancel,
+    Other,
+}
+
+impl MethodClass {
+    fn of(method: &str) -> Self {
+        match method {
+            "INVITE" | "ACK" => MethodClass::Invite,
+            "CANCEL" => MethodClass::Cancel,
+            _ => MethodClass::Other,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    Proceeding,
+    /// A non-2xx final was sent (INVITE: awaiting ACK; others: absorbing).
+    Completed,
+    /// ACK received for the non-2xx final.
+    Confirmed,
+    /// A 2xx was sent for an INVITE (RFC 6026).
+    Accepted,
+}
+
+struct ServerTx {
+    key: ServerKey,
+    request: Message,
+    flow: Flow,
+    reply_to: SocketAddr,
+    invite: bool,
+    state: ServerState,
+    /// The last response sent, replayed for a retransmitted request.
+    last_response: Option<Bytes>,
+    to_tag: Option<String>,
+    /// Client transactions this request was forwarded on.
+    branches: Vec<u64>,
+    /// Branches that have not yet produced a final response.
+    pending: usize,
+    best: Option<(u16, Bytes)>,
+    final_sent: bool,
+    cancelled: bool,
+    retransmit: Duration,
+}
+
+impl ServerTx {
+    fn reliable(&self) -> bool {
+        matches!(self.flow, Flow::Tcp(_))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientState {
+    /// INVITE: Calling; non-INVITE: Trying.
+    Trying,
+    Proceeding,
+    Completed,
+    Accepted,
+}
+
+/// Who a client transaction answers to: the server transaction it forks
+/// from, or a health prober waiting for the outcome of its OPTIONS.
+enum Owner {
+    Server(u64),
+    Probe {
+        reply_to: Recipient<ProbeOutcome>,
+        sent: Instant,
+    },
+}
+
+struct ClientTx {
+    owner: Owner,
+    request: Bytes,
+    hop: forward::Hop,
+    invite: bool,
+    state: ClientState,
+    retransmit: Duration,
+    got_provisional: bool,
+    /// CANCEL this branch as soon as it answers provisionally.
+    cancel_pending: bool,
+    cancel_sent: bool,
+    /// The branch's outcome has been counted in its response context.
+    settled: bool,
+    /// Timer C's deadline; pushed back by every provisional response.
+    timer_c_due: Instant,
+}
+
+/// A CANCEL we sent for a branch (a non-INVITE client transaction of its own).
+struct CancelTx {
+    request: Bytes,
+    hop: forward::Hop,
+    retransmit: Duration,
+}
+
+/// The shard actor.
+pub struct TransactionShard {
+    id: usize,
+    config: Arc<ShardConfig>,
+    script: Option<ScriptCache>,
+    servers: HashMap<u64, ServerTx>,
+    server_index: HashMap<ServerKey, u64>,
+    clients: HashMap<u64, ClientTx>,
+    cancels: HashMap<u64, CancelTx>,
+    timers: TimerQueue,
+    resolver: Resolver,
+    next_id: u64,
+}
+
+impl TransactionShard {
+    pub fn new(id: usize, config: Arc<ShardConfig>) -> Self {
+        TransactionShard {
+            id,
+            config,
+            script: None,
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            clients: HashMap::new(),
+            cancels: HashMap::new(),
+            timers: TimerQueue::default(),
+            resolver: Resolver::default(),
+            next_id: 0,
+        }
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn settings(&self) -> TimerSettings {
+        self.config.timers
+    }
+
+    fn is_our_via(&self, via: &Via<'_>) -> bool {
+        self.config.local.is_local(via.host, via.port)
+    }
+
+    /// Our branch: the loop-detection prefix, then the client transaction id.
+    fn branch(&self, loop_hash: u64, id: u64) -> String {
+        format!("{}{id:x}", forward::branch_prefix(loop_hash))
+    }
+
+    fn via_value(&self, protocol: Protocol, branch: &str) -> String {
+        let port = self
+            .config
+            .transports
+            .local_addr(protocol)
+            .map_or(5060, |a| a.port());
+        format!(
+            "SIP/2.0/{} {}:{port};branch={branch};rport",
+            protocol.as_str(),
+            self.config.via_host
+        )
+    }
+
+    fn record_route_value(&self, protocol: Protocol) -> String {
+        let port = self
+            .config
+            .transports
+            .local_addr(protocol)
+            .map_or(5060, |a| a.port());
+        match protocol {
+            Protocol::Udp => format!("<sip:{}:{port};lr>", self.config.via_host),
+            Protocol::Tcp => format!("<sip:{}:{port};transport=tcp;lr>", self.config.via_host),
+        }
+    }
+
+    // ----- requests -------------------------------------------------------
+
+    fn on_request(&mut self, msg: Message, source: SocketAddr, flow: Flow) {
+        let method = msg.method_str().to_string();
+        let branch = msg
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
+        let class = MethodClass::of(&method);
+        let key = ServerKey {
+            branch: transaction_branch(&msg, &branch).into(),
+            class,
+        };
+        let now = Instant::now();
+
+        if method == "ACK" {
+            if let Some(&slot) = self.server_index.get(&key) {
+                self.absorb_ack(slot, now);
+                return;
+            }
+            // ACK for a 2xx: a new request the script routes (statelessly).
+        } else if method == "CANCEL" {
+            self.on_cancel(&msg, key, source, flow, now);
+            return;
+        } else if let Some(&slot) = self.server_index.get(&key) {
+            if let Some(tx) = self.servers.get(&slot) {
+                if let Some(response) = &tx.last_response {
+                    if tx.state != ServerState::Accepted {
+                        self.config
+                            .transports
+                            .reply(&tx.flow, tx.reply_to, response.clone());
+                    }
+                }
+            }
+            return;
+        }
+
+        let reply_to = forward::reply_address(&msg, source);
+        if method != "ACK" {
+            if msg.max_forwards() == Some(0) {
+                self.reply_stateless(&msg, &flow, reply_to, 483, "Too Many Hops");
+                return;
+            }
+            let prefix = forward::branch_prefix(forward::loop_hash(&msg));
+            if forward::is_looping(&msg, &prefix, |via| self.is_our_via(via)) {
+                self.reply_stateless(&msg, &flow, reply_to, 482, "Loop Detected");
+                return;
+            }
+        }
+
+        let slot = if method == "ACK" {
+            None
+        } else {
+            let slot = self.new_id();
+            let invite = method == "INVITE";
+            let mut tx = ServerTx {
+                key: key.clone(),
+                request: msg.clone(),
+                flow: flow.clone(),
+                reply_to,
+                invite,
+                state: ServerState::Proceeding,
+                last_response: None,
+                to_tag: None,
+                branches: Vec::new(),
+                pending: 0,
+                best: None,
+                final_sent: false,
+                cancelled: false,
+                retransmit: self.settings().t1,
+            };
+            if invite {
+                let trying = Bytes::from(build::response(&msg, 100, "Trying", None, &[]));
+                self.config
+                    .transports
+                    .reply(&flow, reply_to, trying.clone());
+                tx.last_response = Some(trying);
+            }
+            self.server_index.insert(key, slot);
+            self.servers.insert(slot, tx);
+            Some(slot)
+        };
+
+        let input = RequestInput {
+            msg,
+            source,
+            protocol: flow.protocol(),
+            local: self.config.local.clone(),
+        };
+        let engine = self.config.script.clone();
+        let cache = self.script.get_or_insert_with(|| engine.cache());
+        let decision = engine.run(cache, input);
+        self.apply(decision, slot, source, &flow, reply_to, now);
+    }
+
+    fn apply(
+        &mut self,
+        decision: Decision,
+        slot: Option<u64>,
+        source: SocketAddr,
+        flow: &Flow,
+        reply_to: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(input) = &decision.input else {
+            if let Some(slot) = slot {
+                self.reply_local(slot, 500, "Server Internal Error", now);
+            }
+            return;
+        };
+        let msg = &input.msg;
+        if decision.failed {
+            match slot {
+                Some(slot) => self.reply_local(slot, 500, "Server Internal Error", now),
+                None => tracing::warn!(
+                    call_id = msg.call_id().unwrap_or(""),
+                    "ACK dropped: script failed"
+                ),
+            }
+            return;
+        }
+        match &decision.action {
+            None => {
+                tracing::debug!(
+                    method = msg.method_str(),
+                    call_id = msg.call_id().unwrap_or(""),
+                    "script took no action; request dropped"
+                );
+                if let Some(slot) = slot {
+                    self.remove_server(slot);
+                }
+            }
+            Some(Action::Reply { code, reason }) => match slot {
+                Some(slot) => {
+                    let reason = reason.as_deref().unwrap_or(build::default_reason(*code));
+                    self.reply_local(slot, *code, reason, now);
+                }
+                None => tracing::debug!("script replied to an ACK; nothing sent"),
+            },
+            Some(Action::Relay { uri }) => {
+                let target = uri
+                    .clone()
+                    .or_else(|| forward::route_uri(msg, decision.routes_popped))
+                    .or_else(|| decision.new_ruri.clone())
+                    .or_else(|| msg.request_uri().map(str::to_string))
+                    .unwrap_or_default();
+                let gateways = &self.config.gateways;
+                match next_hop(&target, &mut self.resolver, |uri| gateways.address_of(uri)) {
+                    Ok(hop) => self.relay(&decision, hop, slot, source, now),
+                    Err(e) => {
+                        tracing::warn!(target = %target, error = %e, "cannot relay");
+                        match slot {
+                            Some(slot) => {
+                                self.reply_local(slot, 478, "Unresolvable Destination", now)
+                            }
+                            None => {
+                                let _ = (flow, reply_to);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards the request on one new branch (or statelessly for an ACK).
+    fn relay(
+        &mut self,
+        decision: &Decision,
+        hop: forward::Hop,
+        slot: Option<u64>,
+        source: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(input) = &decision.input else { return };
+        let msg = &input.msg;
+        let loop_hash = forward::loop_hash(msg);
+        let id = self.new_id();
+        let branch = match slot {
+            Some(_) => self.branch(loop_hash, id),
+            // A stateless ACK keeps one branch across its retransmissions.
+            None => {
+                let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
+                format!(
+                    "{}a{:x}",
+                    forward::branch_prefix(loop_hash),
+                    xxhash_rust::xxh3::xxh3_64(upstream.as_bytes())
+                )
+            }
+        };
+        let via = self.via_value(hop.protocol, &branch);
+        let record_route = decision
+            .record_route
+            .then(|| self.record_route_value(input.protocol));
+        let bytes = Bytes::from(forward::forward_request(
+            msg,
+            &ForwardEdits {
+                new_ruri: decision.new_ruri.as_deref(),
+                routes_popped: decision.routes_popped,
+                header_edits: &decision.header_edits,
+                record_route: record_route.as_deref(),
+                via: &via,
+                source,
+            },
+        ));
+        self.config
+            .transports
+            .send(hop.protocol, hop.addr, bytes.clone());
+        let Some(slot) = slot else { return };
+        let invite = msg.method() == Some(Method::Invite);
+        let settings = self.settings();
+        self.clients.insert(
+            id,
+            ClientTx {
+                owner: Owner::Server(slot),
+                request: bytes,
+                hop: hop.clone(),
+                invite,
+                state: ClientState::Trying,
+                retransmit: settings.t1,
+                got_provisional: false,
+                cancel_pending: false,
+                cancel_sent: false,
+                settled: false,
+                timer_c_due: now + settings.timer_c,
+            },
+        );
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.branches.push(id);
+            tx.pending += 1;
+        }
+        let owner = TimerOwner::Client(id);
+        if hop.protocol == Protocol::Udp {
+            self.timers.arm(
+                now,
+                settings.t1,
+                owner,
+                if invite { TimerKind::A } else { TimerKind::E },
+            );
+        }
+        self.timers.arm(
+            now,
+            settings.timeout(),
+            owner,
+            if invite { TimerKind::B } else { TimerKind::F },
+        );
+        if invite {
+            self.timers.arm(now, settings.timer_c, owner, TimerKind::C);
+        }
+    }
+
+    fn absorb_ack(&mut self, slot: u64, now: Instant) {
+        let t4 = self.settings().t4;
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            if tx.state == ServerState::Completed {
+                tx.state = ServerState::Confirmed;
+                let linger = if tx.reliable() { Duration::ZERO } else { t4 };
+                self.timers
+                    .arm(now, linger, TimerOwner::Server(slot), TimerKind::I);
+            }
+        }
+    }
+
+    fn on_cancel(
+        &mut self,
+        msg: &Message,
+        key: ServerKey,
+        source: SocketAddr,
+        flow: Flow,
+        now: Instant,
+    ) {
+        let reply_to = forward::reply_address(msg, source);
+        let invite_key = ServerKey {
+            branch: key.branch,
+            class: MethodClass::Invite,
+        };
+        let Some(&slot) = self.server_index.get(&invite_key) else {
+            self.reply_stateless(msg, &flow, reply_to, 481, "Call/Transaction Does Not Exist");
+            return;
+        };
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
+        let ok = build::response(msg, 200, "OK", Some(&to_tag), &[]);
+        self.config
+            .transports
+            .reply(&flow, reply_to, Bytes::from(ok));
+        if tx.final_sent || tx.cancelled {
+            return;
+        }
+        tx.cancelled = true;
+        let branches = tx.branches.clone();
+        if branches.is_empty() {
+            self.reply_local(slot, 487, "Request Terminated", now);
+            return;
+        }
+        for id in branches {
+            self.cancel_branch(id, now);
+        }
+    }
+
+    /// Sends CANCEL on a branch once it has answered provisionally; before
+    /// that, remembers to (RFC 3261 §9.1).
+    fn cancel_branch(&mut self, id: u64, now: Instant) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if client.cancel_sent
+            || !client.invite
+            || client.state != ClientState::Proceeding && client.state != ClientState::Trying
+        {
+            return;
+        }
+        if !client.got_provisional {
+            client.cancel_pending = true;
+            return;
+        }
+        client.cancel_sent = true;
+        let Ok(sent) = sip::parse(client.request.clone()) else {
+            return;
+        };
+        let cancel = Bytes::from(build::cancel(&sent));
+        let hop = client.hop.clone();
+        self.config
+            .transports
+            .send(hop.protocol, hop.addr, cancel.clone());
+        let settings = self.settings();
+        if hop.protocol == Protocol::Udp {
+            self.timers
+                .arm(now, settings.t1, TimerOwner::Cancel(id), TimerKind::E);
+        }
+        self.timers.arm(
+            now,
+            settings.timeout(),
+            TimerOwner::Cancel(id),
+            TimerKind::F,
+        );
+        self.cancels.insert(
+            id,
+            CancelTx {
+                request: cancel,
+                hop,
+                retransmit: settings.t1,
+            },
+        );
+    }
+
+    // ----- responses ------------------------------------------------------
+
+    fn on_response(&mut self, msg: Message, now: Instant) {
+        let Some(via) = msg.top_via() else { return };
+        if !self.is_our_via(&via) {
+            tracing::debug!(
+                call_id = msg.call_id().unwrap_or(""),
+                "response not for us; dropped"
+            );
+            return;
+        }
+        let id = via.branch().and_then(parse_client_id);
+        let is_cancel = msg.cseq().is_some_and(|(_, m)| m == "CANCEL");
+        match id {
+            Some(id) if is_cancel => {
+                if msg.status().unwrap_or(0) >= 200 {
+                    self.cancels.remove(&id);
+                }
+            }
+            Some(id) if self.clients.contains_key(&id) => self.on_client_response(id, msg, now),
+            _ => self.forward_stray(&msg),
+        }
+    }
+
+    fn on_client_response(&mut self, id: u64, msg: Message, now: Instant) {
+        let code = msg.status().unwrap_or(0);
+        let settings = self.settings();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let slot = match &client.owner {
+            Owner::Server(slot) => *slot,
+            Owner::Probe { reply_to, sent } => {
+                if code >= 200 {
+                    reply_to.do_send(ProbeOutcome {
+                        status: Some(code),
+                        retry_after: retry_after(&msg),
+                        latency: now.saturating_duration_since(*sent),
+                    });
+                    self.clients.remove(&id);
+                }
+                return;
+            }
+        };
+        if code < 200 {
+            if client.state == ClientState::Trying {
+                client.state = ClientState::Proceeding;
+            }
+            if client.state != ClientState::Proceeding {
+                return;
+            }
+            client.got_provisional = true;
+            client.timer_c_due = now + settings.timer_c;
+            if client.cancel_pending {
+                client.cancel_pending = false;
+                self.cancel_branch(id, now);
+            }
+            if code > 100 {
+                self.forward_provisional(slot, &msg);
+            }
+            return;
+        }
+        if client.invite && (200..300).contains(&code) {
+            let first = client.state != ClientState::Accepted;
+            client.state = ClientState::Accepted;
+            let was_settled = std::mem::replace(&mut client.settled, true);
+            if first {
+                self.timers.arm(
+                    now,
+                    settings.timeout(),
+                    TimerOwner::Client(id),
+                    TimerKind::M,
+                );
+            }
+            if !was_settled {
+                self.branch_settled(slot);
+            }
+            self.forward_2xx(slot, &msg, now);
+            return;
+        }
+        if client.state == ClientState::Completed || client.state == ClientState::Accepted {
+            // A retransmitted final: re-ACK an INVITE's, absorb the rest.
+            if client.invite && client.state == ClientState::Completed {
+                self.send_ack(id, &msg);
+            }
+            return;
+        }
+        client.state = ClientState::Completed;
+        let reliable = client.hop.protocol == Protocol::Tcp;
+        let was_settled = std::mem::replace(&mut client.settled, true);
+        let invite = client.invite;
+        if invite {
+            self.send_ack(id, &msg);
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(32).min(settings.timeout())
+            };
+            self.timers
+                .arm(now, linger, TimerOwner::Client(id), TimerKind::D);
+        } else {
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                settings.t4
+            };
+            self.timers
+                .arm(now, linger, TimerOwner::Client(id), TimerKind::K);
+        }
+        if !was_settled {
+            self.branch_settled(slot);
+            let upstream = Bytes::from(forward::strip_top_via(&msg));
+            self.branch_final(slot, code, upstream, now);
+        }
+    }
+
+    fn send_ack(&mut self, id: u64, response: &Message) {
+        let Some(client) = self.clients.get(&id) else {
+            return;
+        };
+        let Ok(sent) = sip::parse(client.request.clone()) else {
+            return;
+        };
+        let ack = build::ack_for_non2xx(&sent, response);
+        self.config
+            .transports
+            .send(client.hop.protocol, client.hop.addr, Bytes::from(ack));
+    }
+
+    fn branch_settled(&mut self, slot: u64) {
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.pending = tx.pending.saturating_sub(1);
+        }
+    }
+
+    fn forward_provisional(&mut self, slot: u64, msg: &Message) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
+            return;
+        }
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        self.config
+            .transports
+            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        tx.last_response = Some(bytes);
+    }
+
+    fn forward_2xx(&mut self, slot: u64, msg: &Message, now: Instant) {
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        // Every 2xx goes upstream, even after another branch's (§16.7 step 5).
+        self.config
+            .transports
+            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        if !tx.final_sent {
+            tx.final_sent = true;
+            tx.state = ServerState::Accepted;
+            tx.last_response = Some(bytes);
+            self.timers.arm(
+                now,
+                self.config.timers.timeout(),
+                TimerOwner::Server(slot),
+                TimerKind::L,
+            );
+            let others: Vec<u64> = tx.branches.clone();
+            for id in others {
+                self.cancel_branch(id, now);
+            }
+        }
+    }
+
+    /// A branch ended with a non-2xx final (or timed out): keep the best, and
+    /// answer upstream once no branch is left pending (§16.7 step 6).
+    fn branch_final(&mut self, slot: u64, code: u16, upstream: Bytes, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
+            return;
+        }
+        if better_response(tx.best.as_ref().map(|(c, _)| *c), code) {
+            tx.best = Some((code, upstream));
+        }
+        if tx.invite && code >= 600 {
+            let others: Vec<u64> = tx.branches.clone();
+            for id in others {
+                self.cancel_branch(id, now);
+            }
+        }
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.pending > 0 {
+            return;
+        }
+        match tx.best.take() {
+            Some((503, _)) => self.reply_local(slot, 500, "Server Internal Error", now),
+            Some((code, bytes)) => self.send_final(slot, code, bytes, now),
+            None => self.reply_local(slot, 408, "Request Timeout", now),
+        }
+    }
+
+    /// A stray response whose top Via is ours: pop it and send it on by the
+    /// next Via (2xx retransmissions after the transaction ended take this way).
+    fn forward_stray(&mut self, msg: &Message) {
+        let Some(next) = msg.header_values(HeaderName::Via).nth(1) else {
+            return;
+        };
+        let Some(dest) = Via::parse(next)
+            .ok()
+            .as_ref()
+            .and_then(forward::response_destination)
+        else {
+            return;
+        };
+        let protocol = match Via::parse(next).map(|v| v.transport.to_ascii_uppercase()) {
+            Ok(t) if t == "TCP" => Protocol::Tcp,
+            _ => Protocol::Udp,
+        };
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        self.config.transports.send(protocol, dest, bytes);
+    }
+
+    // ----- local responses -------------------------------------------------
+
+    /// Answers a request from this proxy (not forwarded from a branch).
+    fn reply_local(&mut self, slot: u64, code: u16, reason: &str, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        let to_tag = if code > 100 && tx.request.to_tag().is_none() {
+            Some(tx.to_tag.get_or_insert_with(build::new_tag).clone())
+        } else {
+            None
+        };
+        let bytes = Bytes::from(build::response(
+            &tx.request,
+            code,
+            reason,
+            to_tag.as_deref(),
+            &[],
+        ));
+        if code < 200 {
+            self.config
+                .transports
+                .reply(&tx.flow, tx.reply_to, bytes.clone());
+            tx.last_response = Some(bytes);
+            return;
+        }
+        self.send_final(slot, code, bytes, now);
+    }
+
+    /// Sends a final response upstream and moves the server transaction on.
+    fn send_final(&mut self, slot: u64, code: u16, bytes: Bytes, now: Instant) {
+        let settings = self.settings();
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
+            return;
+        }
+        tx.final_sent = true;
+        self.config
+            .transports
+            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        tx.last_response = Some(bytes);
+        let reliable = tx.reliable();
+        let owner = TimerOwner::Server(slot);
+        if tx.invite && (200..300).contains(&code) {
+            tx.state = ServerState::Accepted;
+            self.timers
+                .arm(now, settings.timeout(), owner, TimerKind::L);
+        } else if tx.invite {
+            tx.state = ServerState::Completed;
+            if !reliable {
+                self.timers.arm(now, settings.t1, owner, TimerKind::G);
+            }
+            self.timers
+                .arm(now, settings.timeout(), owner, TimerKind::H);
+        } else {
+            tx.state = ServerState::Completed;
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                settings.timeout()
+            };
+            self.timers.arm(now, linger, owner, TimerKind::J);
+        }
+        // Branches still running are no longer wanted.
+        let open: Vec<u64> = tx.branches.clone();
+        for id in open {
+            self.cancel_branch(id, now);
+        }
+    }
+
+    fn reply_stateless(
+        &self,
+        msg: &Message,
+        flow: &Flow,
+        dest: SocketAddr,
+        code: u16,
+        reason: &str,
+    ) {
+        let to_tag = (msg.to_tag().is_none()).then(build::new_tag);
+        let bytes = build::response(msg, code, reason, to_tag.as_deref(), &[]);
+        self.config.transports.reply(flow, dest, Bytes::from(bytes));
+    }
+
+    fn remove_server(&mut self, slot: u64) {
+        if let Some(tx) = self.servers.remove(&slot) {
+            self.server_index.remove(&tx.key);
+        }
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((owner, kind)) = self.timers.pop_due(now) {
+            match owner {
+                TimerOwner::Server(slot) => self.server_timer(slot, kind, now),
+                TimerOwner::Client(id) => self.client_timer(id, kind, now),
+                TimerOwner::Cancel(id) => self.cancel_timer(id, kind, now),
+            }
+        }
+    }
+
+    fn server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        match kind {
+            TimerKind::G if tx.state == ServerState::Completed => {
+                if let Some(response) = &tx.last_response {
+                    self.config
+                        .transports
+                        .reply(&tx.flow, tx.reply_to, response.clone());
+                }
+                tx.retransmit = settings.backoff(tx.retransmit, true);
+                self.timers
+                    .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
+            }
+            TimerKind::H if tx.state == ServerState::Completed => {
+                tracing::debug!(
+                    call_id = tx.request.call_id().unwrap_or(""),
+                    "no ACK for final response (Timer H)"
+                );
+                self.remove_server(slot);
+            }
+            TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot),
+            _ => {}
+        }
+    }
+
+    fn client_timer(&mut self, id: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
+        match kind {
+            TimerKind::A if client.state == ClientState::Trying => {
+                self.config.transports.send(
+                    client.hop.protocol,
+                    client.hop.addr,
+                    client.request.clone(),
+                );
+                client.retransmit = settings.backoff(client.retransmit, false);
+                self.timers
+                    .arm(now, client.retransmit, TimerOwner::Client(id), TimerKind::A);
+            }
+            TimerKind::E if live => {
+                self.config.transports.send(
+                    client.hop.protocol,
+                    client.hop.addr,
+                    client.request.clone(),
+                );
+                client.retransmit = if client.state == ClientState::Proceeding {
+                    settings.t2
+                } else {
+                    settings.backoff(client.retransmit, true)
+                };
+                self.timers
+                    .arm(now, client.retransmit, TimerOwner::Client(id), TimerKind::E);
+            }
+            TimerKind::B if client.state == ClientState::Trying => {
+                self.branch_timeout(id, now, "Timer B")
+            }
+            TimerKind::F if live => self.branch_timeout(id, now, "Timer F"),
+            TimerKind::C
+                if client.state == ClientState::Proceeding
+                    || client.state == ClientState::Trying =>
+            {
+                if now < client.timer_c_due {
+                    let wait = client.timer_c_due - now;
+                    self.timers
+                        .arm(now, wait, TimerOwner::Client(id), TimerKind::C);
+                    return;
+                }
+                if client.state == ClientState::Proceeding {
+                    // §16.8: CANCEL the branch and act as if it returned 408.
+                    self.cancel_branch(id, now);
+                    self.branch_timeout(id, now, "Timer C");
+                }
+            }
+            TimerKind::D | TimerKind::K | TimerKind::M => {
+                self.clients.remove(&id);
+            }
+            _ => {}
+        }
+    }
+
+    /// A branch got no final response in time: it counts as a 408 (§16.7, §16.8).
+    fn branch_timeout(&mut self, id: u64, now: Instant, timer: &str) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let slot = match &client.owner {
+            Owner::Server(slot) => *slot,
+            Owner::Probe { reply_to, sent } => {
+                reply_to.do_send(ProbeOutcome {
+                    status: None,
+                    retry_after: None,
+                    latency: now.saturating_duration_since(*sent),
+                });
+                self.clients.remove(&id);
+                return;
+            }
+        };
+        let was_settled = std::mem::replace(&mut client.settled, true);
+        // Keep a cancelled-by-Timer-C branch around to absorb its 487.
+        if client.cancel_sent {
+            client.state = ClientState::Completed;
+            let linger = self.config.timers.timeout();
+            self.timers
+                .arm(now, linger, TimerOwner::Client(id), TimerKind::D);
+        } else {
+            self.clients.remove(&id);
+        }
+        if was_settled {
+            return;
+        }
+        tracing::info!(branch = id, timer, "branch timed out; counting it as 408");
+        self.branch_settled(slot);
+        let Some(tx) = self.servers.get(&slot) else {
+            return;
+        };
+        let to_tag = tx.to_tag.clone().unwrap_or_else(build::new_tag);
+        let timeout = Bytes::from(build::response(
+            &tx.request,
+            408,
+            "Request Timeout",
+            Some(&to_tag),
+            &[],
+        ));
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.to_tag.get_or_insert(to_tag);
+        }
+        self.branch_final(slot, 408, timeout, now);
+    }
+
+    fn cancel_timer(&mut self, id: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(cancel) = self.cancels.get_mut(&id) else {
+            return;
+        };
+        match kind {
+            TimerKind::E => {
+                self.config.transports.send(
+                    cancel.hop.protocol,
+                    cancel.hop.addr,
+                    cancel.request.clone(),
+                );
+                cancel.retransmit = settings.backoff(cancel.retransmit, true);
+                self.timers
+                    .arm(now, cancel.retransmit, TimerOwner::Cancel(id), TimerKind::E);
+            }
+            TimerKind::F => {
+                self.cancels.remove(&id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends an OPTIONS probe as a non-INVITE client transaction from our own
+    /// listen socket; the outcome goes to the prober.
+    fn send_probe(&mut self, probe: SendProbe, now: Instant) {
+        let id = self.new_id();
+        let branch = self.branch(0, id);
+        let via = self.via_value(probe.hop.protocol, &branch);
+        let from = format!(
+            "<sip:siphon@{}>;tag={}",
+            self.config.via_host,
+            build::new_tag()
+        );
+        let to = format!("<{}>", probe.uri);
+        let bytes = Bytes::from(build::request(
+            "OPTIONS",
+            &probe.uri,
+            &via,
+            &from,
+            &to,
+            &probe.call_id,
+            1,
+            &[],
+        ));
+        self.config
+            .transports
+            .send(probe.hop.protocol, probe.hop.addr, bytes.clone());
+        let settings = self.settings();
+        self.clients.insert(
+            id,
+            ClientTx {
+                owner: Owner::Probe {
+                    reply_to: probe.reply_to,
+                    sent: now,
+                },
+                request: bytes,
+                hop: probe.hop.clone(),
+                invite: false,
+                state: ClientState::Trying,
+                retransmit: settings.t1,
+                got_provisional: false,
+                cancel_pending: false,
+                cancel_sent: false,
+                settled: false,
+                timer_c_due: now,
+            },
+        );
+        let owner = TimerOwner::Client(id);
+        if probe.hop.protocol == Protocol::Udp {
+            self.timers.arm(now, settings.t1, owner, TimerKind::E);
+        }
+        self.timers
+            .arm(now, settings.timeout(), owner, TimerKind::F);
+    }
+
+    /// Transactions held right now (for metrics and tests).
+    pub fn active(&self) -> (usize, usize) {
+        (self.servers.len(), self.clients.len())
+    }
+}
+
+/// Ask a shard to probe a destination with OPTIONS. Route it with
+/// `Router::dispatch_probe` so that the shard owning `call_id` sends it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendProbe {
+    pub uri: String,
+    pub hop: forward::Hop,
+    pub call_id: String,
+    pub reply_to: Recipient<ProbeOutcome>,
+}
+
+/// The result of one probe: the final status, or None when it timed out.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ProbeOutcome {
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub latency: Duration,
+}
+
+/// Retry-After in seconds (RFC 3261 §20.33), ignoring any comment or params.
+fn retry_after(msg: &Message) -> Option<Duration> {
+    let value = msg.header(HeaderName::RetryAfter)?;
+    let digits: &str = value
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("");
+    digits.parse().ok().map(Duration::from_secs)
+}
+
+/// The server-transaction identifier: the RFC 3261 branch, or for an RFC 2543
+/// request (no magic cookie) the fields that identify it instead.
+fn transaction_branch(msg: &Message, branch: &str) -> String {
+    if branch.starts_with("z9hG4bK") {
+        return branch.to_string();
+    }
+    format!(
+        "2543|{}|{}|{}|{}",
+        msg.call_id().unwrap_or(""),
+        msg.cseq().map_or(0, |(n, _)| n),
+        msg.from_tag().unwrap_or(""),
+        msg.header(HeaderName::Via).unwrap_or("")
+    )
+}
+
+/// Our client transaction id from a branch `z9hG4bK<loop>.<id>`.
+fn parse_client_id(branch: &str) -> Option<u64> {
+    let rest = branch.strip_prefix("z9hG4bK")?;
+    let (_, id) = rest.split_once('.')?;
+    u64::from_str_radix(id, 16).ok()
+}
+
+impl Actor for TransactionShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        crate::script::keep_thread_state();
+        ctx.run_interval(TICK, |shard, _ctx| shard.fire_timers());
+        tracing::debug!(shard = self.id, "transaction shard started");
+    }
+}
+
+impl Handler<SendProbe> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, probe: SendProbe, _ctx: &mut Self::Context) {
+        self.send_probe(probe, Instant::now());
+    }
+}
+
+impl Handler<Inbound> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, inbound: Inbound, _ctx: &mut Self::Context) {
+        let Inbound { msg, source, flow } = inbound;
+        if msg.is_request() {
+            self.on_request(msg, source, flow);
+        } else {
+            self.on_response(msg, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_round_trip_through_our_branch_format() {
+        let prefix = forward::branch_prefix(0xabc);
+        assert_eq!(parse_client_id(&format!("{prefix}{:x}", 42)), Some(42));
+        assert_eq!(parse_client_id("z9hG4bK-sipp-1"), None);
+        assert_eq!(parse_client_id("garbage"), None);
+    }
+
+    #[test]
+    fn ack_joins_its_invite_and_cancel_stands_apart() {
+        assert_eq!(MethodClass::of("ACK"), MethodClass::of("INVITE"));
+        assert_ne!(MethodClass::of("CANCEL"), MethodClass::of("INVITE"));
+        assert_eq!(MethodClass::of("BYE"), MethodClass::Other);
+    }
+}

@@ -1,0 +1,547 @@
+//! Transport actors: one per UDP socket, a TCP listener, and one per TCP
+//! connection. They frame and parse bytes, answer what cannot be parsed, and hand
+//! each message to the transaction shard that owns its Call-ID.
+//!
+//! Sending never goes through an actor for UDP: every shard holds a clone of the
+//! socket (`Transports`) and writes to it directly, so a relay costs no hop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+
+use actix::io::{WriteHandler, Writer};
+use actix::prelude::*;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::codec::{Decoder, FramedRead};
+
+use crate::actors::transaction::TransactionShard;
+use crate::sip::{self, Message, ParseErrorKind};
+
+/// Largest SIP message we accept on any transport (RFC 3261 §18.1.1 keeps UDP
+/// below the MTU; TCP messages above this are refused rather than buffered).
+pub const MAX_MESSAGE: usize = 65_535;
+
+/// Which kind of transport a message travelled, as scripts see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+        }
+    }
+}
+
+/// The way back to a peer: the UDP socket a datagram arrived on, or the TCP
+/// connection it arrived over.
+#[derive(Clone, Debug)]
+pub enum Flow {
+    Udp(usize),
+    Tcp(Addr<TcpConnection>),
+}
+
+impl Flow {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Flow::Udp(_) => Protocol::Udp,
+            Flow::Tcp(_) => Protocol::Tcp,
+        }
+    }
+}
+
+/// A parsed message for a transaction shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub msg: Message,
+    pub source: SocketAddr,
+    pub flow: Flow,
+}
+
+/// Spreads inbound messages over the transaction shards by Call-ID, so that
+/// every transaction of a dialog lives on one shard.
+#[derive(Clone)]
+pub struct Router {
+    shards: Arc<[Addr<TransactionShard>]>,
+}
+
+impl Router {
+    pub fn new(shards: Vec<Addr<TransactionShard>>) -> Self {
+        Router {
+            shards: shards.into(),
+        }
+    }
+
+    pub fn dispatch(&self, msg: Message, source: SocketAddr, flow: Flow) {
+        let index = self.shard_of(msg.call_id().unwrap_or(""));
+        self.shards[index].do_send(Inbound { msg, source, flow });
+    }
+
+    /// Hands a probe to the shard that will receive its responses (the one
+    /// its Call-ID hashes to).
+    pub fn dispatch_probe(&self, probe: crate::actors::transaction::SendProbe) {
+        let index = self.shard_of(&probe.call_id);
+        self.shards[index].do_send(probe);
+    }
+
+    fn shard_of(&self, call_id: &str) -> usize {
+        match self.shards.len() {
+            1 => 0,
+            n => (xxhash_rust::xxh3::xxh3_64(call_id.as_bytes()) % n as u64) as usize,
+        }
+    }
+}
+
+/// A local UDP socket, as used for sending.
+struct UdpOut {
+    socket: std::net::UdpSocket,
+    local: SocketAddr,
+}
+
+/// Everything a shard needs to put bytes on the wire: the UDP sockets, the pool
+/// of TCP connections (inbound and outbound, reused by peer address), and the
+/// router for messages that arrive on connections we open.
+#[derive(Clone)]
+pub struct Transports {
+    udp: Arc<[UdpOut]>,
+    tcp_listen: Arc<[SocketAddr]>,
+    tcp_pool: Arc<Mutex<HashMap<SocketAddr, Addr<TcpConnection>>>>,
+    router: Arc<OnceLock<Router>>,
+}
+
+impl Transports {
+    /// Binds every UDP socket (with a large receive buffer: drops there are the
+    /// first limit under load) and remembers the TCP listen addresses.
+    pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr]) -> io::Result<(Self, Vec<UdpSocket>)> {
+        let mut outs = Vec::with_capacity(udp.len());
+        let mut receivers = Vec::with_capacity(udp.len());
+        for addr in udp {
+            let socket = bind_udp(*addr)?;
+            let local = socket.local_addr()?;
+            let receiver = socket.try_clone()?;
+            receiver.set_nonblocking(true)?;
+            receivers.push(UdpSocket::from_std(receiver)?);
+            outs.push(UdpOut { socket, local });
+        }
+        Ok((
+            Transports {
+                udp: outs.into(),
+                tcp_listen: tcp.to_vec().into(),
+                tcp_pool: Arc::default(),
+                router: Arc::default(),
+            },
+            receivers,
+        ))
+    }
+
+    pub fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
+    }
+
+    pub fn router(&self) -> Option<&Router> {
+        self.router.get()
+    }
+
+    /// The local address of UDP socket `index` (or of the first TCP listener
+    /// when there is no UDP socket).
+    pub fn local_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
+        match protocol {
+            Protocol::Udp => self.udp.first().map(|u| u.local),
+            Protocol::Tcp => self.tcp_listen.first().copied(),
+        }
+        .or_else(|| self.udp.first().map(|u| u.local))
+        .or_else(|| self.tcp_listen.first().copied())
+    }
+
+    /// Every address we listen on, for recognising our own Via and Route entries.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self.udp.iter().map(|u| u.local).collect();
+        all.extend(self.tcp_listen.iter().copied());
+        all
+    }
+
+    pub fn has_protocol(&self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Udp => !self.udp.is_empty(),
+            Protocol::Tcp => !self.tcp_listen.is_empty(),
+        }
+    }
+
+    /// Sends back over the flow a message arrived on.
+    pub fn reply(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes) {
+        match flow {
+            Flow::Udp(index) => self.send_udp(*index, dest, &bytes),
+            Flow::Tcp(conn) => conn.do_send(SendBytes(bytes)),
+        }
+    }
+
+    /// Sends to a peer over `protocol`, reusing an open TCP connection to it or
+    /// opening one.
+    pub fn send(&self, protocol: Protocol, dest: SocketAddr, bytes: Bytes) {
+        match protocol {
+            Protocol::Udp => self.send_udp(0, dest, &bytes),
+            Protocol::Tcp => self.send_tcp(dest, bytes),
+        }
+    }
+
+    fn send_udp(&self, index: usize, dest: SocketAddr, bytes: &[u8]) {
+        let Some(out) = self.udp.get(index).or_else(|| self.udp.first()) else {
+            tracing::warn!(%dest, "no UDP socket to send on; message dropped");
+            return;
+        };
+        if let Err(e) = out.socket.send_to(bytes, dest) {
+            tracing::warn!(%dest, error = %e, "UDP send failed; message dropped");
+        }
+    }
+
+    fn send_tcp(&self, dest: SocketAddr, bytes: Bytes) {
+        let mut pool = match self.tcp_pool.lock() {
+            Ok(pool) => pool,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(conn) = pool.get(&dest) {
+            if conn.connected() {
+                conn.do_send(SendBytes(bytes));
+                return;
+            }
+        }
+        let conn = TcpConnection::connect(dest, self.clone());
+        conn.do_send(SendBytes(bytes));
+        pool.insert(dest, conn);
+    }
+
+    fn register_tcp(&self, peer: SocketAddr, conn: Addr<TcpConnection>) {
+        if let Ok(mut pool) = self.tcp_pool.lock() {
+            pool.insert(peer, conn);
+        }
+    }
+
+    fn forget_tcp(&self, peer: SocketAddr) {
+        if let Ok(mut pool) = self.tcp_pool.lock() {
+            if pool.get(&peer).is_some_and(|c| !c.connected()) {
+                pool.remove(&peer);
+            }
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Parses one framed message and hands it on, or answers/drops what is broken.
+/// Shared by the UDP and TCP actors so both treat bad input the same way.
+fn accept_bytes(bytes: Bytes, source: SocketAddr, flow: Flow, transports: &Transports) {
+    match sip::parse(bytes) {
+        Ok(msg) => match transports.router.get() {
+            Some(router) => router.dispatch(msg, source, flow),
+            None => tracing::warn!(%source, "message before start-up finished; dropped"),
+        },
+        Err(err) => {
+            if err.kind == ParseErrorKind::Keepalive {
+                return;
+            }
+            let answerable = err.partial.as_deref().filter(|m| m.is_request());
+            match answerable {
+                Some(partial) if partial.method() != Some(sip::Method::Ack) => {
+                    let (code, reason) = if err.kind == ParseErrorKind::BadVersion {
+                        (505, "Version Not Supported".to_string())
+                    } else {
+                        (400, format!("Bad Request ({})", err.reason))
+                    };
+                    tracing::info!(%source, code, error = %err, "rejected malformed request");
+                    let reply = sip::build::response(partial, code, &reason, None, &[]);
+                    transports.reply(&flow, source, Bytes::from(reply));
+                }
+                _ => tracing::info!(%source, error = %err, "dropped malformed message"),
+            }
+        }
+    }
+}
+
+/// One UDP socket: receives datagrams and passes them to `accept_bytes`.
+pub struct UdpTransport {
+    index: usize,
+    socket: Option<UdpSocket>,
+    transports: Transports,
+}
+
+impl UdpTransport {
+    pub fn new(index: usize, socket: UdpSocket, transports: Transports) -> Self {
+        UdpTransport {
+            index,
+            socket: Some(socket),
+            transports,
+        }
+    }
+}
+
+impl Actor for UdpTransport {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(socket) = self.socket.take() {
+            ctx.add_stream(Datagrams {
+                socket,
+                scratch: vec![0; MAX_MESSAGE + 1],
+            });
+        }
+    }
+}
+
+impl StreamHandler<io::Result<(Bytes, SocketAddr)>> for UdpTransport {
+    fn handle(&mut self, item: io::Result<(Bytes, SocketAddr)>, _ctx: &mut Self::Context) {
+        match item {
+            Ok((bytes, source)) if bytes.len() > MAX_MESSAGE => {
+                tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
+            }
+            Ok((bytes, source)) => {
+                accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports)
+            }
+            // ICMP errors from earlier sends surface here; they are not fatal.
+            Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        tracing::error!(socket = self.index, "UDP receive stream ended");
+    }
+}
+
+/// Datagrams from a socket as a stream. Each is copied once out of a reusable
+/// scratch buffer into an exactly sized `Bytes`.
+struct Datagrams {
+    socket: UdpSocket,
+    scratch: Vec<u8>,
+}
+
+impl futures_core::Stream for Datagrams {
+    type Item = io::Result<(Bytes, SocketAddr)>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let mut buf = tokio::io::ReadBuf::new(&mut this.scratch);
+        match this.socket.poll_recv_from(cx, &mut buf) {
+            Poll::Ready(Ok(source)) => {
+                Poll::Ready(Some(Ok((Bytes::copy_from_slice(buf.filled()), source))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Accepts TCP connections and starts a `TcpConnection` actor for each.
+pub struct TcpAcceptor {
+    listener: Option<TcpListener>,
+    transports: Transports,
+}
+
+impl TcpAcceptor {
+    pub fn new(listener: TcpListener, transports: Transports) -> Self {
+        TcpAcceptor {
+            listener: Some(listener),
+            transports,
+        }
+    }
+}
+
+impl Actor for TcpAcceptor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(listener) = self.listener.take() {
+            ctx.add_stream(Incoming { listener });
+        }
+    }
+}
+
+struct Incoming {
+    listener: TcpListener,
+}
+
+impl futures_core::Stream for Incoming {
+    type Item = io::Result<(TcpStream, SocketAddr)>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.listener.poll_accept(cx).map(Some)
+    }
+}
+
+impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
+    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, _ctx: &mut Self::Context) {
+        match item {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let transports = self.transports.clone();
+                let conn = TcpConnection::create(|ctx| {
+                    let mut conn = TcpConnection::new(peer, None, transports);
+                    conn.attach(stream, ctx);
+                    conn
+                });
+                self.transports.register_tcp(peer, conn);
+            }
+            Err(e) => tracing::warn!(error = %e, "TCP accept failed"),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+/// Bytes to write on a TCP connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendBytes(pub Bytes);
+
+/// One TCP connection, inbound or outbound. Reads are framed by Content-Length;
+/// writes queue until an outbound connect completes.
+pub struct TcpConnection {
+    peer: SocketAddr,
+    connect_to: Option<SocketAddr>,
+    writer: Option<Writer<OwnedWriteHalf, io::Error>>,
+    pending: Vec<Bytes>,
+    transports: Transports,
+}
+
+impl TcpConnection {
+    fn new(peer: SocketAddr, connect_to: Option<SocketAddr>, transports: Transports) -> Self {
+        TcpConnection {
+            peer,
+            connect_to,
+            writer: None,
+            pending: Vec::new(),
+            transports,
+        }
+    }
+
+    /// Starts an outbound connection on the current arbiter; messages sent to it
+    /// wait in its mailbox until the connect completes.
+    fn connect(dest: SocketAddr, transports: Transports) -> Addr<Self> {
+        TcpConnection::new(dest, Some(dest), transports).start()
+    }
+
+    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+        let (read, write) = stream.into_split();
+        ctx.add_stream(FramedRead::new(read, SipStreamCodec));
+        let mut writer = Writer::new(write, ctx);
+        for bytes in self.pending.drain(..) {
+            writer.write(&bytes);
+        }
+        self.writer = Some(writer);
+    }
+}
+
+impl Actor for TcpConnection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(dest) = self.connect_to else {
+            return;
+        };
+        let connecting = async move {
+            let stream =
+                tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(dest))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            let _ = stream.set_nodelay(true);
+            Ok::<_, io::Error>(stream)
+        };
+        ctx.wait(
+            connecting
+                .into_actor(self)
+                .map(move |result, conn, ctx| match result {
+                    Ok(stream) => conn.attach(stream, ctx),
+                    Err(e) => {
+                        tracing::warn!(%dest, error = %e, "TCP connect failed; queued messages dropped");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        tracing::debug!(peer = %self.peer, "TCP connection closed");
+        self.transports.forget_tcp(self.peer);
+    }
+}
+
+impl Handler<SendBytes> for TcpConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendBytes, _ctx: &mut Self::Context) {
+        match &mut self.writer {
+            Some(writer) => writer.write(&msg.0),
+            None => self.pending.push(msg.0),
+        }
+    }
+}
+
+impl WriteHandler<io::Error> for TcpConnection {
+    fn error(&mut self, err: io::Error, _ctx: &mut Self::Context) -> Running {
+        tracing::debug!(peer = %self.peer, error = %err, "TCP write failed");
+        Running::Stop
+    }
+}
+
+impl StreamHandler<io::Result<Bytes>> for TcpConnection {
+    fn handle(&mut self, item: io::Result<Bytes>, ctx: &mut Self::Context) {
+        match item {
+            Ok(bytes) => {
+                accept_bytes(bytes, self.peer, Flow::Tcp(ctx.address()), &self.transports);
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "closing TCP connection after framing error");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// Frames SIP messages on a byte stream by Content-Length (RFC 3261 §18.3).
+struct SipStreamCodec;
+
+impl Decoder for SipStreamCodec {
+    type Item = Bytes;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match sip::framing::frame_len(buf) {
+            Ok(Some((skip, len))) => {
+                if len > MAX_MESSAGE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("message of {len} bytes exceeds {MAX_MESSAGE}"),
+                    ));
+                }
+                buf.advance(skip);
+                if buf.len() < len {
+                    buf.reserve(len - buf.len());
+                    return Ok(None);
+                }
+                Ok(Some(buf.split_to(len).freeze()))
+            }
+            Ok(None) if buf.len() > MAX_MESSAGE => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "header section exceeds 64 KiB",
+            )),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! A backend in a gateway group, and the health state that decides whether it
+//! may receive new transactions.
+//!
+//! Health is kept apart from selection: the selector only ever sees the indexes
+//! of destinations that are currently up, so an algorithm never has to know why
+//! a destination is down.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One backend of a gateway group.
+///
+/// `uri` is the stable identity (hashing and script lookups use it); `address`
+/// is where packets go, resolved once at load so that no call waits on DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub uri: String,
+    pub address: SocketAddr,
+    /// Relative share of traffic. 0 makes the destination a standby: it is only
+    /// chosen first when no eligible destination has a positive weight.
+    pub weight: u32,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Destination {
+    /// A destination with weight 1 and no attributes.
+    pub fn new(uri: impl Into<String>, address: SocketAddr) -> Self {
+        Destination {
+            uri: uri.into(),
+            address,
+            weight: 1,
+            attrs: BTreeMap::new(),
+        }
+    }
+
+    /// Builder-style weight setter, handy for tests and `add_group`.
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Builder-style attribute setter.
+    pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attrs.insert(key.into(), value.into());
+        self
+    }
+
+    /// True when every key of `filter` is present here with an equal value.
+    /// An empty filter matches every destination.
+    pub fn matches_attrs(&self, filter: &BTreeMap<String, String>) -> bool {
+        filter
+            .iter()
+            .all(|(key, value)| self.attrs.get(key) == Some(value))
+    }
+}
+
+/// Whether a destination may receive new transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Up,
+    Down,
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Availability::Up => "up",
+            Availability::Down => "down",
+        })
+    }
+}
+
+/// Why a probe (or a relayed request) counted as a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureReason {
+    /// No final response before the probe's timeout.
+    Timeout,
+    /// A final response of 500 or above.
+    Status(u16),
+    /// The request could not be sent (socket or connection error).
+    Transport(String),
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::Timeout => f.write_str("timeout"),
+            FailureReason::Status(code) => write!(f, "status {code}"),
+            FailureReason::Transport(detail) => write!(f, "transport error: {detail}"),
+        }
+    }
+}
+
+/// What caused an up/down change; carried in [`Transition`] for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionReason {
+    /// `failures` consecutive failures reached the threshold; `last` is the latest.
+    FailureThreshold { failures: u32, last: FailureReason },
+    /// The destination asked to be left alone (503 with Retry-After).
+    RetryAfter { hold: Duration, last: FailureReason },
+    /// A probe succeeded while the destination was down.
+    ProbeSucceeded { latency: Duration },
+    /// A Retry-After hold ran out and nothing else keeps the destination down.
+    RetryAfterExpired,
+}
+
+impl fmt::Display for TransitionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransitionReason::FailureThreshold { failures, last } => {
+                write!(f, "{failures} consecutive failures (last: {last})")
+            }
+            TransitionReason::RetryAfter { hold, last } => {
+                write!(f, "Retry-After hold of {}s ({last})", hold.as_secs())
+            }
+            TransitionReason::ProbeSucceeded { latency } => {
+                write!(f, "probe succeeded in {} ms", latency.as_millis())
+            }
+            TransitionReason::RetryAfterExpired => f.write_str("Retry-After hold expired"),
+        }
+    }
+}
+
+/// An up/down change, reported exactly once so the caller can log it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Availability,
+    pub to: Availability,
+    pub reason: TransitionReason,
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}: {}", self.from, self.to, self.reason)
+    }
+}
+
+/// Health of one destination: a small state machine fed by probe results,
+/// Retry-After and script/admin holds.
+///
+/// A destination is up when all three agree:
+/// - the probe state is healthy (`failure_threshold` consecutive failures make
+///   it unhealthy, one success makes it healthy again);
+/// - no script/admin hold is set (`mark_down` holds until `mark_up`; probe
+///   successes do not lift it);
+/// - no Retry-After hold is running (it ends by itself at its deadline).
+///
+/// Transitions are reported once: the state last reported is remembered, and
+/// a `record_*`/[`Health::refresh`] call returns a [`Transition`] only when the
+/// availability differs from it. Admin marks report through their `bool`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    probe_healthy: bool,
+    consecutive_failures: u32,
+    failure_threshold: u32,
+    held_down: bool,
+    retry_after_until: Option<Instant>,
+    last_latency: Option<Duration>,
+    selections: u64,
+    reported: Availability,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(Health::DEFAULT_FAILURE_THRESHOLD)
+    }
+}
+
+impl Health {
+    /// The threshold used when the config says nothing (matches the docs' example).
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+
+    /// A healthy destination. A threshold of 0 is treated as 1: one failure
+    /// marks down.
+    pub fn new(failure_threshold: u32) -> Self {
+        Health {
+            probe_healthy: true,
+            consecutive_failures: 0,
+            failure_threshold: failure_threshold.max(1),
+            held_down: false,
+            retry_after_until: None,
+            last_latency: None,
+            selections: 0,
+            reported: Availability::Up,
+        }
+    }
+
+    /// May this destination receive new transactions at `now`?
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.probe_healthy && !self.held_down && !self.in_retry_after(now)
+    }
+
+    /// [`Health::is_up`] as an [`Availability`].
+    pub fn availability(&self, now: Instant) -> Availability {
+        if self.is_up(now) {
+            Availability::Up
+        } else {
+            Availability::Down
+        }
+    }
+
+    /// A probe (or relayed request) got a response that proves the destination
+    /// alive. Marks it healthy; it is up again unless held by a script/admin
+    /// mark or a running Retry-After hold.
+    pub fn record_success(&mut self, latency: Duration, now: Instant) -> Option<Transition> {
+        self.consecutive_failures = 0;
+        self.probe_healthy = true;
+        self.last_latency = Some(latency);
+        self.report(now, TransitionReason::ProbeSucceeded { latency })
+    }
+
+    /// A probe failed. With `retry_after` (503 + Retry-After) the destination is
+    /// held down for that long whatever the threshold; otherwise it goes down
+    /// when the consecutive failures reach `failure_threshold`.
+    pub fn record_failure(
+        &mut self,
+        reason: FailureReason,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        if self.consecutive_failures >= self.failure_threshold {
+            self.probe_healthy = false;
+        }
+        let cause = match retry_after {
+            Some(hold) => {
+                // A later, longer hold extends; a shorter one never shortens.
+                let until = now.checked_add(hold);
+                self.retry_after_until = match (self.retry_after_until, until) {
+                    (Some(current), Some(new)) => Some(current.max(new)),
+                    (current, new) => new.or(current),
+                };
+                TransitionReason::RetryAfter { hold, last: reason }
+            }
+            None => TransitionReason::FailureThreshold {
+                failures: self.consecutive_failures,
+                last: reason,
+            },
+        };
+        self.report(now, cause)
+    }
+
+    /// Report a Retry-After hold that ran out since the last call. The actor
+    /// calls this on a timer so the "up" line is logged even without probes.
+    pub fn refresh(&mut self, now: Instant) -> Option<Transition> {
+        if self.retry_after_until.is_some_and(|until| now >= until) {
+            self.retry_after_until = None;
+        }
+        self.report(now, TransitionReason::RetryAfterExpired)
+    }
+
+    /// Script/admin hold: down until [`Health::mark_up`], whatever probes say.
+    /// Returns whether anything changed.
+    pub fn mark_down(&mut self) -> bool {
+        let changed = !self.held_down;
+        self.held_down = true;
+        self.reported = Availability::Down;
+        changed
+    }
+
+    /// Script/admin override to up: lifts the hold and forgets probe failures
+    /// and any Retry-After hold (the operator knows better). Probes may mark it
+    /// down again later. Returns whether anything changed.
+    pub fn mark_up(&mut self) -> bool {
+        let changed = self.held_down
+            || !self.probe_healthy
+            || self.consecutive_failures > 0
+            || self.retry_after_until.is_some();
+        self.held_down = false;
+        self.probe_healthy = true;
+        self.consecutive_failures = 0;
+        self.retry_after_until = None;
+        self.reported = Availability::Up;
+        changed
+    }
+
+    /// Count one selection served (for `gateway.list` and metrics).
+    pub fn record_selection(&mut self) {
+        self.selections = self.selections.saturating_add(1);
+    }
+
+    /// Whether the last probe results say healthy (ignores holds).
+    pub fn probe_healthy(&self) -> bool {
+        self.probe_healthy
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold
+    }
+
+    /// Whether a script/admin `mark_down` is in force.
+    pub fn is_held_down(&self) -> bool {
+        self.held_down
+    }
+
+    /// End of the running Retry-After hold, if any (may be in the past until
+    /// the next `refresh`).
+    pub fn retry_after_until(&self) -> Option<Instant> {
+        self.retry_after_until
+    }
+
+    /// Latency of the last successful probe.
+    pub fn last_latency(&self) -> Option<Duration> {
+        self.last_latency
+    }
+
+    /// How many selections chose this destination first.
+    pub fn selections(&self) -> u64 {
+        self.selections
+    }
+
+    fn in_retry_after(&self, now: Instant) -> bool {
+        self.retry_after_until.is_some_and(|until| now < until)
+    }
+
+    /// Compare with what was last reported; report and remember a change.
+    fn report(&mut self, now: Instant, reason: TransitionReason) -> Option<Transition> {
+        let current = self.availability(now);
+        if current == self.reported {
+            return None;
+        }
+        let from = self.reported;
+        self.reported = current;
+        Some(Transition {
+            from,
+            to: current,
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn starts_healthy() {
+        let now = Instant::now();
+        let health = Health::new(3);
+        assert!(health.is_up(now));
+        assert_eq!(health.consecutive_failures(), 0);
+        assert_eq!(health.selections(), 0);
+    }
+
+    #[test]
+    fn goes_down_exactly_at_threshold_and_reports_once() {
+        let now = Instant::now();
+        let mut health = Health::new(3);
+        assert_eq!(
+            health.record_failure(FailureReason::Timeout, None, now),
+            None
+        );
+        assert!(health.is_up(now));
+        assert_eq!(
+            health.record_failure(FailureReason::Status(500), None, now),
+            None
+        );
+        assert!(health.is_up(now));
+        let transition = health
+            .record_failure(FailureReason::Timeout, None, now)
+            .expect("third failure crosses the threshold");
+        assert_eq!(transition.from, Availability::Up);
+        assert_eq!(transition.to, Availability::Down);
+        assert_eq!(
+            transition.reason,
+            TransitionReason::FailureThreshold {
+                failures: 3,
+                last: FailureReason::Timeout
+            }
+        );
+        assert!(!health.is_up(now));
+        // Further failures keep it down without reporting again.
+        assert_eq!(
+            health.record_failure(FailureReason::Timeout, None, now),
+            None
+        );
+        assert_eq!(health.consecutive_failures(), 4);
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let now = Instant::now();
+        let mut health = Health::new(2);
+        assert_eq!(
+            health.record_failure(FailureReason::Timeout, None, now),
+            None
+        );
+        assert_eq!(health.record_success(Duration::from_millis(5), now), None);
+        assert_eq!(
+            health.record_failure(FailureReason::Timeout, None, now),
+            None
+        );
+        assert!(health.is_up(now), "failures were not consecutive");
+    }
+
+    #[test]
+    fn one_success_marks_up_and_reports_once() {
+        let now = Instant::now();
+        let mut health = Health::new(1);
+        assert!(health
+            .record_failure(FailureReason::Timeout, None, now)
+            .is_some());
+        let latency = Duration::from_millis(7);
+        let transition = health
+            .record_success(latency, now)
+            .expect("success after down is a transition");
+        assert_eq!(transition.from, Availability::Down);
+        assert_eq!(transition.to, Availability::Up);
+        assert_eq!(
+            transition.reason,
+            TransitionReason::ProbeSucceeded { latency }
+        );
+        assert!(health.is_up(now));
+        assert_eq!(health.last_latency(), Some(latency));
+        assert_eq!(health.record_success(latency, now), None);
+    }
+
+    #[test]
+    fn zero_threshold_means_one_failure() {
+        let now = Instant::now();
+        let mut health = Health::new(0);
+        assert_eq!(health.failure_threshold(), 1);
+        assert!(health
+            .record_failure(FailureReason::Timeout, None, now)
+            .is_some());
+        assert!(!health.is_up(now));
+    }
+
+    #[test]
+    fn mark_down_holds_against_probe_successes_until_mark_up() {
+        let now = Instant::now();
+        let mut health = Health::new(3);
+        assert!(health.mark_down());
+        assert!(!health.mark_down(), "second mark_down changes nothing");
+        assert!(!health.is_up(now));
+        for _ in 0..5 {
+            assert_eq!(health.record_success(Duration::from_millis(1), now), None);
+            assert!(!health.is_up(now));
+        }
+        assert!(health.is_held_down());
+        assert!(health.mark_up());
+        assert!(health.is_up(now));
+        assert!(!health.mark_up(), "already up");
+        // The admin mark is not reported again by the next probe.
+        assert_eq!(health.record_success(Duration::from_millis(1), now), None);
+    }
+
+    #[test]
+    fn mark_up_overrides_probe_failures() {
+        let now = Instant::now();
+        let mut health = Health::new(1);
+        assert!(health
+            .record_failure(FailureReason::Timeout, None, now)
+            .is_some());
+        assert!(health.mark_up());
+        assert!(health.is_up(now));
+        assert_eq!(health.consecutive_failures(), 0);
+        // And probes can take it down again, reported once.
+        assert!(health
+            .record_failure(FailureReason::Timeout, None, now)
+            .is_some());
+        assert!(!health.is_up(now));
+    }
+
+    #[test]
+    fn retry_after_holds_down_for_its_duration_then_releases() {
+        let start = Instant::now();
+        let mut health = Health::new(3);
+        let transition = health
+            .record_failure(FailureReason::Status(503), Some(secs(30)), start)
+            .expect("retry-after holds down at once, below the threshold");
+        assert_eq!(transition.to, Availability::Down);
+        assert_eq!(
+            transition.reason,
+            TransitionReason::RetryAfter {
+                hold: secs(30),
+                last: FailureReason::Status(503)
+            }
+        );
+        // A success inside the hold does not lift it.
+        assert_eq!(
+            health.record_success(Duration::from_millis(2), start + secs(10)),
+            None
+        );
+        assert!(!health.is_up(start + secs(29)));
+        assert!(health.is_up(start + secs(30)));
+        // The expiry is reported once, by whichever call notices first.
+        let transition = health
+            .refresh(start + secs(31))
+            .expect("expiry is a transition");
+        assert_eq!(transition.from, Availability::Down);
+        assert_eq!(transition.to, Availability::Up);
+        assert_eq!(transition.reason, TransitionReason::RetryAfterExpired);
+        assert_eq!(health.refresh(start + secs(32)), None);
+        assert_eq!(health.retry_after_until(), None);
+    }
+
+    #[test]
+    fn shorter_retry_after_does_not_shorten_a_running_hold() {
+        let start = Instant::now();
+        let mut health = Health::new(10);
+        health.record_failure(FailureReason::Status(503), Some(secs(60)), start);
+        health.record_failure(FailureReason::Status(503), Some(secs(1)), start + secs(1));
+        assert!(!health.is_up(start + secs(30)));
+        assert!(health.is_up(start + secs(60)));
+    }
+
+    #[test]
+    fn retry_after_expiry_leaves_it_down_when_threshold_was_reached() {
+        let start = Instant::now();
+        let mut health = Health::new(1);
+        assert!(health
+            .record_failure(FailureReason::Status(503), Some(secs(5)), start)
+            .is_some());
+        // The 503 also counted as a failure that reached the threshold, so the
+        // end of the hold alone does not bring it back: a probe must succeed.
+        assert_eq!(health.refresh(start + secs(6)), None);
+        assert!(!health.is_up(start + secs(6)));
+        assert!(health
+            .record_success(Duration::from_millis(1), start + secs(7))
+            .is_some());
+        assert!(health.is_up(start + secs(7)));
+    }
+
+    #[test]
+    fn mark_down_while_down_reports_nothing_later() {
+        let now = Instant::now();
+        let mut health = Health::new(1);
+        assert!(health
+            .record_failure(FailureReason::Timeout, None, now)
+            .is_some());
+        assert!(health.mark_down());
+        assert_eq!(
+            health.record_failure(FailureReason::Timeout, None, now),
+            None
+        );
+        assert_eq!(health.record_success(Duration::from_millis(1), now), None);
+    }
+
+    #[test]
+    fn attrs_filter_requires_every_key_equal() {
+        let address: SocketAddr = "10.0.0.1:5060".parse().expect("literal address");
+        let destination = Destination::new("sip:a", address)
+            .with_attr("region", "us-east")
+            .with_attr("tier", "gold");
+        let mut filter = BTreeMap::new();
+        assert!(destination.matches_attrs(&filter), "empty filter matches");
+        filter.insert("region".to_string(), "us-east".to_string());
+        assert!(destination.matches_attrs(&filter));
+        filter.insert("tier".to_string(), "silver".to_string());
+        assert!(!destination.matches_attrs(&filter), "unequal value");
+        filter.remove("tier");
+        filter.insert("zone".to_string(), "a".to_string());
+        assert!(!destination.matches_attrs(&filter), "missing key");
+    }
+
+    #[test]
+    fn transition_displays_for_logs() {
+        let transition = Transition {
+            from: Availability::Up,
+            to: Availability::Down,
+            reason: TransitionReason::FailureThreshold {
+                failures: 3,
+                last: FailureReason::Timeout,
+            },
+        };
+        assert_eq!(
+            transition.to_string(),
+            "up -> down: 3 consecutive failures (last: timeout)"
+        );
+    }
+}

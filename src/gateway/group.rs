@@ -1,0 +1,353 @@
+//! A named gateway group: its destinations, their health, and the selector.
+//!
+//! This is everything the gateway-group actor needs to answer `Select`, as
+//! plain synchronous code. Selection filters the destinations that are up and
+//! match the requested attrs into a reused buffer, then asks the selector;
+//! nothing is allocated per call once the buffers have grown.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::algorithm::{Algorithm, AnySelector, Selector};
+use super::destination::{Destination, FailureReason, Health, Transition};
+
+/// One gateway group.
+#[derive(Debug, Clone)]
+pub struct Group {
+    name: String,
+    algorithm: Algorithm,
+    destinations: Vec<Destination>,
+    health: Vec<Health>,
+    selector: AnySelector,
+    /// Scratch: indexes that are up and match the current request's attrs.
+    eligible: Vec<usize>,
+    /// Scratch: the last ranking, handed out by reference from [`Group::ranked`].
+    ranking: Vec<usize>,
+}
+
+impl Group {
+    /// A group whose destinations all start healthy, each with `failure_threshold`.
+    pub fn new(
+        name: impl Into<String>,
+        algorithm: Algorithm,
+        destinations: Vec<Destination>,
+        failure_threshold: u32,
+    ) -> Self {
+        let health = destinations
+            .iter()
+            .map(|_| Health::new(failure_threshold))
+            .collect();
+        let mut selector = AnySelector::new(algorithm);
+        selector.prepare(&destinations);
+        let capacity = destinations.len();
+        Group {
+            name: name.into(),
+            algorithm,
+            destinations,
+            health,
+            selector,
+            eligible: Vec::with_capacity(capacity),
+            ranking: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
+    }
+
+    pub fn destination(&self, index: usize) -> Option<&Destination> {
+        self.destinations.get(index)
+    }
+
+    pub fn health(&self, index: usize) -> Option<&Health> {
+        self.health.get(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.destinations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.destinations.is_empty()
+    }
+
+    /// Every destination with its health, in config order (for `gateway.list`).
+    pub fn iter(&self) -> impl Iterator<Item = (&Destination, &Health)> {
+        self.destinations.iter().zip(&self.health)
+    }
+
+    /// Whether the destination at `index` may be selected at `now`.
+    pub fn is_up(&self, index: usize, now: Instant) -> bool {
+        self.health
+            .get(index)
+            .is_some_and(|health| health.is_up(now))
+    }
+
+    /// Index of the destination with this uri.
+    pub fn find(&self, uri: &str) -> Option<usize> {
+        self.destinations
+            .iter()
+            .position(|destination| destination.uri == uri)
+    }
+
+    /// The first choice for this request, or `None` when no destination is up
+    /// and matches `attrs`. Counts a selection for the chosen destination.
+    pub fn select(
+        &mut self,
+        key: Option<&[u8]>,
+        attrs: Option<&BTreeMap<String, String>>,
+        now: Instant,
+    ) -> Option<usize> {
+        self.fill_eligible(attrs, now);
+        let chosen = self
+            .selector
+            .pick(&self.destinations, &self.eligible, key)?;
+        if let Some(health) = self.health.get_mut(chosen) {
+            health.record_selection();
+        }
+        Some(chosen)
+    }
+
+    /// Every destination that is up and matches `attrs`: the first choice,
+    /// then the order to fail over in. Counts one selection for the first
+    /// (this is a selection, so rotating algorithms advance). Empty when none.
+    pub fn ranked(
+        &mut self,
+        key: Option<&[u8]>,
+        attrs: Option<&BTreeMap<String, String>>,
+        now: Instant,
+    ) -> &[usize] {
+        self.fill_eligible(attrs, now);
+        self.selector
+            .rank(&self.destinations, &self.eligible, key, &mut self.ranking);
+        if let Some(health) = self
+            .ranking
+            .first()
+            .and_then(|&chosen| self.health.get_mut(chosen))
+        {
+            health.record_selection();
+        }
+        &self.ranking
+    }
+
+    /// Script/admin hold on `uri`. False when the uri is not in this group.
+    pub fn mark_down(&mut self, uri: &str) -> bool {
+        match self.health_of(uri) {
+            Some(health) => {
+                health.mark_down();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lift a hold on `uri` and force it up. False when the uri is not in
+    /// this group.
+    pub fn mark_up(&mut self, uri: &str) -> bool {
+        match self.health_of(uri) {
+            Some(health) => {
+                health.mark_up();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Feed a successful probe of `index`; returns the transition to log.
+    pub fn record_success(
+        &mut self,
+        index: usize,
+        latency: Duration,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.health.get_mut(index)?.record_success(latency, now)
+    }
+
+    /// Feed a failed probe of `index`; returns the transition to log.
+    pub fn record_failure(
+        &mut self,
+        index: usize,
+        reason: FailureReason,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.health
+            .get_mut(index)?
+            .record_failure(reason, retry_after, now)
+    }
+
+    /// Report expired Retry-After holds: `(index, transition)` for each
+    /// destination that came back since the last call.
+    pub fn refresh(&mut self, now: Instant) -> impl Iterator<Item = (usize, Transition)> + '_ {
+        self.health
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(index, health)| Some((index, health.refresh(now)?)))
+    }
+
+    fn health_of(&mut self, uri: &str) -> Option<&mut Health> {
+        let index = self.find(uri)?;
+        self.health.get_mut(index)
+    }
+
+    fn fill_eligible(&mut self, attrs: Option<&BTreeMap<String, String>>, now: Instant) {
+        self.eligible.clear();
+        let candidates = self.destinations.iter().zip(&self.health).enumerate();
+        for (index, (destination, health)) in candidates {
+            let matches = attrs.is_none_or(|filter| destination.matches_attrs(filter));
+            if matches && health.is_up(now) {
+                self.eligible.push(index);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn destination(n: u8, weight: u32, region: &str) -> Destination {
+        let address = SocketAddr::from(([10, 0, 0, n], 5060));
+        Destination::new(format!("sip:backend{n}.example.com:5060"), address)
+            .with_weight(weight)
+            .with_attr("region", region)
+    }
+
+    fn three(algorithm: Algorithm) -> Group {
+        Group::new(
+            "backends",
+            algorithm,
+            vec![
+                destination(1, 2, "us-east"),
+                destination(2, 1, "us-west"),
+                destination(3, 1, "us-east"),
+            ],
+            3,
+        )
+    }
+
+    fn region(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("region".to_string(), value.to_string())])
+    }
+
+    #[test]
+    fn select_counts_selections_and_follows_the_algorithm() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::RoundRobin);
+        let picks: Vec<Option<usize>> = (0..6).map(|_| group.select(None, None, now)).collect();
+        let expected: Vec<Option<usize>> = [0, 1, 2, 0, 1, 2].into_iter().map(Some).collect();
+        assert_eq!(picks, expected);
+        for index in 0..3 {
+            assert_eq!(group.health(index).map(Health::selections), Some(2));
+        }
+    }
+
+    #[test]
+    fn attrs_filter_restricts_candidates() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Weighted);
+        let east = region("us-east");
+        for _ in 0..20 {
+            let chosen = group.select(None, Some(&east), now).expect("east exists");
+            assert!(chosen == 0 || chosen == 2);
+        }
+        assert_eq!(group.select(None, Some(&region("eu")), now), None);
+        // An empty filter matches everything.
+        assert!(group.select(None, Some(&BTreeMap::new()), now).is_some());
+    }
+
+    #[test]
+    fn marked_down_is_skipped_until_marked_up() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Hash);
+        let key: &[u8] = b"sip:alice@example.com";
+        let first = group.select(Some(key), None, now).expect("all up");
+        let uri = group.destinations()[first].uri.clone();
+        assert!(group.mark_down(&uri));
+        let failover = group.select(Some(key), None, now).expect("two left");
+        assert_ne!(failover, first);
+        // Probe successes do not lift a script hold.
+        assert_eq!(
+            group.record_success(first, Duration::from_millis(3), now),
+            None
+        );
+        assert_eq!(group.select(Some(key), None, now), Some(failover));
+        assert!(group.mark_up(&uri));
+        assert_eq!(group.select(Some(key), None, now), Some(first));
+    }
+
+    #[test]
+    fn unknown_uri_is_reported() {
+        let mut group = three(Algorithm::Weighted);
+        assert!(!group.mark_down("sip:nobody.example.com"));
+        assert!(!group.mark_up("sip:nobody.example.com"));
+        assert_eq!(group.find("sip:backend2.example.com:5060"), Some(1));
+        assert_eq!(group.find("sip:nobody.example.com"), None);
+    }
+
+    #[test]
+    fn ranked_matches_select_and_excludes_down_destinations() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Hash);
+        let key: &[u8] = b"sip:bob@example.com";
+        let ranked = group.ranked(Some(key), None, now).to_vec();
+        assert_eq!(ranked.len(), 3);
+        assert_eq!(group.select(Some(key), None, now), Some(ranked[0]));
+        // Probe failures take the winner out; the runner-up leads.
+        for _ in 0..2 {
+            assert_eq!(
+                group.record_failure(ranked[0], FailureReason::Timeout, None, now),
+                None
+            );
+        }
+        let transition = group
+            .record_failure(ranked[0], FailureReason::Timeout, None, now)
+            .expect("threshold reached");
+        assert_eq!(transition.to, super::super::Availability::Down);
+        assert_eq!(group.ranked(Some(key), None, now), &ranked[1..]);
+    }
+
+    #[test]
+    fn all_down_gives_none_and_an_empty_ranking() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Weighted);
+        for uri in ["1", "2", "3"].map(|n| format!("sip:backend{n}.example.com:5060")) {
+            assert!(group.mark_down(&uri));
+        }
+        assert_eq!(group.select(None, None, now), None);
+        assert!(group.ranked(None, None, now).is_empty());
+        assert!(Group::new("empty", Algorithm::Hash, Vec::new(), 3)
+            .select(Some(b"k"), None, now)
+            .is_none());
+    }
+
+    #[test]
+    fn retry_after_expiry_is_reported_by_refresh() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::RoundRobin);
+        assert!(group
+            .record_failure(
+                1,
+                FailureReason::Status(503),
+                Some(Duration::from_secs(10)),
+                start
+            )
+            .is_some());
+        assert!(!group.is_up(1, start + Duration::from_secs(5)));
+        assert_eq!(group.refresh(start + Duration::from_secs(5)).count(), 0);
+        let later = start + Duration::from_secs(11);
+        let came_back: Vec<usize> = group.refresh(later).map(|(index, _)| index).collect();
+        assert_eq!(came_back, vec![1]);
+        assert_eq!(group.refresh(later).count(), 0);
+        assert!(group.is_up(1, later));
+    }
+}

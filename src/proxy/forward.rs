@@ -1,0 +1,436 @@
+//! Forwarding a request (RFC 3261 §16.6) and a response (§16.7 step 9).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::actors::transport::Protocol;
+use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Rewriter, Uri, Via};
+
+/// Where a request goes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HopError {
+    /// The URI does not parse or uses a scheme/transport we cannot reach.
+    Unsupported(String),
+    /// The host did not resolve.
+    Unresolvable(String),
+}
+
+impl std::fmt::Display for HopError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HopError::Unsupported(why) | HopError::Unresolvable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Host names resolved once and kept for a minute, so that the per-call path
+/// does not do a blocking lookup for every request.
+#[derive(Default)]
+pub struct Resolver {
+    cache: HashMap<(String, u16), (SocketAddr, Instant)>,
+}
+
+const RESOLVE_TTL: Duration = Duration::from_secs(60);
+
+impl Resolver {
+    pub fn resolve(&mut self, host: &str, port: u16) -> Result<SocketAddr, HopError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let now = Instant::now();
+        let key = (host.to_ascii_lowercase(), port);
+        if let Some((addr, at)) = self.cache.get(&key) {
+            if now.duration_since(*at) < RESOLVE_TTL {
+                return Ok(*addr);
+            }
+        }
+        let addr = (bare, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| HopError::Unresolvable(format!("cannot resolve {host}")))?;
+        self.cache.insert(key, (addr, now));
+        Ok(addr)
+    }
+}
+
+/// The next hop for a URI: its host and port, with `;transport=` choosing TCP.
+/// `known` gives a fixed address for some URIs (gateway destinations), which
+/// then need no DNS.
+pub fn next_hop(
+    uri: &str,
+    resolver: &mut Resolver,
+    known: impl Fn(&str) -> Option<SocketAddr>,
+) -> Result<Hop, HopError> {
+    let parsed =
+        Uri::parse(uri).map_err(|e| HopError::Unsupported(format!("bad uri {uri}: {e}")))?;
+    if !parsed.scheme.eq_ignore_ascii_case("sip") {
+        return Err(HopError::Unsupported(format!(
+            "cannot reach {uri}: only sip: URIs are routed"
+        )));
+    }
+    let protocol = match parsed.param("transport").flatten() {
+        None => Protocol::Udp,
+        Some(t) if t.eq_ignore_ascii_case("udp") => Protocol::Udp,
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+        Some(t) => {
+            return Err(HopError::Unsupported(format!(
+                "cannot reach {uri}: transport {t} is not supported"
+            )))
+        }
+    };
+    let addr = match known(uri) {
+        Some(addr) => addr,
+        None => resolver.resolve(parsed.host, parsed.port.unwrap_or(5060))?,
+    };
+    Ok(Hop { addr, protocol })
+}
+
+/// A hash of what identifies a request for loop detection (RFC 3261 §16.3
+/// step 4, §16.6 step 8): the same request arriving again with the same
+/// Request-URI gives the same value, a spiral (new Request-URI) does not.
+pub fn loop_hash(msg: &Message) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x5195_0e5a);
+    h.update(msg.request_uri().unwrap_or("").as_bytes());
+    h.update(b"\0");
+    h.update(msg.from_tag().unwrap_or("").as_bytes());
+    h.update(b"\0");
+    h.update(msg.to_tag().unwrap_or("").as_bytes());
+    h.update(b"\0");
+    h.update(msg.call_id().unwrap_or("").as_bytes());
+    h.update(b"\0");
+    if let Some((number, _)) = msg.cseq() {
+        h.update(&number.to_le_bytes());
+    }
+    h.digest()
+}
+
+/// The branch prefix our Vias carry for a request with this loop hash.
+pub fn branch_prefix(loop_hash: u64) -> String {
+    format!("z9hG4bK{loop_hash:016x}.")
+}
+
+/// True when one of the request's Vias is ours and carries this request's loop
+/// hash: the request came back unchanged, a loop (482).
+pub fn is_looping(msg: &Message, prefix: &str, is_ours: impl Fn(&Via) -> bool) -> bool {
+    msg.header_values(HeaderName::Via)
+        .filter_map(|value| Via::parse(value).ok())
+        .any(|via| is_ours(&via) && via.branch().is_some_and(|b| b.starts_with(prefix)))
+}
+
+/// What the script decided, reduced to what changes the forwarded copy.
+pub struct ForwardEdits<'a> {
+    pub new_ruri: Option<&'a str>,
+    pub routes_popped: usize,
+    pub header_edits: &'a [(String, Option<String>)],
+    pub record_route: Option<&'a str>,
+    pub via: &'a str,
+    /// `received`/`rport` to stamp on the previous hop's Via (RFC 3581).
+    pub source: SocketAddr,
+}
+
+/// Builds the forwarded request: our Via on top, Max-Forwards decremented,
+/// consumed Routes removed, the script's header edits, and Record-Route.
+pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
+    let mut rw = Rewriter::new(msg);
+    if let Some(ruri) = edits.new_ruri {
+        rw.set_request_uri(ruri);
+    }
+    let mut max_forwards_seen = false;
+    let mut routes_left = edits.routes_popped;
+    let mut first_via = true;
+    for (index, header) in msg.headers().iter().enumerate() {
+        let value = header.value(msg);
+        match header.name {
+            HeaderName::MaxForwards if !max_forwards_seen => {
+                max_forwards_seen = true;
+                let n: u32 = value.trim().parse().unwrap_or(70);
+                rw.replace_header(index, &n.saturating_sub(1).to_string());
+            }
+            HeaderName::Route if routes_left > 0 => {
+                let values: Vec<&str> = split_values(value).collect();
+                if values.len() <= routes_left {
+                    routes_left -= values.len();
+                    rw.remove_header(index);
+                } else {
+                    rw.replace_header(index, &values[routes_left..].join(", "));
+                    routes_left = 0;
+                }
+            }
+            HeaderName::Via if first_via => {
+                first_via = false;
+                if let Some(stamped) = stamp_via(value, edits.source) {
+                    rw.replace_header(index, &stamped);
+                }
+            }
+            _ => {}
+        }
+        if edits
+            .header_edits
+            .iter()
+            .any(|(name, _)| crate::script::same_header(name, header.name, header.name_str(msg)))
+        {
+            rw.remove_header(index);
+        }
+    }
+    if !max_forwards_seen {
+        rw.append_header("Max-Forwards", "70");
+    }
+    // Only the last edit of each name is kept: set after remove wins and vice versa.
+    for (i, (name, value)) in edits.header_edits.iter().enumerate() {
+        let later = edits.header_edits[i + 1..]
+            .iter()
+            .any(|(other, _)| other.eq_ignore_ascii_case(name));
+        if let (Some(value), false) = (value, later) {
+            rw.append_header(name, value);
+        }
+    }
+    if let Some(record_route) = edits.record_route {
+        rw.push_top_header("Record-Route", record_route);
+    }
+    rw.push_top_header("Via", edits.via);
+    rw.finish()
+}
+
+/// Adds `received` when the sent-by host is not the packet's source address,
+/// and fills in an empty `rport` (RFC 3261 §18.2.1, RFC 3581 §4). Only the
+/// first value of a comma-joined line changes.
+fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
+    let mut values = split_values(line);
+    let first = values.next()?;
+    let via = Via::parse(first).ok()?;
+    let source_ip = source.ip().to_string();
+    let host = via.host.trim_start_matches('[').trim_end_matches(']');
+    let needs_received = host != source_ip && via.received().is_none();
+    let empty_rport = via.rport() == Some(None);
+    if !needs_received && !empty_rport {
+        return None;
+    }
+    let mut stamped = String::with_capacity(first.len() + 40);
+    if empty_rport {
+        // Rewrite the bare `rport` flag in place as `rport=PORT`.
+        let mut out_params = String::new();
+        for param in via.params.split(';').skip(1) {
+            let trimmed = param.trim();
+            out_params.push(';');
+            if trimmed.eq_ignore_ascii_case("rport") {
+                out_params.push_str(&format!("rport={}", source.port()));
+            } else {
+                out_params.push_str(trimmed);
+            }
+        }
+        let head_len = first.len() - via.params.len();
+        stamped.push_str(first[..head_len].trim_end());
+        stamped.push_str(&out_params);
+    } else {
+        stamped.push_str(first.trim_end());
+    }
+    if needs_received {
+        stamped.push_str(";received=");
+        stamped.push_str(&source_ip);
+    }
+    for rest in values {
+        stamped.push_str(", ");
+        stamped.push_str(rest);
+    }
+    Some(stamped)
+}
+
+/// Where a response goes when no transaction holds the upstream address
+/// (RFC 3261 §18.2.2 with RFC 3581): `received` and `rport` win over sent-by.
+pub fn response_destination(via: &Via<'_>) -> Option<SocketAddr> {
+    let host = via.received().unwrap_or(via.host);
+    let port = match via.rport() {
+        Some(Some(port)) => port,
+        _ => via.port.unwrap_or(5060),
+    };
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The address a response to this request goes back to, given the packet's
+/// source: the source IP always, and the source port when the top Via asked
+/// for `rport` (or when it names no port we could use).
+pub fn reply_address(msg: &Message, source: SocketAddr) -> SocketAddr {
+    match msg.top_via() {
+        Some(via) if via.rport().is_none() => {
+            SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
+        }
+        _ => source,
+    }
+}
+
+/// The response with our top Via removed, ready to go upstream.
+pub fn strip_top_via(msg: &Message) -> Vec<u8> {
+    let mut rw = Rewriter::new(msg);
+    if let Some(index) = msg.headers().iter().position(|h| h.name == HeaderName::Via) {
+        rw.remove_first_value(index);
+    }
+    rw.finish()
+}
+
+/// The first Route value's URI after `skip` consumed values.
+pub fn route_uri(msg: &Message, skip: usize) -> Option<String> {
+    msg.header_values(HeaderName::Route)
+        .nth(skip)
+        .and_then(|value| NameAddr::parse(value).ok())
+        .map(|addr| addr.uri.to_string())
+}
+
+/// A Record-Route or Via host:port text for a local address.
+pub fn host_port(host: &str, port: u16) -> String {
+    format!("{host}:{port}")
+}
+
+/// True if the message's top Via is one we put there.
+pub fn top_via_is_ours(msg: &Message, is_ours: impl Fn(&Via) -> bool) -> bool {
+    msg.top_via().is_some_and(|via| is_ours(&via))
+}
+
+/// A request whose body we never touch still needs a valid message: used by
+/// tests to confirm forwarding keeps it parseable.
+pub fn reparse(bytes: Vec<u8>) -> Result<Message, sip::ParseError> {
+    sip::parse(bytes::Bytes::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Message {
+        sip::parse(bytes::Bytes::from(text.replace('\n', "\r\n"))).expect("test message parses")
+    }
+
+    const INVITE: &str = "INVITE sip:bob@127.0.0.1:5070 SIP/2.0\n\
+Via: SIP/2.0/UDP 10.0.0.9:5061;branch=z9hG4bK-1;rport\n\
+Max-Forwards: 70\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:10.1.1.1;lr>\n\
+From: <sip:alice@a.example>;tag=a1\n\
+To: <sip:bob@b.example>\n\
+Call-ID: c1@a\n\
+CSeq: 1 INVITE\n\
+X-Custom: keep me\n\
+Content-Length: 4\n\
+\n\
+body";
+
+    #[test]
+    fn forwarded_invite_has_our_via_rr_decremented_mf_and_one_route_left() {
+        let msg = parse(INVITE);
+        let edits = vec![("X-Added".to_string(), Some("yes".to_string()))];
+        let out = forward_request(
+            &msg,
+            &ForwardEdits {
+                new_ruri: None,
+                routes_popped: 1,
+                header_edits: &edits,
+                record_route: Some("<sip:127.0.0.1:5060;lr>"),
+                via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport",
+                source: "10.0.0.9:5061".parse().unwrap(),
+            },
+        );
+        let fwd = reparse(out).expect("forwarded request parses");
+        let vias: Vec<&str> = fwd.header_values(HeaderName::Via).collect();
+        assert_eq!(vias.len(), 2);
+        assert!(vias[0].contains("z9hG4bKabc.1"));
+        assert!(vias[1].contains("rport=5061"), "{}", vias[1]);
+        assert_eq!(fwd.max_forwards(), Some(69));
+        let routes: Vec<&str> = fwd.header_values(HeaderName::Route).collect();
+        assert_eq!(routes, vec!["<sip:10.1.1.1;lr>"]);
+        assert_eq!(
+            fwd.header(HeaderName::RecordRoute),
+            Some("<sip:127.0.0.1:5060;lr>")
+        );
+        assert_eq!(fwd.header_named("X-Custom"), Some("keep me"));
+        assert_eq!(fwd.header_named("X-Added"), Some("yes"));
+        assert_eq!(fwd.body(), b"body");
+    }
+
+    #[test]
+    fn header_edits_remove_and_replace() {
+        let msg = parse(INVITE);
+        let edits = vec![
+            ("x-custom".to_string(), None),
+            ("Subject".to_string(), Some("hi".to_string())),
+        ];
+        let out = forward_request(
+            &msg,
+            &ForwardEdits {
+                new_ruri: Some("sip:carol@10.2.2.2"),
+                routes_popped: 0,
+                header_edits: &edits,
+                record_route: None,
+                via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.2",
+                source: "10.0.0.9:5061".parse().unwrap(),
+            },
+        );
+        let fwd = reparse(out).unwrap();
+        assert_eq!(fwd.header_named("X-Custom"), None);
+        assert_eq!(fwd.header(HeaderName::Subject), Some("hi"));
+        assert_eq!(fwd.request_uri(), Some("sip:carol@10.2.2.2"));
+        assert_eq!(fwd.header_values(HeaderName::Route).count(), 2);
+    }
+
+    #[test]
+    fn received_is_added_when_sent_by_differs_from_source() {
+        let stamped = stamp_via(
+            "SIP/2.0/UDP host.example:5061;branch=z9hG4bK1",
+            "10.0.0.9:5061".parse().unwrap(),
+        );
+        assert_eq!(
+            stamped.as_deref(),
+            Some("SIP/2.0/UDP host.example:5061;branch=z9hG4bK1;received=10.0.0.9")
+        );
+        assert_eq!(
+            stamp_via(
+                "SIP/2.0/UDP 10.0.0.9:5061;branch=z9hG4bK1",
+                "10.0.0.9:5061".parse().unwrap()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn loop_hash_is_stable_for_the_same_request_and_changes_with_the_ruri() {
+        let a = parse(INVITE);
+        let b = parse(&INVITE.replace("sip:bob@127.0.0.1:5070", "sip:bob@127.0.0.1:5071"));
+        assert_eq!(loop_hash(&a), loop_hash(&parse(INVITE)));
+        assert_ne!(loop_hash(&a), loop_hash(&b));
+    }
+
+    #[test]
+    fn next_hop_uses_port_and_transport_param() {
+        let mut resolver = Resolver::default();
+        assert_eq!(
+            next_hop(
+                "sip:bob@127.0.0.1:5070;transport=tcp",
+                &mut resolver,
+                |_| None
+            ),
+            Ok(Hop {
+                addr: "127.0.0.1:5070".parse().unwrap(),
+                protocol: Protocol::Tcp
+            })
+        );
+        assert_eq!(
+            next_hop("sip:127.0.0.1", &mut resolver, |_| None).map(|h| h.addr.port()),
+            Ok(5060)
+        );
+        assert!(matches!(
+            next_hop("tel:+123", &mut resolver, |_| None),
+            Err(HopError::Unsupported(_))
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! The `siphon` Python module: `proxy` (the handler decorator) and `log`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyModule, PyString};
+
+use super::register_handler;
+
+/// `proxy`: `@proxy.on_request` or `@proxy.on_request("INVITE|BYE")`.
+#[pyclass(name = "Proxy", module = "siphon", frozen)]
+struct ProxyApi;
+
+#[pymethods]
+impl ProxyApi {
+    /// Used bare on a function, registers it for every method; called with a
+    /// `"A|B"` string, returns a decorator that registers for those methods.
+    fn on_request(&self, py: Python<'_>, target: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let bound = target.bind(py);
+        if let Ok(filter) = bound.cast::<PyString>() {
+            let methods = filter
+                .to_str()?
+                .split('|')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>();
+            if methods.is_empty() {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "on_request: empty method filter",
+                ));
+            }
+            return Ok(Py::new(py, MethodDecorator { methods })?.into_any());
+        }
+        if !bound.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "on_request takes a function or a method filter such as \"INVITE|BYE\"",
+            ));
+        }
+        register_handler(None, target.clone_ref(py));
+        Ok(target)
+    }
+}
+
+/// What `@proxy.on_request("INVITE|BYE")` returns.
+#[pyclass(module = "siphon", frozen)]
+struct MethodDecorator {
+    methods: Vec<String>,
+}
+
+#[pymethods]
+impl MethodDecorator {
+    fn __call__(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.bind(py).is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "on_request(...) decorates a function",
+            ));
+        }
+        register_handler(Some(self.methods.clone()), func.clone_ref(py));
+        Ok(func)
+    }
+}
+
+/// `log`: script messages go to the daemon's log with target `siphon::script`.
+#[pyclass(name = "Log", module = "siphon", frozen)]
+struct LogApi;
+
+#[pymethods]
+impl LogApi {
+    fn debug(&self, msg: &str) {
+        tracing::debug!(target: "siphon::script", "{msg}");
+    }
+    fn info(&self, msg: &str) {
+        tracing::info!(target: "siphon::script", "{msg}");
+    }
+    fn warning(&self, msg: &str) {
+        tracing::warn!(target: "siphon::script", "{msg}");
+    }
+    fn warn(&self, msg: &str) {
+        tracing::warn!(target: "siphon::script", "{msg}");
+    }
+    fn error(&self, msg: &str) {
+        tracing::error!(target: "siphon::script", "{msg}");
+    }
+}
+
+/// Creates the `siphon` module and puts it in `sys.modules`, so that
+/// `from siphon import proxy, log` works in the script.
+pub(super) fn register_module(py: Python<'_>) -> PyResult<()> {
+    let module = PyModule::new(py, "siphon")?;
+    module.add("proxy", Py::new(py, ProxyApi)?)?;
+    module.add("log", Py::new(py, LogApi)?)?;
+    module.add_class::<super::request::Request>()?;
+    module.add_class::<super::request::Uri>()?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("siphon", module)?;
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! The `Request` object a handler receives, and the `Decision` it leaves behind.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::actors::transport::Protocol;
+use crate::sip::{self, HeaderName, Message, NameAddr};
+
+/// Which hosts and ports are this proxy: `domain.local`, the advertised host
+/// and every listen address. Used for `ruri.is_local` and for loose routing.
+#[derive(Debug, Default)]
+pub struct LocalIdentity {
+    hosts: HashSet<String>,
+    ports: HashSet<u16>,
+}
+
+impl LocalIdentity {
+    pub fn new(domains: &[String], advertise: Option<&str>, listen: &[SocketAddr]) -> Self {
+        let mut hosts: HashSet<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        if let Some(host) = advertise {
+            hosts.insert(host.to_ascii_lowercase());
+        }
+        let mut ports = HashSet::new();
+        for addr in listen {
+            ports.insert(addr.port());
+            if addr.ip().is_unspecified() {
+                hosts.insert("127.0.0.1".into());
+            } else {
+                hosts.insert(host_text(addr));
+            }
+        }
+        LocalIdentity { hosts, ports }
+    }
+
+    /// A host (with its port, when the URI has one) that names this proxy.
+    pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
+        let known = self.hosts.contains(host)
+            || (host.bytes().any(|b| b.is_ascii_uppercase())
+                && self.hosts.contains(&host.to_ascii_lowercase()));
+        known && port.is_none_or(|p| self.ports.contains(&p))
+    }
+
+    /// A URI (as written in a Route or Request-URI) that names this proxy.
+    pub fn is_local_uri(&self, uri: &str) -> bool {
+        sip::Uri::parse(uri).is_ok_and(|u| self.is_local(u.host, u.port))
+    }
+}
+
+/// `host` as it appears in a URI: IPv6 addresses in brackets.
+pub fn host_text(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    }
+}
+
+/// What the shard hands to the script for one request.
+pub struct RequestInput {
+    pub msg: Message,
+    pub source: SocketAddr,
+    pub protocol: Protocol,
+    pub local: Arc<LocalIdentity>,
+}
+
+/// What the script asked for. Only the first of relay/reply/fork counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Relay { uri: Option<String> },
+    Reply { code: u16, reason: Option<String> },
+}
+
+/// The outcome of running the script on a request.
+pub struct Decision {
+    /// The request, handed back (None only if the script engine failed badly).
+    pub input: Option<RequestInput>,
+    pub action: Option<Action>,
+    /// True when the handler raised: the request gets a 500.
+    pub failed: bool,
+    pub record_route: bool,
+    /// Header edits in the order made: `(name, Some(value))` sets, `None` removes.
+    pub header_edits: Vec<(String, Option<String>)>,
+    /// How many Route values loose routing consumed from the top.
+    pub routes_popped: usize,
+    /// A new Request-URI (RFC 3261 §16.4 strict-router fix-up).
+    pub new_ruri: Option<String>,
+}
+
+impl Decision {
+    pub(super) fn unhandled(input: RequestInput) -> Self {
+        Decision::from_state(State::new(input))
+    }
+
+    pub(super) fn failed(input: Option<RequestInput>) -> Self {
+        Decision {
+            input,
+            action: None,
+            failed: true,
+            record_route: false,
+            header_edits: Vec::new(),
+            routes_popped: 0,
+            new_ruri: None,
+        }
+    }
+
+    pub(super) fn from_state(state: State) -> Self {
+        Decision {
+            input: Some(state.input),
+            action: state.action,
+            failed: false,
+            record_route: state.record_route,
+            header_edits: state.header_edits,
+            routes_popped: state.routes_popped,
+            new_ruri: state.new_ruri,
+        }
+    }
+}
+
+pub(super) struct State {
+    input: RequestInput,
+    action: Option<Action>,
+    record_route: bool,
+    header_edits: Vec<(String, Option<String>)>,
+    routes_popped: usize,
+    new_ruri: Option<String>,
+}
+
+impl State {
+    fn new(input: RequestInput) -> Self {
+        State {
+            input,
+            action: None,
+            record_route: false,
+            header_edits: Vec::new(),
+            routes_popped: 0,
+            new_ruri: None,
+        }
+    }
+
+    pub(super) fn into_input(self) -> RequestInput {
+        self.input
+    }
+
+    fn ruri(&self) -> &str {
+        self.new_ruri
+            .as_deref()
+            .or_else(|| self.input.msg.request_uri())
+            .unwrap_or("")
+    }
+
+    /// The header as the script has left it: its own edits win.
+    fn header(&self, name: &str) -> Option<String> {
+        let wanted = HeaderName::from_name(name);
+        for (edited, value) in self.header_edits.iter().rev() {
+            if same_header(edited, wanted, name) {
+                return value.clone();
+            }
+        }
+        self.input.msg.header_named(name).map(str::to_string)
+    }
+
+    fn route_values(&self) -> Vec<&str> {
+        self.input.msg.header_values(HeaderName::Route).collect()
+    }
+
+    fn set_action(&mut self, action: Action) -> PyResult<()> {
+        if let Some(previous) = &self.action {
+            return Err(PyRuntimeError::new_err(format!(
+                "the request already has an action ({previous:?}); call relay() or reply() once"
+            )));
+        }
+        self.action = Some(action);
+        Ok(())
+    }
+}
+
+/// Whether a header name written by the script names the same header as
+/// `wanted` (compact and long forms match).
+pub fn same_header(written: &str, wanted: HeaderName, wanted_text: &str) -> bool {
+    match wanted {
+        HeaderName::Other => written.eq_ignore_ascii_case(wanted_text),
+        known => HeaderName::from_name(written) == known,
+    }
+}
+
+/// The Python `Request`. Its state moves back to the shard when the handler
+/// returns; a handler that keeps the object and uses it later gets an error.
+#[pyclass(module = "siphon")]
+pub struct Request {
+    state: Option<State>,
+}
+
+impl Request {
+    pub(super) fn new(input: RequestInput) -> Self {
+        Request {
+            state: Some(State::new(input)),
+        }
+    }
+
+    pub(super) fn take(&mut self) -> Option<State> {
+        self.state.take()
+    }
+
+    fn state(&self) -> PyResult<&State> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("request already handled"))
+    }
+
+    fn state_mut(&mut self) -> PyResult<&mut State> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("request already handled"))
+    }
+}
+
+#[pymethods]
+impl Request {
+    #[getter]
+    fn method(&self) -> PyResult<String> {
+        Ok(self.state()?.input.msg.method_str().to_string())
+    }
+
+    #[getter]
+    fn ruri(&self) -> PyResult<Uri> {
+        let state = self.state()?;
+        Ok(Uri::new(state.ruri(), &state.input.local))
+    }
+
+    #[getter]
+    fn to_uri(&self) -> PyResult<Option<Uri>> {
+        self.addr_uri(HeaderName::To)
+    }
+
+    #[getter]
+    #[allow(clippy::wrong_self_convention)] // the Python attribute is `from_uri`
+    fn from_uri(&self) -> PyResult<Option<Uri>> {
+        self.addr_uri(HeaderName::From)
+    }
+
+    #[getter]
+    fn call_id(&self) -> PyResult<String> {
+        Ok(self.state()?.input.msg.call_id().unwrap_or("").to_string())
+    }
+
+    #[getter]
+    fn cseq(&self) -> PyResult<u32> {
+        Ok(self.state()?.input.msg.cseq().map_or(0, |(n, _)| n))
+    }
+
+    /// True when the To header carries a tag: the request belongs to a dialog.
+    #[getter]
+    fn in_dialog(&self) -> PyResult<bool> {
+        Ok(self.state()?.input.msg.to_tag().is_some())
+    }
+
+    #[getter]
+    fn source_ip(&self) -> PyResult<String> {
+        Ok(self.state()?.input.source.ip().to_string())
+    }
+
+    #[getter]
+    fn source_port(&self) -> PyResult<u16> {
+        Ok(self.state()?.input.source.port())
+    }
+
+    #[getter]
+    fn transport(&self) -> PyResult<&'static str> {
+        Ok(self.state()?.input.protocol.as_str())
+    }
+
+    fn header(&self, name: &str) -> PyResult<Option<String>> {
+        Ok(self.state()?.header(name))
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) -> PyResult<()> {
+        check_header(name, Some(value))?;
+        self.state_mut()?
+            .header_edits
+            .push((name.to_string(), Some(value.to_string())));
+        Ok(())
+    }
+
+    fn remove_header(&mut self, name: &str) -> PyResult<()> {
+        check_header(name, None)?;
+        self.state_mut()?
+            .header_edits
+            .push((name.to_string(), None));
+        Ok(())
+    }
+
+    /// RFC 3261 §16.4: if the Request-URI is ours (a strict router sent it),
+    /// take the last Route as the Request-URI; then drop our own Route entries
+    /// from the top. True when the request carried a Route set.
+    fn loose_route(&mut self) -> PyResult<bool> {
+        let state = self.state_mut()?;
+        let routes: Vec<String> = state.route_values().iter().map(|r| r.to_string()).collect();
+        if routes.is_empty() {
+            return Ok(false);
+        }
+        let local = state.input.local.clone();
+        let route_uri = |value: &str| NameAddr::parse(value).map(|a| a.uri.to_string()).ok();
+        if state.routes_popped == 0 && local.is_local_uri(state.ruri()) {
+            if let Some(last) = routes.last().and_then(|r| route_uri(r)) {
+                if !local.is_local_uri(&last) {
+                    state.new_ruri = Some(last);
+                }
+            }
+        }
+        while let Some(top) = routes.get(state.routes_popped) {
+            match route_uri(top) {
+                Some(uri) if local.is_local_uri(&uri) => state.routes_popped += 1,
+                _ => break,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forwards the request: to `uri` as the next hop when given (the
+    /// Request-URI stays), else along the Route set, else to the Request-URI.
+    #[pyo3(signature = (uri=None))]
+    fn relay(&mut self, uri: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let uri = match uri {
+            None => None,
+            Some(value) => {
+                let text = value.str()?.to_string();
+                sip::Uri::parse(&text)
+                    .map_err(|e| PyValueError::new_err(format!("relay: bad uri {text:?}: {e}")))?;
+                Some(text)
+            }
+        };
+        self.state_mut()?.set_action(Action::Relay { uri })
+    }
+
+    #[pyo3(signature = (code, reason=None))]
+    fn reply(&mut self, code: u16, reason: Option<String>) -> PyResult<()> {
+        if !(100..=699).contains(&code) {
+            return Err(PyValueError::new_err(format!(
+                "reply: status code {code} is outside 100..699"
+            )));
+        }
+        if reason.as_deref().is_some_and(|r| r.contains(['\r', '\n'])) {
+            return Err(PyValueError::new_err("reply: reason contains a line break"));
+        }
+        self.state_mut()?.set_action(Action::Reply { code, reason })
+    }
+
+    fn record_route(&mut self) -> PyResult<()> {
+        self.state_mut()?.record_route = true;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.state {
+            Some(state) => format!(
+                "<Request {} {}>",
+                state.input.msg.method_str(),
+                state.ruri()
+            ),
+            None => "<Request (handled)>".to_string(),
+        }
+    }
+}
+
+impl Request {
+    fn addr_uri(&self, name: HeaderName) -> PyResult<Option<Uri>> {
+        let state = self.state()?;
+        Ok(state
+            .input
+            .msg
+            .header(name)
+            .and_then(|value| NameAddr::parse(value).ok())
+            .map(|addr| Uri::new(addr.uri, &state.input.local)))
+    }
+}
+
+fn check_header(name: &str, value: Option<&str>) -> PyResult<()> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(PyValueError::new_err(format!("bad header name {name:?}")));
+    }
+    if matches!(
+        HeaderName::from_name(name),
+        HeaderName::Via | HeaderName::CallId | HeaderName::CSeq | HeaderName::ContentLength
+    ) {
+        return Err(PyValueError::new_err(format!(
+            "header {name} is managed by the proxy and cannot be changed by a script"
+        )));
+    }
+    if value.is_some_and(|v| v.contains(['\r', '\n'])) {
+        return Err(PyValueError::new_err("header value contains a line break"));
+    }
+    Ok(())
+}
+
+/// A SIP URI as scripts see it: `.scheme .user .host .port .is_local`, and
+/// `str()` gives the URI text.
+#[pyclass(module = "siphon", frozen, str)]
+pub struct Uri {
+    text: String,
+    #[pyo3(get)]
+    scheme: String,
+    #[pyo3(get)]
+    user: Option<String>,
+    #[pyo3(get)]
+    host: String,
+    #[pyo3(get)]
+    port: Option<u16>,
+    #[pyo3(get)]
+    is_local: bool,
+}
+
+impl Uri {
+    fn new(text: &str, local: &LocalIdentity) -> Self {
+        match sip::Uri::parse(text) {
+            Ok(uri) => Uri {
+                text: text.to_string(),
+                scheme: uri.scheme.to_ascii_lowercase(),
+                user: uri.user.map(str::to_string),
+                host: uri.host.to_string(),
+                port: uri.port,
+                is_local: local.is_local(uri.host, uri.port),
+            },
+            Err(_) => Uri {
+                text: text.to_string(),
+                scheme: String::new(),
+                user: None,
+                host: String::new(),
+                port: None,
+                is_local: false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Uri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[pymethods]
+impl Uri {
+    fn __repr__(&self) -> String {
+        format!("<Uri {}>", self.text)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.str().is_ok_and(|s| s.to_string() == self.text)
+    }
+
+    fn __hash__(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.text.as_bytes())
+    }
+}

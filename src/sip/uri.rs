@@ -1,0 +1,279 @@
+//! A borrowed view of a `sip:`, `sips:` or `tel:` URI. Parsing only finds the
+//! component boundaries; escapes are left as written so the URI can be
+//! forwarded and displayed exactly as received.
+
+use std::fmt;
+
+use super::error::{ParseError, ParseErrorKind};
+use super::params::{find_param, is_lws};
+
+/// `scheme:[user[:password]@]host[:port][;params][?headers]`.
+///
+/// `params` keeps its leading `;` and `headers` its leading `?` (both empty
+/// when absent), so [`fmt::Display`] reproduces the input exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: &'a str,
+    pub user: Option<&'a str>,
+    pub password: Option<&'a str>,
+    /// Host as written; IPv6 references keep their brackets. For `tel:` the
+    /// telephone number.
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub params: &'a str,
+    pub headers: &'a str,
+}
+
+fn bad(reason: impl Into<String>) -> ParseError {
+    ParseError::new(ParseErrorKind::BadUri, reason)
+}
+
+/// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+pub(crate) fn is_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+}
+
+impl<'a> Uri<'a> {
+    /// Parse a sip, sips or tel URI. Any other scheme is an error (the caller
+    /// may still route such a Request-URI opaquely).
+    pub fn parse(s: &'a str) -> Result<Uri<'a>, ParseError> {
+        if s.bytes().any(is_lws) {
+            return Err(bad("URI contains whitespace"));
+        }
+        let colon = s.find(':').ok_or_else(|| bad("URI has no scheme"))?;
+        let scheme = &s[..colon];
+        let rest = &s[colon + 1..];
+        if scheme.eq_ignore_ascii_case("tel") {
+            return Self::parse_tel(scheme, rest);
+        }
+        if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+            return Err(bad(format!("unsupported URI scheme {scheme:?}")));
+        }
+        // userinfo cannot hold an unescaped '@', while params and headers may
+        // not either, so the first '@' ends the userinfo (RFC 3261 §25.1).
+        let (user, password, hostpart) = match rest.find('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let (user, password) = match userinfo.find(':') {
+                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                    None => (userinfo, None),
+                };
+                if user.is_empty() {
+                    return Err(bad("URI has an empty user part"));
+                }
+                (Some(user), password, &rest[at + 1..])
+            }
+            None => (None, None, rest),
+        };
+        let host_end = if hostpart.starts_with('[') {
+            hostpart
+                .find(']')
+                .map(|i| i + 1)
+                .ok_or_else(|| bad("unterminated IPv6 reference in URI"))?
+        } else {
+            hostpart.find([':', ';', '?']).unwrap_or(hostpart.len())
+        };
+        let host = &hostpart[..host_end];
+        let valid_host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = &inner[..inner.len().saturating_sub(1)];
+            !inner.is_empty()
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        } else {
+            !host.is_empty() && host.bytes().all(is_host_byte)
+        };
+        if !valid_host {
+            return Err(bad(format!("invalid URI host {host:?}")));
+        }
+        let mut after = &hostpart[host_end..];
+        let mut port = None;
+        if let Some(p) = after.strip_prefix(':') {
+            let end = p.find([';', '?']).unwrap_or(p.len());
+            let digits = &p[..end];
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!("invalid URI port {digits:?}")));
+            }
+            port = Some(
+                digits
+                    .parse::<u16>()
+                    .map_err(|_| bad(format!("URI port {digits} out of range")))?,
+            );
+            after = &p[end..];
+        }
+        let (params, headers) = split_params_headers(after)?;
+        Ok(Uri {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+
+    fn parse_tel(scheme: &'a str, rest: &'a str) -> Result<Uri<'a>, ParseError> {
+        let end = rest.find([';', '?']).unwrap_or(rest.len());
+        let number = &rest[..end];
+        if number.is_empty()
+            || !number.bytes().all(|b| {
+                b.is_ascii_hexdigit()
+                    || matches!(
+                        b,
+                        b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#' | b'p' | b'w'
+                    )
+            })
+        {
+            return Err(bad(format!("invalid telephone number {number:?}")));
+        }
+        let (params, headers) = split_params_headers(&rest[end..])?;
+        Ok(Uri {
+            scheme,
+            user: None,
+            password: None,
+            host: number,
+            port: None,
+            params,
+            headers,
+        })
+    }
+
+    /// URI parameter by case-insensitive name; `Some(None)` for a flag (`lr`).
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        find_param(self.params, name)
+    }
+
+    pub fn has_param(&self, name: &str) -> bool {
+        self.param(name).is_some()
+    }
+
+    /// True for the `sips` scheme.
+    pub fn is_secure(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("sips")
+    }
+}
+
+/// Split `[;params][?headers]` keeping each part's leading delimiter.
+fn split_params_headers(s: &str) -> Result<(&str, &str), ParseError> {
+    if s.is_empty() {
+        return Ok(("", ""));
+    }
+    if !(s.starts_with(';') || s.starts_with('?')) {
+        return Err(bad(format!("unexpected characters {s:?} after URI host")));
+    }
+    let q = s.find('?').unwrap_or(s.len());
+    Ok((&s[..q], &s[q..]))
+}
+
+impl fmt::Display for Uri<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.scheme)?;
+        if let Some(user) = self.user {
+            f.write_str(user)?;
+            if let Some(pw) = self.password {
+                write!(f, ":{pw}")?;
+            }
+            f.write_str("@")?;
+        }
+        f.write_str(self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        write!(f, "{}{}", self.params, self.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_sip_uri() {
+        let u =
+            Uri::parse("sip:alice:secret@example.com:5070;transport=tcp;lr?subject=hi").unwrap();
+        assert_eq!(u.scheme, "sip");
+        assert_eq!(u.user, Some("alice"));
+        assert_eq!(u.password, Some("secret"));
+        assert_eq!(u.host, "example.com");
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.params, ";transport=tcp;lr");
+        assert_eq!(u.headers, "?subject=hi");
+        assert_eq!(u.param("TRANSPORT"), Some(Some("tcp")));
+        assert_eq!(u.param("lr"), Some(None));
+        assert!(u.has_param("lr"));
+        assert!(!u.has_param("maddr"));
+    }
+
+    #[test]
+    fn ipv6_and_tel() {
+        let u = Uri::parse("sips:[2001:db8::1]:5061;lr").unwrap();
+        assert_eq!(u.host, "[2001:db8::1]");
+        assert_eq!(u.port, Some(5061));
+        assert!(u.is_secure());
+        let t = Uri::parse("tel:+1-201-555-0123;phone-context=example.com").unwrap();
+        assert_eq!(t.host, "+1-201-555-0123");
+        assert_eq!(t.user, None);
+        assert_eq!(t.param("phone-context"), Some(Some("example.com")));
+    }
+
+    #[test]
+    fn torture_user_parts() {
+        // RFC 4475 intmeth: the first '@' ends the userinfo, the first ':' in it
+        // starts the password.
+        let s = "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com";
+        let u = Uri::parse(s).unwrap();
+        assert_eq!(
+            u.user,
+            Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
+        );
+        assert_eq!(
+            u.password,
+            Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
+        );
+        assert_eq!(u.host, "example.com");
+        let semi = Uri::parse("sip:user;par=u%40example.net@example.com").unwrap();
+        assert_eq!(semi.user, Some("user;par=u%40example.net"));
+        assert_eq!(semi.params, "");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "sip:example.com",
+            "sip:a@b.c:5060;lr",
+            "SIP:Bob@[::1];maddr=x?h=v&i=w",
+            "tel:+4930123",
+            "sip:u:@h",
+        ] {
+            assert_eq!(Uri::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for s in [
+            "",
+            "sip:",
+            "sip:user@",
+            "sip:@host",
+            "sip:host:",
+            "sip:host:99999",
+            "sip:host:12a",
+            "sip:[::1",
+            "sip:ho st",
+            "<sip:host>",
+            "http://example.com",
+            "sip:host>",
+            "tel:",
+        ] {
+            assert!(Uri::parse(s).is_err(), "{s:?} should fail");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Run siphon's whole test suite: unit tests plus the end-to-end tests that
+# drive the daemon with sipp (and redis-server for the registrar store).
+#
+# Run as root on a Debian/Ubuntu machine, it installs the missing tools with
+# apt first. Extra arguments go to the test runner, e.g.
+#   ./test.sh -E 'binary(e2e_calls)'
+# Exit code: the test runner's.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Install a Debian package providing COMMAND when COMMAND is missing and we can.
+need() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing $package (for $command)" >&2
+        if [ -z "${APT_UPDATED:-}" ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            APT_UPDATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+    else
+        echo "test.sh: warning: $command not found (package $package); tests that need it will fail" >&2
+    fi
+}
+
+need sipp sip-tester
+need redis-server redis-server
+
+# Build and link against the python3 on PATH (see DESIGN.md: pyo3 + rpath).
+PYO3_PYTHON="$(command -v python3)"
+export PYO3_PYTHON
+
+if cargo nextest --version >/dev/null 2>&1; then
+    exec cargo nextest run --all-targets "$@"
+else
+    echo "test.sh: cargo-nextest not found, using cargo test" >&2
+    exec cargo test --all-targets "$@"
+fi
