@@ -19,7 +19,6 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -97,51 +96,9 @@ pub struct GroupConfig {
     pub destinations: Vec<DestinationConfig>,
 }
 
-/// How a group picks a destination (see DESIGN.md §4.3).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    /// Smooth weighted round-robin.
-    #[default]
-    Weighted,
-    /// Even rotation; weight is ignored.
-    RoundRobin,
-    /// Weighted rendezvous hashing on a caller-supplied key.
-    Hash,
-}
-
-impl Algorithm {
-    /// The spelling used in YAML and in `gateway.add_group(algorithm=...)`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Weighted => "weighted",
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::Hash => "hash",
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Algorithm {
-    type Err = String;
-
-    /// Parses the YAML spelling, so scripts share the config's vocabulary.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "weighted" => Ok(Algorithm::Weighted),
-            "round_robin" => Ok(Algorithm::RoundRobin),
-            "hash" => Ok(Algorithm::Hash),
-            other => Err(format!(
-                "unknown algorithm `{other}`, expected one of `weighted`, `round_robin`, `hash`"
-            )),
-        }
-    }
-}
+/// How a group picks a destination (see DESIGN.md §4.3); one enum shared
+/// with the selection code, deserialized from its snake_case name.
+pub use crate::gateway::Algorithm;
 
 /// OPTIONS health probing of a group's destinations.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -2012,6 +1969,7 @@ log: {level: info, format: pretty} # pretty | json
         assert!("roundrobin"
             .parse::<Algorithm>()
             .unwrap_err()
-            .contains("expected one of"));
+            .to_string()
+            .contains("expected weighted, round_robin or hash"));
     }
 }

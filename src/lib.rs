@@ -10,3 +10,7 @@ pub mod actors;
 pub mod proxy;
 pub mod script;
 pub mod server;
+pub mod metrics;
+pub mod registrar;
+pub mod lifecycle;
+pub mod admin;

@@ -2,12 +2,14 @@
 //! actors, and handles signals (SIGHUP reloads the script; SIGTERM/SIGINT stop).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::actors::transaction::{ShardConfig, TransactionShard};
 use crate::actors::transport::{Router, TcpAcceptor, Transports, UdpTransport};
 use crate::config::Config;
+use crate::lifecycle::Lifecycle;
 use crate::proxy::TimerSettings;
 use crate::script::{host_text, LocalIdentity, ScriptEngine};
 
@@ -51,11 +53,22 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
             .find(|a| !a.ip().is_unspecified())
             .map_or_else(|| "127.0.0.1".to_string(), host_text)
     });
-    let gateways = Arc::new(crate::gateway::Gateways::default());
+    // Process-wide, so the script's `gateway` namespace sees the same groups.
+    let gateway_service = crate::actors::gateway::GatewayService::global();
     for group in &config.gateway.groups {
-        gateways.insert(group_from_config(group));
+        gateway_service.add_configured_group(group);
     }
+    let gateways = gateway_service.gateways();
+    // Registrar before the listeners: with Redis it restores every binding
+    // before "siphon ready".
+    let registrar = crate::registrar::Registrar::start(
+        &config.registrar,
+        crate::registrar::node_domains(&config.domain.local, config.advertise.as_deref(), &listen),
+    )?;
+    crate::registrar::install(registrar);
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let shard_config = Arc::new(ShardConfig {
+        lifecycle: lifecycle.clone(),
         transports: transports.clone(),
         script: script.clone(),
         timers: TimerSettings {
@@ -79,6 +92,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
         ));
     }
     transports.set_router(Router::new(shards));
+    gateway_service.start(transports.clone());
 
     for (index, socket) in udp_sockets.into_iter().enumerate() {
         let local = socket.local_addr().ok();
@@ -91,7 +105,14 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
         tracing::info!(addr = ?local, "listening on TCP");
     }
 
-    watch_signals(script);
+    start_http(&config, lifecycle.clone()).await?;
+    log_actor_metrics(Duration::from_secs(config.metrics.log_interval_secs));
+    watch_signals(
+        script,
+        lifecycle.clone(),
+        Duration::from_secs(config.server.drain_secs),
+    );
+    lifecycle.set_ready();
     tracing::info!(
         instance = %config.server.instance_id,
         shards = shard_count(),
@@ -103,12 +124,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
 
 /// A gateway group as the config describes it.
 pub fn group_from_config(config: &crate::config::GroupConfig) -> crate::gateway::Group {
-    use crate::gateway::{Algorithm, Destination, Group};
-    let algorithm = match config.algorithm {
-        crate::config::Algorithm::Weighted => Algorithm::Weighted,
-        crate::config::Algorithm::RoundRobin => Algorithm::RoundRobin,
-        crate::config::Algorithm::Hash => Algorithm::Hash,
-    };
+    use crate::gateway::{Destination, Group};
     let destinations = config
         .destinations
         .iter()
@@ -121,13 +137,14 @@ pub fn group_from_config(config: &crate::config::GroupConfig) -> crate::gateway:
         .collect();
     Group::new(
         config.name.clone(),
-        algorithm,
+        config.algorithm,
         destinations,
         config.probe.failure_threshold,
     )
 }
 
-fn watch_signals(script: Arc<ScriptEngine>) {
+/// SIGHUP reloads the script; SIGTERM/SIGINT drain, then stop.
+fn watch_signals(script: Arc<ScriptEngine>, lifecycle: Arc<Lifecycle>, drain: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     actix::spawn(async move {
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
@@ -148,7 +165,81 @@ fn watch_signals(script: Arc<ScriptEngine>) {
                 _ = int.recv() => break,
             }
         }
-        tracing::info!("stopping");
-        System::current().stop();
+        drain_then_stop(lifecycle, drain, async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        })
+        .await;
     });
+}
+
+/// Refuses new dialogs, waits for the transactions in flight (at most
+/// `drain`), then stops the actor system. A second signal stops at once.
+async fn drain_then_stop(
+    lifecycle: Arc<Lifecycle>,
+    drain: Duration,
+    second_signal: impl std::future::Future<Output = ()>,
+) {
+    lifecycle.start_draining();
+    tracing::info!(drain_secs = drain.as_secs_f64(), "draining: new calls get 503");
+    let deadline = tokio::time::Instant::now() + drain;
+    let idle = async {
+        // Let in-flight dialogs send their BYE through us, however quiet the
+        // transaction count looks at this instant.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while crate::metrics::get().transactions_active.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = idle => tracing::info!("drained: no transactions left"),
+        _ = tokio::time::sleep_until(deadline) => tracing::info!("drain time is up"),
+        _ = second_signal => tracing::info!("second stop signal"),
+    }
+    tracing::info!("stopping");
+    System::current().stop();
+}
+
+/// Logs each actor kind's figures every `interval` (0 turns it off).
+fn log_actor_metrics(interval: Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    actix::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            crate::metrics::log_actor_stats(interval);
+        }
+    });
+}
+
+/// Starts the admin API and the Prometheus endpoint when configured.
+async fn start_http(config: &Config, lifecycle: Arc<Lifecycle>) -> Result<(), String> {
+    if let Some(addr) = config.admin.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind admin.listen {addr}: {e}"))?;
+        let ctx = Arc::new(crate::admin::AdminContext {
+            lifecycle,
+            instance_id: config.server.instance_id.clone(),
+            gateways: crate::actors::gateway::GatewayService::global().clone(),
+            registrations: crate::registrar::global()
+                .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
+        });
+        crate::admin::spawn_admin(listener, ctx);
+        tracing::info!(%addr, "admin API listening");
+    }
+    if let Some(prometheus) = &config.metrics.prometheus {
+        let addr = prometheus.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind metrics.prometheus.listen {addr}: {e}"))?;
+        crate::admin::spawn_metrics(listener);
+        tracing::info!(%addr, "Prometheus metrics listening");
+    }
+    Ok(())
 }

@@ -230,12 +230,15 @@ fn times_out_with_408(
         "uac_timeout.xml",
         uas_scenario,
         1,
-        1,
+        10,
         true,
     );
     uac.assert_all_succeeded();
     let waited = invite_to_408(&uac);
-    eprintln!("{uas_scenario} over {transport:?}: 408 after {waited:?}");
+    eprintln!(
+        "{uas_scenario} over {transport:?}: 408 after {waited:?}; uac ran {:?}",
+        uac.elapsed
+    );
     assert!(
         waited >= earliest,
         "408 after {waited:?}, before the timer ({earliest:?})"
@@ -250,13 +253,21 @@ fn times_out_with_408(
 /// A UAS that never answers: with T1 = 50 ms, Timer B fires 64*T1 = 3.2 s
 /// after the proxy relays the INVITE, and the UAC gets 408.
 fn no_answer_times_out(transport: Transport) {
-    let (_uac, uas) = times_out_with_408(
+    let (uac, uas) = times_out_with_408(
         transport,
         "uas_silent.xml",
         Duration::from_millis(3100),
         Duration::from_millis(4500),
     );
     assert_eq!(uas.stats.incoming_calls, 1, "{}", uas.report());
+    // The proxy answered 100 Trying at once, so the caller never had to
+    // retransmit its INVITE while the proxy waited for Timer B.
+    let got_100 = uac
+        .trace()
+        .iter()
+        .any(|m| m.received && status_code(&m.text) == Some(100));
+    assert!(got_100, "no 100 Trying\n{}", uac.report());
+    assert_eq!(uac.stats.retransmissions, 0, "{}", uac.report());
 }
 
 #[test]
@@ -424,12 +435,13 @@ fn answered_or_logged(
             );
         }
         None => {
-            let port = client_port.to_string();
+            let port = format!(":{client_port}");
             assert!(
                 siphon.wait_for_log(&port, Duration::from_secs(2)),
                 "{what}: neither answered nor logged (no log line names port {port});\nlog tail:\n{}",
                 siphon.log_tail(30)
             );
+            eprintln!("{what}: logged {:?}", siphon.log_lines(&port));
         }
     }
 }
@@ -544,7 +556,8 @@ fn malformed_input_does_not_disturb_calls() {
     let answer = tcp.recv_final(wait, &mut seen);
     if answer.is_none() {
         assert!(
-            tcp.wait_closed(Duration::from_secs(2)) || siphon.log().contains(&tcp_port.to_string()),
+            tcp.wait_closed(Duration::from_secs(2))
+                || siphon.log().contains(&format!(":{tcp_port}")),
             "70 KB over TCP: no answer, connection open and nothing logged; got {seen:?}"
         );
     }
@@ -695,6 +708,23 @@ fn max_forwards_zero_gets_483() {
     assert!(
         callee.recv(Duration::from_millis(300)).is_none(),
         "request was relayed"
+    );
+}
+
+/// A request whose Request-URI points back at the proxy comes round again
+/// with the proxy's own Via on it: the loop is detected and answered 482.
+#[test]
+fn request_looping_through_the_proxy_gets_482() {
+    let siphon = start_proxy("debug");
+    let target = format!("sip:someone@{}", siphon.addr());
+    let response = ask(&siphon, |from| {
+        RawRequest::new("OPTIONS", &target, Transport::Udp, from)
+    });
+    assert_eq!(
+        status_code(&response),
+        Some(482),
+        "{response}\nlog:\n{}",
+        siphon.log_tail(20)
     );
 }
 

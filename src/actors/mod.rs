@@ -3,3 +3,4 @@
 
 pub mod transaction;
 pub mod transport;
+pub mod gateway;

@@ -29,6 +29,8 @@ pub struct ShardConfig {
     pub script: Arc<ScriptEngine>,
     pub timers: TimerSettings,
     pub local: Arc<LocalIdentity>,
+    /// Draining refuses new dialogs with 503.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Gateway groups: relaying to a destination's uri uses its address.
     pub gateways: Arc<crate::gateway::Gateways>,
     /// Host written in our Via and Record-Route (advertise, or the listen IP).
@@ -133,6 +135,19 @@ struct ClientTx {
     timer_c_due: Instant,
 }
 
+/// Sends a response upstream (not a retransmission) and counts it.
+fn send_upstream(config: &ShardConfig, flow: &Flow, dest: SocketAddr, bytes: Bytes, code: u16) {
+    config.transports.reply(flow, dest, bytes);
+    crate::metrics::get().response(code);
+}
+
+/// Where one branch goes: its next hop, Request-URI and pre-loaded routes.
+struct BranchPlan<'a> {
+    hop: forward::Hop,
+    new_ruri: Option<&'a str>,
+    push_routes: &'a [String],
+}
+
 /// A CANCEL we sent for a branch (a non-INVITE client transaction of its own).
 struct CancelTx {
     request: Bytes,
@@ -152,6 +167,8 @@ pub struct TransactionShard {
     timers: TimerQueue,
     resolver: Resolver,
     next_id: u64,
+    /// This shard's share of the `transactions_active` gauge.
+    reported_active: i64,
 }
 
 impl TransactionShard {
@@ -167,6 +184,7 @@ impl TransactionShard {
             timers: TimerQueue::default(),
             resolver: Resolver::default(),
             next_id: 0,
+            reported_active: 0,
         }
     }
 
@@ -251,6 +269,10 @@ impl TransactionShard {
         }
 
         let reply_to = forward::reply_address(&msg, source);
+        if method == "INVITE" && msg.to_tag().is_none() && self.config.lifecycle.is_draining() {
+            self.reply_stateless(&msg, &flow, reply_to, 503, "Service Unavailable");
+            return;
+        }
         if method != "ACK" {
             if msg.max_forwards() == Some(0) {
                 self.reply_stateless(&msg, &flow, reply_to, 483, "Too Many Hops");
@@ -286,9 +308,7 @@ impl TransactionShard {
             };
             if invite {
                 let trying = Bytes::from(build::response(&msg, 100, "Trying", None, &[]));
-                self.config
-                    .transports
-                    .reply(&flow, reply_to, trying.clone());
+                self.send_upstream(&flow, reply_to, trying.clone(), 100);
                 tx.last_response = Some(trying);
             }
             self.server_index.insert(key, slot);
@@ -305,18 +325,12 @@ impl TransactionShard {
         let engine = self.config.script.clone();
         let cache = self.script.get_or_insert_with(|| engine.cache());
         let decision = engine.run(cache, input);
-        self.apply(decision, slot, source, &flow, reply_to, now);
+        self.apply(decision, slot, source, now);
     }
 
-    fn apply(
-        &mut self,
-        decision: Decision,
-        slot: Option<u64>,
-        source: SocketAddr,
-        flow: &Flow,
-        reply_to: SocketAddr,
-        now: Instant,
-    ) {
+    /// Carries out what the script decided. `slot` is the server
+    /// transaction (None for an ACK, which is relayed statelessly).
+    fn apply(&mut self, decision: Decision, slot: Option<u64>, source: SocketAddr, now: Instant) {
         let Some(input) = &decision.input else {
             if let Some(slot) = slot {
                 self.reply_local(slot, 500, "Server Internal Error", now);
@@ -345,10 +359,14 @@ impl TransactionShard {
                     self.remove_server(slot);
                 }
             }
-            Some(Action::Reply { code, reason }) => match slot {
+            Some(Action::Reply {
+                code,
+                reason,
+                headers,
+            }) => match slot {
                 Some(slot) => {
                     let reason = reason.as_deref().unwrap_or(build::default_reason(*code));
-                    self.reply_local(slot, *code, reason, now);
+                    self.reply_local_with(slot, *code, reason, headers, now);
                 }
                 None => tracing::debug!("script replied to an ACK; nothing sent"),
             },
@@ -359,36 +377,75 @@ impl TransactionShard {
                     .or_else(|| decision.new_ruri.clone())
                     .or_else(|| msg.request_uri().map(str::to_string))
                     .unwrap_or_default();
-                let gateways = &self.config.gateways;
-                match next_hop(&target, &mut self.resolver, |uri| gateways.address_of(uri)) {
-                    Ok(hop) => self.relay(&decision, hop, slot, source, now),
+                match self.hop_for(&target) {
+                    Ok(hop) => {
+                        let plan = BranchPlan {
+                            hop,
+                            new_ruri: decision.new_ruri.as_deref(),
+                            push_routes: &[],
+                        };
+                        self.relay(&decision, plan, slot, source, now)
+                    }
                     Err(e) => {
                         tracing::warn!(target = %target, error = %e, "cannot relay");
-                        match slot {
-                            Some(slot) => {
-                                self.reply_local(slot, 478, "Unresolvable Destination", now)
-                            }
-                            None => {
-                                let _ = (flow, reply_to);
-                            }
+                        if let Some(slot) = slot {
+                            self.reply_local(slot, 478, "Unresolvable Destination", now)
                         }
                     }
                 }
             }
+            Some(Action::Fork { targets }) => {
+                let Some(slot) = slot else {
+                    tracing::debug!("script forked an ACK; nothing sent");
+                    return;
+                };
+                for target in targets {
+                    let first_hop = target.path.first().map_or_else(
+                        || target.uri.clone(),
+                        |route| {
+                            sip::NameAddr::parse(route)
+                                .map_or_else(|_| route.clone(), |a| a.uri.to_string())
+                        },
+                    );
+                    match self.hop_for(&first_hop) {
+                        Ok(hop) => {
+                            let plan = BranchPlan {
+                                hop,
+                                new_ruri: Some(&target.uri),
+                                push_routes: &target.path,
+                            };
+                            self.relay(&decision, plan, Some(slot), source, now);
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %target.uri, error = %e, "fork branch skipped")
+                        }
+                    }
+                }
+                if self.servers.get(&slot).is_some_and(|tx| tx.branches.is_empty()) {
+                    self.reply_local(slot, 478, "Unresolvable Destination", now);
+                }
+            }
         }
+    }
+
+    /// The next hop for a URI: a gateway destination's address, or DNS.
+    fn hop_for(&mut self, uri: &str) -> Result<forward::Hop, forward::HopError> {
+        let gateways = &self.config.gateways;
+        next_hop(uri, &mut self.resolver, |uri| gateways.address_of(uri))
     }
 
     /// Forwards the request on one new branch (or statelessly for an ACK).
     fn relay(
         &mut self,
         decision: &Decision,
-        hop: forward::Hop,
+        plan: BranchPlan<'_>,
         slot: Option<u64>,
         source: SocketAddr,
         now: Instant,
     ) {
         let Some(input) = &decision.input else { return };
         let msg = &input.msg;
+        let hop = plan.hop;
         let loop_hash = forward::loop_hash(msg);
         let id = self.new_id();
         let branch = match slot {
@@ -410,10 +467,11 @@ impl TransactionShard {
         let bytes = Bytes::from(forward::forward_request(
             msg,
             &ForwardEdits {
-                new_ruri: decision.new_ruri.as_deref(),
+                new_ruri: plan.new_ruri,
                 routes_popped: decision.routes_popped,
                 header_edits: &decision.header_edits,
                 record_route: record_route.as_deref(),
+                push_routes: plan.push_routes,
                 via: &via,
                 source,
             },
@@ -498,9 +556,7 @@ impl TransactionShard {
         };
         let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
         let ok = build::response(msg, 200, "OK", Some(&to_tag), &[]);
-        self.config
-            .transports
-            .reply(&flow, reply_to, Bytes::from(ok));
+        send_upstream(&self.config, &flow, reply_to, Bytes::from(ok), 200);
         if tx.final_sent || tx.cancelled {
             return;
         }
@@ -704,9 +760,8 @@ impl TransactionShard {
             return;
         }
         let bytes = Bytes::from(forward::strip_top_via(msg));
-        self.config
-            .transports
-            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        let code = msg.status().unwrap_or(0);
+        send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
         tx.last_response = Some(bytes);
     }
 
@@ -716,9 +771,8 @@ impl TransactionShard {
             return;
         };
         // Every 2xx goes upstream, even after another branch's (§16.7 step 5).
-        self.config
-            .transports
-            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        let code = msg.status().unwrap_or(200);
+        send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
         if !tx.final_sent {
             tx.final_sent = true;
             tx.state = ServerState::Accepted;
@@ -792,6 +846,17 @@ impl TransactionShard {
 
     /// Answers a request from this proxy (not forwarded from a branch).
     fn reply_local(&mut self, slot: u64, code: u16, reason: &str, now: Instant) {
+        self.reply_local_with(slot, code, reason, &[], now);
+    }
+
+    fn reply_local_with(
+        &mut self,
+        slot: u64,
+        code: u16,
+        reason: &str,
+        headers: &[(String, String)],
+        now: Instant,
+    ) {
         let Some(tx) = self.servers.get_mut(&slot) else {
             return;
         };
@@ -800,17 +865,19 @@ impl TransactionShard {
         } else {
             None
         };
+        let extra: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
         let bytes = Bytes::from(build::response(
             &tx.request,
             code,
             reason,
             to_tag.as_deref(),
-            &[],
+            &extra,
         ));
         if code < 200 {
-            self.config
-                .transports
-                .reply(&tx.flow, tx.reply_to, bytes.clone());
+            send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
             tx.last_response = Some(bytes);
             return;
         }
@@ -827,9 +894,7 @@ impl TransactionShard {
             return;
         }
         tx.final_sent = true;
-        self.config
-            .transports
-            .reply(&tx.flow, tx.reply_to, bytes.clone());
+        send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
         tx.last_response = Some(bytes);
         let reliable = tx.reliable();
         let owner = TimerOwner::Server(slot);
@@ -870,7 +935,11 @@ impl TransactionShard {
     ) {
         let to_tag = (msg.to_tag().is_none()).then(build::new_tag);
         let bytes = build::response(msg, code, reason, to_tag.as_deref(), &[]);
-        self.config.transports.reply(flow, dest, Bytes::from(bytes));
+        self.send_upstream(flow, dest, Bytes::from(bytes), code);
+    }
+
+    fn send_upstream(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes, code: u16) {
+        send_upstream(&self.config, flow, dest, bytes, code);
     }
 
     fn remove_server(&mut self, slot: u64) {
@@ -1103,9 +1172,15 @@ impl TransactionShard {
             .arm(now, settings.timeout(), owner, TimerKind::F);
     }
 
-    /// Transactions held right now (for metrics and tests).
-    pub fn active(&self) -> (usize, usize) {
-        (self.servers.len(), self.clients.len())
+    /// Moves the process-wide gauge by how much this shard's count changed.
+    fn report_active(&mut self) {
+        let active = (self.servers.len() + self.clients.len() + self.cancels.len()) as i64;
+        if active != self.reported_active {
+            crate::metrics::get()
+                .transactions_active
+                .inc_by(active - self.reported_active);
+            self.reported_active = active;
+        }
     }
 }
 
@@ -1167,7 +1242,10 @@ impl Actor for TransactionShard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::script::keep_thread_state();
-        ctx.run_interval(TICK, |shard, _ctx| shard.fire_timers());
+        ctx.run_interval(TICK, |shard, _ctx| {
+            shard.fire_timers();
+            shard.report_active();
+        });
         tracing::debug!(shard = self.id, "transaction shard started");
     }
 }
@@ -1184,12 +1262,16 @@ impl Handler<Inbound> for TransactionShard {
     type Result = ();
 
     fn handle(&mut self, inbound: Inbound, _ctx: &mut Self::Context) {
+        let started = Instant::now();
         let Inbound { msg, source, flow } = inbound;
         if msg.is_request() {
+            crate::metrics::get().request(msg.method_str());
             self.on_request(msg, source, flow);
         } else {
-            self.on_response(msg, Instant::now());
+            self.on_response(msg, started);
         }
+        self.report_active();
+        crate::metrics::actors().transaction.record(started.elapsed());
     }
 }
 

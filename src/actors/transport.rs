@@ -42,6 +42,10 @@ impl Protocol {
     }
 }
 
+/// Messages waiting for the transaction shards, beyond which new ones are
+/// dropped (about a second of traffic at the measured peak rate).
+const MAX_QUEUED: i64 = 20_000;
+
 /// The way back to a peer: the UDP socket a datagram arrived on, or the TCP
 /// connection it arrived over.
 #[derive(Clone, Debug)]
@@ -83,6 +87,16 @@ impl Router {
     }
 
     pub fn dispatch(&self, msg: Message, source: SocketAddr, flow: Flow) {
+        // do_send ignores mailbox capacity, so ingress is bounded here: past
+        // the limit a burst is shed (UDP peers retransmit) instead of growing
+        // memory without end.
+        let stats = &crate::metrics::actors().transaction;
+        if stats.enqueued() > MAX_QUEUED {
+            stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::get().ingress_dropped.inc();
+            tracing::warn!(%source, "transaction shards overloaded; message dropped");
+            return;
+        }
         let index = self.shard_of(msg.call_id().unwrap_or(""));
         self.shards[index].do_send(Inbound { msg, source, flow });
     }
@@ -257,6 +271,12 @@ fn accept_bytes(bytes: Bytes, source: SocketAddr, flow: Flow, transports: &Trans
             if err.kind == ParseErrorKind::Keepalive {
                 return;
             }
+            crate::metrics::get()
+                .malformed
+                .get_or_create(&crate::metrics::TransportLabels {
+                    transport: flow.protocol().as_str(),
+                })
+                .inc();
             let answerable = err.partial.as_deref().filter(|m| m.is_request());
             match answerable {
                 Some(partial) if partial.method() != Some(sip::Method::Ack) => {
@@ -312,7 +332,11 @@ impl StreamHandler<io::Result<(Bytes, SocketAddr)>> for UdpTransport {
                 tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
             }
             Ok((bytes, source)) => {
-                accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports)
+                let started = std::time::Instant::now();
+                accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports);
+                crate::metrics::actors()
+                    .udp
+                    .record_unqueued(started.elapsed());
             }
             // ICMP errors from earlier sends surface here; they are not fatal.
             Err(e) => tracing::debug!(error = %e, "UDP receive error"),
@@ -503,7 +527,11 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
     fn handle(&mut self, item: io::Result<Bytes>, ctx: &mut Self::Context) {
         match item {
             Ok(bytes) => {
+                let started = std::time::Instant::now();
                 accept_bytes(bytes, self.peer, Flow::Tcp(ctx.address()), &self.transports);
+                crate::metrics::actors()
+                    .tcp
+                    .record_unqueued(started.elapsed());
             }
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "closing TCP connection after framing error");

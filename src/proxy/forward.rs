@@ -132,6 +132,8 @@ pub struct ForwardEdits<'a> {
     pub routes_popped: usize,
     pub header_edits: &'a [(String, Option<String>)],
     pub record_route: Option<&'a str>,
+    /// Routes to put on top of the Route set (a fork target's Path).
+    pub push_routes: &'a [String],
     pub via: &'a str,
     /// `received`/`rport` to stamp on the previous hop's Via (RFC 3581).
     pub source: SocketAddr,
@@ -192,6 +194,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
         if let (Some(value), false) = (value, later) {
             rw.append_header(name, value);
         }
+    }
+    for route in edits.push_routes.iter().rev() {
+        rw.push_top_header("Route", route);
     }
     if let Some(record_route) = edits.record_route {
         rw.push_top_header("Record-Route", record_route);
@@ -337,6 +342,7 @@ body";
                 routes_popped: 1,
                 header_edits: &edits,
                 record_route: Some("<sip:127.0.0.1:5060;lr>"),
+                push_routes: &[],
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },
@@ -372,6 +378,7 @@ body";
                 routes_popped: 0,
                 header_edits: &edits,
                 record_route: None,
+                push_routes: &["<sip:edge.example;lr>".to_string()],
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.2",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },
@@ -380,7 +387,9 @@ body";
         assert_eq!(fwd.header_named("X-Custom"), None);
         assert_eq!(fwd.header(HeaderName::Subject), Some("hi"));
         assert_eq!(fwd.request_uri(), Some("sip:carol@10.2.2.2"));
-        assert_eq!(fwd.header_values(HeaderName::Route).count(), 2);
+        let routes: Vec<&str> = fwd.header_values(HeaderName::Route).collect();
+        assert_eq!(routes[0], "<sip:edge.example;lr>");
+        assert_eq!(routes.len(), 3);
     }
 
     #[test]

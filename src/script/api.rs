@@ -87,6 +87,8 @@ pub(super) fn register_module(py: Python<'_>) -> PyResult<()> {
     let module = PyModule::new(py, "siphon")?;
     module.add("proxy", Py::new(py, ProxyApi)?)?;
     module.add("log", Py::new(py, LogApi)?)?;
+    module.add("gateway", Py::new(py, super::gateway::GatewayApi)?)?;
+    super::registrar::register(&module)?;
     module.add_class::<super::request::Request>()?;
     module.add_class::<super::request::Uri>()?;
     py.import("sys")?

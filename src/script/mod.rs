@@ -6,7 +6,9 @@
 //! shard carries it out after the call returns.
 
 mod api;
-mod request;
+mod gateway;
+pub mod request;
+mod registrar;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use pyo3::prelude::*;
 
-pub use request::{host_text, same_header, Action, Decision, LocalIdentity, RequestInput};
+pub use request::{
+    host_text, same_header, Action, Decision, ForkTarget, LocalIdentity, Request, RequestInput,
+};
 
 /// One registered handler: an optional method filter and the Python callable.
 struct Handler {
@@ -121,13 +125,20 @@ impl ScriptEngine {
                     return Decision::failed(None);
                 }
             };
+            let started = std::time::Instant::now();
             let outcome = handler.func.call1(py, (request.clone_ref(py),));
+            let metrics = crate::metrics::get();
+            metrics.script_executions.inc();
+            metrics
+                .script_duration
+                .observe(started.elapsed().as_secs_f64());
             let state = request.borrow_mut(py).take();
             match outcome {
                 Ok(_) => state
                     .map(Decision::from_state)
                     .unwrap_or_else(|| Decision::failed(None)),
                 Err(err) => {
+                    metrics.script_errors.inc();
                     tracing::error!(
                         method = %method,
                         "script raised; answering 500\n{}",

@@ -69,8 +69,25 @@ pub struct RequestInput {
 /// What the script asked for. Only the first of relay/reply/fork counts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Forward to `uri` as the next hop, else along the Route set / Request-URI.
     Relay { uri: Option<String> },
-    Reply { code: u16, reason: Option<String> },
+    /// Answer from here; `headers` are added to the response (registrar
+    /// Contact list, Min-Expires...).
+    Reply {
+        code: u16,
+        reason: Option<String>,
+        headers: Vec<(String, String)>,
+    },
+    /// Parallel forking (RFC 3261 §16.7): one branch per target.
+    Fork { targets: Vec<ForkTarget> },
+}
+
+/// One fork branch: the new Request-URI, reached through `path` (RFC 3327)
+/// as a pre-loaded Route set when there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForkTarget {
+    pub uri: String,
+    pub path: Vec<String>,
 }
 
 /// The outcome of running the script on a request.
@@ -345,7 +362,37 @@ impl Request {
         if reason.as_deref().is_some_and(|r| r.contains(['\r', '\n'])) {
             return Err(PyValueError::new_err("reply: reason contains a line break"));
         }
-        self.state_mut()?.set_action(Action::Reply { code, reason })
+        self.state_mut()?.set_action(Action::Reply {
+            code,
+            reason,
+            headers: Vec::new(),
+        })
+    }
+
+    /// Forks to several targets at once: strings, or objects with a `.uri`
+    /// (and optionally a `.path` list), such as registrar Contacts.
+    fn fork(&mut self, targets: Bound<'_, PyAny>) -> PyResult<()> {
+        let mut parsed = Vec::new();
+        for target in targets.try_iter()? {
+            let target = target?;
+            let (uri, path) = match target.getattr("uri") {
+                Ok(uri) => {
+                    let path = match target.getattr("path") {
+                        Ok(path) if !path.is_none() => path.extract::<Vec<String>>()?,
+                        _ => Vec::new(),
+                    };
+                    (uri.str()?.to_string(), path)
+                }
+                Err(_) => (target.str()?.to_string(), Vec::new()),
+            };
+            sip::Uri::parse(&uri)
+                .map_err(|e| PyValueError::new_err(format!("fork: bad uri {uri:?}: {e}")))?;
+            parsed.push(ForkTarget { uri, path });
+        }
+        if parsed.is_empty() {
+            return Err(PyValueError::new_err("fork: no targets"));
+        }
+        self.state_mut()?.set_action(Action::Fork { targets: parsed })
     }
 
     fn record_route(&mut self) -> PyResult<()> {
@@ -366,6 +413,26 @@ impl Request {
 }
 
 impl Request {
+    /// The request as received, for namespaces implemented in Rust
+    /// (the registrar reads REGISTER from it).
+    pub(crate) fn message(&self) -> PyResult<&Message> {
+        Ok(&self.state()?.input.msg)
+    }
+
+    /// Records a reply with extra headers (used by `registrar.save`).
+    pub(crate) fn reply_with(
+        &mut self,
+        code: u16,
+        reason: Option<String>,
+        headers: Vec<(String, String)>,
+    ) -> PyResult<()> {
+        self.state_mut()?.set_action(Action::Reply {
+            code,
+            reason,
+            headers,
+        })
+    }
+
     fn addr_uri(&self, name: HeaderName) -> PyResult<Option<Uri>> {
         let state = self.state()?;
         Ok(state

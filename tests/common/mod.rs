@@ -646,14 +646,15 @@ impl SippOutcome {
     /// A readable account of the run for assertion messages.
     pub fn report(&self) -> String {
         format!(
-            "sipp {}: exit {:?} after {:.1?}, {:?}\n-- stderr --\n{}\n-- errors (tail) --\n{}\n-- screen (tail) --\n{}",
+            "sipp {}: exit {:?} after {:.1?}, {:?}\n-- stderr --\n{}\n-- errors (tail) --\n{}\n-- screen (tail) --\n{}\n-- messages (tail) --\n{}",
             self.name,
             self.exit_code,
             self.elapsed,
             self.stats,
             tail(&self.stderr, 10),
-            tail(&self.errors, 40),
-            tail(&self.screen, 40),
+            tail(&self.errors, 60),
+            tail(&self.screen, 30),
+            tail(&self.messages, 60),
         )
     }
 

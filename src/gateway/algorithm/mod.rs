@@ -52,7 +52,9 @@ pub trait Selector: Send {
 }
 
 /// The balancing algorithm of a group, as named in the config and scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// The config deserializes it directly (`algorithm: round_robin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Smooth weighted round-robin (nginx). The default.
     #[default]

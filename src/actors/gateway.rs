@@ -1,0 +1,820 @@
+//! The running side of gateway groups: one [`GroupActor`] per group and one
+//! [`Prober`] per probed destination, plus the process-wide [`GatewayService`]
+//! that the config loader, the server and the script's `gateway` namespace use
+//! to add, remove and mark groups.
+//!
+//! Selection itself does not go through an actor: script workers lock the
+//! group's [`SharedGroup`] directly (tens of nanoseconds, versus a 35–70 µs
+//! cross-thread round trip, DESIGN.md §6). The actors feed health in: probe
+//! results, Retry-After expiry, and the log line for every transition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::transaction::{ProbeOutcome, SendProbe};
+use crate::actors::transport::{Protocol, Transports};
+use crate::config::{GroupConfig, ProbeConfig};
+use crate::gateway::{FailureReason, Gateways, SharedGroup, Transition};
+use crate::proxy::forward::Hop;
+
+/// How often a group looks for Retry-After holds that ran out, so the "up"
+/// line is logged even when nothing else happens.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Share of the interval by which each probe is moved earlier or later, so
+/// probes of many destinations (and many LBs) do not fire in lockstep.
+const JITTER: f64 = 0.10;
+
+// ---------------------------------------------------------------------------
+// Service: the registry of groups and their actors
+// ---------------------------------------------------------------------------
+
+/// Every gateway group of this process with its actor.
+///
+/// Groups can be added before the actor system runs (the config at boot, or a
+/// script's module-level `gateway.add_group` while it is first loaded); their
+/// actors start in [`GatewayService::start`]. After that, adding a group from
+/// a script starts its actor at once, on the calling shard's arbiter.
+pub struct GatewayService {
+    gateways: Arc<Gateways>,
+    transports: OnceLock<Transports>,
+    groups: Mutex<HashMap<String, GroupEntry>>,
+}
+
+/// What the service remembers about one group besides its selection state.
+struct GroupEntry {
+    /// The probe settings when probing is enabled.
+    probe: Option<ProbeConfig>,
+    /// Its actor, once started.
+    actor: Option<Addr<GroupActor>>,
+}
+
+static GLOBAL: OnceLock<Arc<GatewayService>> = OnceLock::new();
+
+impl Default for GatewayService {
+    fn default() -> Self {
+        GatewayService {
+            gateways: Arc::new(Gateways::default()),
+            transports: OnceLock::new(),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl GatewayService {
+    /// The service of this process, shared by the server and the script.
+    pub fn global() -> &'static Arc<GatewayService> {
+        GLOBAL.get_or_init(|| Arc::new(GatewayService::default()))
+    }
+
+    /// The selection registry (what the relay path and `gateway.select` read).
+    pub fn gateways(&self) -> Arc<Gateways> {
+        self.gateways.clone()
+    }
+
+    /// Adds a group, or replaces the group of that name (its actor and probers
+    /// stop, and the new one starts with every destination healthy).
+    pub fn add_group(&self, config: &GroupConfig) {
+        let group = crate::server::group_from_config(config);
+        let probe = config.probe.enabled.then(|| config.probe.clone());
+        let (shared, _) = self.gateways.insert(group);
+        let actor = self.start_actor(&config.name, &shared, probe.as_ref());
+        let previous = self.entries().insert(
+            config.name.clone(),
+            GroupEntry {
+                probe: probe.clone(),
+                actor,
+            },
+        );
+        if let Some(old) = previous.and_then(|entry| entry.actor) {
+            old.do_send(StopGroup);
+        }
+        tracing::info!(
+            group = %config.name,
+            algorithm = %config.algorithm,
+            destinations = config.destinations.len(),
+            probing = probe.is_some(),
+            "gateway group added"
+        );
+    }
+
+    /// Adds a group from the config unless one of that name exists already
+    /// (a script that defines the group at load time wins over the config).
+    pub fn add_configured_group(&self, config: &GroupConfig) {
+        if self.gateways.get(&config.name).is_some() {
+            tracing::warn!(
+                group = %config.name,
+                "gateway group from the config not added: the script's add_group already defines it"
+            );
+            return;
+        }
+        self.add_group(config);
+    }
+
+    /// Removes a group and stops its actor and probers. False when unknown.
+    pub fn remove_group(&self, name: &str) -> bool {
+        let removed = self.gateways.remove(name).is_some();
+        if let Some(actor) = self.entries().remove(name).and_then(|entry| entry.actor) {
+            actor.do_send(StopGroup);
+        }
+        if removed {
+            tracing::info!(group = %name, "gateway group removed");
+        }
+        removed
+    }
+
+    /// Remembers how to send probes and starts the actors of every group
+    /// added so far. Call once, from inside the actor system, after the
+    /// transaction shards are routed.
+    pub fn start(&self, transports: Transports) {
+        if self.transports.set(transports).is_err() {
+            tracing::warn!("gateway service already started");
+            return;
+        }
+        let waiting: Vec<(String, Option<ProbeConfig>)> = self
+            .entries()
+            .iter()
+            .filter(|(_, entry)| entry.actor.is_none())
+            .map(|(name, entry)| (name.clone(), entry.probe.clone()))
+            .collect();
+        for (name, probe) in waiting {
+            let Some(shared) = self.gateways.get(&name) else {
+                continue;
+            };
+            let actor = self.start_actor(&name, &shared, probe.as_ref());
+            if let Some(entry) = self.entries().get_mut(&name) {
+                entry.actor = actor;
+            }
+        }
+    }
+
+    /// Script/admin hold (`down`) or release of one destination. `None` when
+    /// the group is unknown, `Some(false)` when the uri is not in it.
+    pub fn mark(&self, group: &str, uri: &str, down: bool) -> Option<bool> {
+        let shared = self.gateways.get(group)?;
+        Some(apply_mark(group, &shared, uri, down))
+    }
+
+    /// The group's actor is running (for tests and the admin API).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.entries()
+            .get(name)
+            .and_then(|entry| entry.actor.as_ref())
+            .is_some_and(Addr::connected)
+    }
+
+    /// Starts a group actor when the actor system runs and the service has
+    /// been started; otherwise [`GatewayService::start`] does it later.
+    fn start_actor(
+        &self,
+        name: &str,
+        shared: &Arc<SharedGroup>,
+        probe: Option<&ProbeConfig>,
+    ) -> Option<Addr<GroupActor>> {
+        let transports = self.transports.get()?.clone();
+        System::try_current()?;
+        let actor = GroupActor {
+            name: name.to_string(),
+            shared: shared.clone(),
+            probe: probe.cloned(),
+            transports,
+            probers: Vec::new(),
+        };
+        Some(actor.start())
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupEntry>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sets or lifts a script/admin hold and logs the change of availability.
+fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool) -> bool {
+    let now = Instant::now();
+    let mut group = shared.lock();
+    let Some(index) = group.find(uri) else {
+        return false;
+    };
+    let before = group.health(index).map(|h| h.availability(now));
+    if down {
+        group.mark_down(uri);
+    } else {
+        group.mark_up(uri);
+    }
+    let after = group.health(index).map(|h| h.availability(now));
+    drop(group);
+    let reason = if down {
+        "marked down by script"
+    } else {
+        "marked up by script"
+    };
+    match (before, after) {
+        (Some(from), Some(to)) if from != to => {
+            tracing::info!(group = %group_name, uri = %uri, %reason, "gateway destination {from} -> {to}");
+        }
+        _ => {
+            tracing::debug!(group = %group_name, uri = %uri, %reason, "gateway destination unchanged")
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Group actor
+// ---------------------------------------------------------------------------
+
+/// One gateway group at run time: receives probe results, logs every health
+/// transition, ends Retry-After holds on time, and owns the group's probers.
+pub struct GroupActor {
+    name: String,
+    shared: Arc<SharedGroup>,
+    probe: Option<ProbeConfig>,
+    transports: Transports,
+    probers: Vec<Addr<Prober>>,
+}
+
+impl GroupActor {
+    fn log_transition(&self, uri: &str, transition: &Transition) {
+        tracing::info!(
+            group = %self.name,
+            uri = %uri,
+            reason = %transition.reason,
+            "gateway destination {} -> {}",
+            transition.from,
+            transition.to
+        );
+    }
+
+    fn refresh(&mut self) {
+        let now = Instant::now();
+        let changes: Vec<(String, Transition)> = {
+            let mut group = self.shared.lock();
+            let expired: Vec<(usize, Transition)> = group.refresh(now).collect();
+            expired
+                .into_iter()
+                .filter_map(|(index, t)| Some((group.destination(index)?.uri.clone(), t)))
+                .collect()
+        };
+        for (uri, transition) in changes {
+            self.log_transition(&uri, &transition);
+        }
+    }
+}
+
+impl Actor for GroupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(REFRESH_INTERVAL, |actor, _| actor.refresh());
+        let Some(probe) = self.probe.clone() else {
+            return;
+        };
+        let targets: Vec<(usize, String, std::net::SocketAddr)> = self
+            .shared
+            .lock()
+            .destinations()
+            .iter()
+            .enumerate()
+            .map(|(index, d)| (index, d.uri.clone(), d.address))
+            .collect();
+        let group = ctx.address();
+        for (index, uri, addr) in targets {
+            let hop = Hop {
+                addr,
+                protocol: probe_protocol(&uri),
+            };
+            let prober = Prober::new(
+                self.name.clone(),
+                index,
+                uri,
+                hop,
+                &probe,
+                self.transports.clone(),
+                group.clone(),
+            );
+            self.probers.push(prober.start());
+        }
+        tracing::debug!(group = %self.name, probers = self.probers.len(), "gateway group started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for prober in self.probers.drain(..) {
+            prober.do_send(StopProbing);
+        }
+        tracing::debug!(group = %self.name, "gateway group stopped");
+    }
+}
+
+/// One probe's verdict, sent by a prober to its group.
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "()")]
+pub struct ProbeReport {
+    pub index: usize,
+    pub verdict: ProbeVerdict,
+}
+
+/// Whether a probe proved the destination alive.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeVerdict {
+    Alive {
+        latency: Duration,
+    },
+    Failed {
+        reason: FailureReason,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Handler<ProbeReport> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, report: ProbeReport, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let (uri, transition) = {
+            let mut group = self.shared.lock();
+            let transition = match report.verdict {
+                ProbeVerdict::Alive { latency } => group.record_success(report.index, latency, now),
+                ProbeVerdict::Failed {
+                    reason,
+                    retry_after,
+                } => group.record_failure(report.index, reason, retry_after, now),
+            };
+            let uri = group.destination(report.index).map(|d| d.uri.clone());
+            (uri, transition)
+        };
+        if let (Some(uri), Some(transition)) = (uri, transition) {
+            self.log_transition(&uri, &transition);
+        }
+    }
+}
+
+/// Stops a group actor (its probers stop with it).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopGroup;
+
+impl Handler<StopGroup> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopGroup, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prober
+// ---------------------------------------------------------------------------
+
+/// Probes one destination with OPTIONS on a jittered interval, each probe with
+/// its own timeout, and reports every verdict to its group.
+pub struct Prober {
+    group_name: String,
+    index: usize,
+    uri: String,
+    hop: Hop,
+    interval: Duration,
+    timeout: Duration,
+    transports: Transports,
+    group: Addr<GroupActor>,
+    /// The probe in flight: its number and when it was handed to a shard.
+    pending: Option<(u64, Instant)>,
+    sequence: u64,
+    /// Makes Call-IDs unique across probers and restarts.
+    call_id_base: String,
+}
+
+impl Prober {
+    fn new(
+        group_name: String,
+        index: usize,
+        uri: String,
+        hop: Hop,
+        probe: &ProbeConfig,
+        transports: Transports,
+        group: Addr<GroupActor>,
+    ) -> Self {
+        Prober {
+            group_name,
+            index,
+            uri,
+            hop,
+            interval: probe.interval(),
+            timeout: probe.timeout(),
+            transports,
+            group,
+            pending: None,
+            sequence: 0,
+            call_id_base: format!("probe-{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    fn schedule(&self, ctx: &mut Context<Self>, delay: Duration) {
+        ctx.run_later(delay, |prober, ctx| {
+            prober.send_probe(ctx);
+            let next = jittered(prober.interval, rand::random_range(-1.0..=1.0));
+            prober.schedule(ctx, next);
+        });
+    }
+
+    fn send_probe(&mut self, ctx: &mut Context<Self>) {
+        if !self.group.connected() {
+            ctx.stop();
+            return;
+        }
+        if self.pending.is_some() {
+            // The previous probe's timeout is longer than the interval; its
+            // verdict is still to come.
+            return;
+        }
+        let Some(router) = self.transports.router() else {
+            return;
+        };
+        self.sequence += 1;
+        let sequence = self.sequence;
+        self.pending = Some((sequence, Instant::now()));
+        router.dispatch_probe(SendProbe {
+            uri: self.uri.clone(),
+            hop: self.hop.clone(),
+            call_id: format!("{}-{sequence}@siphon", self.call_id_base),
+            reply_to: ctx.address().recipient(),
+        });
+        ctx.run_later(self.timeout, move |prober, _| {
+            if prober.pending.is_some_and(|(number, _)| number == sequence) {
+                prober.pending = None;
+                prober.report(ProbeVerdict::Failed {
+                    reason: FailureReason::Timeout,
+                    retry_after: None,
+                });
+            }
+        });
+    }
+
+    fn report(&self, verdict: ProbeVerdict) {
+        tracing::trace!(group = %self.group_name, uri = %self.uri, ?verdict, "probe verdict");
+        self.group.do_send(ProbeReport {
+            index: self.index,
+            verdict,
+        });
+    }
+}
+
+impl Actor for Prober {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // First probe soon, spread over a tenth of the interval.
+        let first = self.interval.mul_f64(rand::random_range(0.0..=JITTER));
+        self.schedule(ctx, first);
+    }
+}
+
+impl Handler<ProbeOutcome> for Prober {
+    type Result = ();
+
+    fn handle(&mut self, outcome: ProbeOutcome, _ctx: &mut Self::Context) {
+        let Some((_, sent)) = self.pending else {
+            return; // timed out already: a late answer changes nothing
+        };
+        if !answers_probe_sent_at(Instant::now(), outcome.latency, sent) {
+            return; // the late answer of an earlier probe
+        }
+        self.pending = None;
+        self.report(verdict_of(&outcome));
+    }
+}
+
+/// Stops a prober.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopProbing;
+
+impl Handler<StopProbing> for Prober {
+    type Result = ();
+
+    fn handle(&mut self, _: StopProbing, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// A probe outcome as a verdict: a final response below 500 is alive; 5xx,
+/// 6xx and a timeout are failures; Retry-After only counts on a 503.
+pub fn verdict_of(outcome: &ProbeOutcome) -> ProbeVerdict {
+    match outcome.status {
+        Some(code) if code < 500 => ProbeVerdict::Alive {
+            latency: outcome.latency,
+        },
+        Some(code) => ProbeVerdict::Failed {
+            reason: FailureReason::Status(code),
+            retry_after: outcome.retry_after.filter(|_| code == 503),
+        },
+        None => ProbeVerdict::Failed {
+            reason: FailureReason::Timeout,
+            retry_after: None,
+        },
+    }
+}
+
+/// Whether an outcome received at `now` that took `latency` belongs to the
+/// probe handed over at `sent`. The shard measures latency from when it sent
+/// the probe, which is never before `sent`, so an earlier probe's late answer
+/// implies a send time before `sent`.
+pub fn answers_probe_sent_at(now: Instant, latency: Duration, sent: Instant) -> bool {
+    now.checked_sub(latency).is_some_and(|began| began >= sent)
+}
+
+/// `interval` moved by `offset` (in -1.0..=1.0) times the jitter share.
+pub fn jittered(interval: Duration, offset: f64) -> Duration {
+    interval.mul_f64(1.0 + JITTER * offset.clamp(-1.0, 1.0))
+}
+
+/// Probes go over TCP only when the destination's uri asks for it.
+fn probe_protocol(uri: &str) -> Protocol {
+    let tcp = crate::sip::Uri::parse(uri)
+        .ok()
+        .and_then(|u| u.param("transport").flatten())
+        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+    if tcp {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    }
+}
+
+/// Test-only: the group's probers.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "Vec<Addr<Prober>>")]
+struct ListProbers;
+
+#[cfg(test)]
+impl Handler<ListProbers> for GroupActor {
+    type Result = MessageResult<ListProbers>;
+
+    fn handle(&mut self, _: ListProbers, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.probers.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DestinationConfig;
+    use crate::gateway::Algorithm;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    fn group_config(name: &str, probe_enabled: bool) -> GroupConfig {
+        let destination = |n: u16| DestinationConfig {
+            uri: format!("sip:backend{n}.example.com"),
+            address: SocketAddr::from(([127, 0, 0, 1], 40_000 + n)),
+            weight: 1,
+            attrs: BTreeMap::new(),
+        };
+        GroupConfig {
+            name: name.to_string(),
+            algorithm: Algorithm::RoundRobin,
+            probe: ProbeConfig {
+                enabled: probe_enabled,
+                interval_secs: 60,
+                failure_threshold: 1,
+                timeout_ms: Some(100),
+            },
+            destinations: vec![destination(1), destination(2)],
+        }
+    }
+
+    fn transports() -> Transports {
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (transports, _receivers) = Transports::bind(&[local], &[]).expect("bind UDP");
+        transports
+    }
+
+    fn actor_of(service: &GatewayService, name: &str) -> Addr<GroupActor> {
+        service
+            .entries()
+            .get(name)
+            .and_then(|entry| entry.actor.clone())
+            .expect("group actor running")
+    }
+
+    /// Lets stop messages and `stopped` hooks run.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[test]
+    fn verdicts_follow_the_status_classes() {
+        let outcome = |status, retry_after| ProbeOutcome {
+            status,
+            retry_after,
+            latency: Duration::from_millis(7),
+        };
+        let hold = Some(Duration::from_secs(30));
+        for code in [200, 404, 481, 499] {
+            assert_eq!(
+                verdict_of(&outcome(Some(code), hold)),
+                ProbeVerdict::Alive {
+                    latency: Duration::from_millis(7)
+                }
+            );
+        }
+        assert_eq!(
+            verdict_of(&outcome(Some(503), hold)),
+            ProbeVerdict::Failed {
+                reason: FailureReason::Status(503),
+                retry_after: hold
+            }
+        );
+        // Retry-After only holds a destination down on a 503.
+        for code in [500, 502, 600, 603] {
+            assert_eq!(
+                verdict_of(&outcome(Some(code), hold)),
+                ProbeVerdict::Failed {
+                    reason: FailureReason::Status(code),
+                    retry_after: None
+                }
+            );
+        }
+        assert_eq!(
+            verdict_of(&outcome(None, None)),
+            ProbeVerdict::Failed {
+                reason: FailureReason::Timeout,
+                retry_after: None
+            }
+        );
+    }
+
+    #[test]
+    fn late_answers_of_earlier_probes_are_recognised() {
+        let sent = Instant::now();
+        let now = sent + Duration::from_millis(1500);
+        assert!(answers_probe_sent_at(now, Duration::from_millis(20), sent));
+        assert!(answers_probe_sent_at(
+            now,
+            Duration::from_millis(1500),
+            sent
+        ));
+        // Sent 2.5 s ago: an earlier probe's answer.
+        assert!(!answers_probe_sent_at(
+            now,
+            Duration::from_millis(2500),
+            sent
+        ));
+        // A latency longer than the clock has run cannot be ours either.
+        assert!(!answers_probe_sent_at(now, Duration::MAX, sent));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let interval = Duration::from_secs(5);
+        assert_eq!(jittered(interval, 0.0), interval);
+        assert_eq!(jittered(interval, -1.0), Duration::from_millis(4500));
+        assert_eq!(jittered(interval, 1.0), Duration::from_millis(5500));
+        assert_eq!(jittered(interval, 7.0), Duration::from_millis(5500));
+        for _ in 0..1000 {
+            let delay = jittered(interval, rand::random_range(-1.0..=1.0));
+            assert!((4500..=5500).contains(&delay.as_millis()), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn probes_use_tcp_only_when_the_uri_asks() {
+        assert_eq!(probe_protocol("sip:a.example.com:5060"), Protocol::Udp);
+        assert_eq!(
+            probe_protocol("sip:a.example.com;transport=TCP"),
+            Protocol::Tcp
+        );
+        assert_eq!(
+            probe_protocol("sip:a.example.com;transport=udp"),
+            Protocol::Udp
+        );
+        assert_eq!(probe_protocol("not a uri"), Protocol::Udp);
+    }
+
+    #[actix_rt::test]
+    async fn groups_added_before_start_get_actors_at_start() {
+        let service = GatewayService::default();
+        service.add_group(&group_config("early", false));
+        assert!(service.gateways().get("early").is_some());
+        assert!(!service.is_running("early"), "no actors before start");
+        service.start(transports());
+        assert!(service.is_running("early"));
+        service.add_group(&group_config("late", false));
+        assert!(service.is_running("late"), "started at once after start");
+        assert_eq!(service.gateways().names(), vec!["early", "late"]);
+    }
+
+    #[actix_rt::test]
+    async fn probe_reports_change_health_and_marks_hold() {
+        let service = GatewayService::default();
+        service.start(transports());
+        service.add_group(&group_config("pool", false));
+        let actor = actor_of(&service, "pool");
+        let shared = service.gateways().get("pool").expect("group");
+        let failed = ProbeVerdict::Failed {
+            reason: FailureReason::Timeout,
+            retry_after: None,
+        };
+        actor
+            .send(ProbeReport {
+                index: 1,
+                verdict: failed.clone(),
+            })
+            .await
+            .expect("delivered");
+        assert!(!shared.lock().is_up(1, Instant::now()), "threshold 1");
+        assert!(shared.lock().is_up(0, Instant::now()));
+        let alive = ProbeVerdict::Alive {
+            latency: Duration::from_millis(3),
+        };
+        actor
+            .send(ProbeReport {
+                index: 1,
+                verdict: alive.clone(),
+            })
+            .await
+            .expect("delivered");
+        assert!(shared.lock().is_up(1, Instant::now()));
+        // A report for an index the group does not have is ignored.
+        actor
+            .send(ProbeReport {
+                index: 9,
+                verdict: failed,
+            })
+            .await
+            .expect("delivered");
+
+        // A script hold survives probe successes until mark_up.
+        let uri = "sip:backend1.example.com";
+        assert_eq!(service.mark("pool", uri, true), Some(true));
+        actor
+            .send(ProbeReport {
+                index: 0,
+                verdict: alive,
+            })
+            .await
+            .expect("delivered");
+        assert!(!shared.lock().is_up(0, Instant::now()));
+        assert_eq!(service.mark("pool", uri, false), Some(true));
+        assert!(shared.lock().is_up(0, Instant::now()));
+        assert_eq!(
+            service.mark("pool", "sip:nobody.example.com", true),
+            Some(false)
+        );
+        assert_eq!(service.mark("missing", uri, true), None);
+    }
+
+    #[actix_rt::test]
+    async fn removing_or_replacing_a_group_stops_its_probers() {
+        let service = GatewayService::default();
+        service.start(transports());
+        service.add_group(&group_config("probed", true));
+        let first = actor_of(&service, "probed");
+        let probers = first.send(ListProbers).await.expect("delivered");
+        assert_eq!(probers.len(), 2, "one prober per destination");
+        assert!(probers.iter().all(Addr::connected));
+
+        // Replacing: the old actor and its probers stop, new ones run.
+        service.add_group(&group_config("probed", true));
+        settle().await;
+        assert!(!first.connected());
+        assert!(probers.iter().all(|p| !p.connected()));
+        let second = actor_of(&service, "probed");
+        let new_probers = second.send(ListProbers).await.expect("delivered");
+        assert_eq!(new_probers.len(), 2);
+
+        // Removing: gone from the registry, actor and probers stopped.
+        assert!(service.remove_group("probed"));
+        assert!(!service.remove_group("probed"));
+        settle().await;
+        assert!(service.gateways().get("probed").is_none());
+        assert!(!service.is_running("probed"));
+        assert!(!second.connected());
+        assert!(new_probers.iter().all(|p| !p.connected()));
+    }
+
+    #[actix_rt::test]
+    async fn groups_without_probing_start_no_probers() {
+        let service = GatewayService::default();
+        service.start(transports());
+        service.add_group(&group_config("quiet", false));
+        let actor = actor_of(&service, "quiet");
+        assert!(actor.send(ListProbers).await.expect("delivered").is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn configured_groups_do_not_replace_script_groups() {
+        let service = GatewayService::default();
+        let mut from_script = group_config("backends", false);
+        from_script.destinations.truncate(1);
+        service.add_group(&from_script);
+        service.add_configured_group(&group_config("backends", false));
+        let shared = service.gateways().get("backends").expect("group");
+        assert_eq!(shared.lock().len(), 1, "the script's group stays");
+        service.add_configured_group(&group_config("other", false));
+        assert!(service.gateways().get("other").is_some());
+    }
+}

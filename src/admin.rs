@@ -1,0 +1,207 @@
+//! The admin HTTP API (`admin.listen`) and the Prometheus endpoint
+//! (`metrics.prometheus.listen`). Both run on the main arbiter and only read
+//! shared state, so they never block the SIP path. Every answer is JSON, errors
+//! included.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::lifecycle::Lifecycle;
+
+/// What the admin API reads and acts on.
+pub struct AdminContext {
+    pub lifecycle: Arc<Lifecycle>,
+    pub instance_id: String,
+    /// Gateway groups: read for the listing, and mark_down/mark_up.
+    pub gateways: Arc<dyn GatewayAdmin>,
+    /// Registrar bindings, when this node runs a registrar.
+    pub registrations: Option<Arc<dyn RegistrationAdmin>>,
+}
+
+/// The gateway operations the admin API needs.
+pub trait GatewayAdmin: Send + Sync {
+    /// Every group with its destinations, as JSON.
+    fn snapshot(&self) -> Value;
+    /// `Some(changed)` when the group and destination exist, else `None`.
+    fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
+}
+
+/// The registrar operations the admin API needs.
+pub trait RegistrationAdmin: Send + Sync {
+    /// The AoR's live bindings as JSON (an empty list when none).
+    fn bindings(&self, aor: &str) -> Value;
+    /// Removes the AoR's bindings; how many were removed.
+    fn remove(&self, aor: &str) -> usize;
+}
+
+type Shared = Arc<AdminContext>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+pub fn router(ctx: Shared) -> Router {
+    Router::new()
+        .route("/admin/health", get(health))
+        .route("/admin/ready", get(ready))
+        .route("/admin/gateways", get(gateways))
+        .route("/admin/gateways/{group}/down", post(mark_down))
+        .route("/admin/gateways/{group}/up", post(mark_up))
+        .route(
+            "/admin/registrations/{*aor}",
+            get(registrations).delete(delete_registrations),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(ctx)
+}
+
+async fn health(State(ctx): State<Shared>) -> Response {
+    Json(json!({ "status": "alive", "instance": ctx.instance_id })).into_response()
+}
+
+async fn ready(State(ctx): State<Shared>) -> Response {
+    let (status, state) = if ctx.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if ctx.lifecycle.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    };
+    (status, Json(json!({ "status": state, "instance": ctx.instance_id }))).into_response()
+}
+
+async fn gateways(State(ctx): State<Shared>) -> Response {
+    Json(ctx.gateways.snapshot()).into_response()
+}
+
+async fn mark_down(state: State<Shared>, group: Path<String>, body: Bytes) -> Response {
+    set_health(state, group, body, true)
+}
+
+async fn mark_up(state: State<Shared>, group: Path<String>, body: Bytes) -> Response {
+    set_health(state, group, body, false)
+}
+
+/// The body names the destination: `{"uri": "sip:..."}`.
+fn set_health(State(ctx): State<Shared>, Path(group): Path<String>, body: Bytes, down: bool) -> Response {
+    let uri = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => match map.get("uri").and_then(Value::as_str) {
+            Some(uri) => uri.to_string(),
+            None => return error(StatusCode::BAD_REQUEST, "body needs a string field \"uri\""),
+        },
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "body must be a JSON object like {\"uri\": \"sip:...\"}"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    match ctx.gateways.set_down(&group, &uri, down) {
+        Some(changed) => Json(json!({
+            "group": group,
+            "uri": uri,
+            "healthy": !down,
+            "changed": changed,
+        }))
+        .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no destination {uri} in group {group}"),
+        ),
+    }
+}
+
+async fn registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Response {
+    match &ctx.registrations {
+        Some(registrar) => Json(json!({ "aor": aor, "bindings": registrar.bindings(&aor) })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
+    }
+}
+
+async fn delete_registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Response {
+    match &ctx.registrations {
+        Some(registrar) => Json(json!({ "aor": aor, "removed": registrar.remove(&aor) })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
+    }
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::get().encode(),
+    )
+        .into_response()
+}
+
+/// Serves the admin API until the process stops.
+pub fn spawn_admin(listener: TcpListener, ctx: Shared) {
+    actix::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(ctx)).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+}
+
+/// Serves `/metrics` alone on the Prometheus listen address.
+pub fn spawn_metrics(listener: TcpListener) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "only /metrics is served here") });
+    actix::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+}
+
+impl GatewayAdmin for crate::actors::gateway::GatewayService {
+    fn snapshot(&self) -> Value {
+        let now = std::time::Instant::now();
+        let gateways = self.gateways();
+        let groups: Vec<Value> = gateways
+            .names()
+            .into_iter()
+            .filter_map(|name| gateways.get(&name))
+            .map(|shared| {
+                let group = shared.lock();
+                let destinations: Vec<Value> = group
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (dest, health))| {
+                        json!({
+                            "uri": dest.uri,
+                            "address": dest.address.to_string(),
+                            "weight": dest.weight,
+                            "attrs": dest.attrs,
+                            "healthy": group.is_up(index, now),
+                            "held_down": health.is_held_down(),
+                            "consecutive_failures": health.consecutive_failures(),
+                            "last_probe_latency_ms": health
+                                .last_latency()
+                                .map(|l| l.as_secs_f64() * 1000.0),
+                            "selections": health.selections(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": group.name(),
+                    "algorithm": group.algorithm().as_str(),
+                    "destinations": destinations,
+                })
+            })
+            .collect();
+        json!({ "groups": groups })
+    }
+
+    fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool> {
+        self.mark(group, uri, down)
+    }
+}

@@ -1,0 +1,320 @@
+//! Prometheus metrics and the per-actor statistics logged every
+//! `metrics.log_interval_secs`.
+//!
+//! Metrics are process-wide (one registry), so any actor updates them without
+//! plumbing. Hot-path label sets are `&'static str` or integers, so counting a
+//! request allocates nothing; per-destination handles are created once and
+//! kept by the gateway layer.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub group: String,
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+/// Every metric siphon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<MethodLabels, Counter>,
+    pub responses: Family<CodeLabels, Counter>,
+    pub transactions_active: Gauge,
+    pub script_executions: Counter,
+    pub script_errors: Counter,
+    pub script_duration: Histogram,
+    pub gateway_selections: Family<DestinationLabels, Counter>,
+    pub destination_up: Family<DestinationLabels, Gauge>,
+    pub probe_latency: Family<DestinationLabels, Histogram>,
+    pub probe_failures: Family<DestinationLabels, Counter>,
+    pub registrations_active: Gauge,
+    pub malformed: Family<TransportLabels, Counter>,
+    pub ingress_dropped: Counter,
+}
+
+/// The handles one gateway destination updates, created once per destination.
+#[derive(Clone)]
+pub struct DestinationMetrics {
+    pub selections: Counter,
+    pub up: Gauge,
+    pub probe_latency: Histogram,
+    pub probe_failures: Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("siphon");
+        let m = Metrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            transactions_active: Gauge::default(),
+            script_executions: Counter::default(),
+            script_errors: Counter::default(),
+            script_duration: Histogram::new(exponential_buckets(0.000_005, 2.0, 16)),
+            gateway_selections: Family::default(),
+            destination_up: Family::default(),
+            probe_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+            }),
+            probe_failures: Family::default(),
+            registrations_active: Gauge::default(),
+            malformed: Family::default(),
+            ingress_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "SIP requests received, by method", m.requests.clone());
+        registry.register("responses", "SIP responses sent upstream, by status code", m.responses.clone());
+        registry.register(
+            "transactions_active",
+            "Server and client transactions held",
+            m.transactions_active.clone(),
+        );
+        registry.register("script_executions", "Routing script runs", m.script_executions.clone());
+        registry.register("script_errors", "Routing script runs that raised", m.script_errors.clone());
+        registry.register(
+            "script_duration_seconds",
+            "Time spent in the routing script per request",
+            m.script_duration.clone(),
+        );
+        registry.register(
+            "gateway_selections",
+            "Destinations chosen by gateway.select",
+            m.gateway_selections.clone(),
+        );
+        registry.register(
+            "gateway_destination_up",
+            "1 when a gateway destination is healthy",
+            m.destination_up.clone(),
+        );
+        registry.register(
+            "gateway_probe_latency_seconds",
+            "OPTIONS probe round-trip time",
+            m.probe_latency.clone(),
+        );
+        registry.register(
+            "gateway_probe_failures",
+            "OPTIONS probes that failed or timed out",
+            m.probe_failures.clone(),
+        );
+        registry.register(
+            "registrations_active",
+            "Registrar bindings held",
+            m.registrations_active.clone(),
+        );
+        registry.register(
+            "malformed_messages",
+            "Messages dropped or answered 400 because they did not parse",
+            m.malformed.clone(),
+        );
+        registry.register(
+            "ingress_dropped",
+            "Messages dropped because a transaction shard's queue was full",
+            m.ingress_dropped.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn request(&self, method: &str) {
+        self.requests
+            .get_or_create(&MethodLabels {
+                method: method_label(method),
+            })
+            .inc();
+    }
+
+    pub fn response(&self, code: u16) {
+        self.responses.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn destination(&self, group: &str, uri: &str) -> DestinationMetrics {
+        let labels = DestinationLabels {
+            group: group.to_string(),
+            destination: uri.to_string(),
+        };
+        DestinationMetrics {
+            selections: self.gateway_selections.get_or_create(&labels).clone(),
+            up: self.destination_up.get_or_create(&labels).clone(),
+            probe_latency: self.probe_latency.get_or_create(&labels).clone(),
+            probe_failures: self.probe_failures.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Forgets a removed destination's series.
+    pub fn remove_destination(&self, group: &str, uri: &str) {
+        let labels = DestinationLabels {
+            group: group.to_string(),
+            destination: uri.to_string(),
+        };
+        self.gateway_selections.remove(&labels);
+        self.destination_up.remove(&labels);
+        self.probe_latency.remove(&labels);
+        self.probe_failures.remove(&labels);
+    }
+}
+
+/// Known methods keep their name as a label; anything else is `other`, so a
+/// stream of made-up methods cannot grow the series without bound.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 14] = [
+        "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
+        "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH",
+    ];
+    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Counters one kind of actor keeps for the periodic log line: messages
+/// handled, messages queued and not yet handled, and time spent handling.
+#[derive(Default)]
+pub struct ActorStats {
+    pub handled: AtomicU64,
+    pub queued: AtomicI64,
+    pub busy_nanos: AtomicU64,
+}
+
+impl ActorStats {
+    pub fn enqueued(&self) -> i64 {
+        self.queued.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn record(&self, busy: Duration) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.busy_nanos
+            .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a message handled that was not counted as queued.
+    pub fn record_unqueued(&self, busy: Duration) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.busy_nanos
+            .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Handled and busy time since the last call, and the current queue.
+    pub fn take_interval(&self) -> (u64, i64, Duration) {
+        let handled = self.handled.swap(0, Ordering::Relaxed);
+        let busy = self.busy_nanos.swap(0, Ordering::Relaxed);
+        (handled, self.queued.load(Ordering::Relaxed).max(0), Duration::from_nanos(busy))
+    }
+}
+
+/// The actor kinds that report in the periodic log line.
+pub struct ActorKinds {
+    pub udp: ActorStats,
+    pub tcp: ActorStats,
+    pub transaction: ActorStats,
+    pub gateway: ActorStats,
+    pub prober: ActorStats,
+    pub registrar: ActorStats,
+}
+
+pub fn actors() -> &'static ActorKinds {
+    static ACTORS: OnceLock<ActorKinds> = OnceLock::new();
+    ACTORS.get_or_init(|| ActorKinds {
+        udp: ActorStats::default(),
+        tcp: ActorStats::default(),
+        transaction: ActorStats::default(),
+        gateway: ActorStats::default(),
+        prober: ActorStats::default(),
+        registrar: ActorStats::default(),
+    })
+}
+
+/// Logs one line per actor kind with its figures for the interval.
+pub fn log_actor_stats(interval: Duration) {
+    let kinds = actors();
+    for (name, stats) in [
+        ("udp_transport", &kinds.udp),
+        ("tcp_transport", &kinds.tcp),
+        ("transaction_shard", &kinds.transaction),
+        ("gateway_group", &kinds.gateway),
+        ("prober", &kinds.prober),
+        ("registrar", &kinds.registrar),
+    ] {
+        let (handled, queued, busy) = stats.take_interval();
+        let busy_pct = 100.0 * busy.as_secs_f64() / interval.as_secs_f64().max(1e-9);
+        tracing::info!(
+            target: "siphon::actors",
+            actor = name,
+            handled,
+            mailbox = queued,
+            busy_ms = busy.as_millis() as u64,
+            busy_pct = format!("{busy_pct:.1}"),
+            "actor metrics"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_the_exposition() {
+        let m = Metrics::new();
+        m.request("INVITE");
+        m.request("FOOBAR");
+        m.response(486);
+        let d = m.destination("backends", "sip:b1");
+        d.selections.inc();
+        d.up.set(1);
+        let text = m.encode();
+        assert!(text.contains("siphon_requests_total{method=\"INVITE\"} 1"), "{text}");
+        assert!(text.contains("siphon_requests_total{method=\"other\"} 1"), "{text}");
+        assert!(text.contains("siphon_responses_total{code=\"486\"} 1"), "{text}");
+        assert!(
+            text.contains("siphon_gateway_selections_total{group=\"backends\",destination=\"sip:b1\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn actor_stats_report_and_reset_per_interval() {
+        let stats = ActorStats::default();
+        stats.enqueued();
+        stats.enqueued();
+        stats.record(Duration::from_millis(3));
+        let (handled, queued, busy) = stats.take_interval();
+        assert_eq!((handled, queued, busy), (1, 1, Duration::from_millis(3)));
+        assert_eq!(stats.take_interval().0, 0);
+    }
+}

@@ -1,0 +1,530 @@
+//! `gateway`: the script's view of the gateway groups (DESIGN.md §4.2).
+//!
+//! `select` runs on the shard thread that runs the script and locks the group
+//! for the few tens of nanoseconds the algorithm takes; no actor round trip.
+//! Marks, additions and removals go through the process-wide
+//! [`GatewayService`], which starts and stops the group and prober actors.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use crate::actors::gateway::GatewayService;
+use crate::config::{DestinationConfig, GroupConfig, ProbeConfig};
+use crate::gateway::{Algorithm, Destination};
+
+/// A destination as the script sees it: a snapshot taken when it was selected
+/// or listed. `bool(d)` is `d.healthy`; `str(d)` is `d.uri`, so
+/// `request.relay(d)` and `request.relay(d.uri)` both work.
+#[pyclass(name = "Destination", module = "siphon", frozen)]
+pub struct PyDestination {
+    #[pyo3(get)]
+    uri: String,
+    /// Where packets go, as `"ip:port"`.
+    #[pyo3(get)]
+    address: String,
+    #[pyo3(get)]
+    weight: u32,
+    attrs: BTreeMap<String, String>,
+    #[pyo3(get)]
+    healthy: bool,
+    #[pyo3(get)]
+    group: String,
+}
+
+impl PyDestination {
+    fn snapshot(group: &str, destination: &Destination, healthy: bool) -> Self {
+        PyDestination {
+            uri: destination.uri.clone(),
+            address: destination.address.to_string(),
+            weight: destination.weight,
+            attrs: destination.attrs.clone(),
+            healthy,
+            group: group.to_string(),
+        }
+    }
+}
+
+#[pymethods]
+impl PyDestination {
+    #[getter]
+    fn attrs(&self) -> BTreeMap<String, String> {
+        self.attrs.clone()
+    }
+
+    fn __bool__(&self) -> bool {
+        self.healthy
+    }
+
+    fn __str__(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Destination {} group={:?} address={} weight={} healthy={}>",
+            self.uri,
+            self.group,
+            self.address,
+            self.weight,
+            if self.healthy { "True" } else { "False" }
+        )
+    }
+}
+
+/// The `gateway` object of the `siphon` module.
+#[pyclass(name = "Gateway", module = "siphon", frozen)]
+pub(super) struct GatewayApi;
+
+#[pymethods]
+impl GatewayApi {
+    /// A healthy destination of `group` matching `attrs`, picked by the
+    /// group's algorithm (`key` gives affinity with `hash`), or None.
+    #[pyo3(signature = (group, key=None, attrs=None))]
+    fn select(
+        &self,
+        group: &str,
+        key: Option<Bound<'_, PyAny>>,
+        attrs: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PyDestination>> {
+        let filter = attrs.map(|a| attr_map(&a, "attrs")).transpose()?;
+        let Some(shared) = GatewayService::global().gateways().get(group) else {
+            tracing::warn!(target: "siphon::script", group = %group, "gateway.select: unknown group");
+            return Ok(None);
+        };
+        // Turn the key into bytes before locking: str() may run script code.
+        let text;
+        let key_bytes: Option<&[u8]> = match &key {
+            None => None,
+            Some(key) => match key.cast::<PyBytes>() {
+                Ok(bytes) => Some(bytes.as_bytes()),
+                Err(_) => {
+                    text = key.str()?;
+                    Some(text.to_str()?.as_bytes())
+                }
+            },
+        };
+        let now = Instant::now();
+        let mut locked = shared.lock();
+        let chosen = locked.select(key_bytes, filter.as_ref(), now);
+        Ok(chosen
+            .and_then(|index| locked.destination(index))
+            .map(|destination| PyDestination::snapshot(group, destination, true)))
+    }
+
+    /// Holds `uri` down until `mark_up`; probes do not lift it. False when
+    /// the group or the uri is unknown.
+    fn mark_down(&self, group: &str, uri: &str) -> bool {
+        mark(group, uri, true)
+    }
+
+    /// Lifts a hold (and forgets probe failures). False when unknown.
+    fn mark_up(&self, group: &str, uri: &str) -> bool {
+        mark(group, uri, false)
+    }
+
+    /// Adds (or replaces) a group; `destinations` are dicts with the config's
+    /// keys (`uri`, `address`, `weight`, `attrs`), `probe` a dict with the
+    /// config's probe keys. Raises ValueError naming the bad key.
+    #[pyo3(signature = (name, destinations, algorithm="weighted", probe=None))]
+    fn add_group(
+        &self,
+        name: &str,
+        destinations: Bound<'_, PyAny>,
+        algorithm: &str,
+        probe: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let config = group_config(name, &destinations, algorithm, probe.as_ref())
+            .map_err(|message| PyValueError::new_err(format!("add_group({name:?}): {message}")))?;
+        GatewayService::global().add_group(&config);
+        Ok(())
+    }
+
+    /// Removes a group and stops its probers. False when unknown.
+    fn remove_group(&self, name: &str) -> bool {
+        GatewayService::global().remove_group(name)
+    }
+
+    /// Every group name, sorted.
+    fn groups(&self) -> Vec<String> {
+        GatewayService::global().gateways().names()
+    }
+
+    /// Every destination of `group` in config order, healthy or not. An
+    /// unknown group gives an empty list and a warning.
+    fn list(&self, group: &str) -> Vec<PyDestination> {
+        let Some(shared) = GatewayService::global().gateways().get(group) else {
+            tracing::warn!(target: "siphon::script", group = %group, "gateway.list: unknown group");
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let locked = shared.lock();
+        locked
+            .iter()
+            .map(|(destination, health)| {
+                PyDestination::snapshot(group, destination, health.is_up(now))
+            })
+            .collect()
+    }
+}
+
+fn mark(group: &str, uri: &str, down: bool) -> bool {
+    let verb = if down { "mark_down" } else { "mark_up" };
+    match GatewayService::global().mark(group, uri, down) {
+        Some(true) => true,
+        Some(false) => {
+            tracing::warn!(target: "siphon::script", group = %group, uri = %uri, "gateway.{verb}: uri not in group");
+            false
+        }
+        None => {
+            tracing::warn!(target: "siphon::script", group = %group, "gateway.{verb}: unknown group");
+            false
+        }
+    }
+}
+
+/// The keys a destination dict may have, as in the config.
+const DESTINATION_KEYS: [&str; 4] = ["uri", "address", "weight", "attrs"];
+/// The keys a probe dict may have, as in the config.
+const PROBE_KEYS: [&str; 4] = [
+    "enabled",
+    "interval_secs",
+    "failure_threshold",
+    "timeout_ms",
+];
+
+/// Checks `add_group`'s arguments with the config's rules. The error names
+/// the key, e.g. `destinations[1].address: ...`.
+fn group_config(
+    name: &str,
+    destinations: &Bound<'_, PyAny>,
+    algorithm: &str,
+    probe: Option<&Bound<'_, PyAny>>,
+) -> Result<GroupConfig, String> {
+    let algorithm: Algorithm = algorithm
+        .trim()
+        .parse()
+        .map_err(|e| format!("algorithm: {e}"))?;
+    let list = destinations
+        .cast::<PyList>()
+        .map_err(|_| "destinations: must be a list of dicts".to_string())?;
+    let mut resolved = Vec::with_capacity(list.len());
+    for (index, item) in list.iter().enumerate() {
+        let at = format!("destinations[{index}]");
+        resolved.push(destination_config(&item, &at)?);
+    }
+    let probe = match probe {
+        None => ProbeConfig::default(),
+        Some(value) if value.is_none() => ProbeConfig::default(),
+        Some(value) => probe_config(value)?,
+    };
+    let config = GroupConfig {
+        name: name.trim().to_string(),
+        algorithm,
+        probe,
+        destinations: resolved,
+    };
+    config.check().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<DestinationConfig, String> {
+    let dict = item
+        .cast::<PyDict>()
+        .map_err(|_| format!("{at}: must be a dict with uri, address, weight, attrs"))?;
+    check_keys(dict, at, &DESTINATION_KEYS)?;
+    let uri: String = required(dict, "uri", at)?;
+    let address: Option<String> = optional(dict, "address", at)?;
+    let weight: u32 = optional(dict, "weight", at)?.unwrap_or(1);
+    let attrs = match dict
+        .get_item("attrs")
+        .map_err(|e| format!("{at}.attrs: {e}"))?
+    {
+        Some(value) if !value.is_none() => {
+            attr_map(&value, &format!("{at}.attrs")).map_err(|e| e.to_string())?
+        }
+        _ => BTreeMap::new(),
+    };
+    DestinationConfig::resolve(&uri, address.as_deref(), weight, attrs)
+        .map_err(|e| format!("{at}.{}: {}", e.key, e.message))
+}
+
+fn probe_config(value: &Bound<'_, PyAny>) -> Result<ProbeConfig, String> {
+    let at = "probe";
+    let dict = value
+        .cast::<PyDict>()
+        .map_err(|_| format!("{at}: must be a dict with {}", PROBE_KEYS.join(", ")))?;
+    check_keys(dict, at, &PROBE_KEYS)?;
+    let defaults = ProbeConfig::default();
+    Ok(ProbeConfig {
+        enabled: optional(dict, "enabled", at)?.unwrap_or(defaults.enabled),
+        interval_secs: optional(dict, "interval_secs", at)?.unwrap_or(defaults.interval_secs),
+        failure_threshold: optional(dict, "failure_threshold", at)?
+            .unwrap_or(defaults.failure_threshold),
+        timeout_ms: optional(dict, "timeout_ms", at)?,
+    })
+}
+
+/// Rejects keys the config would reject, naming the first unknown one.
+fn check_keys(dict: &Bound<'_, PyDict>, at: &str, known: &[&str]) -> Result<(), String> {
+    for key in dict.keys() {
+        let name = key.str().map(|s| s.to_string()).unwrap_or_default();
+        if !known.contains(&name.as_str()) {
+            return Err(format!(
+                "{at}.{name}: unknown key, expected one of {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn required<T>(dict: &Bound<'_, PyDict>, key: &str, at: &str) -> Result<T, String>
+where
+    T: for<'a, 'py> FromPyObject<'a, 'py>,
+{
+    optional(dict, key, at)?.ok_or_else(|| format!("{at}.{key}: missing"))
+}
+
+/// The value of `key`, None when absent or None; a wrong type names the key.
+fn optional<T>(dict: &Bound<'_, PyDict>, key: &str, at: &str) -> Result<Option<T>, String>
+where
+    T: for<'a, 'py> FromPyObject<'a, 'py>,
+{
+    match dict.get_item(key) {
+        Err(e) => Err(format!("{at}.{key}: {e}")),
+        Ok(None) => Ok(None),
+        Ok(Some(value)) if value.is_none() => Ok(None),
+        Ok(Some(value)) => value
+            .extract::<T>()
+            .map(Some)
+            .map_err(|_| format!("{at}.{key}: {}", expected_type::<T>())),
+    }
+}
+
+fn expected_type<T>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    if name.ends_with("String") {
+        "must be a string"
+    } else if name == "bool" {
+        "must be True or False"
+    } else {
+        "must be a whole number of the right range (0 or more)"
+    }
+}
+
+/// A string map from a dict whose values are strings, numbers or booleans
+/// (converted as the YAML config converts them: `true`, `1`).
+fn attr_map(value: &Bound<'_, PyAny>, at: &str) -> PyResult<BTreeMap<String, String>> {
+    let dict = value
+        .cast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err(format!("{at}: must be a dict of strings")))?;
+    let mut map = BTreeMap::new();
+    for (key, value) in dict.iter() {
+        let key = key
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err(format!("{at}: keys must be strings")))?
+            .to_str()?
+            .to_string();
+        let text = if let Ok(flag) = value.cast::<PyBool>() {
+            if flag.is_true() { "true" } else { "false" }.to_string()
+        } else if let Ok(text) = value.cast::<PyString>() {
+            text.to_str()?.to_string()
+        } else if value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>() {
+            value.str()?.to_string()
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "{at}.{key}: must be a string, number or boolean"
+            )));
+        };
+        map.insert(key, text);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    /// Evaluates a Python expression and hands the value to `check`.
+    fn with_value<R>(expression: &str, check: impl FnOnce(&Bound<'_, PyAny>) -> R) -> R {
+        Python::initialize();
+        Python::attach(|py| {
+            let code = CString::new(expression).expect("no NUL");
+            let value = py.eval(&code, None, None).expect("valid expression");
+            check(&value)
+        })
+    }
+
+    fn config_of(destinations: &str, algorithm: &str, probe: &str) -> Result<GroupConfig, String> {
+        with_value(&format!("({destinations}, {probe})"), |pair| {
+            let destinations = pair.get_item(0).expect("destinations");
+            let probe = pair.get_item(1).expect("probe");
+            group_config(" g ", &destinations, algorithm, Some(&probe))
+        })
+    }
+
+    #[test]
+    fn destination_dicts_use_the_config_defaults_and_conversions() {
+        let config = config_of(
+            r#"[{"uri": "sip:a.example.com:5070", "address": "127.0.0.1:5071",
+                 "attrs": {"region": "eu", "tier": 2, "edge": True}},
+                {"uri": "sip:127.0.0.1:5072", "weight": 3}]"#,
+            "round_robin",
+            r#"{"enabled": True, "interval_secs": 2}"#,
+        )
+        .expect("valid");
+        assert_eq!(config.name, "g");
+        assert_eq!(config.algorithm, Algorithm::RoundRobin);
+        let first = &config.destinations[0];
+        assert_eq!(first.address.to_string(), "127.0.0.1:5071");
+        assert_eq!(first.weight, 1);
+        let attrs: Vec<(&str, &str)> = first
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(attrs, [("edge", "true"), ("region", "eu"), ("tier", "2")]);
+        // No address: the uri's host and port.
+        assert_eq!(config.destinations[1].address.to_string(), "127.0.0.1:5072");
+        assert_eq!(config.destinations[1].weight, 3);
+        assert!(config.probe.enabled);
+        assert_eq!(config.probe.interval_secs, 2);
+        assert_eq!(config.probe.failure_threshold, 3);
+        assert_eq!(config.probe.timeout_ms, None);
+    }
+
+    #[test]
+    fn bad_arguments_name_the_key() {
+        let one = r#"[{"uri": "sip:a.example.com", "address": "127.0.0.1:5060"}]"#;
+        let cases = [
+            (
+                r#"[{"uri": 5}]"#,
+                "weighted",
+                "None",
+                "destinations[0].uri: must be a string",
+            ),
+            (
+                r#"[{"address": "127.0.0.1:1"}]"#,
+                "weighted",
+                "None",
+                "destinations[0].uri: missing",
+            ),
+            (
+                r#"[{"uri": "sip:a.example.com", "attrs": {"k": [1]}}]"#,
+                "weighted",
+                "None",
+                "destinations[0].attrs.k",
+            ),
+            (
+                r#"["sip:a.example.com"]"#,
+                "weighted",
+                "None",
+                "destinations[0]: must be a dict",
+            ),
+            (
+                r#"{"uri": "sip:a.example.com"}"#,
+                "weighted",
+                "None",
+                "destinations: must be a list",
+            ),
+            (
+                "[]",
+                "weighted",
+                "None",
+                "destinations: a group needs at least one destination",
+            ),
+            (
+                one,
+                "fastest",
+                "None",
+                "algorithm: unknown algorithm \"fastest\"",
+            ),
+            (
+                one,
+                "hash",
+                r#"{"failure_threshold": 0}"#,
+                "probe.failure_threshold",
+            ),
+            (one, "hash", r#"{"timeout_ms": 0}"#, "probe.timeout_ms"),
+            (
+                one,
+                "hash",
+                r#"{"enabled": "yes"}"#,
+                "probe.enabled: must be True or False",
+            ),
+            (one, "hash", "5", "probe: must be a dict"),
+        ];
+        for (destinations, algorithm, probe, expected) in cases {
+            let error = config_of(destinations, algorithm, probe).expect_err(expected);
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn select_list_and_marks_through_the_api() {
+        let api = GatewayApi;
+        let group = "script-gateway-unit";
+        with_value(
+            r#"[{"uri": "sip:one.example.com", "address": "127.0.0.1:6001", "attrs": {"zone": "a"}},
+                {"uri": "sip:two.example.com", "address": "127.0.0.1:6002", "weight": 2}]"#,
+            |destinations| api.add_group(group, destinations.clone(), "hash", None),
+        )
+        .expect("added");
+        assert!(api.groups().contains(&group.to_string()));
+
+        // The same key picks the same destination, as str or as bytes.
+        let by_text = with_value("'sip:alice@example.com'", |key| {
+            api.select(group, Some(key.clone()), None)
+        })
+        .expect("select")
+        .expect("a destination");
+        let by_bytes = with_value("b'sip:alice@example.com'", |key| {
+            api.select(group, Some(key.clone()), None)
+        })
+        .expect("select")
+        .expect("a destination");
+        assert_eq!(by_text.uri, by_bytes.uri);
+        assert!(by_text.__bool__());
+        assert_eq!(by_text.__str__(), by_text.uri);
+        assert_eq!(by_text.group, group);
+
+        // attrs filter, then a hold on the only match.
+        let zoned = with_value("{'zone': 'a'}", |attrs| {
+            api.select(group, None, Some(attrs.clone()))
+        })
+        .expect("select")
+        .expect("zone a exists");
+        assert_eq!(zoned.uri, "sip:one.example.com");
+        assert_eq!(zoned.address, "127.0.0.1:6001");
+        assert!(api.mark_down(group, "sip:one.example.com"));
+        let none = with_value("{'zone': 'a'}", |attrs| {
+            api.select(group, None, Some(attrs.clone()))
+        })
+        .expect("select");
+        assert!(none.is_none());
+        let listed = api.list(group);
+        assert_eq!(listed.len(), 2);
+        assert!(!listed[0].healthy && listed[1].healthy);
+        assert_eq!(listed[1].weight, 2);
+        assert!(listed[0].__repr__().contains("healthy=False"));
+        assert!(api.mark_up(group, "sip:one.example.com"));
+        assert!(api.list(group)[0].healthy);
+        assert!(!api.mark_up(group, "sip:nobody.example.com"));
+
+        // Unknown groups: None, empty, False.
+        assert!(api
+            .select("no-such-group", None, None)
+            .expect("ok")
+            .is_none());
+        assert!(api.list("no-such-group").is_empty());
+        assert!(!api.mark_down("no-such-group", "sip:one.example.com"));
+        assert!(api.remove_group(group));
+        assert!(!api.remove_group(group));
+        assert!(!api.groups().contains(&group.to_string()));
+    }
+}

@@ -1,0 +1,621 @@
+//! End-to-end tests of siphon as the backend (scripts/backend.py): the
+//! registrar with Redis write-through against a real `redis-server` started
+//! here on a private port, sipp subscribers and callees, and crafted REGISTERs
+//! from a raw client for the exact RFC 3261 §10.3 answers.
+
+mod common;
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KEY_PREFIX: &str = "siphon:reg:";
+
+// ---------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` on a private port in a temp dir, with no persistence, so
+/// a restart starts empty. Killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("siphon-redis-")
+            .tempdir()
+            .expect("tempdir");
+        let mut server = RedisServer {
+            child: None,
+            dir,
+            port: free_port(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", LOCALHOST])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (is redis-server installed?)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = self.try_connection() {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return;
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    /// Kills the server (its data is gone: no persistence).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Until the port is closed, a client could still reach it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    fn connection(&self) -> redis::Connection {
+        self.try_connection().expect("connect to test redis")
+    }
+
+    /// Every registrar key, sorted.
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{KEY_PREFIX}*"))
+            .query(&mut self.connection())
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    /// The stored bindings of one AoR: `(contact uri, expires_at)` pairs.
+    fn bindings(&self, aor: &str) -> Vec<(String, u64)> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{KEY_PREFIX}{aor}"))
+            .query(&mut self.connection())
+            .expect("GET");
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&value).expect("stored JSON");
+        parsed
+            .as_array()
+            .expect("stored bindings are a list")
+            .iter()
+            .map(|b| {
+                (
+                    b["uri"].as_str().expect("uri").to_string(),
+                    b["expires_at"].as_u64().expect("expires_at"),
+                )
+            })
+            .collect()
+    }
+
+    fn ttl(&self, aor: &str) -> i64 {
+        redis::cmd("TTL")
+            .arg(format!("{KEY_PREFIX}{aor}"))
+            .query(&mut self.connection())
+            .expect("TTL")
+    }
+
+    /// Polls until `keys()` has N entries, up to TIMEOUT.
+    fn wait_for_keys(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let keys = self.keys();
+            if keys.len() == n || Instant::now() >= deadline {
+                return keys;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The backend node
+// ---------------------------------------------------------------------------
+
+/// The test proxy config plus a Redis-backed registrar (`min_expires: 60`).
+fn backend_config(redis: &RedisServer) -> String {
+    format!(
+        "{}registrar:\n  backend: redis\n  redis: {{url: \"{}\", key_prefix: \"{KEY_PREFIX}\"}}\n  min_expires: 60\n  default_expires: 3600\n",
+        proxy_config("info"),
+        redis.url()
+    )
+}
+
+fn start_backend(redis: &RedisServer) -> Siphon {
+    Siphon::start(&backend_config(redis), &example_script("backend.py"))
+}
+
+/// The AoR a sipp user registered at 127.0.0.1 is stored under: the local
+/// host and port fold into the first `domain.local` entry.
+fn aor(user: &str) -> String {
+    format!("sip:{user}@127.0.0.1")
+}
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("siphon-reg-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Registers `{user}1..={user}N` with sipp, each bound to CONTACT.
+fn register_users(
+    siphon: &Siphon,
+    dir: &std::path::Path,
+    name: &str,
+    user: &str,
+    n: u32,
+    contact: SocketAddr,
+) {
+    let outcome = SippSpec::new(name, "reg_uac_register.xml", Transport::Udp)
+        .target(siphon.addr())
+        .key("user", user)
+        .key("contact", &contact.to_string())
+        .key("expires", "300")
+        .calls(n)
+        .rate(100)
+        .timeout_secs(30)
+        .run(dir);
+    outcome.assert_all_succeeded();
+}
+
+/// N full calls to `{user}1..={user}N` through SIPHON; returns the UAC outcome.
+fn call_users(
+    siphon: &Siphon,
+    dir: &std::path::Path,
+    name: &str,
+    user: &str,
+    n: u32,
+) -> SippOutcome {
+    SippSpec::new(name, "reg_uac_call.xml", Transport::Udp)
+        .target(siphon.addr())
+        .key("user", user)
+        .calls(n)
+        .rate(50)
+        .timeout_secs(40)
+        .run(dir)
+}
+
+/// A REGISTER for `sip:{user}@127.0.0.1` from a raw client.
+struct Register {
+    user: String,
+    call_id: String,
+    cseq: u32,
+    headers: Vec<String>,
+}
+
+impl Register {
+    fn new(user: &str) -> Register {
+        Register {
+            user: user.to_string(),
+            call_id: unique("reg"),
+            cseq: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sends the next CSeq with these extra header lines; returns the final response.
+    fn send(&mut self, siphon: &Siphon, headers: &[&str]) -> String {
+        self.cseq += 1;
+        self.headers = headers.iter().map(|h| h.to_string()).collect();
+        let peer = UdpPeer::bind();
+        let via = peer.local_addr();
+        let mut text = format!(
+            "REGISTER sip:127.0.0.1:{port} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {via};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@127.0.0.1:{port}>;tag={tag}\r\n\
+             To: <sip:{user}@127.0.0.1:{port}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\n",
+            port = siphon.port,
+            branch = unique("b"),
+            user = self.user,
+            tag = unique("t"),
+            call_id = self.call_id,
+            cseq = self.cseq,
+        );
+        for header in &self.headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        peer.send_to(text.as_bytes(), siphon.addr());
+        let mut seen = Vec::new();
+        peer.recv_final(Duration::from_secs(5), &mut seen)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no answer to REGISTER; saw {seen:?}\n{}",
+                    siphon.log_tail(30)
+                )
+            })
+    }
+}
+
+/// `(uri, expires)` of each Contact in a 200 to REGISTER.
+fn listed_bindings(response: &str) -> Vec<(String, u64)> {
+    header_values(response, "Contact")
+        .into_iter()
+        .flat_map(|line| line.split(','))
+        .map(|value| {
+            let value = value.trim();
+            let uri = value
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let expires = value
+                .split(";expires=")
+                .nth(1)
+                .and_then(|rest| rest.split(';').next())
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("Contact without expires: {value}"));
+            (uri, expires)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// REGISTER → 200 listing the binding with its expires; a re-REGISTER
+/// refreshes it; `expires=0` removes it; `Expires: 30` under `min_expires: 60`
+/// is 423 with `Min-Expires: 60`; stale CSeq → 500, malformed → 400. Redis
+/// follows every step: the key appears with a TTL, and is deleted when empty.
+#[test]
+fn register_refresh_remove_and_interval_too_brief() {
+    let redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    assert!(siphon.wait_for_log("restored 0 contacts from Redis", Duration::from_secs(5)));
+    let contact = "<sip:alice@127.0.0.1:5999>";
+    let mut alice = Register::new("alice");
+
+    let ok = alice.send(&siphon, &[&format!("Contact: {contact}"), "Expires: 300"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    let listed = listed_bindings(&ok);
+    assert_eq!(listed.len(), 1, "{ok}");
+    assert_eq!(listed[0].0, "sip:alice@127.0.0.1:5999");
+    assert!((299..=300).contains(&listed[0].1), "{ok}");
+    assert_eq!(
+        redis.wait_for_keys(1, Duration::from_secs(5)),
+        [format!("{KEY_PREFIX}{}", aor("alice"))]
+    );
+    let ttl = redis.ttl(&aor("alice"));
+    assert!((290..=300).contains(&ttl), "TTL follows the binding: {ttl}");
+
+    // Refresh: same Call-ID, higher CSeq, longer expiry; still one binding.
+    let refreshed = alice.send(&siphon, &[&format!("Contact: {contact};expires=900")]);
+    assert_eq!(status_code(&refreshed), Some(200), "{refreshed}");
+    let listed = listed_bindings(&refreshed);
+    assert_eq!(listed.len(), 1, "{refreshed}");
+    assert!((899..=900).contains(&listed[0].1), "{refreshed}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.ttl(&aor("alice")) < 800 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(redis.ttl(&aor("alice")) >= 800, "Redis TTL was refreshed");
+
+    // A query (no Contact) lists the binding without changing it.
+    let query = alice.send(&siphon, &[]);
+    assert_eq!(status_code(&query), Some(200));
+    assert_eq!(listed_bindings(&query).len(), 1, "{query}");
+
+    // Same Call-ID with a CSeq that is not higher: 500.
+    alice.cseq -= 2;
+    let stale = alice.send(&siphon, &[&format!("Contact: {contact}")]);
+    assert_eq!(status_code(&stale), Some(500), "{stale}");
+    alice.cseq += 2;
+
+    // Below min_expires: 423 with Min-Expires, and nothing changes.
+    let brief = alice.send(&siphon, &[&format!("Contact: {contact}"), "Expires: 30"]);
+    assert_eq!(status_code(&brief), Some(423), "{brief}");
+    assert_eq!(header(&brief, "Min-Expires"), Some("60"), "{brief}");
+
+    // Malformed Expires or q: 400 with a reason.
+    let malformed = alice.send(&siphon, &[&format!("Contact: {contact}"), "Expires: soon"]);
+    assert_eq!(status_code(&malformed), Some(400), "{malformed}");
+    assert!(
+        malformed.starts_with("SIP/2.0 400 Malformed Expires"),
+        "{malformed}"
+    );
+    let bad_q = alice.send(&siphon, &[&format!("Contact: {contact};q=7")]);
+    assert_eq!(status_code(&bad_q), Some(400), "{bad_q}");
+
+    // expires=0 removes it; the 200 lists nothing and the Redis key goes.
+    let removed = alice.send(&siphon, &[&format!("Contact: {contact};expires=0")]);
+    assert_eq!(status_code(&removed), Some(200), "{removed}");
+    assert!(listed_bindings(&removed).is_empty(), "{removed}");
+    assert!(redis.wait_for_keys(0, Duration::from_secs(5)).is_empty());
+}
+
+/// Calls to a registered user reach that user's sipp UAS and complete; an
+/// INVITE to a user with no binding gets 404.
+#[test]
+fn call_to_registered_user_completes_and_unknown_user_gets_404() {
+    let redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(3)
+        .timeout_secs(40);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+    register_users(&siphon, dir.path(), "register", "bob", 3, uas_addr);
+
+    call_users(&siphon, dir.path(), "calls", "bob", 3).assert_all_succeeded();
+    uas.wait().assert_all_succeeded();
+
+    let peer = UdpPeer::bind();
+    let invite = RawRequest::new(
+        "INVITE",
+        &format!("sip:nobody@127.0.0.1:{}", siphon.port),
+        Transport::Udp,
+        peer.local_addr(),
+    );
+    peer.send_to(invite.render().as_bytes(), siphon.addr());
+    let mut seen = Vec::new();
+    let answer = peer
+        .recv_final(Duration::from_secs(5), &mut seen)
+        .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"));
+    assert_eq!(status_code(&answer), Some(404), "{answer}");
+}
+
+/// Two contacts for one user: the INVITE is forked to both; the one that
+/// answers wins and the other, still ringing, is CANCELed (its scenario fails
+/// unless a CANCEL arrives).
+#[test]
+fn fork_to_two_contacts_cancels_the_loser() {
+    let redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    let dir = work_dir();
+    let winner_spec = SippSpec::new("winner", "uas_call.xml", Transport::Udp).timeout_secs(30);
+    let loser_spec = SippSpec::new("loser", "uas_cancel.xml", Transport::Udp)
+        .timeout_secs(30)
+        .trace_messages();
+    let (winner_addr, loser_addr) = (winner_spec.addr(), loser_spec.addr());
+    let winner = winner_spec.spawn(dir.path());
+    let loser = loser_spec.spawn(dir.path());
+    // Two REGISTERs (two Call-IDs) for the same user `carol1`.
+    register_users(&siphon, dir.path(), "reg_winner", "carol", 1, winner_addr);
+    register_users(&siphon, dir.path(), "reg_loser", "carol", 1, loser_addr);
+    let stored = redis.bindings(&aor("carol1"));
+    assert_eq!(stored.len(), 2, "both contacts are bound: {stored:?}");
+
+    call_users(&siphon, dir.path(), "caller", "carol", 1).assert_all_succeeded();
+    winner.wait().assert_all_succeeded();
+    let loser = loser.wait();
+    loser.assert_all_succeeded();
+    assert!(
+        loser
+            .received_messages()
+            .iter()
+            .any(|m| method(m) == Some("CANCEL")),
+        "{}",
+        loser.report()
+    );
+}
+
+/// 100 users registered on a node using Redis; the node is SIGKILLed and
+/// restarted; it restores the bindings, calls to all 100 succeed with no
+/// re-REGISTER, and Redis holds exactly the live bindings.
+#[test]
+fn restart_restores_bindings_from_redis() {
+    const USERS: u32 = 100;
+    let redis = RedisServer::start();
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(USERS)
+        .timeout_secs(60);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+
+    let first = start_backend(&redis);
+    register_users(&first, dir.path(), "register", "user", USERS, uas_addr);
+    assert_eq!(
+        redis
+            .wait_for_keys(USERS as usize, Duration::from_secs(5))
+            .len(),
+        USERS as usize
+    );
+    assert!(first.signal("KILL"));
+    drop(first);
+
+    let second = start_backend(&redis);
+    assert!(
+        second.wait_for_log(
+            &format!("restored {USERS} contacts from Redis"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        second.log_tail(20)
+    );
+    call_users(&second, dir.path(), "calls", "user", USERS).assert_all_succeeded();
+    uas.wait().assert_all_succeeded();
+
+    let keys = redis.keys();
+    assert_eq!(keys.len(), USERS as usize);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for n in 1..=USERS {
+        let user = format!("user{n}");
+        let stored = redis.bindings(&aor(&user));
+        assert_eq!(stored.len(), 1, "{user}: {stored:?}");
+        assert_eq!(stored[0].0, format!("sip:{user}@{uas_addr};transport=udp"));
+        assert!(
+            stored[0].1 > now && stored[0].1 <= now + 300,
+            "{user}: {stored:?}"
+        );
+    }
+}
+
+/// Redis down: REGISTERs still get 200 and calls to those users succeed from
+/// memory; when redis-server comes back (empty), the node writes the current
+/// bindings into it.
+#[test]
+fn redis_outage_serves_from_memory_and_writes_back_later() {
+    const USERS: u32 = 20;
+    let mut redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(USERS)
+        .timeout_secs(40);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+
+    redis.stop();
+    register_users(&siphon, dir.path(), "register", "dave", USERS, uas_addr);
+    call_users(&siphon, dir.path(), "calls", "dave", USERS).assert_all_succeeded();
+    uas.wait().assert_all_succeeded();
+    assert!(
+        siphon.wait_for_log("Redis unavailable", Duration::from_secs(5)),
+        "the outage is logged\n{}",
+        siphon.log_tail(20)
+    );
+
+    redis.spawn();
+    let keys = redis.wait_for_keys(USERS as usize, Duration::from_secs(15));
+    assert_eq!(
+        keys.len(),
+        USERS as usize,
+        "{keys:?}\n{}",
+        siphon.log_tail(20)
+    );
+    for n in 1..=USERS {
+        let stored = redis.bindings(&aor(&format!("dave{n}")));
+        assert_eq!(stored.len(), 1, "dave{n}: {stored:?}");
+    }
+    assert!(siphon.wait_for_log("Redis is reachable again", Duration::from_secs(5)));
+}
+
+/// Redis down at boot: the node still becomes ready and answers REGISTER from
+/// memory; once redis-server starts, the restore runs and the bindings made
+/// meanwhile are written.
+#[test]
+fn redis_down_at_boot_does_not_block_the_node() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let started = Instant::now();
+    let siphon = start_backend(&redis);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "boot waited {:?}",
+        started.elapsed()
+    );
+    let ok = Register::new("frank").send(&siphon, &["Contact: <sip:frank@127.0.0.1:5998>"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+
+    redis.spawn();
+    assert_eq!(
+        redis.wait_for_keys(1, Duration::from_secs(10)),
+        [format!("{KEY_PREFIX}{}", aor("frank"))],
+        "{}",
+        siphon.log_tail(20)
+    );
+    assert!(siphon.wait_for_log("restored 0 contacts from Redis", Duration::from_secs(5)));
+    let ttl = redis.ttl(&aor("frank"));
+    assert!(
+        (3500..=3600).contains(&ttl),
+        "default_expires applies: {ttl}"
+    );
+}
+
+/// A binding registered with a Path (RFC 3327) is reached through it: the
+/// INVITE goes to the Path hop with that Route, Request-URI the contact.
+#[test]
+fn contact_registered_with_path_is_reached_through_it() {
+    let redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    let edge = UdpPeer::bind();
+    let path = format!("<sip:{};lr>", edge.local_addr());
+    let ok = Register::new("gina").send(
+        &siphon,
+        &[
+            "Contact: <sip:gina@192.0.2.7:5060>",
+            &format!("Path: {path}"),
+            "Supported: path",
+        ],
+    );
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    assert_eq!(
+        header(&ok, "Path"),
+        Some(path.as_str()),
+        "Path echoed: {ok}"
+    );
+
+    let caller = UdpPeer::bind();
+    let invite = RawRequest::new(
+        "INVITE",
+        &format!("sip:gina@127.0.0.1:{}", siphon.port),
+        Transport::Udp,
+        caller.local_addr(),
+    );
+    caller.send_to(invite.render().as_bytes(), siphon.addr());
+    let mut seen = Vec::new();
+    let forwarded = edge
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            method(m) == Some("INVITE")
+        })
+        .unwrap_or_else(|| panic!("INVITE never reached the Path hop\n{}", siphon.log_tail(20)));
+    assert!(
+        forwarded.starts_with("INVITE sip:gina@192.0.2.7:5060 SIP/2.0"),
+        "{forwarded}"
+    );
+    assert_eq!(
+        header_values(&forwarded, "Route").first().copied(),
+        Some(path.as_str()),
+        "{forwarded}"
+    );
+}
