@@ -433,8 +433,10 @@ run_step() {
     lb_pid=$STARTED_PID
     sleep 1   # let Kamailio's workers and siphon's Python workers settle
 
-    local pids
+    local pids pid
     mapfile -t pids < <(lb_pids "$lb_pid")
+    # Kamailio's workers are stopped by their parent; tracked in case it is killed.
+    for pid in "${pids[@]}"; do track "$pid"; done
 
     # Memory sampler: the LB's summed Pss once a second, in KiB.
     (
@@ -470,6 +472,7 @@ run_step() {
 
     stop_pid "$sampler" 1
     stop_pid "$lb_pid" 10
+    for pid in "${pids[@]}"; do stop_pid "$pid" 2; done
     stop_pid "$uas1" 3
     stop_pid "$uas2" 3
     local split
@@ -601,7 +604,13 @@ fixed_mean() {
 ramp_best() {
     local best=${RAMP_BEST[$1/$2]:-}
     [ -n "$best" ] || return 0
-    if [ -n "${RAMP_OPEN[$1/$2]:-}" ]; then echo ">= $best"; else echo "$best"; fi
+    if [ -n "${RAMP_OPEN[$1/$2]:-}" ]; then
+        echo ">= $best"
+    elif [ "$best" = 0 ]; then
+        echo "< $RAMP_START (failed the first step)"
+    else
+        echo "$best"
+    fi
 }
 
 # ramp_caveat MODE: flags a max-rate ratio taken from a ramp that ended before an LB failed.

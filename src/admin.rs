@@ -131,6 +131,14 @@ async fn delete_registrations(State(ctx): State<Shared>, Path(aor): Path<String>
 }
 
 async fn metrics() -> Response {
+    crate::actors::gateway::GatewayService::global()
+        .gateways()
+        .refresh_up_gauges();
+    if let Some(registrar) = crate::registrar::global() {
+        crate::metrics::get()
+            .registrations_active
+            .set(registrar.count() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -645,6 +645,33 @@ def route(request):
     assert!(response.starts_with("SIP/2.0 403 Nope\r\n"), "{response}");
 }
 
+/// A handler that neither relays nor replies: the request is dropped, with
+/// a log line naming its Call-ID, and the client gets no answer.
+#[test]
+fn handler_without_action_drops_the_request() {
+    let script = r#"from siphon import proxy, log
+
+@proxy.on_request
+def route(request):
+    log.debug("looked at " + request.method)
+"#;
+    let siphon = Siphon::start(&proxy_config("debug"), script);
+    let peer = UdpPeer::bind();
+    let request = options_to_proxy(peer.local_addr());
+    peer.send_to(request.render().as_bytes(), siphon.addr());
+    let answer = peer.recv(Duration::from_millis(800));
+    assert!(answer.is_none(), "expected silence, got {answer:?}");
+    let call_id = request.call_id.clone();
+    let logged = siphon.wait_for_log_line(Duration::from_secs(2), |line| {
+        line.contains(&call_id) && line.to_ascii_lowercase().contains("drop")
+    });
+    assert!(
+        logged,
+        "no drop logged for {call_id}:\n{}",
+        siphon.log_tail(20)
+    );
+}
+
 /// `set_header` adds/replaces and `remove_header` deletes, as the callee sees.
 #[test]
 fn header_edits_reach_the_callee() {

@@ -333,6 +333,16 @@ impl Handler<ProbeReport> for GroupActor {
 
     fn handle(&mut self, report: ProbeReport, _ctx: &mut Self::Context) {
         let now = Instant::now();
+        if let Some(metrics) = self.shared.metrics(report.index) {
+            match &report.verdict {
+                ProbeVerdict::Alive { latency } => {
+                    metrics.probe_latency.observe(latency.as_secs_f64());
+                }
+                ProbeVerdict::Failed { .. } => {
+                    metrics.probe_failures.inc();
+                }
+            }
+        }
         let (uri, transition) = {
             let mut group = self.shared.lock();
             let transition = match report.verdict {

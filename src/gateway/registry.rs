@@ -8,16 +8,39 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::Group;
+use crate::metrics::DestinationMetrics;
 
-/// One group behind its lock.
+/// One group behind its lock, with each destination's metric handles (made
+/// once here, so counting a selection costs one atomic add).
 pub struct SharedGroup {
     group: Mutex<Group>,
+    metrics: Vec<DestinationMetrics>,
 }
 
 impl SharedGroup {
     pub fn new(group: Group) -> Self {
+        let registry = crate::metrics::get();
+        let metrics = group
+            .destinations()
+            .iter()
+            .map(|d| registry.destination(group.name(), &d.uri))
+            .collect();
         SharedGroup {
             group: Mutex::new(group),
+            metrics,
+        }
+    }
+
+    /// The metric handles of destination `index`.
+    pub fn metrics(&self, index: usize) -> Option<&DestinationMetrics> {
+        self.metrics.get(index)
+    }
+
+    /// Sets each destination's `up` gauge from its current health.
+    pub fn refresh_up_gauges(&self, now: std::time::Instant) {
+        let group = self.lock();
+        for (index, metrics) in self.metrics.iter().enumerate() {
+            metrics.up.set(i64::from(group.is_up(index, now)));
         }
     }
 
@@ -64,10 +87,33 @@ impl Gateways {
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<SharedGroup>> {
-        self.groups
+        let removed = self
+            .groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
+            .remove(name);
+        if let Some(shared) = &removed {
+            let group = shared.lock();
+            for dest in group.destinations() {
+                crate::metrics::get().remove_destination(name, &dest.uri);
+            }
+        }
+        removed
+    }
+
+    /// Brings every destination's `up` gauge up to date (before a scrape).
+    pub fn refresh_up_gauges(&self) {
+        let now = std::time::Instant::now();
+        let groups: Vec<Arc<SharedGroup>> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for group in groups {
+            group.refresh_up_gauges(now);
+        }
     }
 
     /// Group names in alphabetical order.

@@ -110,6 +110,9 @@ impl GatewayApi {
         let now = Instant::now();
         let mut locked = shared.lock();
         let chosen = locked.select(key_bytes, filter.as_ref(), now);
+        if let Some(metrics) = chosen.and_then(|index| shared.metrics(index)) {
+            metrics.selections.inc();
+        }
         Ok(chosen
             .and_then(|index| locked.destination(index))
             .map(|destination| PyDestination::snapshot(group, destination, true)))

@@ -207,7 +207,10 @@ fn register_handler(methods: Option<Vec<String>>, func: Py<PyAny>) {
 /// The traceback of a Python exception as Python itself prints it.
 fn format_exception(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py.import("traceback").and_then(|tb| {
-        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
         let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
         joined.extract::<String>()
     });
