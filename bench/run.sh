@@ -209,6 +209,12 @@ hwm_kib() {
 
 now_ms() { date +%s%3N; }
 
+# udp_rcvbuf_errors: datagrams the kernel dropped for a full receive buffer,
+# machine-wide (/proc/net/snmp, Udp: RcvbufErrors).
+udp_rcvbuf_errors() {
+    awk '$1 == "Udp:" { if (!n) { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; n = 1 } else { print $c + 0; exit } }' /proc/net/snmp
+}
+
 port_busy() { [ -n "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]; }
 
 # wait_port_free PORT: another test on this machine may hold the port for a while.
@@ -356,6 +362,7 @@ start_uas() {
     wait_port_free "$port"
     sipp -sf "$scenario" -aa -i 127.0.0.1 -p "$port" -nostdin \
         -buff_size "$SOCKET_BUFFER" -timeout "${seconds}s" \
+        -trace_err -error_file "${log%.log}-errors.log" \
         -trace_screen -screen_file "$screen" >"$log" 2>&1 </dev/null &
     pid=$!
     track "$pid"
@@ -401,6 +408,12 @@ backend_count() {
     awk '/----------> (INVITE|REGISTER)/ { n = $3 } END { print n + 0 }' "$1" 2>/dev/null || echo 0
 }
 
+# probes_answered UASLOG: OPTIONS probes the backend answered with 200 (-aa
+# logs each one to its error file).
+probes_answered() {
+    grep -c "Automatic response mode" "${1%.log}-errors.log" 2>/dev/null || true
+}
+
 # run_step LB KIND RATE SECONDS LABEL REP: one measured step; appends a row to
 # $ROWS and sets STEP_CLEAN=1 when it had no failed call, no retransmission
 # and reached 90% of the asked rate.
@@ -408,7 +421,8 @@ STEP_NO=0
 run_step() {
     local lb=$1 kind=$2 rate=$3 seconds=$4 label=$5 rep=$6
     STEP_NO=$((STEP_NO + 1))
-    local dir="$RUN_DIR/$(printf '%03d' "$STEP_NO")-$lb-$label-$rate"
+    local dir
+    dir="$RUN_DIR/$(printf '%03d' "$STEP_NO")-$lb-$label-$rate"
     mkdir -p "$dir"
     local uac_scenario uas_scenario
     case "$kind" in
@@ -448,23 +462,31 @@ run_step() {
     local sampler=$!
     track "$sampler"
 
-    local uas_ticks0 ticks0 t0 ticks1 t1 uas_ticks1
+    local uas_ticks0 ticks0 t0 ticks1 t1 uas_ticks1 drops0 drops1
+    drops0=$(udp_rcvbuf_errors)
     uas_ticks0=$(cpu_ticks "$uas1" "$uas2")
     ticks0=$(cpu_ticks "${pids[@]}")
     t0=$(now_ms)
-    local TIMEFORMAT='%3U %3S'
-    {
-        time timeout -k 5 $((sipp_timeout + 15)) \
-            sipp -sf "$uac_scenario" -inf "$USERS_CSV" "$LB_ADDR:$LB_PORT" -i 127.0.0.1 \
-            -r "$rate" -rp 1000 -m "$calls" -l "$limit" -nostdin \
-            -recv_timeout 5000 -timeout "${sipp_timeout}s" -buff_size "$SOCKET_BUFFER" \
-            -trace_stat -stf "$dir/uac-stat.csv" -fd 1 \
-            -trace_screen -screen_file "$dir/uac-screen.log" \
-            >"$dir/uac.log" 2>&1 </dev/null || true
-    } 2>"$dir/uac-cpu.txt"
+    # The UAC runs in the background and we wait for it, so that a signal to
+    # this script is handled at once. timeout signals its whole process group
+    # (the inner bash that times sipp, and sipp) when it is stopped.
+    # shellcheck disable=SC2016 # the inner bash expands "$@" and $UAC_*.
+    UAC_LOG="$dir/uac.log" UAC_CPU="$dir/uac-cpu.txt" \
+        timeout -k 5 $((sipp_timeout + 15)) bash -c \
+        'TIMEFORMAT="%3U %3S"; { time "$@" >"$UAC_LOG" 2>&1 </dev/null; } 2>"$UAC_CPU"' bench-uac \
+        sipp -sf "$uac_scenario" -inf "$USERS_CSV" "$LB_ADDR:$LB_PORT" -i 127.0.0.1 \
+        -r "$rate" -rp 1000 -m "$calls" -l "$limit" -nostdin \
+        -recv_timeout 5000 -timeout "${sipp_timeout}s" -buff_size "$SOCKET_BUFFER" \
+        -trace_stat -stf "$dir/uac-stat.csv" -fd 1 \
+        -trace_screen -screen_file "$dir/uac-screen.log" &
+    local uac=$!
+    track "$uac"
+    wait "$uac" || true
+    unset "STARTED[$uac]"
     t1=$(now_ms)
     ticks1=$(cpu_ticks "${pids[@]}")
     uas_ticks1=$(cpu_ticks "$uas1" "$uas2")
+    drops1=$(udp_rcvbuf_errors)
     local pss_now hwm
     pss_now=$(pss_kib "${pids[@]}")
     hwm=$(hwm_kib "${pids[@]}")
@@ -477,6 +499,8 @@ run_step() {
     stop_pid "$uas2" 3
     local split
     split="$(backend_count "$dir/uas1.log")/$(backend_count "$dir/uas2.log")"
+    local probes
+    probes="$(probes_answered "$dir/uas1.log")/$(probes_answered "$dir/uas2.log")"
 
     # ---- figures
     local ok failed elapsed_raw elapsed retrans timeouts unexpected
@@ -508,7 +532,7 @@ run_step() {
         -v ticks=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v window_ms=$((t1 - t0)) \
         -v uas_ticks=$((uas_ticks1 - uas_ticks0)) -v uac_cpu="$uac_cpu" \
         -v peak="${rss_peak_kib:-0}" -v mid="${rss_mid_kib:-0}" -v end="${rss_end_kib:-0}" \
-        -v hwm="$hwm" -v spread="$split" '
+        -v hwm="$hwm" -v spread="$split" -v probes="$probes" -v drops=$((drops1 - drops0)) '
         BEGIN {
             window = window_ms / 1000
             cpu = ticks / hz
@@ -517,15 +541,15 @@ run_step() {
             per_k = ok > 0 ? 1000 * cpu / ok : 0
             sipp_pct = window > 0 ? 100 * (uac_cpu + uas_ticks / hz) / window : 0
             clean = (failed == 0 && retrans == 0 && ok > 0 && achieved >= 0.9 * rate) ? "yes" : "no"
-            printf "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%.0f\t%.1f\t%.3f\t%.3f\t%.1f\t%.1f\t%.1f\t%.0f\t%s\t%s\n",
+            printf "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%.0f\t%.1f\t%.3f\t%.3f\t%.1f\t%.1f\t%.1f\t%.0f\t%s\t%s\t%d\t%s\n",
                 lb, mode, rep, rate, ok, failed, retrans, achieved, lb_pct, per_k, cpu,
-                peak / 1024, (end - mid) / 1024, hwm / 1024, sipp_pct, spread, clean
+                peak / 1024, (end - mid) / 1024, hwm / 1024, sipp_pct, spread, probes, drops, clean
         }')
     echo "$row" >>"$ROWS"
     STEP_CLEAN=0
-    [ "$(cut -f17 <<<"$row")" = yes ] && STEP_CLEAN=1
-    awk -F'\t' '{ printf "ok %d, failed %d, retrans %d, %s calls/s, LB CPU %s%%, %s CPU-s/1000, %s MiB%s\n",
-        $5, $6, $7, $8, $9, $10, $12, ($17 == "yes" ? "" : "  [not clean]") }' <<<"$row" >&2
+    [ "$(cut -f19 <<<"$row")" = yes ] && STEP_CLEAN=1
+    awk -F'\t' '{ printf "ok %d, failed %d, retrans %d, %s calls/s, LB CPU %s%%, %s CPU-s/1000, %s MiB, UDP drops %s%s\n",
+        $5, $6, $7, $8, $9, $10, $12, $18, ($19 == "yes" ? "" : "  [not clean]") }' <<<"$row" >&2
     if [ "$timeouts" -gt 0 ] || [ "$unexpected" -gt 0 ]; then
         echo "bench:   ($timeouts timeouts, $unexpected unexpected messages; logs in $dir)" >&2
     fi
@@ -634,8 +658,8 @@ ratio() {
     echo "- siphon $siphon_commit ($(basename "$SIPHON_SCRIPT")); sipp $sipp_version${kam_version:+; Kamailio $kam_version ($KAM_CHILDREN UDP children)}"
     for note in "${NOTES[@]+"${NOTES[@]}"}"; do echo "- note: $note"; done
     echo
-    echo "| LB | mode | rep | rate/s | ok | failed | retrans | achieved/s | LB CPU % | CPU-s per 1000 | LB CPU-s | RSS MiB (peak) | RSS growth 2nd half MiB | VmHWM MiB | sipp CPU % | backends 1/2 | clean |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| LB | mode | rep | rate/s | ok | failed | retrans | achieved/s | LB CPU % | CPU-s per 1000 | LB CPU-s | RSS MiB (peak) | RSS growth 2nd half MiB | VmHWM MiB | sipp CPU % | backends 1/2 | probes 1/2 | UDP drops | clean |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$ROWS"
     echo
     echo "## Summary"
@@ -662,7 +686,8 @@ ratio() {
     echo "every LB process (all threads) while the UAC ran; RSS = the LB's summed Pss, sampled each"
     echo "second (peak, and growth from mid-run to the end); VmHWM = peak RSS of the LB's largest"
     echo "process; sipp CPU % = UAC + both UAS over the same window (100 % = one core); backends 1/2 =
-requests each backend received (the To-URI hash spreads them); clean = no"
+requests each backend received (the To-URI hash spreads them); probes 1/2 = OPTIONS probes each
+backend answered; UDP drops = the kernel's UDP RcvbufErrors during the step (machine-wide); clean = no"
     echo "failed call, no retransmission, and >= 90 % of the asked rate. Logs: $RUN_DIR"
 } >"$OUT"
 

@@ -1,11 +1,18 @@
-"""A plain stateful proxy: relays every request to its Request-URI.
+"""A stateful proxy and registrar: siphon's backend node, and a plain proxy.
 
-In-dialog requests (ACK for 2xx, BYE, re-INVITE...) follow the route set that
-record_route() established; new dialogs and out-of-dialog requests are
-record-routed and relayed to the Request-URI. OPTIONS addressed to the proxy
-itself (a local host and no user part) is answered here, as a keep-alive.
+Behind the front load balancer (which hashes on the AoR), a subscriber's
+REGISTER and the calls to them reach this same node:
+- OPTIONS to the proxy itself (a local host, no user) is answered here, so
+  the LB's health probes see 200;
+- in-dialog requests follow the route set that record_route() established;
+- for a local domain (`domain.local`), REGISTER is saved by the registrar and
+  any other request is looked up and forked to every registered contact
+  (highest q first; the first to answer wins, the others are CANCELed), or
+  answered 404;
+- a request for any other domain is record-routed and relayed to its
+  Request-URI, as a plain proxy does.
 """
-from siphon import proxy, log
+from siphon import proxy, registrar, log
 
 
 @proxy.on_request
@@ -18,8 +25,21 @@ def route(request):
             request.reply(404, "Not Here")
         return
 
-    if request.method == "OPTIONS" and request.ruri.is_local and not request.ruri.user:
-        request.reply(200)
+    if request.ruri.is_local:
+        if request.method == "OPTIONS" and not request.ruri.user:
+            request.reply(200)
+            return
+        if request.method == "REGISTER":
+            registrar.save(request)
+            return
+        contacts = registrar.lookup(request.ruri)
+        if not contacts:
+            log.info(f"{request.method} {request.ruri}: no registered contact")
+            request.reply(404, "Not Found")
+            return
+        log.debug(f"{request.method} {request.ruri} -> {[c.uri for c in contacts]}")
+        request.record_route()
+        request.fork(contacts)
         return
 
     log.debug(f"relay {request.method} {request.ruri} from {request.source_ip}:{request.source_port}")

@@ -1,4 +1,4 @@
-//! End-to-end tests of siphon as the backend (scripts/backend.py): the
+//! End-to-end tests of siphon as the backend (scripts/proxy.py): the
 //! registrar with Redis write-through against a real `redis-server` started
 //! here on a private port, sipp subscribers and callees, and crafted REGISTERs
 //! from a raw client for the exact RFC 3261 §10.3 answers.
@@ -170,7 +170,7 @@ fn backend_config(redis: &RedisServer) -> String {
 }
 
 fn start_backend(redis: &RedisServer) -> Siphon {
-    Siphon::start(&backend_config(redis), &example_script("backend.py"))
+    Siphon::start(&backend_config(redis), &example_script("proxy.py"))
 }
 
 /// The AoR a sipp user registered at 127.0.0.1 is stored under: the local

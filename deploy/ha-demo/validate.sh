@@ -56,6 +56,7 @@ TOTAL=7
 log() { printf '%s\n' "$*"; }
 fail_now() { log "ABORT: $*"; exit 1; }
 
+# shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -130,17 +131,17 @@ wait_ready() {
 # start_backend N LOGFILE: backend N (1 or 2) from the shared config.
 start_backend() {
     local n=$1 logfile=$2
-    NO_COLOR=1 RUST_LOG= SIPHON_INSTANCE="backend$n" BACKEND_PORT="${BACKEND_PORT[$n]}" \
+    env -u RUST_LOG NO_COLOR=1 SIPHON_INSTANCE="backend$n" BACKEND_PORT="${BACKEND_PORT[$n]}" \
         BACKEND_ADMIN_PORT="${BACKEND_ADMIN[$n]##*:}" BACKEND_NAME="backend$n.example.com" \
         REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
         "$SIPHON_BIN" --config "$HERE/siphon-backend.yaml" >"$logfile" 2>&1 &
-    BACKEND_PID[$n]=$!
+    BACKEND_PID[n]=$!
     PIDS+=($!)
     wait_ready "$logfile" "${BACKEND_PID[$n]}" "backend$n"
 }
 
 start_lb() {
-    NO_COLOR=1 RUST_LOG= LB_PORT="$LB_PORT" BACKEND1_PORT="${BACKEND_PORT[1]}" \
+    env -u RUST_LOG NO_COLOR=1 LB_PORT="$LB_PORT" BACKEND1_PORT="${BACKEND_PORT[1]}" \
         BACKEND2_PORT="${BACKEND_PORT[2]}" LB_ADMIN_PORT="${LB_ADMIN##*:}" \
         LB_METRICS_PORT="$LB_METRICS_PORT" \
         "$SIPHON_BIN" --config "$HERE/siphon-frontend.yaml" >"$WORK/lb.log" 2>&1 &
@@ -253,10 +254,10 @@ case "$line" in *"provisional=[100"*) ;; *) status=1 ;; esac
 # alice's UA saw the INVITE, the ACK and the BYE, each through LB and backend
 # (3 Vias: the caller's, the LB's and the backend's).
 for method in INVITE ACK BYE; do
-    [ -n "$call_id" ] && grep -q "RECV $method user=alice call_id=$call_id vias=3" "$WORK/ua.log" || {
+    if [ -z "$call_id" ] || ! grep -q "RECV $method user=alice call_id=$call_id vias=3" "$WORK/ua.log"; then
         status=1
         line="$line; alice's UA did not get the $method through both proxies"
-    }
+    fi
 done
 result 3 "INVITE alice through the LB reaches her UA; ACK and BYE follow Record-Route" $status "$line"
 
@@ -383,7 +384,7 @@ else
     if [ "$D" = "$A" ]; then OTHER_D="${USERS_A%%,*}"; else OTHER_D="${USERS_B%%,*}"; fi
     ua_call slowpoke >"$WORK/call-slowpoke.out" 2>&1 &
     caller=$!
-    PIDS+=($caller)
+    PIDS+=("$caller")
     python3 "$CHECK" wait-log "$WORK/ua.log" "RECV INVITE user=slowpoke" 5 || {
         status=1
         detail="the ringing call never reached slowpoke's UA; "

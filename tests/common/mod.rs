@@ -151,7 +151,8 @@ pub fn proxy_config(level: &str) -> String {
 /// panicking the log tail is printed to help diagnose it.
 pub struct Siphon {
     child: Child,
-    dir: TempDir,
+    /// Taken (kept on disk) when the test fails, for post-mortem reading.
+    dir: Option<TempDir>,
     /// The UDP and TCP port the daemon listens on.
     pub port: u16,
 }
@@ -190,7 +191,11 @@ impl Siphon {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", env!("CARGO_BIN_EXE_siphon")))?;
-        let mut siphon = Siphon { child, dir, port };
+        let mut siphon = Siphon {
+            child,
+            dir: Some(dir),
+            port,
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if siphon.log().contains(READY_LINE) {
@@ -223,12 +228,12 @@ impl Siphon {
 
     /// The temp directory holding config, script and log.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().map_or(Path::new("."), |d| d.path())
     }
 
     /// The whole log so far (stderr of the daemon).
     pub fn log(&self) -> String {
-        fs::read(self.dir.path().join("siphon.log"))
+        fs::read(self.dir().join("siphon.log"))
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
     }
@@ -268,7 +273,7 @@ impl Siphon {
 
     /// Overwrite the routing script (take effect after `signal("HUP")`).
     pub fn replace_script(&self, script_text: &str) {
-        let path = self.dir.path().join("script.py");
+        let path = self.dir().join("script.py");
         fs::write(&path, script_text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
@@ -293,8 +298,12 @@ impl Drop for Siphon {
             }
         }
         if thread::panicking() {
-            eprintln!("---- siphon log tail ({}) ----", self.dir.path().display());
+            eprintln!("---- siphon log tail ({}) ----", self.dir().display());
             eprintln!("{}", self.log_tail(60));
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("---- siphon files kept in {} ----", kept.display());
+            }
         }
     }
 }
@@ -661,20 +670,26 @@ impl SippOutcome {
     /// Exit code 0 AND the counters show every expected call succeeded, so a
     /// run that made no calls cannot pass.
     pub fn assert_all_succeeded(&self) {
-        assert_eq!(self.exit_code, Some(0), "{}", self.report());
-        assert!(self.stats.found, "no sipp stats file\n{}", self.report());
-        assert_eq!(
-            self.stats.successful_calls,
-            u64::from(self.expected_calls),
-            "successful calls\n{}",
+        if let Some(failure) = self.failure() {
+            panic!("{failure}");
+        }
+    }
+
+    /// Why this run did not fully succeed, or None if every expected call
+    /// succeeded (exit code 0, counters complete, no failed call).
+    pub fn failure(&self) -> Option<String> {
+        let expected = u64::from(self.expected_calls);
+        if self.exit_code == Some(0)
+            && self.stats.found
+            && self.stats.successful_calls == expected
+            && self.stats.failed_calls == 0
+        {
+            return None;
+        }
+        Some(format!(
+            "expected {expected} successful calls and exit code 0\n{}",
             self.report()
-        );
-        assert_eq!(
-            self.stats.failed_calls,
-            0,
-            "failed calls\n{}",
-            self.report()
-        );
+        ))
     }
 
     /// The SIP messages this sipp instance received, in order (from the
@@ -691,6 +706,21 @@ impl SippOutcome {
     /// The SIP messages this sipp instance sent.
     pub fn sent_messages(&self) -> Vec<String> {
         parse_message_trace(&self.messages, "sent")
+    }
+}
+
+/// Assert that every run succeeded; on failure, report ALL of them (the
+/// caller's errors often explain themselves only next to the callee's).
+pub fn assert_all_succeeded(outcomes: &[&SippOutcome]) {
+    let failures: Vec<String> = outcomes.iter().filter_map(|o| o.failure()).collect();
+    if !failures.is_empty() {
+        let all: Vec<String> = outcomes.iter().map(|o| o.report()).collect();
+        panic!(
+            "{} sipp run(s) failed:\n{}\n==== all runs ====\n{}",
+            failures.len(),
+            failures.join("\n"),
+            all.join("\n")
+        );
     }
 }
 
