@@ -76,7 +76,11 @@ async fn ready(State(ctx): State<Shared>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     };
-    (status, Json(json!({ "status": state, "instance": ctx.instance_id }))).into_response()
+    (
+        status,
+        Json(json!({ "status": state, "instance": ctx.instance_id })),
+    )
+        .into_response()
 }
 
 async fn gateways(State(ctx): State<Shared>) -> Response {
@@ -92,13 +96,23 @@ async fn mark_up(state: State<Shared>, group: Path<String>, body: Bytes) -> Resp
 }
 
 /// The body names the destination: `{"uri": "sip:..."}`.
-fn set_health(State(ctx): State<Shared>, Path(group): Path<String>, body: Bytes, down: bool) -> Response {
+fn set_health(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    body: Bytes,
+    down: bool,
+) -> Response {
     let uri = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("uri").and_then(Value::as_str) {
             Some(uri) => uri.to_string(),
             None => return error(StatusCode::BAD_REQUEST, "body needs a string field \"uri\""),
         },
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "body must be a JSON object like {\"uri\": \"sip:...\"}"),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be a JSON object like {\"uri\": \"sip:...\"}",
+            )
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
     };
     match ctx.gateways.set_down(&group, &uri, down) {
@@ -118,14 +132,18 @@ fn set_health(State(ctx): State<Shared>, Path(group): Path<String>, body: Bytes,
 
 async fn registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Response {
     match &ctx.registrations {
-        Some(registrar) => Json(json!({ "aor": aor, "bindings": registrar.bindings(&aor) })).into_response(),
+        Some(registrar) => {
+            Json(json!({ "aor": aor, "bindings": registrar.bindings(&aor) })).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
     }
 }
 
 async fn delete_registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Response {
     match &ctx.registrations {
-        Some(registrar) => Json(json!({ "aor": aor, "removed": registrar.remove(&aor) })).into_response(),
+        Some(registrar) => {
+            Json(json!({ "aor": aor, "removed": registrar.remove(&aor) })).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
     }
 }
@@ -210,6 +228,13 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
     }
 
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool> {
+        let known = self
+            .gateways()
+            .get(group)
+            .is_some_and(|shared| shared.lock().find(uri).is_some());
+        if !known {
+            return None;
+        }
         self.mark(group, uri, down)
     }
 }

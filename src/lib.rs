@@ -2,15 +2,15 @@
 //!
 //! Pure logic (parsing, algorithms, binding rules) lives in `sip`, `gateway`,
 //! `config`; the actors in `actors` are thin wrappers that own state and call it.
-pub mod config;
-pub mod logging;
-pub mod sip;
-pub mod gateway;
 pub mod actors;
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod registrar;
 pub mod script;
 pub mod server;
-pub mod metrics;
-pub mod registrar;
-pub mod lifecycle;
-pub mod admin;
+pub mod sip;

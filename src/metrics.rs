@@ -86,15 +86,31 @@ impl Metrics {
             ingress_dropped: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("requests", "SIP requests received, by method", m.requests.clone());
-        registry.register("responses", "SIP responses sent upstream, by status code", m.responses.clone());
+        registry.register(
+            "requests",
+            "SIP requests received, by method",
+            m.requests.clone(),
+        );
+        registry.register(
+            "responses",
+            "SIP responses sent upstream, by status code",
+            m.responses.clone(),
+        );
         registry.register(
             "transactions_active",
             "Server and client transactions held",
             m.transactions_active.clone(),
         );
-        registry.register("script_executions", "Routing script runs", m.script_executions.clone());
-        registry.register("script_errors", "Routing script runs that raised", m.script_errors.clone());
+        registry.register(
+            "script_executions",
+            "Routing script runs",
+            m.script_executions.clone(),
+        );
+        registry.register(
+            "script_errors",
+            "Routing script runs that raised",
+            m.script_errors.clone(),
+        );
         registry.register(
             "script_duration_seconds",
             "Time spent in the routing script per request",
@@ -189,10 +205,26 @@ impl Metrics {
 /// stream of made-up methods cannot grow the series without bound.
 fn method_label(method: &str) -> &'static str {
     const KNOWN: [&str; 14] = [
-        "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK",
-        "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "MESSAGE",
+        "REFER",
+        "PUBLISH",
     ];
-    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The process-wide metrics.
@@ -229,11 +261,36 @@ impl ActorStats {
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Counts one handled message, busy until the guard drops. For actors
+    /// whose mailbox depth is not tracked.
+    pub fn measure(&self) -> BusyGuard<'_> {
+        BusyGuard {
+            stats: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Handled and busy time since the last call, and the current queue.
     pub fn take_interval(&self) -> (u64, i64, Duration) {
         let handled = self.handled.swap(0, Ordering::Relaxed);
         let busy = self.busy_nanos.swap(0, Ordering::Relaxed);
-        (handled, self.queued.load(Ordering::Relaxed).max(0), Duration::from_nanos(busy))
+        (
+            handled,
+            self.queued.load(Ordering::Relaxed).max(0),
+            Duration::from_nanos(busy),
+        )
+    }
+}
+
+/// Records the time until it is dropped as one handled message.
+pub struct BusyGuard<'a> {
+    stats: &'a ActorStats,
+    started: std::time::Instant,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.record_unqueued(self.started.elapsed());
     }
 }
 
@@ -298,11 +355,22 @@ mod tests {
         d.selections.inc();
         d.up.set(1);
         let text = m.encode();
-        assert!(text.contains("siphon_requests_total{method=\"INVITE\"} 1"), "{text}");
-        assert!(text.contains("siphon_requests_total{method=\"other\"} 1"), "{text}");
-        assert!(text.contains("siphon_responses_total{code=\"486\"} 1"), "{text}");
         assert!(
-            text.contains("siphon_gateway_selections_total{group=\"backends\",destination=\"sip:b1\"} 1"),
+            text.contains("siphon_requests_total{method=\"INVITE\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("siphon_requests_total{method=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("siphon_responses_total{code=\"486\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "siphon_gateway_selections_total{group=\"backends\",destination=\"sip:b1\"} 1"
+            ),
             "{text}"
         );
     }

@@ -183,7 +183,10 @@ async fn drain_then_stop(
     second_signal: impl std::future::Future<Output = ()>,
 ) {
     lifecycle.start_draining();
-    tracing::info!(drain_secs = drain.as_secs_f64(), "draining: new calls get 503");
+    tracing::info!(
+        drain_secs = drain.as_secs_f64(),
+        "draining: new calls get 503"
+    );
     let deadline = tokio::time::Instant::now() + drain;
     let idle = async {
         // Let in-flight dialogs send their BYE through us, however quiet the

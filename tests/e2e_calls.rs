@@ -739,7 +739,8 @@ fn max_forwards_zero_gets_483() {
 fn request_looping_through_the_proxy_gets_482() {
     // A script that relays everything to its Request-URI: one naming the
     // proxy itself comes straight back, unchanged, and must be caught.
-    let relay_all = "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.relay()\n";
+    let relay_all =
+        "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.relay()\n";
     let siphon = Siphon::start(&proxy_config("debug"), relay_all);
     let target = format!("sip:someone@{}", siphon.addr());
     let response = ask(&siphon, |from| {

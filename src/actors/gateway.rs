@@ -249,6 +249,7 @@ impl GroupActor {
     }
 
     fn refresh(&mut self) {
+        let _busy = crate::metrics::actors().gateway.measure();
         let now = Instant::now();
         let changes: Vec<(String, Transition)> = {
             let mut group = self.shared.lock();
@@ -332,6 +333,7 @@ impl Handler<ProbeReport> for GroupActor {
     type Result = ();
 
     fn handle(&mut self, report: ProbeReport, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().gateway.measure();
         let now = Instant::now();
         if let Some(metrics) = self.shared.metrics(report.index) {
             match &report.verdict {
@@ -430,6 +432,7 @@ impl Prober {
     }
 
     fn send_probe(&mut self, ctx: &mut Context<Self>) {
+        let _busy = crate::metrics::actors().prober.measure();
         if !self.group.connected() {
             ctx.stop();
             return;
@@ -485,6 +488,7 @@ impl Handler<ProbeOutcome> for Prober {
     type Result = ();
 
     fn handle(&mut self, outcome: ProbeOutcome, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().prober.measure();
         let Some((_, sent)) = self.pending else {
             return; // timed out already: a late answer changes nothing
         };

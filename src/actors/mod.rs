@@ -1,6 +1,6 @@
 //! The actors: thin owners of state that call into the pure logic in `sip`,
 //! `proxy` and `script`.
 
+pub mod gateway;
 pub mod transaction;
 pub mod transport;
-pub mod gateway;

@@ -421,7 +421,11 @@ impl TransactionShard {
                         }
                     }
                 }
-                if self.servers.get(&slot).is_some_and(|tx| tx.branches.is_empty()) {
+                if self
+                    .servers
+                    .get(&slot)
+                    .is_some_and(|tx| tx.branches.is_empty())
+                {
                     self.reply_local(slot, 478, "Unresolvable Destination", now);
                 }
             }
@@ -1271,7 +1275,9 @@ impl Handler<Inbound> for TransactionShard {
             self.on_response(msg, started);
         }
         self.report_active();
-        crate::metrics::actors().transaction.record(started.elapsed());
+        crate::metrics::actors()
+            .transaction
+            .record(started.elapsed());
     }
 }
 

@@ -92,7 +92,9 @@ impl Router {
         // memory without end.
         let stats = &crate::metrics::actors().transaction;
         if stats.enqueued() > MAX_QUEUED {
-            stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .queued
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             crate::metrics::get().ingress_dropped.inc();
             tracing::warn!(%source, "transaction shards overloaded; message dropped");
             return;
@@ -332,11 +334,8 @@ impl StreamHandler<io::Result<(Bytes, SocketAddr)>> for UdpTransport {
                 tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
             }
             Ok((bytes, source)) => {
-                let started = std::time::Instant::now();
+                let _busy = crate::metrics::actors().udp.measure();
                 accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports);
-                crate::metrics::actors()
-                    .udp
-                    .record_unqueued(started.elapsed());
             }
             // ICMP errors from earlier sends surface here; they are not fatal.
             Err(e) => tracing::debug!(error = %e, "UDP receive error"),
@@ -527,11 +526,8 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
     fn handle(&mut self, item: io::Result<Bytes>, ctx: &mut Self::Context) {
         match item {
             Ok(bytes) => {
-                let started = std::time::Instant::now();
+                let _busy = crate::metrics::actors().tcp.measure();
                 accept_bytes(bytes, self.peer, Flow::Tcp(ctx.address()), &self.transports);
-                crate::metrics::actors()
-                    .tcp
-                    .record_unqueued(started.elapsed());
             }
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "closing TCP connection after framing error");

@@ -234,9 +234,13 @@ impl RedisStore {
             while let Ok(aor) = changes.try_recv() {
                 pending.insert(aor);
             }
+            let started = std::time::Instant::now();
             let result = self
                 .flush(&mut conn, &mut restored, &registrar, &mut pending)
                 .await;
+            crate::metrics::actors()
+                .registrar
+                .record_unqueued(started.elapsed());
             if let Some(booted) = booted.take() {
                 let _ = booted.send(());
             }

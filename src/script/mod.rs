@@ -7,8 +7,8 @@
 
 mod api;
 mod gateway;
-pub mod request;
 mod registrar;
+pub mod request;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -392,7 +392,8 @@ impl Request {
         if parsed.is_empty() {
             return Err(PyValueError::new_err("fork: no targets"));
         }
-        self.state_mut()?.set_action(Action::Fork { targets: parsed })
+        self.state_mut()?
+            .set_action(Action::Fork { targets: parsed })
     }
 
     fn record_route(&mut self) -> PyResult<()> {
