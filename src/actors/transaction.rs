@@ -53,10 +53,10 @@ enum MethodClass {
 }
 
 impl MethodClass {
-    fn of(method: &str) -> Self {
+    fn of(method: Option<Method>) -> Self {
         match method {
-            "INVITE" | "ACK" => MethodClass::Invite,
-            "CANCEL" => MethodClass::Cancel,
+            Some(Method::Invite | Method::Ack) => MethodClass::Invite,
+            Some(Method::Cancel) => MethodClass::Cancel,
             _ => MethodClass::Other,
         }
     }
@@ -75,7 +75,7 @@ enum ServerState {
 
 struct ServerTx {
     key: ServerKey,
-    request: Message,
+    request: Arc<Message>,
     flow: Flow,
     reply_to: SocketAddr,
     invite: bool,
@@ -169,11 +169,43 @@ pub struct TransactionShard {
     next_id: u64,
     /// This shard's share of the `transactions_active` gauge.
     reported_active: i64,
+    own: OwnHeaders,
+}
+
+/// Our Via prefix and Record-Route value per transport (indexed by
+/// `Protocol as usize`), written once instead of per request.
+struct OwnHeaders {
+    via_prefix: [String; 2],
+    record_route: [String; 2],
+}
+
+impl OwnHeaders {
+    fn new(config: &ShardConfig) -> Self {
+        let host = &config.via_host;
+        let port = |protocol| {
+            config
+                .transports
+                .local_addr(protocol)
+                .map_or(5060, |a| a.port())
+        };
+        let (udp, tcp) = (port(Protocol::Udp), port(Protocol::Tcp));
+        OwnHeaders {
+            via_prefix: [
+                format!("SIP/2.0/UDP {host}:{udp};branch="),
+                format!("SIP/2.0/TCP {host}:{tcp};branch="),
+            ],
+            record_route: [
+                format!("<sip:{host}:{udp};lr>"),
+                format!("<sip:{host}:{tcp};transport=tcp;lr>"),
+            ],
+        }
+    }
 }
 
 impl TransactionShard {
     pub fn new(id: usize, config: Arc<ShardConfig>) -> Self {
         TransactionShard {
+            own: OwnHeaders::new(&config),
             id,
             config,
             script: None,
@@ -201,95 +233,80 @@ impl TransactionShard {
         self.config.local.is_local(via.host, via.port)
     }
 
-    /// Our branch: the loop-detection prefix, then the client transaction id.
-    fn branch(&self, loop_hash: u64, id: u64) -> String {
-        format!("{}{id:x}", forward::branch_prefix(loop_hash))
-    }
-
-    fn via_value(&self, protocol: Protocol, branch: &str) -> String {
-        let port = self
-            .config
-            .transports
-            .local_addr(protocol)
-            .map_or(5060, |a| a.port());
-        format!(
-            "SIP/2.0/{} {}:{port};branch={branch};rport",
-            protocol.as_str(),
-            self.config.via_host
-        )
-    }
-
-    fn record_route_value(&self, protocol: Protocol) -> String {
-        let port = self
-            .config
-            .transports
-            .local_addr(protocol)
-            .map_or(5060, |a| a.port());
-        match protocol {
-            Protocol::Udp => format!("<sip:{}:{port};lr>", self.config.via_host),
-            Protocol::Tcp => format!("<sip:{}:{port};transport=tcp;lr>", self.config.via_host),
-        }
+    /// Our Via with branch `z9hG4bK<loop hash>.<tail>`; `tail` is the
+    /// client transaction id in hex (or `a<hash>` for a stateless ACK).
+    fn via_value(
+        &self,
+        protocol: Protocol,
+        loop_hash: u64,
+        tail: std::fmt::Arguments<'_>,
+    ) -> String {
+        use std::fmt::Write;
+        let prefix = &self.own.via_prefix[protocol as usize];
+        let mut via = String::with_capacity(prefix.len() + 48);
+        via.push_str(prefix);
+        let _ = write!(via, "z9hG4bK{loop_hash:016x}.{tail};rport");
+        via
     }
 
     // ----- requests -------------------------------------------------------
 
     fn on_request(&mut self, msg: Message, source: SocketAddr, flow: Flow) {
-        let method = msg.method_str().to_string();
-        let branch = msg
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
-        let class = MethodClass::of(&method);
+        let method = msg.method();
+        let class = MethodClass::of(method);
         let key = ServerKey {
-            branch: transaction_branch(&msg, &branch).into(),
+            branch: transaction_branch(&msg),
             class,
         };
         let now = Instant::now();
 
-        if method == "ACK" {
-            if let Some(&slot) = self.server_index.get(&key) {
-                self.absorb_ack(slot, now);
+        match method {
+            Some(Method::Ack) => {
+                if let Some(&slot) = self.server_index.get(&key) {
+                    self.absorb_ack(slot, now);
+                    return;
+                }
+                // ACK for a 2xx: a new request the script routes (statelessly).
+            }
+            Some(Method::Cancel) => {
+                self.on_cancel(&msg, key, source, flow, now);
                 return;
             }
-            // ACK for a 2xx: a new request the script routes (statelessly).
-        } else if method == "CANCEL" {
-            self.on_cancel(&msg, key, source, flow, now);
-            return;
-        } else if let Some(&slot) = self.server_index.get(&key) {
-            if let Some(tx) = self.servers.get(&slot) {
-                if let Some(response) = &tx.last_response {
-                    if tx.state != ServerState::Accepted {
-                        self.config
-                            .transports
-                            .reply(&tx.flow, tx.reply_to, response.clone());
-                    }
+            _ => {
+                if let Some(&slot) = self.server_index.get(&key) {
+                    self.replay_last_response(slot);
+                    return;
                 }
             }
-            return;
         }
 
+        let is_ack = method == Some(Method::Ack);
         let reply_to = forward::reply_address(&msg, source);
-        if method == "INVITE" && msg.to_tag().is_none() && self.config.lifecycle.is_draining() {
+        if method == Some(Method::Invite)
+            && msg.to_tag().is_none()
+            && self.config.lifecycle.is_draining()
+        {
             self.reply_stateless(&msg, &flow, reply_to, 503, "Service Unavailable");
             return;
         }
-        if method != "ACK" {
+        let loop_hash = forward::loop_hash(&msg);
+        if !is_ack {
             if msg.max_forwards() == Some(0) {
                 self.reply_stateless(&msg, &flow, reply_to, 483, "Too Many Hops");
                 return;
             }
-            let prefix = forward::branch_prefix(forward::loop_hash(&msg));
-            if forward::is_looping(&msg, &prefix, |via| self.is_our_via(via)) {
+            if forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via)) {
                 self.reply_stateless(&msg, &flow, reply_to, 482, "Loop Detected");
                 return;
             }
         }
 
-        let slot = if method == "ACK" {
+        let msg = Arc::new(msg);
+        let slot = if is_ack {
             None
         } else {
             let slot = self.new_id();
-            let invite = method == "INVITE";
+            let invite = method == Some(Method::Invite);
             let mut tx = ServerTx {
                 key: key.clone(),
                 request: msg.clone(),
@@ -325,12 +342,32 @@ impl TransactionShard {
         let engine = self.config.script.clone();
         let cache = self.script.get_or_insert_with(|| engine.cache());
         let decision = engine.run(cache, input);
-        self.apply(decision, slot, source, now);
+        self.apply(decision, slot, source, loop_hash, now);
+    }
+
+    /// A retransmitted request: send the last response again (RFC 3261
+    /// §17.2.1, §17.2.2), except after a 2xx, which the UAs retransmit.
+    fn replay_last_response(&self, slot: u64) {
+        let Some(tx) = self.servers.get(&slot) else {
+            return;
+        };
+        if let (Some(response), false) = (&tx.last_response, tx.state == ServerState::Accepted) {
+            self.config
+                .transports
+                .reply(&tx.flow, tx.reply_to, response.clone());
+        }
     }
 
     /// Carries out what the script decided. `slot` is the server
     /// transaction (None for an ACK, which is relayed statelessly).
-    fn apply(&mut self, decision: Decision, slot: Option<u64>, source: SocketAddr, now: Instant) {
+    fn apply(
+        &mut self,
+        decision: Decision,
+        slot: Option<u64>,
+        source: SocketAddr,
+        loop_hash: u64,
+        now: Instant,
+    ) {
         let Some(input) = &decision.input else {
             if let Some(slot) = slot {
                 self.reply_local(slot, 500, "Server Internal Error", now);
@@ -384,7 +421,7 @@ impl TransactionShard {
                             new_ruri: decision.new_ruri.as_deref(),
                             push_routes: &[],
                         };
-                        self.relay(&decision, plan, slot, source, now)
+                        self.relay(&decision, plan, slot, source, loop_hash, now)
                     }
                     Err(e) => {
                         tracing::warn!(target = %target, error = %e, "cannot relay");
@@ -414,7 +451,7 @@ impl TransactionShard {
                                 new_ruri: Some(&target.uri),
                                 push_routes: &target.path,
                             };
-                            self.relay(&decision, plan, Some(slot), source, now);
+                            self.relay(&decision, plan, Some(slot), source, loop_hash, now);
                         }
                         Err(e) => {
                             tracing::warn!(target = %target.uri, error = %e, "fork branch skipped")
@@ -445,36 +482,32 @@ impl TransactionShard {
         plan: BranchPlan<'_>,
         slot: Option<u64>,
         source: SocketAddr,
+        loop_hash: u64,
         now: Instant,
     ) {
         let Some(input) = &decision.input else { return };
         let msg = &input.msg;
         let hop = plan.hop;
-        let loop_hash = forward::loop_hash(msg);
         let id = self.new_id();
-        let branch = match slot {
-            Some(_) => self.branch(loop_hash, id),
+        let via = match slot {
+            Some(_) => self.via_value(hop.protocol, loop_hash, format_args!("{id:x}")),
             // A stateless ACK keeps one branch across its retransmissions.
             None => {
                 let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
-                format!(
-                    "{}a{:x}",
-                    forward::branch_prefix(loop_hash),
-                    xxhash_rust::xxh3::xxh3_64(upstream.as_bytes())
-                )
+                let hash = xxhash_rust::xxh3::xxh3_64(upstream.as_bytes());
+                self.via_value(hop.protocol, loop_hash, format_args!("a{hash:x}"))
             }
         };
-        let via = self.via_value(hop.protocol, &branch);
         let record_route = decision
             .record_route
-            .then(|| self.record_route_value(input.protocol));
+            .then(|| self.own.record_route[input.protocol as usize].as_str());
         let bytes = Bytes::from(forward::forward_request(
             msg,
             &ForwardEdits {
                 new_ruri: plan.new_ruri,
                 routes_popped: decision.routes_popped,
                 header_edits: &decision.header_edits,
-                record_route: record_route.as_deref(),
+                record_route,
                 push_routes: plan.push_routes,
                 via: &via,
                 source,
@@ -1127,8 +1160,7 @@ impl TransactionShard {
     /// listen socket; the outcome goes to the prober.
     fn send_probe(&mut self, probe: SendProbe, now: Instant) {
         let id = self.new_id();
-        let branch = self.branch(0, id);
-        let via = self.via_value(probe.hop.protocol, &branch);
+        let via = self.via_value(probe.hop.protocol, 0, format_args!("{id:x}"));
         let from = format!(
             "<sip:siphon@{}>;tag={}",
             self.config.via_host,
@@ -1221,9 +1253,10 @@ fn retry_after(msg: &Message) -> Option<Duration> {
 
 /// The server-transaction identifier: the RFC 3261 branch, or for an RFC 2543
 /// request (no magic cookie) the fields that identify it instead.
-fn transaction_branch(msg: &Message, branch: &str) -> String {
+fn transaction_branch(msg: &Message) -> Box<str> {
+    let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
     if branch.starts_with("z9hG4bK") {
-        return branch.to_string();
+        return branch.into();
     }
     format!(
         "2543|{}|{}|{}|{}",
@@ -1232,6 +1265,7 @@ fn transaction_branch(msg: &Message, branch: &str) -> String {
         msg.from_tag().unwrap_or(""),
         msg.header(HeaderName::Via).unwrap_or("")
     )
+    .into()
 }
 
 /// Our client transaction id from a branch `z9hG4bK<loop>.<id>`.
@@ -1287,16 +1321,24 @@ mod tests {
 
     #[test]
     fn client_ids_round_trip_through_our_branch_format() {
-        let prefix = forward::branch_prefix(0xabc);
-        assert_eq!(parse_client_id(&format!("{prefix}{:x}", 42)), Some(42));
+        assert_eq!(
+            parse_client_id(&format!("z9hG4bK{:016x}.{:x}", 0xabc_u64, 42)),
+            Some(42)
+        );
         assert_eq!(parse_client_id("z9hG4bK-sipp-1"), None);
         assert_eq!(parse_client_id("garbage"), None);
     }
 
     #[test]
     fn ack_joins_its_invite_and_cancel_stands_apart() {
-        assert_eq!(MethodClass::of("ACK"), MethodClass::of("INVITE"));
-        assert_ne!(MethodClass::of("CANCEL"), MethodClass::of("INVITE"));
-        assert_eq!(MethodClass::of("BYE"), MethodClass::Other);
+        assert_eq!(
+            MethodClass::of(Some(Method::Ack)),
+            MethodClass::of(Some(Method::Invite))
+        );
+        assert_ne!(
+            MethodClass::of(Some(Method::Cancel)),
+            MethodClass::of(Some(Method::Invite))
+        );
+        assert_eq!(MethodClass::of(Some(Method::Bye)), MethodClass::Other);
     }
 }

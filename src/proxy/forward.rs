@@ -113,17 +113,21 @@ pub fn loop_hash(msg: &Message) -> u64 {
     h.digest()
 }
 
-/// The branch prefix our Vias carry for a request with this loop hash.
-pub fn branch_prefix(loop_hash: u64) -> String {
-    format!("z9hG4bK{loop_hash:016x}.")
+/// The loop hash in one of our branches, `z9hG4bK<16 hex digits>.<tail>`.
+pub fn branch_loop_hash(branch: &str) -> Option<u64> {
+    let hex = branch.strip_prefix("z9hG4bK")?.get(..16)?;
+    if branch.as_bytes().get(7 + 16) != Some(&b'.') {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// True when one of the request's Vias is ours and carries this request's loop
 /// hash: the request came back unchanged, a loop (482).
-pub fn is_looping(msg: &Message, prefix: &str, is_ours: impl Fn(&Via) -> bool) -> bool {
+pub fn is_looping(msg: &Message, loop_hash: u64, is_ours: impl Fn(&Via) -> bool) -> bool {
     msg.header_values(HeaderName::Via)
         .filter_map(|value| Via::parse(value).ok())
-        .any(|via| is_ours(&via) && via.branch().is_some_and(|b| b.starts_with(prefix)))
+        .any(|via| is_ours(&via) && via.branch().and_then(branch_loop_hash) == Some(loop_hash))
 }
 
 /// What the script decided, reduced to what changes the forwarded copy.
@@ -409,6 +413,14 @@ body";
             ),
             None
         );
+    }
+
+    #[test]
+    fn loop_hash_round_trips_through_our_branch_format() {
+        let branch = format!("z9hG4bK{:016x}.{:x}", 0xfeed_u64, 42);
+        assert_eq!(branch_loop_hash(&branch), Some(0xfeed));
+        assert_eq!(branch_loop_hash("z9hG4bK-sipp-1-2"), None);
+        assert_eq!(branch_loop_hash("z9hG4bK"), None);
     }
 
     #[test]

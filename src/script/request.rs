@@ -60,7 +60,8 @@ pub fn host_text(addr: &SocketAddr) -> String {
 
 /// What the shard hands to the script for one request.
 pub struct RequestInput {
-    pub msg: Message,
+    /// Shared with the server transaction, which keeps it for its responses.
+    pub msg: Arc<Message>,
     pub source: SocketAddr,
     pub protocol: Protocol,
     pub local: Arc<LocalIdentity>,
@@ -417,7 +418,7 @@ impl Request {
     /// The request as received, for namespaces implemented in Rust
     /// (the registrar reads REGISTER from it).
     pub(crate) fn message(&self) -> PyResult<&Message> {
-        Ok(&self.state()?.input.msg)
+        Ok(&*self.state()?.input.msg)
     }
 
     /// Records a reply with extra headers (used by `registrar.save`).
