@@ -75,7 +75,9 @@ enum ServerState {
 
 struct ServerTx {
     key: ServerKey,
-    request: Arc<Message>,
+    /// The request, until a final response is sent (then only the key,
+    /// the flow and the last response are needed).
+    request: Option<Arc<Message>>,
     flow: Flow,
     reply_to: SocketAddr,
     invite: bool,
@@ -309,7 +311,7 @@ impl TransactionShard {
             let invite = method == Some(Method::Invite);
             let mut tx = ServerTx {
                 key: key.clone(),
-                request: msg.clone(),
+                request: Some(msg.clone()),
                 flow: flow.clone(),
                 reply_to,
                 invite,
@@ -719,6 +721,8 @@ impl TransactionShard {
         if client.invite && (200..300).contains(&code) {
             let first = client.state != ClientState::Accepted;
             client.state = ClientState::Accepted;
+            // Only 2xx retransmissions are left to forward: nothing to resend.
+            client.request = Bytes::new();
             let was_settled = std::mem::replace(&mut client.settled, true);
             if first {
                 self.timers.arm(
@@ -735,9 +739,13 @@ impl TransactionShard {
             return;
         }
         if client.state == ClientState::Completed || client.state == ClientState::Accepted {
-            // A retransmitted final: re-ACK an INVITE's, absorb the rest.
+            // A retransmitted final: re-send an INVITE's ACK, absorb the rest.
             if client.invite && client.state == ClientState::Completed {
-                self.send_ack(id, &msg);
+                self.config.transports.send(
+                    client.hop.protocol,
+                    client.hop.addr,
+                    client.request.clone(),
+                );
             }
             return;
         }
@@ -745,6 +753,9 @@ impl TransactionShard {
         let reliable = client.hop.protocol == Protocol::Tcp;
         let was_settled = std::mem::replace(&mut client.settled, true);
         let invite = client.invite;
+        if !invite {
+            client.request = Bytes::new();
+        }
         if invite {
             self.send_ack(id, &msg);
             let linger = if reliable {
@@ -770,6 +781,7 @@ impl TransactionShard {
         }
     }
 
+    /// ACKs a non-2xx final hop by hop (RFC 3261 §17.1.1.3).
     fn send_ack(&mut self, id: u64, response: &Message) {
         let Some(client) = self.clients.get(&id) else {
             return;
@@ -777,10 +789,14 @@ impl TransactionShard {
         let Ok(sent) = sip::parse(client.request.clone()) else {
             return;
         };
-        let ack = build::ack_for_non2xx(&sent, response);
+        let ack = Bytes::from(build::ack_for_non2xx(&sent, response));
         self.config
             .transports
-            .send(client.hop.protocol, client.hop.addr, Bytes::from(ack));
+            .send(client.hop.protocol, client.hop.addr, ack.clone());
+        // From now on the ACK is what a retransmitted final gets.
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.request = ack;
+        }
     }
 
     fn branch_settled(&mut self, slot: u64) {
@@ -802,28 +818,18 @@ impl TransactionShard {
         tx.last_response = Some(bytes);
     }
 
+    /// Every 2xx goes upstream, even after another branch's (§16.7 step 5);
+    /// the first one also settles the server transaction.
     fn forward_2xx(&mut self, slot: u64, msg: &Message, now: Instant) {
         let bytes = Bytes::from(forward::strip_top_via(msg));
-        let Some(tx) = self.servers.get_mut(&slot) else {
+        let code = msg.status().unwrap_or(200);
+        let Some(tx) = self.servers.get(&slot) else {
             return;
         };
-        // Every 2xx goes upstream, even after another branch's (§16.7 step 5).
-        let code = msg.status().unwrap_or(200);
-        send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
-        if !tx.final_sent {
-            tx.final_sent = true;
-            tx.state = ServerState::Accepted;
-            tx.last_response = Some(bytes);
-            self.timers.arm(
-                now,
-                self.config.timers.timeout(),
-                TimerOwner::Server(slot),
-                TimerKind::L,
-            );
-            let others: Vec<u64> = tx.branches.clone();
-            for id in others {
-                self.cancel_branch(id, now);
-            }
+        if tx.final_sent {
+            send_upstream(&self.config, &tx.flow, tx.reply_to, bytes, code);
+        } else {
+            self.send_final(slot, code, bytes, now);
         }
     }
 
@@ -897,7 +903,10 @@ impl TransactionShard {
         let Some(tx) = self.servers.get_mut(&slot) else {
             return;
         };
-        let to_tag = if code > 100 && tx.request.to_tag().is_none() {
+        let Some(request) = &tx.request else {
+            return; // a final response went out already
+        };
+        let to_tag = if code > 100 && request.to_tag().is_none() {
             Some(tx.to_tag.get_or_insert_with(build::new_tag).clone())
         } else {
             None
@@ -907,7 +916,7 @@ impl TransactionShard {
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
         let bytes = Bytes::from(build::response(
-            &tx.request,
+            request,
             code,
             reason,
             to_tag.as_deref(),
@@ -932,11 +941,16 @@ impl TransactionShard {
         }
         tx.final_sent = true;
         send_upstream(&self.config, &tx.flow, tx.reply_to, bytes.clone(), code);
+        // What lingers for the timers is kept small: the key, the flow and
+        // the response to replay (none after a 2xx, which the UAs resend).
+        tx.request = None;
+        tx.best = None;
         tx.last_response = Some(bytes);
         let reliable = tx.reliable();
         let owner = TimerOwner::Server(slot);
         if tx.invite && (200..300).contains(&code) {
             tx.state = ServerState::Accepted;
+            tx.last_response = None;
             self.timers
                 .arm(now, settings.timeout(), owner, TimerKind::L);
         } else if tx.invite {
@@ -956,8 +970,7 @@ impl TransactionShard {
             self.timers.arm(now, linger, owner, TimerKind::J);
         }
         // Branches still running are no longer wanted.
-        let open: Vec<u64> = tx.branches.clone();
-        for id in open {
+        for id in std::mem::take(&mut tx.branches) {
             self.cancel_branch(id, now);
         }
     }
@@ -1016,7 +1029,7 @@ impl TransactionShard {
             }
             TimerKind::H if tx.state == ServerState::Completed => {
                 tracing::debug!(
-                    call_id = tx.request.call_id().unwrap_or(""),
+                    call_id = tx.key.branch.as_ref(),
                     "no ACK for final response (Timer H)"
                 );
                 self.remove_server(slot);
@@ -1102,9 +1115,9 @@ impl TransactionShard {
             }
         };
         let was_settled = std::mem::replace(&mut client.settled, true);
-        // Keep a cancelled-by-Timer-C branch around to absorb its 487.
+        // A branch cancelled by Timer C stays (already settled) to ACK its
+        // 487 when that comes; Timer D removes it either way.
         if client.cancel_sent {
-            client.state = ClientState::Completed;
             let linger = self.config.timers.timeout();
             self.timers
                 .arm(now, linger, TimerOwner::Client(id), TimerKind::D);
@@ -1119,9 +1132,12 @@ impl TransactionShard {
         let Some(tx) = self.servers.get(&slot) else {
             return;
         };
+        let Some(request) = &tx.request else {
+            return; // answered already
+        };
         let to_tag = tx.to_tag.clone().unwrap_or_else(build::new_tag);
         let timeout = Bytes::from(build::response(
-            &tx.request,
+            request,
             408,
             "Request Timeout",
             Some(&to_tag),
