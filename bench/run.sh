@@ -45,7 +45,7 @@ RAMP_STEPS=0            # 0: no limit on the number of ramp steps
 STEP_DURATION=10
 USERS=5000
 KAM_CHILDREN=2
-KAM_SHM_MB=256
+KAM_SHM_MB=1024         # tm keeps every transaction for its timers: 256 MiB runs out near 2000 calls/s
 SIPHON_BIN="$REPO_DIR/target/release/siphon"
 SIPHON_SCRIPT="$REPO_DIR/scripts/lb.py"
 OUT=""
@@ -72,6 +72,7 @@ usage: bench/run.sh [options]
   --step-duration S     seconds per ramp step (default $STEP_DURATION)
   --users N             distinct To users in the CSV (default $USERS, at least 1000)
   --kamailio-children N Kamailio UDP worker processes (default $KAM_CHILDREN)
+  --kamailio-shm MB     Kamailio shared memory pool (default $KAM_SHM_MB)
   --siphon BIN          siphon binary (default target/release/siphon, built if missing)
   --siphon-script PY    routing script for siphon (default scripts/lb.py)
   --out FILE            results file (default bench/results/<timestamp>.md)
@@ -100,6 +101,7 @@ while [ $# -gt 0 ]; do
         --step-duration) STEP_DURATION="${2:?}"; shift 2 ;;
         --users) USERS="${2:?}"; shift 2 ;;
         --kamailio-children) KAM_CHILDREN="${2:?}"; shift 2 ;;
+        --kamailio-shm) KAM_SHM_MB="${2:?}"; shift 2 ;;
         --siphon) SIPHON_BIN="${2:?}"; shift 2 ;;
         --siphon-script) SIPHON_SCRIPT="${2:?}"; shift 2 ;;
         --out) OUT="${2:?}"; shift 2 ;;
@@ -111,7 +113,7 @@ done
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 for pair in "rate:$RATE" "duration:$DURATION" "reps:$REPS" "ramp-start:$RAMP_START" \
             "ramp-step:$RAMP_STEP" "ramp-max:$RAMP_MAX" "step-duration:$STEP_DURATION" \
-            "users:$USERS" "kamailio-children:$KAM_CHILDREN"; do
+            "users:$USERS" "kamailio-children:$KAM_CHILDREN" "kamailio-shm:$KAM_SHM_MB"; do
     is_count "${pair#*:}" || die "--${pair%%:*} must be a positive integer, got '${pair#*:}'"
 done
 [[ "$RAMP_STEPS" =~ ^[0-9]+$ ]] || die "--ramp-steps must be an integer"
@@ -354,19 +356,28 @@ start_lb() {
     wait_port_bound "$LB_PORT" "$pid"
 }
 
-# start_uas PORT SCENARIO SECONDS SCREENFILE LOG: a backend; sets STARTED_PID.
-# -aa answers the LB's OPTIONS probes with 200 (each probe is a new Call-ID
-# that the scenario leaves paused; a handful per step, harmless).
+# start_uas PORT SCENARIO SECONDS LOG: a backend; sets STARTED_PID (the
+# timeout wrapper, which passes a TERM on to sipp) and UAS_SIPP_PID (sipp).
+# -aa answers the LB's OPTIONS probes with 200. Each probe is a new Call-ID
+# that the scenario leaves paused, and sipp's own -timeout waits for paused
+# calls, hence the timeout wrapper.
 start_uas() {
-    local port=$1 scenario=$2 seconds=$3 screen=$4 log=$5 pid
+    local port=$1 scenario=$2 seconds=$3 log=$4 pid tries=0
     wait_port_free "$port"
-    sipp -sf "$scenario" -aa -i 127.0.0.1 -p "$port" -nostdin \
-        -buff_size "$SOCKET_BUFFER" -timeout "${seconds}s" \
-        -trace_err -error_file "${log%.log}-errors.log" \
-        -trace_screen -screen_file "$screen" >"$log" 2>&1 </dev/null &
+    timeout -k 2 "$seconds" sipp -sf "$scenario" -aa -i 127.0.0.1 -p "$port" -nostdin \
+        -buff_size "$SOCKET_BUFFER" -trace_err -error_file "${log%.log}-errors.log" \
+        >"$log" 2>&1 </dev/null &
     pid=$!
     track "$pid"
     STARTED_PID=$pid
+    UAS_SIPP_PID=""
+    while [ -z "$UAS_SIPP_PID" ] && [ "$tries" -lt 50 ]; do
+        UAS_SIPP_PID=$(pgrep -P "$pid" | head -1) || true
+        tries=$((tries + 1))
+        [ -n "$UAS_SIPP_PID" ] || sleep 0.1
+    done
+    [ -n "$UAS_SIPP_PID" ] || return 1
+    track "$UAS_SIPP_PID"
     wait_port_bound "$port" "$pid"
 }
 
@@ -408,10 +419,12 @@ backend_count() {
     awk '/----------> (INVITE|REGISTER)/ { n = $3 } END { print n + 0 }' "$1" 2>/dev/null || echo 0
 }
 
-# probes_answered UASLOG: OPTIONS probes the backend answered with 200 (-aa
-# logs each one to its error file).
+# probes_answered UASLOG: OPTIONS probes the backend answered (with -aa, each
+# probe is a call of its own that gets a 200): calls created minus requests.
 probes_answered() {
-    grep -c "Automatic response mode" "${1%.log}-errors.log" 2>/dev/null || true
+    awk '$NF == "UDP" && $(NF - 1) ~ /^[0-9]+$/ { total = $(NF - 1) }
+         /----------> (INVITE|REGISTER)/ { n = $3 }
+         END { print total - n }' "$1" 2>/dev/null || echo 0
 }
 
 # run_step LB KIND RATE SECONDS LABEL REP: one measured step; appends a row to
@@ -432,17 +445,18 @@ run_step() {
     local calls=$((rate * seconds))
     local limit=$((rate * 10 > 200 ? rate * 10 : 200))
     local sipp_timeout=$((seconds + 30))
-    local uas_seconds=$((seconds + 45))
+    local uas_seconds=$((seconds + 60))
     printf 'bench: step %d: %-8s %-14s rate %6d for %3ds (%d calls)... ' \
         "$STEP_NO" "$lb" "$label" "$rate" "$seconds" "$calls" >&2
 
     local uas1 uas2 lb_pid
-    start_uas "${BACKEND_PORTS[0]}" "$uas_scenario" "$uas_seconds" "$dir/uas1-screen.log" "$dir/uas1.log" \
+    local uas1_sipp uas2_sipp
+    start_uas "${BACKEND_PORTS[0]}" "$uas_scenario" "$uas_seconds" "$dir/uas1.log" \
         || die "backend on :${BACKEND_PORTS[0]} did not start, see $dir/uas1.log"
-    uas1=$STARTED_PID
-    start_uas "${BACKEND_PORTS[1]}" "$uas_scenario" "$uas_seconds" "$dir/uas2-screen.log" "$dir/uas2.log" \
+    uas1=$STARTED_PID uas1_sipp=$UAS_SIPP_PID
+    start_uas "${BACKEND_PORTS[1]}" "$uas_scenario" "$uas_seconds" "$dir/uas2.log" \
         || die "backend on :${BACKEND_PORTS[1]} did not start, see $dir/uas2.log"
-    uas2=$STARTED_PID
+    uas2=$STARTED_PID uas2_sipp=$UAS_SIPP_PID
     start_lb "$lb" "$dir/$lb.log" || die "$lb did not bind $LB_ADDR:$LB_PORT, see $dir/$lb.log"
     lb_pid=$STARTED_PID
     sleep 1   # let Kamailio's workers and siphon's Python workers settle
@@ -464,7 +478,7 @@ run_step() {
 
     local uas_ticks0 ticks0 t0 ticks1 t1 uas_ticks1 drops0 drops1
     drops0=$(udp_rcvbuf_errors)
-    uas_ticks0=$(cpu_ticks "$uas1" "$uas2")
+    uas_ticks0=$(cpu_ticks "$uas1_sipp" "$uas2_sipp")
     ticks0=$(cpu_ticks "${pids[@]}")
     t0=$(now_ms)
     # The UAC runs in the background and we wait for it, so that a signal to
@@ -485,7 +499,7 @@ run_step() {
     unset "STARTED[$uac]"
     t1=$(now_ms)
     ticks1=$(cpu_ticks "${pids[@]}")
-    uas_ticks1=$(cpu_ticks "$uas1" "$uas2")
+    uas_ticks1=$(cpu_ticks "$uas1_sipp" "$uas2_sipp")
     drops1=$(udp_rcvbuf_errors)
     local pss_now hwm
     pss_now=$(pss_kib "${pids[@]}")
@@ -497,6 +511,8 @@ run_step() {
     for pid in "${pids[@]}"; do stop_pid "$pid" 2; done
     stop_pid "$uas1" 3
     stop_pid "$uas2" 3
+    stop_pid "$uas1_sipp" 1
+    stop_pid "$uas2_sipp" 1
     local split
     split="$(backend_count "$dir/uas1.log")/$(backend_count "$dir/uas2.log")"
     local probes
@@ -655,7 +671,7 @@ ratio() {
     echo "- LBs: ${LB_LIST[*]}; modes: ${MODE_LIST[*]}"
     echo "- fixed: $RATE/s for ${DURATION}s x $REPS; ramp: from $RAMP_START by $RAMP_STEP up to $RAMP_MAX, ${STEP_DURATION}s per step$([ "$RAMP_STEPS" -gt 0 ] && echo ", at most $RAMP_STEPS steps"); $USERS distinct To users"
     echo "- machine: $(nproc) cores, $cpu_model, $mem_total; $(uname -sr)"
-    echo "- siphon $siphon_commit ($(basename "$SIPHON_SCRIPT")); sipp $sipp_version${kam_version:+; Kamailio $kam_version ($KAM_CHILDREN UDP children)}"
+    echo "- siphon $siphon_commit ($(basename "$SIPHON_SCRIPT")); sipp $sipp_version${kam_version:+; Kamailio $kam_version ($KAM_CHILDREN UDP children, ${KAM_SHM_MB} MiB shm)}"
     for note in "${NOTES[@]+"${NOTES[@]}"}"; do echo "- note: $note"; done
     echo
     echo "| LB | mode | rep | rate/s | ok | failed | retrans | achieved/s | LB CPU % | CPU-s per 1000 | LB CPU-s | RSS MiB (peak) | RSS growth 2nd half MiB | VmHWM MiB | sipp CPU % | backends 1/2 | probes 1/2 | UDP drops | clean |"

@@ -300,6 +300,11 @@ pub struct ServerConfig {
     pub instance_id: String,
     /// How long to let transactions finish on shutdown.
     pub drain_secs: u64,
+    /// Transaction shards (each also a Python worker thread). One shard
+    /// shares the receiving thread and costs a third of the CPU per call of
+    /// two (no cross-thread wake-ups); more spread a heavier script over
+    /// cores. 0 picks one per core, capped at 8.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -307,6 +312,7 @@ impl Default for ServerConfig {
         ServerConfig {
             instance_id: "siphon".to_string(),
             drain_secs: 5,
+            workers: 1,
         }
     }
 }

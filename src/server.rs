@@ -13,11 +13,15 @@ use crate::lifecycle::Lifecycle;
 use crate::proxy::TimerSettings;
 use crate::script::{host_text, LocalIdentity, ScriptEngine};
 
-/// How many transaction shards (and Python worker threads) to run.
-fn shard_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
+/// How many transaction shards (and Python worker threads) to run:
+/// `server.workers`, or one per core (at most 8) when it is 0.
+fn shard_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8),
+        n => n,
+    }
 }
 
 /// Runs the daemon until a stop signal. Errors are start-up failures.
@@ -83,13 +87,20 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
     });
 
     let mut shards = Vec::new();
-    for id in 0..shard_count() {
-        let arbiter = Arbiter::new();
-        let shard_config = shard_config.clone();
-        shards.push(TransactionShard::start_in_arbiter(
-            &arbiter.handle(),
-            move |_| TransactionShard::new(id, shard_config),
-        ));
+    let shards_wanted = shard_count(config.server.workers);
+    if shards_wanted == 1 {
+        // One shard shares the main arbiter with the transports: a message
+        // then reaches it without waking another thread.
+        shards.push(TransactionShard::new(0, shard_config.clone()).start());
+    } else {
+        for id in 0..shards_wanted {
+            let arbiter = Arbiter::new();
+            let shard_config = shard_config.clone();
+            shards.push(TransactionShard::start_in_arbiter(
+                &arbiter.handle(),
+                move |_| TransactionShard::new(id, shard_config),
+            ));
+        }
     }
     transports.set_router(Router::new(shards));
     gateway_service.start(transports.clone());
@@ -115,7 +126,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
     lifecycle.set_ready();
     tracing::info!(
         instance = %config.server.instance_id,
-        shards = shard_count(),
+        shards = shards_wanted,
         script = %config.script.path.display(),
         "siphon ready"
     );

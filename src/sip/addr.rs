@@ -1,8 +1,12 @@
 //! Name-addr / addr-spec values (From, To, Contact, Route, Record-Route) and
 //! splitting of comma-joined header values.
 
+use memchr::memchr;
+
 use super::error::{ParseError, ParseErrorKind};
-use super::params::{find_param, is_lws, is_token, trim_lws, valid_header_params};
+use super::params::{
+    find_param, has_addr_uri_delimiter, is_token_byte, scan_header_params, trim_lws, FoundParam,
+};
 use super::uri::is_scheme;
 
 /// `[display] <uri> ;params`, a bare `uri;params`, or `*` (Contact wildcard).
@@ -24,16 +28,13 @@ fn bad(reason: impl Into<String>) -> ParseError {
 /// Minimal shape check of an absolute URI: `scheme:` followed by text with no
 /// whitespace. Scheme-specific parsing is left to [`super::Uri`].
 fn check_absolute_uri(uri: &str) -> Result<(), ParseError> {
-    let colon = uri
-        .find(':')
-        .ok_or_else(|| bad(format!("address URI {uri:?} has no scheme")))?;
+    let bytes = uri.as_bytes();
+    let colon =
+        memchr(b':', bytes).ok_or_else(|| bad(format!("address URI {uri:?} has no scheme")))?;
     if !is_scheme(&uri[..colon]) || colon + 1 == uri.len() {
         return Err(bad(format!("invalid address URI {uri:?}")));
     }
-    if uri
-        .bytes()
-        .any(|b| is_lws(b) || matches!(b, b'<' | b'>' | b'"'))
-    {
+    if has_addr_uri_delimiter(bytes) {
         return Err(bad(format!(
             "address URI {uri:?} contains whitespace or delimiters"
         )));
@@ -41,16 +42,36 @@ fn check_absolute_uri(uri: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// An unquoted display name is a sequence of tokens separated by ASCII
+/// whitespace (which, unlike LWS, includes form feed).
+fn valid_unquoted_display(display: &str) -> bool {
+    display
+        .bytes()
+        .all(|b| is_token_byte(b) || b.is_ascii_whitespace())
+}
+
 impl<'a> NameAddr<'a> {
     pub fn parse(value: &'a str) -> Result<NameAddr<'a>, ParseError> {
+        Self::parse_with_param(value, "").map(|(addr, _)| addr)
+    }
+
+    /// Parse and, in the same walk over the parameters, look one up: the
+    /// second item is what `addr.param(wanted)` would return. The parser uses
+    /// it to remember the From/To tag.
+    pub(crate) fn parse_with_param(
+        value: &'a str,
+        wanted: &str,
+    ) -> Result<(NameAddr<'a>, FoundParam<'a>), ParseError> {
         let s = trim_lws(value);
         if s == "*" {
-            return Ok(NameAddr {
+            let star = NameAddr {
                 display: None,
                 uri: "*",
                 params: "",
-            });
+            };
+            return Ok((star, None));
         }
+        let bytes = s.as_bytes();
         let (display, rest) = if let Some(quoted) = s.strip_prefix('"') {
             let close =
                 closing_quote(quoted).ok_or_else(|| bad("unterminated quoted display name"))?;
@@ -59,53 +80,47 @@ impl<'a> NameAddr<'a> {
                 return Err(bad("quoted display name not followed by <uri>"));
             }
             (Some(&quoted[..close]), after)
-        } else if let Some(lt) = s.find('<') {
+        } else if let Some(lt) = memchr(b'<', bytes) {
             let display = trim_lws(&s[..lt]);
-            if !display
-                .split(|c: char| c.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-                .all(is_token)
-            {
+            if !valid_unquoted_display(display) {
                 return Err(bad(format!("display name {display:?} must be quoted")));
             }
             ((!display.is_empty()).then_some(display), &s[lt..])
         } else {
             // Bare addr-spec: its URI cannot contain ';', ',' or '?', so
             // everything from the first ';' are header parameters.
-            let end = s.find(';').unwrap_or(s.len());
+            let end = memchr(b';', bytes).unwrap_or(s.len());
             let uri = trim_lws(&s[..end]);
             check_absolute_uri(uri)?;
-            if uri.contains([',', '?']) {
+            if uri.bytes().any(|b| b == b',' || b == b'?') {
                 return Err(bad(format!(
                     "URI {uri:?} with ',' or '?' must be enclosed in <>"
                 )));
             }
             let params = &s[end..];
-            if !valid_header_params(params) {
-                return Err(bad(format!("malformed parameters {params:?}")));
-            }
-            return Ok(NameAddr {
+            let found = scan_header_params(params, wanted)
+                .map_err(|_| bad(format!("malformed parameters {params:?}")))?;
+            let addr = NameAddr {
                 display: None,
                 uri,
                 params,
-            });
+            };
+            return Ok((addr, found));
         };
         // rest starts with '<'
         let inner = &rest[1..];
-        let gt = inner
-            .find('>')
-            .ok_or_else(|| bad("missing '>' in address"))?;
+        let gt = memchr(b'>', inner.as_bytes()).ok_or_else(|| bad("missing '>' in address"))?;
         let uri = &inner[..gt];
         check_absolute_uri(uri)?;
         let params = &inner[gt + 1..];
-        if !valid_header_params(params) {
-            return Err(bad(format!("malformed parameters {params:?}")));
-        }
-        Ok(NameAddr {
+        let found = scan_header_params(params, wanted)
+            .map_err(|_| bad(format!("malformed parameters {params:?}")))?;
+        let addr = NameAddr {
             display,
             uri,
             params,
-        })
+        };
+        Ok((addr, found))
     }
 
     /// Header parameter (`tag`, `expires`, `q`...); `Some(None)` for a flag.
@@ -151,6 +166,11 @@ impl<'a> Iterator for RawValues<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let s = self.rest?;
         let bytes = s.as_bytes();
+        if memchr(b',', bytes).is_none() {
+            // The common single-value line: no need to track quotes and <>.
+            self.rest = None;
+            return Some(trim_lws(s));
+        }
         let mut in_quotes = false;
         let mut in_angle = false;
         let mut i = 0;

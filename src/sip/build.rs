@@ -5,33 +5,67 @@
 use super::addr::{split_values, NameAddr};
 use super::message::{HeaderName, Message};
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// Where a builder writes: [`Measure`] first sums the length, then the same
+/// builder fills a `Vec` allocated exactly once with that capacity.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// Counts bytes instead of storing them.
+struct Measure(usize);
+
+impl Sink for Measure {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Run `write` once to size the output and once to fill it: one allocation,
+/// exactly as large as the message.
+fn render(write: impl Fn(&mut dyn Sink)) -> Vec<u8> {
+    let mut measure = Measure(0);
+    write(&mut measure);
+    let mut out = Vec::with_capacity(measure.0);
+    write(&mut out);
+    debug_assert_eq!(out.len(), measure.0);
+    out
+}
+
+fn push_header(out: &mut dyn Sink, name: &[u8], value: &[u8]) {
+    out.put(name);
+    out.put(b": ");
+    out.put(value);
+    out.put(b"\r\n");
 }
 
 /// Copy every line of `name` from `msg`, normalised to `Name: value\r\n`
 /// with the name as written.
-fn copy_lines(out: &mut Vec<u8>, msg: &Message, name: HeaderName) {
+fn copy_lines(out: &mut dyn Sink, msg: &Message, name: HeaderName) {
     for h in msg.headers().iter().filter(|h| h.name == name) {
         push_header(out, h.name_str(msg).as_bytes(), h.value_bytes(msg));
     }
 }
 
 /// Copy the first line of `name`, if present.
-fn copy_first(out: &mut Vec<u8>, msg: &Message, name: HeaderName) {
+fn copy_first(out: &mut dyn Sink, msg: &Message, name: HeaderName) {
     if let Some(h) = msg.headers().iter().find(|h| h.name == name) {
         push_header(out, h.name_str(msg).as_bytes(), h.value_bytes(msg));
     }
 }
 
-fn finish(out: &mut Vec<u8>, extra: &[(&str, &str)]) {
+fn finish(out: &mut dyn Sink, extra: &[(&str, &str)]) {
     for (name, value) in extra {
         push_header(out, name.as_bytes(), value.as_bytes());
     }
-    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out.put(b"Content-Length: 0\r\n\r\n");
 }
 
 /// A response to `req` (which may be a `ParseError::partial`): every Via line
@@ -44,39 +78,48 @@ pub fn response(
     to_tag: Option<&str>,
     extra: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(req.headers_end as usize + 128);
-    out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
-    copy_lines(&mut out, req, HeaderName::Via);
-    copy_first(&mut out, req, HeaderName::From);
-    if let Some(h) = req.headers().iter().find(|h| h.name == HeaderName::To) {
-        let value = h.value_bytes(req);
-        push_header(&mut out, h.name_str(req).as_bytes(), value);
-        if let Some(tag) = to_tag {
-            let has_tag = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| NameAddr::parse(v).ok())
-                .is_some_and(|a| a.tag().is_some());
-            if !has_tag {
-                out.truncate(out.len() - 2); // reopen the line before CRLF
-                out.extend_from_slice(b";tag=");
-                out.extend_from_slice(tag.as_bytes());
-                out.extend_from_slice(b"\r\n");
+    let to = req.headers().iter().find(|h| h.name == HeaderName::To);
+    // The tag to append, when the request's To has none yet.
+    let add_tag = to_tag.filter(|_| {
+        let has_tag = to
+            .and_then(|h| std::str::from_utf8(h.value_bytes(req)).ok())
+            .and_then(|v| NameAddr::parse(v).ok())
+            .is_some_and(|a| a.tag().is_some());
+        !has_tag
+    });
+    let mut code_text = itoa::Buffer::new();
+    let code_text = code_text.format(code).as_bytes();
+    render(|out| {
+        out.put(b"SIP/2.0 ");
+        out.put(code_text);
+        out.put(b" ");
+        out.put(reason.as_bytes());
+        out.put(b"\r\n");
+        copy_lines(out, req, HeaderName::Via);
+        copy_first(out, req, HeaderName::From);
+        if let Some(h) = to {
+            out.put(h.name_str(req).as_bytes());
+            out.put(b": ");
+            out.put(h.value_bytes(req));
+            if let Some(tag) = add_tag {
+                out.put(b";tag=");
+                out.put(tag.as_bytes());
             }
+            out.put(b"\r\n");
         }
-    }
-    copy_first(&mut out, req, HeaderName::CallId);
-    copy_first(&mut out, req, HeaderName::CSeq);
-    finish(&mut out, extra);
-    out
+        copy_first(out, req, HeaderName::CallId);
+        copy_first(out, req, HeaderName::CSeq);
+        finish(out, extra);
+    })
 }
 
 /// Request line, the top Via value only, and the Route lines: the part that
 /// CANCEL and non-2xx ACK share with the INVITE they refer to.
-fn start_like_invite(out: &mut Vec<u8>, method: &str, invite: &Message) {
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(invite.request_uri().unwrap_or("").as_bytes());
-    out.extend_from_slice(b" SIP/2.0\r\n");
+fn start_like_invite(out: &mut dyn Sink, method: &str, invite: &Message) {
+    out.put(method.as_bytes());
+    out.put(b" ");
+    out.put(invite.request_uri().unwrap_or("").as_bytes());
+    out.put(b" SIP/2.0\r\n");
     if let Some(top) = invite
         .header(HeaderName::Via)
         .and_then(|v| split_values(v).next())
@@ -86,34 +129,45 @@ fn start_like_invite(out: &mut Vec<u8>, method: &str, invite: &Message) {
     copy_lines(out, invite, HeaderName::Route);
 }
 
-fn cseq_line(out: &mut Vec<u8>, invite: &Message, method: &str) {
-    let number = invite.cseq().map_or(0, |(n, _)| n);
-    out.extend_from_slice(format!("CSeq: {number} {method}\r\nMax-Forwards: 70\r\n").as_bytes());
+fn cseq_line(out: &mut dyn Sink, number: &[u8], method: &str) {
+    out.put(b"CSeq: ");
+    out.put(number);
+    out.put(b" ");
+    out.put(method.as_bytes());
+    out.put(b"\r\nMax-Forwards: 70\r\n");
 }
 
 /// CANCEL for an INVITE as we sent it downstream (RFC 3261 §9.1).
 pub fn cancel(invite: &Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    start_like_invite(&mut out, "CANCEL", invite);
-    copy_first(&mut out, invite, HeaderName::From);
-    copy_first(&mut out, invite, HeaderName::To);
-    copy_first(&mut out, invite, HeaderName::CallId);
-    cseq_line(&mut out, invite, "CANCEL");
-    finish(&mut out, &[]);
-    out
+    let mut number = itoa::Buffer::new();
+    let number = number
+        .format(invite.cseq().map_or(0, |(n, _)| n))
+        .as_bytes();
+    render(|out| {
+        start_like_invite(out, "CANCEL", invite);
+        copy_first(out, invite, HeaderName::From);
+        copy_first(out, invite, HeaderName::To);
+        copy_first(out, invite, HeaderName::CallId);
+        cseq_line(out, number, "CANCEL");
+        finish(out, &[]);
+    })
 }
 
 /// ACK for a non-2xx final response to our INVITE (RFC 3261 §17.1.1.3): To
 /// comes from the response so it carries the downstream tag.
 pub fn ack_for_non2xx(invite: &Message, response: &Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    start_like_invite(&mut out, "ACK", invite);
-    copy_first(&mut out, invite, HeaderName::From);
-    copy_first(&mut out, response, HeaderName::To);
-    copy_first(&mut out, invite, HeaderName::CallId);
-    cseq_line(&mut out, invite, "ACK");
-    finish(&mut out, &[]);
-    out
+    let mut number = itoa::Buffer::new();
+    let number = number
+        .format(invite.cseq().map_or(0, |(n, _)| n))
+        .as_bytes();
+    render(|out| {
+        start_like_invite(out, "ACK", invite);
+        copy_first(out, invite, HeaderName::From);
+        copy_first(out, response, HeaderName::To);
+        copy_first(out, invite, HeaderName::CallId);
+        cseq_line(out, number, "ACK");
+        finish(out, &[]);
+    })
 }
 
 /// A new out-of-dialog request (OPTIONS probes): `via` is a full Via value.
@@ -128,38 +182,51 @@ pub fn request(
     cseq: u32,
     extra: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + ruri.len() + via.len() + from.len() + to.len());
-    out.extend_from_slice(format!("{method} {ruri} SIP/2.0\r\n").as_bytes());
-    push_header(&mut out, b"Via", via.as_bytes());
-    push_header(&mut out, b"From", from.as_bytes());
-    push_header(&mut out, b"To", to.as_bytes());
-    push_header(&mut out, b"Call-ID", call_id.as_bytes());
-    out.extend_from_slice(format!("CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n").as_bytes());
-    finish(&mut out, extra);
-    out
+    let mut number = itoa::Buffer::new();
+    let number = number.format(cseq).as_bytes();
+    render(|out| {
+        out.put(method.as_bytes());
+        out.put(b" ");
+        out.put(ruri.as_bytes());
+        out.put(b" SIP/2.0\r\n");
+        push_header(out, b"Via", via.as_bytes());
+        push_header(out, b"From", from.as_bytes());
+        push_header(out, b"To", to.as_bytes());
+        push_header(out, b"Call-ID", call_id.as_bytes());
+        cseq_line(out, number, method);
+        finish(out, extra);
+    })
 }
 
-fn random_token(len: usize) -> String {
+/// Append `len` random alphanumerics (at most 21: one u128 of entropy).
+fn push_random_token(out: &mut String, len: usize) {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut bits: u128 = rand::random();
-    (0..len)
-        .map(|_| {
-            let c = ALPHABET[(bits % ALPHABET.len() as u128) as usize];
-            bits /= ALPHABET.len() as u128;
-            c as char
-        })
-        .collect()
+    for _ in 0..len {
+        out.push(char::from(
+            ALPHABET[(bits % ALPHABET.len() as u128) as usize],
+        ));
+        bits /= ALPHABET.len() as u128;
+    }
 }
+
+/// The RFC 3261 magic cookie every branch we generate starts with.
+const BRANCH_COOKIE: &str = "z9hG4bK";
 
 /// A fresh RFC 3261 branch: magic cookie plus 16 random alphanumerics
 /// (~95 bits, enough to be unique across restarts and nodes).
 pub fn new_branch() -> String {
-    format!("z9hG4bK{}", random_token(16))
+    let mut branch = String::with_capacity(BRANCH_COOKIE.len() + 16);
+    branch.push_str(BRANCH_COOKIE);
+    push_random_token(&mut branch, 16);
+    branch
 }
 
 /// A fresh From/To tag (~59 bits of randomness).
 pub fn new_tag() -> String {
-    random_token(10)
+    let mut tag = String::with_capacity(10);
+    push_random_token(&mut tag, 10);
+    tag
 }
 
 /// RFC 3261 §21 reason phrases (plus a few common extensions).

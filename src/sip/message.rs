@@ -128,9 +128,16 @@ pub enum HeaderName {
 impl HeaderName {
     /// Case-insensitive lookup, including RFC 3261 / 3265 / 3515 compact forms.
     pub fn from_name(name: &str) -> HeaderName {
-        let bytes = name.as_bytes();
-        if bytes.len() == 1 {
-            return match bytes[0].to_ascii_lowercase() {
+        HeaderName::from_bytes(name.as_bytes())
+    }
+
+    /// [`HeaderName::from_name`] on raw bytes. Runs for every header line of
+    /// every message, so it dispatches on the length and compares against at
+    /// most a few candidates instead of trying every known name.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> HeaderName {
+        let is = |candidate: &[u8]| eq_ignore_case_lower(bytes, candidate);
+        match bytes.len() {
+            1 => match bytes[0].to_ascii_lowercase() {
                 b'v' => HeaderName::Via,
                 b'i' => HeaderName::CallId,
                 b'l' => HeaderName::ContentLength,
@@ -145,41 +152,46 @@ impl HeaderName {
                 b'r' => HeaderName::ReferTo,
                 b'u' => HeaderName::AllowEvents,
                 _ => HeaderName::Other,
-            };
-        }
-        // Lower-case into a stack buffer, then match exact byte strings.
-        let mut lower = [0u8; 20];
-        if bytes.len() > lower.len() {
-            return HeaderName::Other;
-        }
-        for (dst, src) in lower.iter_mut().zip(bytes) {
-            *dst = src.to_ascii_lowercase();
-        }
-        match &lower[..bytes.len()] {
-            b"via" => HeaderName::Via,
-            b"from" => HeaderName::From,
-            b"to" => HeaderName::To,
-            b"call-id" => HeaderName::CallId,
-            b"cseq" => HeaderName::CSeq,
-            b"content-length" => HeaderName::ContentLength,
-            b"content-type" => HeaderName::ContentType,
-            b"contact" => HeaderName::Contact,
-            b"max-forwards" => HeaderName::MaxForwards,
-            b"route" => HeaderName::Route,
-            b"record-route" => HeaderName::RecordRoute,
-            b"expires" => HeaderName::Expires,
-            b"min-expires" => HeaderName::MinExpires,
-            b"path" => HeaderName::Path,
-            b"retry-after" => HeaderName::RetryAfter,
-            b"require" => HeaderName::Require,
-            b"proxy-require" => HeaderName::ProxyRequire,
-            b"supported" => HeaderName::Supported,
-            b"unsupported" => HeaderName::Unsupported,
-            b"subject" => HeaderName::Subject,
-            b"event" => HeaderName::Event,
-            b"refer-to" => HeaderName::ReferTo,
-            b"allow-events" => HeaderName::AllowEvents,
-            b"content-encoding" => HeaderName::ContentEncoding,
+            },
+            2 if is(b"to") => HeaderName::To,
+            3 if is(b"via") => HeaderName::Via,
+            4 => match bytes[0].to_ascii_lowercase() {
+                b'f' if is(b"from") => HeaderName::From,
+                b'c' if is(b"cseq") => HeaderName::CSeq,
+                b'p' if is(b"path") => HeaderName::Path,
+                _ => HeaderName::Other,
+            },
+            5 => match bytes[0].to_ascii_lowercase() {
+                b'r' if is(b"route") => HeaderName::Route,
+                b'e' if is(b"event") => HeaderName::Event,
+                _ => HeaderName::Other,
+            },
+            7 => match bytes[0].to_ascii_lowercase() {
+                b'c' if is(b"call-id") => HeaderName::CallId,
+                b'c' if is(b"contact") => HeaderName::Contact,
+                b'e' if is(b"expires") => HeaderName::Expires,
+                b'r' if is(b"require") => HeaderName::Require,
+                b's' if is(b"subject") => HeaderName::Subject,
+                _ => HeaderName::Other,
+            },
+            8 if is(b"refer-to") => HeaderName::ReferTo,
+            9 if is(b"supported") => HeaderName::Supported,
+            11 => match bytes[0].to_ascii_lowercase() {
+                b'm' if is(b"min-expires") => HeaderName::MinExpires,
+                b'r' if is(b"retry-after") => HeaderName::RetryAfter,
+                b'u' if is(b"unsupported") => HeaderName::Unsupported,
+                _ => HeaderName::Other,
+            },
+            12 => match bytes[0].to_ascii_lowercase() {
+                b'c' if is(b"content-type") => HeaderName::ContentType,
+                b'm' if is(b"max-forwards") => HeaderName::MaxForwards,
+                b'r' if is(b"record-route") => HeaderName::RecordRoute,
+                b'a' if is(b"allow-events") => HeaderName::AllowEvents,
+                _ => HeaderName::Other,
+            },
+            13 if is(b"proxy-require") => HeaderName::ProxyRequire,
+            14 if is(b"content-length") => HeaderName::ContentLength,
+            16 if is(b"content-encoding") => HeaderName::ContentEncoding,
             _ => HeaderName::Other,
         }
     }
@@ -214,6 +226,18 @@ impl HeaderName {
             HeaderName::Other => return None,
         })
     }
+}
+
+/// ASCII case-insensitive equality against a lower-case `candidate` made of
+/// letters and punctuation: a letter matches either case, anything else only
+/// itself. Cheaper than `eq_ignore_ascii_case`, which lower-cases both sides.
+#[inline(always)]
+fn eq_ignore_case_lower(bytes: &[u8], candidate: &[u8]) -> bool {
+    bytes.len() == candidate.len()
+        && bytes.iter().zip(candidate).all(|(&b, &c)| {
+            let folded = if c.is_ascii_lowercase() { b | 0x20 } else { b };
+            folded == c
+        })
 }
 
 /// One header line (with its continuation lines) as spans into the message.
@@ -275,6 +299,52 @@ pub struct Message {
     pub(crate) headers_end: u32,
     /// Offset of the first body byte; the body runs to the end of `buf`.
     pub(crate) body_start: u32,
+    /// Routing fields recorded by validation; `None` on a message that did
+    /// not pass it (a [`super::ParseError::partial`]), whose accessors then
+    /// fall back to reading the headers.
+    pub(crate) remembered: Option<Remembered>,
+}
+
+/// Where the fields the proxy reads on every message sit in the buffer, as
+/// found while validating them, so their accessors are span lookups.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Remembered {
+    pub top_via: TopViaSpans,
+    pub from_tag: Option<Span>,
+    pub to_tag: Option<Span>,
+    pub call_id: Span,
+    pub cseq_number: u32,
+    pub cseq_method: Span,
+    pub max_forwards: Option<u32>,
+}
+
+/// The parts of the first Via value, each a span inside `value`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TopViaSpans {
+    pub value: Span,
+    pub transport: Span,
+    pub host: Span,
+    pub port: Option<u16>,
+    pub params: Span,
+    pub branch: Option<Span>,
+}
+
+impl Span {
+    /// The span of `part`, a sub-slice of `base`. Cheap pointer arithmetic,
+    /// used to remember where the views built during validation point.
+    pub(crate) fn of(base: &[u8], part: &str) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        debug_assert!(start
+            .checked_add(part.len())
+            .is_some_and(|end| end <= base.len()));
+        Span::new(start, start.wrapping_add(part.len()))
+    }
+
+    /// This span relative to `outer`, which must contain it.
+    #[inline]
+    fn within(self, outer: Span) -> std::ops::Range<usize> {
+        self.start.wrapping_sub(outer.start) as usize..self.end.wrapping_sub(outer.start) as usize
+    }
 }
 
 impl Message {
@@ -364,23 +434,38 @@ impl Message {
     }
 
     pub fn call_id(&self) -> Option<&str> {
-        self.header(HeaderName::CallId)
+        match &self.remembered {
+            Some(r) => Some(self.text(r.call_id)),
+            None => self.header(HeaderName::CallId),
+        }
     }
 
     /// `(number, method)`; `None` when absent or malformed.
     pub fn cseq(&self) -> Option<(u32, &str)> {
-        parse_cseq(self.header(HeaderName::CSeq)?)
+        match &self.remembered {
+            Some(r) => Some((r.cseq_number, self.text(r.cseq_method))),
+            None => parse_cseq(self.header(HeaderName::CSeq)?),
+        }
     }
 
     pub fn from_tag(&self) -> Option<&str> {
-        NameAddr::parse(self.header(HeaderName::From)?).ok()?.tag()
+        match &self.remembered {
+            Some(r) => r.from_tag.map(|span| self.text(span)),
+            None => NameAddr::parse(self.header(HeaderName::From)?).ok()?.tag(),
+        }
     }
 
     pub fn to_tag(&self) -> Option<&str> {
-        NameAddr::parse(self.header(HeaderName::To)?).ok()?.tag()
+        match &self.remembered {
+            Some(r) => r.to_tag.map(|span| self.text(span)),
+            None => NameAddr::parse(self.header(HeaderName::To)?).ok()?.tag(),
+        }
     }
 
     pub fn max_forwards(&self) -> Option<u32> {
+        if let Some(r) = &self.remembered {
+            return r.max_forwards;
+        }
         let v = self.header(HeaderName::MaxForwards)?;
         if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -390,8 +475,31 @@ impl Message {
 
     /// First value of the first Via line.
     pub fn top_via(&self) -> Option<Via<'_>> {
-        let line = self.header(HeaderName::Via)?;
-        Via::parse(split_values(line).next()?).ok()
+        let Some(r) = &self.remembered else {
+            let line = self.header(HeaderName::Via)?;
+            return Via::parse(split_values(line).next()?).ok();
+        };
+        let spans = &r.top_via;
+        // One UTF-8 check for the whole value, then plain sub-slicing.
+        let value = self.text(spans.value);
+        let part = |span: Span| value.get(span.within(spans.value)).unwrap_or("");
+        Some(Via::from_validated_parts(
+            part(spans.transport),
+            part(spans.host),
+            spans.port,
+            part(spans.params),
+            spans.branch.map(part),
+        ))
+    }
+
+    /// A copy that has forgotten the remembered fields, so its accessors
+    /// re-read the headers (to check the two agree).
+    #[cfg(test)]
+    pub(crate) fn without_remembered(&self) -> Message {
+        Message {
+            remembered: None,
+            ..self.clone()
+        }
     }
 
     pub fn body(&self) -> &[u8] {
@@ -411,18 +519,19 @@ impl Message {
 
 /// `1*DIGIT LWS method`, number below 2^31 (RFC 3261 §8.1.1.5).
 pub(crate) fn parse_cseq(value: &str) -> Option<(u32, &str)> {
-    let digits_end = value
-        .bytes()
+    let bytes = value.as_bytes();
+    let digits_end = bytes
+        .iter()
         .position(|b| !b.is_ascii_digit())
-        .unwrap_or(value.len());
-    let digits = &value[..digits_end];
-    if digits.is_empty() || digits.len() > 10 {
+        .unwrap_or(bytes.len());
+    if digits_end == 0 || digits_end > 10 {
         return None;
     }
-    let number: u32 = digits.parse().ok()?;
-    if number >= 1 << 31 {
-        return None;
-    }
+    // At most ten digits: fits in a u64 without overflow.
+    let number = bytes[..digits_end]
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    let number = u32::try_from(number).ok().filter(|n| *n < 1 << 31)?;
     let rest = &value[digits_end..];
     let method = super::params::trim_lws(rest);
     if method.len() == rest.len() || !super::params::is_token(method) {

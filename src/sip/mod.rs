@@ -17,6 +17,8 @@ pub mod params;
 pub mod parse;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod reference;
 pub mod uri;
 pub mod via;
 

@@ -8,8 +8,10 @@ use memchr::memchr;
 
 use super::addr::{NameAddr, RawValues};
 use super::error::{ParseError, ParseErrorKind};
-use super::message::{parse_cseq, Header, HeaderName, Message, Method, Span, StartLine};
-use super::params::{is_lws, is_token, is_token_byte};
+use super::message::{
+    parse_cseq, Header, HeaderName, Message, Method, Remembered, Span, StartLine, TopViaSpans,
+};
+use super::params::{has_request_uri_delimiter, is_lws, is_token, token_end_at};
 use super::uri::{is_scheme, Uri};
 use super::via::Via;
 use super::{MAX_HEADERS, MAX_MESSAGE_SIZE};
@@ -54,7 +56,10 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
     msg.buf = buf;
 
     if deferred.is_none() {
-        deferred = validate(&msg).err();
+        match validate(&msg) {
+            Ok(remembered) => msg.remembered = Some(remembered),
+            Err(e) => deferred = Some(e),
+        }
     }
     match deferred {
         None => Ok(msg),
@@ -143,6 +148,7 @@ fn frame(b: &[u8]) -> Result<(Message, Deferred), ParseError> {
         headers,
         headers_end: headers_end as u32,
         body_start: body_start as u32,
+        remembered: None,
     };
     if deferred.is_none() && msg.headers.is_empty() {
         deferred = Some((
@@ -154,10 +160,7 @@ fn frame(b: &[u8]) -> Result<(Message, Deferred), ParseError> {
 }
 
 fn parse_header_line(line: &[u8], pos: usize, next: usize) -> Result<Header, ParseError> {
-    let name_len = line
-        .iter()
-        .position(|&c| !is_token_byte(c))
-        .unwrap_or(line.len());
+    let name_len = token_end_at(line, 0);
     if name_len == 0 {
         return Err(hard(
             ParseErrorKind::BadHeader,
@@ -186,10 +189,8 @@ fn parse_header_line(line: &[u8], pos: usize, next: usize) -> Result<Header, Par
         .rposition(|&c| c != b' ' && c != b'\t')
         .map(|p| (p + 1).max(value_start))
         .unwrap_or(value_start);
-    // the name is ASCII token bytes, so it is valid UTF-8
-    let name = std::str::from_utf8(&line[..name_len]).unwrap_or("");
     Ok(Header {
-        name: HeaderName::from_name(name),
+        name: HeaderName::from_bytes(&line[..name_len]),
         name_span: Span::new(pos, pos + name_len),
         value_span: Span::new(pos + value_start, pos + value_end),
         line_span: Span::new(pos, next),
@@ -240,7 +241,7 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Deferred), ParseError> {
     let method_end =
         memchr(b' ', line).ok_or_else(|| bad_line("request line has no Request-URI"))?;
     let method_bytes = &line[..method_end];
-    if method_end == 0 || !method_bytes.iter().all(|&c| is_token_byte(c)) {
+    if method_end == 0 || token_end_at(method_bytes, 0) != method_end {
         return Err(bad_line("request method is not a token"));
     }
     let method = Method::from_token(std::str::from_utf8(method_bytes).unwrap_or(""));
@@ -291,15 +292,10 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Deferred), ParseError> {
 fn check_request_uri(raw: &[u8]) -> Result<(), (ParseErrorKind, String)> {
     let bad = |reason: String| (ParseErrorKind::BadRequestUri, reason);
     let uri = std::str::from_utf8(raw).map_err(|_| bad("Request-URI is not valid UTF-8".into()))?;
-    let colon = uri
-        .find(':')
-        .ok_or_else(|| bad(format!("Request-URI {uri:?} has no scheme")))?;
+    let colon =
+        memchr(b':', raw).ok_or_else(|| bad(format!("Request-URI {uri:?} has no scheme")))?;
     let scheme = &uri[..colon];
-    if !is_scheme(scheme)
-        || uri
-            .bytes()
-            .any(|c| matches!(c, b'<' | b'>' | b'"') || c < 0x21)
-    {
+    if !is_scheme(scheme) || has_request_uri_delimiter(raw) {
         return Err(bad(format!("malformed Request-URI {uri:?}")));
     }
     if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
@@ -340,73 +336,107 @@ fn content_length(msg: &Message, b: &[u8]) -> Result<Option<usize>, String> {
     Ok(found)
 }
 
-/// Checks that let the proxy rely on the accessors it uses to route.
-fn validate(msg: &Message) -> Result<(), (ParseErrorKind, String)> {
-    const SINGLE: [HeaderName; 5] = [
-        HeaderName::CallId,
-        HeaderName::CSeq,
-        HeaderName::From,
-        HeaderName::To,
-        HeaderName::MaxForwards,
-    ];
+/// Checks that let the proxy rely on the accessors it uses to route. On
+/// success, returns where those accessors' answers sit so they need not look
+/// again.
+fn validate(msg: &Message) -> Result<Remembered, (ParseErrorKind, String)> {
+    let buf = msg.as_bytes();
+    // One UTF-8 check for the whole head; header values are then plain
+    // sub-slices. A head with stray non-UTF-8 bytes (allowed in headers we
+    // only forward) falls back to checking the values we read one by one.
+    let head = buf
+        .get(..msg.headers_end as usize)
+        .and_then(|h| std::str::from_utf8(h).ok());
+    let utf8_value = |h: &Header, name: &str| match head.and_then(|t| t.get(h.value_span.range())) {
+        Some(value) => Ok(value),
+        None => utf8_value(msg, h, name),
+    };
+
     let mut first: [Option<&Header>; 5] = [None; 5];
-    let mut has_via = false;
+    let mut top_via: Option<TopViaSpans> = None;
     for h in &msg.headers {
-        if h.name == HeaderName::Via {
-            has_via = true;
-            let value = utf8_value(msg, h, "Via")?;
-            for v in RawValues::new(value) {
-                if v.is_empty() {
-                    return Err((ParseErrorKind::BadVia, "empty Via value".into()));
+        let slot = match h.name {
+            HeaderName::Via => {
+                let value = utf8_value(h, "Via")?;
+                for v in RawValues::new(value) {
+                    if v.is_empty() {
+                        return Err((ParseErrorKind::BadVia, "empty Via value".into()));
+                    }
+                    let via = Via::parse(v).map_err(|e| (ParseErrorKind::BadVia, e.reason))?;
+                    top_via.get_or_insert_with(|| TopViaSpans {
+                        value: Span::of(buf, v),
+                        transport: Span::of(buf, via.transport),
+                        host: Span::of(buf, via.host),
+                        port: via.port,
+                        params: Span::of(buf, via.params),
+                        branch: via.branch().map(|b| Span::of(buf, b)),
+                    });
                 }
-                Via::parse(v).map_err(|e| (ParseErrorKind::BadVia, e.reason))?;
+                continue;
             }
-            continue;
+            HeaderName::CallId => 0,
+            HeaderName::CSeq => 1,
+            HeaderName::From => 2,
+            HeaderName::To => 3,
+            HeaderName::MaxForwards => 4,
+            _ => continue,
+        };
+        if first[slot].is_some() {
+            return Err((
+                ParseErrorKind::DuplicateHeader,
+                format!("multiple {} headers", h.name.canonical().unwrap_or("")),
+            ));
         }
-        if let Some(slot) = SINGLE.iter().position(|n| *n == h.name) {
-            if first[slot].is_some() {
-                return Err((
-                    ParseErrorKind::DuplicateHeader,
-                    format!("multiple {} headers", h.name.canonical().unwrap_or("")),
-                ));
-            }
-            first[slot] = Some(h);
-        }
+        first[slot] = Some(h);
     }
     let [call_id, cseq, from, to, max_forwards] = first;
-    if !has_via {
-        return Err((ParseErrorKind::MissingHeader, "missing Via header".into()));
-    }
-    for (h, name) in [(from, "From"), (to, "To")] {
-        let value = utf8_value(msg, require(h, name)?, name)?;
-        NameAddr::parse(value).map_err(|e| {
+    let top_via =
+        top_via.ok_or_else(|| (ParseErrorKind::MissingHeader, "missing Via header".into()))?;
+    let tag_of = |h: Option<&Header>, name: &str| {
+        let value = utf8_value(require(h, name)?, name)?;
+        let (_, found) = NameAddr::parse_with_param(value, "tag").map_err(|e| {
             (
                 ParseErrorKind::BadAddress,
                 format!("malformed {name} header: {e}"),
             )
         })?;
-    }
-    let call_id = utf8_value(msg, require(call_id, "Call-ID")?, "Call-ID")?;
+        Ok::<_, (ParseErrorKind, String)>(found.flatten().map(|t| Span::of(buf, t)))
+    };
+    let from_tag = tag_of(from, "From")?;
+    let to_tag = tag_of(to, "To")?;
+    let call_id = utf8_value(require(call_id, "Call-ID")?, "Call-ID")?;
     if call_id.is_empty() || call_id.bytes().any(is_lws) {
         return Err((ParseErrorKind::BadHeader, "malformed Call-ID header".into()));
     }
-    let cseq_value = utf8_value(msg, require(cseq, "CSeq")?, "CSeq")?;
-    let (_, cseq_method) = parse_cseq(cseq_value).ok_or_else(|| {
+    let cseq_value = utf8_value(require(cseq, "CSeq")?, "CSeq")?;
+    let (cseq_number, cseq_method) = parse_cseq(cseq_value).ok_or_else(|| {
         (
             ParseErrorKind::BadCSeq,
             format!("malformed CSeq {cseq_value:?}"),
         )
     })?;
-    if let Some(h) = max_forwards {
-        let v = h.value(msg);
-        let ok = !v.is_empty() && v.len() <= 9 && v.bytes().all(|c| c.is_ascii_digit());
-        if !ok || v.parse::<u32>().map_or(true, |n| n > 255) {
-            return Err((
-                ParseErrorKind::BadMaxForwards,
-                format!("invalid Max-Forwards {v:?}"),
-            ));
+    let max_forwards = match max_forwards {
+        None => None,
+        Some(h) => {
+            // An undecodable value reads as "" and is reported as such.
+            let v = head
+                .and_then(|t| t.get(h.value_span.range()))
+                .unwrap_or_else(|| h.value(msg));
+            let n = (!v.is_empty() && v.len() <= 9 && v.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| v.parse::<u32>().ok())
+                .flatten()
+                .filter(|n| *n <= 255);
+            match n {
+                Some(n) => Some(n),
+                None => {
+                    return Err((
+                        ParseErrorKind::BadMaxForwards,
+                        format!("invalid Max-Forwards {v:?}"),
+                    ))
+                }
+            }
         }
-    }
+    };
     if msg.is_request() {
         let method = msg.method_str();
         if cseq_method != method {
@@ -417,7 +447,15 @@ fn validate(msg: &Message) -> Result<(), (ParseErrorKind, String)> {
         }
     }
     debug_assert!(is_token(cseq_method));
-    Ok(())
+    Ok(Remembered {
+        top_via,
+        from_tag,
+        to_tag,
+        call_id: Span::of(buf, call_id),
+        cseq_number,
+        cseq_method: Span::of(buf, cseq_method),
+        max_forwards,
+    })
 }
 
 fn require<'h>(h: Option<&'h Header>, name: &str) -> Result<&'h Header, (ParseErrorKind, String)> {

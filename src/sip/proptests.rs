@@ -129,6 +129,7 @@ proptest! {
     #[test]
     fn generated_requests_parse_and_round_trip(g in request()) {
         let m = parse(Bytes::from(g.text.clone())).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        super::reference::tests::remembered_matches_headers(&m);
         prop_assert_eq!(m.method_str(), g.method.as_str());
         prop_assert_eq!(m.call_id(), Some(g.call_id.as_str()));
         prop_assert_eq!(m.cseq(), Some((g.cseq, g.method.as_str())));
@@ -167,6 +168,7 @@ proptest! {
         let _ = frame_len(&bytes);
         match parse(Bytes::from(bytes)) {
             Ok(m) => {
+                super::reference::tests::remembered_matches_headers(&m);
                 prop_assert_eq!(Rewriter::new(&m).finish(), m.as_bytes().to_vec());
                 let _ = (m.top_via(), m.from_tag(), m.to_tag(), m.cseq(), m.header_values(HeaderName::Via).count());
                 let _ = super::build::response(&m, 400, "Bad", Some("t"), &[]);

@@ -4,8 +4,10 @@
 
 use std::fmt;
 
+use memchr::memchr;
+
 use super::error::{ParseError, ParseErrorKind};
-use super::params::{find_param, is_lws};
+use super::params::{find_param, is_host_byte, is_lws};
 
 /// `scheme:[user[:password]@]host[:port][;params][?headers]`.
 ///
@@ -35,10 +37,6 @@ pub(crate) fn is_scheme(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
-}
-
 impl<'a> Uri<'a> {
     /// Parse a sip, sips or tel URI. Any other scheme is an error (the caller
     /// may still route such a Request-URI opaquely).
@@ -46,7 +44,7 @@ impl<'a> Uri<'a> {
         if s.bytes().any(is_lws) {
             return Err(bad("URI contains whitespace"));
         }
-        let colon = s.find(':').ok_or_else(|| bad("URI has no scheme"))?;
+        let colon = memchr(b':', s.as_bytes()).ok_or_else(|| bad("URI has no scheme"))?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
         if scheme.eq_ignore_ascii_case("tel") {
@@ -57,10 +55,10 @@ impl<'a> Uri<'a> {
         }
         // userinfo cannot hold an unescaped '@', while params and headers may
         // not either, so the first '@' ends the userinfo (RFC 3261 §25.1).
-        let (user, password, hostpart) = match rest.find('@') {
+        let (user, password, hostpart) = match memchr(b'@', rest.as_bytes()) {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (user, password) = match userinfo.find(':') {
+                let (user, password) = match memchr(b':', userinfo.as_bytes()) {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
@@ -72,12 +70,11 @@ impl<'a> Uri<'a> {
             None => (None, None, rest),
         };
         let host_end = if hostpart.starts_with('[') {
-            hostpart
-                .find(']')
+            memchr(b']', hostpart.as_bytes())
                 .map(|i| i + 1)
                 .ok_or_else(|| bad("unterminated IPv6 reference in URI"))?
         } else {
-            hostpart.find([':', ';', '?']).unwrap_or(hostpart.len())
+            position_of_any(hostpart, b":;?").unwrap_or(hostpart.len())
         };
         let host = &hostpart[..host_end];
         let valid_host = if let Some(inner) = host.strip_prefix('[') {
@@ -95,7 +92,7 @@ impl<'a> Uri<'a> {
         let mut after = &hostpart[host_end..];
         let mut port = None;
         if let Some(p) = after.strip_prefix(':') {
-            let end = p.find([';', '?']).unwrap_or(p.len());
+            let end = position_of_any(p, b";?").unwrap_or(p.len());
             let digits = &p[..end];
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad(format!("invalid URI port {digits:?}")));
@@ -120,7 +117,7 @@ impl<'a> Uri<'a> {
     }
 
     fn parse_tel(scheme: &'a str, rest: &'a str) -> Result<Uri<'a>, ParseError> {
-        let end = rest.find([';', '?']).unwrap_or(rest.len());
+        let end = position_of_any(rest, b";?").unwrap_or(rest.len());
         let number = &rest[..end];
         if number.is_empty()
             || !number.bytes().all(|b| {
@@ -160,6 +157,12 @@ impl<'a> Uri<'a> {
     }
 }
 
+/// Index of the first byte of `s` that is one of `set` (all ASCII).
+#[inline]
+fn position_of_any(s: &str, set: &[u8]) -> Option<usize> {
+    s.bytes().position(|b| set.contains(&b))
+}
+
 /// Split `[;params][?headers]` keeping each part's leading delimiter.
 fn split_params_headers(s: &str) -> Result<(&str, &str), ParseError> {
     if s.is_empty() {
@@ -168,7 +171,7 @@ fn split_params_headers(s: &str) -> Result<(&str, &str), ParseError> {
     if !(s.starts_with(';') || s.starts_with('?')) {
         return Err(bad(format!("unexpected characters {s:?} after URI host")));
     }
-    let q = s.find('?').unwrap_or(s.len());
+    let q = memchr(b'?', s.as_bytes()).unwrap_or(s.len());
     Ok((&s[..q], &s[q..]))
 }
 
