@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::transaction::{ShardConfig, TransactionShard};
-use crate::actors::transport::{Router, TcpAcceptor, Transports, UdpTransport};
+use crate::actors::transport::{Datagrams, Router, TcpAcceptor, Transports, UdpTransport};
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::TimerSettings;
@@ -88,10 +88,20 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
 
     let mut shards = Vec::new();
     let shards_wanted = shard_count(config.server.workers);
+    let mut udp_sockets = Some(udp_sockets);
     if shards_wanted == 1 {
-        // One shard shares the main arbiter with the transports: a message
-        // then reaches it without waking another thread.
-        shards.push(TransactionShard::new(0, shard_config.clone()).start());
+        // A lone shard runs on the main arbiter and reads the UDP sockets
+        // itself: a datagram is handled where it is received, with no
+        // mailbox hop and no other thread to wake.
+        let sockets = udp_sockets.take().unwrap_or_default();
+        let shard_config = shard_config.clone();
+        shards.push(TransactionShard::create(move |ctx| {
+            for (index, socket) in sockets.into_iter().enumerate() {
+                tracing::info!(addr = ?socket.local_addr().ok(), "listening on UDP");
+                ctx.add_stream(Datagrams::new(index, socket));
+            }
+            TransactionShard::new(0, shard_config)
+        }));
     } else {
         for id in 0..shards_wanted {
             let arbiter = Arbiter::new();
@@ -105,7 +115,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
     transports.set_router(Router::new(shards));
     gateway_service.start(transports.clone());
 
-    for (index, socket) in udp_sockets.into_iter().enumerate() {
+    for (index, socket) in udp_sockets.into_iter().flatten().enumerate() {
         let local = socket.local_addr().ok();
         UdpTransport::new(index, socket, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on UDP");

@@ -5,7 +5,6 @@
 //! the script runs inline, so a request costs no cross-thread round trip.
 //! Timers live in one queue per shard, drained by a short periodic tick.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 
-use crate::actors::transport::{Flow, Inbound, Protocol, Transports};
+use crate::actors::transport::{parse_or_answer, Flow, Inbound, Protocol, Received, Transports};
+use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward::{self, ForwardEdits, Resolver};
 use crate::proxy::timers::TimerOwner;
 use crate::proxy::{better_response, next_hop, TimerKind, TimerQueue, TimerSettings};
@@ -162,10 +162,10 @@ pub struct TransactionShard {
     id: usize,
     config: Arc<ShardConfig>,
     script: Option<ScriptCache>,
-    servers: HashMap<u64, ServerTx>,
-    server_index: HashMap<ServerKey, u64>,
-    clients: HashMap<u64, ClientTx>,
-    cancels: HashMap<u64, CancelTx>,
+    servers: FastMap<u64, ServerTx>,
+    server_index: FastMap<ServerKey, u64>,
+    clients: FastMap<u64, ClientTx>,
+    cancels: FastMap<u64, CancelTx>,
     timers: TimerQueue,
     resolver: Resolver,
     next_id: u64,
@@ -211,10 +211,10 @@ impl TransactionShard {
             id,
             config,
             script: None,
-            servers: HashMap::new(),
-            server_index: HashMap::new(),
-            clients: HashMap::new(),
-            cancels: HashMap::new(),
+            servers: FastMap::default(),
+            server_index: FastMap::default(),
+            clients: FastMap::default(),
+            cancels: FastMap::default(),
             timers: TimerQueue::default(),
             resolver: Resolver::default(),
             next_id: 0,
@@ -1312,22 +1312,53 @@ impl Handler<SendProbe> for TransactionShard {
     }
 }
 
+impl TransactionShard {
+    fn on_message(&mut self, msg: Message, source: SocketAddr, flow: Flow, now: Instant) {
+        if msg.is_request() {
+            crate::metrics::get().request(msg.method_str());
+            self.on_request(msg, source, flow);
+        } else {
+            self.on_response(msg, now);
+        }
+        self.report_active();
+    }
+}
+
 impl Handler<Inbound> for TransactionShard {
     type Result = ();
 
     fn handle(&mut self, inbound: Inbound, _ctx: &mut Self::Context) {
         let started = Instant::now();
-        let Inbound { msg, source, flow } = inbound;
-        if msg.is_request() {
-            crate::metrics::get().request(msg.method_str());
-            self.on_request(msg, source, flow);
-        } else {
-            self.on_response(msg, started);
-        }
-        self.report_active();
+        self.on_message(inbound.msg, inbound.source, inbound.flow, started);
         crate::metrics::actors()
             .transaction
             .record(started.elapsed());
+    }
+}
+
+/// A lone shard reads its UDP sockets itself (see `server::start`): a
+/// datagram is parsed and handled in one go, with no mailbox in between.
+impl StreamHandler<Received> for TransactionShard {
+    fn handle(&mut self, item: Received, _ctx: &mut Self::Context) {
+        let socket = item.socket;
+        let Some((bytes, source)) = item.into_datagram() else {
+            return;
+        };
+        let flow = Flow::Udp(socket);
+        // Receiving and parsing count as the UDP transport's work, the rest
+        // as the shard's, as they would with the actors apart.
+        let parsed = {
+            let _busy = crate::metrics::actors().udp.measure();
+            parse_or_answer(bytes, source, &flow, &self.config.transports)
+        };
+        if let Some(msg) = parsed {
+            let _busy = crate::metrics::actors().transaction.measure();
+            self.on_message(msg, source, flow, Instant::now());
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        tracing::error!(shard = self.id, "UDP receive stream ended");
     }
 }
 

@@ -264,34 +264,73 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// Parses one framed message and hands it on, or answers/drops what is broken.
 /// Shared by the UDP and TCP actors so both treat bad input the same way.
 fn accept_bytes(bytes: Bytes, source: SocketAddr, flow: Flow, transports: &Transports) {
-    match sip::parse(bytes) {
-        Ok(msg) => match transports.router.get() {
+    if let Some(msg) = parse_or_answer(bytes, source, &flow, transports) {
+        match transports.router.get() {
             Some(router) => router.dispatch(msg, source, flow),
             None => tracing::warn!(%source, "message before start-up finished; dropped"),
-        },
-        Err(err) => {
-            if err.kind == ParseErrorKind::Keepalive {
-                return;
+        }
+    }
+}
+
+/// Parses one framed message. What does not parse is answered (400, or 505
+/// for a bad version) when it is a readable request, else logged and
+/// dropped; keepalives vanish silently.
+pub fn parse_or_answer(
+    bytes: Bytes,
+    source: SocketAddr,
+    flow: &Flow,
+    transports: &Transports,
+) -> Option<Message> {
+    let err = match sip::parse(bytes) {
+        Ok(msg) => return Some(msg),
+        Err(err) => err,
+    };
+    if err.kind == ParseErrorKind::Keepalive {
+        return None;
+    }
+    crate::metrics::get()
+        .malformed
+        .get_or_create(&crate::metrics::TransportLabels {
+            transport: flow.protocol().as_str(),
+        })
+        .inc();
+    let answerable = err.partial.as_deref().filter(|m| m.is_request());
+    match answerable {
+        Some(partial) if partial.method() != Some(sip::Method::Ack) => {
+            let (code, reason) = if err.kind == ParseErrorKind::BadVersion {
+                (505, "Version Not Supported".to_string())
+            } else {
+                (400, format!("Bad Request ({})", err.reason))
+            };
+            tracing::info!(%source, code, error = %err, "rejected malformed request");
+            let reply = sip::build::response(partial, code, &reason, None, &[]);
+            transports.reply(flow, source, Bytes::from(reply));
+        }
+        _ => tracing::info!(%source, error = %err, "dropped malformed message"),
+    }
+    None
+}
+
+/// A datagram as received on UDP socket `socket`, or the socket's error.
+pub struct Received {
+    pub socket: usize,
+    pub result: io::Result<(Bytes, SocketAddr)>,
+}
+
+impl Received {
+    /// The datagram, unless it is an error or too large to be SIP (both are
+    /// logged here, for every receiver alike).
+    pub fn into_datagram(self) -> Option<(Bytes, SocketAddr)> {
+        match self.result {
+            Ok((bytes, source)) if bytes.len() > MAX_MESSAGE => {
+                tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
+                None
             }
-            crate::metrics::get()
-                .malformed
-                .get_or_create(&crate::metrics::TransportLabels {
-                    transport: flow.protocol().as_str(),
-                })
-                .inc();
-            let answerable = err.partial.as_deref().filter(|m| m.is_request());
-            match answerable {
-                Some(partial) if partial.method() != Some(sip::Method::Ack) => {
-                    let (code, reason) = if err.kind == ParseErrorKind::BadVersion {
-                        (505, "Version Not Supported".to_string())
-                    } else {
-                        (400, format!("Bad Request ({})", err.reason))
-                    };
-                    tracing::info!(%source, code, error = %err, "rejected malformed request");
-                    let reply = sip::build::response(partial, code, &reason, None, &[]);
-                    transports.reply(&flow, source, Bytes::from(reply));
-                }
-                _ => tracing::info!(%source, error = %err, "dropped malformed message"),
+            Ok(datagram) => Some(datagram),
+            // ICMP errors from earlier sends surface here; they are not fatal.
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive error");
+                None
             }
         }
     }
@@ -319,26 +358,16 @@ impl Actor for UdpTransport {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(socket) = self.socket.take() {
-            ctx.add_stream(Datagrams {
-                socket,
-                scratch: vec![0; MAX_MESSAGE + 1],
-            });
+            ctx.add_stream(Datagrams::new(self.index, socket));
         }
     }
 }
 
-impl StreamHandler<io::Result<(Bytes, SocketAddr)>> for UdpTransport {
-    fn handle(&mut self, item: io::Result<(Bytes, SocketAddr)>, _ctx: &mut Self::Context) {
-        match item {
-            Ok((bytes, source)) if bytes.len() > MAX_MESSAGE => {
-                tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
-            }
-            Ok((bytes, source)) => {
-                let _busy = crate::metrics::actors().udp.measure();
-                accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports);
-            }
-            // ICMP errors from earlier sends surface here; they are not fatal.
-            Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+impl StreamHandler<Received> for UdpTransport {
+    fn handle(&mut self, item: Received, _ctx: &mut Self::Context) {
+        if let Some((bytes, source)) = item.into_datagram() {
+            let _busy = crate::metrics::actors().udp.measure();
+            accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports);
         }
     }
 
@@ -349,24 +378,34 @@ impl StreamHandler<io::Result<(Bytes, SocketAddr)>> for UdpTransport {
 
 /// Datagrams from a socket as a stream. Each is copied once out of a reusable
 /// scratch buffer into an exactly sized `Bytes`.
-struct Datagrams {
+pub struct Datagrams {
+    index: usize,
     socket: UdpSocket,
     scratch: Vec<u8>,
 }
 
+impl Datagrams {
+    pub fn new(index: usize, socket: UdpSocket) -> Self {
+        Datagrams {
+            index,
+            socket,
+            scratch: vec![0; MAX_MESSAGE + 1],
+        }
+    }
+}
+
 impl futures_core::Stream for Datagrams {
-    type Item = io::Result<(Bytes, SocketAddr)>;
+    type Item = Received;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let mut buf = tokio::io::ReadBuf::new(&mut this.scratch);
-        match this.socket.poll_recv_from(cx, &mut buf) {
-            Poll::Ready(Ok(source)) => {
-                Poll::Ready(Some(Ok((Bytes::copy_from_slice(buf.filled()), source))))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => Poll::Pending,
-        }
+        this.socket.poll_recv_from(cx, &mut buf).map(|result| {
+            Some(Received {
+                socket: this.index,
+                result: result.map(|source| (Bytes::copy_from_slice(buf.filled()), source)),
+            })
+        })
     }
 }
 

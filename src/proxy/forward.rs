@@ -154,15 +154,14 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
     let mut routes_left = edits.routes_popped;
     let mut first_via = true;
     for (index, header) in msg.headers().iter().enumerate() {
-        let value = header.value(msg);
         match header.name {
             HeaderName::MaxForwards if !max_forwards_seen => {
                 max_forwards_seen = true;
-                let n: u32 = value.trim().parse().unwrap_or(70);
-                rw.replace_header(index, &n.saturating_sub(1).to_string());
+                let n = msg.max_forwards().unwrap_or(70);
+                rw.replace_header(index, itoa::Buffer::new().format(n.saturating_sub(1)));
             }
             HeaderName::Route if routes_left > 0 => {
-                let values: Vec<&str> = split_values(value).collect();
+                let values: Vec<&str> = split_values(header.value(msg)).collect();
                 if values.len() <= routes_left {
                     routes_left -= values.len();
                     rw.remove_header(index);
@@ -173,16 +172,16 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
             }
             HeaderName::Via if first_via => {
                 first_via = false;
-                if let Some(stamped) = stamp_via(value, edits.source) {
+                if let Some(stamped) = stamp_via(header.value(msg), edits.source) {
                     rw.replace_header(index, &stamped);
                 }
             }
             _ => {}
         }
-        if edits
-            .header_edits
-            .iter()
-            .any(|(name, _)| crate::script::same_header(name, header.name, header.name_str(msg)))
+        if !edits.header_edits.is_empty()
+            && edits.header_edits.iter().any(|(name, _)| {
+                crate::script::same_header(name, header.name, header.name_str(msg))
+            })
         {
             rw.remove_header(index);
         }
@@ -216,9 +215,9 @@ fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
     let mut values = split_values(line);
     let first = values.next()?;
     let via = Via::parse(first).ok()?;
-    let source_ip = source.ip().to_string();
     let host = via.host.trim_start_matches('[').trim_end_matches(']');
-    let needs_received = host != source_ip && via.received().is_none();
+    let sent_from_host = host.parse::<IpAddr>().is_ok_and(|ip| ip == source.ip());
+    let needs_received = !sent_from_host && via.received().is_none();
     let empty_rport = via.rport() == Some(None);
     if !needs_received && !empty_rport {
         return None;
@@ -244,7 +243,7 @@ fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
     }
     if needs_received {
         stamped.push_str(";received=");
-        stamped.push_str(&source_ip);
+        stamped.push_str(&source.ip().to_string());
     }
     for rest in values {
         stamped.push_str(", ");

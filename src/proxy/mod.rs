@@ -2,6 +2,7 @@
 //! the forwarded copy is built, loop detection, and which response wins. The
 //! transaction shard (`actors::transaction`) calls these; nothing here does I/O.
 
+pub mod fast_hash;
 pub mod forward;
 pub mod response;
 pub mod timers;

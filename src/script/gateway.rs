@@ -23,9 +23,9 @@ use crate::gateway::{Algorithm, Destination};
 pub struct PyDestination {
     #[pyo3(get)]
     uri: String,
-    /// Where packets go, as `"ip:port"`.
-    #[pyo3(get)]
-    address: String,
+    /// Where packets go; shown to scripts as `"ip:port"`, formatted only
+    /// when a script reads it.
+    address: std::net::SocketAddr,
     #[pyo3(get)]
     weight: u32,
     attrs: BTreeMap<String, String>,
@@ -39,7 +39,7 @@ impl PyDestination {
     fn snapshot(group: &str, destination: &Destination, healthy: bool) -> Self {
         PyDestination {
             uri: destination.uri.clone(),
-            address: destination.address.to_string(),
+            address: destination.address,
             weight: destination.weight,
             attrs: destination.attrs.clone(),
             healthy,
@@ -50,6 +50,11 @@ impl PyDestination {
 
 #[pymethods]
 impl PyDestination {
+    #[getter]
+    fn address(&self) -> String {
+        self.address.to_string()
+    }
+
     #[getter]
     fn attrs(&self) -> BTreeMap<String, String> {
         self.attrs.clone()
@@ -503,7 +508,7 @@ mod tests {
         .expect("select")
         .expect("zone a exists");
         assert_eq!(zoned.uri, "sip:one.example.com");
-        assert_eq!(zoned.address, "127.0.0.1:6001");
+        assert_eq!(zoned.address(), "127.0.0.1:6001");
         assert!(api.mark_down(group, "sip:one.example.com"));
         let none = with_value("{'zone': 'a'}", |attrs| {
             api.select(group, None, Some(attrs.clone()))

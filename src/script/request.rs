@@ -1,6 +1,5 @@
 //! The `Request` object a handler receives, and the `Decision` it leaves behind.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,25 +11,36 @@ use crate::sip::{self, HeaderName, Message, NameAddr};
 
 /// Which hosts and ports are this proxy: `domain.local`, the advertised host
 /// and every listen address. Used for `ruri.is_local` and for loose routing.
+///
+/// They are a handful, so plain lists beat hashing: this is asked several
+/// times per message (our Via on every response, Route and R-URI checks).
 #[derive(Debug, Default)]
 pub struct LocalIdentity {
-    hosts: HashSet<String>,
-    ports: HashSet<u16>,
+    hosts: Vec<String>,
+    ports: Vec<u16>,
 }
 
 impl LocalIdentity {
     pub fn new(domains: &[String], advertise: Option<&str>, listen: &[SocketAddr]) -> Self {
-        let mut hosts: HashSet<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let mut hosts: Vec<String> = Vec::new();
+        let mut add = |host: String| {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        };
+        domains.iter().for_each(|d| add(d.to_ascii_lowercase()));
         if let Some(host) = advertise {
-            hosts.insert(host.to_ascii_lowercase());
+            add(host.to_ascii_lowercase());
         }
-        let mut ports = HashSet::new();
+        let mut ports = Vec::new();
         for addr in listen {
-            ports.insert(addr.port());
+            if !ports.contains(&addr.port()) {
+                ports.push(addr.port());
+            }
             if addr.ip().is_unspecified() {
-                hosts.insert("127.0.0.1".into());
+                add("127.0.0.1".into());
             } else {
-                hosts.insert(host_text(addr));
+                add(host_text(addr));
             }
         }
         LocalIdentity { hosts, ports }
@@ -38,9 +48,7 @@ impl LocalIdentity {
 
     /// A host (with its port, when the URI has one) that names this proxy.
     pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
-        let known = self.hosts.contains(host)
-            || (host.bytes().any(|b| b.is_ascii_uppercase())
-                && self.hosts.contains(&host.to_ascii_lowercase()));
+        let known = self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
         known && port.is_none_or(|p| self.ports.contains(&p))
     }
 
@@ -180,10 +188,6 @@ impl State {
         self.input.msg.header_named(name).map(str::to_string)
     }
 
-    fn route_values(&self) -> Vec<&str> {
-        self.input.msg.header_values(HeaderName::Route).collect()
-    }
-
     fn set_action(&mut self, action: Action) -> PyResult<()> {
         if let Some(previous) = &self.action {
             return Err(PyRuntimeError::new_err(format!(
@@ -315,25 +319,26 @@ impl Request {
     /// from the top. True when the request carried a Route set.
     fn loose_route(&mut self) -> PyResult<bool> {
         let state = self.state_mut()?;
-        let routes: Vec<String> = state.route_values().iter().map(|r| r.to_string()).collect();
-        if routes.is_empty() {
-            return Ok(false);
-        }
+        let msg = state.input.msg.clone();
         let local = state.input.local.clone();
-        let route_uri = |value: &str| NameAddr::parse(value).map(|a| a.uri.to_string()).ok();
+        fn route_uri(value: &str) -> Option<&str> {
+            NameAddr::parse(value).ok().map(|a| a.uri)
+        }
+        let mut routes = msg.header_values(HeaderName::Route);
+        let Some(first) = routes.next() else {
+            return Ok(false);
+        };
         if state.routes_popped == 0 && local.is_local_uri(state.ruri()) {
-            if let Some(last) = routes.last().and_then(|r| route_uri(r)) {
-                if !local.is_local_uri(&last) {
-                    state.new_ruri = Some(last);
-                }
+            let last = routes.last().unwrap_or(first);
+            if let Some(last) = route_uri(last).filter(|uri| !local.is_local_uri(uri)) {
+                state.new_ruri = Some(last.to_string());
             }
         }
-        while let Some(top) = routes.get(state.routes_popped) {
-            match route_uri(top) {
-                Some(uri) if local.is_local_uri(&uri) => state.routes_popped += 1,
-                _ => break,
-            }
-        }
+        state.routes_popped += msg
+            .header_values(HeaderName::Route)
+            .skip(state.routes_popped)
+            .take_while(|value| route_uri(value).is_some_and(|uri| local.is_local_uri(uri)))
+            .count();
         Ok(true)
     }
 

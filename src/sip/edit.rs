@@ -40,7 +40,9 @@ impl<'m> Rewriter<'m> {
     pub fn new(msg: &'m Message) -> Self {
         Rewriter {
             msg,
-            arena: Vec::new(),
+            // Room for a Via, a Record-Route and a rewritten line or two
+            // without growing.
+            arena: Vec::with_capacity(256),
             request_uri: None,
             top: Vec::new(),
             appended: Vec::new(),
