@@ -17,8 +17,6 @@ pub mod params;
 pub mod parse;
 #[cfg(test)]
 mod proptests;
-#[cfg(test)]
-mod reference;
 pub mod uri;
 pub mod via;
 
