@@ -94,6 +94,28 @@ fn calls_at_100_cps(transport: Transport) {
     );
 }
 
+/// Several shards on their own threads: every message crosses the Call-ID
+/// router, so a dialog's requests and responses must all meet on one shard.
+#[test]
+fn calls_through_two_shards_udp() {
+    let config = format!("{}\nserver: {{workers: 2}}\n", proxy_config("info"));
+    let siphon = Siphon::start(&config, &example_script("proxy.py"));
+    assert!(siphon.log().contains("shards=2"), "{}", siphon.log_tail(10));
+    let dir = work_dir();
+    let (uac, uas) = uac_through_proxy(
+        &siphon,
+        dir.path(),
+        Transport::Udp,
+        "uac_call.xml",
+        "uas_call.xml",
+        300,
+        100,
+        false,
+    );
+    assert_all_succeeded(&[&uac, &uas]);
+    assert_eq!(uas.stats.incoming_calls, 300, "{}", uas.report());
+}
+
 #[test]
 fn calls_through_proxy_udp_500_at_100cps() {
     calls_at_100_cps(Transport::Udp);
