@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
     free_port, run_check, scenario_dir, status_code, tail, wait_until_bound, RawRequest, Siphon,
-    Transport, UdpPeer, LOCALHOST,
+    SippSpec, Transport, UdpPeer, LOCALHOST,
 };
 
 /// Probe settings of the tests: a dead backend is down within
@@ -70,7 +70,7 @@ fn seed_lb_script() -> String {
 
 /// A sipp UAS backend on a fixed port; killed on drop.
 struct Backend {
-    child: Option<Child>,
+    sipp: Option<common::Sipp>,
 }
 
 impl Backend {
@@ -81,45 +81,24 @@ impl Backend {
 
     /// Starts SCENARIO with KEYS on PORT and waits until it listens.
     fn start_scenario(dir: &Path, scenario: &str, keys: &[(&str, &str)], port: u16) -> Backend {
-        let log = |what: &str| dir.join(format!("uas_{port}_{what}"));
-        let stderr = fs::File::create(log("stderr.log")).expect("create backend stderr log");
-        let mut command = Command::new("sipp");
-        command
-            .arg("-sf")
-            .arg(scenario_dir().join(scenario))
-            .args(["-i", LOCALHOST, "-p", &port.to_string(), "-t", "u1"])
-            .arg("-nostdin")
-            .args(["-trace_err", "-error_file"])
-            .arg(log("errors.log"));
-        for (name, value) in keys {
-            command.args(["-key", name, value]);
-        }
-        let child = command
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn sipp (is sip-tester installed?): {e}"));
+        let spec = keys.iter().fold(
+            SippSpec::new(&format!("uas_{port}"), scenario, Transport::Udp)
+                .port(port)
+                .calls(1_000_000)
+                .timeout_secs(120),
+            |spec, (name, value)| spec.key(name, value),
+        );
+        let sipp = spec.spawn(dir);
         assert!(
-            wait_until_bound(port, Transport::Udp, Duration::from_secs(5)),
+            wait_until_bound(port, Transport::Udp, Duration::from_secs(1)),
             "backend {scenario} did not bind port {port}"
         );
-        Backend { child: Some(child) }
+        Backend { sipp: Some(sipp) }
     }
 
     /// SIGKILL: the backend vanishes without a word, as a crashed host does.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.kill();
+        self.sipp.take();
     }
 }
 

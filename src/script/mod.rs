@@ -114,8 +114,11 @@ impl ScriptEngine {
         }
         let handlers = &cache.handlers;
         Python::attach(|py| {
-            let method = input.msg.method_str().to_string();
-            let Some(handler) = handlers.entries.iter().find(|h| h.accepts(&method)) else {
+            // The request moves into Python; keep a handle (not a copy) for
+            // the method name the error log needs.
+            let msg = input.msg.clone();
+            let method = msg.method_str();
+            let Some(handler) = handlers.entries.iter().find(|h| h.accepts(method)) else {
                 return Decision::unhandled(input);
             };
             let request = match Py::new(py, request::Request::new(input)) {

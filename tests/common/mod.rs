@@ -433,6 +433,12 @@ impl SippSpec {
         self
     }
 
+    /// Listen on PORT instead of a fresh one (a backend restarted in place).
+    pub fn port(mut self, port: u16) -> SippSpec {
+        self.port = port;
+        self
+    }
+
     /// The callee a UAC addresses in its Request-URI (`-key uas`).
     pub fn callee(self, addr: SocketAddr) -> SippSpec {
         self.key("uas", &addr.to_string())
