@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run siphon's whole test suite: unit tests plus the end-to-end tests that
-# drive the daemon with sipp (and redis-server for the registrar store).
+# drive the daemon with sipp, redis-server (the registrar store) and baresip
+# (real softphones).
 #
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
 # apt first. Extra arguments go to the test runner, e.g.
@@ -27,6 +28,7 @@ need() {
 
 need sipp sip-tester
 need redis-server redis-server
+need baresip baresip-core
 
 # Build and link against the python3 on PATH (see DESIGN.md: pyo3 + rpath).
 PYO3_PYTHON="$(command -v python3)"

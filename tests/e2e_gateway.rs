@@ -127,6 +127,19 @@ impl Pass {
 /// Calls each of USERS once through the LB (To = the user), with
 /// `X-Region: REGION`, and collects who answered. Bounded by sipp's timeout.
 fn call_users(dir: &Path, lb: SocketAddr, users: &[String], region: &str, tag: &str) -> Pass {
+    run_users(dir, lb, users, "gw_uac.xml", region, tag)
+}
+
+/// Runs SCENARIO (a caller that logs `ROUTE <user> <backend>`) once for each
+/// of USERS through the LB, and collects who answered.
+fn run_users(
+    dir: &Path,
+    lb: SocketAddr,
+    users: &[String],
+    scenario: &str,
+    region: &str,
+    tag: &str,
+) -> Pass {
     let file = |what: &str| dir.join(format!("uac_{tag}_{what}"));
     let csv = file("users.csv");
     let mut text = String::from("SEQUENTIAL\n");
@@ -141,7 +154,7 @@ fn call_users(dir: &Path, lb: SocketAddr, users: &[String], region: &str, tag: &
         .arg("sipp")
         .arg(lb.to_string())
         .arg("-sf")
-        .arg(scenario_dir().join("gw_uac.xml"))
+        .arg(scenario_dir().join(scenario))
         .arg("-inf")
         .arg(&csv)
         .args(["-i", LOCALHOST, "-p", &free_port().to_string(), "-t", "u1"])
@@ -305,6 +318,71 @@ fn hash_affinity_survives_failover_and_recovery() {
     let recovered = call_users(dir, siphon.addr(), &users, "any", "recovered");
     recovered.assert_all_succeeded(users.len());
     assert_eq!(first.routes, recovered.routes, "users did not return");
+}
+
+/// 60 subscribers register with a bare To and are then called the way
+/// softphones call (a display name, an upper-case host, `;transport=udp` in
+/// the To): `lb.py`, unchanged, sends every call to the backend that took
+/// the subscriber's REGISTER.
+#[test]
+fn calls_reach_the_backend_that_took_the_register_whatever_the_phone_adds() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    let ports = [free_port(), free_port(), free_port()];
+    let _backends: Vec<Backend> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
+        .collect();
+    let config = LB_CONFIG
+        .replace("@B1@", &ports[0].to_string())
+        .replace("@B2@", &ports[1].to_string())
+        .replace("@B3@", &ports[2].to_string());
+    let siphon = Siphon::start(&config, &seed_lb_script());
+    let users: Vec<String> = (0..60).map(|i| format!("phone{i:02}")).collect();
+
+    let registered = run_users(
+        dir,
+        siphon.addr(),
+        &users,
+        "gw_uac_register.xml",
+        "any",
+        "reg",
+    );
+    registered.assert_all_succeeded(users.len());
+    for name in ["b1", "b2", "b3"] {
+        assert!(
+            !registered.users_of(name).is_empty(),
+            "backend {name} took no REGISTER: {:?}",
+            registered.routes
+        );
+    }
+    let called = run_users(
+        dir,
+        siphon.addr(),
+        &users,
+        "gw_uac_phone.xml",
+        "any",
+        "call",
+    );
+    called.assert_all_succeeded(users.len());
+    let strays: Vec<String> = users
+        .iter()
+        .filter(|user| called.routes[*user] != registered.routes[*user])
+        .map(|user| {
+            format!(
+                "{user}: REGISTER -> {}, INVITE -> {}",
+                registered.routes[user], called.routes[user]
+            )
+        })
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "{} of {} calls missed the registering backend:\n{}",
+        strays.len(),
+        users.len(),
+        strays.join("\n")
+    );
 }
 
 /// With every backend dead, `lb.py` answers 503 itself.
@@ -637,4 +715,36 @@ fn add_group_errors_name_the_key() {
     let script = "from siphon import proxy, gateway\ngateway.add_group(\"g\", [{\"uri\": \"sip:a.example.com\", \"address\": \"127.0.0.1:5060\", \"attrs\": {\"x\": True}}], algorithm=\"hash\")\nassert gateway.groups() == [\"g\"]\nassert gateway.list(\"g\")[0].attrs == {\"x\": \"true\"}\n\n@proxy.on_request\ndef route(request):\n    request.reply(500)\n";
     let outcome = run_check(config, script);
     assert_eq!(outcome.code, Some(0), "{}", outcome.output);
+}
+
+/// `request.to_uri.aor` gives scripts the key `gateway.select` hashes: the
+/// address of record, whatever the phone wrote around it.
+#[test]
+fn scripts_read_the_address_of_record_of_a_uri() {
+    let config = "listen:\n  udp: [\"127.0.0.1:@PORT@\"]\nscript:\n  path: \"script.py\"\n";
+    let script = r#"from siphon import proxy
+
+@proxy.on_request
+def route(request):
+    request.reply(200, f"{request.to_uri.aor} from {request.to_uri}")
+"#;
+    let siphon = Siphon::start(config, script);
+    let peer = UdpPeer::bind();
+    // RawRequest writes the Request-URI, without its parameters, as the To.
+    let request = RawRequest::new(
+        "OPTIONS",
+        "sip:alice@EXAMPLE.com:5060;transport=udp",
+        Transport::Udp,
+        peer.local_addr(),
+    );
+    peer.send_to(request.render().as_bytes(), siphon.addr());
+    let mut seen = Vec::new();
+    let reply = peer
+        .recv_final(Duration::from_secs(5), &mut seen)
+        .expect("a final response");
+    let status_line = reply.lines().next().unwrap_or_default();
+    assert_eq!(
+        status_line,
+        "SIP/2.0 200 sip:alice@example.com from sip:alice@EXAMPLE.com:5060"
+    );
 }

@@ -227,6 +227,8 @@ fn call_users(
 /// A REGISTER for `sip:{user}@127.0.0.1` from a raw client.
 struct Register {
     user: String,
+    /// The To value; `<sip:{user}@127.0.0.1:{port}>` when None.
+    to: Option<String>,
     call_id: String,
     cseq: u32,
     headers: Vec<String>,
@@ -236,6 +238,7 @@ impl Register {
     fn new(user: &str) -> Register {
         Register {
             user: user.to_string(),
+            to: None,
             call_id: unique("reg"),
             cseq: 0,
             headers: Vec::new(),
@@ -253,12 +256,16 @@ impl Register {
              Via: SIP/2.0/UDP {via};branch=z9hG4bK{branch};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:{user}@127.0.0.1:{port}>;tag={tag}\r\n\
-             To: <sip:{user}@127.0.0.1:{port}>\r\n\
+             To: {to}\r\n\
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} REGISTER\r\n",
             port = siphon.port,
             branch = unique("b"),
             user = self.user,
+            to = self
+                .to
+                .clone()
+                .unwrap_or_else(|| format!("<sip:{}@127.0.0.1:{}>", self.user, siphon.port)),
             tag = unique("t"),
             call_id = self.call_id,
             cseq = self.cseq,
@@ -376,6 +383,31 @@ fn register_refresh_remove_and_interval_too_brief() {
     assert_eq!(status_code(&removed), Some(200), "{removed}");
     assert!(listed_bindings(&removed).is_empty(), "{removed}");
     assert!(redis.wait_for_keys(0, Duration::from_secs(5)).is_empty());
+}
+
+/// Bindings are keyed by the address of record, in memory and in Redis: a
+/// To with a display name, an upper-case host, the default port and
+/// `;transport=udp` is stored under `sip:dave@example.org`, and a REGISTER
+/// with the bare To refreshes that same binding.
+#[test]
+fn bindings_are_stored_under_the_address_of_record() {
+    let redis = RedisServer::start();
+    let siphon = start_backend(&redis);
+    let contact = "<sip:dave@127.0.0.1:5998>";
+    let mut register = Register::new("dave");
+    register.to = Some("\"Dave\" <sip:dave@Example.ORG:5060;transport=udp>".into());
+    let ok = register.send(&siphon, &[&format!("Contact: {contact}"), "Expires: 300"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    assert_eq!(
+        redis.wait_for_keys(1, Duration::from_secs(5)),
+        vec![format!("{KEY_PREFIX}sip:dave@example.org")]
+    );
+    register.to = Some("<sip:dave@example.org>".into());
+    let refreshed = register.send(&siphon, &[&format!("Contact: {contact}"), "Expires: 300"]);
+    assert_eq!(status_code(&refreshed), Some(200), "{refreshed}");
+    assert_eq!(listed_bindings(&refreshed).len(), 1, "{refreshed}");
+    assert_eq!(redis.bindings("sip:dave@example.org").len(), 1);
+    assert_eq!(redis.keys().len(), 1, "{:?}", redis.keys());
 }
 
 /// Calls to a registered user reach that user's sipp UAS and complete; an

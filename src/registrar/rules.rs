@@ -149,38 +149,26 @@ impl LocalDomains {
         self.hosts.contains(&host.to_ascii_lowercase())
     }
 
-    /// The AoR key for a URI: `scheme:user@host[:port]`, scheme and host
-    /// lowercased, the default port and every parameter dropped, and a local
-    /// host folded into the canonical domain. `None` for a URI that cannot
-    /// name a subscriber.
+    /// The AoR key for a URI (bare, or a name-addr such as a To value):
+    /// its address of record ([`sip::uri::address_of_record`]: scheme and host
+    /// lower-cased, the default port and every parameter dropped), with a
+    /// local host folded into the canonical domain. `None` for text that is
+    /// not a SIP, SIPS or tel URI.
     pub fn normalise(&self, uri: &str) -> Option<String> {
-        let parsed = sip::Uri::parse(sip::params::trim_lws(uri)).ok()?;
-        let scheme = parsed.scheme.to_ascii_lowercase();
-        if scheme == "tel" {
-            return Some(format!("tel:{}", parsed.host));
+        let parsed = sip::Uri::parse_address(uri).ok()?;
+        match self.canonical.as_ref() {
+            Some(canonical)
+                if !parsed.scheme.eq_ignore_ascii_case("tel") && self.is_local(parsed.host) =>
+            {
+                let local = sip::Uri {
+                    host: canonical,
+                    port: None,
+                    ..parsed
+                };
+                Some(local.aor())
+            }
+            _ => Some(parsed.aor()),
         }
-        let mut host = parsed.host.to_ascii_lowercase();
-        let mut port = parsed.port;
-        let default_port = if scheme == "sips" { 5061 } else { 5060 };
-        if port == Some(default_port) {
-            port = None;
-        }
-        if let Some(canonical) = self.canonical.as_ref().filter(|_| self.is_local(&host)) {
-            host = canonical.clone();
-            port = None;
-        }
-        let mut aor = scheme;
-        aor.push(':');
-        if let Some(user) = parsed.user {
-            aor.push_str(user);
-            aor.push('@');
-        }
-        aor.push_str(&host);
-        if let Some(port) = port {
-            aor.push(':');
-            aor.push_str(&port.to_string());
-        }
-        Some(aor)
     }
 
     /// The AoR of a REGISTER: its To URI, normalised.
@@ -188,8 +176,8 @@ impl LocalDomains {
         let to = msg
             .header(HeaderName::To)
             .ok_or_else(|| Reply::bad_request("Missing To header"))?;
-        let addr = NameAddr::parse(to).map_err(|_| Reply::bad_request("Malformed To header"))?;
-        self.normalise(addr.uri)
+        NameAddr::parse(to).map_err(|_| Reply::bad_request("Malformed To header"))?;
+        self.normalise(to)
             .ok_or_else(|| Reply::bad_request("Unsupported To URI"))
     }
 }
@@ -521,6 +509,16 @@ mod tests {
             ("sips:bob@other.net:5061", "sips:bob@other.net"),
             ("sip:carol@127.0.0.1:5090", "sip:carol@example.com"),
             ("sip:other.net", "sip:other.net"),
+            // What phones put in the To of their calls but not their REGISTER.
+            (
+                "<sip:dave@EXAMPLE.com;transport=udp>",
+                "sip:dave@example.com",
+            ),
+            (
+                "\"Dave\" <sip:dave@example.com:5060>;tag=1",
+                "sip:dave@example.com",
+            ),
+            ("sip:dave@example.com?subject=hi", "sip:dave@example.com"),
         ];
         for (input, expected) in cases {
             assert_eq!(local.normalise(input).as_deref(), Some(expected), "{input}");

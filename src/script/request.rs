@@ -1,5 +1,6 @@
 //! The `Request` object a handler receives, and the `Decision` it leaves behind.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -528,5 +529,14 @@ impl Uri {
 
     fn __hash__(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(self.text.as_bytes())
+    }
+
+    /// The address of record (RFC 3261 §10.3): `scheme:user@host[:port]`
+    /// with the host lower-cased, a default port and every parameter
+    /// dropped. It is what `gateway.select` hashes and what the registrar
+    /// keys bindings by; None when the text is not a SIP, SIPS or tel URI.
+    #[getter]
+    fn aor(&self) -> Option<String> {
+        sip::uri::address_of_record(&self.text).map(Cow::into_owned)
     }
 }

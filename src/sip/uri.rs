@@ -2,12 +2,15 @@
 //! component boundaries; escapes are left as written so the URI can be
 //! forwarded and displayed exactly as received.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 
 use memchr::memchr;
 
+use super::addr::NameAddr;
 use super::error::{ParseError, ParseErrorKind};
-use super::params::{find_param, is_host_byte, is_lws};
+use super::params::{find_param, is_host_byte, is_lws, trim_lws};
 
 /// `scheme:[user[:password]@]host[:port][;params][?headers]`.
 ///
@@ -116,6 +119,25 @@ impl<'a> Uri<'a> {
         })
     }
 
+    /// Parse the URI of an address: a bare URI, or a name-addr such as a
+    /// To header value (`"Alice" <sip:alice@example.com>;tag=1`), whose
+    /// display name and header parameters are skipped.
+    pub fn parse_address(text: &'a str) -> Result<Uri<'a>, ParseError> {
+        Self::parse_address_text(text).map(|(_, uri)| uri)
+    }
+
+    /// [`Uri::parse_address`], with the URI's own text.
+    fn parse_address_text(text: &'a str) -> Result<(&'a str, Uri<'a>), ParseError> {
+        let text = trim_lws(text);
+        // A bare URI first: it may hold `?headers`, which a bare addr-spec
+        // may not, and it is the common case.
+        if let Ok(uri) = Uri::parse(text) {
+            return Ok((text, uri));
+        }
+        let uri_text = NameAddr::parse(text)?.uri;
+        Ok((uri_text, Uri::parse(uri_text)?))
+    }
+
     fn parse_tel(scheme: &'a str, rest: &'a str) -> Result<Uri<'a>, ParseError> {
         let end = position_of_any(rest, b";?").unwrap_or(rest.len());
         let number = &rest[..end];
@@ -155,6 +177,86 @@ impl<'a> Uri<'a> {
     pub fn is_secure(&self) -> bool {
         self.scheme.eq_ignore_ascii_case("sips")
     }
+
+    /// The port a client uses when the URI names none (RFC 3261 §19.1.2).
+    fn default_port(&self) -> Option<u16> {
+        if self.is_secure() {
+            Some(5061)
+        } else if self.scheme.eq_ignore_ascii_case("sip") {
+            Some(5060)
+        } else {
+            None
+        }
+    }
+
+    /// The port as an address of record keeps it: `None` when it is the
+    /// scheme's default, so `sip:a@h:5060` and `sip:a@h` are one subscriber.
+    pub fn aor_port(&self) -> Option<u16> {
+        self.port.filter(|&port| Some(port) != self.default_port())
+    }
+
+    /// True when [`Uri::write_aor`] would write `text`, the text this URI
+    /// was parsed from, exactly as it is. Comparing lengths rules out a
+    /// password, parameters, headers and a port written with leading zeros.
+    fn is_aor(&self, text: &str) -> bool {
+        let aor_len = self.scheme.len()
+            + 1
+            + self.user.map_or(0, |user| user.len() + 1)
+            + self.host.len()
+            + self.aor_port().map_or(0, |port| 1 + decimal_len(port));
+        text.len() == aor_len
+            && !self.scheme.bytes().any(|b| b.is_ascii_uppercase())
+            && !self.host.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
+    /// Appends the address of record (RFC 3261 §10.3): the scheme and host
+    /// lower-cased, the user as written (it is case-sensitive), the port
+    /// unless it is the default, and no password, parameters or headers.
+    pub fn write_aor(&self, out: &mut String) {
+        push_lowercase(out, self.scheme);
+        out.push(':');
+        if let Some(user) = self.user {
+            out.push_str(user);
+            out.push('@');
+        }
+        push_lowercase(out, self.host);
+        if let Some(port) = self.aor_port() {
+            let _ = write!(out, ":{port}");
+        }
+    }
+
+    /// The address of record as a new string (see [`Uri::write_aor`]).
+    pub fn aor(&self) -> String {
+        let mut out = String::with_capacity(self.scheme.len() + self.host.len() + 24);
+        self.write_aor(&mut out);
+        out
+    }
+}
+
+fn decimal_len(n: u16) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
+}
+
+fn push_lowercase(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+}
+
+/// The address of record that `text` names, when it is a SIP, SIPS or tel
+/// URI, bare (`sip:alice@example.com;transport=udp`) or as a name-addr
+/// (`"Alice" <sip:alice@EXAMPLE.com>;tag=1`). Borrowed when `text` is already
+/// canonical, so a plain AoR costs one parse and no allocation. `None` when
+/// `text` is not such a URI.
+///
+/// This is the one canonical form for every key that stands for a
+/// subscriber: the `hash` algorithm's key, the registrar's bindings and their
+/// Redis keys, and the script's `Uri.aor`.
+pub fn address_of_record(text: &str) -> Option<Cow<'_, str>> {
+    let (uri_text, uri) = Uri::parse_address_text(text).ok()?;
+    Some(if uri.is_aor(uri_text) {
+        Cow::Borrowed(uri_text)
+    } else {
+        Cow::Owned(uri.aor())
+    })
 }
 
 /// Index of the first byte of `s` that is one of `set` (all ASCII).
@@ -256,6 +358,84 @@ mod tests {
             "sip:u:@h",
         ] {
             assert_eq!(Uri::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn phones_variants_of_one_subscriber_have_one_address_of_record() {
+        for text in [
+            "sip:alice@example.com",
+            "<sip:alice@EXAMPLE.com;transport=udp>",
+            "sip:alice@example.com:5060;user=phone",
+            "\"Alice Liddell\" <sip:alice@Example.Com:5060;transport=tcp>;tag=9fxced76sl",
+            "Alice <SIP:alice:secret@example.com?subject=hi>",
+            "  sip:alice@example.com;lr  ",
+        ] {
+            assert_eq!(
+                address_of_record(text).as_deref(),
+                Some("sip:alice@example.com"),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_subscribers_keep_distinct_addresses_of_record() {
+        let aor = |text| address_of_record(text).unwrap().into_owned();
+        let alice = aor("sip:alice@example.com");
+        for other in [
+            "sip:bob@example.com",
+            "sip:Alice@example.com", // the user part is case-sensitive
+            "sip:alice@example.org",
+            "sip:alice@example.com:5070",
+            "sips:alice@example.com",
+            "sip:example.com",
+        ] {
+            assert_ne!(aor(other), alice, "{other:?}");
+        }
+        assert_eq!(
+            aor("sip:alice@example.com:5070"),
+            "sip:alice@example.com:5070"
+        );
+        assert_eq!(aor("sips:alice@example.com:5061"), "sips:alice@example.com");
+        assert_eq!(
+            aor("sips:alice@example.com:5060"),
+            "sips:alice@example.com:5060"
+        );
+        assert_eq!(
+            aor("sip:alice@[2001:DB8::1]:5060"),
+            "sip:alice@[2001:db8::1]"
+        );
+        assert_eq!(
+            aor("tel:+1-201-555-0123;phone-context=x"),
+            "tel:+1-201-555-0123"
+        );
+        assert_eq!(
+            aor("sip:alice@example.com:05070"),
+            "sip:alice@example.com:5070"
+        );
+        assert_eq!(aor("sip:alice@example.com:0"), "sip:alice@example.com:0");
+    }
+
+    #[test]
+    fn canonical_text_is_borrowed_and_non_uris_are_none() {
+        assert!(matches!(
+            address_of_record("sip:alice@example.com"),
+            Some(Cow::Borrowed("sip:alice@example.com"))
+        ));
+        assert!(matches!(
+            address_of_record("<sip:alice@example.com>"),
+            Some(Cow::Borrowed("sip:alice@example.com"))
+        ));
+        for text in [
+            "",
+            "alice",
+            "a84b4c76e66710@pc33.atlanta.com",
+            "http://x",
+            "urn:x:y",
+            "<sip:>",
+        ] {
+            assert_eq!(address_of_record(text), None, "{text:?}");
         }
     }
 

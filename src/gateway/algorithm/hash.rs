@@ -17,6 +17,12 @@
 //! combined with each uri hash through xxh3's 16-byte path (a 128-bit multiply
 //! mix), so the result stays a pure function of (key, uri).
 //!
+//! A key that is a SIP, SIPS or tel URI (bare or as a name-addr) is hashed as
+//! its address of record ([`crate::sip::uri::address_of_record`]): phones
+//! write `;transport=udp`, display names, upper-case hosts or `:5060` into
+//! some requests and not others, and all of these must reach the backend that
+//! holds the subscriber's binding. Any other key is hashed as given.
+//!
 //! Without a key there is nothing to be sticky on: the selector falls back to
 //! smooth weighted round-robin.
 
@@ -27,6 +33,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use super::weighted::SmoothWeighted;
 use super::Selector;
 use crate::gateway::destination::Destination;
+use crate::sip::uri::address_of_record;
 
 /// Seed of every hash here ("SIPHONLB" in ASCII). Changing it remaps every
 /// subscriber: the pinned-value tests exist to stop that happening by accident.
@@ -39,6 +46,16 @@ pub fn uri_seed(uri: &str) -> u64 {
 
 fn key_hash(key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, KEY_SEED)
+}
+
+/// The hash of a selection key: of its address of record when the key is a
+/// URI, otherwise of the key's bytes.
+fn selection_key_hash(key: &[u8]) -> u64 {
+    let aor = std::str::from_utf8(key).ok().and_then(address_of_record);
+    match aor {
+        Some(aor) => key_hash(aor.as_bytes()),
+        None => key_hash(key),
+    }
 }
 
 fn combine(key_hash: u64, uri_seed: u64) -> u64 {
@@ -121,7 +138,7 @@ impl Selector for HashSelector {
             return self.fallback.pick(group, eligible, None);
         };
         self.fit(group);
-        let hashed = key_hash(key);
+        let hashed = selection_key_hash(key);
         eligible
             .iter()
             .filter_map(|&index| self.score(group, index, hashed))
@@ -141,7 +158,7 @@ impl Selector for HashSelector {
             return;
         };
         self.fit(group);
-        let hashed = key_hash(key);
+        let hashed = selection_key_hash(key);
         let mut scored = std::mem::take(&mut self.scored);
         scored.clear();
         scored.extend(
@@ -382,6 +399,52 @@ mod tests {
             })
             .collect();
         assert_eq!(winners, PINNED_WINNERS);
+    }
+
+    #[test]
+    fn a_subscriber_keeps_its_destination_whatever_its_phone_adds() {
+        let group = test_group(&[1; 5]);
+        let mut selector = HashSelector::default();
+        selector.prepare(&group);
+        let all = [0, 1, 2, 3, 4];
+        for n in 0..1_000 {
+            let register = format!("sip:user{n}@example.com");
+            let expected = selector.pick(&group, &all, Some(register.as_bytes()));
+            for variant in [
+                format!("sip:user{n}@example.com;transport=udp"),
+                format!("<sip:user{n}@EXAMPLE.com;transport=udp>"),
+                format!("sip:user{n}@example.com:5060;user=phone"),
+                format!("\"User {n}\" <sip:user{n}@Example.COM>;tag=abc"),
+            ] {
+                assert_eq!(
+                    selector.pick(&group, &all, Some(variant.as_bytes())),
+                    expected,
+                    "{variant}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_uri_is_hashed_as_given() {
+        // A Call-ID is not a URI: its bytes are the key, so two Call-IDs that
+        // differ only in case are two keys.
+        let group = test_group(&[1; 8]);
+        let mut selector = HashSelector::default();
+        selector.prepare(&group);
+        let all: Vec<usize> = (0..8).collect();
+        let mut ranked_lower = Vec::new();
+        let mut ranked_upper = Vec::new();
+        let differing = (0..50)
+            .filter(|n| {
+                let call_id = format!("a84b4c76e6{n}@pc33.atlanta.com");
+                selector.rank(&group, &all, Some(call_id.as_bytes()), &mut ranked_lower);
+                let upper = call_id.to_ascii_uppercase();
+                selector.rank(&group, &all, Some(upper.as_bytes()), &mut ranked_upper);
+                ranked_lower != ranked_upper
+            })
+            .count();
+        assert!(differing > 40, "only {differing} of 50 rankings differ");
     }
 
     // Cross-checked against the reference xxHash C library (python-xxhash,
