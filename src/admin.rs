@@ -42,6 +42,18 @@ pub trait RegistrationAdmin: Send + Sync {
     fn remove(&self, aor: &str) -> usize;
 }
 
+/// `GET/DELETE /admin/registrations/{aor}`.
+impl RegistrationAdmin for crate::registrar::Registrar {
+    fn bindings(&self, aor: &str) -> Value {
+        serde_json::to_value(self.bindings(aor, crate::registrar::unix_now()))
+            .unwrap_or_else(|_| Value::Array(Vec::new()))
+    }
+
+    fn remove(&self, aor: &str) -> usize {
+        crate::registrar::Registrar::remove(self, aor)
+    }
+}
+
 type Shared = Arc<AdminContext>;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

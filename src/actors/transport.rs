@@ -26,21 +26,7 @@ use crate::sip::{self, Message, ParseErrorKind};
 /// below the MTU; TCP messages above this are refused rather than buffered).
 pub const MAX_MESSAGE: usize = 65_535;
 
-/// Which kind of transport a message travelled, as scripts see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Udp,
-    Tcp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Udp => "UDP",
-            Protocol::Tcp => "TCP",
-        }
-    }
-}
+pub use crate::sip::Protocol;
 
 /// Messages waiting for the transaction shards, beyond which new ones are
 /// dropped (about a second of traffic at the measured peak rate).
@@ -194,10 +180,13 @@ impl Transports {
     }
 
     /// Sends back over the flow a message arrived on.
+    /// Over TCP, `dest` is where to connect when the request's connection
+    /// is gone (RFC 3261 §18.2.2: its source IP and the Via's sent-by port).
     pub fn reply(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes) {
         match flow {
             Flow::Udp(index) => self.send_udp(*index, dest, &bytes),
-            Flow::Tcp(conn) => conn.do_send(SendBytes(bytes)),
+            Flow::Tcp(conn) if conn.connected() => conn.do_send(SendBytes(bytes)),
+            Flow::Tcp(_) => self.send_tcp(dest, bytes),
         }
     }
 

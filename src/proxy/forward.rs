@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::actors::transport::Protocol;
-use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Rewriter, Uri, Via};
+use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Protocol, Rewriter, Uri, Via};
 
 /// Where a request goes next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +132,14 @@ pub fn is_looping(msg: &Message, loop_hash: u64, is_ours: impl Fn(&Via) -> bool)
 /// What the script decided, reduced to what changes the forwarded copy.
 pub struct ForwardEdits<'a> {
     pub new_ruri: Option<&'a str>,
+    /// Route values removed from the top of the set.
     pub routes_popped: usize,
+    /// Route values removed from the bottom of the set (the value a strict
+    /// router's fix-up moved into the Request-URI, RFC 3261 §16.4).
+    pub routes_dropped: usize,
+    /// A value added below the Route set: the Request-URI, when the next
+    /// hop is a strict router (§16.6 step 7).
+    pub append_route: Option<&'a str>,
     pub header_edits: &'a [(String, Option<String>)],
     pub record_route: Option<&'a str>,
     /// Routes to put on top of the Route set (a fork target's Path).
@@ -151,7 +157,18 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
         rw.set_request_uri(ruri);
     }
     let mut max_forwards_seen = false;
-    let mut routes_left = edits.routes_popped;
+    // Route values are numbered across every Route line; those outside
+    // `keep_routes` go.
+    let route_values = if edits.routes_popped + edits.routes_dropped > 0 {
+        msg.header_values(HeaderName::Route).count()
+    } else {
+        0
+    };
+    let keep_routes = edits.routes_popped
+        ..route_values
+            .saturating_sub(edits.routes_dropped)
+            .max(edits.routes_popped);
+    let mut route_index = 0;
     let mut first_via = true;
     for (index, header) in msg.headers().iter().enumerate() {
         match header.name {
@@ -160,14 +177,20 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
                 let n = msg.max_forwards().unwrap_or(70);
                 rw.replace_header(index, itoa::Buffer::new().format(n.saturating_sub(1)));
             }
-            HeaderName::Route if routes_left > 0 => {
+            HeaderName::Route if keep_routes.start > 0 || keep_routes.end < route_values => {
                 let values: Vec<&str> = split_values(header.value(msg)).collect();
-                if values.len() <= routes_left {
-                    routes_left -= values.len();
+                let here = route_index..route_index + values.len();
+                route_index = here.end;
+                let kept: Vec<&str> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep_routes.contains(&(here.start + i)))
+                    .map(|(_, value)| *value)
+                    .collect();
+                if kept.is_empty() {
                     rw.remove_header(index);
-                } else {
-                    rw.replace_header(index, &values[routes_left..].join(", "));
-                    routes_left = 0;
+                } else if kept.len() < values.len() {
+                    rw.replace_header(index, &kept.join(", "));
                 }
             }
             HeaderName::Via if first_via => {
@@ -179,9 +202,10 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
             _ => {}
         }
         if !edits.header_edits.is_empty()
-            && edits.header_edits.iter().any(|(name, _)| {
-                crate::script::same_header(name, header.name, header.name_str(msg))
-            })
+            && edits
+                .header_edits
+                .iter()
+                .any(|(name, _)| sip::message::same_header(name, header.name, header.name_str(msg)))
         {
             rw.remove_header(index);
         }
@@ -201,6 +225,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
     for route in edits.push_routes.iter().rev() {
         rw.push_top_header("Route", route);
     }
+    if let Some(route) = edits.append_route {
+        rw.append_header("Route", route);
+    }
     if let Some(record_route) = edits.record_route {
         rw.push_top_header("Record-Route", record_route);
     }
@@ -209,37 +236,38 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
 }
 
 /// Adds `received` when the sent-by host is not the packet's source address,
-/// and fills in an empty `rport` (RFC 3261 §18.2.1, RFC 3581 §4). Only the
-/// first value of a comma-joined line changes.
+/// and fills in an empty `rport` (RFC 3261 §18.2.1, RFC 3581 §4). A
+/// `received` the sender wrote itself is replaced when it is not the real
+/// source: responses follow it, so it must not be the sender's to choose.
+/// Only the first value of a comma-joined line changes.
 fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
     let mut values = split_values(line);
     let first = values.next()?;
     let via = Via::parse(first).ok()?;
-    let host = via.host.trim_start_matches('[').trim_end_matches(']');
-    let sent_from_host = host.parse::<IpAddr>().is_ok_and(|ip| ip == source.ip());
-    let needs_received = !sent_from_host && via.received().is_none();
+    let is_source = |host: &str| {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>().is_ok_and(|ip| ip == source.ip())
+    };
+    let sent_from_host = is_source(via.host);
+    let received_wrong = via.received().is_some_and(|r| !is_source(r));
+    let needs_received = (!sent_from_host && via.received().is_none()) || received_wrong;
     let empty_rport = via.rport() == Some(None);
     if !needs_received && !empty_rport {
         return None;
     }
     let mut stamped = String::with_capacity(first.len() + 40);
-    if empty_rport {
-        // Rewrite the bare `rport` flag in place as `rport=PORT`.
-        let mut out_params = String::new();
-        for param in via.params.split(';').skip(1) {
-            let trimmed = param.trim();
-            out_params.push(';');
-            if trimmed.eq_ignore_ascii_case("rport") {
-                out_params.push_str(&format!("rport={}", source.port()));
-            } else {
-                out_params.push_str(trimmed);
-            }
+    let head_len = first.len() - via.params.len();
+    stamped.push_str(first[..head_len].trim_end());
+    for param in via.params.split(';').skip(1) {
+        let trimmed = param.trim();
+        let name = trimmed.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("rport") && empty_rport {
+            stamped.push_str(";rport=");
+            stamped.push_str(itoa::Buffer::new().format(source.port()));
+        } else if !(received_wrong && name.eq_ignore_ascii_case("received")) {
+            stamped.push(';');
+            stamped.push_str(trimmed);
         }
-        let head_len = first.len() - via.params.len();
-        stamped.push_str(first[..head_len].trim_end());
-        stamped.push_str(&out_params);
-    } else {
-        stamped.push_str(first.trim_end());
     }
     if needs_received {
         stamped.push_str(";received=");
@@ -346,6 +374,8 @@ body";
                 header_edits: &edits,
                 record_route: Some("<sip:127.0.0.1:5060;lr>"),
                 push_routes: &[],
+                routes_dropped: 0,
+                append_route: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },
@@ -382,6 +412,8 @@ body";
                 header_edits: &edits,
                 record_route: None,
                 push_routes: &["<sip:edge.example;lr>".to_string()],
+                routes_dropped: 0,
+                append_route: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.2",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },
@@ -393,6 +425,27 @@ body";
         let routes: Vec<&str> = fwd.header_values(HeaderName::Route).collect();
         assert_eq!(routes[0], "<sip:edge.example;lr>");
         assert_eq!(routes.len(), 3);
+    }
+
+    #[test]
+    fn a_received_the_sender_wrote_is_replaced_by_the_real_source() {
+        let source = "10.0.0.9:5061".parse().unwrap();
+        assert_eq!(
+            stamp_via(
+                "SIP/2.0/UDP host.example:5061;received=203.0.113.66;branch=z9hG4bK1;rport",
+                source,
+            )
+            .as_deref(),
+            Some("SIP/2.0/UDP host.example:5061;branch=z9hG4bK1;rport=5061;received=10.0.0.9")
+        );
+        // The same address is kept as it is.
+        assert_eq!(
+            stamp_via(
+                "SIP/2.0/UDP host.example:5061;received=10.0.0.9;branch=z9hG4bK1",
+                source
+            ),
+            None
+        );
     }
 
     #[test]

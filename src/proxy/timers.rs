@@ -67,6 +67,9 @@ pub enum TimerKind {
     /// Server INVITE after a 2xx (L), client INVITE after a 2xx (M): RFC 6026.
     L,
     M,
+    /// Server: the script answered only provisionally, so nothing else
+    /// will; bounds the transaction's life at 64·T1.
+    Guard,
 }
 
 /// Which transaction a timer belongs to: a server transaction by its slot, a
@@ -113,6 +116,11 @@ impl TimerQueue {
             }
             _ => None,
         }
+    }
+
+    /// When the earliest timer is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(entry)| entry.due)
     }
 
     pub fn len(&self) -> usize {

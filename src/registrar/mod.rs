@@ -53,7 +53,7 @@ pub fn node_domains(
         if addr.ip().is_unspecified() {
             hosts.push("127.0.0.1".to_string());
         } else {
-            hosts.push(crate::script::host_text(addr));
+            hosts.push(crate::sip::uri::host_text(addr));
         }
     }
     LocalDomains::new(hosts)
@@ -368,18 +368,6 @@ impl Registrar {
             map.remove(aor);
         }
         added
-    }
-}
-
-/// `GET/DELETE /admin/registrations/{aor}`.
-impl crate::admin::RegistrationAdmin for Registrar {
-    fn bindings(&self, aor: &str) -> serde_json::Value {
-        serde_json::to_value(Registrar::bindings(self, aor, unix_now()))
-            .unwrap_or_else(|_| serde_json::Value::Array(Vec::new()))
-    }
-
-    fn remove(&self, aor: &str) -> usize {
-        Registrar::remove(self, aor)
     }
 }
 

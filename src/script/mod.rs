@@ -119,13 +119,13 @@ impl ScriptEngine {
             let msg = input.msg.clone();
             let method = msg.method_str();
             let Some(handler) = handlers.entries.iter().find(|h| h.accepts(method)) else {
-                return Decision::unhandled(input);
+                return request::unhandled(input);
             };
             let request = match Py::new(py, request::Request::new(input)) {
                 Ok(request) => request,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create the script's Request object");
-                    return Decision::failed(None);
+                    return Decision::failed();
                 }
             };
             let started = std::time::Instant::now();
@@ -138,8 +138,8 @@ impl ScriptEngine {
             let state = request.borrow_mut(py).take();
             match outcome {
                 Ok(_) => state
-                    .map(Decision::from_state)
-                    .unwrap_or_else(|| Decision::failed(None)),
+                    .map(request::decision_of)
+                    .unwrap_or_else(Decision::failed),
                 Err(err) => {
                     metrics.script_errors.inc();
                     tracing::error!(
@@ -147,7 +147,7 @@ impl ScriptEngine {
                         "script raised; answering 500\n{}",
                         format_exception(py, &err)
                     );
-                    Decision::failed(state.map(|s| s.into_input()))
+                    Decision::failed()
                 }
             }
         })

@@ -10,65 +10,13 @@ use pyo3::prelude::*;
 use crate::actors::transport::Protocol;
 use crate::sip::{self, HeaderName, Message, NameAddr};
 
-/// Which hosts and ports are this proxy: `domain.local`, the advertised host
-/// and every listen address. Used for `ruri.is_local` and for loose routing.
-///
-/// They are a handful, so plain lists beat hashing: this is asked several
-/// times per message (our Via on every response, Route and R-URI checks).
-#[derive(Debug, Default)]
-pub struct LocalIdentity {
-    hosts: Vec<String>,
-    ports: Vec<u16>,
-}
-
-impl LocalIdentity {
-    pub fn new(domains: &[String], advertise: Option<&str>, listen: &[SocketAddr]) -> Self {
-        let mut hosts: Vec<String> = Vec::new();
-        let mut add = |host: String| {
-            if !hosts.contains(&host) {
-                hosts.push(host);
-            }
-        };
-        domains.iter().for_each(|d| add(d.to_ascii_lowercase()));
-        if let Some(host) = advertise {
-            add(host.to_ascii_lowercase());
-        }
-        let mut ports = Vec::new();
-        for addr in listen {
-            if !ports.contains(&addr.port()) {
-                ports.push(addr.port());
-            }
-            if addr.ip().is_unspecified() {
-                add("127.0.0.1".into());
-            } else {
-                add(host_text(addr));
-            }
-        }
-        LocalIdentity { hosts, ports }
-    }
-
-    /// A host (with its port, when the URI has one) that names this proxy.
-    pub fn is_local(&self, host: &str, port: Option<u16>) -> bool {
-        let known = self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
-        known && port.is_none_or(|p| self.ports.contains(&p))
-    }
-
-    /// A URI (as written in a Route or Request-URI) that names this proxy.
-    pub fn is_local_uri(&self, uri: &str) -> bool {
-        sip::Uri::parse(uri).is_ok_and(|u| self.is_local(u.host, u.port))
-    }
-}
-
-/// `host` as it appears in a URI: IPv6 addresses in brackets.
-pub fn host_text(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(v4) => v4.ip().to_string(),
-        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
-    }
-}
+pub use crate::proxy::local::LocalIdentity;
+pub use crate::sip::uri::host_text;
 
 /// What the shard hands to the script for one request.
 pub struct RequestInput {
+    /// What the core did to the Route set before the script runs.
+    pub preroute: crate::proxy::decision::Preroute,
     /// Shared with the server transaction, which keeps it for its responses.
     pub msg: Arc<Message>,
     pub source: SocketAddr,
@@ -76,74 +24,23 @@ pub struct RequestInput {
     pub local: Arc<LocalIdentity>,
 }
 
-/// What the script asked for. Only the first of relay/reply/fork counts.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Forward to `uri` as the next hop, else along the Route set / Request-URI.
-    Relay { uri: Option<String> },
-    /// Answer from here; `headers` are added to the response (registrar
-    /// Contact list, Min-Expires...).
-    Reply {
-        code: u16,
-        reason: Option<String>,
-        headers: Vec<(String, String)>,
-    },
-    /// Parallel forking (RFC 3261 §16.7): one branch per target.
-    Fork { targets: Vec<ForkTarget> },
+pub use crate::proxy::decision::{Action, Decision, ForkTarget};
+
+/// The decision a handler's state amounts to.
+pub(super) fn decision_of(state: State) -> Decision {
+    Decision {
+        action: state.action,
+        failed: false,
+        record_route: state.record_route,
+        header_edits: state.header_edits,
+        routes_popped: state.routes_popped,
+        new_ruri: state.new_ruri,
+    }
 }
 
-/// One fork branch: the new Request-URI, reached through `path` (RFC 3327)
-/// as a pre-loaded Route set when there is one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForkTarget {
-    pub uri: String,
-    pub path: Vec<String>,
-}
-
-/// The outcome of running the script on a request.
-pub struct Decision {
-    /// The request, handed back (None only if the script engine failed badly).
-    pub input: Option<RequestInput>,
-    pub action: Option<Action>,
-    /// True when the handler raised: the request gets a 500.
-    pub failed: bool,
-    pub record_route: bool,
-    /// Header edits in the order made: `(name, Some(value))` sets, `None` removes.
-    pub header_edits: Vec<(String, Option<String>)>,
-    /// How many Route values loose routing consumed from the top.
-    pub routes_popped: usize,
-    /// A new Request-URI (RFC 3261 §16.4 strict-router fix-up).
-    pub new_ruri: Option<String>,
-}
-
-impl Decision {
-    pub(super) fn unhandled(input: RequestInput) -> Self {
-        Decision::from_state(State::new(input))
-    }
-
-    pub(super) fn failed(input: Option<RequestInput>) -> Self {
-        Decision {
-            input,
-            action: None,
-            failed: true,
-            record_route: false,
-            header_edits: Vec::new(),
-            routes_popped: 0,
-            new_ruri: None,
-        }
-    }
-
-    pub(super) fn from_state(state: State) -> Self {
-        Decision {
-            input: Some(state.input),
-            action: state.action,
-            failed: false,
-            record_route: state.record_route,
-            header_edits: state.header_edits,
-            routes_popped: state.routes_popped,
-            new_ruri: state.new_ruri,
-        }
-    }
+/// The decision for a request no handler accepts: no action.
+pub(super) fn unhandled(input: RequestInput) -> Decision {
+    decision_of(State::new(input))
 }
 
 pub(super) struct State {
@@ -158,17 +55,13 @@ pub(super) struct State {
 impl State {
     fn new(input: RequestInput) -> Self {
         State {
+            routes_popped: input.preroute.routes_popped,
+            new_ruri: input.preroute.strict_ruri.clone(),
             input,
             action: None,
             record_route: false,
             header_edits: Vec::new(),
-            routes_popped: 0,
-            new_ruri: None,
         }
-    }
-
-    pub(super) fn into_input(self) -> RequestInput {
-        self.input
     }
 
     fn ruri(&self) -> &str {
@@ -200,14 +93,7 @@ impl State {
     }
 }
 
-/// Whether a header name written by the script names the same header as
-/// `wanted` (compact and long forms match).
-pub fn same_header(written: &str, wanted: HeaderName, wanted_text: &str) -> bool {
-    match wanted {
-        HeaderName::Other => written.eq_ignore_ascii_case(wanted_text),
-        known => HeaderName::from_name(written) == known,
-    }
-}
+pub use crate::sip::message::same_header;
 
 /// The Python `Request`. Its state moves back to the shard when the handler
 /// returns; a handler that keeps the object and uses it later gets an error.
@@ -315,30 +201,24 @@ impl Request {
         Ok(())
     }
 
-    /// RFC 3261 §16.4: if the Request-URI is ours (a strict router sent it),
-    /// take the last Route as the Request-URI; then drop our own Route entries
-    /// from the top. True when the request carried a Route set.
+    /// Loose routing (RFC 3261 §16.4). The core has already removed the
+    /// Route values naming this proxy and undone a strict router's
+    /// rewrite; this removes any further value naming us and says whether
+    /// the request carried a Route set, i.e. follows an established route.
     fn loose_route(&mut self) -> PyResult<bool> {
         let state = self.state_mut()?;
-        let msg = state.input.msg.clone();
-        let local = state.input.local.clone();
-        fn route_uri(value: &str) -> Option<&str> {
-            NameAddr::parse(value).ok().map(|a| a.uri)
-        }
-        let mut routes = msg.header_values(HeaderName::Route);
-        let Some(first) = routes.next() else {
+        if !state.input.preroute.had_routes {
             return Ok(false);
-        };
-        if state.routes_popped == 0 && local.is_local_uri(state.ruri()) {
-            let last = routes.last().unwrap_or(first);
-            if let Some(last) = route_uri(last).filter(|uri| !local.is_local_uri(uri)) {
-                state.new_ruri = Some(last.to_string());
-            }
         }
-        state.routes_popped += msg
+        let local = state.input.local.clone();
+        state.routes_popped += state
+            .input
+            .msg
             .header_values(HeaderName::Route)
             .skip(state.routes_popped)
-            .take_while(|value| route_uri(value).is_some_and(|uri| local.is_local_uri(uri)))
+            .take_while(|value| {
+                NameAddr::parse(value).is_ok_and(|addr| local.is_local_uri(addr.uri))
+            })
             .count();
         Ok(true)
     }

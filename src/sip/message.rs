@@ -540,6 +540,15 @@ pub(crate) fn parse_cseq(value: &str) -> Option<(u32, &str)> {
     Some((number, method))
 }
 
+/// Whether a header name written by a script names the same header as
+/// `wanted` (compact and long forms match).
+pub fn same_header(written: &str, wanted: HeaderName, wanted_text: &str) -> bool {
+    match wanted {
+        HeaderName::Other => written.eq_ignore_ascii_case(wanted_text),
+        known => HeaderName::from_name(written) == known,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

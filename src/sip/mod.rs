@@ -17,6 +17,7 @@ pub mod params;
 pub mod parse;
 #[cfg(test)]
 mod proptests;
+pub mod protocol;
 pub mod uri;
 pub mod via;
 
@@ -25,6 +26,7 @@ pub use edit::Rewriter;
 pub use error::{ParseError, ParseErrorKind};
 pub use message::{Header, HeaderName, Message, Method};
 pub use parse::parse;
+pub use protocol::Protocol;
 pub use uri::Uri;
 pub use via::Via;
 

@@ -233,6 +233,14 @@ impl<'a> Uri<'a> {
     }
 }
 
+/// `host` as it appears in a URI: IPv6 addresses in brackets.
+pub fn host_text(addr: &std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V4(v4) => v4.ip().to_string(),
+        std::net::SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    }
+}
+
 fn decimal_len(n: u16) -> usize {
     n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
 }

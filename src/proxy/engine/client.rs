@@ -1,0 +1,58 @@
+//! Client transactions (RFC 3261 §17.1): one per branch we forward a
+//! request on, one per OPTIONS probe, and the CANCELs we send.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::proxy::forward::Hop;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    /// INVITE: Calling; non-INVITE: Trying.
+    Trying,
+    Proceeding,
+    Completed,
+    Accepted,
+}
+
+/// Who a client transaction answers to: the server transaction it forks
+/// from, or a health probe waiting for the outcome of its OPTIONS.
+#[derive(Clone, Copy, Debug)]
+pub enum Owner {
+    Server(u64),
+    Probe { probe: u64, sent: Instant },
+}
+
+pub struct ClientTx {
+    pub owner: Owner,
+    /// The loop hash in our branch; a response must carry it back.
+    pub loop_hash: u64,
+    /// The request's method; a response's CSeq must name it.
+    pub method: Box<str>,
+    /// What a retransmission sends: the request, then (INVITE, non-2xx
+    /// final) the ACK.
+    pub request: Bytes,
+    pub hop: Hop,
+    pub invite: bool,
+    pub state: ClientState,
+    pub retransmit: Duration,
+    pub got_provisional: bool,
+    /// CANCEL this branch as soon as it answers provisionally (§9.1).
+    pub cancel_pending: bool,
+    pub cancel_sent: bool,
+    /// The branch's outcome has been counted in its response context.
+    pub settled: bool,
+    /// Timer C's deadline: pushed back by provisionals other than 100,
+    /// pulled in to 64·T1 once the branch is CANCELed.
+    pub timer_c_due: Instant,
+}
+
+/// A CANCEL we sent for a branch (a non-INVITE client transaction of its
+/// own, sharing the branch of the INVITE it cancels).
+pub struct CancelTx {
+    pub request: Bytes,
+    pub hop: Hop,
+    pub loop_hash: u64,
+    pub retransmit: Duration,
+}

@@ -1,0 +1,173 @@
+//! The response context of a server transaction (RFC 3261 §16.7): the final
+//! responses its branches returned, and which of them goes upstream once
+//! every branch is done. 2xx responses never wait here: the engine forwards
+//! them at once (step 5).
+
+use crate::sip::{HeaderName, Message, Rewriter};
+
+/// What a finished branch left in the context.
+pub enum Candidate {
+    /// A final response from 300 to 699, as received.
+    Response(Message),
+    /// An INVITE branch with no final response in time: a 408 made here.
+    /// (A non-INVITE branch that times out leaves nothing: RFC 4320 §4.2
+    /// forbids a 408 to a non-INVITE request.)
+    Timeout,
+}
+
+impl Candidate {
+    pub fn code(&self) -> u16 {
+        match self {
+            Candidate::Response(msg) => msg.status().unwrap_or(500),
+            Candidate::Timeout => 408,
+        }
+    }
+}
+
+/// The chosen response.
+pub enum Best {
+    /// Forward this response (top Via still ours), with `challenges` added.
+    Response {
+        msg: Box<Message>,
+        challenges: Vec<(String, String)>,
+    },
+    /// Answer with a 408 of our own.
+    Timeout,
+}
+
+/// Response codes that tell the client how to resubmit, preferred within
+/// the 4xx class (§16.7 step 6).
+const RESUBMIT_HINTS: [u16; 5] = [401, 407, 415, 420, 484];
+
+/// The headers a 401/407 carries its challenges in (§16.7 step 7).
+const CHALLENGE_HEADERS: [&str; 2] = ["WWW-Authenticate", "Proxy-Authenticate"];
+
+#[derive(Default)]
+pub struct ResponseContext {
+    pending: usize,
+    finals: Vec<Candidate>,
+}
+
+impl ResponseContext {
+    pub fn open_branch(&mut self) {
+        self.pending += 1;
+    }
+
+    /// A branch finished, leaving `candidate` (or nothing).
+    pub fn settle(&mut self, candidate: Option<Candidate>) {
+        self.pending = self.pending.saturating_sub(1);
+        self.finals.extend(candidate);
+    }
+
+    pub fn branches_pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Takes the response to send upstream (§16.7 steps 6 and 7); None when
+    /// no branch left a candidate.
+    pub fn take_best(&mut self) -> Option<Best> {
+        let codes: Vec<u16> = self.finals.iter().map(Candidate::code).collect();
+        let chosen = choose(&codes)?;
+        let candidate = self.finals.swap_remove(chosen);
+        let best = match candidate {
+            Candidate::Timeout => Best::Timeout,
+            Candidate::Response(msg) => {
+                let challenges = if matches!(codes[chosen], 401 | 407) {
+                    self.challenges()
+                } else {
+                    Vec::new()
+                };
+                Best::Response {
+                    msg: Box::new(msg),
+                    challenges,
+                }
+            }
+        };
+        self.finals.clear();
+        Some(best)
+    }
+
+    /// Every challenge line of the other 401 and 407 responses.
+    fn challenges(&self) -> Vec<(String, String)> {
+        let mut lines = Vec::new();
+        for candidate in &self.finals {
+            let Candidate::Response(msg) = candidate else {
+                continue;
+            };
+            if !matches!(msg.status(), Some(401 | 407)) {
+                continue;
+            }
+            for header in msg.headers() {
+                let name = header.name_str(msg);
+                if header.name == HeaderName::Other
+                    && CHALLENGE_HEADERS
+                        .iter()
+                        .any(|c| c.eq_ignore_ascii_case(name))
+                {
+                    lines.push((name.to_string(), header.value(msg).to_string()));
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// The index of the response to forward (§16.7 step 6): a 6xx if any, else
+/// the lowest class; within 4xx a response that helps resubmission; else the
+/// first received of the class.
+pub fn choose(codes: &[u16]) -> Option<usize> {
+    if let Some(six) = codes.iter().position(|&c| c >= 600) {
+        return Some(six);
+    }
+    let class = codes.iter().map(|&c| c / 100).min()?;
+    let in_class = |&(_, &c): &(usize, &u16)| c / 100 == class;
+    if class == 4 {
+        if let Some((i, _)) = codes
+            .iter()
+            .enumerate()
+            .filter(in_class)
+            .find(|(_, c)| RESUBMIT_HINTS.contains(c))
+        {
+            return Some(i);
+        }
+    }
+    codes
+        .iter()
+        .enumerate()
+        .find(|e| in_class(e))
+        .map(|(i, _)| i)
+}
+
+/// The upstream copy of a branch's response: our Via removed, and `extra`
+/// header lines (merged challenges) added.
+pub fn upstream_copy(msg: &Message, extra: &[(String, String)]) -> Vec<u8> {
+    let mut rw = Rewriter::new(msg);
+    if let Some(index) = msg.headers().iter().position(|h| h.name == HeaderName::Via) {
+        rw.remove_first_value(index);
+    }
+    for (name, value) in extra {
+        rw.append_header(name, value);
+    }
+    rw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn six_hundreds_win_then_the_lowest_class_then_resubmission_hints() {
+        assert_eq!(choose(&[]), None);
+        assert_eq!(choose(&[486, 603, 302]), Some(1));
+        assert_eq!(
+            choose(&[503, 486, 404]),
+            Some(1),
+            "first of the lowest class"
+        );
+        assert_eq!(choose(&[486, 404, 407]), Some(2), "407 helps resubmission");
+        assert_eq!(choose(&[404, 484, 401]), Some(1), "the first hint wins");
+        assert_eq!(choose(&[503, 302, 408]), Some(1));
+        assert_eq!(choose(&[408, 415]), Some(1));
+        assert_eq!(choose(&[500, 503]), Some(0));
+    }
+}

@@ -1,0 +1,1366 @@
+//! The proxy core as a sans-I/O state machine: RFC 3261 §17 server and
+//! client transactions and the §16 proxy rules, for every request a shard
+//! owns.
+//!
+//! The engine never reads the clock and never touches a socket. Its inputs
+//! are a received request or response (with its source), the script's
+//! decision for a request, a probe to send, and the passing of time; each
+//! call takes `now`. Its outputs, taken with [`Engine::poll_output`], are
+//! messages to send, requests for the script to run, and probe outcomes;
+//! [`Engine::poll_timeout`] says when it next wants [`Engine::handle_timeout`].
+//! Next hops are looked up through a function the caller passes with the
+//! decision, so the engine does no DNS itself. A test can therefore drive an
+//! hour of timers in a microsecond.
+//!
+//! `F` is the caller's handle for the way back to a peer (the UDP socket or
+//! TCP connection a request came in on); the engine only hands it back.
+
+mod branch;
+mod client;
+mod context;
+mod route;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use self::branch::{client_branch, parse_client_branch, stateless_branch, BranchTokens};
+use self::client::{CancelTx, ClientState, ClientTx, Owner};
+use self::context::{upstream_copy, Best, Candidate, ResponseContext};
+use self::server::{ServerKey, ServerState, ServerTx};
+use crate::proxy::decision::{Action, Decision, Preroute};
+use crate::proxy::fast_hash::FastMap;
+use crate::proxy::forward::{self, ForwardEdits, Hop, HopError};
+use crate::proxy::local::LocalIdentity;
+use crate::proxy::timers::{TimerKind, TimerOwner, TimerQueue, TimerSettings};
+use crate::sip::{self, build, HeaderName, Message, Method, Protocol, Via};
+
+pub use self::branch::MAGIC_COOKIE;
+
+/// What the engine needs to know about the node it runs in.
+pub struct EngineConfig {
+    pub timers: TimerSettings,
+    pub local: Arc<LocalIdentity>,
+    /// Host written in our Via and Record-Route (advertise, or the listen IP).
+    pub via_host: String,
+    /// The ports our Via and Record-Route name, per transport.
+    pub udp_port: u16,
+    pub tcp_port: u16,
+    /// The secret behind our branch tokens (random at boot).
+    pub branch_secret: [u64; 2],
+}
+
+/// Something for the caller to carry out.
+#[derive(Debug)]
+pub enum Output<F> {
+    /// A request (or ACK, CANCEL, probe) to a next hop.
+    Send { hop: Hop, bytes: Bytes },
+    /// A response upstream on the flow its request came in on; `dest` is
+    /// the UDP destination, or over TCP where to connect if that connection
+    /// is gone (RFC 3261 §18.2.2). `code` is set the first time a response
+    /// is sent (for metrics) and None for a retransmission.
+    Reply {
+        flow: F,
+        dest: SocketAddr,
+        bytes: Bytes,
+        code: Option<u16>,
+    },
+    /// Run the routing script; answer with [`Engine::handle_decision`].
+    RunScript(ScriptRun),
+    /// An OPTIONS probe ended.
+    ProbeDone { probe: u64, outcome: ProbeOutcome },
+}
+
+/// A request for the script, and the ticket its decision must name.
+#[derive(Debug)]
+pub struct ScriptRun {
+    pub ticket: u64,
+    pub request: Arc<Message>,
+    pub source: SocketAddr,
+    pub protocol: Protocol,
+    pub preroute: Preroute,
+}
+
+/// The result of one probe: the final status, or None when it timed out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOutcome {
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub latency: Duration,
+}
+
+/// A request waiting for its script decision.
+struct Pending {
+    msg: Arc<Message>,
+    source: SocketAddr,
+    protocol: Protocol,
+    loop_hash: u64,
+    preroute: Preroute,
+    /// The server transaction (None for an ACK, which is relayed statelessly).
+    slot: Option<u64>,
+}
+
+/// Where one branch goes and how its copy differs from the request.
+struct BranchPlan<'a> {
+    hop: Hop,
+    new_ruri: Option<&'a str>,
+    push_routes: &'a [String],
+    routes_popped: usize,
+    append_route: Option<&'a str>,
+}
+
+/// The transaction engine of one shard.
+pub struct Engine<F> {
+    config: EngineConfig,
+    servers: FastMap<u64, ServerTx<F>>,
+    server_index: FastMap<ServerKey, u64>,
+    /// Client transactions by branch token.
+    clients: FastMap<u64, ClientTx>,
+    /// CANCELs by the token of the branch they cancel.
+    cancels: FastMap<u64, CancelTx>,
+    pending: FastMap<u64, Pending>,
+    timers: TimerQueue,
+    tokens: BranchTokens,
+    next_slot: u64,
+    out: VecDeque<Output<F>>,
+    /// Our Via prefix and Record-Route value, indexed by `Protocol as usize`.
+    via_prefix: [String; 2],
+    record_route: [String; 2],
+}
+
+impl<F: Clone> Engine<F> {
+    pub fn new(config: EngineConfig) -> Self {
+        let host = &config.via_host;
+        let (udp, tcp) = (config.udp_port, config.tcp_port);
+        Engine {
+            via_prefix: [
+                format!("SIP/2.0/UDP {host}:{udp};branch="),
+                format!("SIP/2.0/TCP {host}:{tcp};branch="),
+            ],
+            record_route: [
+                format!("<sip:{host}:{udp};lr>"),
+                format!("<sip:{host}:{tcp};transport=tcp;lr>"),
+            ],
+            tokens: BranchTokens::new(config.branch_secret),
+            config,
+            servers: FastMap::default(),
+            server_index: FastMap::default(),
+            clients: FastMap::default(),
+            cancels: FastMap::default(),
+            pending: FastMap::default(),
+            timers: TimerQueue::default(),
+            next_slot: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to carry out.
+    pub fn poll_output(&mut self) -> Option<Output<F>> {
+        self.out.pop_front()
+    }
+
+    /// When the engine next wants [`Engine::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_due()
+    }
+
+    /// Transactions held (server, client and CANCEL).
+    pub fn active(&self) -> usize {
+        self.servers.len() + self.clients.len() + self.cancels.len()
+    }
+
+    fn settings(&self) -> TimerSettings {
+        self.config.timers
+    }
+
+    fn via_value(&self, protocol: Protocol, branch: &str) -> String {
+        let prefix = &self.via_prefix[protocol as usize];
+        let mut via = String::with_capacity(prefix.len() + branch.len() + 6);
+        via.push_str(prefix);
+        via.push_str(branch);
+        via.push_str(";rport");
+        via
+    }
+
+    fn is_our_via(&self, via: &Via<'_>) -> bool {
+        self.config.local.is_local(via.host, via.port)
+    }
+
+    // ----- requests -------------------------------------------------------
+
+    /// A request arrived from `source` over `protocol`; `flow` is the way
+    /// back. `draining` refuses new dialogs with 503.
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        source: SocketAddr,
+        protocol: Protocol,
+        flow: F,
+        draining: bool,
+    ) {
+        let method = msg.method();
+        let key = ServerKey::of(&msg);
+        match method {
+            Some(Method::Ack) => {
+                if let Some(&slot) = self.server_index.get(&key) {
+                    if self.absorb_ack(slot, now) {
+                        return;
+                    }
+                    // An ACK for a 2xx (an RFC 2543 one shares the INVITE's
+                    // key): end to end, so the script routes it.
+                }
+            }
+            Some(Method::Cancel) => {
+                self.on_cancel(now, &msg, key, source, protocol, flow);
+                return;
+            }
+            _ => {
+                if let Some(&slot) = self.server_index.get(&key) {
+                    self.replay_last_response(slot);
+                    return;
+                }
+            }
+        }
+
+        let is_ack = method == Some(Method::Ack);
+        let reply_to = reply_destination(&msg, source, protocol);
+        let reply = |engine: &mut Self, code: u16, reason: &str, extra: &[(&str, &str)]| {
+            engine.reply_stateless(&msg, &flow, reply_to, code, reason, extra)
+        };
+        if method == Some(Method::Invite) && msg.to_tag().is_none() && draining {
+            reply(self, 503, "Service Unavailable", &[]);
+            return;
+        }
+        let loop_hash = forward::loop_hash(&msg);
+        if !is_ack {
+            if msg.max_forwards() == Some(0) {
+                reply(self, 483, "Too Many Hops", &[]);
+                return;
+            }
+            if forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via)) {
+                reply(self, 482, "Loop Detected", &[]);
+                return;
+            }
+            // §16.3 step 5: we support no extension a proxy must know.
+            let unsupported: Vec<&str> = msg.header_values(HeaderName::ProxyRequire).collect();
+            if !unsupported.is_empty() && method != Some(Method::Cancel) {
+                let list = unsupported.join(", ");
+                reply(self, 420, "Bad Extension", &[("Unsupported", &list)]);
+                return;
+            }
+        }
+
+        let preroute = route::preroute(&msg, &self.config.local);
+        let msg = Arc::new(msg);
+        self.next_slot += 1;
+        let ticket = self.next_slot;
+        let slot = (!is_ack).then(|| {
+            let invite = method == Some(Method::Invite);
+            let mut tx = ServerTx {
+                key: key.clone(),
+                request: Some(msg.clone()),
+                flow: flow.clone(),
+                protocol,
+                source,
+                reply_to,
+                invite,
+                state: ServerState::Proceeding,
+                last_response: None,
+                to_tag: None,
+                branches: Vec::new(),
+                context: ResponseContext::default(),
+                final_sent: false,
+                cancelled: false,
+                retransmit: self.settings().t1,
+            };
+            if invite {
+                let trying = Bytes::from(build::response(&msg, 100, "Trying", None, &[]));
+                self.reply(&flow, reply_to, trying.clone(), Some(100));
+                tx.last_response = Some(trying);
+            }
+            self.server_index.insert(key, ticket);
+            self.servers.insert(ticket, tx);
+            ticket
+        });
+        self.pending.insert(
+            ticket,
+            Pending {
+                msg: msg.clone(),
+                source,
+                protocol,
+                loop_hash,
+                preroute: preroute.clone(),
+                slot,
+            },
+        );
+        self.out.push_back(Output::RunScript(ScriptRun {
+            ticket,
+            request: msg,
+            source,
+            protocol,
+            preroute,
+        }));
+    }
+
+    /// A retransmitted request: send the last response again (RFC 3261
+    /// §17.2.1, §17.2.2), except after a 2xx, which the UAs retransmit.
+    fn replay_last_response(&mut self, slot: u64) {
+        let Some(tx) = self.servers.get(&slot) else {
+            return;
+        };
+        if let (Some(response), false) = (&tx.last_response, tx.state == ServerState::Accepted) {
+            let (flow, dest, bytes) = (tx.flow.clone(), tx.reply_to, response.clone());
+            self.reply(&flow, dest, bytes, None);
+        }
+    }
+
+    /// Absorbs the ACK of a non-2xx final; false when the transaction did
+    /// not send one (the ACK is then for a 2xx, and goes on).
+    fn absorb_ack(&mut self, slot: u64, now: Instant) -> bool {
+        let t4 = self.settings().t4;
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return false;
+        };
+        match tx.state {
+            ServerState::Completed => {
+                tx.state = ServerState::Confirmed;
+                let linger = if tx.protocol.is_reliable() {
+                    Duration::ZERO
+                } else {
+                    t4
+                };
+                self.timers
+                    .arm(now, linger, TimerOwner::Server(slot), TimerKind::I);
+                true
+            }
+            ServerState::Confirmed => true,
+            ServerState::Proceeding | ServerState::Accepted => false,
+        }
+    }
+
+    fn on_cancel(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        key: ServerKey,
+        source: SocketAddr,
+        protocol: Protocol,
+        flow: F,
+    ) {
+        let reply_to = reply_destination(msg, source, protocol);
+        // The INVITE with the same branch and sent-by, from the same host.
+        let slot = self
+            .server_index
+            .get(&key.invite_of_cancel())
+            .copied()
+            .filter(|slot| {
+                self.servers
+                    .get(slot)
+                    .is_some_and(|tx| tx.source.ip() == source.ip())
+            });
+        let Some(slot) = slot else {
+            self.reply_stateless(
+                msg,
+                &flow,
+                reply_to,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            );
+            return;
+        };
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
+        let ok = build::response(msg, 200, "OK", Some(&to_tag), &[]);
+        let done = tx.final_sent || tx.cancelled;
+        tx.cancelled = true;
+        let branches = tx.branches.clone();
+        self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
+        if done {
+            return;
+        }
+        if branches.is_empty() {
+            self.reply_local(slot, 487, "Request Terminated", &[], now);
+            return;
+        }
+        for token in branches {
+            self.cancel_branch(token, now);
+        }
+    }
+
+    // ----- decisions --------------------------------------------------------
+
+    /// The script's decision for the request of `ticket`. `next_hop` maps a
+    /// URI to where its packets go (a gateway address, or DNS).
+    pub fn handle_decision(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        decision: Decision,
+        next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
+    ) {
+        let Some(pending) = self.pending.remove(&ticket) else {
+            return;
+        };
+        let slot = pending.slot;
+        let msg = pending.msg.clone();
+        if decision.failed {
+            match slot {
+                Some(slot) => self.reply_local(slot, 500, "Server Internal Error", &[], now),
+                None => tracing::warn!(
+                    call_id = msg.call_id().unwrap_or(""),
+                    "ACK dropped: the script failed"
+                ),
+            }
+            return;
+        }
+        match &decision.action {
+            None => self.no_action(slot, &msg, now),
+            Some(Action::Reply {
+                code,
+                reason,
+                headers,
+            }) => {
+                let Some(slot) = slot else {
+                    tracing::debug!("script replied to an ACK; nothing sent");
+                    return;
+                };
+                let reason = reason.as_deref().unwrap_or(build::default_reason(*code));
+                let extra: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str()))
+                    .collect();
+                self.reply_local(slot, *code, reason, &extra, now);
+                if *code < 200 {
+                    // Nothing else will answer: bound the transaction's life.
+                    self.timers.arm(
+                        now,
+                        self.settings().timeout(),
+                        TimerOwner::Server(slot),
+                        TimerKind::Guard,
+                    );
+                }
+            }
+            Some(Action::Relay { uri }) => {
+                self.relay(now, &pending, &decision, uri.as_deref(), next_hop)
+            }
+            Some(Action::Fork { targets }) => {
+                let Some(slot) = slot else {
+                    tracing::debug!("script forked an ACK; nothing sent");
+                    return;
+                };
+                for target in targets {
+                    let first_hop = target.path.first().map_or_else(
+                        || target.uri.clone(),
+                        |route| {
+                            sip::NameAddr::parse(route)
+                                .map_or_else(|_| route.clone(), |a| a.uri.to_string())
+                        },
+                    );
+                    match next_hop(&first_hop) {
+                        Ok(hop) => {
+                            let plan = BranchPlan {
+                                hop,
+                                new_ruri: Some(&target.uri),
+                                push_routes: &target.path,
+                                routes_popped: decision.routes_popped,
+                                append_route: None,
+                            };
+                            self.open_branch(now, &pending, &decision, plan);
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %target.uri, error = %e, "fork branch skipped")
+                        }
+                    }
+                }
+                if self
+                    .servers
+                    .get(&slot)
+                    .is_some_and(|tx| tx.branches.is_empty())
+                {
+                    self.reply_local(slot, 478, "Unresolvable Destination", &[], now);
+                }
+            }
+        }
+    }
+
+    /// The script took no action. An INVITE has had its 100 Trying and must
+    /// not be left hanging: it gets a 500. Anything else is dropped.
+    fn no_action(&mut self, slot: Option<u64>, msg: &Message, now: Instant) {
+        let Some(slot) = slot else {
+            tracing::debug!(
+                call_id = msg.call_id().unwrap_or(""),
+                "ACK dropped: no action"
+            );
+            return;
+        };
+        if msg.method() == Some(Method::Invite) {
+            tracing::warn!(
+                call_id = msg.call_id().unwrap_or(""),
+                "the script took no action on an INVITE; answering 500"
+            );
+            self.reply_local(slot, 500, "Server Internal Error", &[], now);
+        } else {
+            tracing::debug!(
+                method = msg.method_str(),
+                call_id = msg.call_id().unwrap_or(""),
+                "script took no action; request dropped"
+            );
+            self.remove_server(slot);
+        }
+    }
+
+    /// `relay(uri)`: to `uri` as the next hop, else along the Route set
+    /// (§16.6 step 7 when its first hop is a strict router), else to the
+    /// Request-URI.
+    fn relay(
+        &mut self,
+        now: Instant,
+        pending: &Pending,
+        decision: &Decision,
+        uri: Option<&str>,
+        next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
+    ) {
+        let msg = &pending.msg;
+        let dropped = usize::from(pending.preroute.strict_ruri.is_some());
+        let first_route = route::first_remaining_route(msg, decision.routes_popped, dropped);
+        let ruri = decision
+            .new_ruri
+            .clone()
+            .or_else(|| msg.request_uri().map(str::to_string))
+            .unwrap_or_default();
+        let mut routes_popped = decision.routes_popped;
+        let mut new_ruri = decision.new_ruri.clone();
+        let mut append_route = None;
+        let target = match (uri, first_route) {
+            (Some(uri), _) => uri.to_string(),
+            (None, Some(route)) if route::is_strict_router(&route) => {
+                // §16.6 step 7: the strict router gets its URI as the
+                // Request-URI, and ours goes to the bottom of the Route set.
+                routes_popped += 1;
+                new_ruri = Some(route.clone());
+                append_route = Some(format!("<{ruri}>"));
+                route
+            }
+            (None, Some(route)) => route,
+            (None, None) => ruri,
+        };
+        match next_hop(&target) {
+            Ok(hop) => {
+                let plan = BranchPlan {
+                    hop,
+                    new_ruri: new_ruri.as_deref(),
+                    push_routes: &[],
+                    routes_popped,
+                    append_route: append_route.as_deref(),
+                };
+                self.open_branch(now, pending, decision, plan);
+            }
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e, "cannot relay");
+                if let Some(slot) = pending.slot {
+                    self.reply_local(slot, 478, "Unresolvable Destination", &[], now)
+                }
+            }
+        }
+    }
+
+    /// Forwards the request on one new branch (statelessly for an ACK).
+    fn open_branch(
+        &mut self,
+        now: Instant,
+        pending: &Pending,
+        decision: &Decision,
+        plan: BranchPlan<'_>,
+    ) {
+        let msg = &pending.msg;
+        let hop = plan.hop;
+        let token = pending.slot.map(|_| self.fresh_token());
+        let branch = match token {
+            Some(token) => client_branch(pending.loop_hash, token),
+            None => {
+                let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
+                stateless_branch(pending.loop_hash, upstream)
+            }
+        };
+        let via = self.via_value(hop.protocol, &branch);
+        let record_route = decision
+            .record_route
+            .then(|| self.record_route[pending.protocol as usize].as_str());
+        let bytes = Bytes::from(forward::forward_request(
+            msg,
+            &ForwardEdits {
+                new_ruri: plan.new_ruri,
+                routes_popped: plan.routes_popped,
+                routes_dropped: usize::from(pending.preroute.strict_ruri.is_some()),
+                append_route: plan.append_route,
+                header_edits: &decision.header_edits,
+                record_route,
+                push_routes: plan.push_routes,
+                via: &via,
+                source: pending.source,
+            },
+        ));
+        self.out.push_back(Output::Send {
+            hop: hop.clone(),
+            bytes: bytes.clone(),
+        });
+        let (Some(slot), Some(token)) = (pending.slot, token) else {
+            return;
+        };
+        let invite = msg.method() == Some(Method::Invite);
+        self.add_client(
+            now,
+            token,
+            ClientTx {
+                owner: Owner::Server(slot),
+                loop_hash: pending.loop_hash,
+                method: msg.method_str().into(),
+                request: bytes,
+                hop,
+                invite,
+                state: ClientState::Trying,
+                retransmit: self.settings().t1,
+                got_provisional: false,
+                cancel_pending: false,
+                cancel_sent: false,
+                settled: false,
+                timer_c_due: now + self.settings().timer_c,
+            },
+        );
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.branches.push(token);
+            tx.context.open_branch();
+        }
+    }
+
+    /// A token no live client transaction has.
+    fn fresh_token(&mut self) -> u64 {
+        loop {
+            let token = self.tokens.next_token();
+            if !self.clients.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
+    /// Registers a client transaction and arms its timers.
+    fn add_client(&mut self, now: Instant, token: u64, client: ClientTx) {
+        let settings = self.settings();
+        let owner = TimerOwner::Client(token);
+        let (invite, reliable) = (client.invite, client.hop.protocol.is_reliable());
+        if !reliable {
+            let kind = if invite { TimerKind::A } else { TimerKind::E };
+            self.timers.arm(now, settings.t1, owner, kind);
+        }
+        let kind = if invite { TimerKind::B } else { TimerKind::F };
+        self.timers.arm(now, settings.timeout(), owner, kind);
+        if invite && matches!(client.owner, Owner::Server(_)) {
+            self.timers.arm(now, settings.timer_c, owner, TimerKind::C);
+        }
+        self.clients.insert(token, client);
+    }
+
+    /// Sends CANCEL on a branch once it has answered provisionally; before
+    /// that, remembers to (RFC 3261 §9.1). A CANCELed branch that never
+    /// answers is given up after 64·T1.
+    fn cancel_branch(&mut self, token: u64, now: Instant) {
+        let settings = self.settings();
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if client.cancel_sent
+            || !client.invite
+            || !matches!(client.state, ClientState::Trying | ClientState::Proceeding)
+        {
+            return;
+        }
+        if !client.got_provisional {
+            client.cancel_pending = true;
+            return;
+        }
+        client.cancel_sent = true;
+        let give_up = now + settings.timeout();
+        if give_up < client.timer_c_due {
+            client.timer_c_due = give_up;
+            self.timers.arm(
+                now,
+                settings.timeout(),
+                TimerOwner::Client(token),
+                TimerKind::C,
+            );
+        }
+        let Ok(sent) = sip::parse(client.request.clone()) else {
+            return;
+        };
+        let cancel = Bytes::from(build::cancel(&sent));
+        let hop = client.hop.clone();
+        let loop_hash = client.loop_hash;
+        self.out.push_back(Output::Send {
+            hop: hop.clone(),
+            bytes: cancel.clone(),
+        });
+        let owner = TimerOwner::Cancel(token);
+        if !hop.protocol.is_reliable() {
+            self.timers.arm(now, settings.t1, owner, TimerKind::E);
+        }
+        self.timers
+            .arm(now, settings.timeout(), owner, TimerKind::F);
+        self.cancels.insert(
+            token,
+            CancelTx {
+                request: cancel,
+                hop,
+                loop_hash,
+                retransmit: settings.t1,
+            },
+        );
+    }
+
+    // ----- responses ------------------------------------------------------
+
+    /// A response arrived from `source`.
+    pub fn handle_response(&mut self, now: Instant, msg: Message, source: SocketAddr) {
+        let Some(via) = msg.top_via() else { return };
+        if !self.is_our_via(&via) {
+            tracing::debug!(
+                call_id = msg.call_id().unwrap_or(""),
+                "response not for us; dropped"
+            );
+            return;
+        }
+        let Some((loop_hash, token)) = via.branch().and_then(parse_client_branch) else {
+            tracing::debug!("response with a branch we never sent; dropped");
+            return;
+        };
+        let method = msg.cseq().map_or("", |(_, method)| method);
+        if method == "CANCEL" {
+            let matches = self.cancels.get(&token).is_some_and(|cancel| {
+                cancel.loop_hash == loop_hash && from_hop(&cancel.hop, source)
+            });
+            if matches && msg.status().unwrap_or(0) >= 200 {
+                self.cancels.remove(&token);
+            }
+            return;
+        }
+        match self.clients.get(&token) {
+            Some(client) => {
+                if client.loop_hash != loop_hash
+                    || *client.method != *method
+                    || !from_hop(&client.hop, source)
+                {
+                    tracing::debug!(
+                        %source,
+                        "response does not match the request we sent; dropped"
+                    );
+                    return;
+                }
+                self.on_client_response(now, token, msg);
+            }
+            None => self.forward_stray(&msg),
+        }
+    }
+
+    fn on_client_response(&mut self, now: Instant, token: u64, msg: Message) {
+        let code = msg.status().unwrap_or(0);
+        let settings = self.settings();
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let slot = match client.owner {
+            Owner::Server(slot) => slot,
+            Owner::Probe { probe, sent } => {
+                if code >= 200 {
+                    self.clients.remove(&token);
+                    self.out.push_back(Output::ProbeDone {
+                        probe,
+                        outcome: ProbeOutcome {
+                            status: Some(code),
+                            retry_after: retry_after(&msg),
+                            latency: now.saturating_duration_since(sent),
+                        },
+                    });
+                }
+                return;
+            }
+        };
+        if code < 200 {
+            if client.state == ClientState::Trying {
+                client.state = ClientState::Proceeding;
+            }
+            if client.state != ClientState::Proceeding {
+                return;
+            }
+            client.got_provisional = true;
+            // §16.8: only a provisional other than 100 resets Timer C, and
+            // nothing extends a branch that is being CANCELed.
+            if code > 100 && !client.cancel_sent {
+                client.timer_c_due = now + settings.timer_c;
+            }
+            if std::mem::take(&mut client.cancel_pending) {
+                self.cancel_branch(token, now);
+            }
+            if code > 100 {
+                self.forward_provisional(slot, &msg);
+            }
+            return;
+        }
+        let success = (200..300).contains(&code);
+        if client.invite && success {
+            let first = client.state != ClientState::Accepted;
+            client.state = ClientState::Accepted;
+            // Only 2xx retransmissions are left to forward: nothing to resend.
+            client.request = Bytes::new();
+            let was_settled = std::mem::replace(&mut client.settled, true);
+            if first {
+                self.timers.arm(
+                    now,
+                    settings.timeout(),
+                    TimerOwner::Client(token),
+                    TimerKind::M,
+                );
+            }
+            if !was_settled {
+                if let Some(tx) = self.servers.get_mut(&slot) {
+                    tx.context.settle(None);
+                }
+            }
+            self.forward_2xx(slot, &msg, now);
+            return;
+        }
+        if matches!(client.state, ClientState::Completed | ClientState::Accepted) {
+            // A retransmitted final: re-send an INVITE's ACK, absorb the rest.
+            if client.invite && client.state == ClientState::Completed {
+                let (hop, ack) = (client.hop.clone(), client.request.clone());
+                self.out.push_back(Output::Send { hop, bytes: ack });
+            }
+            return;
+        }
+        client.state = ClientState::Completed;
+        let reliable = client.hop.protocol.is_reliable();
+        let was_settled = std::mem::replace(&mut client.settled, true);
+        let invite = client.invite;
+        if invite {
+            self.send_ack(token, &msg);
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(32).min(settings.timeout())
+            };
+            self.timers
+                .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
+        } else {
+            client.request = Bytes::new();
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                settings.t4
+            };
+            self.timers
+                .arm(now, linger, TimerOwner::Client(token), TimerKind::K);
+        }
+        if was_settled {
+            return;
+        }
+        if success {
+            // §16.7 step 5: a non-INVITE 2xx goes upstream at once.
+            if let Some(tx) = self.servers.get_mut(&slot) {
+                tx.context.settle(None);
+            }
+            let bytes = Bytes::from(forward::strip_top_via(&msg));
+            self.send_final(slot, code, bytes, now);
+        } else {
+            self.branch_done(slot, Some(Candidate::Response(msg)), now);
+        }
+    }
+
+    /// ACKs a non-2xx final hop by hop (RFC 3261 §17.1.1.3).
+    fn send_ack(&mut self, token: u64, response: &Message) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Ok(sent) = sip::parse(client.request.clone()) else {
+            return;
+        };
+        let ack = Bytes::from(build::ack_for_non2xx(&sent, response));
+        // From now on the ACK is what a retransmitted final gets.
+        client.request = ack.clone();
+        let hop = client.hop.clone();
+        self.out.push_back(Output::Send { hop, bytes: ack });
+    }
+
+    fn forward_provisional(&mut self, slot: u64, msg: &Message) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
+            return;
+        }
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        tx.last_response = Some(bytes.clone());
+        let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+        self.reply(&flow, dest, bytes, msg.status());
+    }
+
+    /// Every 2xx goes upstream, even after another branch's (§16.7 step 5);
+    /// the first one also settles the server transaction. Once the server
+    /// transaction is gone, a retransmitted 2xx still goes on, by its Via.
+    fn forward_2xx(&mut self, slot: u64, msg: &Message, now: Instant) {
+        let code = msg.status().unwrap_or(200);
+        let Some(tx) = self.servers.get(&slot) else {
+            self.forward_stray(msg);
+            return;
+        };
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        if tx.final_sent {
+            let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+            self.reply(&flow, dest, bytes, Some(code));
+        } else {
+            self.send_final(slot, code, bytes, now);
+        }
+    }
+
+    /// A branch ended with a non-2xx final, or gave up (`candidate` is then
+    /// a timeout for an INVITE and nothing otherwise). Once no branch is
+    /// pending, the best response goes upstream (§16.7 step 6).
+    fn branch_done(&mut self, slot: u64, candidate: Option<Candidate>, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        let six_hundred = candidate.as_ref().is_some_and(|c| c.code() >= 600);
+        tx.context.settle(candidate);
+        if tx.final_sent {
+            return;
+        }
+        if tx.invite && six_hundred {
+            for token in tx.branches.clone() {
+                self.cancel_branch(token, now);
+            }
+        }
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.context.branches_pending() > 0 {
+            return;
+        }
+        let cancelled = tx.cancelled;
+        match tx.context.take_best() {
+            Some(Best::Response { msg, challenges }) => {
+                let code = msg.status().unwrap_or(500);
+                if code == 503 {
+                    // §16.7 step 6: a 503 would mean this proxy is unavailable.
+                    self.reply_local(slot, 500, "Server Internal Error", &[], now);
+                } else {
+                    let bytes = Bytes::from(upstream_copy(&msg, &challenges));
+                    self.send_final(slot, code, bytes, now);
+                }
+            }
+            Some(Best::Timeout) if cancelled => {
+                self.reply_local(slot, 487, "Request Terminated", &[], now)
+            }
+            Some(Best::Timeout) => self.reply_local(slot, 408, "Request Timeout", &[], now),
+            None if cancelled => self.reply_local(slot, 487, "Request Terminated", &[], now),
+            None => {
+                // Every non-INVITE branch timed out: RFC 4320 §4.2 forbids
+                // a 408, and there is nothing else to send.
+                tracing::debug!("every branch of a non-INVITE timed out; no response");
+                self.remove_server(slot);
+            }
+        }
+    }
+
+    /// A response matching no client transaction, with our Via on top. Only
+    /// a 2xx to an INVITE goes on (by the next Via, statelessly): the UAs
+    /// retransmit it end to end after the transactions are gone. Anything
+    /// else has no transaction to serve and is dropped.
+    fn forward_stray(&mut self, msg: &Message) {
+        let is_2xx = msg.status().is_some_and(|c| (200..300).contains(&c));
+        let to_invite = msg.cseq().is_some_and(|(_, method)| method == "INVITE");
+        if !(is_2xx && to_invite) {
+            tracing::debug!("response for no transaction; dropped");
+            return;
+        }
+        let Some(next) = msg.header_values(HeaderName::Via).nth(1) else {
+            return;
+        };
+        let Ok(via) = Via::parse(next) else { return };
+        let Some(addr) = forward::response_destination(&via) else {
+            return;
+        };
+        let protocol = if via.transport.eq_ignore_ascii_case("TCP") {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let bytes = Bytes::from(forward::strip_top_via(msg));
+        self.out.push_back(Output::Send {
+            hop: Hop { addr, protocol },
+            bytes,
+        });
+    }
+
+    // ----- responses from here --------------------------------------------
+
+    fn reply(&mut self, flow: &F, dest: SocketAddr, bytes: Bytes, code: Option<u16>) {
+        self.out.push_back(Output::Reply {
+            flow: flow.clone(),
+            dest,
+            bytes,
+            code,
+        });
+    }
+
+    /// Answers the request of a server transaction from this proxy.
+    fn reply_local(
+        &mut self,
+        slot: u64,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+        now: Instant,
+    ) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        let Some(request) = &tx.request else {
+            return; // a final response went out already
+        };
+        let to_tag = if code > 100 && request.to_tag().is_none() {
+            Some(tx.to_tag.get_or_insert_with(build::new_tag).clone())
+        } else {
+            None
+        };
+        let bytes = Bytes::from(build::response(
+            request,
+            code,
+            reason,
+            to_tag.as_deref(),
+            extra,
+        ));
+        if code < 200 {
+            tx.last_response = Some(bytes.clone());
+            let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+            self.reply(&flow, dest, bytes, Some(code));
+            return;
+        }
+        self.send_final(slot, code, bytes, now);
+    }
+
+    /// Sends a final response upstream and moves the server transaction on.
+    fn send_final(&mut self, slot: u64, code: u16, bytes: Bytes, now: Instant) {
+        let settings = self.settings();
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
+            return;
+        }
+        tx.final_sent = true;
+        // What lingers for the timers is kept small: the key, the flow and
+        // the response to replay (none after a 2xx, which the UAs resend).
+        tx.request = None;
+        tx.last_response = Some(bytes.clone());
+        let reliable = tx.protocol.is_reliable();
+        let owner = TimerOwner::Server(slot);
+        if tx.invite && (200..300).contains(&code) {
+            tx.state = ServerState::Accepted;
+            tx.last_response = None;
+            self.timers
+                .arm(now, settings.timeout(), owner, TimerKind::L);
+        } else if tx.invite {
+            tx.state = ServerState::Completed;
+            if !reliable {
+                self.timers.arm(now, settings.t1, owner, TimerKind::G);
+            }
+            self.timers
+                .arm(now, settings.timeout(), owner, TimerKind::H);
+        } else {
+            tx.state = ServerState::Completed;
+            let linger = if reliable {
+                Duration::ZERO
+            } else {
+                settings.timeout()
+            };
+            self.timers.arm(now, linger, owner, TimerKind::J);
+        }
+        let branches = std::mem::take(&mut tx.branches);
+        let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+        self.reply(&flow, dest, bytes, Some(code));
+        // Branches still running are no longer wanted.
+        for token in branches {
+            self.cancel_branch(token, now);
+        }
+    }
+
+    fn reply_stateless(
+        &mut self,
+        msg: &Message,
+        flow: &F,
+        dest: SocketAddr,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+    ) {
+        let to_tag = (msg.to_tag().is_none()).then(build::new_tag);
+        let bytes = build::response(msg, code, reason, to_tag.as_deref(), extra);
+        self.reply(flow, dest, Bytes::from(bytes), Some(code));
+    }
+
+    fn remove_server(&mut self, slot: u64) {
+        if let Some(tx) = self.servers.remove(&slot) {
+            self.server_index.remove(&tx.key);
+        }
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((owner, kind)) = self.timers.pop_due(now) {
+            match owner {
+                TimerOwner::Server(slot) => self.server_timer(slot, kind, now),
+                TimerOwner::Client(token) => self.client_timer(token, kind, now),
+                TimerOwner::Cancel(token) => self.cancel_timer(token, kind, now),
+            }
+        }
+    }
+
+    fn server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        match kind {
+            TimerKind::G if tx.state == ServerState::Completed => {
+                tx.retransmit = settings.backoff(tx.retransmit, true);
+                self.timers
+                    .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
+                if let Some(response) = tx.last_response.clone() {
+                    let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+                    self.reply(&flow, dest, response, None);
+                }
+            }
+            TimerKind::H if tx.state == ServerState::Completed => {
+                tracing::debug!("no ACK for a final response (Timer H)");
+                self.remove_server(slot);
+            }
+            TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot),
+            // A script's provisional reply was all this request got.
+            TimerKind::Guard if !tx.final_sent && tx.branches.is_empty() => {
+                if tx.invite {
+                    self.reply_local(slot, 408, "Request Timeout", &[], now);
+                } else {
+                    self.remove_server(slot);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn client_timer(&mut self, token: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
+        match kind {
+            TimerKind::A if client.state == ClientState::Trying => {
+                client.retransmit = settings.backoff(client.retransmit, false);
+                let (hop, bytes) = (client.hop.clone(), client.request.clone());
+                self.timers.arm(
+                    now,
+                    client.retransmit,
+                    TimerOwner::Client(token),
+                    TimerKind::A,
+                );
+                self.out.push_back(Output::Send { hop, bytes });
+            }
+            TimerKind::E if live => {
+                client.retransmit = if client.state == ClientState::Proceeding {
+                    settings.t2
+                } else {
+                    settings.backoff(client.retransmit, true)
+                };
+                let (hop, bytes) = (client.hop.clone(), client.request.clone());
+                self.timers.arm(
+                    now,
+                    client.retransmit,
+                    TimerOwner::Client(token),
+                    TimerKind::E,
+                );
+                self.out.push_back(Output::Send { hop, bytes });
+            }
+            TimerKind::B if client.state == ClientState::Trying => {
+                self.branch_timeout(token, now, "Timer B")
+            }
+            TimerKind::F if live => self.branch_timeout(token, now, "Timer F"),
+            TimerKind::C if client.state == ClientState::Proceeding => {
+                if now < client.timer_c_due {
+                    let wait = client.timer_c_due - now;
+                    self.timers
+                        .arm(now, wait, TimerOwner::Client(token), TimerKind::C);
+                    return;
+                }
+                // §16.8: CANCEL the branch and act as if it returned 408.
+                self.cancel_branch(token, now);
+                self.branch_timeout(token, now, "Timer C");
+            }
+            TimerKind::D | TimerKind::K | TimerKind::M => {
+                self.clients.remove(&token);
+            }
+            _ => {}
+        }
+    }
+
+    /// A branch got no final response in time: an INVITE branch counts as a
+    /// 408 (§16.7, §16.8); a non-INVITE one leaves nothing (RFC 4320).
+    fn branch_timeout(&mut self, token: u64, now: Instant, timer: &str) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let slot = match client.owner {
+            Owner::Server(slot) => slot,
+            Owner::Probe { probe, sent } => {
+                self.clients.remove(&token);
+                self.out.push_back(Output::ProbeDone {
+                    probe,
+                    outcome: ProbeOutcome {
+                        status: None,
+                        retry_after: None,
+                        latency: now.saturating_duration_since(sent),
+                    },
+                });
+                return;
+            }
+        };
+        let was_settled = std::mem::replace(&mut client.settled, true);
+        let invite = client.invite;
+        // A CANCELed branch stays (settled) to ACK its 487 when that comes;
+        // Timer D removes it either way.
+        if client.cancel_sent {
+            let linger = self.settings().timeout();
+            self.timers
+                .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
+        } else {
+            self.clients.remove(&token);
+        }
+        if was_settled {
+            return;
+        }
+        tracing::debug!(timer, "branch timed out");
+        let candidate = invite.then_some(Candidate::Timeout);
+        self.branch_done(slot, candidate, now);
+    }
+
+    fn cancel_timer(&mut self, token: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(cancel) = self.cancels.get_mut(&token) else {
+            return;
+        };
+        match kind {
+            TimerKind::E => {
+                cancel.retransmit = settings.backoff(cancel.retransmit, true);
+                let (hop, bytes) = (cancel.hop.clone(), cancel.request.clone());
+                self.timers.arm(
+                    now,
+                    cancel.retransmit,
+                    TimerOwner::Cancel(token),
+                    TimerKind::E,
+                );
+                self.out.push_back(Output::Send { hop, bytes });
+            }
+            TimerKind::F => {
+                self.cancels.remove(&token);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- probes -----------------------------------------------------------
+
+    /// Sends an OPTIONS probe to `uri` at `hop` as a non-INVITE client
+    /// transaction; its outcome comes back as [`Output::ProbeDone`] with
+    /// `probe`.
+    pub fn start_probe(&mut self, now: Instant, probe: u64, uri: &str, hop: Hop, call_id: &str) {
+        let token = self.fresh_token();
+        let via = self.via_value(hop.protocol, &client_branch(0, token));
+        let from = format!(
+            "<sip:siphon@{}>;tag={}",
+            self.config.via_host,
+            build::new_tag()
+        );
+        let to = format!("<{uri}>");
+        let bytes = Bytes::from(build::request(
+            "OPTIONS",
+            uri,
+            &via,
+            &from,
+            &to,
+            call_id,
+            1,
+            &[],
+        ));
+        self.out.push_back(Output::Send {
+            hop: hop.clone(),
+            bytes: bytes.clone(),
+        });
+        self.add_client(
+            now,
+            token,
+            ClientTx {
+                owner: Owner::Probe { probe, sent: now },
+                loop_hash: 0,
+                method: "OPTIONS".into(),
+                request: bytes,
+                hop,
+                invite: false,
+                state: ClientState::Trying,
+                retransmit: self.settings().t1,
+                got_provisional: false,
+                cancel_pending: false,
+                cancel_sent: false,
+                settled: false,
+                timer_c_due: now,
+            },
+        );
+    }
+}
+
+/// Over UDP a response must come from the hop its request went to.
+fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
+    hop.protocol.is_reliable() || hop.addr == source
+}
+
+/// Where responses to a request go. Over UDP: the source IP, and the source
+/// port when the Via asked for rport (RFC 3581) or its sent-by port. Over
+/// TCP responses use the request's connection; this is where to open a new
+/// one if that is gone: the source IP and the sent-by port (§18.2.2).
+fn reply_destination(msg: &Message, source: SocketAddr, protocol: Protocol) -> SocketAddr {
+    match protocol {
+        Protocol::Udp => forward::reply_address(msg, source),
+        Protocol::Tcp => {
+            let port = msg.top_via().and_then(|via| via.port).unwrap_or(5060);
+            SocketAddr::new(source.ip(), port)
+        }
+    }
+}
+
+/// Retry-After in seconds (RFC 3261 §20.33), ignoring any comment or params.
+pub fn retry_after(msg: &Message) -> Option<Duration> {
+    let value = msg.header(HeaderName::RetryAfter)?;
+    let digits: &str = value
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("");
+    digits.parse().ok().map(Duration::from_secs)
+}

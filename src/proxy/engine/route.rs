@@ -1,0 +1,62 @@
+//! Route handling of the core: §16.4 before the script runs, and §16.6 step
+//! 7 (a strict router as next hop) when a request is forwarded.
+
+use crate::proxy::decision::Preroute;
+use crate::proxy::local::LocalIdentity;
+use crate::sip::{HeaderName, Message, NameAddr, Uri};
+
+/// A URI this proxy wrote into a Record-Route: no user part, one of our
+/// host:port pairs, and `lr` (ours always carry it).
+pub fn is_our_record_route(uri: &str, local: &LocalIdentity) -> bool {
+    Uri::parse(uri)
+        .is_ok_and(|u| u.user.is_none() && u.has_param("lr") && local.is_local(u.host, u.port))
+}
+
+fn value_uri(value: &str) -> Option<&str> {
+    NameAddr::parse(value).ok().map(|addr| addr.uri)
+}
+
+/// §16.4 route information preprocessing: when the Request-URI is a URI we
+/// Record-Routed (a strict router put it there), the last Route value
+/// becomes the Request-URI and leaves the set; then the Route values at the
+/// top that name this proxy are removed.
+pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
+    let routes: Vec<&str> = msg.header_values(HeaderName::Route).collect();
+    if routes.is_empty() {
+        return Preroute::default();
+    }
+    let strict_ruri = msg
+        .request_uri()
+        .filter(|ruri| is_our_record_route(ruri, local))
+        .and_then(|_| routes.last().and_then(|last| value_uri(last)))
+        .map(str::to_string);
+    let usable = routes.len() - usize::from(strict_ruri.is_some());
+    let routes_popped = routes[..usable]
+        .iter()
+        .take_while(|value| value_uri(value).is_some_and(|uri| local.is_local_uri(uri)))
+        .count();
+    Preroute {
+        had_routes: true,
+        routes_popped,
+        strict_ruri,
+    }
+}
+
+/// The first Route value left after `popped` from the top and `dropped` from
+/// the bottom are removed.
+pub fn first_remaining_route(msg: &Message, popped: usize, dropped: usize) -> Option<String> {
+    let total = msg.header_values(HeaderName::Route).count();
+    if popped + dropped >= total {
+        return None;
+    }
+    msg.header_values(HeaderName::Route)
+        .nth(popped)
+        .and_then(value_uri)
+        .map(str::to_string)
+}
+
+/// True when the next hop named by a Route URI is a strict router: its URI
+/// has no `lr` (§16.6 step 7).
+pub fn is_strict_router(route_uri: &str) -> bool {
+    Uri::parse(route_uri).is_ok_and(|u| !u.has_param("lr"))
+}

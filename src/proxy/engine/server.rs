@@ -1,0 +1,109 @@
+//! Server transactions (RFC 3261 §17.2): how a request finds its
+//! transaction, and the state a transaction keeps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::branch::MAGIC_COOKIE;
+use super::context::ResponseContext;
+use crate::sip::{HeaderName, Message, Method, Protocol};
+
+/// What a request's transaction is found by (§17.2.3): for an RFC 3261
+/// branch, the branch and the top Via's sent-by; for anything else (RFC
+/// 2543 peers, or a bare `z9hG4bK`), the Request-URI, From tag, Call-ID,
+/// CSeq number and top Via. ACK joins its INVITE; CANCEL stands apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    id: Box<str>,
+    class: MethodClass,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MethodClass {
+    Invite,
+    Cancel,
+    Other,
+}
+
+impl MethodClass {
+    pub fn of(method: Option<Method>) -> Self {
+        match method {
+            Some(Method::Invite | Method::Ack) => MethodClass::Invite,
+            Some(Method::Cancel) => MethodClass::Cancel,
+            _ => MethodClass::Other,
+        }
+    }
+}
+
+impl ServerKey {
+    pub fn of(msg: &Message) -> ServerKey {
+        let class = MethodClass::of(msg.method());
+        let via = msg.top_via();
+        let branch = via.as_ref().and_then(|v| v.branch()).unwrap_or("");
+        let id = match &via {
+            Some(via) if branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE) => {
+                let port = via.port.unwrap_or(5060);
+                format!("{branch}|{}:{port}", via.host.to_ascii_lowercase())
+            }
+            _ => format!(
+                "2543|{}|{}|{}|{}|{}",
+                msg.request_uri().unwrap_or(""),
+                msg.from_tag().unwrap_or(""),
+                msg.call_id().unwrap_or(""),
+                msg.cseq().map_or(0, |(n, _)| n),
+                msg.header(HeaderName::Via).unwrap_or("")
+            ),
+        };
+        ServerKey {
+            id: id.into(),
+            class,
+        }
+    }
+
+    /// The key of the INVITE a CANCEL with this key cancels.
+    pub fn invite_of_cancel(&self) -> ServerKey {
+        ServerKey {
+            id: self.id.clone(),
+            class: MethodClass::Invite,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    Proceeding,
+    /// A non-2xx final was sent (INVITE: awaiting ACK; others: absorbing).
+    Completed,
+    /// ACK received for the non-2xx final.
+    Confirmed,
+    /// A 2xx was sent for an INVITE (RFC 6026).
+    Accepted,
+}
+
+pub struct ServerTx<F> {
+    pub key: ServerKey,
+    /// The request, until a final response is sent (then only the key,
+    /// the flow and the last response are needed).
+    pub request: Option<Arc<Message>>,
+    pub flow: F,
+    pub protocol: Protocol,
+    /// Where the request came from (a CANCEL must come from there too).
+    pub source: SocketAddr,
+    /// Where responses go: over UDP the Via's answer address; over TCP the
+    /// address to open a new connection to if the request's is gone.
+    pub reply_to: SocketAddr,
+    pub invite: bool,
+    pub state: ServerState,
+    /// The last response sent, replayed for a retransmitted request.
+    pub last_response: Option<Bytes>,
+    pub to_tag: Option<String>,
+    /// Client transactions (branch tokens) this request was forwarded on.
+    pub branches: Vec<u64>,
+    pub context: ResponseContext,
+    pub final_sent: bool,
+    pub cancelled: bool,
+    pub retransmit: Duration,
+}

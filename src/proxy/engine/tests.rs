@@ -1,0 +1,883 @@
+//! The engine on virtual time: one test per RFC rule, each driving requests,
+//! responses, decisions and timers by hand and checking what comes out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::proxy::decision::ForkTarget;
+use crate::sip::{build, Uri};
+
+const UAC: &str = "198.51.100.10:5060";
+const PROXY: &str = "192.0.2.1:5060";
+const BACKEND1: &str = "198.51.100.21:5060";
+const BACKEND2: &str = "198.51.100.22:5060";
+const BACKEND3: &str = "198.51.100.23:5060";
+const NEXT: &str = "198.51.100.30:5060";
+const STRICT: &str = "198.51.100.31:5060";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+fn settings() -> TimerSettings {
+    TimerSettings {
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+        t4: Duration::from_secs(5),
+        timer_c: Duration::from_secs(180),
+    }
+}
+
+/// Where the test's URIs go: a host name per peer, `;transport=tcp` for TCP.
+fn hop_of(uri: &str) -> Result<Hop, HopError> {
+    let parsed = Uri::parse(uri).map_err(|e| HopError::Unsupported(e.to_string()))?;
+    let addr = match parsed.host {
+        "backend1.example" => BACKEND1,
+        "backend2.example" => BACKEND2,
+        "backend3.example" => BACKEND3,
+        "next.example" => NEXT,
+        "strict.example" => STRICT,
+        "198.51.100.10" => UAC,
+        other => return Err(HopError::Unresolvable(other.to_string())),
+    };
+    let protocol = match parsed.param("transport").flatten() {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+        _ => Protocol::Udp,
+    };
+    Ok(Hop {
+        addr: addr.parse().expect("hop"),
+        protocol,
+    })
+}
+
+fn parse(text: &str) -> Message {
+    sip::parse(Bytes::from(text.replace('\n', "\r\n"))).expect("test message parses")
+}
+
+/// A request from the UAC. `extra` lines go before Content-Length.
+fn request(method: &str, ruri: &str, branch: &str, call_id: &str, extra: &str) -> Message {
+    let mut text = format!(
+        "{method} {ruri} SIP/2.0\n\
+         Via: SIP/2.0/UDP 198.51.100.10:5060;branch={branch};rport\n\
+         Max-Forwards: 70\n\
+         From: <sip:alice@example.com>;tag=a1\n\
+         To: <sip:bob@example.com>\n\
+         Call-ID: {call_id}\n\
+         CSeq: 1 {method}\n\
+         Contact: <sip:alice@198.51.100.10>\n"
+    );
+    text.push_str(extra);
+    text.push_str("Content-Length: 0\n\n");
+    parse(&text)
+}
+
+/// The engine, the virtual clock, and everything it put out so far.
+struct Harness {
+    engine: Engine<u32>,
+    now: Instant,
+    out: Vec<Output<u32>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let local = LocalIdentity::new(&["proxy.example".to_string()], None, &[addr(PROXY)]);
+        Harness {
+            engine: Engine::new(EngineConfig {
+                timers: settings(),
+                local: Arc::new(local),
+                via_host: "192.0.2.1".into(),
+                udp_port: 5060,
+                tcp_port: 5060,
+                branch_secret: [7, 9],
+            }),
+            now: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            self.out.push(output);
+        }
+    }
+
+    /// A request from `source`; returns the script run it asks for, if any.
+    fn receive(&mut self, msg: Message, source: &str, protocol: Protocol) -> Option<ScriptRun> {
+        self.engine
+            .handle_request(self.now, msg, addr(source), protocol, 1, false);
+        self.collect();
+        let index = self
+            .out
+            .iter()
+            .position(|o| matches!(o, Output::RunScript(_)))?;
+        match self.out.remove(index) {
+            Output::RunScript(run) => Some(run),
+            _ => None,
+        }
+    }
+
+    fn decide(&mut self, run: &ScriptRun, decision: Decision) {
+        self.engine
+            .handle_decision(self.now, run.ticket, decision, &mut hop_of);
+        self.collect();
+    }
+
+    /// Receives REQUEST over UDP from the UAC and has the script relay it
+    /// (to `uri` when given), as `request.relay(uri)` does.
+    fn relay(&mut self, msg: Message, uri: Option<&str>) -> ScriptRun {
+        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
+        let decision = script_decision(
+            &run,
+            Action::Relay {
+                uri: uri.map(str::to_string),
+            },
+        );
+        self.decide(&run, decision);
+        run
+    }
+
+    fn respond(&mut self, msg: Message, source: &str) {
+        self.engine.handle_response(self.now, msg, addr(source));
+        self.collect();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.engine.handle_timeout(self.now);
+        self.collect();
+    }
+
+    /// Runs the clock forward in steps of `step` for `total`.
+    fn run_for(&mut self, total: Duration, step: Duration) {
+        let end = self.now + total;
+        while self.now < end {
+            self.advance(step);
+        }
+    }
+
+    fn take(&mut self) -> Vec<Output<u32>> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The messages sent to HOP (requests, ACKs, CANCELs), taken.
+    fn sent_to(&mut self, hop: &str) -> Vec<Message> {
+        let hop = addr(hop);
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .take()
+            .into_iter()
+            .partition(|o| matches!(o, Output::Send { hop: h, .. } if h.addr == hop));
+        self.out = rest;
+        mine.into_iter()
+            .filter_map(|o| match o {
+                Output::Send { bytes, .. } => sip::parse(bytes).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The responses sent upstream on the request's flow, taken.
+    fn replies(&mut self) -> Vec<Message> {
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .take()
+            .into_iter()
+            .partition(|o| matches!(o, Output::Reply { .. }));
+        self.out = rest;
+        mine.into_iter()
+            .filter_map(|o| match o {
+                Output::Reply { bytes, .. } => sip::parse(bytes).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply_codes(&mut self) -> Vec<u16> {
+        self.replies().iter().filter_map(Message::status).collect()
+    }
+
+    /// The codes sent upstream, a final's Timer G retransmissions folded.
+    fn distinct_reply_codes(&mut self) -> Vec<u16> {
+        let mut codes = self.reply_codes();
+        codes.dedup();
+        codes
+    }
+}
+
+/// The decision a script makes that only takes ACTION: it starts from what
+/// the core did to the Route set, as the script layer's state does.
+fn script_decision(run: &ScriptRun, action: Action) -> Decision {
+    Decision {
+        action: Some(action),
+        routes_popped: run.preroute.routes_popped,
+        new_ruri: run.preroute.strict_ruri.clone(),
+        record_route: true,
+        ..Decision::default()
+    }
+}
+
+/// A response to a request we sent, as its UAS would build it.
+fn answer(sent: &Message, code: u16, extra: &[(&str, &str)]) -> Message {
+    let reason = build::default_reason(code);
+    let bytes = build::response(sent, code, reason, Some("uas-tag"), extra);
+    sip::parse(Bytes::from(bytes)).expect("response parses")
+}
+
+fn invite(call_id: &str) -> Message {
+    request(
+        "INVITE",
+        "sip:bob@example.com",
+        &format!("z9hG4bK-{call_id}"),
+        call_id,
+        "",
+    )
+}
+
+fn fork(targets: &[&str]) -> Action {
+    Action::Fork {
+        targets: targets
+            .iter()
+            .map(|uri| ForkTarget {
+                uri: uri.to_string(),
+                path: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The basics the bugs below build on
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_invite_is_relayed_answered_and_its_retransmission_replayed() {
+    let mut h = Harness::new();
+    h.relay(invite("basic"), Some("sip:backend1.example"));
+    assert_eq!(h.reply_codes(), [100]);
+    let sent = h.sent_to(BACKEND1);
+    assert_eq!(sent.len(), 1);
+    // A retransmitted INVITE gets the 100 again and is not forwarded again.
+    assert!(h.receive(invite("basic"), UAC, Protocol::Udp).is_none());
+    assert_eq!(h.reply_codes(), [100]);
+    assert!(h.sent_to(BACKEND1).is_empty());
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    h.respond(answer(&sent[0], 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [180, 200]);
+}
+
+#[test]
+fn udp_invite_is_retransmitted_with_timer_a_until_it_is_answered() {
+    let mut h = Harness::new();
+    h.relay(invite("timer-a"), Some("sip:backend1.example"));
+    h.take();
+    h.run_for(Duration::from_millis(3_600), Duration::from_millis(100));
+    // T1 doubling: at 0.5, 1.5 and 3.5 s.
+    assert_eq!(h.sent_to(BACKEND1).len(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// Bug 1: responses are matched by their branch token, loop hash, method and
+// source, and tokens cannot be guessed
+// ---------------------------------------------------------------------------
+
+#[test]
+fn forged_responses_do_not_reach_the_caller() {
+    let mut h = Harness::new();
+    h.relay(invite("forged"), Some("sip:backend1.example"));
+    let sent = h.sent_to_after_relay();
+    h.take();
+    let real = answer(&sent, 486, &[]);
+
+    // A guessed sequential branch, as the old ids were.
+    let guessed = build::response(
+        &sent,
+        503,
+        "Service Unavailable",
+        Some("x"),
+        &[("Retry-After", "999999999")],
+    );
+    let guessed = String::from_utf8(guessed).unwrap();
+    let our_branch = sent.top_via().unwrap().branch().unwrap().to_string();
+    let forged = guessed.replace(&our_branch, "z9hG4bK0000000000000000.0000000000000003");
+    h.respond(sip::parse(Bytes::from(forged)).unwrap(), BACKEND1);
+    // The right branch from a host we never sent to.
+    h.respond(real.clone(), "203.0.113.66:5060");
+    // The right branch and source, but the wrong CSeq method.
+    let wrong_method = String::from_utf8(build::response(&sent, 486, "Busy Here", Some("y"), &[]))
+        .unwrap()
+        .replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+    h.respond(sip::parse(Bytes::from(wrong_method)).unwrap(), BACKEND1);
+    // Our token with another request's loop hash.
+    let (loop_hash, token) = branch::parse_client_branch(&our_branch).unwrap();
+    let other_loop = branch::client_branch(loop_hash ^ 1, token);
+    let relooped = String::from_utf8(build::response(&sent, 486, "Busy Here", Some("z"), &[]))
+        .unwrap()
+        .replace(&our_branch, &other_loop);
+    h.respond(sip::parse(Bytes::from(relooped)).unwrap(), BACKEND1);
+    assert!(h.replies().is_empty(), "a forged response went upstream");
+    assert!(
+        h.sent_to(BACKEND1).is_empty(),
+        "a forged response was ACKed"
+    );
+
+    h.respond(real, BACKEND1);
+    assert_eq!(h.reply_codes(), [486]);
+}
+
+#[test]
+fn branch_tokens_are_not_sequential() {
+    let mut h = Harness::new();
+    let mut tokens = Vec::new();
+    for n in 0..3 {
+        h.relay(invite(&format!("tokens-{n}")), Some("sip:backend1.example"));
+        let sent = h.sent_to(BACKEND1);
+        let branch = sent[0].top_via().unwrap().branch().unwrap().to_string();
+        tokens.push(branch::parse_client_branch(&branch).unwrap().1);
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[1].abs_diff(w[0]) > 1 << 32),
+        "{tokens:x?}"
+    );
+}
+
+impl Harness {
+    /// The one request the last relay sent to BACKEND1.
+    fn sent_to_after_relay(&mut self) -> Message {
+        let mut sent = self.sent_to(BACKEND1);
+        assert_eq!(sent.len(), 1, "one request to the backend");
+        sent.remove(0)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bug 2: a non-INVITE 2xx in a fork goes upstream at once (§16.7 step 5)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_non_invite_2xx_is_forwarded_without_waiting_for_other_branches() {
+    let mut h = Harness::new();
+    let message = request("MESSAGE", "sip:bob@example.com", "z9hG4bK-msg", "msg", "");
+    let run = h.receive(message, UAC, Protocol::Udp).unwrap();
+    let decision = script_decision(
+        &run,
+        fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
+    );
+    h.decide(&run, decision);
+    let first = h.sent_to(BACKEND1);
+    assert_eq!(h.sent_to(BACKEND2).len(), 1);
+    h.respond(answer(&first[0], 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [200], "the 2xx did not wait for backend 2");
+}
+
+// ---------------------------------------------------------------------------
+// Bugs 3 and 4: Route preprocessing (§16.4) and strict routers (§16.6.7)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_core_removes_its_own_route_entry_before_the_script_runs() {
+    let mut h = Harness::new();
+    let msg = request(
+        "INVITE",
+        "sip:bob@example.com",
+        "z9hG4bK-route",
+        "route",
+        "Route: <sip:192.0.2.1:5060;lr>, <sip:next.example;lr>\n",
+    );
+    let run = h.relay(msg, None);
+    assert_eq!(run.preroute.routes_popped, 1);
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent.len(), 1, "relayed along the Route set");
+    let routes: Vec<&str> = sent[0].header_values(HeaderName::Route).collect();
+    assert_eq!(routes, ["<sip:next.example;lr>"]);
+}
+
+#[test]
+fn a_strict_routers_rewrite_is_undone_only_for_a_uri_we_record_routed() {
+    let mut h = Harness::new();
+    // The upstream strict router put our Record-Route URI in the R-URI and
+    // the remote target at the bottom of the Route set.
+    let msg = request(
+        "BYE",
+        "sip:192.0.2.1:5060;lr",
+        "z9hG4bK-strict",
+        "strict",
+        "Route: <sip:next.example;lr>, <sip:bob@198.51.100.10>\n",
+    );
+    let run = h.relay(msg, None);
+    assert_eq!(
+        run.preroute.strict_ruri.as_deref(),
+        Some("sip:bob@198.51.100.10")
+    );
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].request_uri(), Some("sip:bob@198.51.100.10"));
+    let routes: Vec<&str> = sent[0].header_values(HeaderName::Route).collect();
+    assert_eq!(
+        routes,
+        ["<sip:next.example;lr>"],
+        "the last value left the set"
+    );
+
+    // A local R-URI that is a user of ours, not our Record-Route: no fix-up.
+    let msg = request(
+        "MESSAGE",
+        "sip:bob@192.0.2.1",
+        "z9hG4bK-local",
+        "local",
+        "Route: <sip:next.example;lr>, <sip:carol@198.51.100.10>\n",
+    );
+    let run = h.relay(msg, None);
+    assert_eq!(run.preroute.strict_ruri, None);
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent[0].request_uri(), Some("sip:bob@192.0.2.1"));
+    assert_eq!(sent[0].header_values(HeaderName::Route).count(), 2);
+}
+
+#[test]
+fn a_strict_next_hop_gets_its_uri_as_the_request_uri() {
+    let mut h = Harness::new();
+    let msg = request(
+        "BYE",
+        "sip:bob@198.51.100.10",
+        "z9hG4bK-strict-next",
+        "strict-next",
+        "Route: <sip:strict.example>, <sip:next.example;lr>\n",
+    );
+    h.relay(msg, None);
+    let sent = h.sent_to(STRICT);
+    assert_eq!(sent.len(), 1, "sent to the strict router");
+    assert_eq!(sent[0].request_uri(), Some("sip:strict.example"));
+    let routes: Vec<&str> = sent[0].header_values(HeaderName::Route).collect();
+    assert_eq!(routes, ["<sip:next.example;lr>", "<sip:bob@198.51.100.10>"]);
+}
+
+// ---------------------------------------------------------------------------
+// Bugs 5 and 6: no request is left hanging, and no transaction leaks
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_invite_the_script_takes_no_action_on_gets_a_500() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("no-action"), UAC, Protocol::Udp).unwrap();
+    h.decide(&run, Decision::default());
+    assert_eq!(h.reply_codes(), [100, 500]);
+    // A non-INVITE with no action is dropped and leaves nothing behind.
+    let options = request("OPTIONS", "sip:bob@example.com", "z9hG4bK-opt", "opt", "");
+    let run = h.receive(options, UAC, Protocol::Udp).unwrap();
+    h.decide(&run, Decision::default());
+    assert!(h.replies().is_empty());
+    h.run_for(Duration::from_secs(40), Duration::from_secs(1));
+    assert_eq!(h.engine.active(), 0);
+}
+
+#[test]
+fn a_provisional_reply_alone_does_not_leak_the_transaction() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("ringing"), UAC, Protocol::Udp).unwrap();
+    let decision = script_decision(
+        &run,
+        Action::Reply {
+            code: 180,
+            reason: None,
+            headers: Vec::new(),
+        },
+    );
+    h.decide(&run, decision);
+    assert_eq!(h.reply_codes(), [100, 180]);
+    h.run_for(Duration::from_secs(70), Duration::from_millis(500));
+    assert_eq!(
+        h.distinct_reply_codes(),
+        [408],
+        "the caller is not left waiting"
+    );
+    h.receive(
+        request(
+            "ACK",
+            "sip:bob@example.com",
+            "z9hG4bK-ringing",
+            "ringing",
+            "",
+        ),
+        UAC,
+        Protocol::Udp,
+    );
+    h.run_for(Duration::from_secs(10), Duration::from_secs(1));
+    assert_eq!(h.engine.active(), 0, "every transaction ended");
+}
+
+// ---------------------------------------------------------------------------
+// Bug 7: no 408 to a non-INVITE (RFC 4320 §4.2)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_non_invite_branch_timing_out_sends_no_408() {
+    let mut h = Harness::new();
+    let options = request(
+        "OPTIONS",
+        "sip:bob@example.com",
+        "z9hG4bK-quiet",
+        "quiet",
+        "",
+    );
+    h.relay(options, Some("sip:backend1.example"));
+    h.run_for(Duration::from_secs(40), Duration::from_millis(500));
+    assert!(h.replies().is_empty(), "a response went upstream");
+    assert_eq!(h.engine.active(), 0);
+}
+
+#[test]
+fn an_invite_branch_timing_out_counts_as_408() {
+    let mut h = Harness::new();
+    h.relay(invite("quiet-invite"), Some("sip:backend1.example"));
+    h.take();
+    h.run_for(Duration::from_secs(33), Duration::from_millis(500));
+    assert_eq!(h.distinct_reply_codes(), [408]);
+}
+
+// ---------------------------------------------------------------------------
+// Bug 8: transaction keys (§17.2.3)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn bare_magic_cookie_branches_do_not_share_a_transaction() {
+    let mut h = Harness::new();
+    let first = request("INVITE", "sip:bob@example.com", "z9hG4bK", "bare-1", "");
+    let second = request("INVITE", "sip:carol@example.com", "z9hG4bK", "bare-2", "");
+    assert!(h.receive(first, UAC, Protocol::Udp).is_some());
+    assert!(
+        h.receive(second, UAC, Protocol::Udp).is_some(),
+        "treated as a retransmission"
+    );
+}
+
+#[test]
+fn a_cancel_from_another_sender_does_not_cancel_the_call() {
+    let mut h = Harness::new();
+    h.relay(invite("victim"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    h.take();
+    // The same branch, but another sent-by.
+    let other_sent_by = String::from_utf8(invite("victim").bytes().to_vec())
+        .unwrap()
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace("198.51.100.10:5060;branch", "203.0.113.66:5060;branch");
+    let cancel = sip::parse(Bytes::from(other_sent_by)).unwrap();
+    h.receive(cancel, "203.0.113.66:5060", Protocol::Udp);
+    assert_eq!(h.reply_codes(), [481]);
+    // The same branch and sent-by, from another host.
+    let cancel = request(
+        "CANCEL",
+        "sip:bob@example.com",
+        "z9hG4bK-victim",
+        "victim",
+        "",
+    );
+    h.receive(cancel, "203.0.113.66:5060", Protocol::Udp);
+    assert_eq!(h.reply_codes(), [481]);
+    assert!(h.sent_to(BACKEND1).is_empty(), "the branch was CANCELed");
+    // The caller itself can.
+    let cancel = request(
+        "CANCEL",
+        "sip:bob@example.com",
+        "z9hG4bK-victim",
+        "victim",
+        "",
+    );
+    h.receive(cancel, UAC, Protocol::Udp);
+    assert_eq!(h.reply_codes(), [200]);
+    let cancels = h.sent_to(BACKEND1);
+    assert_eq!(cancels[0].method_str(), "CANCEL");
+}
+
+// ---------------------------------------------------------------------------
+// Bug 9: an RFC 2543 ACK for a 2xx goes on
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_rfc2543_ack_for_a_2xx_is_routed_not_absorbed() {
+    let mut h = Harness::new();
+    let old_invite = request("INVITE", "sip:bob@example.com", "1", "rfc2543", "");
+    h.relay(old_invite, Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [100, 200]);
+    let ack = request("ACK", "sip:bob@example.com", "1", "rfc2543", "");
+    assert!(
+        h.receive(ack, UAC, Protocol::Udp).is_some(),
+        "the ACK for the 2xx was absorbed"
+    );
+}
+
+#[test]
+fn the_ack_of_a_non_2xx_is_absorbed() {
+    let mut h = Harness::new();
+    h.relay(invite("busy"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 486, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [100, 486]);
+    let acks = h.sent_to(BACKEND1);
+    assert_eq!(acks[0].method_str(), "ACK", "the 486 is ACKed hop by hop");
+    let ack = request("ACK", "sip:bob@example.com", "z9hG4bK-busy", "busy", "");
+    assert!(h.receive(ack, UAC, Protocol::Udp).is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Bug 10: a CANCELed branch that never answers is given up after 64·T1
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_cancelled_branch_that_never_answers_ends_within_64_t1() {
+    let mut h = Harness::new();
+    h.relay(invite("deaf"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    let cancel = request("CANCEL", "sip:bob@example.com", "z9hG4bK-deaf", "deaf", "");
+    h.receive(cancel, UAC, Protocol::Udp);
+    assert_eq!(h.reply_codes(), [100, 180, 200]);
+    h.run_for(Duration::from_secs(33), Duration::from_millis(500));
+    assert_eq!(
+        h.distinct_reply_codes(),
+        [487],
+        "the caller heard nothing for Timer C"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bug 11: a 2xx retransmission after Timer L still goes upstream
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_late_2xx_retransmission_of_a_forked_call_is_forwarded() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("two-2xx"), UAC, Protocol::Udp).unwrap();
+    let decision = script_decision(
+        &run,
+        fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
+    );
+    h.decide(&run, decision);
+    let first = h.sent_to(BACKEND1);
+    let second = h.sent_to(BACKEND2);
+    h.respond(answer(&first[0], 200, &[]), BACKEND1);
+    h.advance(Duration::from_secs(2));
+    let late_ok = answer(&second[0], 200, &[]);
+    h.respond(late_ok.clone(), BACKEND2);
+    assert_eq!(h.reply_codes(), [100, 200, 200], "every 2xx goes upstream");
+    // Timer L (64·T1 after the first 2xx) ends the server transaction;
+    // backend 2's client transaction (Timer M) lives on for 2 s more.
+    h.advance(Duration::from_millis(30_500));
+    h.take();
+    h.respond(late_ok, BACKEND2);
+    let forwarded = h.sent_to(UAC);
+    assert_eq!(forwarded.len(), 1, "the 2xx retransmission was dropped");
+    assert_eq!(forwarded[0].status(), Some(200));
+}
+
+// ---------------------------------------------------------------------------
+// Bug 12: response selection and Timer C
+// ---------------------------------------------------------------------------
+
+#[test]
+fn challenges_are_merged_and_preferred_over_other_4xx() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("auth"), UAC, Protocol::Udp).unwrap();
+    let targets = [
+        "sip:bob@backend1.example",
+        "sip:bob@backend2.example",
+        "sip:bob@backend3.example",
+    ];
+    h.decide(&run, script_decision(&run, fork(&targets)));
+    let one = h.sent_to(BACKEND1);
+    let two = h.sent_to(BACKEND2);
+    let three = h.sent_to(BACKEND3);
+    h.respond(answer(&one[0], 486, &[]), BACKEND1);
+    h.respond(
+        answer(
+            &two[0],
+            407,
+            &[("Proxy-Authenticate", "Digest realm=\"a\", nonce=\"1\"")],
+        ),
+        BACKEND2,
+    );
+    h.respond(
+        answer(
+            &three[0],
+            401,
+            &[("WWW-Authenticate", "Digest realm=\"b\", nonce=\"2\"")],
+        ),
+        BACKEND3,
+    );
+    let replies = h.replies();
+    let last = replies.last().expect("a final response");
+    assert_eq!(last.status(), Some(407));
+    assert_eq!(
+        last.header_named("Proxy-Authenticate"),
+        Some("Digest realm=\"a\", nonce=\"1\"")
+    );
+    assert_eq!(
+        last.header_named("WWW-Authenticate"),
+        Some("Digest realm=\"b\", nonce=\"2\"")
+    );
+    assert_eq!(
+        last.header_values(HeaderName::Via).count(),
+        1,
+        "our Via is gone"
+    );
+}
+
+#[test]
+fn a_100_trying_does_not_reset_timer_c() {
+    let mut h = Harness::new();
+    h.relay(invite("timer-c"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.advance(Duration::from_secs(1));
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    h.run_for(Duration::from_secs(99), Duration::from_secs(1));
+    h.respond(answer(&sent[0], 100, &[]), BACKEND1);
+    h.take();
+    h.run_for(Duration::from_secs(82), Duration::from_secs(1));
+    let cancels = h.sent_to(BACKEND1);
+    assert!(
+        cancels.iter().any(|m| m.method_str() == "CANCEL"),
+        "Timer C did not fire 180 s after the 180"
+    );
+}
+
+#[test]
+fn a_180_resets_timer_c() {
+    let mut h = Harness::new();
+    h.relay(invite("timer-c-180"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.advance(Duration::from_secs(1));
+    h.respond(answer(&sent[0], 100, &[]), BACKEND1);
+    h.run_for(Duration::from_secs(99), Duration::from_secs(1));
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    h.take();
+    h.run_for(Duration::from_secs(170), Duration::from_secs(1));
+    assert!(h.sent_to(BACKEND1).is_empty(), "Timer C fired early");
+    h.run_for(Duration::from_secs(20), Duration::from_secs(1));
+    assert!(h
+        .sent_to(BACKEND1)
+        .iter()
+        .any(|m| m.method_str() == "CANCEL"));
+}
+
+#[test]
+fn a_6xx_cancels_the_other_branches_and_wins() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("decline"), UAC, Protocol::Udp).unwrap();
+    h.decide(
+        &run,
+        script_decision(
+            &run,
+            fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
+        ),
+    );
+    let one = h.sent_to(BACKEND1);
+    let two = h.sent_to(BACKEND2);
+    h.respond(answer(&two[0], 180, &[]), BACKEND2);
+    h.respond(answer(&one[0], 603, &[]), BACKEND1);
+    let to_two = h.sent_to(BACKEND2);
+    assert!(to_two.iter().any(|m| m.method_str() == "CANCEL"));
+    h.respond(answer(&two[0], 487, &[]), BACKEND2);
+    assert_eq!(h.reply_codes(), [100, 180, 603]);
+}
+
+#[test]
+fn a_lone_503_becomes_a_500() {
+    let mut h = Harness::new();
+    h.relay(invite("unavailable"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 503, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [100, 500]);
+}
+
+// ---------------------------------------------------------------------------
+// Bug 13: Proxy-Require
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_unsupported_proxy_require_gets_420_with_unsupported() {
+    let mut h = Harness::new();
+    let msg = request(
+        "INVITE",
+        "sip:bob@example.com",
+        "z9hG4bK-ext",
+        "ext",
+        "Proxy-Require: foo, bar\n",
+    );
+    assert!(
+        h.receive(msg, UAC, Protocol::Udp).is_none(),
+        "the script ran"
+    );
+    let replies = h.replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status(), Some(420));
+    assert_eq!(replies[0].header(HeaderName::Unsupported), Some("foo, bar"));
+}
+
+// ---------------------------------------------------------------------------
+// Bug 14: responses over TCP can find their way back
+// ---------------------------------------------------------------------------
+
+#[test]
+fn tcp_responses_name_the_sent_by_port_to_reconnect_to() {
+    let mut h = Harness::new();
+    let text = String::from_utf8(invite("tcp").bytes().to_vec())
+        .unwrap()
+        .replace(
+            "SIP/2.0/UDP 198.51.100.10:5060",
+            "SIP/2.0/TCP 198.51.100.10:5070",
+        );
+    let msg = sip::parse(Bytes::from(text)).unwrap();
+    h.receive(msg, "198.51.100.10:40001", Protocol::Tcp)
+        .unwrap();
+    let dests: Vec<SocketAddr> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { dest, .. } => Some(dest),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dests, [addr("198.51.100.10:5070")]);
+}
+
+// ---------------------------------------------------------------------------
+// Probes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_probe_reports_its_status_or_its_timeout() {
+    let mut h = Harness::new();
+    let hop = hop_of("sip:backend1.example").unwrap();
+    h.engine
+        .start_probe(h.now, 7, "sip:backend1.example", hop.clone(), "probe-1");
+    h.collect();
+    let sent = h.sent_to(BACKEND1);
+    h.advance(Duration::from_millis(3));
+    h.respond(answer(&sent[0], 200, &[]), BACKEND1);
+    let outcomes: Vec<(u64, Option<u16>)> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ProbeDone { probe, outcome } => Some((probe, outcome.status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, [(7, Some(200))]);
+
+    h.engine
+        .start_probe(h.now, 8, "sip:backend1.example", hop, "probe-2");
+    h.collect();
+    h.run_for(Duration::from_secs(33), Duration::from_millis(500));
+    let timed_out = h
+        .take()
+        .into_iter()
+        .any(|o| matches!(o, Output::ProbeDone { probe: 8, outcome } if outcome.status.is_none()));
+    assert!(timed_out);
+    assert_eq!(h.engine.active(), 0);
+}
