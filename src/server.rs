@@ -71,7 +71,10 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
     )?;
     crate::registrar::install(registrar);
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
+    let shards_wanted = shard_count(config.server.workers);
+    let ingress = Arc::new(crate::actors::transport::IngressGate::new(shards_wanted));
     let shard_config = Arc::new(ShardConfig {
+        ingress: ingress.clone(),
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),
         script: script.clone(),
@@ -87,7 +90,6 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
     });
 
     let mut shards = Vec::new();
-    let shards_wanted = shard_count(config.server.workers);
     let mut udp_sockets = Some(udp_sockets);
     if shards_wanted == 1 {
         // A lone shard runs on the main arbiter and reads the UDP sockets
@@ -112,7 +114,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
             ));
         }
     }
-    transports.set_router(Router::new(shards));
+    transports.set_router(Router::new(shards, ingress));
     gateway_service.start(transports.clone());
 
     for (index, socket) in udp_sockets.into_iter().flatten().enumerate() {

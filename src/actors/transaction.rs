@@ -38,6 +38,8 @@ pub struct ShardConfig {
     pub gateways: Arc<crate::gateway::Gateways>,
     /// Host written in our Via and Record-Route (advertise, or the listen IP).
     pub via_host: String,
+    /// The bound on each shard's queue, given back as messages are handled.
+    pub ingress: Arc<crate::actors::transport::IngressGate>,
 }
 
 /// The shard actor.
@@ -201,6 +203,7 @@ impl Handler<Inbound> for TransactionShard {
 
     fn handle(&mut self, inbound: Inbound, _ctx: &mut Self::Context) {
         let started = Instant::now();
+        self.config.ingress.release(self.id);
         self.on_message(inbound.msg, inbound.source, inbound.flow, started);
         crate::metrics::actors()
             .transaction

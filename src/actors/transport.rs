@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
@@ -28,9 +29,62 @@ pub const MAX_MESSAGE: usize = 65_535;
 
 pub use crate::sip::Protocol;
 
-/// Messages waiting for the transaction shards, beyond which new ones are
+/// Messages waiting for one transaction shard, beyond which new ones are
 /// dropped (about a second of traffic at the measured peak rate).
 const MAX_QUEUED: i64 = 20_000;
+
+/// Bounds the messages queued for each transaction shard. Each shard has
+/// its own count, taken when a message is sent to it and given back when it
+/// has handled it, so a stuck or dead shard never holds the others' share.
+pub struct IngressGate {
+    queued: Box<[AtomicI64]>,
+    limit: i64,
+    /// A dead shard is reported once, not per message.
+    reported_gone: Box<[AtomicBool]>,
+}
+
+impl IngressGate {
+    pub fn new(shards: usize) -> Self {
+        IngressGate::with_limit(shards, MAX_QUEUED)
+    }
+
+    fn with_limit(shards: usize, limit: i64) -> Self {
+        IngressGate {
+            queued: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            limit,
+            reported_gone: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Takes a place in SHARD's queue; false when it is full.
+    pub fn admit(&self, shard: usize) -> bool {
+        let Some(queued) = self.queued.get(shard) else {
+            return false;
+        };
+        if queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// SHARD handled a message it was admitted for.
+    pub fn release(&self, shard: usize) {
+        if let Some(queued) = self.queued.get(shard) {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// SHARD's mailbox is closed: its messages are dropped, and logged once.
+    fn shard_gone(&self, shard: usize) {
+        crate::metrics::get().ingress_dropped.inc();
+        if let Some(reported) = self.reported_gone.get(shard) {
+            if !reported.swap(true, Ordering::Relaxed) {
+                tracing::error!(shard, "transaction shard stopped; its messages are dropped");
+            }
+        }
+    }
+}
 
 /// The way back to a peer: the UDP socket a datagram arrived on, or the TCP
 /// connection it arrived over.
@@ -63,30 +117,34 @@ pub struct Inbound {
 #[derive(Clone)]
 pub struct Router {
     shards: Arc<[Addr<TransactionShard>]>,
+    ingress: Arc<IngressGate>,
 }
 
 impl Router {
-    pub fn new(shards: Vec<Addr<TransactionShard>>) -> Self {
+    pub fn new(shards: Vec<Addr<TransactionShard>>, ingress: Arc<IngressGate>) -> Self {
         Router {
             shards: shards.into(),
+            ingress,
         }
     }
 
     pub fn dispatch(&self, msg: Message, source: SocketAddr, flow: Flow) {
-        // do_send ignores mailbox capacity, so ingress is bounded here: past
-        // the limit a burst is shed (UDP peers retransmit) instead of growing
-        // memory without end.
-        let stats = &crate::metrics::actors().transaction;
-        if stats.enqueued() > MAX_QUEUED {
-            stats
-                .queued
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            crate::metrics::get().ingress_dropped.inc();
-            tracing::warn!(%source, "transaction shards overloaded; message dropped");
+        let index = self.shard_of(msg.call_id().unwrap_or(""));
+        let shard = &self.shards[index];
+        if !shard.connected() {
+            self.ingress.shard_gone(index);
             return;
         }
-        let index = self.shard_of(msg.call_id().unwrap_or(""));
-        self.shards[index].do_send(Inbound { msg, source, flow });
+        // do_send ignores mailbox capacity, so ingress is bounded here, per
+        // shard: past the limit a burst is shed (UDP peers retransmit)
+        // instead of growing memory without end.
+        if !self.ingress.admit(index) {
+            crate::metrics::get().ingress_dropped.inc();
+            tracing::debug!(%source, shard = index, "transaction shard overloaded; message dropped");
+            return;
+        }
+        crate::metrics::actors().transaction.enqueued();
+        shard.do_send(Inbound { msg, source, flow });
     }
 
     /// Hands a probe to the shard that will receive its responses (the one
@@ -595,5 +653,27 @@ impl Decoder for SipStreamCodec {
             Ok(None) => Ok(None),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IngressGate;
+
+    #[test]
+    fn a_shard_that_never_drains_does_not_block_the_others() {
+        let gate = IngressGate::with_limit(2, 3);
+        // Shard 0 is stuck: it takes messages and never handles them.
+        let admitted = (0..10).filter(|_| gate.admit(0)).count();
+        assert_eq!(admitted, 3, "shard 0 is bounded");
+        // Shard 1 goes on for ever, taking and handling.
+        for _ in 0..100_000 {
+            assert!(gate.admit(1), "shard 1 was starved by shard 0");
+            gate.release(1);
+        }
+        // Once shard 0 handles one message, it takes one more.
+        gate.release(0);
+        assert!(gate.admit(0));
+        assert!(!gate.admit(0));
     }
 }

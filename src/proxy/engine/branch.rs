@@ -36,32 +36,68 @@ impl BranchTokens {
     }
 }
 
-/// The branch of a client transaction.
-pub fn client_branch(loop_hash: u64, token: u64) -> String {
-    format!("{MAGIC_COOKIE}{loop_hash:016x}.{token:016x}")
+/// Length of a client branch: cookie, 16 hex digits, `.`, 16 hex digits.
+pub const CLIENT_BRANCH_LEN: usize = MAGIC_COOKIE.len() + 33;
+
+/// Appends the branch of a client transaction.
+pub fn push_client_branch(out: &mut String, loop_hash: u64, token: u64) {
+    out.push_str(MAGIC_COOKIE);
+    push_hex16(out, loop_hash);
+    out.push('.');
+    push_hex16(out, token);
 }
 
-/// The branch of a statelessly relayed ACK: stable across the ACK's
-/// retransmissions, and never mistaken for a client transaction (the `s`).
-pub fn stateless_branch(loop_hash: u64, upstream_branch: &str) -> String {
-    let hash = xxhash_rust::xxh3::xxh3_64(upstream_branch.as_bytes());
-    format!("{MAGIC_COOKIE}{loop_hash:016x}.s{hash:016x}")
+/// The branch of a client transaction.
+#[cfg(test)]
+pub fn client_branch(loop_hash: u64, token: u64) -> String {
+    let mut branch = String::with_capacity(CLIENT_BRANCH_LEN);
+    push_client_branch(&mut branch, loop_hash, token);
+    branch
+}
+
+/// Appends the branch of a statelessly relayed ACK: stable across the
+/// ACK's retransmissions, and never mistaken for a client transaction (the
+/// `s` is not a hex digit).
+pub fn push_stateless_branch(out: &mut String, loop_hash: u64, upstream_branch: &str) {
+    out.push_str(MAGIC_COOKIE);
+    push_hex16(out, loop_hash);
+    out.push_str(".s");
+    push_hex16(out, xxhash_rust::xxh3::xxh3_64(upstream_branch.as_bytes()));
+}
+
+/// Sixteen lower-case hex digits, leading zeros kept (this runs for every
+/// branch we write, so it avoids the formatting machinery).
+fn push_hex16(out: &mut String, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    }
+}
+
+/// Sixteen hex digits (either case) as a number.
+fn parse_hex16(digits: &[u8]) -> Option<u64> {
+    if digits.len() != 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, &b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u64::from(digit))
+    })
 }
 
 /// `(loop hash, token)` of one of our client branches; None for anything
 /// else, stateless ACK branches included.
 pub fn parse_client_branch(branch: &str) -> Option<(u64, u64)> {
-    let rest = branch.strip_prefix(MAGIC_COOKIE)?;
-    if rest.len() != 33 || rest.as_bytes()[16] != b'.' {
+    let rest = branch.strip_prefix(MAGIC_COOKIE)?.as_bytes();
+    if rest.len() != 33 || rest[16] != b'.' {
         return None;
     }
-    let hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_hexdigit())
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    Some((hex(&rest[..16])?, hex(&rest[17..])?))
+    Some((parse_hex16(&rest[..16])?, parse_hex16(&rest[17..])?))
 }
 
 #[cfg(test)]
@@ -76,8 +112,10 @@ mod tests {
             parse_client_branch(&branch),
             Some((0xabc, 0x1234_5678_9abc_def0))
         );
+        let mut stateless = String::new();
+        push_stateless_branch(&mut stateless, 1, "z9hG4bK-up");
         for other in [
-            stateless_branch(1, "z9hG4bK-up"),
+            stateless,
             "z9hG4bK0000000000000000.3".to_string(),
             "z9hG4bK-sipp-1".to_string(),
             "z9hG4bK".to_string(),

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use self::branch::{client_branch, parse_client_branch, stateless_branch, BranchTokens};
+use self::branch::{
+    parse_client_branch, push_client_branch, push_stateless_branch, BranchTokens, CLIENT_BRANCH_LEN,
+};
 use self::client::{CancelTx, ClientState, ClientTx, Owner};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{ServerKey, ServerState, ServerTx};
@@ -179,11 +181,12 @@ impl<F: Clone> Engine<F> {
         self.config.timers
     }
 
-    fn via_value(&self, protocol: Protocol, branch: &str) -> String {
+    /// Our Via for `protocol`, its branch written by `branch`.
+    fn via_value(&self, protocol: Protocol, branch: impl FnOnce(&mut String)) -> String {
         let prefix = &self.via_prefix[protocol as usize];
-        let mut via = String::with_capacity(prefix.len() + branch.len() + 6);
+        let mut via = String::with_capacity(prefix.len() + CLIENT_BRANCH_LEN + 8);
         via.push_str(prefix);
-        via.push_str(branch);
+        branch(&mut via);
         via.push_str(";rport");
         via
     }
@@ -249,8 +252,8 @@ impl<F: Clone> Engine<F> {
                 return;
             }
             // §16.3 step 5: we support no extension a proxy must know.
-            let unsupported: Vec<&str> = msg.header_values(HeaderName::ProxyRequire).collect();
-            if !unsupported.is_empty() && method != Some(Method::Cancel) {
+            if msg.header(HeaderName::ProxyRequire).is_some() && method != Some(Method::Cancel) {
+                let unsupported: Vec<&str> = msg.header_values(HeaderName::ProxyRequire).collect();
                 let list = unsupported.join(", ");
                 reply(self, 420, "Bad Extension", &[("Unsupported", &list)]);
                 return;
@@ -585,14 +588,13 @@ impl<F: Clone> Engine<F> {
         let msg = &pending.msg;
         let hop = plan.hop;
         let token = pending.slot.map(|_| self.fresh_token());
-        let branch = match token {
-            Some(token) => client_branch(pending.loop_hash, token),
+        let via = self.via_value(hop.protocol, |out| match token {
+            Some(token) => push_client_branch(out, pending.loop_hash, token),
             None => {
                 let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
-                stateless_branch(pending.loop_hash, upstream)
+                push_stateless_branch(out, pending.loop_hash, upstream)
             }
-        };
-        let via = self.via_value(hop.protocol, &branch);
+        });
         let record_route = decision
             .record_route
             .then(|| self.record_route[pending.protocol as usize].as_str());
@@ -1292,7 +1294,7 @@ impl<F: Clone> Engine<F> {
     /// `probe`.
     pub fn start_probe(&mut self, now: Instant, probe: u64, uri: &str, hop: Hop, call_id: &str) {
         let token = self.fresh_token();
-        let via = self.via_value(hop.protocol, &client_branch(0, token));
+        let via = self.via_value(hop.protocol, |out| push_client_branch(out, 0, token));
         let from = format!(
             "<sip:siphon@{}>;tag={}",
             self.config.via_host,

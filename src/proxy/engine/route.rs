@@ -21,18 +21,18 @@ fn value_uri(value: &str) -> Option<&str> {
 /// becomes the Request-URI and leaves the set; then the Route values at the
 /// top that name this proxy are removed.
 pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
-    let routes: Vec<&str> = msg.header_values(HeaderName::Route).collect();
-    if routes.is_empty() {
+    if msg.header(HeaderName::Route).is_none() {
         return Preroute::default();
     }
+    let routes = || msg.header_values(HeaderName::Route);
     let strict_ruri = msg
         .request_uri()
         .filter(|ruri| is_our_record_route(ruri, local))
-        .and_then(|_| routes.last().and_then(|last| value_uri(last)))
+        .and_then(|_| routes().last().and_then(value_uri))
         .map(str::to_string);
-    let usable = routes.len() - usize::from(strict_ruri.is_some());
-    let routes_popped = routes[..usable]
-        .iter()
+    let usable = routes().count() - usize::from(strict_ruri.is_some());
+    let routes_popped = routes()
+        .take(usable)
         .take_while(|value| value_uri(value).is_some_and(|uri| local.is_local_uri(uri)))
         .count();
     Preroute {

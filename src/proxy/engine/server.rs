@@ -45,8 +45,16 @@ impl ServerKey {
         let branch = via.as_ref().and_then(|v| v.branch()).unwrap_or("");
         let id = match &via {
             Some(via) if branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE) => {
-                let port = via.port.unwrap_or(5060);
-                format!("{branch}|{}:{port}", via.host.to_ascii_lowercase())
+                // Built by hand: this runs for every request.
+                let mut port = itoa::Buffer::new();
+                let port = port.format(via.port.unwrap_or(5060));
+                let mut id = String::with_capacity(branch.len() + via.host.len() + port.len() + 2);
+                id.push_str(branch);
+                id.push('|');
+                id.extend(via.host.chars().map(|c| c.to_ascii_lowercase()));
+                id.push(':');
+                id.push_str(port);
+                id
             }
             _ => format!(
                 "2543|{}|{}|{}|{}|{}",
