@@ -18,6 +18,8 @@
 mod branch;
 mod client;
 mod context;
+#[cfg(test)]
+mod fuzz;
 mod route;
 mod server;
 #[cfg(test)]
