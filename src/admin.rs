@@ -24,6 +24,8 @@ pub struct AdminContext {
     pub gateways: Arc<dyn GatewayAdmin>,
     /// Registrar bindings, when this node runs a registrar.
     pub registrations: Option<Arc<dyn RegistrationAdmin>>,
+    /// What `/metrics` encodes.
+    pub metrics: &'static crate::metrics::Metrics,
 }
 
 /// The gateway operations the admin API needs.
@@ -32,6 +34,8 @@ pub trait GatewayAdmin: Send + Sync {
     fn snapshot(&self) -> Value;
     /// `Some(changed)` when the group and destination exist, else `None`.
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
+    /// Brings the destinations' `up` gauges up to date (before a scrape).
+    fn refresh_gauges(&self);
 }
 
 /// The registrar operations the admin API needs.
@@ -40,6 +44,8 @@ pub trait RegistrationAdmin: Send + Sync {
     fn bindings(&self, aor: &str) -> Value;
     /// Removes the AoR's bindings; how many were removed.
     fn remove(&self, aor: &str) -> usize;
+    /// How many bindings are held.
+    fn count(&self) -> usize;
 }
 
 /// `GET/DELETE /admin/registrations/{aor}`.
@@ -51,6 +57,10 @@ impl RegistrationAdmin for crate::registrar::Registrar {
 
     fn remove(&self, aor: &str) -> usize {
         crate::registrar::Registrar::remove(self, aor)
+    }
+
+    fn count(&self) -> usize {
+        crate::registrar::Registrar::count(self)
     }
 }
 
@@ -160,12 +170,10 @@ async fn delete_registrations(State(ctx): State<Shared>, Path(aor): Path<String>
     }
 }
 
-async fn metrics() -> Response {
-    crate::actors::gateway::GatewayService::global()
-        .gateways()
-        .refresh_up_gauges();
-    if let Some(registrar) = crate::registrar::global() {
-        crate::metrics::get()
+async fn metrics(State(ctx): State<Shared>) -> Response {
+    ctx.gateways.refresh_gauges();
+    if let Some(registrar) = &ctx.registrations {
+        ctx.metrics
             .registrations_active
             .set(registrar.count() as i64);
     }
@@ -174,7 +182,7 @@ async fn metrics() -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        crate::metrics::get().encode(),
+        ctx.metrics.encode(),
     )
         .into_response()
 }
@@ -189,10 +197,11 @@ pub fn spawn_admin(listener: TcpListener, ctx: Shared) {
 }
 
 /// Serves `/metrics` alone on the Prometheus listen address.
-pub fn spawn_metrics(listener: TcpListener) {
+pub fn spawn_metrics(listener: TcpListener, ctx: Shared) {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "only /metrics is served here") });
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "only /metrics is served here") })
+        .with_state(ctx);
     actix::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
@@ -237,6 +246,10 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             })
             .collect();
         json!({ "groups": groups })
+    }
+
+    fn refresh_gauges(&self) {
+        self.gateways().refresh_up_gauges();
     }
 
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool> {

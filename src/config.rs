@@ -96,6 +96,29 @@ pub struct GroupConfig {
     pub destinations: Vec<DestinationConfig>,
 }
 
+impl GroupConfig {
+    /// The selection state this config describes, every destination healthy.
+    pub fn to_group(&self) -> crate::gateway::Group {
+        use crate::gateway::{Destination, Group};
+        let destinations = self
+            .destinations
+            .iter()
+            .map(|d| Destination {
+                uri: d.uri.clone(),
+                address: d.address,
+                weight: d.weight,
+                attrs: d.attrs.clone(),
+            })
+            .collect();
+        Group::new(
+            self.name.clone(),
+            self.algorithm,
+            destinations,
+            self.probe.failure_threshold,
+        )
+    }
+}
+
 /// How a group picks a destination (see DESIGN.md §4.3); one enum shared
 /// with the selection code, deserialized from its snake_case name.
 pub use crate::gateway::Algorithm;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use siphon::{config, logging, script::ScriptEngine, server};
+use siphon::script::{ScriptEngine, ScriptServices};
+use siphon::{config, logging, server};
 
 /// A SIP proxy and load balancer, routed by a Python script.
 #[derive(Parser)]
@@ -33,7 +34,8 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(&config.log.level, config.log.format) {
         return fail(&format!("{}: log: {e}", path.display()));
     }
-    let script = match ScriptEngine::load(&config.script.path) {
+    let services = ScriptServices::new(siphon::metrics::get());
+    let script = match ScriptEngine::load(&config.script.path, &services) {
         Ok(script) => script,
         Err(e) => return fail(&e),
     };
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match server::run(config, script) {
+    match server::run(config, script, services) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

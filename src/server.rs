@@ -11,7 +11,7 @@ use crate::actors::transport::{Datagrams, Router, TcpAcceptor, Transports, UdpTr
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::TimerSettings;
-use crate::script::{host_text, LocalIdentity, ScriptEngine};
+use crate::script::{host_text, LocalIdentity, ScriptEngine, ScriptServices};
 
 /// How many transaction shards (and Python worker threads) to run:
 /// `server.workers`, or one per core (at most 8) when it is 0.
@@ -25,16 +25,24 @@ fn shard_count(configured: usize) -> usize {
 }
 
 /// Runs the daemon until a stop signal. Errors are start-up failures.
-pub fn run(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> {
+pub fn run(
+    config: Config,
+    script: Arc<ScriptEngine>,
+    services: ScriptServices,
+) -> Result<(), String> {
     let system = System::new();
-    let started = system.block_on(async move { start(config, script).await });
+    let started = system.block_on(async move { start(config, script, services).await });
     started?;
     system
         .run()
         .map_err(|e| format!("actor system failed: {e}"))
 }
 
-async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> {
+async fn start(
+    config: Config,
+    script: Arc<ScriptEngine>,
+    services: ScriptServices,
+) -> Result<(), String> {
     let (transports, udp_sockets) = Transports::bind(&config.listen.udp, &config.listen.tcp)
         .map_err(|e| format!("cannot bind UDP listeners {:?}: {e}", config.listen.udp))?;
     let mut tcp_listeners = Vec::new();
@@ -58,7 +66,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
             .map_or_else(|| "127.0.0.1".to_string(), host_text)
     });
     // Process-wide, so the script's `gateway` namespace sees the same groups.
-    let gateway_service = crate::actors::gateway::GatewayService::global();
+    let gateway_service = services.gateways.clone();
     for group in &config.gateway.groups {
         gateway_service.add_configured_group(group);
     }
@@ -69,7 +77,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
         &config.registrar,
         crate::registrar::node_domains(&config.domain.local, config.advertise.as_deref(), &listen),
     )?;
-    crate::registrar::install(registrar);
+    let _ = services.registrar.set(registrar.clone());
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let shards_wanted = shard_count(config.server.workers);
     let ingress = Arc::new(crate::actors::transport::IngressGate::new(shards_wanted));
@@ -128,7 +136,7 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
         tracing::info!(addr = ?local, "listening on TCP");
     }
 
-    start_http(&config, lifecycle.clone()).await?;
+    start_http(&config, lifecycle.clone(), &services).await?;
     log_actor_metrics(Duration::from_secs(config.metrics.log_interval_secs));
     watch_signals(
         script,
@@ -143,27 +151,6 @@ async fn start(config: Config, script: Arc<ScriptEngine>) -> Result<(), String> 
         "siphon ready"
     );
     Ok(())
-}
-
-/// A gateway group as the config describes it.
-pub fn group_from_config(config: &crate::config::GroupConfig) -> crate::gateway::Group {
-    use crate::gateway::{Destination, Group};
-    let destinations = config
-        .destinations
-        .iter()
-        .map(|d| Destination {
-            uri: d.uri.clone(),
-            address: d.address,
-            weight: d.weight,
-            attrs: d.attrs.clone(),
-        })
-        .collect();
-    Group::new(
-        config.name.clone(),
-        config.algorithm,
-        destinations,
-        config.probe.failure_threshold,
-    )
 }
 
 /// SIGHUP reloads the script; SIGTERM/SIGINT drain, then stop.
@@ -244,19 +231,26 @@ fn log_actor_metrics(interval: Duration) {
 }
 
 /// Starts the admin API and the Prometheus endpoint when configured.
-async fn start_http(config: &Config, lifecycle: Arc<Lifecycle>) -> Result<(), String> {
+async fn start_http(
+    config: &Config,
+    lifecycle: Arc<Lifecycle>,
+    services: &ScriptServices,
+) -> Result<(), String> {
+    let ctx = Arc::new(crate::admin::AdminContext {
+        lifecycle,
+        instance_id: config.server.instance_id.clone(),
+        gateways: services.gateways.clone(),
+        registrations: services
+            .registrar
+            .get()
+            .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
+        metrics: crate::metrics::get(),
+    });
     if let Some(addr) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot bind admin.listen {addr}: {e}"))?;
-        let ctx = Arc::new(crate::admin::AdminContext {
-            lifecycle,
-            instance_id: config.server.instance_id.clone(),
-            gateways: crate::actors::gateway::GatewayService::global().clone(),
-            registrations: crate::registrar::global()
-                .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
-        });
-        crate::admin::spawn_admin(listener, ctx);
+        crate::admin::spawn_admin(listener, ctx.clone());
         tracing::info!(%addr, "admin API listening");
     }
     if let Some(prometheus) = &config.metrics.prometheus {
@@ -264,7 +258,7 @@ async fn start_http(config: &Config, lifecycle: Arc<Lifecycle>) -> Result<(), St
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot bind metrics.prometheus.listen {addr}: {e}"))?;
-        crate::admin::spawn_metrics(listener);
+        crate::admin::spawn_metrics(listener, ctx);
         tracing::info!(%addr, "Prometheus metrics listening");
     }
     Ok(())

@@ -52,22 +52,15 @@ struct GroupEntry {
     actor: Option<Addr<GroupActor>>,
 }
 
-static GLOBAL: OnceLock<Arc<GatewayService>> = OnceLock::new();
-
-impl Default for GatewayService {
-    fn default() -> Self {
+impl GatewayService {
+    /// The service boot builds and hands to the server, the script and the
+    /// admin API.
+    pub fn new(metrics: &'static crate::metrics::Metrics) -> Self {
         GatewayService {
-            gateways: Arc::new(Gateways::default()),
+            gateways: Arc::new(Gateways::new(metrics)),
             transports: OnceLock::new(),
             groups: Mutex::new(HashMap::new()),
         }
-    }
-}
-
-impl GatewayService {
-    /// The service of this process, shared by the server and the script.
-    pub fn global() -> &'static Arc<GatewayService> {
-        GLOBAL.get_or_init(|| Arc::new(GatewayService::default()))
     }
 
     /// The selection registry (what the relay path and `gateway.select` read).
@@ -78,7 +71,7 @@ impl GatewayService {
     /// Adds a group, or replaces the group of that name (its actor and probers
     /// stop, and the new one starts with every destination healthy).
     pub fn add_group(&self, config: &GroupConfig) {
-        let group = crate::server::group_from_config(config);
+        let group = config.to_group();
         let probe = config.probe.enabled.then(|| config.probe.clone());
         let (shared, _) = self.gateways.insert(group);
         let actor = self.start_actor(&config.name, &shared, probe.as_ref());
@@ -710,7 +703,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn groups_added_before_start_get_actors_at_start() {
-        let service = GatewayService::default();
+        let service = GatewayService::new(crate::metrics::get());
         service.add_group(&group_config("early", false));
         assert!(service.gateways().get("early").is_some());
         assert!(!service.is_running("early"), "no actors before start");
@@ -723,7 +716,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn probe_reports_change_health_and_marks_hold() {
-        let service = GatewayService::default();
+        let service = GatewayService::new(crate::metrics::get());
         service.start(transports());
         service.add_group(&group_config("pool", false));
         let actor = actor_of(&service, "pool");
@@ -783,7 +776,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn removing_or_replacing_a_group_stops_its_probers() {
-        let service = GatewayService::default();
+        let service = GatewayService::new(crate::metrics::get());
         service.start(transports());
         service.add_group(&group_config("probed", true));
         let first = actor_of(&service, "probed");
@@ -812,7 +805,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn groups_without_probing_start_no_probers() {
-        let service = GatewayService::default();
+        let service = GatewayService::new(crate::metrics::get());
         service.start(transports());
         service.add_group(&group_config("quiet", false));
         let actor = actor_of(&service, "quiet");
@@ -821,7 +814,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn configured_groups_do_not_replace_script_groups() {
-        let service = GatewayService::default();
+        let service = GatewayService::new(crate::metrics::get());
         let mut from_script = group_config("backends", false);
         from_script.destinations.truncate(1);
         service.add_group(&from_script);

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::Group;
-use crate::metrics::DestinationMetrics;
+use crate::metrics::{DestinationMetrics, Metrics};
 
 /// One group behind its lock, with each destination's metric handles (made
 /// once here, so counting a selection costs one atomic add).
@@ -18,8 +18,7 @@ pub struct SharedGroup {
 }
 
 impl SharedGroup {
-    pub fn new(group: Group) -> Self {
-        let registry = crate::metrics::get();
+    pub fn new(group: Group, registry: &Metrics) -> Self {
         let metrics = group
             .destinations()
             .iter()
@@ -53,13 +52,22 @@ impl SharedGroup {
 
 /// Every group by name, and every destination's address by uri (so relaying
 /// to a destination's uri sends to its configured address, with no DNS).
-#[derive(Default)]
 pub struct Gateways {
     groups: RwLock<HashMap<String, Arc<SharedGroup>>>,
     addresses: RwLock<HashMap<String, SocketAddr>>,
+    /// Where each destination's selections, health and probe figures go.
+    metrics: &'static Metrics,
 }
 
 impl Gateways {
+    pub fn new(metrics: &'static Metrics) -> Self {
+        Gateways {
+            groups: RwLock::default(),
+            addresses: RwLock::default(),
+            metrics,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<SharedGroup>> {
         self.groups
             .read()
@@ -77,7 +85,7 @@ impl Gateways {
                 addresses.insert(dest.uri.clone(), dest.address);
             }
         }
-        let shared = Arc::new(SharedGroup::new(group));
+        let shared = Arc::new(SharedGroup::new(group, self.metrics));
         let previous = self
             .groups
             .write()
@@ -95,7 +103,7 @@ impl Gateways {
         if let Some(shared) = &removed {
             let group = shared.lock();
             for dest in group.destinations() {
-                crate::metrics::get().remove_destination(name, &dest.uri);
+                self.metrics.remove_destination(name, &dest.uri);
             }
         }
         removed

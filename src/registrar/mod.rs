@@ -11,7 +11,7 @@ pub mod redis_store;
 pub mod rules;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -24,20 +24,6 @@ pub use rules::{Binding, Limits, LocalDomains, Reply};
 
 /// How often expired bindings are dropped from memory.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The process-wide registrar the Python `registrar` namespace uses.
-static GLOBAL: OnceLock<Arc<Registrar>> = OnceLock::new();
-
-/// Makes `registrar` the one scripts reach. False if one is already installed
-/// (the first stays).
-pub fn install(registrar: Arc<Registrar>) -> bool {
-    GLOBAL.set(registrar).is_ok()
-}
-
-/// The registrar installed at boot, if any.
-pub fn global() -> Option<&'static Arc<Registrar>> {
-    GLOBAL.get()
-}
 
 /// The hosts that name this node, for AoR folding: `domain.local` first (its
 /// first entry is the canonical domain), then the advertised host and the

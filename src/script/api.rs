@@ -83,12 +83,13 @@ impl LogApi {
 
 /// Creates the `siphon` module and puts it in `sys.modules`, so that
 /// `from siphon import proxy, log` works in the script.
-pub(super) fn register_module(py: Python<'_>) -> PyResult<()> {
+pub(super) fn register_module(py: Python<'_>, services: &super::ScriptServices) -> PyResult<()> {
     let module = PyModule::new(py, "siphon")?;
     module.add("proxy", Py::new(py, ProxyApi)?)?;
     module.add("log", Py::new(py, LogApi)?)?;
-    module.add("gateway", Py::new(py, super::gateway::GatewayApi)?)?;
-    super::registrar::register(&module)?;
+    let gateway = super::gateway::GatewayApi::new(services.gateways.clone());
+    module.add("gateway", Py::new(py, gateway)?)?;
+    super::registrar::register(&module, services.registrar.clone())?;
     module.add_class::<super::request::Request>()?;
     module.add_class::<super::request::Uri>()?;
     py.import("sys")?

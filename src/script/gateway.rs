@@ -6,6 +6,7 @@
 //! [`GatewayService`], which starts and stops the group and prober actors.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -82,7 +83,30 @@ impl PyDestination {
 
 /// The `gateway` object of the `siphon` module.
 #[pyclass(name = "Gateway", module = "siphon", frozen)]
-pub(super) struct GatewayApi;
+pub(super) struct GatewayApi {
+    service: Arc<GatewayService>,
+}
+
+impl GatewayApi {
+    pub(super) fn new(service: Arc<GatewayService>) -> Self {
+        GatewayApi { service }
+    }
+
+    fn mark(&self, group: &str, uri: &str, down: bool) -> bool {
+        let verb = if down { "mark_down" } else { "mark_up" };
+        match self.service.mark(group, uri, down) {
+            Some(true) => true,
+            Some(false) => {
+                tracing::warn!(target: "siphon::script", group = %group, uri = %uri, "gateway.{verb}: uri not in group");
+                false
+            }
+            None => {
+                tracing::warn!(target: "siphon::script", group = %group, "gateway.{verb}: unknown group");
+                false
+            }
+        }
+    }
+}
 
 #[pymethods]
 impl GatewayApi {
@@ -96,7 +120,7 @@ impl GatewayApi {
         attrs: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Option<PyDestination>> {
         let filter = attrs.map(|a| attr_map(&a, "attrs")).transpose()?;
-        let Some(shared) = GatewayService::global().gateways().get(group) else {
+        let Some(shared) = self.service.gateways().get(group) else {
             tracing::warn!(target: "siphon::script", group = %group, "gateway.select: unknown group");
             return Ok(None);
         };
@@ -126,12 +150,12 @@ impl GatewayApi {
     /// Holds `uri` down until `mark_up`; probes do not lift it. False when
     /// the group or the uri is unknown.
     fn mark_down(&self, group: &str, uri: &str) -> bool {
-        mark(group, uri, true)
+        self.mark(group, uri, true)
     }
 
     /// Lifts a hold (and forgets probe failures). False when unknown.
     fn mark_up(&self, group: &str, uri: &str) -> bool {
-        mark(group, uri, false)
+        self.mark(group, uri, false)
     }
 
     /// Adds (or replaces) a group; `destinations` are dicts with the config's
@@ -147,24 +171,24 @@ impl GatewayApi {
     ) -> PyResult<()> {
         let config = group_config(name, &destinations, algorithm, probe.as_ref())
             .map_err(|message| PyValueError::new_err(format!("add_group({name:?}): {message}")))?;
-        GatewayService::global().add_group(&config);
+        self.service.add_group(&config);
         Ok(())
     }
 
     /// Removes a group and stops its probers. False when unknown.
     fn remove_group(&self, name: &str) -> bool {
-        GatewayService::global().remove_group(name)
+        self.service.remove_group(name)
     }
 
     /// Every group name, sorted.
     fn groups(&self) -> Vec<String> {
-        GatewayService::global().gateways().names()
+        self.service.gateways().names()
     }
 
     /// Every destination of `group` in config order, healthy or not. An
     /// unknown group gives an empty list and a warning.
     fn list(&self, group: &str) -> Vec<PyDestination> {
-        let Some(shared) = GatewayService::global().gateways().get(group) else {
+        let Some(shared) = self.service.gateways().get(group) else {
             tracing::warn!(target: "siphon::script", group = %group, "gateway.list: unknown group");
             return Vec::new();
         };
@@ -176,21 +200,6 @@ impl GatewayApi {
                 PyDestination::snapshot(group, destination, health.is_up(now))
             })
             .collect()
-    }
-}
-
-fn mark(group: &str, uri: &str, down: bool) -> bool {
-    let verb = if down { "mark_down" } else { "mark_up" };
-    match GatewayService::global().mark(group, uri, down) {
-        Some(true) => true,
-        Some(false) => {
-            tracing::warn!(target: "siphon::script", group = %group, uri = %uri, "gateway.{verb}: uri not in group");
-            false
-        }
-        None => {
-            tracing::warn!(target: "siphon::script", group = %group, "gateway.{verb}: unknown group");
-            false
-        }
     }
 }
 
@@ -475,7 +484,9 @@ mod tests {
 
     #[test]
     fn select_list_and_marks_through_the_api() {
-        let api = GatewayApi;
+        let api = GatewayApi::new(std::sync::Arc::new(GatewayService::new(
+            crate::metrics::get(),
+        )));
         let group = "script-gateway-unit";
         with_value(
             r#"[{"uri": "sip:one.example.com", "address": "127.0.0.1:6001", "attrs": {"zone": "a"}},

@@ -21,6 +21,24 @@ pub use request::{
     host_text, same_header, Action, Decision, ForkTarget, LocalIdentity, Request, RequestInput,
 };
 
+/// What the `siphon` module's namespaces act on. Boot builds it and hands it
+/// to the script engine, the server and the admin API.
+#[derive(Clone)]
+pub struct ScriptServices {
+    pub gateways: Arc<crate::actors::gateway::GatewayService>,
+    /// The registrar, once boot has started it (`siphon --check` starts none).
+    pub registrar: Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
+}
+
+impl ScriptServices {
+    pub fn new(metrics: &'static crate::metrics::Metrics) -> Self {
+        ScriptServices {
+            gateways: Arc::new(crate::actors::gateway::GatewayService::new(metrics)),
+            registrar: Arc::default(),
+        }
+    }
+}
+
 /// One registered handler: an optional method filter and the Python callable.
 struct Handler {
     methods: Option<Vec<String>>,
@@ -63,9 +81,9 @@ pub struct ScriptCache {
 
 impl ScriptEngine {
     /// Initialises Python once, registers the `siphon` module and loads the script.
-    pub fn load(path: &Path) -> Result<Arc<ScriptEngine>, String> {
+    pub fn load(path: &Path, services: &ScriptServices) -> Result<Arc<ScriptEngine>, String> {
         Python::initialize();
-        Python::attach(api::register_module)
+        Python::attach(|py| api::register_module(py, services))
             .map_err(|e| format!("cannot set up the siphon module: {e}"))?;
         let handlers = load_handlers(path)?;
         Ok(Arc::new(ScriptEngine {

@@ -2,21 +2,28 @@
 //! `registrar.lookup(uri) -> list[Contact]`, over the process-wide
 //! [`crate::registrar::Registrar`] that boot installs.
 
+use std::sync::{Arc, OnceLock};
+
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::request::Request;
 use crate::registrar::{self, Registrar};
 
-fn installed() -> PyResult<&'static Registrar> {
-    registrar::global()
-        .map(|r| r.as_ref())
-        .ok_or_else(|| PyRuntimeError::new_err("the registrar is not running in this process"))
-}
-
 /// `registrar`: the bindings of this node.
 #[pyclass(name = "Registrar", module = "siphon", frozen)]
-pub(super) struct RegistrarApi;
+pub(super) struct RegistrarApi {
+    registrar: Arc<OnceLock<Arc<Registrar>>>,
+}
+
+impl RegistrarApi {
+    fn installed(&self) -> PyResult<&Registrar> {
+        self.registrar
+            .get()
+            .map(|r| r.as_ref())
+            .ok_or_else(|| PyRuntimeError::new_err("the registrar is not running in this process"))
+    }
+}
 
 #[pymethods]
 impl RegistrarApi {
@@ -24,7 +31,7 @@ impl RegistrarApi {
     /// the bindings, or the error); the proxy sends it when the handler
     /// returns. Returns the status code.
     fn save(&self, request: &Bound<'_, Request>) -> PyResult<u16> {
-        let registrar = installed()?;
+        let registrar = self.installed()?;
         let reply = {
             let request = request.borrow();
             let msg = request.message()?;
@@ -45,7 +52,7 @@ impl RegistrarApi {
     /// The live contacts registered for `uri` (a string, or `request.ruri` /
     /// `request.to_uri`), highest q first.
     fn lookup(&self, uri: &Bound<'_, PyAny>) -> PyResult<Vec<Contact>> {
-        let registrar = installed()?;
+        let registrar = self.installed()?;
         let text = uri.str()?.to_string();
         Ok(registrar
             .lookup(&text, registrar::unix_now())
@@ -56,7 +63,7 @@ impl RegistrarApi {
 
     /// Number of bindings this node holds.
     fn count(&self) -> PyResult<usize> {
-        Ok(installed()?.count())
+        Ok(self.installed()?.count())
     }
 }
 
@@ -103,8 +110,14 @@ impl Contact {
 }
 
 /// Adds `registrar` and the `Contact` type to the `siphon` module.
-pub(super) fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add("registrar", Py::new(module.py(), RegistrarApi)?)?;
+pub(super) fn register(
+    module: &Bound<'_, PyModule>,
+    registrar: Arc<OnceLock<Arc<Registrar>>>,
+) -> PyResult<()> {
+    module.add(
+        "registrar",
+        Py::new(module.py(), RegistrarApi { registrar })?,
+    )?;
     module.add_class::<Contact>()?;
     Ok(())
 }
