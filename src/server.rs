@@ -76,6 +76,7 @@ async fn start(
     let registrar = crate::registrar::Registrar::start(
         &config.registrar,
         crate::registrar::node_domains(&config.domain.local, config.advertise.as_deref(), &listen),
+        &crate::metrics::actors().registrar,
     )?;
     let _ = services.registrar.set(registrar.clone());
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());

@@ -112,9 +112,11 @@ impl Registrar {
     /// restores every stored binding first, waiting at most a few seconds; if
     /// Redis is down it starts empty and the restore is retried in the
     /// background.
+    /// `writer_stats` counts the Redis writer's flushes.
     pub fn start(
         config: &RegistrarConfig,
         domains: LocalDomains,
+        writer_stats: &'static crate::metrics::ActorStats,
     ) -> Result<Arc<Registrar>, String> {
         let limits = Limits {
             default_expires: config.default_expires,
@@ -126,8 +128,11 @@ impl Registrar {
         let store = match config.backend {
             RegistrarBackend::Memory => None,
             RegistrarBackend::Redis => {
-                let store =
-                    redis_store::RedisStore::new(&config.redis.url, &config.redis.key_prefix)?;
+                let store = redis_store::RedisStore::new(
+                    &config.redis.url,
+                    &config.redis.key_prefix,
+                    writer_stats,
+                )?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 registrar.changes = Some(tx);
                 Some((store, rx))

@@ -12,6 +12,7 @@
 //! error, retries with a capped exponential backoff and keeps the set of AoRs
 //! still to write.
 
+use crate::metrics::ActorStats;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub struct RedisStore {
     client: redis::Client,
     url: String,
     prefix: String,
+    /// Where the writer's flushes are counted (the registrar line of the
+    /// actor metrics).
+    stats: &'static ActorStats,
 }
 
 /// The stored form of an AoR's bindings.
@@ -81,13 +85,14 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, String> {
+    pub fn new(url: &str, prefix: &str, stats: &'static ActorStats) -> Result<RedisStore, String> {
         let client = redis::Client::open(url)
             .map_err(|e| format!("registrar.redis.url {:?} is not usable: {e}", redact(url)))?;
         Ok(RedisStore {
             client,
             url: redact(url),
             prefix: prefix.to_string(),
+            stats,
         })
     }
 
@@ -238,9 +243,7 @@ impl RedisStore {
             let result = self
                 .flush(&mut conn, &mut restored, &registrar, &mut pending)
                 .await;
-            crate::metrics::actors()
-                .registrar
-                .record_unqueued(started.elapsed());
+            self.stats.record_unqueued(started.elapsed());
             if let Some(booted) = booted.take() {
                 let _ = booted.send(());
             }
