@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +36,13 @@ pub trait GatewayAdmin: Send + Sync {
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
     /// Brings the destinations' `up` gauges up to date (before a scrape).
     fn refresh_gauges(&self);
+    /// Asks the group's actor for the ranking of `key`: `(uri, address)`,
+    /// first choice first. None when the group or its actor is not there.
+    fn select(
+        &self,
+        group: &str,
+        key: Option<String>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Vec<(String, String)>>>;
 }
 
 /// The registrar operations the admin API needs.
@@ -75,6 +82,7 @@ pub fn router(ctx: Shared) -> Router {
         .route("/admin/health", get(health))
         .route("/admin/ready", get(ready))
         .route("/admin/gateways", get(gateways))
+        .route("/admin/gateways/{group}/select", get(select))
         .route("/admin/gateways/{group}/down", post(mark_down))
         .route("/admin/gateways/{group}/up", post(mark_up))
         .route(
@@ -107,6 +115,72 @@ async fn ready(State(ctx): State<Shared>) -> Response {
 
 async fn gateways(State(ctx): State<Shared>) -> Response {
     Json(ctx.gateways.snapshot()).into_response()
+}
+
+/// `GET /admin/gateways/{group}/select?key=...`: which destination a key
+/// gets, and the failover order after it (without counting a selection).
+async fn select(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let key = query.as_deref().and_then(|q| query_value(q, "key"));
+    let Some(answer) = ctx.gateways.select(&group, key.clone()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no running gateway group {group:?}"),
+        );
+    };
+    let ranking = match tokio::time::timeout(std::time::Duration::from_secs(2), answer).await {
+        Ok(Ok(ranking)) => ranking,
+        _ => return error(StatusCode::SERVICE_UNAVAILABLE, "the group did not answer"),
+    };
+    let ranking: Vec<Value> = ranking
+        .into_iter()
+        .map(|(uri, address)| json!({ "uri": uri, "address": address }))
+        .collect();
+    let hashed = key.as_deref().map(|k| {
+        crate::sip::uri::address_of_record(k).map_or_else(|| k.to_string(), |a| a.into_owned())
+    });
+    Json(json!({
+        "group": group,
+        "key": key,
+        "hashed_key": hashed,
+        "destination": ranking.first().cloned(),
+        "ranking": ranking,
+    }))
+    .into_response()
+}
+
+/// The percent-decoded value of `name` in a query string (`+` is a space).
+fn query_value(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
+        .as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = (raw[i] == b'%')
+            .then(|| Some(hex(*raw.get(i + 1)?)? * 16 + hex(*raw.get(i + 2)?)?))
+            .flatten();
+        match (raw[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte as u8);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 async fn mark_down(state: State<Shared>, group: Path<String>, body: Bytes) -> Response {
@@ -252,6 +326,14 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
         self.gateways().refresh_up_gauges();
     }
 
+    fn select(
+        &self,
+        group: &str,
+        key: Option<String>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Vec<(String, String)>>> {
+        self.ask_select(group, key)
+    }
+
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool> {
         let known = self
             .gateways()
@@ -261,5 +343,25 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             return None;
         }
         self.mark(group, uri, down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = "x=1&key=%3Csip%3Aalice%40EXAMPLE.com%3Btransport%3Dudp%3E&y=2";
+        assert_eq!(
+            query_value(q, "key").as_deref(),
+            Some("<sip:alice@EXAMPLE.com;transport=udp>")
+        );
+        assert_eq!(query_value("key=a+b%2", "key").as_deref(), Some("a b%2"));
+        assert_eq!(query_value("keys=1", "key"), None);
+        assert_eq!(
+            query_value("key=sip:bob@example.com", "key").as_deref(),
+            Some("sip:bob@example.com")
+        );
     }
 }

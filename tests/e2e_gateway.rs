@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, run_check, scenario_dir, status_code, tail, wait_until_bound, RawRequest, Siphon,
-    SippSpec, Transport, UdpPeer, LOCALHOST,
+    free_port, get_json, run_check, scenario_dir, status_code, tail, wait_until_bound, RawRequest,
+    Siphon, SippSpec, Transport, UdpPeer, LOCALHOST,
 };
 
 /// Probe settings of the tests: a dead backend is down within
@@ -334,11 +334,14 @@ fn calls_reach_the_backend_that_took_the_register_whatever_the_phone_adds() {
         .enumerate()
         .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
         .collect();
+    let admin_port = free_port();
     let config = LB_CONFIG
         .replace("@B1@", &ports[0].to_string())
         .replace("@B2@", &ports[1].to_string())
-        .replace("@B3@", &ports[2].to_string());
+        .replace("@B3@", &ports[2].to_string())
+        + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
     let siphon = Siphon::start(&config, &seed_lb_script());
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let users: Vec<String> = (0..60).map(|i| format!("phone{i:02}")).collect();
 
     let registered = run_users(
@@ -383,6 +386,31 @@ fn calls_reach_the_backend_that_took_the_register_whatever_the_phone_adds() {
         users.len(),
         strays.join("\n")
     );
+
+    // The admin API's select names the same backend for each subscriber,
+    // whatever form of the AoR it is asked about.
+    for user in &users[..10] {
+        let backend = registered.routes[user].trim_start_matches('b');
+        let expected = format!("sip:backend{backend}.example.com:5060");
+        for key in [
+            format!("sip:{user}@example.com"),
+            format!("%22Sub%22%20%3Csip:{user}@EXAMPLE.COM;transport=udp%3E"),
+        ] {
+            let answer = get_json(admin, &format!("/admin/gateways/backends/select?key={key}"));
+            assert_eq!(answer["destination"]["uri"], expected.as_str(), "{answer}");
+            assert_eq!(
+                answer["hashed_key"],
+                format!("sip:{user}@example.com").as_str()
+            );
+            assert_eq!(
+                answer["ranking"].as_array().map(Vec::len),
+                Some(3),
+                "{answer}"
+            );
+        }
+    }
+    let (status, _) = common::get(admin, "/admin/gateways/nonesuch/select?key=x");
+    assert_eq!(status, 404);
 }
 
 /// With every backend dead, `lb.py` answers 503 itself.

@@ -593,6 +593,20 @@ fn admin_api_endpoints_and_errors() {
     );
     assert_eq!(gw1["selections"], 0);
 
+    // select answers from the group actor without counting a selection or
+    // moving the weighted rotation.
+    let first = get_json(admin, "/admin/gateways/carriers/select?key=x");
+    let again = get_json(admin, "/admin/gateways/carriers/select?key=x");
+    assert_eq!(
+        first["destination"]["uri"], "sip:gw1.example.net",
+        "{first}"
+    );
+    assert_eq!(first["ranking"], again["ranking"], "{again}");
+    assert_eq!(
+        destination_field(admin, "sip:gw1.example.net", "selections"),
+        Some(serde_json::Value::from(0))
+    );
+
     // mark down, then up, as the script's gateway.mark_down / mark_up.
     let body = r#"{"uri": "sip:gw1.example.net"}"#;
     let (status, answer) = http(admin, "POST", "/admin/gateways/carriers/down", Some(body));

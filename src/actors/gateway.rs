@@ -151,6 +151,19 @@ impl GatewayService {
         Some(apply_mark(group, &shared, uri, down))
     }
 
+    /// Asks the group's actor for the ranking of `key`; None when the group
+    /// is unknown or its actor is not running.
+    pub fn ask_select(
+        &self,
+        group: &str,
+        key: Option<String>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Vec<(String, String)>>> {
+        let actor = self.entries().get(group)?.actor.clone()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        actor.try_send(Select { key, reply }).ok()?;
+        Some(answer)
+    }
+
     /// The group's actor is running (for tests and the admin API).
     pub fn is_running(&self, name: &str) -> bool {
         self.entries()
@@ -353,6 +366,35 @@ impl Handler<ProbeReport> for GroupActor {
         if let (Some(uri), Some(transition)) = (uri, transition) {
             self.log_transition(&uri, &transition);
         }
+    }
+}
+
+/// Asks a group's actor which destinations `key` gets: the first choice,
+/// then the failover order, as `(uri, address)`. The actor ranks a copy of
+/// its group, so asking moves no rotation and counts no selection (like
+/// Kamailio's `dispatcher.hash`, an operator's question, not a call).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Select {
+    pub key: Option<String>,
+    pub reply: tokio::sync::oneshot::Sender<Vec<(String, String)>>,
+}
+
+impl Handler<Select> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, select: Select, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().gateway.measure();
+        let mut group = self.shared.lock().clone();
+        let key = select.key.as_deref().map(str::as_bytes);
+        let ranking = group
+            .ranked(key, None, Instant::now())
+            .to_vec()
+            .into_iter()
+            .filter_map(|index| group.destination(index))
+            .map(|d| (d.uri.clone(), d.address.to_string()))
+            .collect();
+        let _ = select.reply.send(ranking);
     }
 }
 
