@@ -89,6 +89,9 @@ impl<'a> Uri<'a> {
         } else {
             !host.is_empty() && host.bytes().all(is_host_byte)
         };
+        if host.is_empty() {
+            return Err(bad("the host is missing"));
+        }
         if !valid_host {
             return Err(bad(format!("invalid URI host {host:?}")));
         }
@@ -97,14 +100,11 @@ impl<'a> Uri<'a> {
         if let Some(p) = after.strip_prefix(':') {
             let end = position_of_any(p, b";?").unwrap_or(p.len());
             let digits = &p[..end];
+            let not_a_port = || bad(format!("`{digits}` is not a port number (1-65535)"));
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad(format!("invalid URI port {digits:?}")));
+                return Err(not_a_port());
             }
-            port = Some(
-                digits
-                    .parse::<u16>()
-                    .map_err(|_| bad(format!("URI port {digits} out of range")))?,
-            );
+            port = Some(digits.parse::<u16>().map_err(|_| not_a_port())?);
             after = &p[end..];
         }
         let (params, headers) = split_params_headers(after)?;

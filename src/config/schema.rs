@@ -1,0 +1,410 @@
+//! The public schema of `siphon.yaml`: what the rest of siphon reads.
+
+use super::*;
+
+/// The whole validated configuration of one siphon process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Listen,
+    /// Host (optionally `host:port`) to put in Via / Record-Route instead of
+    /// the listen address, for a proxy behind NAT or bound to 0.0.0.0.
+    pub advertise: Option<String>,
+    pub domain: Domain,
+    pub script: ScriptConfig,
+    pub gateway: GatewayConfig,
+    pub registrar: RegistrarConfig,
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub transaction: TransactionConfig,
+}
+
+/// Sockets to bind. `udp: []` disables UDP; at least one listener is required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    #[serde(deserialize_with = "socket_addr_list")]
+    pub udp: Vec<SocketAddr>,
+    #[serde(deserialize_with = "socket_addr_list")]
+    pub tcp: Vec<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            tcp: Vec::new(),
+        }
+    }
+}
+
+/// Domains this proxy is responsible for (`request.ruri.is_local`).
+/// Stored lowercase, since SIP host comparison is case-insensitive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Domain {
+    pub local: Vec<String>,
+}
+
+/// The routing script. A relative `path` is resolved against the directory of
+/// the config file, so a config and its script can move together.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    pub path: PathBuf,
+}
+
+/// Statically configured gateway groups; scripts may add more at run time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub groups: Vec<GroupConfig>,
+}
+
+/// One named pool of destinations with its balancing algorithm and probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub probe: ProbeConfig,
+    pub destinations: Vec<DestinationConfig>,
+}
+
+impl GroupConfig {
+    /// The selection state this config describes, every destination healthy.
+    pub fn to_group(&self) -> crate::gateway::Group {
+        use crate::gateway::{Destination, Group};
+        let destinations = self
+            .destinations
+            .iter()
+            .map(|d| Destination {
+                uri: d.uri.clone(),
+                address: d.address,
+                weight: d.weight,
+                attrs: d.attrs.clone(),
+            })
+            .collect();
+        Group::new(
+            self.name.clone(),
+            self.algorithm,
+            destinations,
+            self.probe.failure_threshold,
+        )
+    }
+}
+
+/// How a group picks a destination (see DESIGN.md §4.3); one enum shared
+/// with the selection code, deserialized from its snake_case name.
+pub use crate::gateway::Algorithm;
+
+/// OPTIONS health probing of a group's destinations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    pub interval_secs: u64,
+    pub failure_threshold: u32,
+    /// Per-probe timeout; when absent see [`ProbeConfig::timeout`].
+    pub timeout_ms: Option<u64>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: false,
+            interval_secs: 5,
+            failure_threshold: 3,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// Longest default probe timeout: a probe slower than this is as good as dead.
+const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ProbeConfig {
+    /// Time between two probes of one destination (before jitter).
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    /// Effective per-probe timeout: `timeout_ms`, else the interval capped at
+    /// 5 s, so a probe never outlives the next one by default.
+    pub fn timeout(&self) -> Duration {
+        match self.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => self.interval().min(DEFAULT_PROBE_TIMEOUT),
+        }
+    }
+
+    /// Range checks, shared by the config loader and `gateway.add_group`.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.interval_secs == 0 {
+            return Err(FieldError::new(
+                "interval_secs",
+                "must be at least 1 (seconds between probes)",
+            ));
+        }
+        if self.failure_threshold == 0 {
+            return Err(FieldError::new(
+                "failure_threshold",
+                "must be at least 1 (consecutive failures before marking a destination down)",
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(FieldError::new(
+                "timeout_ms",
+                "must be at least 1, or left out for the default",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One backend of a group: its stable identity (`uri`) and where packets go
+/// (`address`, resolved once when the config is loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationConfig {
+    pub uri: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl DestinationConfig {
+    /// Checks `uri` and resolves `address` (default: the uri's host and port).
+    /// Shared by the config loader and `gateway.add_group`; the error's key is
+    /// `uri` or `address`.
+    pub fn resolve(
+        uri: &str,
+        address: Option<&str>,
+        weight: u32,
+        attrs: BTreeMap<String, String>,
+    ) -> Result<Self, FieldError> {
+        let uri = uri.trim();
+        let (host, port) = sip_uri_host_port(uri).map_err(|msg| FieldError::new("uri", msg))?;
+        let address = match address {
+            Some(text) => {
+                resolve_address(text, port).map_err(|msg| FieldError::new("address", msg))?
+            }
+            None => resolve_host(&host, port).map_err(|msg| {
+                FieldError::new(
+                    "uri",
+                    format!("{msg}; set `address` to the ip:port to send to"),
+                )
+            })?,
+        };
+        Ok(DestinationConfig {
+            uri: uri.to_string(),
+            address,
+            weight,
+            attrs,
+        })
+    }
+}
+
+impl GroupConfig {
+    /// Checks a group on its own (name, probe, destinations); the error's key
+    /// is relative to the group, e.g. `destinations[1].uri`.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.name.trim().is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        self.probe.check().map_err(|e| e.under("probe"))?;
+        if self.destinations.is_empty() {
+            return Err(FieldError::new(
+                "destinations",
+                "a group needs at least one destination",
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, destination) in self.destinations.iter().enumerate() {
+            if let Some(first) = seen.insert(destination.uri.as_str(), index) {
+                return Err(FieldError::new(
+                    format!("destinations[{index}].uri"),
+                    format!(
+                        "`{}` is already used by destinations[{first}]; a uri identifies one destination",
+                        destination.uri
+                    ),
+                ));
+            }
+        }
+        if self.destinations.iter().all(|d| d.weight == 0) {
+            return Err(FieldError::new(
+                "destinations",
+                "every destination has weight 0, so none could be chosen; give at least one a weight of 1 or more",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where registrations are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub backend: RegistrarBackend,
+    pub redis: RedisConfig,
+    pub default_expires: u32,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub max_contacts: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            backend: RegistrarBackend::Memory,
+            redis: RedisConfig::default(),
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_contacts: 10,
+        }
+    }
+}
+
+/// Registrar storage: memory only, or memory written through to Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrarBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_string(),
+            key_prefix: "siphon:reg:".to_string(),
+        }
+    }
+}
+
+/// Process identity and shutdown behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Names this node in logs, metrics and shared state.
+    pub instance_id: String,
+    /// How long to let transactions finish on shutdown.
+    pub drain_secs: u64,
+    /// Transaction shards (each also a Python worker thread). One shard
+    /// shares the receiving thread and costs a third of the CPU per call of
+    /// two (no cross-thread wake-ups); more spread a heavier script over
+    /// cores. 0 picks one per core, capped at 8.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            instance_id: "siphon".to_string(),
+            drain_secs: 5,
+            workers: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub prometheus: Option<PrometheusConfig>,
+    /// Period of the actor metrics log line; 0 turns it off.
+    pub log_interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            prometheus: None,
+            log_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+/// The admin HTTP API; off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`info`) or an EnvFilter directive (`info,siphon::sip=debug`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Compact human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// RFC 3261 timer bases.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionConfig {
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    pub timer_c_secs: u64,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        TransactionConfig {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            timer_c_secs: 180,
+        }
+    }
+}
+
+impl TransactionConfig {
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.t1_ms)
+    }
+    pub fn t2(&self) -> Duration {
+        Duration::from_millis(self.t2_ms)
+    }
+    pub fn t4(&self) -> Duration {
+        Duration::from_millis(self.t4_ms)
+    }
+    pub fn timer_c(&self) -> Duration {
+        Duration::from_secs(self.timer_c_secs)
+    }
+}

@@ -1,0 +1,271 @@
+//! Step 3 of loading: semantic checks (ranges, duplicates, URIs) and the
+//! one-time resolution of destination addresses.
+
+use super::*;
+
+pub(super) fn invalid(
+    origin: &Path,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        file: origin.to_path_buf(),
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl RawConfig {
+    pub(super) fn into_config(self, origin: &Path) -> Result<Config, ConfigError> {
+        check_listen(&self.listen, origin)?;
+        let advertise = check_advertise(self.advertise, origin)?;
+        let domain = check_domain(self.domain, origin)?;
+        let script = resolve_script(self.script, origin)?;
+        let gateway = build_gateway(self.gateway, origin)?;
+        check_registrar(&self.registrar, origin)?;
+        check_server(&self.server, origin)?;
+        check_log(&self.log, origin)?;
+        check_transaction(&self.transaction, origin)?;
+        Ok(Config {
+            listen: self.listen,
+            advertise,
+            domain,
+            script,
+            gateway,
+            registrar: self.registrar,
+            server: self.server,
+            metrics: self.metrics,
+            admin: self.admin,
+            log: self.log,
+            transaction: self.transaction,
+        })
+    }
+}
+
+pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigError> {
+    if listen.udp.is_empty() && listen.tcp.is_empty() {
+        return Err(invalid(
+            origin,
+            "listen",
+            "no listener; add an ip:port to listen.udp or listen.tcp",
+        ));
+    }
+    for (transport, addresses) in [("udp", &listen.udp), ("tcp", &listen.tcp)] {
+        let mut seen = HashSet::new();
+        for (index, address) in addresses.iter().enumerate() {
+            if !seen.insert(address) {
+                return Err(invalid(
+                    origin,
+                    format!("listen.{transport}[{index}]"),
+                    format!("{address} is listed twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_advertise(
+    advertise: Option<String>,
+    origin: &Path,
+) -> Result<Option<String>, ConfigError> {
+    let Some(text) = advertise else {
+        return Ok(None);
+    };
+    let host = text.trim();
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains("://") {
+        return Err(invalid(
+            origin,
+            "advertise",
+            format!("`{text}` is not a host; write a host or ip such as \"192.0.2.10\" (optionally with :port)"),
+        ));
+    }
+    Ok(Some(host.to_string()))
+}
+
+pub(super) fn check_domain(domain: Domain, origin: &Path) -> Result<Domain, ConfigError> {
+    let mut local = Vec::with_capacity(domain.local.len());
+    for (index, name) in domain.local.iter().enumerate() {
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(invalid(
+                origin,
+                format!("domain.local[{index}]"),
+                "must be a host name or ip address",
+            ));
+        }
+        local.push(name);
+    }
+    Ok(Domain { local })
+}
+
+pub(super) fn resolve_script(
+    script: ScriptConfig,
+    origin: &Path,
+) -> Result<ScriptConfig, ConfigError> {
+    if script.path.as_os_str().is_empty() {
+        return Err(invalid(
+            origin,
+            "script.path",
+            "must name the routing script, e.g. \"/etc/siphon/lb.py\"",
+        ));
+    }
+    let path = if script.path.is_relative() {
+        match origin.parent() {
+            Some(dir) => dir.join(&script.path),
+            None => script.path,
+        }
+    } else {
+        script.path
+    };
+    Ok(ScriptConfig { path })
+}
+
+pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayConfig, ConfigError> {
+    let mut groups: Vec<GroupConfig> = Vec::with_capacity(raw.groups.len());
+    for (group_index, raw_group) in raw.groups.into_iter().enumerate() {
+        let group_key = format!("gateway.groups[{group_index}]");
+        let at = |e: FieldError| invalid(origin, format!("{group_key}.{}", e.key), e.message);
+        let name = raw_group.name.trim().to_string();
+        if let Some(first) = groups.iter().position(|g| g.name == name) {
+            return Err(invalid(
+                origin,
+                format!("{group_key}.name"),
+                format!("duplicate group name `{name}` (also gateway.groups[{first}]); group names must be unique"),
+            ));
+        }
+        let mut destinations = Vec::with_capacity(raw_group.destinations.len());
+        for (index, raw_dest) in raw_group.destinations.into_iter().enumerate() {
+            let destination = DestinationConfig::resolve(
+                &raw_dest.uri,
+                raw_dest.address.as_deref(),
+                raw_dest.weight,
+                raw_dest.attrs,
+            )
+            .map_err(|e| at(e.under(&format!("destinations[{index}]"))))?;
+            destinations.push(destination);
+        }
+        let group = GroupConfig {
+            name,
+            algorithm: raw_group.algorithm,
+            probe: raw_group.probe,
+            destinations,
+        };
+        group.check().map_err(at)?;
+        groups.push(group);
+    }
+    Ok(GatewayConfig { groups })
+}
+
+pub(super) fn check_registrar(
+    registrar: &RegistrarConfig,
+    origin: &Path,
+) -> Result<(), ConfigError> {
+    let (min, default, max) = (
+        registrar.min_expires,
+        registrar.default_expires,
+        registrar.max_expires,
+    );
+    if min > max {
+        return Err(invalid(
+            origin,
+            "registrar.min_expires",
+            format!("{min} is above max_expires ({max})"),
+        ));
+    }
+    if default < min || default > max {
+        return Err(invalid(
+            origin,
+            "registrar.default_expires",
+            format!("{default} must be between min_expires ({min}) and max_expires ({max})"),
+        ));
+    }
+    if registrar.max_contacts == 0 {
+        return Err(invalid(
+            origin,
+            "registrar.max_contacts",
+            "must be at least 1",
+        ));
+    }
+    let url = registrar.redis.url.trim();
+    let known_scheme = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    if !known_scheme {
+        return Err(invalid(
+            origin,
+            "registrar.redis.url",
+            format!("`{url}` is not a Redis URL; write it like \"redis://127.0.0.1:6379\""),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_server(server: &ServerConfig, origin: &Path) -> Result<(), ConfigError> {
+    let id = &server.instance_id;
+    if id.is_empty() || id.contains(char::is_whitespace) {
+        return Err(invalid(
+            origin,
+            "server.instance_id",
+            "must be a non-empty name without spaces, e.g. \"lb1\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Plain level names; anything else must look like a filter directive, so a
+/// typo such as `inof` is rejected instead of silently logging nothing.
+pub(super) const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a `log.level` value: a plain level, or an EnvFilter directive list
+/// (which must contain `=` or `,`). Shared with `logging::init`.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    let level = level.trim();
+    if LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Ok(());
+    }
+    let expected = "expected one of error, warn, info, debug, trace, or a filter such as \"info,siphon::sip=debug\"";
+    if !level.contains('=') && !level.contains(',') {
+        return Err(format!("unknown log level `{level}`; {expected}"));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log filter `{level}`: {e}"))
+}
+
+pub(super) fn check_log(log: &LogConfig, origin: &Path) -> Result<(), ConfigError> {
+    check_log_level(&log.level).map_err(|message| invalid(origin, "log.level", message))
+}
+
+pub(super) fn check_transaction(t: &TransactionConfig, origin: &Path) -> Result<(), ConfigError> {
+    if t.t1_ms == 0 {
+        return Err(invalid(
+            origin,
+            "transaction.t1_ms",
+            "must be at least 1 (RFC 3261 default 500)",
+        ));
+    }
+    if t.t2_ms < t.t1_ms {
+        return Err(invalid(
+            origin,
+            "transaction.t2_ms",
+            format!("{} must not be below t1_ms ({})", t.t2_ms, t.t1_ms),
+        ));
+    }
+    if t.t4_ms == 0 {
+        return Err(invalid(
+            origin,
+            "transaction.t4_ms",
+            "must be at least 1 (RFC 3261 default 5000)",
+        ));
+    }
+    if t.timer_c_secs == 0 {
+        return Err(invalid(
+            origin,
+            "transaction.timer_c_secs",
+            "must be at least 1 (RFC 3261 asks for more than 180)",
+        ));
+    }
+    Ok(())
+}
