@@ -69,25 +69,43 @@ pub fn push_stateless_branch(out: &mut String, loop_hash: u64, upstream_branch: 
 /// branch we write, so it avoids the formatting machinery).
 fn push_hex16(out: &mut String, value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    let mut text = [0u8; 16];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> ((15 - i) * 4)) & 0xf) as usize];
     }
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
+
+/// The value of each byte as a hex digit, or 0x10 for a byte that is none.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0x10u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Sixteen hex digits (either case) as a number.
 fn parse_hex16(digits: &[u8]) -> Option<u64> {
     if digits.len() != 16 {
         return None;
     }
-    digits.iter().try_fold(0u64, |value, &b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        Some(value << 4 | u64::from(digit))
-    })
+    let mut value = 0u64;
+    let mut invalid = 0u8;
+    for &b in digits {
+        let digit = HEX_VALUE[usize::from(b)];
+        invalid |= digit;
+        value = value << 4 | u64::from(digit & 0xf);
+    }
+    (invalid & 0x10 == 0).then_some(value)
 }
 
 /// `(loop hash, token)` of one of our client branches; None for anything

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::proxy::forward::Hop;
+use crate::sip::Method;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientState {
@@ -29,7 +30,7 @@ pub struct ClientTx {
     /// The loop hash in our branch; a response must carry it back.
     pub loop_hash: u64,
     /// The request's method; a response's CSeq must name it.
-    pub method: Box<str>,
+    pub method: SentMethod,
     /// What a retransmission sends: the request, then (INVITE, non-2xx
     /// final) the ACK.
     pub request: Bytes,
@@ -55,4 +56,28 @@ pub struct CancelTx {
     pub hop: Hop,
     pub loop_hash: u64,
     pub retransmit: Duration,
+}
+
+/// The method of a request we sent, to check a response's CSeq against:
+/// known methods without an allocation, extensions by their text.
+pub enum SentMethod {
+    Known(Method),
+    Extension(Box<str>),
+}
+
+impl SentMethod {
+    pub fn of(token: &str) -> Self {
+        match Method::from_token(token) {
+            Method::Other => SentMethod::Extension(token.into()),
+            known => SentMethod::Known(known),
+        }
+    }
+
+    /// True when `token` (a response's CSeq method) names this method.
+    pub fn matches(&self, token: &str) -> bool {
+        match self {
+            SentMethod::Known(method) => Method::from_token(token) == *method,
+            SentMethod::Extension(text) => **text == *token,
+        }
+    }
 }

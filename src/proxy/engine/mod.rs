@@ -35,7 +35,7 @@ use bytes::Bytes;
 use self::branch::{
     parse_client_branch, push_client_branch, push_stateless_branch, BranchTokens, CLIENT_BRANCH_LEN,
 };
-use self::client::{CancelTx, ClientState, ClientTx, Owner};
+use self::client::{CancelTx, ClientState, ClientTx, Owner, SentMethod};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{ServerKey, ServerState, ServerTx};
 use crate::proxy::decision::{Action, Decision, Preroute};
@@ -211,7 +211,7 @@ impl<F: Clone> Engine<F> {
         draining: bool,
     ) {
         let method = msg.method();
-        let key = ServerKey::of(&msg);
+        let key = ServerKey::of(&msg, self.config.branch_secret[0]);
         match method {
             Some(Method::Ack) => {
                 if let Some(&slot) = self.server_index.get(&key) {
@@ -269,7 +269,7 @@ impl<F: Clone> Engine<F> {
         let slot = (!is_ack).then(|| {
             let invite = method == Some(Method::Invite);
             let mut tx = ServerTx {
-                key: key.clone(),
+                key,
                 request: Some(msg.clone()),
                 flow: flow.clone(),
                 protocol,
@@ -628,7 +628,7 @@ impl<F: Clone> Engine<F> {
             ClientTx {
                 owner: Owner::Server(slot),
                 loop_hash: pending.loop_hash,
-                method: msg.method_str().into(),
+                method: SentMethod::of(msg.method_str()),
                 request: bytes,
                 hop,
                 invite,
@@ -759,7 +759,7 @@ impl<F: Clone> Engine<F> {
         match self.clients.get(&token) {
             Some(client) => {
                 if client.loop_hash != loop_hash
-                    || *client.method != *method
+                    || !client.method.matches(method)
                     || !from_hop(&client.hop, source)
                 {
                     tracing::debug!(
@@ -1323,7 +1323,7 @@ impl<F: Clone> Engine<F> {
             ClientTx {
                 owner: Owner::Probe { probe, sent: now },
                 loop_hash: 0,
-                method: "OPTIONS".into(),
+                method: SentMethod::Known(Method::Options),
                 request: bytes,
                 hop,
                 invite: false,

@@ -9,7 +9,7 @@ use crate::sip::{HeaderName, Message, NameAddr, Uri};
 /// host:port pairs, and `lr` (ours always carry it).
 pub fn is_our_record_route(uri: &str, local: &LocalIdentity) -> bool {
     Uri::parse(uri)
-        .is_ok_and(|u| u.user.is_none() && u.has_param("lr") && local.is_local(u.host, u.port))
+        .is_ok_and(|u| u.user.is_none() && local.is_local(u.host, u.port) && u.has_param("lr"))
 }
 
 fn value_uri(value: &str) -> Option<&str> {
@@ -24,17 +24,24 @@ pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
     if msg.header(HeaderName::Route).is_none() {
         return Preroute::default();
     }
-    let routes = || msg.header_values(HeaderName::Route);
+    // One walk over the set: its length, its last value, and how many
+    // values at the top name this proxy.
+    let (mut count, mut ours_at_top, mut last) = (0, 0, None);
+    for value in msg.header_values(HeaderName::Route) {
+        if ours_at_top == count && value_uri(value).is_some_and(|uri| local.is_local_uri(uri)) {
+            ours_at_top += 1;
+        }
+        count += 1;
+        last = Some(value);
+    }
     let strict_ruri = msg
         .request_uri()
         .filter(|ruri| is_our_record_route(ruri, local))
-        .and_then(|_| routes().last().and_then(value_uri))
+        .and(last)
+        .and_then(value_uri)
         .map(str::to_string);
-    let usable = routes().count() - usize::from(strict_ruri.is_some());
-    let routes_popped = routes()
-        .take(usable)
-        .take_while(|value| value_uri(value).is_some_and(|uri| local.is_local_uri(uri)))
-        .count();
+    // The value moved into the Request-URI is not popped from the top.
+    let routes_popped = ours_at_top.min(count - usize::from(strict_ruri.is_some()));
     Preroute {
         had_routes: true,
         routes_popped,
@@ -45,14 +52,14 @@ pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
 /// The first Route value left after `popped` from the top and `dropped` from
 /// the bottom are removed.
 pub fn first_remaining_route(msg: &Message, popped: usize, dropped: usize) -> Option<String> {
-    let total = msg.header_values(HeaderName::Route).count();
-    if popped + dropped >= total {
+    msg.header(HeaderName::Route)?;
+    let mut values = msg.header_values(HeaderName::Route).skip(popped);
+    let first = values.next()?;
+    // The first left must not be one of the `dropped` at the bottom.
+    if values.count() < dropped {
         return None;
     }
-    msg.header_values(HeaderName::Route)
-        .nth(popped)
-        .and_then(value_uri)
-        .map(str::to_string)
+    value_uri(first).map(str::to_string)
 }
 
 /// True when the next hop named by a Route URI is a strict router: its URI

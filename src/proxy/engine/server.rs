@@ -15,9 +15,13 @@ use crate::sip::{HeaderName, Message, Method, Protocol};
 /// branch, the branch and the top Via's sent-by; for anything else (RFC
 /// 2543 peers, or a bare `z9hG4bK`), the Request-URI, From tag, Call-ID,
 /// CSeq number and top Via. ACK joins its INVITE; CANCEL stands apart.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// The fields are kept as a 128-bit hash keyed with the engine's secret, so
+/// finding a transaction allocates nothing; a peer that cannot see the key
+/// cannot make two requests collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServerKey {
-    id: Box<str>,
+    id: u128,
     class: MethodClass,
 }
 
@@ -39,34 +43,37 @@ impl MethodClass {
 }
 
 impl ServerKey {
-    pub fn of(msg: &Message) -> ServerKey {
+    pub fn of(msg: &Message, secret: u64) -> ServerKey {
         let class = MethodClass::of(msg.method());
         let via = msg.top_via();
         let branch = via.as_ref().and_then(|v| v.branch()).unwrap_or("");
-        let id = match &via {
-            Some(via) if branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE) => {
-                // Built by hand: this runs for every request.
-                let mut port = itoa::Buffer::new();
-                let port = port.format(via.port.unwrap_or(5060));
-                let mut id = String::with_capacity(branch.len() + via.host.len() + port.len() + 2);
-                id.push_str(branch);
-                id.push('|');
-                id.extend(via.host.chars().map(|c| c.to_ascii_lowercase()));
-                id.push(':');
-                id.push_str(port);
-                id
-            }
-            _ => format!(
-                "2543|{}|{}|{}|{}|{}",
-                msg.request_uri().unwrap_or(""),
-                msg.from_tag().unwrap_or(""),
-                msg.call_id().unwrap_or(""),
-                msg.cseq().map_or(0, |(n, _)| n),
-                msg.header(HeaderName::Via).unwrap_or("")
-            ),
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(secret);
+        let mut field = |text: &str| {
+            hasher.update(text.as_bytes());
+            hasher.update(&[0]);
         };
+        match &via {
+            Some(via) if branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE) => {
+                field("3261");
+                field(branch);
+                if via.host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    field(&via.host.to_ascii_lowercase());
+                } else {
+                    field(via.host);
+                }
+                field(itoa::Buffer::new().format(via.port.unwrap_or(5060)));
+            }
+            _ => {
+                field("2543");
+                field(msg.request_uri().unwrap_or(""));
+                field(msg.from_tag().unwrap_or(""));
+                field(msg.call_id().unwrap_or(""));
+                field(itoa::Buffer::new().format(msg.cseq().map_or(0, |(n, _)| n)));
+                field(msg.header(HeaderName::Via).unwrap_or(""));
+            }
+        }
         ServerKey {
-            id: id.into(),
+            id: hasher.digest128(),
             class,
         }
     }
@@ -74,7 +81,7 @@ impl ServerKey {
     /// The key of the INVITE a CANCEL with this key cancels.
     pub fn invite_of_cancel(&self) -> ServerKey {
         ServerKey {
-            id: self.id.clone(),
+            id: self.id,
             class: MethodClass::Invite,
         }
     }
