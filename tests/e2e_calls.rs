@@ -689,6 +689,56 @@ def route(request):
     );
 }
 
+/// RFC 4475 bext01: extensions a proxy must support (Proxy-Require) that
+/// siphon does not get 420 with Unsupported from the core; the script, which
+/// would answer 200, never sees the request. Require is for the UAS and goes
+/// on untouched.
+#[test]
+fn proxy_require_gets_420_from_the_core() {
+    let script = r#"from siphon import proxy
+
+@proxy.on_request
+def route(request):
+    request.reply(200)
+"#;
+    let siphon = Siphon::start(&proxy_config("debug"), script);
+    let response = ask(&siphon, |from| {
+        options_to_proxy(from)
+            .header("Require", "nothingSupportsThis, nothingSupportsThisEither")
+            .header(
+                "Proxy-Require",
+                "noProxiesSupportThis, norDoAnyProxiesSupportThis",
+            )
+    });
+    assert_eq!(status_code(&response), Some(420), "{response}");
+    assert_eq!(
+        header(&response, "Unsupported"),
+        Some("noProxiesSupportThis, norDoAnyProxiesSupportThis"),
+        "{response}"
+    );
+    let plain = ask(&siphon, |from| {
+        options_to_proxy(from).header("Require", "nothingSupportsThis")
+    });
+    assert_eq!(status_code(&plain), Some(200), "{plain}");
+}
+
+/// An INVITE the script takes no action on has had its 100 Trying: it gets
+/// a 500 instead of silence.
+#[test]
+fn an_invite_without_action_gets_500() {
+    let script = r#"from siphon import proxy
+
+@proxy.on_request
+def route(request):
+    pass
+"#;
+    let siphon = Siphon::start(&proxy_config("debug"), script);
+    let response = ask(&siphon, |from| {
+        RawRequest::new("INVITE", "sip:bob@127.0.0.1", Transport::Udp, from)
+    });
+    assert_eq!(status_code(&response), Some(500), "{response}");
+}
+
 /// `set_header` adds/replaces and `remove_header` deletes, as the callee sees.
 #[test]
 fn header_edits_reach_the_callee() {
@@ -857,4 +907,64 @@ fn wait_for_new_log(siphon: &Siphon, from: usize, needle: &str, timeout: Duratio
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// RFC 3261 §18.2.2: a response for a TCP request whose connection has
+/// closed goes over a new connection to the request's source IP and its Via
+/// sent-by port.
+#[test]
+fn a_response_after_the_tcp_connection_closed_reconnects_to_sent_by() {
+    let sent_by = std::net::TcpListener::bind((LOCALHOST, 0)).expect("listener");
+    let sent_by_addr = sent_by.local_addr().expect("listener addr");
+    let backend = UdpPeer::bind();
+    let script = format!(
+        r#"from siphon import proxy
+
+@proxy.on_request
+def route(request):
+    request.relay("sip:{}")
+"#,
+        backend.local_addr()
+    );
+    let siphon = Siphon::start(&proxy_config("debug"), &script);
+    let mut caller = TcpPeer::connect(siphon.addr());
+    let invite = RawRequest::new("INVITE", "sip:bob@127.0.0.1", Transport::Tcp, sent_by_addr);
+    assert!(caller.send(invite.render().as_bytes()));
+    let (forwarded, _) = backend
+        .recv(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("INVITE not relayed\n{}", siphon.log_tail(20)));
+    // The caller goes away before the answer comes.
+    drop(caller);
+    thread::sleep(Duration::from_millis(300));
+    backend.send_to(
+        response_to(&forwarded, 486, "Busy Here").as_bytes(),
+        siphon.addr(),
+    );
+    sent_by.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match sent_by.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!(
+                "siphon did not connect to sent-by ({e})\n{}",
+                siphon.log_tail(20)
+            ),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("486 Busy Here") {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("SIP/2.0 486 Busy Here"), "got {text:?}");
+    assert!(text.contains(&invite.call_id), "{text}");
 }

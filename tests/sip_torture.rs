@@ -416,7 +416,7 @@ fn unksm2_unknown_schemes_in_headers_are_forwarded() {
 
 #[test]
 fn application_layer_messages_parse() {
-    // bext01 (Proxy-Require: 420 decided by the proxy core), invut, regaut01,
+    // bext01 (Proxy-Require: the core answers 420, see e2e_calls), invut, regaut01,
     // sdp01, cparam01/02, regescrt, inv2543 and zeromf (483 decided by the
     // proxy core) are all well-formed.
     let m = ok("bext01");
