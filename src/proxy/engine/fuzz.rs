@@ -127,10 +127,9 @@ impl Run {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Send { hop, bytes } => {
-                    assert!(
-                        sip::parse(bytes.clone()).is_ok(),
-                        "sent a message that does not parse: {bytes:?}"
-                    );
+                    if let Err(e) = sip::parse(bytes.clone()) {
+                        panic!("sent a message that does not parse ({e:?}): {bytes:?}");
+                    }
                     remember(&mut self.sent, (hop, bytes));
                 }
                 Output::Reply { bytes, .. } => {

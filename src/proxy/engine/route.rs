@@ -39,6 +39,9 @@ pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
         .filter(|ruri| is_our_record_route(ruri, local))
         .and(last)
         .and_then(value_uri)
+        // Only a URI can become the Request-URI: a garbled last value
+        // leaves the request as it came.
+        .filter(|uri| Uri::parse(uri).is_ok())
         .map(str::to_string);
     // The value moved into the Request-URI is not popped from the top.
     let routes_popped = ours_at_top.min(count - usize::from(strict_ruri.is_some()));

@@ -436,6 +436,25 @@ fn a_strict_routers_rewrite_is_undone_only_for_a_uri_we_record_routed() {
 }
 
 #[test]
+fn a_garbled_last_route_is_not_moved_into_the_request_uri() {
+    // Found by the fuzzer: the Route value is not a URI, and making it the
+    // Request-URI would forward a request nobody can parse.
+    let mut h = Harness::new();
+    let msg = request(
+        "BYE",
+        "sip:192.0.2.1:5060;lr",
+        "z9hG4bK-garbled",
+        "garbled",
+        "Route: <sip:next.example;lr>, <sip:bob@198.51.100.10:5a60>\n",
+    );
+    let run = h.relay(msg, Some("sip:next.example"));
+    assert_eq!(run.preroute.strict_ruri, None);
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent.len(), 1, "the forwarded copy parses");
+    assert_eq!(sent[0].request_uri(), Some("sip:192.0.2.1:5060;lr"));
+}
+
+#[test]
 fn a_strict_next_hop_gets_its_uri_as_the_request_uri() {
     let mut h = Harness::new();
     let msg = request(
