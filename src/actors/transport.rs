@@ -335,6 +335,7 @@ pub fn parse_or_answer(
     if err.kind == ParseErrorKind::Keepalive {
         return None;
     }
+    // Counted, and logged at debug only: a flood must not flood the log.
     crate::metrics::get()
         .malformed
         .get_or_create(&crate::metrics::TransportLabels {
@@ -349,11 +350,11 @@ pub fn parse_or_answer(
             } else {
                 (400, format!("Bad Request ({})", err.reason))
             };
-            tracing::info!(%source, code, error = %err, "rejected malformed request");
+            tracing::debug!(%source, code, error = %err, "rejected malformed request");
             let reply = sip::build::response(partial, code, &reason, None, &[]);
             transports.reply(flow, source, Bytes::from(reply));
         }
-        _ => tracing::info!(%source, error = %err, "dropped malformed message"),
+        _ => tracing::debug!(%source, error = %err, "dropped malformed message"),
     }
     None
 }
@@ -370,7 +371,7 @@ impl Received {
     pub fn into_datagram(self) -> Option<(Bytes, SocketAddr)> {
         match self.result {
             Ok((bytes, source)) if bytes.len() > MAX_MESSAGE => {
-                tracing::info!(%source, len = bytes.len(), "dropped oversized datagram");
+                tracing::debug!(%source, len = bytes.len(), "dropped oversized datagram");
                 None
             }
             Ok(datagram) => Some(datagram),
@@ -616,7 +617,7 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
                 accept_bytes(bytes, self.peer, Flow::Tcp(ctx.address()), &self.transports);
             }
             Err(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "closing TCP connection after framing error");
+                tracing::debug!(peer = %self.peer, error = %e, "closing TCP connection after framing error");
                 ctx.stop();
             }
         }
