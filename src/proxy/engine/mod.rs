@@ -1180,13 +1180,8 @@ impl<F: Clone> Engine<F> {
             TimerKind::A if client.state == ClientState::Trying => {
                 client.retransmit = settings.backoff(client.retransmit, false);
                 let (hop, bytes) = (client.hop.clone(), client.request.clone());
-                self.timers.arm(
-                    now,
-                    client.retransmit,
-                    TimerOwner::Client(token),
-                    TimerKind::A,
-                );
-                self.out.push_back(Output::Send { hop, bytes });
+                let next = (client.retransmit, TimerOwner::Client(token), TimerKind::A);
+                self.resend(now, hop, bytes, next);
             }
             TimerKind::E if live => {
                 client.retransmit = if client.state == ClientState::Proceeding {
@@ -1195,13 +1190,8 @@ impl<F: Clone> Engine<F> {
                     settings.backoff(client.retransmit, true)
                 };
                 let (hop, bytes) = (client.hop.clone(), client.request.clone());
-                self.timers.arm(
-                    now,
-                    client.retransmit,
-                    TimerOwner::Client(token),
-                    TimerKind::E,
-                );
-                self.out.push_back(Output::Send { hop, bytes });
+                let next = (client.retransmit, TimerOwner::Client(token), TimerKind::E);
+                self.resend(now, hop, bytes, next);
             }
             TimerKind::B if client.state == ClientState::Trying => {
                 self.branch_timeout(token, now, "Timer B")
@@ -1223,6 +1213,18 @@ impl<F: Clone> Engine<F> {
             }
             _ => {}
         }
+    }
+
+    /// Sends a request again and arms the retransmission after it.
+    fn resend(
+        &mut self,
+        now: Instant,
+        hop: Hop,
+        bytes: Bytes,
+        (after, owner, kind): (Duration, TimerOwner, TimerKind),
+    ) {
+        self.timers.arm(now, after, owner, kind);
+        self.out.push_back(Output::Send { hop, bytes });
     }
 
     /// A branch got no final response in time: an INVITE branch counts as a
@@ -1274,13 +1276,8 @@ impl<F: Clone> Engine<F> {
             TimerKind::E => {
                 cancel.retransmit = settings.backoff(cancel.retransmit, true);
                 let (hop, bytes) = (cancel.hop.clone(), cancel.request.clone());
-                self.timers.arm(
-                    now,
-                    cancel.retransmit,
-                    TimerOwner::Cancel(token),
-                    TimerKind::E,
-                );
-                self.out.push_back(Output::Send { hop, bytes });
+                let next = (cancel.retransmit, TimerOwner::Cancel(token), TimerKind::E);
+                self.resend(now, hop, bytes, next);
             }
             TimerKind::F => {
                 self.cancels.remove(&token);
