@@ -287,6 +287,12 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine, Deferred), ParseError> {
     Ok((start, deferred))
 }
 
+/// True when `uri` may stand as a Request-URI (what [`parse`] accepts), so a
+/// proxy never forwards a request that the next hop cannot parse.
+pub fn is_valid_request_uri(uri: &str) -> bool {
+    check_request_uri(uri.as_bytes()).is_ok()
+}
+
 /// Request-URI sanity: an absolute URI without whitespace or `<>`; sip/sips
 /// URIs must parse and carry no escaped headers (RFC 3261 §19.1.5).
 fn check_request_uri(raw: &[u8]) -> Result<(), (ParseErrorKind, String)> {

@@ -464,6 +464,10 @@ impl<F: Clone> Engine<F> {
                     return;
                 };
                 for target in targets {
+                    if !sip::parse::is_valid_request_uri(&target.uri) {
+                        tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
+                        continue;
+                    }
                     let first_hop = target.path.first().map_or_else(
                         || target.uri.clone(),
                         |route| {

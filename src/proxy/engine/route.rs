@@ -3,6 +3,7 @@
 
 use crate::proxy::decision::Preroute;
 use crate::proxy::local::LocalIdentity;
+use crate::sip::parse::is_valid_request_uri;
 use crate::sip::{HeaderName, Message, NameAddr, Uri};
 
 /// A URI this proxy wrote into a Record-Route: no user part, one of our
@@ -39,9 +40,9 @@ pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
         .filter(|ruri| is_our_record_route(ruri, local))
         .and(last)
         .and_then(value_uri)
-        // Only a URI can become the Request-URI: a garbled last value
-        // leaves the request as it came.
-        .filter(|uri| Uri::parse(uri).is_ok())
+        // Only a valid URI can become the Request-URI: a garbled last
+        // value leaves the request as it came.
+        .filter(|uri| is_valid_request_uri(uri))
         .map(str::to_string);
     // The value moved into the Request-URI is not popped from the top.
     let routes_popped = ours_at_top.min(count - usize::from(strict_ruri.is_some()));
@@ -68,5 +69,5 @@ pub fn first_remaining_route(msg: &Message, popped: usize, dropped: usize) -> Op
 /// True when the next hop named by a Route URI is a strict router: its URI
 /// has no `lr` (§16.6 step 7).
 pub fn is_strict_router(route_uri: &str) -> bool {
-    Uri::parse(route_uri).is_ok_and(|u| !u.has_param("lr"))
+    is_valid_request_uri(route_uri) && Uri::parse(route_uri).is_ok_and(|u| !u.has_param("lr"))
 }

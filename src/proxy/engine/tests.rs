@@ -452,6 +452,18 @@ fn a_garbled_last_route_is_not_moved_into_the_request_uri() {
     let sent = h.sent_to(NEXT);
     assert_eq!(sent.len(), 1, "the forwarded copy parses");
     assert_eq!(sent[0].request_uri(), Some("sip:192.0.2.1:5060;lr"));
+    // Nor is a garbled next hop without `lr` taken for a strict router.
+    let msg = request(
+        "BYE",
+        "sip:bob@198.51.100.10",
+        "z9hG4bK-garbled-next",
+        "garbled-next",
+        "Route: <sip:next.example;l\0>\n",
+    );
+    h.relay(msg, None);
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent.len(), 1, "the forwarded copy parses");
+    assert_eq!(sent[0].request_uri(), Some("sip:bob@198.51.100.10"));
 }
 
 #[test]
