@@ -49,6 +49,36 @@ pub struct ClientTx {
     pub timer_c_due: Instant,
 }
 
+impl ClientTx {
+    /// A client transaction that has just sent `request` to `hop`.
+    pub fn new(
+        owner: Owner,
+        loop_hash: u64,
+        method: SentMethod,
+        request: Bytes,
+        hop: Hop,
+        t1: Duration,
+        timer_c_due: Instant,
+    ) -> Self {
+        let invite = matches!(method, SentMethod::Known(Method::Invite));
+        ClientTx {
+            owner,
+            loop_hash,
+            method,
+            request,
+            hop,
+            invite,
+            state: ClientState::Trying,
+            retransmit: t1,
+            got_provisional: false,
+            cancel_pending: false,
+            cancel_sent: false,
+            settled: false,
+            timer_c_due,
+        }
+    }
+}
+
 /// A CANCEL we sent for a branch (a non-INVITE client transaction of its
 /// own, sharing the branch of the INVITE it cancels).
 pub struct CancelTx {

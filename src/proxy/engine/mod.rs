@@ -625,26 +625,17 @@ impl<F: Clone> Engine<F> {
         let (Some(slot), Some(token)) = (pending.slot, token) else {
             return;
         };
-        let invite = msg.method() == Some(Method::Invite);
-        self.add_client(
-            now,
-            token,
-            ClientTx {
-                owner: Owner::Server(slot),
-                loop_hash: pending.loop_hash,
-                method: SentMethod::of(msg.method_str()),
-                request: bytes,
-                hop,
-                invite,
-                state: ClientState::Trying,
-                retransmit: self.settings().t1,
-                got_provisional: false,
-                cancel_pending: false,
-                cancel_sent: false,
-                settled: false,
-                timer_c_due: now + self.settings().timer_c,
-            },
+        let settings = self.settings();
+        let client = ClientTx::new(
+            Owner::Server(slot),
+            pending.loop_hash,
+            SentMethod::of(msg.method_str()),
+            bytes,
+            hop,
+            settings.t1,
+            now + settings.timer_c,
         );
+        self.add_client(now, token, client);
         if let Some(tx) = self.servers.get_mut(&slot) {
             tx.branches.push(token);
             tx.context.open_branch();
@@ -1318,25 +1309,16 @@ impl<F: Clone> Engine<F> {
             hop: hop.clone(),
             bytes: bytes.clone(),
         });
-        self.add_client(
+        let client = ClientTx::new(
+            Owner::Probe { probe, sent: now },
+            0,
+            SentMethod::Known(Method::Options),
+            bytes,
+            hop,
+            self.settings().t1,
             now,
-            token,
-            ClientTx {
-                owner: Owner::Probe { probe, sent: now },
-                loop_hash: 0,
-                method: SentMethod::Known(Method::Options),
-                request: bytes,
-                hop,
-                invite: false,
-                state: ClientState::Trying,
-                retransmit: self.settings().t1,
-                got_provisional: false,
-                cancel_pending: false,
-                cancel_sent: false,
-                settled: false,
-                timer_c_due: now,
-            },
         );
+        self.add_client(now, token, client);
     }
 }
 
