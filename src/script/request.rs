@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::actors::transport::Protocol;
+use crate::sip::Protocol;
 use crate::sip::{self, HeaderName, Message, NameAddr};
 
 pub use crate::proxy::local::LocalIdentity;
