@@ -95,7 +95,9 @@ pub fn next_hop(
 
 /// A hash of what identifies a request for loop detection (RFC 3261 §16.3
 /// step 4, §16.6 step 8): the same request arriving again with the same
-/// Request-URI gives the same value, a spiral (new Request-URI) does not.
+/// Request-URI and Route set gives the same value; a spiral (a new
+/// Request-URI, or an in-dialog request whose route passes this proxy
+/// twice, with fewer Route values the second time) does not.
 pub fn loop_hash(msg: &Message) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x5195_0e5a);
     h.update(msg.request_uri().unwrap_or("").as_bytes());
@@ -108,6 +110,10 @@ pub fn loop_hash(msg: &Message) -> u64 {
     h.update(b"\0");
     if let Some((number, _)) = msg.cseq() {
         h.update(&number.to_le_bytes());
+    }
+    for header in msg.headers().iter().filter(|h| h.name == HeaderName::Route) {
+        h.update(b"\0");
+        h.update(header.value(msg).as_bytes());
     }
     h.digest()
 }

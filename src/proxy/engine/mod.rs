@@ -236,14 +236,27 @@ impl<F: Clone> Engine<F> {
 
         let is_ack = method == Some(Method::Ack);
         let reply_to = reply_destination(&msg, source, protocol);
+        // §8.2.7: a retransmitted request gets the same To tag again.
+        let tag = key.stateless_tag();
         let reply = |engine: &mut Self, code: u16, reason: &str, extra: &[(&str, &str)]| {
-            engine.reply_stateless(&msg, &flow, reply_to, code, reason, extra)
+            engine.reply_stateless(&msg, &flow, reply_to, code, reason, extra, &tag)
         };
         if method == Some(Method::Invite) && msg.to_tag().is_none() && draining {
             reply(self, 503, "Service Unavailable", &[]);
             return;
         }
         let loop_hash = forward::loop_hash(&msg);
+        if is_ack
+            && (msg.max_forwards() == Some(0)
+                || forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via)))
+        {
+            // §16.3 steps 3 and 4 hold for ACK too; it cannot be answered.
+            tracing::debug!(
+                call_id = msg.call_id().unwrap_or(""),
+                "ACK dropped: Max-Forwards 0 or a loop"
+            );
+            return;
+        }
         if !is_ack {
             if msg.max_forwards() == Some(0) {
                 reply(self, 483, "Too Many Hops", &[]);
@@ -371,14 +384,9 @@ impl<F: Clone> Engine<F> {
                     .is_some_and(|tx| tx.source.ip() == source.ip())
             });
         let Some(slot) = slot else {
-            self.reply_stateless(
-                msg,
-                &flow,
-                reply_to,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            );
+            let tag = key.stateless_tag();
+            let reason = "Call/Transaction Does Not Exist";
+            self.reply_stateless(msg, &flow, reply_to, 481, reason, &[], &tag);
             return;
         };
         let Some(tx) = self.servers.get_mut(&slot) else {
@@ -417,6 +425,10 @@ impl<F: Clone> Engine<F> {
             return;
         };
         let slot = pending.slot;
+        if slot.is_some_and(|slot| self.servers.get(&slot).is_none_or(|tx| tx.final_sent)) {
+            // Answered meanwhile (a CANCEL's 487): nothing more to do.
+            return;
+        }
         let msg = pending.msg.clone();
         if decision.failed {
             match slot {
@@ -765,7 +777,9 @@ impl<F: Clone> Engine<F> {
                 }
                 self.on_client_response(now, token, msg);
             }
-            None => self.forward_stray(&msg),
+            // RFC 6026 §8.5: a response that matches no client transaction
+            // is not forwarded (late 2xx ride on the Accepted state).
+            None => tracing::debug!("response for no transaction; dropped"),
         }
     }
 
@@ -853,7 +867,7 @@ impl<F: Clone> Engine<F> {
             let linger = if reliable {
                 Duration::ZERO
             } else {
-                Duration::from_secs(32).min(settings.timeout())
+                Duration::from_secs(32).max(settings.timeout())
             };
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
@@ -977,10 +991,9 @@ impl<F: Clone> Engine<F> {
         }
     }
 
-    /// A response matching no client transaction, with our Via on top. Only
-    /// a 2xx to an INVITE goes on (by the next Via, statelessly): the UAs
-    /// retransmit it end to end after the transactions are gone. Anything
-    /// else has no transaction to serve and is dropped.
+    /// A 2xx whose server transaction is gone while its client transaction
+    /// is still Accepted: it goes on by the next Via, statelessly (the UAs
+    /// retransmit it end to end until the ACK). Only a 2xx to an INVITE.
     fn forward_stray(&mut self, msg: &Message) {
         let is_2xx = msg.status().is_some_and(|c| (200..300).contains(&c));
         let to_invite = msg.cseq().is_some_and(|(_, method)| method == "INVITE");
@@ -1100,6 +1113,7 @@ impl<F: Clone> Engine<F> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn reply_stateless(
         &mut self,
         msg: &Message,
@@ -1108,9 +1122,10 @@ impl<F: Clone> Engine<F> {
         code: u16,
         reason: &str,
         extra: &[(&str, &str)],
+        tag: &str,
     ) {
-        let to_tag = (msg.to_tag().is_none()).then(build::new_tag);
-        let bytes = build::response(msg, code, reason, to_tag.as_deref(), extra);
+        let to_tag = msg.to_tag().is_none().then_some(tag);
+        let bytes = build::response(msg, code, reason, to_tag, extra);
         self.reply(flow, dest, Bytes::from(bytes), Some(code));
     }
 
@@ -1203,6 +1218,9 @@ impl<F: Clone> Engine<F> {
                 self.cancel_branch(token, now);
                 self.branch_timeout(token, now, "Timer C");
             }
+            // A CANCELed branch that then answered 2xx is Accepted: Timer M,
+            // not the D armed when it was given up, ends it.
+            TimerKind::D if client.state == ClientState::Accepted => {}
             TimerKind::D | TimerKind::K | TimerKind::M => {
                 self.clients.remove(&token);
             }

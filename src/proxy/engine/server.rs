@@ -78,6 +78,12 @@ impl ServerKey {
         }
     }
 
+    /// The To tag of a stateless reply to this request: derived from the
+    /// key, so a retransmission gets the same tag (RFC 3261 §8.2.7).
+    pub fn stateless_tag(&self) -> String {
+        format!("{:016x}", self.id as u64)
+    }
+
     /// The key of the INVITE a CANCEL with this key cancels.
     pub fn invite_of_cancel(&self) -> ServerKey {
         ServerKey {

@@ -912,3 +912,119 @@ fn a_probe_reports_its_status_or_its_timeout() {
     assert!(timed_out);
     assert_eq!(h.engine.active(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Found in review: loops, strays, stateless tags, late decisions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_ack_with_max_forwards_zero_is_dropped() {
+    let mut h = Harness::new();
+    let ack = request(
+        "ACK",
+        "sip:bob@198.51.100.10",
+        "z9hG4bK-ack-mf0",
+        "ack-mf0",
+        "",
+    );
+    let text = String::from_utf8(ack.bytes().to_vec())
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let ack = sip::parse(Bytes::from(text)).unwrap();
+    assert!(h.receive(ack, UAC, Protocol::Udp).is_none(), "routed");
+    assert!(h.take().is_empty());
+}
+
+#[test]
+fn a_spiral_through_the_route_set_is_not_a_loop_but_a_loop_is() {
+    let mut h = Harness::new();
+    // B's route set passes this proxy twice: [P, next, P].
+    let bye = request(
+        "BYE",
+        "sip:alice@198.51.100.10",
+        "z9hG4bK-spiral",
+        "spiral",
+        "Route: <sip:192.0.2.1:5060;lr>, <sip:next.example;lr>, <sip:192.0.2.1:5060;lr>\n",
+    );
+    h.relay(bye, None);
+    let sent = h.sent_to(NEXT);
+    assert_eq!(sent.len(), 1);
+    let forwarded = String::from_utf8(sent[0].bytes().to_vec()).unwrap();
+    // `next` sends it back with its own Via (branch BRANCH) and ROUTES.
+    let back = |routes: &str, branch: &str| {
+        let via = format!(
+            "Via: SIP/2.0/UDP 198.51.100.30:5060;branch={branch}\r\nVia: SIP/2.0/UDP 192.0.2.1"
+        );
+        let text = forwarded
+            .replacen("Via: SIP/2.0/UDP 192.0.2.1", &via, 1)
+            .replacen(
+                "Route: <sip:next.example;lr>, <sip:192.0.2.1:5060;lr>",
+                routes,
+                1,
+            );
+        sip::parse(Bytes::from(text)).unwrap()
+    };
+    // next pops itself: the request comes back with a shorter Route set.
+    let spiral = back("Route: <sip:192.0.2.1:5060;lr>", "z9hG4bK-next-1");
+    assert!(
+        h.receive(spiral, NEXT, Protocol::Udp).is_some(),
+        "482 to a spiral"
+    );
+    h.take();
+    // With the Route set it first came with, it is a loop.
+    let looped = back(
+        "Route: <sip:192.0.2.1:5060;lr>, <sip:next.example;lr>, <sip:192.0.2.1:5060;lr>",
+        "z9hG4bK-next-2",
+    );
+    assert!(h.receive(looped, NEXT, Protocol::Udp).is_none());
+    assert_eq!(h.reply_codes(), [482]);
+}
+
+#[test]
+fn a_forged_stray_2xx_is_not_reflected() {
+    let mut h = Harness::new();
+    let forged = "SIP/2.0 200 OK\n\
+         Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK0000000000000000.0000000000000001\n\
+         Via: SIP/2.0/UDP 203.0.113.66:5060;branch=z9hG4bK-victim\n\
+         From: <sip:a@example.com>;tag=1\n\
+         To: <sip:b@example.com>;tag=2\n\
+         Call-ID: forged\n\
+         CSeq: 1 INVITE\n\
+         Content-Length: 0\n\n";
+    h.respond(parse(forged), "203.0.113.9:5060");
+    assert!(h.take().is_empty(), "the forged 200 went somewhere");
+}
+
+#[test]
+fn stateless_replies_repeat_their_to_tag() {
+    let mut h = Harness::new();
+    let tags: Vec<String> = (0..2)
+        .map(|_| {
+            let text = String::from_utf8(invite("mf0").bytes().to_vec())
+                .unwrap()
+                .replace("Max-Forwards: 70", "Max-Forwards: 0");
+            h.receive(sip::parse(Bytes::from(text)).unwrap(), UAC, Protocol::Udp);
+            let replies = h.replies();
+            assert_eq!(replies[0].status(), Some(483));
+            replies[0].to_tag().expect("a To tag").to_string()
+        })
+        .collect();
+    assert_eq!(tags[0], tags[1]);
+}
+
+#[test]
+fn a_decision_after_the_cancel_forwards_nothing() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("late"), UAC, Protocol::Udp).unwrap();
+    let cancel = request("CANCEL", "sip:bob@example.com", "z9hG4bK-late", "late", "");
+    h.receive(cancel, UAC, Protocol::Udp);
+    assert_eq!(h.reply_codes(), [100, 200, 487]);
+    let decision = script_decision(
+        &run,
+        Action::Relay {
+            uri: Some("sip:backend1.example".into()),
+        },
+    );
+    h.decide(&run, decision);
+    assert!(h.sent_to(BACKEND1).is_empty(), "relayed after the 487");
+}
