@@ -246,7 +246,7 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
 /// `received` the sender wrote itself is replaced when it is not the real
 /// source: responses follow it, so it must not be the sender's to choose.
 /// Only the first value of a comma-joined line changes.
-fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
+pub fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
     let mut values = split_values(line);
     let first = values.next()?;
     let via = Via::parse(first).ok()?;
@@ -256,7 +256,9 @@ fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
     };
     let sent_from_host = is_source(via.host);
     let received_wrong = via.received().is_some_and(|r| !is_source(r));
-    let needs_received = (!sent_from_host && via.received().is_none()) || received_wrong;
+    // RFC 3581 §4: with rport, received is added even when it equals sent-by.
+    let needs_received =
+        (via.received().is_none() && (!sent_from_host || via.rport().is_some())) || received_wrong;
     let empty_rport = via.rport() == Some(None);
     if !needs_received && !empty_rport {
         return None;
@@ -284,6 +286,13 @@ fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
         stamped.push_str(rest);
     }
     Some(stamped)
+}
+
+/// The request's first Via line as a response to it carries it: stamped
+/// with `received`/`rport` (None when it needs no change).
+pub fn stamped_top_via(msg: &Message, source: SocketAddr) -> Option<String> {
+    let first = msg.headers().iter().find(|h| h.name == HeaderName::Via)?;
+    stamp_via(first.value(msg), source)
 }
 
 /// Where a response goes when no transaction holds the upstream address

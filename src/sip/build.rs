@@ -78,6 +78,19 @@ pub fn response(
     to_tag: Option<&str>,
     extra: &[(&str, &str)],
 ) -> Vec<u8> {
+    response_with_top_via(req, code, reason, to_tag, extra, None)
+}
+
+/// [`response`] with the request's first Via line replaced by `top_via`
+/// when given: the line as stamped with `received`/`rport` (RFC 3581).
+pub fn response_with_top_via(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    extra: &[(&str, &str)],
+    top_via: Option<&str>,
+) -> Vec<u8> {
     let to = req.headers().iter().find(|h| h.name == HeaderName::To);
     // The tag to append, when the request's To has none yet.
     let add_tag = to_tag.filter(|_| {
@@ -95,7 +108,15 @@ pub fn response(
         out.put(b" ");
         out.put(reason.as_bytes());
         out.put(b"\r\n");
-        copy_lines(out, req, HeaderName::Via);
+        let mut vias = req.headers().iter().filter(|h| h.name == HeaderName::Via);
+        if let (Some(first), Some(stamped)) = (vias.next(), top_via) {
+            push_header(out, first.name_str(req).as_bytes(), stamped.as_bytes());
+        } else if let Some(first) = req.headers().iter().find(|h| h.name == HeaderName::Via) {
+            push_header(out, first.name_str(req).as_bytes(), first.value_bytes(req));
+        }
+        for h in vias {
+            push_header(out, h.name_str(req).as_bytes(), h.value_bytes(req));
+        }
         copy_first(out, req, HeaderName::From);
         if let Some(h) = to {
             out.put(h.name_str(req).as_bytes());

@@ -236,10 +236,9 @@ impl<F: Clone> Engine<F> {
 
         let is_ack = method == Some(Method::Ack);
         let reply_to = reply_destination(&msg, source, protocol);
-        // §8.2.7: a retransmitted request gets the same To tag again.
-        let tag = key.stateless_tag();
         let reply = |engine: &mut Self, code: u16, reason: &str, extra: &[(&str, &str)]| {
-            engine.reply_stateless(&msg, &flow, reply_to, code, reason, extra, &tag)
+            let addresses = (source, reply_to);
+            engine.reply_stateless(&msg, &key, &flow, addresses, code, reason, extra)
         };
         if method == Some(Method::Invite) && msg.to_tag().is_none() && draining {
             reply(self, 503, "Service Unavailable", &[]);
@@ -299,7 +298,7 @@ impl<F: Clone> Engine<F> {
                 retransmit: self.settings().t1,
             };
             if invite {
-                let trying = Bytes::from(build::response(&msg, 100, "Trying", None, &[]));
+                let trying = Bytes::from(local_response(&msg, source, 100, "Trying", None, &[]));
                 self.reply(&flow, reply_to, trying.clone(), Some(100));
                 tx.last_response = Some(trying);
             }
@@ -384,16 +383,15 @@ impl<F: Clone> Engine<F> {
                     .is_some_and(|tx| tx.source.ip() == source.ip())
             });
         let Some(slot) = slot else {
-            let tag = key.stateless_tag();
             let reason = "Call/Transaction Does Not Exist";
-            self.reply_stateless(msg, &flow, reply_to, 481, reason, &[], &tag);
+            self.reply_stateless(msg, &key, &flow, (source, reply_to), 481, reason, &[]);
             return;
         };
         let Some(tx) = self.servers.get_mut(&slot) else {
             return;
         };
         let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
-        let ok = build::response(msg, 200, "OK", Some(&to_tag), &[]);
+        let ok = local_response(msg, source, 200, "OK", Some(&to_tag), &[]);
         let done = tx.final_sent || tx.cancelled;
         tx.cancelled = true;
         let branches = tx.branches.clone();
@@ -1051,8 +1049,9 @@ impl<F: Clone> Engine<F> {
         } else {
             None
         };
-        let bytes = Bytes::from(build::response(
+        let bytes = Bytes::from(local_response(
             request,
+            tx.source,
             code,
             reason,
             to_tag.as_deref(),
@@ -1113,19 +1112,22 @@ impl<F: Clone> Engine<F> {
         }
     }
 
+    /// Answers without a server transaction. The To tag comes from the
+    /// request's key, so a retransmission gets the same one (§8.2.7).
     #[allow(clippy::too_many_arguments)]
     fn reply_stateless(
         &mut self,
         msg: &Message,
+        key: &ServerKey,
         flow: &F,
-        dest: SocketAddr,
+        (source, dest): (SocketAddr, SocketAddr),
         code: u16,
         reason: &str,
         extra: &[(&str, &str)],
-        tag: &str,
     ) {
-        let to_tag = msg.to_tag().is_none().then_some(tag);
-        let bytes = build::response(msg, code, reason, to_tag, extra);
+        let tag = key.stateless_tag();
+        let to_tag = msg.to_tag().is_none().then_some(tag.as_str());
+        let bytes = local_response(msg, source, code, reason, to_tag, extra);
         self.reply(flow, dest, Bytes::from(bytes), Some(code));
     }
 
@@ -1338,6 +1340,21 @@ impl<F: Clone> Engine<F> {
         );
         self.add_client(now, token, client);
     }
+}
+
+/// A response made here to `request` from `source`: its top Via stamped
+/// with `received`/`rport` as a forwarded request's would be (RFC 3581),
+/// so a UA behind NAT learns its public address from our answers too.
+fn local_response(
+    request: &Message,
+    source: SocketAddr,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
+    let top_via = forward::stamped_top_via(request, source);
+    build::response_with_top_via(request, code, reason, to_tag, extra, top_via.as_deref())
 }
 
 /// Over UDP a response must come from the hop its request went to.

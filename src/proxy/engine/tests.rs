@@ -1028,3 +1028,33 @@ fn a_decision_after_the_cancel_forwards_nothing() {
     h.decide(&run, decision);
     assert!(h.sent_to(BACKEND1).is_empty(), "relayed after the 487");
 }
+
+#[test]
+fn our_own_responses_carry_received_and_rport() {
+    // RFC 3581 §4: a UA behind NAT learns its public address from any
+    // response, ours included; received is added even when it equals
+    // sent-by, because rport was asked for.
+    let mut h = Harness::new();
+    h.receive(invite("nat"), UAC, Protocol::Udp).unwrap();
+    let trying = h.replies();
+    let via = trying[0].header(HeaderName::Via).unwrap();
+    assert_eq!(
+        via,
+        "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-nat;rport=5060;received=198.51.100.10"
+    );
+    // From behind a NAT (the source is not the sent-by), a stateless 483.
+    let text = String::from_utf8(invite("nat3").bytes().to_vec())
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    h.receive(
+        sip::parse(Bytes::from(text)).unwrap(),
+        "203.0.113.7:40111",
+        Protocol::Udp,
+    );
+    let replies = h.replies();
+    assert_eq!(replies[0].status(), Some(483));
+    assert_eq!(
+        replies[0].header(HeaderName::Via),
+        Some("SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-nat3;rport=40111;received=203.0.113.7")
+    );
+}
