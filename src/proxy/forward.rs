@@ -255,11 +255,25 @@ pub fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
         bare.parse::<IpAddr>().is_ok_and(|ip| ip == source.ip())
     };
     let sent_from_host = is_source(via.host);
-    let received_wrong = via.received().is_some_and(|r| !is_source(r));
+    // One walk over the parameters for `received` and `rport` as written
+    // (this runs for every request forwarded and every response made here).
+    let (mut received, mut rport) = (None, None);
+    for param in via.params.split(';').skip(1) {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim())),
+            None => (param.trim(), None),
+        };
+        if name.eq_ignore_ascii_case("received") {
+            received = Some(value.unwrap_or(""));
+        } else if name.eq_ignore_ascii_case("rport") {
+            rport = Some(value);
+        }
+    }
+    let received_wrong = received.is_some_and(|r| !is_source(r));
     // RFC 3581 §4: with rport, received is added even when it equals sent-by.
     let needs_received =
-        (via.received().is_none() && (!sent_from_host || via.rport().is_some())) || received_wrong;
-    let empty_rport = via.rport() == Some(None);
+        (received.is_none() && (!sent_from_host || rport.is_some())) || received_wrong;
+    let empty_rport = rport == Some(None);
     if !needs_received && !empty_rport {
         return None;
     }
@@ -278,8 +292,8 @@ pub fn stamp_via(line: &str, source: SocketAddr) -> Option<String> {
         }
     }
     if needs_received {
-        stamped.push_str(";received=");
-        stamped.push_str(&source.ip().to_string());
+        use std::fmt::Write as _;
+        let _ = write!(stamped, ";received={}", source.ip());
     }
     for rest in values {
         stamped.push_str(", ");

@@ -245,14 +245,12 @@ impl<F: Clone> Engine<F> {
             return;
         }
         let loop_hash = forward::loop_hash(&msg);
-        if is_ack
-            && (msg.max_forwards() == Some(0)
-                || forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via)))
-        {
-            // §16.3 steps 3 and 4 hold for ACK too; it cannot be answered.
+        if is_ack && msg.max_forwards() == Some(0) {
+            // §16.3 step 3 holds for ACK too (it cannot be answered): it
+            // bounds an ACK loop at Max-Forwards hops.
             tracing::debug!(
                 call_id = msg.call_id().unwrap_or(""),
-                "ACK dropped: Max-Forwards 0 or a loop"
+                "ACK dropped: Max-Forwards 0"
             );
             return;
         }
