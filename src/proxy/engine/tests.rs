@@ -225,6 +225,17 @@ fn answer(sent: &Message, code: u16, extra: &[(&str, &str)]) -> Message {
     sip::parse(Bytes::from(bytes)).expect("response parses")
 }
 
+/// MSG with its first FROM replaced by TO, parsed again.
+fn edited(msg: &Message, from: &str, to: &str) -> Message {
+    let text = String::from_utf8_lossy(msg.as_bytes()).replacen(from, to, 1);
+    sip::parse(Bytes::from(text)).expect("edited message parses")
+}
+
+/// MSG as it arrives after its last hop: Max-Forwards 0.
+fn out_of_hops(msg: &Message) -> Message {
+    edited(msg, "Max-Forwards: 70", "Max-Forwards: 0")
+}
+
 fn invite(call_id: &str) -> Message {
     request(
         "INVITE",
@@ -857,13 +868,11 @@ fn an_unsupported_proxy_require_gets_420_with_unsupported() {
 #[test]
 fn tcp_responses_name_the_sent_by_port_to_reconnect_to() {
     let mut h = Harness::new();
-    let text = String::from_utf8(invite("tcp").bytes().to_vec())
-        .unwrap()
-        .replace(
-            "SIP/2.0/UDP 198.51.100.10:5060",
-            "SIP/2.0/TCP 198.51.100.10:5070",
-        );
-    let msg = sip::parse(Bytes::from(text)).unwrap();
+    let msg = edited(
+        &invite("tcp"),
+        "SIP/2.0/UDP 198.51.100.10:5060",
+        "SIP/2.0/TCP 198.51.100.10:5070",
+    );
     h.receive(msg, "198.51.100.10:40001", Protocol::Tcp)
         .unwrap();
     let dests: Vec<SocketAddr> = h
@@ -927,10 +936,7 @@ fn an_ack_with_max_forwards_zero_is_dropped() {
         "ack-mf0",
         "",
     );
-    let text = String::from_utf8(ack.bytes().to_vec())
-        .unwrap()
-        .replace("Max-Forwards: 70", "Max-Forwards: 0");
-    let ack = sip::parse(Bytes::from(text)).unwrap();
+    let ack = out_of_hops(&ack);
     assert!(h.receive(ack, UAC, Protocol::Udp).is_none(), "routed");
     assert!(h.take().is_empty());
 }
@@ -1000,10 +1006,7 @@ fn stateless_replies_repeat_their_to_tag() {
     let mut h = Harness::new();
     let tags: Vec<String> = (0..2)
         .map(|_| {
-            let text = String::from_utf8(invite("mf0").bytes().to_vec())
-                .unwrap()
-                .replace("Max-Forwards: 70", "Max-Forwards: 0");
-            h.receive(sip::parse(Bytes::from(text)).unwrap(), UAC, Protocol::Udp);
+            h.receive(out_of_hops(&invite("mf0")), UAC, Protocol::Udp);
             let replies = h.replies();
             assert_eq!(replies[0].status(), Some(483));
             replies[0].to_tag().expect("a To tag").to_string()
@@ -1043,11 +1046,8 @@ fn our_own_responses_carry_received_and_rport() {
         "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-nat;rport=5060;received=198.51.100.10"
     );
     // From behind a NAT (the source is not the sent-by), a stateless 483.
-    let text = String::from_utf8(invite("nat3").bytes().to_vec())
-        .unwrap()
-        .replace("Max-Forwards: 70", "Max-Forwards: 0");
     h.receive(
-        sip::parse(Bytes::from(text)).unwrap(),
+        out_of_hops(&invite("nat3")),
         "203.0.113.7:40111",
         Protocol::Udp,
     );
