@@ -305,6 +305,8 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "healthy": group.is_up(index, now),
                             "held_down": health.is_held_down(),
                             "consecutive_failures": health.consecutive_failures(),
+                            "passive_failures": health.passive_failures(),
+                            "ejected": health.ejected(now),
                             "last_probe_latency_ms": health
                                 .last_latency()
                                 .map(|l| l.as_secs_f64() * 1000.0),
@@ -342,7 +344,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
         if !known {
             return None;
         }
-        self.mark(group, uri, down)
+        self.mark(group, uri, down, "admin")
     }
 }
 

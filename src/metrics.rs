@@ -34,6 +34,12 @@ pub struct DestinationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub group: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
     pub transport: &'static str,
 }
@@ -51,6 +57,8 @@ pub struct Metrics {
     pub destination_up: Family<DestinationLabels, Gauge>,
     pub probe_latency: Family<DestinationLabels, Histogram>,
     pub probe_failures: Family<DestinationLabels, Counter>,
+    pub passive_failures: Family<DestinationLabels, Counter>,
+    pub failovers: Family<FailoverLabels, Counter>,
     pub registrations_active: Gauge,
     pub malformed: Family<TransportLabels, Counter>,
     pub ingress_dropped: Counter,
@@ -63,6 +71,7 @@ pub struct DestinationMetrics {
     pub up: Gauge,
     pub probe_latency: Histogram,
     pub probe_failures: Counter,
+    pub passive_failures: Counter,
 }
 
 impl Metrics {
@@ -81,6 +90,8 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
             }),
             probe_failures: Family::default(),
+            passive_failures: Family::default(),
+            failovers: Family::default(),
             registrations_active: Gauge::default(),
             malformed: Family::default(),
             ingress_dropped: Counter::default(),
@@ -137,6 +148,16 @@ impl Metrics {
             m.probe_failures.clone(),
         );
         registry.register(
+            "gateway_passive_failures",
+            "Relayed requests to a destination that failed (no response, transport error, a failover code)",
+            m.passive_failures.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Requests moved to the next destination of their group, by reason",
+            m.failovers.clone(),
+        );
+        registry.register(
             "registrations_active",
             "Registrar bindings held",
             m.registrations_active.clone(),
@@ -185,6 +206,7 @@ impl Metrics {
             up: self.destination_up.get_or_create(&labels).clone(),
             probe_latency: self.probe_latency.get_or_create(&labels).clone(),
             probe_failures: self.probe_failures.get_or_create(&labels).clone(),
+            passive_failures: self.passive_failures.get_or_create(&labels).clone(),
         }
     }
 
@@ -198,6 +220,15 @@ impl Metrics {
         self.destination_up.remove(&labels);
         self.probe_latency.remove(&labels);
         self.probe_failures.remove(&labels);
+        self.passive_failures.remove(&labels);
+    }
+
+    pub fn failover(&self, group: &str, reason: &'static str) {
+        let labels = FailoverLabels {
+            group: group.to_string(),
+            reason,
+        };
+        self.failovers.get_or_create(&labels).inc();
     }
 }
 

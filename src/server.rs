@@ -95,7 +95,9 @@ async fn start(
         },
         local,
         gateways,
+        gateway_service: gateway_service.clone(),
         via_host,
+        drain_secs: config.server.drain_secs,
     });
 
     let mut shards = Vec::new();

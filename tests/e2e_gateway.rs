@@ -14,11 +14,12 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::gateway::{backend_uri, routes_in, seed_lb_script, wait_for_transition, Backend};
 use common::{
-    free_port, get_json, run_check, scenario_dir, status_code, tail, wait_until_bound, RawRequest,
-    Siphon, SippSpec, Transport, UdpPeer, LOCALHOST,
+    free_port, get_json, run_check, scenario_dir, status_code, tail, RawRequest, Siphon, Transport,
+    UdpPeer, LOCALHOST,
 };
 
 /// Probe settings of the tests: a dead backend is down within
@@ -53,54 +54,10 @@ gateway:
 log: {level: info, format: pretty}
 "#;
 
-fn backend_uri(n: usize) -> String {
-    format!("sip:backend{n}.example.com:5060")
-}
-
-/// The seed's routing script, byte for byte.
-fn seed_lb_script() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lb.py");
-    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
 // ---------------------------------------------------------------------------
 // Local helpers: backends that can be killed and restarted on their port, and
 // a caller that reads its users from a CSV (the shared harness has neither).
 // ---------------------------------------------------------------------------
-
-/// A sipp UAS backend on a fixed port; killed on drop.
-struct Backend {
-    sipp: Option<common::Sipp>,
-}
-
-impl Backend {
-    /// Starts backend NAME (a `gw_uas.xml` UAS) on PORT.
-    fn start(dir: &Path, name: &str, port: u16) -> Backend {
-        Backend::start_scenario(dir, "gw_uas.xml", &[("backend", name)], port)
-    }
-
-    /// Starts SCENARIO with KEYS on PORT and waits until it listens.
-    fn start_scenario(dir: &Path, scenario: &str, keys: &[(&str, &str)], port: u16) -> Backend {
-        let spec = keys.iter().fold(
-            SippSpec::new(&format!("uas_{port}"), scenario, Transport::Udp)
-                .port(port)
-                .calls(1_000_000)
-                .timeout_secs(120),
-            |spec, (name, value)| spec.key(name, value),
-        );
-        let sipp = spec.spawn(dir);
-        assert!(
-            wait_until_bound(port, Transport::Udp, Duration::from_secs(1)),
-            "backend {scenario} did not bind port {port}"
-        );
-        Backend { sipp: Some(sipp) }
-    }
-
-    /// SIGKILL: the backend vanishes without a word, as a crashed host does.
-    fn kill(&mut self) {
-        self.sipp.take();
-    }
-}
 
 /// One caller run: its exit code and which backend answered each user.
 struct Pass {
@@ -170,16 +127,7 @@ fn run_users(
         .output()
         .expect("run sipp caller");
     let logged = fs::read_to_string(&route_log).unwrap_or_default();
-    let mut routes = BTreeMap::new();
-    for line in logged.lines() {
-        let mut words = line.split_whitespace();
-        if let (Some("ROUTE"), Some(user), Some(backend)) =
-            (words.next(), words.next(), words.next())
-        {
-            let previous = routes.insert(user.to_string(), backend.to_string());
-            assert!(previous.is_none(), "user {user} called twice in pass {tag}");
-        }
-    }
+    let routes = routes_in(&logged);
     let errors = fs::read_to_string(file("errors.log")).unwrap_or_default();
     Pass {
         exit_code: output.status.code(),
@@ -191,23 +139,6 @@ fn run_users(
             tail(&errors, 30)
         ),
     }
-}
-
-/// Waits for the group's transition line for URI (`up -> down` or
-/// `down -> up`); returns how long it took.
-fn wait_for_transition(siphon: &Siphon, uri: &str, to: &str, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    let arrow = format!("-> {to} ");
-    let uri_field = format!("uri={uri} ");
-    let seen = siphon.wait_for_log_line(timeout, |line| {
-        line.contains("gateway destination") && line.contains(&arrow) && line.contains(&uri_field)
-    });
-    assert!(
-        seen,
-        "{uri} not marked {to} within {timeout:?}; log tail:\n{}",
-        siphon.log_tail(30)
-    );
-    started.elapsed()
 }
 
 /// Sends one INVITE through the LB from a raw socket and returns the final
@@ -617,7 +548,8 @@ fn script_filters_by_attrs_and_marks_destinations() {
     assert!(
         siphon.wait_for_log_line(Duration::from_secs(2), |l| l.contains("up -> down")
             && l.contains("uri=sip:west.example.com ")
-            && l.contains("marked down by script"))
+            && l.contains("source=script")
+            && l.contains("marked down"))
     );
     assert_eq!(raw_invite_status(lb, &[("X-Region", "us-west")]), Some(503));
     std::thread::sleep(PROBE_INTERVAL * 2 + PROBE_TIMEOUT);

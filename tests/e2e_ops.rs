@@ -121,7 +121,7 @@ fn register(siphon: &Siphon, user: &str) -> Option<u16> {
 // (a) the HA demo
 // ---------------------------------------------------------------------------
 
-/// `deploy/ha-demo/validate.sh` against this build: all seven assertions
+/// `deploy/ha-demo/validate.sh` against this build: all eight assertions
 /// pass. This is how `.ci/run` (through the test suite) runs the demo. On a
 /// failure the script keeps its logs and prints where.
 #[test]
@@ -161,10 +161,10 @@ fn ha_demo_validate_sh_passes() {
         "validate.sh failed:\n{output}"
     );
     assert!(
-        output.contains("ALL 7 ASSERTIONS PASSED"),
+        output.contains("ALL 8 ASSERTIONS PASSED"),
         "validate.sh output:\n{output}"
     );
-    assert_eq!(output.matches("PASS ").count(), 7, "{output}");
+    assert_eq!(output.matches("PASS ").count(), 8, "{output}");
     assert!(!output.contains("FAIL "), "{output}");
 }
 

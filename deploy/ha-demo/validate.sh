@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The HA demo and its failover proof: a front LB over two backend siphon nodes
-# sharing one Redis, all on 127.0.0.1. Seven assertions, each printed as PASS or
-# FAIL; the last line is `ALL 7 ASSERTIONS PASSED`, or the exit code is 1.
+# sharing one Redis, all on 127.0.0.1. Eight assertions, each printed as PASS or
+# FAIL; the last line is `ALL 8 ASSERTIONS PASSED`, or the exit code is 1.
 #
 #   SIPHON_BIN=target/release/siphon deploy/ha-demo/validate.sh
 #
@@ -51,7 +51,7 @@ PIDS=()          # every process started here, stopped on exit
 BACKEND_PID=([1]="" [2]="")
 PASSED=0
 FAILED=0
-TOTAL=7
+TOTAL=8
 
 log() { printf '%s\n' "$*"; }
 fail_now() { log "ABORT: $*"; exit 1; }
@@ -430,6 +430,56 @@ else
     fi
     result 7 "drain: SIGTERM backend$D, ready 503, new calls 503, in-flight call completes, exit in time" \
         $status "$detail"
+fi
+
+# ---------------------------------------------------------------------------
+# 8. A backend killed under load loses no call: calls go on to the other
+#    backend's users, and the dead one's users re-register and are called at
+#    once, failing over inside the transaction before the probes notice
+# ---------------------------------------------------------------------------
+status=0
+detail=""
+if [ -z "${D:-}" ]; then
+    result 8 "a backend killed under load loses no call" 1 "no drained backend to restart"
+else
+    start_backend "$D" "$WORK/backend$D-after-drain.log"
+    python3 "$CHECK" wait-health "$LB_ADMIN" "${BACKEND_URI[$D]}" up $((PROBE_INTERVAL * 3 + 1)) || {
+        status=1
+        detail="backend$D not marked up after its restart; "
+    }
+    K=$D         # kept
+    X=$((3 - D)) # killed
+    if [ "$K" = "$A" ]; then LOAD="$USERS_A"; MOVED="$USERS_B"; else LOAD="$USERS_B,alice"; MOVED="$USERS_A"; fi
+    MOVED_FIVE=$(printf '%s' "$MOVED" | tr ',' '\n' | head -n 5 | paste -sd, -)
+    failovers_before=$(count_matching "$WORK/lb.log" " failover ")
+    ua_call "$LOAD" >"$WORK/call-load.out" 2>&1 &
+    load=$!
+    PIDS+=("$load")
+    sleep 0.3
+    kill -KILL "${BACKEND_PID[$X]}" 2>/dev/null
+    wait "${BACKEND_PID[$X]}" 2>/dev/null
+    BACKEND_PID[X]=""
+    if ua_register --only "$MOVED_FIVE" >"$WORK/register-moved.out" 2>&1; then
+        detail="$detail$(count_matching "$WORK/register-moved.out" " 200$") of backend$X's users re-registered at once"
+    else
+        status=1
+        detail="$detail; re-REGISTER failed: $(grep -v ' 200$' "$WORK/register-moved.out" | head -n 1)"
+    fi
+    if ua_call "$MOVED_FIVE" >"$WORK/call-moved.out" 2>&1; then
+        detail="$detail; $(count_matching "$WORK/call-moved.out" 'final=200') of them called"
+    else
+        status=1
+        detail="$detail; a call to a moved user failed: $(grep -v 'final=200 .*bye=200' "$WORK/call-moved.out" | head -n 1)"
+    fi
+    wait "$load" || status=1
+    answered=$(count_matching "$WORK/call-load.out" 'final=200 .*bye=200')
+    expected=$(printf '%s' "$LOAD" | tr ',' '\n' | grep -c .)
+    [ "$answered" = "$expected" ] || status=1
+    failovers=$(($(count_matching "$WORK/lb.log" " failover ") - failovers_before))
+    [ "$failovers" -gt 0 ] || status=1
+    result 8 "backend$X killed under load: no call lost, its users fail over to backend$K at once" \
+        $status "$detail; $answered of $expected calls of the load answered; $failovers failovers"
+    [ "$status" = 0 ] || show_tail "$WORK/lb.log" 20
 fi
 
 # ---------------------------------------------------------------------------

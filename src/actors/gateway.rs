@@ -18,6 +18,7 @@ use crate::actors::transaction::{ProbeOutcome, SendProbe};
 use crate::actors::transport::{Protocol, Transports};
 use crate::config::{GroupConfig, ProbeConfig};
 use crate::gateway::{FailureReason, Gateways, SharedGroup, Transition};
+use crate::proxy::decision::RelayFailure;
 use crate::proxy::forward::Hop;
 
 /// How often a group looks for Retry-After holds that ran out, so the "up"
@@ -73,7 +74,7 @@ impl GatewayService {
     pub fn add_group(&self, config: &GroupConfig) {
         let group = config.to_group();
         let probe = config.probe.enabled.then(|| config.probe.clone());
-        let (shared, _) = self.gateways.insert(group);
+        let (shared, _) = self.gateways.insert(group, config.failover.policy());
         let actor = self.start_actor(&config.name, &shared, probe.as_ref());
         let previous = self.entries().insert(
             config.name.clone(),
@@ -144,11 +145,25 @@ impl GatewayService {
         }
     }
 
-    /// Script/admin hold (`down`) or release of one destination. `None` when
-    /// the group is unknown, `Some(false)` when the uri is not in it.
-    pub fn mark(&self, group: &str, uri: &str, down: bool) -> Option<bool> {
+    /// Script/admin hold (`down`) or release of one destination; `source`
+    /// (`script` or `admin`) goes in the log line. `None` when the group is
+    /// unknown, `Some(false)` when the uri is not in it.
+    pub fn mark(&self, group: &str, uri: &str, down: bool, source: &str) -> Option<bool> {
         let shared = self.gateways.get(group)?;
-        Some(apply_mark(group, &shared, uri, down))
+        Some(apply_mark(group, &shared, uri, down, source))
+    }
+
+    /// A relay outcome for passive health, handed to the group's actor (the
+    /// writer of its health). Only failures, and successes after failures,
+    /// come here, so the usual call sends nothing.
+    pub fn report_relay(&self, report: crate::proxy::engine::HealthReport) {
+        let actor = self
+            .entries()
+            .get(&*report.group)
+            .and_then(|entry| entry.actor.clone());
+        if let Some(actor) = actor {
+            actor.do_send(PassiveReport(report));
+        }
     }
 
     /// Asks the group's actor for the ranking of `key`; None when the group
@@ -198,7 +213,7 @@ impl GatewayService {
 }
 
 /// Sets or lifts a script/admin hold and logs the change of availability.
-fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool) -> bool {
+fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool, source: &str) -> bool {
     let now = Instant::now();
     let mut group = shared.lock();
     let Some(index) = group.find(uri) else {
@@ -212,17 +227,13 @@ fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool) -> 
     }
     let after = group.health(index).map(|h| h.availability(now));
     drop(group);
-    let reason = if down {
-        "marked down by script"
-    } else {
-        "marked up by script"
-    };
+    let reason = if down { "marked down" } else { "marked up" };
     match (before, after) {
         (Some(from), Some(to)) if from != to => {
-            tracing::info!(group = %group_name, uri = %uri, %reason, "gateway destination {from} -> {to}");
+            tracing::info!(group = %group_name, uri = %uri, %source, %reason, "gateway destination {from} -> {to}");
         }
         _ => {
-            tracing::debug!(group = %group_name, uri = %uri, %reason, "gateway destination unchanged")
+            tracing::debug!(group = %group_name, uri = %uri, %source, %reason, "gateway destination unchanged")
         }
     }
     true
@@ -247,6 +258,7 @@ impl GroupActor {
         tracing::info!(
             group = %self.name,
             uri = %uri,
+            source = %transition.reason.source(),
             reason = %transition.reason,
             "gateway destination {} -> {}",
             transition.from,
@@ -365,6 +377,45 @@ impl Handler<ProbeReport> for GroupActor {
         };
         if let (Some(uri), Some(transition)) = (uri, transition) {
             self.log_transition(&uri, &transition);
+        }
+    }
+}
+
+/// A relay outcome from a transaction shard, for passive health.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PassiveReport(pub crate::proxy::engine::HealthReport);
+
+impl Handler<PassiveReport> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, PassiveReport(report): PassiveReport, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().gateway.measure();
+        let now = Instant::now();
+        let mut group = self.shared.lock();
+        let Some(index) = group.find(&report.uri) else {
+            return; // the group was replaced and the destination is gone
+        };
+        let transition = match report.failure {
+            None => {
+                group.record_passive_success(index);
+                None
+            }
+            Some((failure, retry_after)) => {
+                if let Some(metrics) = self.shared.metrics(index) {
+                    metrics.passive_failures.inc();
+                }
+                let reason = match failure {
+                    RelayFailure::NoResponse => FailureReason::Timeout,
+                    RelayFailure::Status(code) => FailureReason::Status(code),
+                    RelayFailure::Transport => FailureReason::Transport("relay".into()),
+                };
+                group.record_passive_failure(index, reason, retry_after, now)
+            }
+        };
+        drop(group);
+        if let Some(transition) = transition {
+            self.log_transition(&report.uri, &transition);
         }
     }
 }
@@ -632,6 +683,9 @@ mod tests {
                 timeout_ms: Some(100),
             },
             destinations: vec![destination(1), destination(2)],
+            failover: Default::default(),
+            passive: Default::default(),
+            max_retry_after_secs: crate::config::DEFAULT_MAX_RETRY_AFTER_SECS,
         }
     }
 
@@ -798,7 +852,7 @@ mod tests {
 
         // A script hold survives probe successes until mark_up.
         let uri = "sip:backend1.example.com";
-        assert_eq!(service.mark("pool", uri, true), Some(true));
+        assert_eq!(service.mark("pool", uri, true, "script"), Some(true));
         actor
             .send(ProbeReport {
                 index: 0,
@@ -807,13 +861,13 @@ mod tests {
             .await
             .expect("delivered");
         assert!(!shared.lock().is_up(0, Instant::now()));
-        assert_eq!(service.mark("pool", uri, false), Some(true));
+        assert_eq!(service.mark("pool", uri, false, "script"), Some(true));
         assert!(shared.lock().is_up(0, Instant::now()));
         assert_eq!(
-            service.mark("pool", "sip:nobody.example.com", true),
+            service.mark("pool", "sip:nobody.example.com", true, "script"),
             Some(false)
         );
-        assert_eq!(service.mark("missing", uri, true), None);
+        assert_eq!(service.mark("missing", uri, true, "script"), None);
     }
 
     #[actix_rt::test]

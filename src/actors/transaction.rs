@@ -36,8 +36,12 @@ pub struct ShardConfig {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Gateway groups: relaying to a destination's uri uses its address.
     pub gateways: Arc<crate::gateway::Gateways>,
+    /// Where relay outcomes go for passive health.
+    pub gateway_service: Arc<crate::actors::gateway::GatewayService>,
     /// Host written in our Via and Record-Route (advertise, or the listen IP).
     pub via_host: String,
+    /// The Retry-After of the 503s sent while draining.
+    pub drain_secs: u64,
     /// The bound on each shard's queue, given back as messages are handled.
     pub ingress: Arc<crate::actors::transport::IngressGate>,
 }
@@ -71,6 +75,7 @@ impl TransactionShard {
             udp_port: port(Protocol::Udp),
             tcp_port: port(Protocol::Tcp),
             branch_secret: [rand::random(), rand::random()],
+            drain_secs: config.drain_secs,
         });
         TransactionShard {
             id,
@@ -117,22 +122,32 @@ impl TransactionShard {
                     }
                 }
                 Output::RunScript(run) => {
-                    let input = RequestInput {
-                        preroute: run.preroute,
-                        msg: run.request,
-                        source: run.source,
-                        protocol: run.protocol,
-                        local: self.config.local.clone(),
-                    };
+                    let input =
+                        self.script_input(run.request, run.source, run.protocol, run.preroute);
                     let engine = self.config.script.clone();
                     let cache = self.script.get_or_insert_with(|| engine.cache());
                     let decision = engine.run(cache, input);
-                    let gateways = &self.config.gateways;
-                    let resolver = &mut self.resolver;
-                    let mut hop_of =
-                        |uri: &str| next_hop(uri, resolver, |uri| gateways.address_of(uri));
-                    self.engine
-                        .handle_decision(now, run.ticket, decision, &mut hop_of);
+                    self.decide(now, run.ticket, decision);
+                }
+                Output::RunFailure(run) => {
+                    let input =
+                        self.script_input(run.request, run.source, run.protocol, run.preroute);
+                    let engine = self.config.script.clone();
+                    let cache = self.script.get_or_insert_with(|| engine.cache());
+                    let decision = engine.run_failure(cache, input, run.response);
+                    self.decide(now, run.ticket, decision);
+                }
+                Output::Health(report) => self.config.gateway_service.report_relay(report),
+                Output::Failover(event) => {
+                    crate::metrics::get().failover(&event.group, event.failure.label());
+                    tracing::info!(
+                        call_id = %event.call_id,
+                        group = %event.group,
+                        failed = %event.failed,
+                        next = %event.next,
+                        reason = %event.failure,
+                        "failover"
+                    );
                 }
                 Output::ProbeDone { probe, outcome } => {
                     if let Some(prober) = self.probes.remove(&probe) {
@@ -141,6 +156,31 @@ impl TransactionShard {
                 }
             }
         }
+    }
+
+    fn script_input(
+        &self,
+        msg: Arc<Message>,
+        source: SocketAddr,
+        protocol: Protocol,
+        preroute: crate::proxy::Preroute,
+    ) -> RequestInput {
+        RequestInput {
+            preroute,
+            msg,
+            source,
+            protocol,
+            local: self.config.local.clone(),
+        }
+    }
+
+    /// Hands a script decision to the engine, with how to find next hops.
+    fn decide(&mut self, now: Instant, ticket: u64, decision: crate::proxy::Decision) {
+        let gateways = &self.config.gateways;
+        let resolver = &mut self.resolver;
+        let mut hop_of = |uri: &str| next_hop(uri, resolver, |uri| gateways.address_of(uri));
+        self.engine
+            .handle_decision(now, ticket, decision, &mut hop_of);
     }
 
     /// Moves the process-wide gauge by how much this shard's count changed.
@@ -164,6 +204,29 @@ pub struct SendProbe {
     pub hop: forward::Hop,
     pub call_id: String,
     pub reply_to: Recipient<ProbeOutcome>,
+}
+
+/// The TCP connection to `peer` failed (connect refused, reset, closed):
+/// branches waiting on it fail over.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkFailed {
+    pub peer: SocketAddr,
+}
+
+impl Handler<LinkFailed> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, failed: LinkFailed, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let hop = forward::Hop {
+            addr: failed.peer,
+            protocol: Protocol::Tcp,
+        };
+        self.engine.handle_link_failure(now, &hop);
+        self.carry_out(now);
+        self.report_active();
+    }
 }
 
 impl actix::Message for ProbeOutcome {

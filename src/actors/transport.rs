@@ -149,6 +149,14 @@ impl Router {
 
     /// Hands a probe to the shard that will receive its responses (the one
     /// its Call-ID hashes to).
+    /// Tells every shard that the TCP connection to `peer` failed or closed,
+    /// so requests waiting on it fail over (rare: no per-message cost).
+    pub fn broadcast_link_failure(&self, peer: SocketAddr) {
+        for shard in self.shards.iter() {
+            shard.do_send(crate::actors::transaction::LinkFailed { peer });
+        }
+    }
+
     pub fn dispatch_probe(&self, probe: crate::actors::transaction::SendProbe) {
         let index = self.shard_of(&probe.call_id);
         self.shards[index].do_send(probe);
@@ -588,6 +596,13 @@ impl Actor for TcpConnection {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         tracing::debug!(peer = %self.peer, "TCP connection closed");
         self.transports.forget_tcp(self.peer);
+        // An outbound connection that failed to connect, was reset or was
+        // closed leaves whatever was sent on it unanswered.
+        if self.connect_to.is_some() {
+            if let Some(router) = self.transports.router.get() {
+                router.broadcast_link_failure(self.peer);
+            }
+        }
     }
 }
 

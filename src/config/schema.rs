@@ -68,6 +68,103 @@ pub struct GroupConfig {
     pub algorithm: Algorithm,
     pub probe: ProbeConfig,
     pub destinations: Vec<DestinationConfig>,
+    pub failover: FailoverConfig,
+    pub passive: PassiveConfig,
+    /// Retry-After holds (from probes or relays) are cut to this.
+    pub max_retry_after_secs: u64,
+}
+
+/// The default of `max_retry_after_secs`.
+pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 300;
+
+/// Failover of a relay to this group's destinations (DESIGN.md §4.3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub enabled: bool,
+    /// A branch with no response at all by then fails over.
+    pub no_response_ms: u64,
+    /// Final responses that fail over.
+    pub on_codes: Vec<u16>,
+    /// Branches per request at most (the first included); absent: all.
+    pub max_attempts: Option<usize>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            enabled: true,
+            no_response_ms: 1000,
+            on_codes: vec![503],
+            max_attempts: None,
+        }
+    }
+}
+
+impl FailoverConfig {
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.no_response_ms == 0 {
+            return Err(FieldError::new(
+                "no_response_ms",
+                "must be at least 1 (milliseconds a destination may stay silent)",
+            ));
+        }
+        if let Some(code) = self.on_codes.iter().find(|c| !(300..700).contains(*c)) {
+            return Err(FieldError::new(
+                "on_codes",
+                format!("{code} is not a final response code from 300 to 699 (a 2xx is never failed over)"),
+            ));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(FieldError::new(
+                "max_attempts",
+                "must be at least 1 (the first branch counts), or left out for all",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine's form of it.
+    pub fn policy(&self) -> crate::proxy::decision::FailoverPolicy {
+        crate::proxy::decision::FailoverPolicy {
+            enabled: self.enabled,
+            no_response: Duration::from_millis(self.no_response_ms),
+            on_codes: self.on_codes.clone(),
+            max_attempts: self.max_attempts.unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Passive health: relay outcomes count like probes (DESIGN.md §4.3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    pub failure_threshold: u32,
+    pub eject_secs: u64,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            failure_threshold: 3,
+            eject_secs: 30,
+        }
+    }
+}
+
+impl PassiveConfig {
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.failure_threshold == 0 {
+            return Err(FieldError::new(
+                "failure_threshold",
+                "must be at least 1 (consecutive failed relays before ejecting)",
+            ));
+        }
+        if self.eject_secs == 0 {
+            return Err(FieldError::new("eject_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl GroupConfig {
@@ -77,19 +174,24 @@ impl GroupConfig {
         let destinations = self
             .destinations
             .iter()
-            .map(|d| Destination {
-                uri: d.uri.clone(),
-                address: d.address,
-                weight: d.weight,
-                attrs: d.attrs.clone(),
+            .map(|d| {
+                Destination::new(d.uri.clone(), d.address)
+                    .with_weight(d.weight)
+                    .with_attrs(d.attrs.clone())
             })
             .collect();
+        let passive = crate::gateway::PassivePolicy {
+            failure_threshold: self.passive.failure_threshold,
+            eject: Duration::from_secs(self.passive.eject_secs),
+            await_probe: self.probe.enabled,
+        };
         Group::new(
             self.name.clone(),
             self.algorithm,
             destinations,
             self.probe.failure_threshold,
         )
+        .with_health_policy(passive, Duration::from_secs(self.max_retry_after_secs))
     }
 }
 
@@ -211,6 +313,14 @@ impl GroupConfig {
             return Err(FieldError::new("name", "must not be empty"));
         }
         self.probe.check().map_err(|e| e.under("probe"))?;
+        self.failover.check().map_err(|e| e.under("failover"))?;
+        self.passive.check().map_err(|e| e.under("passive"))?;
+        if self.max_retry_after_secs == 0 {
+            return Err(FieldError::new(
+                "max_retry_after_secs",
+                "must be at least 1 (seconds)",
+            ));
+        }
         if self.destinations.is_empty() {
             return Err(FieldError::new(
                 "destinations",

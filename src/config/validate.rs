@@ -150,6 +150,9 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
             algorithm: raw_group.algorithm,
             probe: raw_group.probe,
             destinations,
+            failover: raw_group.failover,
+            passive: raw_group.passive,
+            max_retry_after_secs: raw_group.max_retry_after_secs,
         };
         group.check().map_err(at)?;
         groups.push(group);

@@ -47,6 +47,16 @@ pub(super) struct RawGroup {
     pub(super) probe: ProbeConfig,
     #[serde(default)]
     pub(super) destinations: Vec<RawDestination>,
+    #[serde(default)]
+    pub(super) failover: FailoverConfig,
+    #[serde(default)]
+    pub(super) passive: PassiveConfig,
+    #[serde(default = "default_max_retry_after")]
+    pub(super) max_retry_after_secs: u64,
+}
+
+pub(super) fn default_max_retry_after() -> u64 {
+    DEFAULT_MAX_RETRY_AFTER_SECS
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::sip::Protocol;
 
 /// One backend of a gateway group.
 ///
@@ -22,17 +25,44 @@ pub struct Destination {
     /// chosen first when no eligible destination has a positive weight.
     pub weight: u32,
     pub attrs: BTreeMap<String, String>,
+    /// `uri` again, shared: a request's candidate list holds it without a copy.
+    shared_uri: Arc<str>,
+    /// The transport the uri asks for (`;transport=tcp`), else UDP.
+    protocol: Protocol,
 }
 
 impl Destination {
     /// A destination with weight 1 and no attributes.
     pub fn new(uri: impl Into<String>, address: SocketAddr) -> Self {
+        let uri = uri.into();
+        let tcp = crate::sip::Uri::parse(&uri)
+            .ok()
+            .and_then(|u| u.param("transport").flatten())
+            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
         Destination {
-            uri: uri.into(),
+            shared_uri: Arc::from(uri.as_str()),
+            uri,
             address,
             weight: 1,
             attrs: BTreeMap::new(),
+            protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
         }
+    }
+
+    /// The uri as a shared string.
+    pub fn shared_uri(&self) -> &Arc<str> {
+        &self.shared_uri
+    }
+
+    /// The transport requests and probes to this destination use.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Builder-style attribute map setter.
+    pub fn with_attrs(mut self, attrs: BTreeMap<String, String>) -> Self {
+        self.attrs = attrs;
+        self
     }
 
     /// Builder-style weight setter, handy for tests and `add_group`.
@@ -104,6 +134,31 @@ pub enum TransitionReason {
     ProbeSucceeded { latency: Duration },
     /// A Retry-After hold ran out and nothing else keeps the destination down.
     RetryAfterExpired,
+    /// Relayed requests failed `failures` times in a row (passive health):
+    /// ejected for `eject`.
+    Ejected {
+        failures: u32,
+        last: FailureReason,
+        eject: Duration,
+    },
+    /// A passive ejection ended.
+    EjectionOver,
+}
+
+impl TransitionReason {
+    /// What caused it, as the log's `source` field: `probe`, `passive` or
+    /// `retry-after` (script and admin marks are logged where they are made).
+    pub fn source(&self) -> &'static str {
+        match self {
+            TransitionReason::FailureThreshold { .. } | TransitionReason::ProbeSucceeded { .. } => {
+                "probe"
+            }
+            TransitionReason::RetryAfter { .. } | TransitionReason::RetryAfterExpired => {
+                "retry-after"
+            }
+            TransitionReason::Ejected { .. } | TransitionReason::EjectionOver => "passive",
+        }
+    }
 }
 
 impl fmt::Display for TransitionReason {
@@ -119,6 +174,16 @@ impl fmt::Display for TransitionReason {
                 write!(f, "probe succeeded in {} ms", latency.as_millis())
             }
             TransitionReason::RetryAfterExpired => f.write_str("Retry-After hold expired"),
+            TransitionReason::Ejected {
+                failures,
+                last,
+                eject,
+            } => write!(
+                f,
+                "{failures} relayed requests failed in a row (last: {last}); ejected for {}s",
+                eject.as_secs()
+            ),
+            TransitionReason::EjectionOver => f.write_str("passive ejection over"),
         }
     }
 }
@@ -160,6 +225,43 @@ pub struct Health {
     last_latency: Option<Duration>,
     selections: u64,
     reported: Availability,
+    /// Consecutive failures of relayed requests (passive health).
+    passive_failures: u32,
+    ejection: Option<Ejection>,
+    /// Ejections in a row, for the doubling of the next one.
+    ejections: u32,
+}
+
+/// How relay outcomes feed a destination's health (per group config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassivePolicy {
+    /// Consecutive failures that eject.
+    pub failure_threshold: u32,
+    /// The first ejection; each repeated one doubles, up to [`MAX_EJECTION`].
+    pub eject: Duration,
+    /// After an ejection, wait for a probe success (the group is probed).
+    pub await_probe: bool,
+}
+
+impl Default for PassivePolicy {
+    fn default() -> Self {
+        PassivePolicy {
+            failure_threshold: 3,
+            eject: Duration::from_secs(30),
+            await_probe: false,
+        }
+    }
+}
+
+/// The longest passive ejection, as with Envoy's outlier detection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// A passive ejection in force.
+#[derive(Debug, Clone, Copy)]
+struct Ejection {
+    until: Instant,
+    /// Once `until` passes, a probe success (not time alone) ends it.
+    await_probe: bool,
 }
 
 impl Default for Health {
@@ -184,12 +286,75 @@ impl Health {
             last_latency: None,
             selections: 0,
             reported: Availability::Up,
+            passive_failures: 0,
+            ejection: None,
+            ejections: 0,
         }
     }
 
     /// May this destination receive new transactions at `now`?
     pub fn is_up(&self, now: Instant) -> bool {
-        self.probe_healthy && !self.held_down && !self.in_retry_after(now)
+        self.probe_healthy && !self.held_down && !self.in_retry_after(now) && !self.ejected(now)
+    }
+
+    /// A relayed request to this destination failed. With `retry_after` it
+    /// is held down for that long; at `policy.failure_threshold` failures in
+    /// a row it is ejected, unless `may_eject` is false (it is the group's
+    /// last destination up).
+    pub fn record_passive_failure(
+        &mut self,
+        policy: &PassivePolicy,
+        reason: FailureReason,
+        retry_after: Option<Duration>,
+        may_eject: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.passive_failures = self.passive_failures.saturating_add(1);
+        if let Some(hold) = retry_after {
+            self.hold_for(hold, now);
+            return self.report(now, TransitionReason::RetryAfter { hold, last: reason });
+        }
+        if self.passive_failures < policy.failure_threshold.max(1) || !may_eject {
+            return None;
+        }
+        if self.ejected(now) {
+            return None;
+        }
+        let doubling = 1u32 << self.ejections.min(4);
+        let eject = (policy.eject * doubling).min(MAX_EJECTION);
+        self.ejections = self.ejections.saturating_add(1);
+        self.passive_failures = 0;
+        self.ejection = Some(Ejection {
+            until: now + eject,
+            await_probe: policy.await_probe,
+        });
+        let failures = policy.failure_threshold.max(1);
+        let cause = TransitionReason::Ejected {
+            failures,
+            last: reason,
+            eject,
+        };
+        self.report(now, cause)
+    }
+
+    /// A relayed request got a response below 500: the run of passive
+    /// failures is over.
+    pub fn record_passive_success(&mut self) {
+        self.passive_failures = 0;
+        if self.ejection.is_none() {
+            self.ejections = 0;
+        }
+    }
+
+    /// Consecutive passive failures on record.
+    pub fn passive_failures(&self) -> u32 {
+        self.passive_failures
+    }
+
+    /// Whether a passive ejection keeps the destination out at `now`.
+    pub fn ejected(&self, now: Instant) -> bool {
+        self.ejection
+            .is_some_and(|e| now < e.until || e.await_probe)
     }
 
     /// [`Health::is_up`] as an [`Availability`].
@@ -208,6 +373,11 @@ impl Health {
         self.consecutive_failures = 0;
         self.probe_healthy = true;
         self.last_latency = Some(latency);
+        // An ejection ends on a probe success only once its time is up: a
+        // backend that answers OPTIONS but fails calls stays out meanwhile.
+        if self.ejection.is_some_and(|e| now >= e.until) {
+            self.ejection = None;
+        }
         self.report(now, TransitionReason::ProbeSucceeded { latency })
     }
 
@@ -226,12 +396,7 @@ impl Health {
         }
         let cause = match retry_after {
             Some(hold) => {
-                // A later, longer hold extends; a shorter one never shortens.
-                let until = now.checked_add(hold);
-                self.retry_after_until = match (self.retry_after_until, until) {
-                    (Some(current), Some(new)) => Some(current.max(new)),
-                    (current, new) => new.or(current),
-                };
+                self.hold_for(hold, now);
                 TransitionReason::RetryAfter { hold, last: reason }
             }
             None => TransitionReason::FailureThreshold {
@@ -242,13 +407,32 @@ impl Health {
         self.report(now, cause)
     }
 
-    /// Report a Retry-After hold that ran out since the last call. The actor
-    /// calls this on a timer so the "up" line is logged even without probes.
+    /// A Retry-After hold: a later, longer hold extends; a shorter one never
+    /// shortens.
+    fn hold_for(&mut self, hold: Duration, now: Instant) {
+        let until = now.checked_add(hold);
+        self.retry_after_until = match (self.retry_after_until, until) {
+            (Some(current), Some(new)) => Some(current.max(new)),
+            (current, new) => new.or(current),
+        };
+    }
+
+    /// Report a Retry-After hold or an ejection that ran out since the last
+    /// call. The actor calls this on a timer so the "up" line is logged even
+    /// without probes.
     pub fn refresh(&mut self, now: Instant) -> Option<Transition> {
+        let mut reason = TransitionReason::RetryAfterExpired;
         if self.retry_after_until.is_some_and(|until| now >= until) {
             self.retry_after_until = None;
         }
-        self.report(now, TransitionReason::RetryAfterExpired)
+        if self
+            .ejection
+            .is_some_and(|e| now >= e.until && !e.await_probe)
+        {
+            self.ejection = None;
+            reason = TransitionReason::EjectionOver;
+        }
+        self.report(now, reason)
     }
 
     /// Script/admin hold: down until [`Health::mark_up`], whatever probes say.
@@ -268,10 +452,14 @@ impl Health {
             || !self.probe_healthy
             || self.consecutive_failures > 0
             || self.retry_after_until.is_some();
+        let changed = changed || self.ejection.is_some();
         self.held_down = false;
         self.probe_healthy = true;
         self.consecutive_failures = 0;
         self.retry_after_until = None;
+        self.passive_failures = 0;
+        self.ejection = None;
+        self.ejections = 0;
         self.reported = Availability::Up;
         changed
     }
@@ -292,6 +480,11 @@ impl Health {
 
     pub fn failure_threshold(&self) -> u32 {
         self.failure_threshold
+    }
+
+    /// A new probe threshold (a reloaded group's), keeping the rest.
+    pub fn set_failure_threshold(&mut self, failure_threshold: u32) {
+        self.failure_threshold = failure_threshold.max(1);
     }
 
     /// Whether a script/admin `mark_down` is in force.

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::algorithm::{Algorithm, AnySelector, Selector};
-use super::destination::{Destination, FailureReason, Health, Transition};
+use super::destination::{Destination, FailureReason, Health, PassivePolicy, Transition};
+
+/// The longest Retry-After hold honoured by default (`max_retry_after_secs`).
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// One gateway group.
 #[derive(Debug, Clone)]
@@ -23,6 +26,10 @@ pub struct Group {
     eligible: Vec<usize>,
     /// Scratch: the last ranking, handed out by reference from [`Group::ranked`].
     ranking: Vec<usize>,
+    passive: PassivePolicy,
+    /// Retry-After holds longer than this are cut to it, so that one forged
+    /// or mistaken header cannot hold a backend down for years.
+    max_retry_after: Duration,
 }
 
 impl Group {
@@ -48,6 +55,35 @@ impl Group {
             selector,
             eligible: Vec::with_capacity(capacity),
             ranking: Vec::with_capacity(capacity),
+            passive: PassivePolicy::default(),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+        }
+    }
+
+    /// Sets how relay outcomes feed health, and the Retry-After cap.
+    pub fn with_health_policy(mut self, passive: PassivePolicy, max_retry_after: Duration) -> Self {
+        self.passive = passive;
+        self.max_retry_after = max_retry_after;
+        self
+    }
+
+    pub fn passive_policy(&self) -> &PassivePolicy {
+        &self.passive
+    }
+
+    /// Takes over the health and counters of every destination of
+    /// `previous` whose uri is also here (a reload or a replaced group
+    /// keeps what it learnt about the backends that remain).
+    pub fn adopt_health(&mut self, previous: &Group) {
+        for (destination, health) in self.destinations.iter().zip(self.health.iter_mut()) {
+            let Some(index) = previous.find(&destination.uri) else {
+                continue;
+            };
+            if let Some(old) = previous.health.get(index) {
+                let threshold = health.failure_threshold();
+                *health = old.clone();
+                health.set_failure_threshold(threshold);
+            }
         }
     }
 
@@ -138,6 +174,11 @@ impl Group {
         &self.ranking
     }
 
+    /// The ranking [`Group::ranked`] last made.
+    pub fn last_ranking(&self) -> &[usize] {
+        &self.ranking
+    }
+
     /// Script/admin hold on `uri`. False when the uri is not in this group.
     pub fn mark_down(&mut self, uri: &str) -> bool {
         match self.health_of(uri) {
@@ -179,9 +220,40 @@ impl Group {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
+        let retry_after = retry_after.map(|hold| hold.min(self.max_retry_after));
         self.health
             .get_mut(index)?
             .record_failure(reason, retry_after, now)
+    }
+
+    /// Feed a failed relay to `index` (passive health). The last
+    /// destination up is never ejected: a group with none left would turn
+    /// every call away, where a struggling backend still serves some.
+    pub fn record_passive_failure(
+        &mut self,
+        index: usize,
+        reason: FailureReason,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Option<Transition> {
+        let retry_after = retry_after.map(|hold| hold.min(self.max_retry_after));
+        let others_up =
+            (0..self.health.len()).any(|other| other != index && self.is_up(other, now));
+        let policy = self.passive;
+        self.health.get_mut(index)?.record_passive_failure(
+            &policy,
+            reason,
+            retry_after,
+            others_up,
+            now,
+        )
+    }
+
+    /// Feed a relay to `index` that got a response below 500.
+    pub fn record_passive_success(&mut self, index: usize) {
+        if let Some(health) = self.health.get_mut(index) {
+            health.record_passive_success();
+        }
     }
 
     /// Report expired Retry-After holds: `(index, transition)` for each
@@ -212,6 +284,7 @@ impl Group {
 
 #[cfg(test)]
 mod tests {
+    use super::super::TransitionReason;
     use super::*;
     use std::net::SocketAddr;
 
@@ -349,5 +422,140 @@ mod tests {
         assert_eq!(came_back, vec![1]);
         assert_eq!(group.refresh(later).count(), 0);
         assert!(group.is_up(1, later));
+    }
+
+    fn passive(threshold: u32, eject_secs: u64, await_probe: bool) -> PassivePolicy {
+        PassivePolicy {
+            failure_threshold: threshold,
+            eject: Duration::from_secs(eject_secs),
+            await_probe,
+        }
+    }
+
+    fn fail_passively(
+        group: &mut Group,
+        index: usize,
+        times: usize,
+        now: Instant,
+    ) -> Vec<Transition> {
+        (0..times)
+            .filter_map(|_| group.record_passive_failure(index, FailureReason::Timeout, None, now))
+            .collect()
+    }
+
+    #[test]
+    fn passive_failures_eject_at_the_threshold_and_a_success_resets_the_count() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::Hash)
+            .with_health_policy(passive(3, 30, false), DEFAULT_MAX_RETRY_AFTER);
+        assert!(fail_passively(&mut group, 0, 2, start).is_empty());
+        group.record_passive_success(0);
+        assert!(
+            fail_passively(&mut group, 0, 2, start).is_empty(),
+            "the run was broken"
+        );
+        let transitions = fail_passively(&mut group, 0, 1, start);
+        assert_eq!(transitions.len(), 1);
+        assert_eq!(transitions[0].reason.source(), "passive");
+        assert!(!group.is_up(0, start));
+        // Without probing, the ejection ends by itself.
+        assert!(!group.is_up(0, start + Duration::from_secs(29)));
+        let back: Vec<usize> = group
+            .refresh(start + Duration::from_secs(30))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(back, vec![0]);
+    }
+
+    #[test]
+    fn repeated_ejections_double_up_to_five_minutes() {
+        let mut now = Instant::now();
+        let mut group = three(Algorithm::Hash)
+            .with_health_policy(passive(1, 30, false), DEFAULT_MAX_RETRY_AFTER);
+        let mut lengths = Vec::new();
+        for _ in 0..6 {
+            let transition = fail_passively(&mut group, 0, 1, now)
+                .pop()
+                .expect("ejected");
+            let TransitionReason::Ejected { eject, .. } = transition.reason else {
+                panic!("not an ejection: {transition:?}");
+            };
+            lengths.push(eject.as_secs());
+            now += eject;
+            assert_eq!(group.refresh(now).count(), 1);
+        }
+        assert_eq!(lengths, [30, 60, 120, 240, 300, 300]);
+    }
+
+    #[test]
+    fn an_ejection_outlasts_probe_successes_then_a_probe_brings_it_back() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::Hash)
+            .with_health_policy(passive(1, 30, true), DEFAULT_MAX_RETRY_AFTER);
+        assert_eq!(fail_passively(&mut group, 1, 1, start).len(), 1);
+        let latency = Duration::from_millis(2);
+        assert_eq!(
+            group.record_success(1, latency, start + Duration::from_secs(5)),
+            None
+        );
+        assert!(
+            !group.is_up(1, start + Duration::from_secs(5)),
+            "OPTIONS 200 is not enough"
+        );
+        let later = start + Duration::from_secs(31);
+        assert_eq!(group.refresh(later).count(), 0, "waits for a probe");
+        assert!(!group.is_up(1, later));
+        let back = group.record_success(1, latency, later).expect("back up");
+        assert_eq!(back.to, super::super::Availability::Up);
+        assert!(group.is_up(1, later));
+    }
+
+    #[test]
+    fn the_last_destination_up_is_never_ejected() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Weighted)
+            .with_health_policy(passive(1, 30, false), DEFAULT_MAX_RETRY_AFTER);
+        assert_eq!(fail_passively(&mut group, 0, 1, now).len(), 1);
+        assert_eq!(fail_passively(&mut group, 1, 1, now).len(), 1);
+        assert!(fail_passively(&mut group, 2, 5, now).is_empty());
+        assert!(group.is_up(2, now));
+        // mark_up lifts an ejection at once.
+        assert!(group.mark_up("sip:backend1.example.com:5060"));
+        assert!(group.is_up(0, now));
+    }
+
+    #[test]
+    fn retry_after_holds_are_capped() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::RoundRobin)
+            .with_health_policy(passive(3, 30, false), Duration::from_secs(300));
+        let forged = Some(Duration::from_secs(999_999_999));
+        assert!(group
+            .record_passive_failure(2, FailureReason::Status(503), forged, start)
+            .is_some());
+        assert!(!group.is_up(2, start + Duration::from_secs(299)));
+        assert!(group.is_up(2, start + Duration::from_secs(300)));
+        assert!(group
+            .record_failure(1, FailureReason::Status(503), forged, start)
+            .is_some());
+        assert!(group.is_up(1, start + Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_replaced_group_keeps_the_health_of_destinations_that_remain() {
+        let now = Instant::now();
+        let mut old = three(Algorithm::Hash);
+        assert!(old.mark_down("sip:backend2.example.com:5060"));
+        old.select(Some(b"k"), None, now);
+        let mut new = Group::new(
+            "backends",
+            Algorithm::Hash,
+            vec![destination(2, 1, "us-west"), destination(4, 1, "eu")],
+            5,
+        );
+        new.adopt_health(&old);
+        assert!(!new.is_up(0, now), "backend2's hold is kept");
+        assert!(new.is_up(1, now), "a new destination starts healthy");
+        assert_eq!(new.health(0).map(Health::failure_threshold), Some(5));
     }
 }

@@ -19,7 +19,8 @@ pub mod registry;
 
 pub use algorithm::{new_selector, Algorithm, AnySelector, Selector, UnknownAlgorithm};
 pub use destination::{
-    Availability, Destination, FailureReason, Health, Transition, TransitionReason,
+    Availability, Destination, FailureReason, Health, PassivePolicy, Transition, TransitionReason,
+    MAX_EJECTION,
 };
 pub use group::Group;
 pub use registry::{Gateways, SharedGroup};

@@ -9,25 +9,39 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::Group;
 use crate::metrics::{DestinationMetrics, Metrics};
+use crate::proxy::decision::FailoverPolicy;
 
 /// One group behind its lock, with each destination's metric handles (made
-/// once here, so counting a selection costs one atomic add).
+/// once here, so counting a selection costs one atomic add) and the group's
+/// failover policy, which every relay to it carries.
 pub struct SharedGroup {
     group: Mutex<Group>,
     metrics: Vec<DestinationMetrics>,
+    name: Arc<str>,
+    policy: Arc<FailoverPolicy>,
 }
 
 impl SharedGroup {
-    pub fn new(group: Group, registry: &Metrics) -> Self {
+    pub fn new(group: Group, policy: FailoverPolicy, registry: &Metrics) -> Self {
         let metrics = group
             .destinations()
             .iter()
             .map(|d| registry.destination(group.name(), &d.uri))
             .collect();
         SharedGroup {
+            name: Arc::from(group.name()),
             group: Mutex::new(group),
             metrics,
+            policy: Arc::new(policy),
         }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &Arc<FailoverPolicy> {
+        &self.policy
     }
 
     /// The metric handles of destination `index`.
@@ -54,7 +68,8 @@ impl SharedGroup {
 /// to a destination's uri sends to its configured address, with no DNS).
 pub struct Gateways {
     groups: RwLock<HashMap<String, Arc<SharedGroup>>>,
-    addresses: RwLock<HashMap<String, SocketAddr>>,
+    /// Every destination uri: where it is, and the group it belongs to.
+    addresses: RwLock<HashMap<String, (SocketAddr, Arc<SharedGroup>)>>,
     /// Where each destination's selections, health and probe figures go.
     metrics: &'static Metrics,
 }
@@ -76,30 +91,30 @@ impl Gateways {
             .cloned()
     }
 
-    /// Adds or replaces a group; returns the group it replaced.
-    pub fn insert(&self, group: Group) -> (Arc<SharedGroup>, Option<Arc<SharedGroup>>) {
+    /// Adds or replaces a group; returns the group it replaced. A
+    /// replaced group's destinations that remain (same uri) keep their
+    /// health and counters.
+    pub fn insert(
+        &self,
+        mut group: Group,
+        policy: FailoverPolicy,
+    ) -> (Arc<SharedGroup>, Option<Arc<SharedGroup>>) {
         let name = group.name().to_string();
-        {
-            let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
-            for dest in group.destinations() {
-                addresses.insert(dest.uri.clone(), dest.address);
-            }
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = groups.get(&name) {
+            group.adopt_health(&previous.lock());
         }
-        let shared = Arc::new(SharedGroup::new(group, self.metrics));
-        let previous = self
-            .groups
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, shared.clone());
+        let shared = Arc::new(SharedGroup::new(group, policy, self.metrics));
+        let previous = groups.insert(name, shared.clone());
+        self.rebuild_addresses(&groups);
         (shared, previous)
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<SharedGroup>> {
-        let removed = self
-            .groups
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        let removed = groups.remove(name);
+        self.rebuild_addresses(&groups);
+        drop(groups);
         if let Some(shared) = &removed {
             let group = shared.lock();
             for dest in group.destinations() {
@@ -107,6 +122,25 @@ impl Gateways {
             }
         }
         removed
+    }
+
+    /// The uri → address map from the groups there are now, so that a
+    /// removed group's destinations leave it (groups in name order: when
+    /// two name one uri, the first name's address wins, whatever the
+    /// order they came in).
+    fn rebuild_addresses(&self, groups: &HashMap<String, Arc<SharedGroup>>) {
+        let mut names: Vec<&String> = groups.keys().collect();
+        names.sort();
+        let mut addresses = HashMap::new();
+        for name in names {
+            let shared = &groups[name];
+            for dest in shared.lock().destinations() {
+                addresses
+                    .entry(dest.uri.clone())
+                    .or_insert_with(|| (dest.address, shared.clone()));
+            }
+        }
+        *self.addresses.write().unwrap_or_else(|p| p.into_inner()) = addresses;
     }
 
     /// Brings every destination's `up` gauge up to date (before a scrape).
@@ -143,6 +177,78 @@ impl Gateways {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(uri)
-            .copied()
+            .map(|(address, _)| *address)
+    }
+
+    /// The group a destination uri belongs to.
+    pub fn group_of(&self, uri: &str) -> Option<Arc<SharedGroup>> {
+        self.addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uri)
+            .map(|(_, group)| group.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::{Algorithm, Destination};
+
+    fn group(name: &str, uris: &[(&str, u16)]) -> Group {
+        let destinations = uris
+            .iter()
+            .map(|(uri, port)| Destination::new(*uri, SocketAddr::from(([192, 0, 2, 1], *port))))
+            .collect();
+        Group::new(name, Algorithm::Hash, destinations, 3)
+    }
+
+    #[test]
+    fn a_removed_group_takes_its_addresses_with_it() {
+        let gateways = Gateways::new(crate::metrics::get());
+        gateways.insert(
+            group("a", &[("sip:one.example", 5061)]),
+            FailoverPolicy::default(),
+        );
+        gateways.insert(
+            group("b", &[("sip:two.example", 5062)]),
+            FailoverPolicy::default(),
+        );
+        assert!(gateways.address_of("sip:one.example").is_some());
+        assert!(gateways.remove("a").is_some());
+        assert_eq!(gateways.address_of("sip:one.example"), None);
+        assert!(gateways.group_of("sip:one.example").is_none());
+        assert_eq!(
+            gateways
+                .group_of("sip:two.example")
+                .map(|g| g.name().to_string()),
+            Some("b".to_string())
+        );
+    }
+
+    #[test]
+    fn replacing_a_group_keeps_the_health_of_the_destinations_that_remain() {
+        let gateways = Gateways::new(crate::metrics::get());
+        let (first, _) = gateways.insert(
+            group(
+                "keep",
+                &[("sip:one.example", 5061), ("sip:two.example", 5062)],
+            ),
+            FailoverPolicy::default(),
+        );
+        assert!(first.lock().mark_down("sip:two.example"));
+        let (second, previous) = gateways.insert(
+            group(
+                "keep",
+                &[("sip:two.example", 5062), ("sip:three.example", 5063)],
+            ),
+            FailoverPolicy::default(),
+        );
+        assert!(previous.is_some());
+        let now = std::time::Instant::now();
+        let group = second.lock();
+        assert!(!group.is_up(0, now), "sip:two.example stays held down");
+        assert!(group.is_up(1, now));
+        assert_eq!(gateways.address_of("sip:one.example"), None);
     }
 }

@@ -1,6 +1,11 @@
 //! What the routing script decided for one request, as plain data. The
 //! script layer fills it in; the engine carries it out.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proxy::forward::Hop;
+
 /// What the script asked for. Only the first of relay/reply/fork counts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -39,6 +44,85 @@ pub struct Decision {
     pub routes_popped: usize,
     /// A new Request-URI (the engine's strict-route fix-up, or the script's).
     pub new_ruri: Option<String>,
+    /// The relay goes to a gateway destination: the group's candidates for
+    /// this request, for failover and passive health.
+    pub gateway: Option<GatewayRelay>,
+}
+
+/// A relay to a destination of a gateway group (DESIGN.md §4.3): the
+/// group's ranking for this request, best first. The first candidate is the
+/// relay's target; the rest are the order to fail over in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRelay {
+    pub group: Arc<str>,
+    pub policy: Arc<FailoverPolicy>,
+    pub candidates: Vec<RelayCandidate>,
+}
+
+/// One destination a gateway relay may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayCandidate {
+    pub uri: Arc<str>,
+    pub hop: Hop,
+    /// The destination had passive failures on record when it was ranked,
+    /// so its group wants to hear of a success (otherwise successes are
+    /// not reported: the common case costs no message).
+    pub report_success: bool,
+}
+
+/// When a gateway relay moves on to the next candidate (per group config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPolicy {
+    pub enabled: bool,
+    /// A branch with no response at all by then has failed.
+    pub no_response: Duration,
+    /// Final responses that fail over (and count as passive failures).
+    pub on_codes: Vec<u16>,
+    /// Branches per request at most, the first included.
+    pub max_attempts: usize,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            enabled: true,
+            no_response: Duration::from_millis(1000),
+            on_codes: vec![503],
+            max_attempts: usize::MAX,
+        }
+    }
+}
+
+/// Why a branch to a gateway destination failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayFailure {
+    /// No response at all within `no_response` (or only a 100 by Timer B).
+    NoResponse,
+    /// The request could not be sent (TCP connect refused or reset).
+    Transport,
+    /// A final response listed in `on_codes`.
+    Status(u16),
+}
+
+impl RelayFailure {
+    /// The `reason` label of `siphon_failovers_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RelayFailure::NoResponse => "timeout",
+            RelayFailure::Transport => "transport",
+            RelayFailure::Status(_) => "status",
+        }
+    }
+}
+
+impl std::fmt::Display for RelayFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayFailure::NoResponse => f.write_str("no response"),
+            RelayFailure::Transport => f.write_str("transport error"),
+            RelayFailure::Status(code) => write!(f, "status {code}"),
+        }
+    }
 }
 
 impl Decision {

@@ -70,6 +70,9 @@ pub enum TimerKind {
     /// Server: the script answered only provisionally, so nothing else
     /// will; bounds the transaction's life at 64·T1.
     Guard,
+    /// Client branch to a gateway destination: no response at all by the
+    /// failover policy's `no_response`.
+    NoResponse,
 }
 
 /// Which transaction a timer belongs to: a server transaction by its slot, a

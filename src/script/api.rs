@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyModule, PyString};
 
-use super::register_handler;
+use super::{register_handler, HandlerKind};
 
 /// `proxy`: `@proxy.on_request` or `@proxy.on_request("INVITE|BYE")`.
 #[pyclass(name = "Proxy", module = "siphon", frozen)]
@@ -34,8 +34,57 @@ impl ProxyApi {
                 "on_request takes a function or a method filter such as \"INVITE|BYE\"",
             ));
         }
-        register_handler(None, target.clone_ref(py));
+        register_handler(HandlerKind::Request, None, target.clone_ref(py));
         Ok(target)
+    }
+
+    /// `@proxy.on_failure`: called with `(request, response)` when every
+    /// branch of a relayed request failed and failover (if any) ran out;
+    /// `response` is the best final response, or None on a timeout. The
+    /// handler may `relay()` again or `reply()`; doing nothing sends the
+    /// best response.
+    fn on_failure(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.bind(py).is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "on_failure decorates a function taking (request, response)",
+            ));
+        }
+        register_handler(HandlerKind::Failure, None, func.clone_ref(py));
+        Ok(func)
+    }
+}
+
+/// The final response `@proxy.on_failure` receives.
+#[pyclass(name = "Response", module = "siphon", frozen)]
+pub(super) struct Response {
+    msg: crate::sip::Message,
+}
+
+impl Response {
+    pub(super) fn new(msg: crate::sip::Message) -> Self {
+        Response { msg }
+    }
+}
+
+#[pymethods]
+impl Response {
+    #[getter]
+    fn status(&self) -> u16 {
+        self.msg.status().unwrap_or(0)
+    }
+
+    #[getter]
+    fn reason(&self) -> String {
+        self.msg.reason().unwrap_or("").to_string()
+    }
+
+    /// The first value of header `name` (any case, compact forms too).
+    fn header(&self, name: &str) -> Option<String> {
+        self.msg.header_named(name).map(str::to_string)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Response {} {}>", self.status(), self.reason())
     }
 }
 
@@ -53,7 +102,11 @@ impl MethodDecorator {
                 "on_request(...) decorates a function",
             ));
         }
-        register_handler(Some(self.methods.clone()), func.clone_ref(py));
+        register_handler(
+            HandlerKind::Request,
+            Some(self.methods.clone()),
+            func.clone_ref(py),
+        );
         Ok(func)
     }
 }
@@ -92,6 +145,7 @@ pub(super) fn register_module(py: Python<'_>, services: &super::ScriptServices) 
     super::registrar::register(&module, services.registrar.clone())?;
     module.add_class::<super::request::Request>()?;
     module.add_class::<super::request::Uri>()?;
+    module.add_class::<Response>()?;
     py.import("sys")?
         .getattr("modules")?
         .set_item("siphon", module)?;

@@ -5,6 +5,7 @@
 //! Marks, additions and removals go through the process-wide
 //! [`GatewayService`], which starts and stops the group and prober actors.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +15,100 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::actors::gateway::GatewayService;
-use crate::config::{DestinationConfig, GroupConfig, ProbeConfig};
-use crate::gateway::{Algorithm, Destination};
+use crate::config::{
+    DestinationConfig, FailoverConfig, GroupConfig, PassiveConfig, ProbeConfig,
+    DEFAULT_MAX_RETRY_AFTER_SECS,
+};
+use crate::gateway::{Algorithm, Destination, Gateways, Group, SharedGroup};
+use crate::proxy::decision::{Action, Decision, GatewayRelay, RelayCandidate};
+use crate::proxy::forward::Hop;
+
+/// The most rankings one script run remembers (a script that selects in a
+/// loop keeps the latest).
+const RANKINGS_KEPT: usize = 8;
+
+thread_local! {
+    /// What `gateway.select` ranked during the script run on this thread,
+    /// so that `request.relay(d.uri)` fails over in the same order. Scripts
+    /// run one at a time per thread, and each run starts it afresh.
+    static RANKINGS: RefCell<Vec<GatewayRelay>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Forgets the rankings of the previous run on this thread.
+pub(super) fn begin_run() {
+    RANKINGS.with(|rankings| rankings.borrow_mut().clear());
+}
+
+/// Gives a relay to a gateway destination its candidates: the ranking
+/// `gateway.select` made for it in this run, else (the script named the
+/// destination itself) its group's other destinations that are up.
+pub(super) fn with_relay_candidates(mut decision: Decision, gateways: &Gateways) -> Decision {
+    let Some(Action::Relay { uri: Some(uri) }) = &decision.action else {
+        return decision;
+    };
+    let ranked = RANKINGS.with(|rankings| {
+        let mut rankings = rankings.borrow_mut();
+        let found = rankings
+            .iter()
+            .rposition(|relay| relay.candidates.iter().any(|c| *c.uri == **uri))?;
+        let mut relay = rankings.swap_remove(found);
+        // The script may relay to another than the first: it leads.
+        if let Some(at) = relay.candidates.iter().position(|c| *c.uri == **uri) {
+            relay.candidates[..=at].rotate_right(1);
+        }
+        Some(relay)
+    });
+    decision.gateway = ranked.or_else(|| {
+        let shared = gateways.group_of(uri)?;
+        let group = shared.lock();
+        let now = Instant::now();
+        let first = group.find(uri)?;
+        let others = (0..group.len()).filter(|&i| i != first && group.is_up(i, now));
+        let candidates = std::iter::once(first)
+            .chain(others)
+            .filter_map(|index| candidate(&group, index))
+            .collect();
+        Some(GatewayRelay {
+            group: shared.name().clone(),
+            policy: shared.policy().clone(),
+            candidates,
+        })
+    });
+    decision
+}
+
+/// Destination `index` of `group` as a relay candidate.
+fn candidate(group: &Group, index: usize) -> Option<RelayCandidate> {
+    let destination = group.destination(index)?;
+    Some(RelayCandidate {
+        uri: destination.shared_uri().clone(),
+        hop: Hop {
+            addr: destination.address,
+            protocol: destination.protocol(),
+        },
+        report_success: group.health(index)?.passive_failures() > 0,
+    })
+}
+
+/// Remembers a ranking for this run's relay.
+fn remember(shared: &SharedGroup, group: &Group, ranking: &[usize]) {
+    let candidates = ranking
+        .iter()
+        .filter_map(|&index| candidate(group, index))
+        .collect();
+    let relay = GatewayRelay {
+        group: shared.name().clone(),
+        policy: shared.policy().clone(),
+        candidates,
+    };
+    RANKINGS.with(|rankings| {
+        let mut rankings = rankings.borrow_mut();
+        if rankings.len() >= RANKINGS_KEPT {
+            rankings.remove(0);
+        }
+        rankings.push(relay);
+    });
+}
 
 /// A destination as the script sees it: a snapshot taken when it was selected
 /// or listed. `bool(d)` is `d.healthy`; `str(d)` is `d.uri`, so
@@ -94,7 +187,7 @@ impl GatewayApi {
 
     fn mark(&self, group: &str, uri: &str, down: bool) -> bool {
         let verb = if down { "mark_down" } else { "mark_up" };
-        match self.service.mark(group, uri, down) {
+        match self.service.mark(group, uri, down, "script") {
             Some(true) => true,
             Some(false) => {
                 tracing::warn!(target: "siphon::script", group = %group, uri = %uri, "gateway.{verb}: uri not in group");
@@ -138,12 +231,17 @@ impl GatewayApi {
         };
         let now = Instant::now();
         let mut locked = shared.lock();
-        let chosen = locked.select(key_bytes, filter.as_ref(), now);
-        if let Some(metrics) = chosen.and_then(|index| shared.metrics(index)) {
+        // The whole ranking: the first choice, then the failover order.
+        locked.ranked(key_bytes, filter.as_ref(), now);
+        let Some(&chosen) = locked.last_ranking().first() else {
+            return Ok(None);
+        };
+        if let Some(metrics) = shared.metrics(chosen) {
             metrics.selections.inc();
         }
-        Ok(chosen
-            .and_then(|index| locked.destination(index))
+        remember(&shared, &locked, locked.last_ranking());
+        Ok(locked
+            .destination(chosen)
             .map(|destination| PyDestination::snapshot(group, destination, true)))
     }
 
@@ -161,15 +259,24 @@ impl GatewayApi {
     /// Adds (or replaces) a group; `destinations` are dicts with the config's
     /// keys (`uri`, `address`, `weight`, `attrs`), `probe` a dict with the
     /// config's probe keys. Raises ValueError naming the bad key.
-    #[pyo3(signature = (name, destinations, algorithm="weighted", probe=None))]
+    #[pyo3(signature = (name, destinations, algorithm="weighted", probe=None, failover=None, passive=None, max_retry_after_secs=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_group(
         &self,
         name: &str,
         destinations: Bound<'_, PyAny>,
         algorithm: &str,
         probe: Option<Bound<'_, PyAny>>,
+        failover: Option<Bound<'_, PyAny>>,
+        passive: Option<Bound<'_, PyAny>>,
+        max_retry_after_secs: Option<u64>,
     ) -> PyResult<()> {
-        let config = group_config(name, &destinations, algorithm, probe.as_ref())
+        let policies = GroupPolicies {
+            failover: failover.as_ref(),
+            passive: passive.as_ref(),
+            max_retry_after_secs,
+        };
+        let config = group_config(name, &destinations, algorithm, probe.as_ref(), policies)
             .map_err(|message| PyValueError::new_err(format!("add_group({name:?}): {message}")))?;
         self.service.add_group(&config);
         Ok(())
@@ -205,6 +312,61 @@ impl GatewayApi {
 
 /// The keys a destination dict may have, as in the config.
 const DESTINATION_KEYS: [&str; 4] = ["uri", "address", "weight", "attrs"];
+/// The keys a failover dict may have, as in the config.
+const FAILOVER_KEYS: [&str; 4] = ["enabled", "no_response_ms", "on_codes", "max_attempts"];
+/// The keys a passive dict may have, as in the config.
+const PASSIVE_KEYS: [&str; 2] = ["failure_threshold", "eject_secs"];
+
+/// `add_group`'s optional health and failover arguments.
+struct GroupPolicies<'a, 'py> {
+    failover: Option<&'a Bound<'py, PyAny>>,
+    passive: Option<&'a Bound<'py, PyAny>>,
+    max_retry_after_secs: Option<u64>,
+}
+
+/// A dict argument with only `known` keys, or None when absent.
+fn policy_dict<'a, 'py>(
+    value: Option<&'a Bound<'py, PyAny>>,
+    at: &str,
+    known: &[&str],
+) -> Result<Option<&'a Bound<'py, PyDict>>, String> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let dict = value
+        .cast::<PyDict>()
+        .map_err(|_| format!("{at}: must be a dict with {}", known.join(", ")))?;
+    check_keys(dict, at, known)?;
+    Ok(Some(dict))
+}
+
+fn failover_config(value: Option<&Bound<'_, PyAny>>) -> Result<FailoverConfig, String> {
+    let at = "failover";
+    let defaults = FailoverConfig::default();
+    let Some(dict) = policy_dict(value, at, &FAILOVER_KEYS)? else {
+        return Ok(defaults);
+    };
+    Ok(FailoverConfig {
+        enabled: optional(dict, "enabled", at)?.unwrap_or(defaults.enabled),
+        no_response_ms: optional(dict, "no_response_ms", at)?.unwrap_or(defaults.no_response_ms),
+        on_codes: optional(dict, "on_codes", at)?.unwrap_or(defaults.on_codes),
+        max_attempts: optional(dict, "max_attempts", at)?,
+    })
+}
+
+fn passive_config(value: Option<&Bound<'_, PyAny>>) -> Result<PassiveConfig, String> {
+    let at = "passive";
+    let defaults = PassiveConfig::default();
+    let Some(dict) = policy_dict(value, at, &PASSIVE_KEYS)? else {
+        return Ok(defaults);
+    };
+    Ok(PassiveConfig {
+        failure_threshold: optional(dict, "failure_threshold", at)?
+            .unwrap_or(defaults.failure_threshold),
+        eject_secs: optional(dict, "eject_secs", at)?.unwrap_or(defaults.eject_secs),
+    })
+}
+
 /// The keys a probe dict may have, as in the config.
 const PROBE_KEYS: [&str; 4] = [
     "enabled",
@@ -220,6 +382,7 @@ fn group_config(
     destinations: &Bound<'_, PyAny>,
     algorithm: &str,
     probe: Option<&Bound<'_, PyAny>>,
+    policies: GroupPolicies<'_, '_>,
 ) -> Result<GroupConfig, String> {
     let algorithm: Algorithm = algorithm
         .trim()
@@ -243,6 +406,11 @@ fn group_config(
         algorithm,
         probe,
         destinations: resolved,
+        failover: failover_config(policies.failover)?,
+        passive: passive_config(policies.passive)?,
+        max_retry_after_secs: policies
+            .max_retry_after_secs
+            .unwrap_or(DEFAULT_MAX_RETRY_AFTER_SECS),
     };
     config.check().map_err(|e| e.to_string())?;
     Ok(config)
@@ -381,7 +549,12 @@ mod tests {
         with_value(&format!("({destinations}, {probe})"), |pair| {
             let destinations = pair.get_item(0).expect("destinations");
             let probe = pair.get_item(1).expect("probe");
-            group_config(" g ", &destinations, algorithm, Some(&probe))
+            let policies = GroupPolicies {
+                failover: None,
+                passive: None,
+                max_retry_after_secs: None,
+            };
+            group_config(" g ", &destinations, algorithm, Some(&probe), policies)
         })
     }
 
@@ -491,7 +664,9 @@ mod tests {
         with_value(
             r#"[{"uri": "sip:one.example.com", "address": "127.0.0.1:6001", "attrs": {"zone": "a"}},
                 {"uri": "sip:two.example.com", "address": "127.0.0.1:6002", "weight": 2}]"#,
-            |destinations| api.add_group(group, destinations.clone(), "hash", None),
+            |destinations| {
+                api.add_group(group, destinations.clone(), "hash", None, None, None, None)
+            },
         )
         .expect("added");
         assert!(api.groups().contains(&group.to_string()));

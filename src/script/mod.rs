@@ -39,14 +39,26 @@ impl ScriptServices {
     }
 }
 
-/// One registered handler: an optional method filter and the Python callable.
+/// One registered handler: what it handles, an optional method filter and
+/// the Python callable.
 struct Handler {
+    kind: HandlerKind,
     methods: Option<Vec<String>>,
     func: Py<PyAny>,
 }
 
+/// `@proxy.on_request` or `@proxy.on_failure`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HandlerKind {
+    Request,
+    Failure,
+}
+
 impl Handler {
-    fn accepts(&self, method: &str) -> bool {
+    fn accepts(&self, kind: HandlerKind, method: &str) -> bool {
+        if self.kind != kind {
+            return false;
+        }
         match &self.methods {
             None => true,
             Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
@@ -57,6 +69,12 @@ impl Handler {
 /// The handlers of one successfully loaded version of the script.
 pub struct Handlers {
     entries: Vec<Handler>,
+}
+
+impl Handlers {
+    fn has(&self, kind: HandlerKind) -> bool {
+        self.entries.iter().any(|h| h.kind == kind)
+    }
 }
 
 /// Handlers registered by the decorators while a script is being executed.
@@ -71,6 +89,8 @@ pub struct ScriptEngine {
     path: PathBuf,
     generation: AtomicU64,
     current: RwLock<Arc<Handlers>>,
+    /// For a relay to a destination that `gateway.select` did not rank.
+    gateways: Arc<crate::gateway::Gateways>,
 }
 
 /// A shard's cached view of the engine.
@@ -90,6 +110,7 @@ impl ScriptEngine {
             path: path.to_path_buf(),
             generation: AtomicU64::new(1),
             current: RwLock::new(Arc::new(handlers)),
+            gateways: services.gateways.gateways(),
         }))
     }
 
@@ -125,18 +146,50 @@ impl ScriptEngine {
     /// Runs the handler for one request. A script exception yields a 500 reply
     /// and a logged traceback; it never propagates.
     pub fn run(&self, cache: &mut ScriptCache, input: RequestInput) -> Decision {
+        self.call(cache, HandlerKind::Request, input, None)
+    }
+
+    /// Runs `@proxy.on_failure` for a request whose branches all failed;
+    /// with no such handler, the decision is to do nothing (the best
+    /// response goes upstream) and Python is not entered.
+    pub fn run_failure(
+        &self,
+        cache: &mut ScriptCache,
+        input: RequestInput,
+        response: Option<crate::sip::Message>,
+    ) -> Decision {
+        self.refresh(cache);
+        if !cache.handlers.has(HandlerKind::Failure) {
+            return Decision::default();
+        }
+        self.call(cache, HandlerKind::Failure, input, Some(response))
+    }
+
+    fn refresh(&self, cache: &mut ScriptCache) {
         let generation = self.generation.load(Ordering::Acquire);
         if generation != cache.generation {
             cache.generation = generation;
             cache.handlers = self.handlers();
         }
+    }
+
+    /// Calls the first handler of `kind` that accepts the request's method;
+    /// a failure handler also gets the response (`failure` is Some).
+    fn call(
+        &self,
+        cache: &mut ScriptCache,
+        kind: HandlerKind,
+        input: RequestInput,
+        failure: Option<Option<crate::sip::Message>>,
+    ) -> Decision {
+        self.refresh(cache);
         let handlers = &cache.handlers;
         Python::attach(|py| {
             // The request moves into Python; keep a handle (not a copy) for
             // the method name the error log needs.
             let msg = input.msg.clone();
             let method = msg.method_str();
-            let Some(handler) = handlers.entries.iter().find(|h| h.accepts(method)) else {
+            let Some(handler) = handlers.entries.iter().find(|h| h.accepts(kind, method)) else {
                 return request::unhandled(input);
             };
             let request = match Py::new(py, request::Request::new(input)) {
@@ -146,8 +199,22 @@ impl ScriptEngine {
                     return Decision::failed();
                 }
             };
+            gateway::begin_run();
             let started = std::time::Instant::now();
-            let outcome = handler.func.call1(py, (request.clone_ref(py),));
+            let outcome = match failure {
+                None => handler.func.call1(py, (request.clone_ref(py),)),
+                Some(response) => {
+                    let response = match response.map(|msg| Py::new(py, api::Response::new(msg))) {
+                        Some(Ok(response)) => response.into_any(),
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, "cannot create the script's Response object");
+                            return Decision::failed();
+                        }
+                        None => py.None(),
+                    };
+                    handler.func.call1(py, (request.clone_ref(py), response))
+                }
+            };
             let metrics = crate::metrics::get();
             metrics.script_executions.inc();
             metrics
@@ -157,6 +224,7 @@ impl ScriptEngine {
             match outcome {
                 Ok(_) => state
                     .map(request::decision_of)
+                    .map(|decision| gateway::with_relay_candidates(decision, &self.gateways))
                     .unwrap_or_else(Decision::failed),
                 Err(err) => {
                     metrics.script_errors.inc();
@@ -203,7 +271,7 @@ fn load_handlers(path: &Path) -> Result<Handlers, String> {
                 path.display(),
                 format_exception(py, &err)
             )),
-            Ok(_) if registered.is_empty() => Err(format!(
+            Ok(_) if !registered.iter().any(|h| h.kind == HandlerKind::Request) => Err(format!(
                 "script {} registers no handler: decorate a function with @proxy.on_request",
                 path.display()
             )),
@@ -218,11 +286,15 @@ fn take_pending() -> Vec<Handler> {
     std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn register_handler(methods: Option<Vec<String>>, func: Py<PyAny>) {
+fn register_handler(kind: HandlerKind, methods: Option<Vec<String>>, func: Py<PyAny>) {
     PENDING
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Handler { methods, func });
+        .push(Handler {
+            kind,
+            methods,
+            func,
+        });
 }
 
 /// The traceback of a Python exception as Python itself prints it.

@@ -35,6 +35,7 @@ pub(super) fn decision_of(state: State) -> Decision {
         header_edits: state.header_edits,
         routes_popped: state.routes_popped,
         new_ruri: state.new_ruri,
+        gateway: None,
     }
 }
 

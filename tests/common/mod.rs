@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod gateway;
+
 /// Loopback address every test binds and targets.
 pub const LOCALHOST: &str = "127.0.0.1";
 
@@ -389,6 +391,7 @@ pub struct SippSpec {
     target: Option<SocketAddr>,
     keys: Vec<(String, String)>,
     trace_messages: bool,
+    inf: Option<PathBuf>,
 }
 
 impl SippSpec {
@@ -406,6 +409,7 @@ impl SippSpec {
             target: None,
             keys: vec![("tp".to_owned(), transport.param().to_owned())],
             trace_messages: false,
+            inf: None,
         }
     }
 
@@ -447,6 +451,12 @@ impl SippSpec {
     /// A scenario keyword (`-key NAME VALUE`).
     pub fn key(mut self, name: &str, value: &str) -> SippSpec {
         self.keys.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Call fields from a CSV file (`-inf`).
+    pub fn inf(mut self, csv: &Path) -> SippSpec {
+        self.inf = Some(csv.to_owned());
         self
     }
 
@@ -495,6 +505,9 @@ impl SippSpec {
         }
         for (name, value) in &self.keys {
             cmd.args(["-key", name, value]);
+        }
+        if let Some(csv) = &self.inf {
+            cmd.arg("-inf").arg(csv);
         }
         let stderr = fs::File::create(file("stderr.log")).expect("create sipp stderr log");
         let child = cmd
@@ -555,6 +568,10 @@ pub struct Sipp {
 }
 
 impl Sipp {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -576,6 +593,7 @@ impl Sipp {
         let stats_csv = read("stats.csv");
         SippOutcome {
             name: self.name.clone(),
+            dir: self.dir.clone(),
             exit_code: status.and_then(|s| s.code()),
             expected_calls: self.calls,
             stats: SippStats::parse(&stats_csv),
@@ -644,6 +662,7 @@ impl SippStats {
 /// What a finished sipp run reported.
 pub struct SippOutcome {
     pub name: String,
+    dir: PathBuf,
     /// sipp's exit code: 0 = every call succeeded, 1 = some failed,
     /// 97/99 = stopped early, None = killed after the timeout.
     pub exit_code: Option<i32>,
@@ -658,6 +677,11 @@ pub struct SippOutcome {
 }
 
 impl SippOutcome {
+    /// The scenario's `<log>` lines (`-trace_logs`).
+    pub fn actions_log(&self) -> String {
+        fs::read_to_string(self.dir.join(format!("{}_actions.log", self.name))).unwrap_or_default()
+    }
+
     /// A readable account of the run for assertion messages.
     pub fn report(&self) -> String {
         format!(
@@ -867,6 +891,25 @@ impl RawRequest {
     pub fn body(mut self, body: &str) -> RawRequest {
         self.body = body.to_owned();
         self
+    }
+
+    /// The CANCEL of this request (RFC 3261 §9.1: the same branch, Call-ID,
+    /// From, To and CSeq number).
+    pub fn cancel(&self) -> RawRequest {
+        RawRequest {
+            method: "CANCEL".to_owned(),
+            ruri: self.ruri.clone(),
+            transport: self.transport,
+            via_addr: self.via_addr,
+            call_id: self.call_id.clone(),
+            branch: self.branch.clone(),
+            from_tag: self.from_tag.clone(),
+            to_tag: None,
+            cseq: self.cseq,
+            max_forwards: self.max_forwards,
+            extra_headers: Vec::new(),
+            body: String::new(),
+        }
     }
 
     /// The wire form, with a correct Content-Length.

@@ -47,6 +47,13 @@ pub struct ClientTx {
     /// Timer C's deadline: pushed back by provisionals other than 100,
     /// pulled in to 64·T1 once the branch is CANCELed.
     pub timer_c_due: Instant,
+    /// For a branch to a gateway destination: its index among the relay's
+    /// candidates.
+    pub candidate: Option<usize>,
+    /// The branch got a 101–199 (the UAS took the call).
+    pub accepted: bool,
+    /// The branch was given up for another: no more retransmissions.
+    pub abandoned: bool,
 }
 
 impl ClientTx {
@@ -75,6 +82,9 @@ impl ClientTx {
             cancel_sent: false,
             settled: false,
             timer_c_due,
+            candidate: None,
+            accepted: false,
+            abandoned: false,
         }
     }
 }

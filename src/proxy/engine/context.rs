@@ -63,6 +63,16 @@ impl ResponseContext {
         self.pending
     }
 
+    /// A copy of the response [`ResponseContext::take_best`] would choose
+    /// (None when that is a timeout or there is none), for the script.
+    pub fn best_response(&self) -> Option<Message> {
+        let codes: Vec<u16> = self.finals.iter().map(Candidate::code).collect();
+        match self.finals.get(choose(&codes)?)? {
+            Candidate::Response(msg) => Some(msg.clone()),
+            Candidate::Timeout => None,
+        }
+    }
+
     /// Takes the response to send upstream (§16.7 steps 6 and 7); None when
     /// no branch left a candidate.
     pub fn take_best(&mut self) -> Option<Best> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::proxy::decision::ForkTarget;
+use crate::proxy::decision::{FailoverPolicy, ForkTarget, RelayCandidate};
 use crate::sip::Uri;
 
 /// xorshift64*: small, fast and reproducible from its seed.
@@ -110,6 +110,7 @@ impl Run {
                 udp_port: 5060,
                 tcp_port: 5060,
                 branch_secret: [seed, !seed],
+                drain_secs: 5,
             }),
             now: Instant::now(),
             pending: Vec::new(),
@@ -140,7 +141,14 @@ impl Run {
                     remember(&mut self.seen, bytes);
                 }
                 Output::RunScript(run) => self.pending.push(run),
-                Output::ProbeDone { .. } => {}
+                Output::RunFailure(run) => self.pending.push(ScriptRun {
+                    ticket: run.ticket,
+                    request: run.request,
+                    source: run.source,
+                    protocol: run.protocol,
+                    preroute: run.preroute,
+                }),
+                Output::ProbeDone { .. } | Output::Health(_) | Output::Failover(_) => {}
             }
         }
     }
@@ -236,7 +244,8 @@ impl Run {
     }
 
     fn decision(&mut self, run: &ScriptRun) -> Decision {
-        let action = match self.rng.below(6) {
+        let mut gateway = None;
+        let action = match self.rng.below(7) {
             0 => None,
             1 => Some(Action::Reply {
                 code: *self.rng.pick(&[100, 180, 200, 302, 404, 486, 503, 603]),
@@ -253,6 +262,41 @@ impl Run {
                     .chance(50)
                     .then(|| self.rng.pick(&URIS).to_string()),
             }),
+            4 => {
+                // A relay to a gateway group: its candidates in some order.
+                let mut candidates: Vec<RelayCandidate> = Vec::new();
+                for (host, addr) in HOSTS {
+                    if self.rng.chance(70) {
+                        candidates.push(RelayCandidate {
+                            uri: Arc::from(format!("sip:{host}").as_str()),
+                            hop: Hop {
+                                addr: addr.parse().unwrap(),
+                                protocol: Protocol::Udp,
+                            },
+                            report_success: self.rng.chance(50),
+                        });
+                    }
+                }
+                if candidates.is_empty() {
+                    None
+                } else {
+                    let first = self.rng.below(candidates.len());
+                    candidates.swap(0, first);
+                    gateway = Some(GatewayRelay {
+                        group: Arc::from("fuzz"),
+                        policy: Arc::new(FailoverPolicy {
+                            enabled: self.rng.chance(80),
+                            no_response: Duration::from_millis(*self.rng.pick(&[1, 500, 1000])),
+                            on_codes: vec![503, 500],
+                            max_attempts: 1 + self.rng.below(4),
+                        }),
+                        candidates,
+                    });
+                    Some(Action::Relay {
+                        uri: gateway.as_ref().map(|g| g.candidates[0].uri.to_string()),
+                    })
+                }
+            }
             _ => Some(Action::Fork {
                 targets: (0..1 + self.rng.below(3))
                     .map(|_| ForkTarget {
@@ -280,6 +324,7 @@ impl Run {
             header_edits,
             routes_popped: run.preroute.routes_popped + self.rng.below(3),
             new_ruri: run.preroute.strict_ruri.clone(),
+            gateway,
         }
     }
 
@@ -399,7 +444,13 @@ impl Run {
             self.now += Duration::from_secs(1);
             self.engine.handle_timeout(self.now);
             self.drain();
-            assert!(self.pending.is_empty(), "a timer asked for the script");
+            // A timeout may end a request's branches: `@proxy.on_failure`.
+            while let Some(run) = self.pending.pop() {
+                let decision = self.decision(&run);
+                self.engine
+                    .handle_decision(self.now, run.ticket, decision, &mut hop_of);
+                self.drain();
+            }
         }
         assert_eq!(self.engine.active(), 0, "transactions outlived every timer");
         assert!(self.engine.pending.is_empty(), "script runs left behind");

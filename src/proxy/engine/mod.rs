@@ -37,8 +37,8 @@ use self::branch::{
 };
 use self::client::{CancelTx, ClientState, ClientTx, Owner, SentMethod};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
-use self::server::{ServerKey, ServerState, ServerTx};
-use crate::proxy::decision::{Action, Decision, Preroute};
+use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
+use crate::proxy::decision::{Action, Decision, GatewayRelay, Preroute, RelayFailure};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward::{self, ForwardEdits, Hop, HopError};
 use crate::proxy::local::LocalIdentity;
@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub tcp_port: u16,
     /// The secret behind our branch tokens (random at boot).
     pub branch_secret: [u64; 2],
+    /// While draining, new INVITEs and OPTIONS get 503 with this Retry-After.
+    pub drain_secs: u64,
 }
 
 /// Something for the caller to carry out.
@@ -79,6 +81,45 @@ pub enum Output<F> {
     RunScript(ScriptRun),
     /// An OPTIONS probe ended.
     ProbeDone { probe: u64, outcome: ProbeOutcome },
+    /// A relay to a gateway destination ended in a way its group's passive
+    /// health counts.
+    Health(HealthReport),
+    /// A branch to a gateway destination failed and the request moved on.
+    Failover(FailoverEvent),
+    /// Every branch failed: run `@proxy.on_failure`; answer with
+    /// [`Engine::handle_decision`] (no action sends the best response).
+    RunFailure(FailureRun),
+}
+
+/// A relay outcome for a destination's passive health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    pub group: Arc<str>,
+    pub uri: Arc<str>,
+    /// None for a success; a failure with the Retry-After it carried.
+    pub failure: Option<(RelayFailure, Option<Duration>)>,
+}
+
+/// One failover, for the log line and `siphon_failovers_total`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverEvent {
+    pub group: Arc<str>,
+    pub call_id: String,
+    pub failed: Arc<str>,
+    pub next: Arc<str>,
+    pub failure: RelayFailure,
+}
+
+/// The request whose branches all failed, and the best response they left
+/// (None when they timed out).
+#[derive(Debug)]
+pub struct FailureRun {
+    pub ticket: u64,
+    pub request: Arc<Message>,
+    pub source: SocketAddr,
+    pub protocol: Protocol,
+    pub preroute: Preroute,
+    pub response: Option<Message>,
 }
 
 /// A request for the script, and the ticket its decision must name.
@@ -108,6 +149,8 @@ struct Pending {
     preroute: Preroute,
     /// The server transaction (None for an ACK, which is relayed statelessly).
     slot: Option<u64>,
+    /// The decision asked for is `@proxy.on_failure`'s.
+    failure_run: bool,
 }
 
 /// Where one branch goes and how its copy differs from the request.
@@ -117,6 +160,8 @@ struct BranchPlan<'a> {
     push_routes: &'a [String],
     routes_popped: usize,
     append_route: Option<&'a str>,
+    /// A gateway candidate: its index and how long it may stay silent.
+    candidate: Option<(usize, Duration)>,
 }
 
 /// The transaction engine of one shard.
@@ -240,8 +285,14 @@ impl<F: Clone> Engine<F> {
             let addresses = (source, reply_to);
             engine.reply_stateless(&msg, &key, &flow, addresses, code, reason, extra)
         };
-        if method == Some(Method::Invite) && msg.to_tag().is_none() && draining {
-            reply(self, 503, "Service Unavailable", &[]);
+        let refused_while_draining = matches!(method, Some(Method::Invite | Method::Options));
+        if draining && refused_while_draining && msg.to_tag().is_none() {
+            // Tell whoever balances over us to go elsewhere for a while.
+            let retry_after = itoa::Buffer::new()
+                .format(self.config.drain_secs.max(1))
+                .to_string();
+            let extra = [("Retry-After", retry_after.as_str())];
+            reply(self, 503, "Service Unavailable", &extra);
             return;
         }
         let loop_hash = forward::loop_hash(&msg);
@@ -294,6 +345,10 @@ impl<F: Clone> Engine<F> {
                 final_sent: false,
                 cancelled: false,
                 retransmit: self.settings().t1,
+                loop_hash,
+                preroute: preroute.clone(),
+                failover: None,
+                failure_hook: FailureHook::NotRun,
             };
             if invite {
                 let trying = Bytes::from(local_response(&msg, source, 100, "Trying", None, &[]));
@@ -313,6 +368,7 @@ impl<F: Clone> Engine<F> {
                 loop_hash,
                 preroute: preroute.clone(),
                 slot,
+                failure_run: false,
             },
         );
         self.out.push_back(Output::RunScript(ScriptRun {
@@ -393,8 +449,14 @@ impl<F: Clone> Engine<F> {
         let done = tx.final_sent || tx.cancelled;
         tx.cancelled = true;
         let branches = tx.branches.clone();
+        let hook_running = matches!(tx.failure_hook, FailureHook::Running(_));
         self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
         if done {
+            return;
+        }
+        if hook_running {
+            // Every branch is over; the script's answer is no longer wanted.
+            self.send_best(slot, now);
             return;
         }
         if branches.is_empty() {
@@ -403,7 +465,25 @@ impl<F: Clone> Engine<F> {
         }
         for token in branches {
             self.cancel_branch(token, now);
+            self.give_up_if_unanswered(slot, token, now);
         }
+    }
+
+    /// After the caller's CANCEL, a branch that has not answered at all
+    /// cannot be CANCELed yet (§9.1) and may never answer: it is given up
+    /// at once as if it had returned 487, so the caller hears 487 without
+    /// waiting for Timer B (Kamailio's `cancel_b_method` 1). It is still
+    /// CANCELed, and its final ACKed, should it answer later.
+    fn give_up_if_unanswered(&mut self, slot: u64, token: u64, now: Instant) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if client.got_provisional || client.settled || !client.invite {
+            return;
+        }
+        client.abandoned = true;
+        client.settled = true;
+        self.branch_done(slot, Some(Candidate::Timeout), now);
     }
 
     // ----- decisions --------------------------------------------------------
@@ -414,7 +494,7 @@ impl<F: Clone> Engine<F> {
         &mut self,
         now: Instant,
         ticket: u64,
-        decision: Decision,
+        mut decision: Decision,
         next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
     ) {
         let Some(pending) = self.pending.remove(&ticket) else {
@@ -426,6 +506,18 @@ impl<F: Clone> Engine<F> {
             return;
         }
         let msg = pending.msg.clone();
+        if pending.failure_run {
+            let Some(slot) = slot else { return };
+            let cancelled = self.servers.get_mut(&slot).is_none_or(|tx| {
+                tx.failure_hook = FailureHook::Ran;
+                tx.cancelled
+            });
+            if decision.action.is_none() || cancelled {
+                // Nothing more to try: the best response goes upstream.
+                self.send_best(slot, now);
+                return;
+            }
+        }
         if decision.failed {
             match slot {
                 Some(slot) => self.reply_local(slot, 500, "Server Internal Error", &[], now),
@@ -436,7 +528,7 @@ impl<F: Clone> Engine<F> {
             }
             return;
         }
-        match &decision.action {
+        match decision.action.take() {
             None => self.no_action(slot, &msg, now),
             Some(Action::Reply {
                 code,
@@ -447,13 +539,13 @@ impl<F: Clone> Engine<F> {
                     tracing::debug!("script replied to an ACK; nothing sent");
                     return;
                 };
-                let reason = reason.as_deref().unwrap_or(build::default_reason(*code));
+                let reason = reason.as_deref().unwrap_or(build::default_reason(code));
                 let extra: Vec<(&str, &str)> = headers
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
-                self.reply_local(slot, *code, reason, &extra, now);
-                if *code < 200 {
+                self.reply_local(slot, code, reason, &extra, now);
+                if code < 200 {
                     // Nothing else will answer: bound the transaction's life.
                     self.timers.arm(
                         now,
@@ -464,14 +556,14 @@ impl<F: Clone> Engine<F> {
                 }
             }
             Some(Action::Relay { uri }) => {
-                self.relay(now, &pending, &decision, uri.as_deref(), next_hop)
+                self.relay(now, &pending, decision, uri.as_deref(), next_hop)
             }
             Some(Action::Fork { targets }) => {
                 let Some(slot) = slot else {
                     tracing::debug!("script forked an ACK; nothing sent");
                     return;
                 };
-                for target in targets {
+                for target in &targets {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
                         tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
                         continue;
@@ -491,6 +583,7 @@ impl<F: Clone> Engine<F> {
                                 push_routes: &target.path,
                                 routes_popped: decision.routes_popped,
                                 append_route: None,
+                                candidate: None,
                             };
                             self.open_branch(now, &pending, &decision, plan);
                         }
@@ -502,7 +595,7 @@ impl<F: Clone> Engine<F> {
                 if self
                     .servers
                     .get(&slot)
-                    .is_some_and(|tx| tx.branches.is_empty())
+                    .is_some_and(|tx| tx.context.branches_pending() == 0)
                 {
                     self.reply_local(slot, 478, "Unresolvable Destination", &[], now);
                 }
@@ -543,10 +636,18 @@ impl<F: Clone> Engine<F> {
         &mut self,
         now: Instant,
         pending: &Pending,
-        decision: &Decision,
+        mut decision: Decision,
         uri: Option<&str>,
         next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
     ) {
+        let gateway = decision.gateway.take();
+        if let (Some(slot), Some(relay), Some(uri)) = (pending.slot, gateway, uri) {
+            let first = relay.candidates.first();
+            if first.is_some_and(|c| *c.uri == *uri) {
+                self.relay_to_gateway(now, pending, slot, decision, relay);
+                return;
+            }
+        }
         let msg = &pending.msg;
         let dropped = usize::from(pending.preroute.strict_ruri.is_some());
         let first_route = route::first_remaining_route(msg, decision.routes_popped, dropped);
@@ -579,8 +680,9 @@ impl<F: Clone> Engine<F> {
                     push_routes: &[],
                     routes_popped,
                     append_route: append_route.as_deref(),
+                    candidate: None,
                 };
-                self.open_branch(now, pending, decision, plan);
+                self.open_branch(now, pending, &decision, plan);
             }
             Err(e) => {
                 tracing::warn!(target = %target, error = %e, "cannot relay");
@@ -588,6 +690,207 @@ impl<F: Clone> Engine<F> {
                     self.reply_local(slot, 478, "Unresolvable Destination", &[], now)
                 }
             }
+        }
+    }
+
+    /// `relay(uri)` to the first of a gateway group's candidates: the
+    /// request keeps the rest to fail over to (DESIGN.md §4.3).
+    fn relay_to_gateway(
+        &mut self,
+        now: Instant,
+        pending: &Pending,
+        slot: u64,
+        decision: Decision,
+        relay: GatewayRelay,
+    ) {
+        let failover = Box::new(Failover {
+            relay,
+            decision,
+            next: 0,
+            attempts: 0,
+            accepted: false,
+        });
+        self.open_candidate(now, pending, slot, failover);
+    }
+
+    /// Opens a branch to the failover's next candidate and keeps the
+    /// failover with the server transaction. Returns the candidate's uri.
+    fn open_candidate(
+        &mut self,
+        now: Instant,
+        pending: &Pending,
+        slot: u64,
+        mut failover: Box<Failover>,
+    ) -> Option<Arc<str>> {
+        let index = failover.next;
+        let candidate = failover.relay.candidates.get(index)?.clone();
+        failover.next += 1;
+        failover.attempts += 1;
+        let decision = &failover.decision;
+        let plan = BranchPlan {
+            hop: candidate.hop,
+            new_ruri: decision.new_ruri.as_deref(),
+            push_routes: &[],
+            routes_popped: decision.routes_popped,
+            append_route: None,
+            candidate: Some((index, failover.relay.policy.no_response)),
+        };
+        self.open_branch(now, pending, decision, plan);
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.failover = Some(failover);
+        }
+        Some(candidate.uri)
+    }
+
+    /// A branch to gateway candidate `index` failed: its group hears of it,
+    /// and the request fails over to the next candidate when it still may
+    /// (never after a CANCEL, a final response sent, or a branch that took
+    /// the call). Returns whether a new branch was opened.
+    fn gateway_failed(
+        &mut self,
+        now: Instant,
+        slot: u64,
+        index: usize,
+        failure: RelayFailure,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return false;
+        };
+        let Some(failover) = tx.failover.take() else {
+            return false;
+        };
+        let group = failover.relay.group.clone();
+        let failed = failover.relay.candidates.get(index).map(|c| c.uri.clone());
+        if let Some(uri) = &failed {
+            self.out.push_back(Output::Health(HealthReport {
+                group: group.clone(),
+                uri: uri.clone(),
+                failure: Some((failure, retry_after)),
+            }));
+        }
+        let may_fail_over = !tx.final_sent && !tx.cancelled;
+        let request = tx.request.clone();
+        let (Some(msg), Some(failed), true, Some(_)) =
+            (request, failed, may_fail_over, failover.next_candidate())
+        else {
+            tx.failover = Some(failover);
+            return false;
+        };
+        let pending = self.pending_of(slot, msg);
+        let call_id = pending.msg.call_id().unwrap_or("").to_string();
+        let Some(next) = self.open_candidate(now, &pending, slot, failover) else {
+            return false;
+        };
+        self.out.push_back(Output::Failover(FailoverEvent {
+            group,
+            call_id,
+            failed,
+            next,
+            failure,
+        }));
+        true
+    }
+
+    /// A candidate branch answered `code`: a success for its destination's
+    /// passive health when below 500, and a 101–299 takes the call.
+    fn gateway_answered(&mut self, slot: u64, index: usize, code: u16) {
+        let Some(failover) = self
+            .servers
+            .get_mut(&slot)
+            .and_then(|tx| tx.failover.as_mut())
+        else {
+            return;
+        };
+        if (101..300).contains(&code) {
+            failover.accepted = true;
+        }
+        let group = &failover.relay.group;
+        let Some(candidate) = failover.relay.candidates.get_mut(index) else {
+            return;
+        };
+        if code < 500 && std::mem::take(&mut candidate.report_success) {
+            self.out.push_back(Output::Health(HealthReport {
+                group: group.clone(),
+                uri: candidate.uri.clone(),
+                failure: None,
+            }));
+        }
+    }
+
+    /// The failure a final response from a candidate amounts to, if its
+    /// group's policy lists the code.
+    fn status_failure(&self, slot: u64, code: u16) -> Option<RelayFailure> {
+        let failover = self.servers.get(&slot)?.failover.as_ref()?;
+        failover
+            .relay
+            .policy
+            .on_codes
+            .contains(&code)
+            .then_some(RelayFailure::Status(code))
+    }
+
+    /// The connection to `hop` failed (a TCP connect refused, a reset):
+    /// every branch to a gateway candidate there that has had no answer
+    /// fails over (RFC 3261 §8.1.3.1 treats a transport error as a 503).
+    pub fn handle_link_failure(&mut self, now: Instant, hop: &Hop) {
+        let waiting: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.hop == *hop && c.candidate.is_some() && c.state == ClientState::Trying
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        for token in waiting {
+            self.candidate_failed(now, token, RelayFailure::Transport);
+        }
+    }
+
+    /// A branch to a candidate got no response in time: if the request
+    /// fails over, this branch is given up (CANCELed once it answers).
+    fn candidate_silent(&mut self, now: Instant, token: u64) {
+        self.candidate_failed(now, token, RelayFailure::NoResponse);
+    }
+
+    /// A branch to a candidate failed without a final response: if the
+    /// request fails over, this branch is given up (CANCELed should it
+    /// answer after all).
+    fn candidate_failed(&mut self, now: Instant, token: u64, failure: RelayFailure) {
+        let Some(client) = self.clients.get(&token) else {
+            return;
+        };
+        let (Owner::Server(slot), Some(index), false) =
+            (client.owner, client.candidate, client.settled)
+        else {
+            return;
+        };
+        if !self.gateway_failed(now, slot, index, failure, None) {
+            return;
+        }
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        client.abandoned = true;
+        client.settled = true;
+        let invite = client.invite;
+        self.cancel_branch(token, now);
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.context.settle(invite.then_some(Candidate::Timeout));
+        }
+    }
+
+    /// What another branch of a server transaction's request is built from.
+    fn pending_of(&self, slot: u64, msg: Arc<Message>) -> Pending {
+        let tx = self.servers.get(&slot);
+        Pending {
+            msg,
+            source: tx.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |tx| tx.source),
+            protocol: tx.map_or(Protocol::Udp, |tx| tx.protocol),
+            loop_hash: tx.map_or(0, |tx| tx.loop_hash),
+            preroute: tx.map(|tx| tx.preroute.clone()).unwrap_or_default(),
+            slot: Some(slot),
+            failure_run: false,
         }
     }
 
@@ -634,7 +937,7 @@ impl<F: Clone> Engine<F> {
             return;
         };
         let settings = self.settings();
-        let client = ClientTx::new(
+        let mut client = ClientTx::new(
             Owner::Server(slot),
             pending.loop_hash,
             SentMethod::of(msg.method_str()),
@@ -643,6 +946,11 @@ impl<F: Clone> Engine<F> {
             settings.t1,
             now + settings.timer_c,
         );
+        if let Some((index, silence)) = plan.candidate {
+            client.candidate = Some(index);
+            let owner = TimerOwner::Client(token);
+            self.timers.arm(now, silence, owner, TimerKind::NoResponse);
+        }
         self.add_client(now, token, client);
         if let Some(tx) = self.servers.get_mut(&slot) {
             tx.branches.push(token);
@@ -802,6 +1110,13 @@ impl<F: Clone> Engine<F> {
                 return;
             }
         };
+        let candidate = client.candidate;
+        if let Some(index) = candidate {
+            self.gateway_answered(slot, index, code);
+        }
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
         if code < 200 {
             if client.state == ClientState::Trying {
                 client.state = ClientState::Proceeding;
@@ -810,6 +1125,7 @@ impl<F: Clone> Engine<F> {
                 return;
             }
             client.got_provisional = true;
+            client.accepted |= code > 100;
             // §16.8: only a provisional other than 100 resets Timer C, and
             // nothing extends a branch that is being CANCELed.
             if code > 100 && !client.cancel_sent {
@@ -888,6 +1204,11 @@ impl<F: Clone> Engine<F> {
             let bytes = Bytes::from(forward::strip_top_via(&msg));
             self.send_final(slot, code, bytes, now);
         } else {
+            if let (Some(index), Some(failure)) = (candidate, self.status_failure(slot, code)) {
+                // The next candidate's branch opens before this one settles,
+                // so the context does not conclude in between.
+                self.gateway_failed(now, slot, index, failure, retry_after(&msg));
+            }
             self.branch_done(slot, Some(Candidate::Response(msg)), now);
         }
     }
@@ -959,6 +1280,40 @@ impl<F: Clone> Engine<F> {
             return;
         };
         if tx.context.branches_pending() > 0 {
+            return;
+        }
+        if let (false, FailureHook::NotRun, Some(request)) =
+            (tx.cancelled, tx.failure_hook, tx.request.clone())
+        {
+            // Failover (if any) has run out: the script may try elsewhere.
+            self.next_slot += 1;
+            let ticket = self.next_slot;
+            tx.failure_hook = FailureHook::Running(ticket);
+            let response = tx.context.best_response();
+            let pending = Pending {
+                failure_run: true,
+                ..self.pending_of(slot, request)
+            };
+            self.out.push_back(Output::RunFailure(FailureRun {
+                ticket,
+                request: pending.msg.clone(),
+                source: pending.source,
+                protocol: pending.protocol,
+                preroute: pending.preroute.clone(),
+                response,
+            }));
+            self.pending.insert(ticket, pending);
+            return;
+        }
+        self.send_best(slot, now);
+    }
+
+    /// Every branch is done: the best response goes upstream (§16.7 step 6).
+    fn send_best(&mut self, slot: u64, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        if tx.final_sent {
             return;
         }
         let cancelled = tx.cancelled;
@@ -1169,7 +1524,7 @@ impl<F: Clone> Engine<F> {
             }
             TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot),
             // A script's provisional reply was all this request got.
-            TimerKind::Guard if !tx.final_sent && tx.branches.is_empty() => {
+            TimerKind::Guard if !tx.final_sent && tx.context.branches_pending() == 0 => {
                 if tx.invite {
                     self.reply_local(slot, 408, "Request Timeout", &[], now);
                 } else {
@@ -1187,13 +1542,13 @@ impl<F: Clone> Engine<F> {
         };
         let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
         match kind {
-            TimerKind::A if client.state == ClientState::Trying => {
+            TimerKind::A if client.state == ClientState::Trying && !client.abandoned => {
                 client.retransmit = settings.backoff(client.retransmit, false);
                 let (hop, bytes) = (client.hop.clone(), client.request.clone());
                 let next = (client.retransmit, TimerOwner::Client(token), TimerKind::A);
                 self.resend(now, hop, bytes, next);
             }
-            TimerKind::E if live => {
+            TimerKind::E if live && !client.abandoned => {
                 client.retransmit = if client.state == ClientState::Proceeding {
                     settings.t2
                 } else {
@@ -1205,6 +1560,18 @@ impl<F: Clone> Engine<F> {
             }
             TimerKind::B if client.state == ClientState::Trying => {
                 self.branch_timeout(token, now, "Timer B")
+            }
+            // A candidate that sent only 100 by Timer B has not taken the
+            // call: fail over rather than wait for Timer C.
+            TimerKind::B
+                if client.state == ClientState::Proceeding
+                    && client.candidate.is_some()
+                    && !client.accepted =>
+            {
+                self.candidate_silent(now, token)
+            }
+            TimerKind::NoResponse if client.state == ClientState::Trying => {
+                self.candidate_silent(now, token)
             }
             TimerKind::F if live => self.branch_timeout(token, now, "Timer F"),
             TimerKind::C if client.state == ClientState::Proceeding => {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::branch::MAGIC_COOKIE;
 use super::context::ResponseContext;
+use crate::proxy::decision::{Decision, GatewayRelay, Preroute, RelayCandidate};
 use crate::sip::{HeaderName, Message, Method, Protocol};
 
 /// What a request's transaction is found by (§17.2.3): for an RFC 3261
@@ -127,4 +128,44 @@ pub struct ServerTx<F> {
     pub final_sent: bool,
     pub cancelled: bool,
     pub retransmit: Duration,
+    /// What another branch of this request is built from: the loop hash
+    /// in our branches and what the core did to the Route set.
+    pub loop_hash: u64,
+    pub preroute: Preroute,
+    /// A relay to a gateway destination: the candidates left to fail over to.
+    pub failover: Option<Box<Failover>>,
+    pub failure_hook: FailureHook,
+}
+
+/// The failover state of a relay to a gateway destination (DESIGN.md §4.3).
+pub struct Failover {
+    pub relay: GatewayRelay,
+    /// The script's decision, whose edits every branch carries.
+    pub decision: Decision,
+    /// The next candidate to try.
+    pub next: usize,
+    /// Branches opened so far.
+    pub attempts: usize,
+    /// A branch answered 101–199 or 2xx: the call is taken, no more failover.
+    pub accepted: bool,
+}
+
+impl Failover {
+    /// The next candidate, when failing over is still allowed.
+    pub fn next_candidate(&self) -> Option<&RelayCandidate> {
+        let policy = &self.relay.policy;
+        if !policy.enabled || self.accepted || self.attempts >= policy.max_attempts {
+            return None;
+        }
+        self.relay.candidates.get(self.next)
+    }
+}
+
+/// Whether `@proxy.on_failure` ran for a server transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureHook {
+    NotRun,
+    /// Waiting for its decision, asked with this ticket.
+    Running(u64),
+    Ran,
 }

@@ -80,6 +80,11 @@ struct Harness {
     engine: Engine<u32>,
     now: Instant,
     out: Vec<Output<u32>>,
+    /// `@proxy.on_failure` runs waiting for a test's decision; when false
+    /// (the default) each is answered at once with no action, as with a
+    /// script that has no such handler.
+    hold_failures: bool,
+    failure_runs: Vec<FailureRun>,
 }
 
 impl Harness {
@@ -93,15 +98,29 @@ impl Harness {
                 udp_port: 5060,
                 tcp_port: 5060,
                 branch_secret: [7, 9],
+                drain_secs: 7,
             }),
             now: Instant::now(),
             out: Vec::new(),
+            hold_failures: false,
+            failure_runs: Vec::new(),
         }
     }
 
     fn collect(&mut self) {
         while let Some(output) = self.engine.poll_output() {
-            self.out.push(output);
+            match output {
+                Output::RunFailure(run) if !self.hold_failures => {
+                    self.engine.handle_decision(
+                        self.now,
+                        run.ticket,
+                        Decision::default(),
+                        &mut hop_of,
+                    );
+                }
+                Output::RunFailure(run) => self.failure_runs.push(run),
+                other => self.out.push(other),
+            }
         }
     }
 
@@ -1058,3 +1077,5 @@ fn our_own_responses_carry_received_and_rport() {
         Some("SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-nat3;rport=40111;received=203.0.113.7")
     );
 }
+
+mod failover;
