@@ -707,3 +707,61 @@ fn algorithm_names_round_trip() {
         .to_string()
         .contains("expected weighted, round_robin or hash"));
 }
+
+#[test]
+fn failover_and_passive_health_have_defaults_and_checked_keys() {
+    let config = parse(&with_group(
+        "    - name: a\n      destinations: [{uri: \"sip:127.0.0.1\"}]\n",
+    ))
+    .expect("defaults load");
+    let group = &config.gateway.groups[0];
+    assert_eq!(group.failover, FailoverConfig::default());
+    assert!(group.failover.enabled);
+    assert_eq!(group.failover.no_response_ms, 1000);
+    assert_eq!(group.failover.on_codes, [503]);
+    assert_eq!(group.passive.failure_threshold, 3);
+    assert_eq!(group.passive.eject_secs, 30);
+    assert_eq!(group.max_retry_after_secs, 300);
+
+    let set = parse(&with_group(
+        "    - name: a\n      failover: {no_response_ms: 400, on_codes: [503, 480], max_attempts: 2}\n      passive: {failure_threshold: 5, eject_secs: 10}\n      max_retry_after_secs: 60\n      destinations: [{uri: \"sip:127.0.0.1\"}]\n",
+    ))
+    .expect("settings load");
+    let policy = set.gateway.groups[0].failover.policy();
+    assert_eq!(policy.no_response, Duration::from_millis(400));
+    assert_eq!(policy.on_codes, [503, 480]);
+    assert_eq!(policy.max_attempts, 2);
+
+    let cases = [
+        (
+            "failover: {no_response_ms: 0}",
+            "gateway.groups[0].failover.no_response_ms: must be at least 1",
+        ),
+        (
+            "failover: {on_codes: [200]}",
+            "gateway.groups[0].failover.on_codes: 200 is not a final response code",
+        ),
+        (
+            "failover: {max_attempts: 0}",
+            "gateway.groups[0].failover.max_attempts: must be at least 1",
+        ),
+        (
+            "failover: {retries: 2}",
+            "gateway.groups[0].failover.retries",
+        ),
+        (
+            "passive: {failure_threshold: 0}",
+            "gateway.groups[0].passive.failure_threshold: must be at least 1",
+        ),
+        (
+            "max_retry_after_secs: 0",
+            "gateway.groups[0].max_retry_after_secs: must be at least 1",
+        ),
+    ];
+    for (line, expected) in cases {
+        let error = error_of(&with_group(&format!(
+            "    - name: a\n      {line}\n      destinations: [{{uri: \"sip:127.0.0.1\"}}]\n"
+        )));
+        assert!(error.contains(expected), "{line}: {error}");
+    }
+}

@@ -1431,7 +1431,9 @@ impl<F: Clone> Engine<F> {
         tx.final_sent = true;
         // What lingers for the timers is kept small: the key, the flow and
         // the response to replay (none after a 2xx, which the UAs resend).
+        // No branch opens any more, so the failover state goes too.
         tx.request = None;
+        tx.failover = None;
         tx.last_response = Some(bytes.clone());
         let reliable = tx.protocol.is_reliable();
         let owner = TimerOwner::Server(slot);
