@@ -292,6 +292,8 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             .into_iter()
             .filter_map(|name| gateways.get(&name))
             .map(|shared| {
+                // Healthy as selection sees it: what the group's actor published.
+                let view = shared.view();
                 let group = shared.lock();
                 let destinations: Vec<Value> = group
                     .iter()
@@ -302,7 +304,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "address": dest.address.to_string(),
                             "weight": dest.weight,
                             "attrs": dest.attrs,
-                            "healthy": group.is_up(index, now),
+                            "healthy": view.is_up(index, now),
                             "held_down": health.is_held_down(),
                             "consecutive_failures": health.consecutive_failures(),
                             "passive_failures": health.passive_failures(),
@@ -310,7 +312,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "last_probe_latency_ms": health
                                 .last_latency()
                                 .map(|l| l.as_secs_f64() * 1000.0),
-                            "selections": health.selections(),
+                            "selections": shared.selections(index),
                         })
                     })
                     .collect();

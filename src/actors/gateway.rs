@@ -3,10 +3,13 @@
 //! that the config loader, the server and the script's `gateway` namespace use
 //! to add, remove and mark groups.
 //!
-//! Selection itself does not go through an actor: script workers lock the
-//! group's [`SharedGroup`] directly (tens of nanoseconds, versus a 35–70 µs
-//! cross-thread round trip, DESIGN.md §6). The actors feed health in: probe
-//! results, Retry-After expiry, and the log line for every transition.
+//! The group actor is the one writer of its group: probe results, passive
+//! health reports from the shards, script and admin marks, Retry-After and
+//! ejection expiry, each logged once per transition; after each change it
+//! publishes the group's view. Selection reads that view on the shard's own
+//! thread, with the shard's own rotation state (no lock and no 35–70 µs
+//! cross-thread round trip per call, DESIGN.md §6); `Select` asks the actor
+//! itself, for the admin API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -148,9 +151,29 @@ impl GatewayService {
     /// Script/admin hold (`down`) or release of one destination; `source`
     /// (`script` or `admin`) goes in the log line. `None` when the group is
     /// unknown, `Some(false)` when the uri is not in it.
-    pub fn mark(&self, group: &str, uri: &str, down: bool, source: &str) -> Option<bool> {
+    pub fn mark(&self, group: &str, uri: &str, down: bool, source: &'static str) -> Option<bool> {
         let shared = self.gateways.get(group)?;
-        Some(apply_mark(group, &shared, uri, down, source))
+        if shared.view().find(uri).is_none() {
+            return Some(false);
+        }
+        let actor = self
+            .entries()
+            .get(group)
+            .and_then(|entry| entry.actor.clone());
+        match actor {
+            // The actor is the writer of its group's health.
+            Some(actor) => actor.do_send(Mark {
+                uri: uri.to_string(),
+                down,
+                source,
+            }),
+            // Before the actors run (boot, a script's first load) nothing
+            // else writes.
+            None => {
+                apply_mark(group, &shared, uri, down, source);
+            }
+        }
+        Some(true)
     }
 
     /// A relay outcome for passive health, handed to the group's actor (the
@@ -215,18 +238,19 @@ impl GatewayService {
 /// Sets or lifts a script/admin hold and logs the change of availability.
 fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool, source: &str) -> bool {
     let now = Instant::now();
-    let mut group = shared.lock();
-    let Some(index) = group.find(uri) else {
+    let change = shared.update(|group| {
+        let index = group.find(uri)?;
+        let before = group.health(index).map(|h| h.availability(now));
+        if down {
+            group.mark_down(uri);
+        } else {
+            group.mark_up(uri);
+        }
+        Some((before, group.health(index).map(|h| h.availability(now))))
+    });
+    let Some((before, after)) = change else {
         return false;
     };
-    let before = group.health(index).map(|h| h.availability(now));
-    if down {
-        group.mark_down(uri);
-    } else {
-        group.mark_up(uri);
-    }
-    let after = group.health(index).map(|h| h.availability(now));
-    drop(group);
     let reason = if down { "marked down" } else { "marked up" };
     match (before, after) {
         (Some(from), Some(to)) if from != to => {
@@ -269,14 +293,13 @@ impl GroupActor {
     fn refresh(&mut self) {
         let _busy = crate::metrics::actors().gateway.measure();
         let now = Instant::now();
-        let changes: Vec<(String, Transition)> = {
-            let mut group = self.shared.lock();
+        let changes: Vec<(String, Transition)> = self.shared.update(|group| {
             let expired: Vec<(usize, Transition)> = group.refresh(now).collect();
             expired
                 .into_iter()
                 .filter_map(|(index, t)| Some((group.destination(index)?.uri.clone(), t)))
                 .collect()
-        };
+        });
         for (uri, transition) in changes {
             self.log_transition(&uri, &transition);
         }
@@ -363,8 +386,7 @@ impl Handler<ProbeReport> for GroupActor {
                 }
             }
         }
-        let (uri, transition) = {
-            let mut group = self.shared.lock();
+        let (uri, transition) = self.shared.update(|group| {
             let transition = match report.verdict {
                 ProbeVerdict::Alive { latency } => group.record_success(report.index, latency, now),
                 ProbeVerdict::Failed {
@@ -374,7 +396,7 @@ impl Handler<ProbeReport> for GroupActor {
             };
             let uri = group.destination(report.index).map(|d| d.uri.clone());
             (uri, transition)
-        };
+        });
         if let (Some(uri), Some(transition)) = (uri, transition) {
             self.log_transition(&uri, &transition);
         }
@@ -392,31 +414,49 @@ impl Handler<PassiveReport> for GroupActor {
     fn handle(&mut self, PassiveReport(report): PassiveReport, _ctx: &mut Self::Context) {
         let _busy = crate::metrics::actors().gateway.measure();
         let now = Instant::now();
-        let mut group = self.shared.lock();
-        let Some(index) = group.find(&report.uri) else {
-            return; // the group was replaced and the destination is gone
-        };
-        let transition = match report.failure {
-            None => {
-                group.record_passive_success(index);
-                None
-            }
-            Some((failure, retry_after)) => {
-                if let Some(metrics) = self.shared.metrics(index) {
-                    metrics.passive_failures.inc();
+        let metrics = &self.shared;
+        let transition = self.shared.update(|group| {
+            // None when the group was replaced and the destination is gone.
+            let index = group.find(&report.uri)?;
+            match report.failure {
+                None => {
+                    group.record_passive_success(index);
+                    None
                 }
-                let reason = match failure {
-                    RelayFailure::NoResponse => FailureReason::Timeout,
-                    RelayFailure::Status(code) => FailureReason::Status(code),
-                    RelayFailure::Transport => FailureReason::Transport("relay".into()),
-                };
-                group.record_passive_failure(index, reason, retry_after, now)
+                Some((failure, retry_after)) => {
+                    if let Some(metrics) = metrics.metrics(index) {
+                        metrics.passive_failures.inc();
+                    }
+                    let reason = match failure {
+                        RelayFailure::NoResponse => FailureReason::Timeout,
+                        RelayFailure::Status(code) => FailureReason::Status(code),
+                        RelayFailure::Transport => FailureReason::Transport("relay".into()),
+                    };
+                    group.record_passive_failure(index, reason, retry_after, now)
+                }
             }
-        };
-        drop(group);
+        });
         if let Some(transition) = transition {
             self.log_transition(&report.uri, &transition);
         }
+    }
+}
+
+/// A script or admin hold, or its release, for the group's actor to apply.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Mark {
+    uri: String,
+    down: bool,
+    source: &'static str,
+}
+
+impl Handler<Mark> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, mark: Mark, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().gateway.measure();
+        apply_mark(&self.name, &self.shared, &mark.uri, mark.down, mark.source);
     }
 }
 
@@ -861,8 +901,16 @@ mod tests {
             .await
             .expect("delivered");
         assert!(!shared.lock().is_up(0, Instant::now()));
+        assert!(
+            !shared.view().is_up(0, Instant::now()),
+            "the hot path sees the hold"
+        );
+        // Marks go through the actor, the writer of health: the release
+        // lands once it has handled the message.
         assert_eq!(service.mark("pool", uri, false, "script"), Some(true));
+        settle().await;
         assert!(shared.lock().is_up(0, Instant::now()));
+        assert!(shared.view().is_up(0, Instant::now()));
         assert_eq!(
             service.mark("pool", "sip:nobody.example.com", true, "script"),
             Some(false)

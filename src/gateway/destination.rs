@@ -346,6 +346,27 @@ impl Health {
         }
     }
 
+    /// From when this destination may be chosen, as far as time alone
+    /// decides: `now` or later when a Retry-After hold or an ejection runs
+    /// out by itself; None while only an event (a probe success, a mark)
+    /// can bring it back.
+    pub fn up_from(&self, now: Instant) -> Option<Instant> {
+        if !self.probe_healthy || self.held_down {
+            return None;
+        }
+        let mut from = now;
+        if let Some(until) = self.retry_after_until {
+            from = from.max(until);
+        }
+        if let Some(ejection) = self.ejection {
+            if ejection.await_probe {
+                return None;
+            }
+            from = from.max(ejection.until);
+        }
+        Some(from)
+    }
+
     /// Consecutive passive failures on record.
     pub fn passive_failures(&self) -> u32 {
         self.passive_failures

@@ -1,15 +1,65 @@
 //! A named gateway group: its destinations, their health, and the selector.
 //!
 //! This is everything the gateway-group actor needs to answer `Select`, as
-//! plain synchronous code. Selection filters the destinations that are up and
-//! match the requested attrs into a reused buffer, then asks the selector;
-//! nothing is allocated per call once the buffers have grown.
+//! plain synchronous code, and the [`GroupView`] it publishes for the hot
+//! path. Selection filters the destinations that are up and match the
+//! requested attrs into a reused buffer, then asks the selector.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::algorithm::{Algorithm, AnySelector, Selector};
 use super::destination::{Destination, FailureReason, Health, PassivePolicy, Transition};
+
+/// What a group's actor publishes for the hot path: the destinations, and
+/// which of them may be chosen, as of the last change. Selection reads it
+/// without a lock and ranks with a selector of its own thread, so the actor
+/// stays the only writer of health and counters.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub algorithm: Algorithm,
+    pub destinations: std::sync::Arc<[Destination]>,
+    /// From when each destination may be chosen (see [`Health::up_from`]),
+    /// so a hold that runs out needs no new view.
+    up_from: Vec<Option<Instant>>,
+    passive_failures: Vec<bool>,
+}
+
+impl GroupView {
+    pub fn is_up(&self, index: usize, now: Instant) -> bool {
+        self.up_from
+            .get(index)
+            .copied()
+            .flatten()
+            .is_some_and(|from| now >= from)
+    }
+
+    /// The destination had passive failures on record when published.
+    pub fn has_passive_failures(&self, index: usize) -> bool {
+        self.passive_failures.get(index).copied().unwrap_or(false)
+    }
+
+    /// The indexes that are up at `now` and match `attrs`, into `out`.
+    pub fn fill_eligible(
+        &self,
+        attrs: Option<&BTreeMap<String, String>>,
+        now: Instant,
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        for (index, destination) in self.destinations.iter().enumerate() {
+            let matches = attrs.is_none_or(|filter| destination.matches_attrs(filter));
+            if matches && self.is_up(index, now) {
+                out.push(index);
+            }
+        }
+    }
+
+    /// Index of the destination with this uri.
+    pub fn find(&self, uri: &str) -> Option<usize> {
+        self.destinations.iter().position(|d| d.uri == uri)
+    }
+}
 
 /// The longest Retry-After hold honoured by default (`max_retry_after_secs`).
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -19,7 +69,7 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub struct Group {
     name: String,
     algorithm: Algorithm,
-    destinations: Vec<Destination>,
+    destinations: std::sync::Arc<[Destination]>,
     health: Vec<Health>,
     selector: AnySelector,
     /// Scratch: indexes that are up and match the current request's attrs.
@@ -50,7 +100,7 @@ impl Group {
         Group {
             name: name.into(),
             algorithm,
-            destinations,
+            destinations: destinations.into(),
             health,
             selector,
             eligible: Vec::with_capacity(capacity),
@@ -69,6 +119,20 @@ impl Group {
 
     pub fn passive_policy(&self) -> &PassivePolicy {
         &self.passive
+    }
+
+    /// The view of the group at `now`, for the hot path.
+    pub fn view(&self, now: Instant) -> GroupView {
+        GroupView {
+            algorithm: self.algorithm,
+            destinations: self.destinations.clone(),
+            up_from: self.health.iter().map(|h| h.up_from(now)).collect(),
+            passive_failures: self
+                .health
+                .iter()
+                .map(|h| h.passive_failures() > 0)
+                .collect(),
+        }
     }
 
     /// Takes over the health and counters of every destination of
@@ -557,5 +621,30 @@ mod tests {
         assert!(!new.is_up(0, now), "backend2's hold is kept");
         assert!(new.is_up(1, now), "a new destination starts healthy");
         assert_eq!(new.health(0).map(Health::failure_threshold), Some(5));
+    }
+
+    #[test]
+    fn the_published_view_lets_holds_run_out_by_themselves() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::Hash)
+            .with_health_policy(passive(1, 30, true), DEFAULT_MAX_RETRY_AFTER);
+        let hold = Some(Duration::from_secs(10));
+        assert!(group
+            .record_failure(0, FailureReason::Status(503), hold, start)
+            .is_some());
+        assert_eq!(fail_passively(&mut group, 1, 1, start).len(), 1);
+        assert!(group.mark_down("sip:backend3.example.com:5060"));
+        let view = group.view(start);
+        let mut eligible = Vec::new();
+        view.fill_eligible(None, start, &mut eligible);
+        assert!(eligible.is_empty());
+        // The hold ends on time with the same view; an ejection that waits
+        // for a probe, and a mark, do not.
+        let later = start + Duration::from_secs(40);
+        view.fill_eligible(None, later, &mut eligible);
+        assert_eq!(eligible, [0]);
+        assert_eq!(view.find("sip:backend2.example.com:5060"), Some(1));
+        assert!(!view.is_up(1, later), "ejected until a probe succeeds");
+        assert!(!view.is_up(2, later), "held by the mark");
     }
 }

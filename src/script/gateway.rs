@@ -1,14 +1,16 @@
 //! `gateway`: the script's view of the gateway groups (DESIGN.md §4.2).
 //!
-//! `select` runs on the shard thread that runs the script and locks the group
-//! for the few tens of nanoseconds the algorithm takes; no actor round trip.
-//! Marks, additions and removals go through the process-wide
-//! [`GatewayService`], which starts and stops the group and prober actors.
+//! `select` runs on the shard thread that runs the script: it reads what the
+//! group's actor published (which destinations are up) and ranks them with
+//! this thread's own selector, so it takes no lock, writes nothing the actor
+//! owns, and pays no actor round trip. The ranking is remembered for the
+//! run, so that `request.relay(d.uri)` fails over in the same order. Marks
+//! go to the group's actor; additions and removals go through the
+//! process-wide [`GatewayService`], which starts and stops the actors.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -19,8 +21,10 @@ use crate::config::{
     DestinationConfig, FailoverConfig, GroupConfig, PassiveConfig, ProbeConfig,
     DEFAULT_MAX_RETRY_AFTER_SECS,
 };
-use crate::gateway::{Algorithm, Destination, Gateways, Group, SharedGroup};
+use crate::gateway::group::GroupView;
+use crate::gateway::{Algorithm, AnySelector, Destination, Gateways, Selector, SharedGroup};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, RelayCandidate};
+use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward::Hop;
 
 /// The most rankings one script run remembers (a script that selects in a
@@ -32,6 +36,69 @@ thread_local! {
     /// so that `request.relay(d.uri)` fails over in the same order. Scripts
     /// run one at a time per thread, and each run starts it afresh.
     static RANKINGS: RefCell<Vec<GatewayRelay>> = const { RefCell::new(Vec::new()) };
+
+    /// This thread's selector of each group, and scratch space. Each shard
+    /// ranks with its own rotation state over what the group's actor
+    /// publishes, so selecting writes nothing the actor owns (and takes no
+    /// lock): smooth weighted and round-robin stay smooth per shard, and
+    /// HRW needs no state at all.
+    static SELECTORS: RefCell<Selectors> = RefCell::new(Selectors::default());
+}
+
+/// The most groups whose selectors a thread keeps (groups added and removed
+/// by a script in a loop do not grow it without bound).
+const SELECTORS_KEPT: usize = 64;
+
+#[derive(Default)]
+struct Selectors {
+    by_group: FastMap<u64, AnySelector>,
+    eligible: Vec<usize>,
+    ranking: Vec<usize>,
+}
+
+/// Ranks the destinations of `shared` for `key` and `attrs` on this thread,
+/// counts a selection of the first, and remembers the ranking for this
+/// run's relay. Returns the first choice.
+fn rank(
+    shared: &SharedGroup,
+    key: Option<&[u8]>,
+    attrs: Option<&BTreeMap<String, String>>,
+) -> Option<(Arc<GroupView>, usize)> {
+    let view = shared.view();
+    let relay = SELECTORS.with(|selectors| {
+        let selectors = &mut *selectors.borrow_mut();
+        if selectors.by_group.len() >= SELECTORS_KEPT
+            && !selectors.by_group.contains_key(&shared.id())
+        {
+            selectors.by_group.clear();
+        }
+        let selector = selectors.by_group.entry(shared.id()).or_insert_with(|| {
+            let mut selector = AnySelector::new(view.algorithm);
+            selector.prepare(&view.destinations);
+            selector
+        });
+        view.fill_eligible(attrs, std::time::Instant::now(), &mut selectors.eligible);
+        selector.rank(
+            &view.destinations,
+            &selectors.eligible,
+            key,
+            &mut selectors.ranking,
+        );
+        let candidates = selectors
+            .ranking
+            .iter()
+            .filter_map(|&index| candidate(&view, index))
+            .collect::<Vec<_>>();
+        Some((selectors.ranking.first().copied()?, candidates))
+    });
+    let (chosen, candidates) = relay?;
+    shared.count_selection(chosen);
+    remember(GatewayRelay {
+        group: shared.name().clone(),
+        policy: shared.policy().clone(),
+        candidates,
+    });
+    Some((view, chosen))
 }
 
 /// Forgets the rankings of the previous run on this thread.
@@ -60,13 +127,13 @@ pub(super) fn with_relay_candidates(mut decision: Decision, gateways: &Gateways)
     });
     decision.gateway = ranked.or_else(|| {
         let shared = gateways.group_of(uri)?;
-        let group = shared.lock();
-        let now = Instant::now();
-        let first = group.find(uri)?;
-        let others = (0..group.len()).filter(|&i| i != first && group.is_up(i, now));
+        let view = shared.view();
+        let first = view.find(uri)?;
+        let now = std::time::Instant::now();
+        let others = (0..view.destinations.len()).filter(|&i| i != first && view.is_up(i, now));
         let candidates = std::iter::once(first)
             .chain(others)
-            .filter_map(|index| candidate(&group, index))
+            .filter_map(|index| candidate(&view, index))
             .collect();
         Some(GatewayRelay {
             group: shared.name().clone(),
@@ -77,30 +144,21 @@ pub(super) fn with_relay_candidates(mut decision: Decision, gateways: &Gateways)
     decision
 }
 
-/// Destination `index` of `group` as a relay candidate.
-fn candidate(group: &Group, index: usize) -> Option<RelayCandidate> {
-    let destination = group.destination(index)?;
+/// Destination `index` of `view` as a relay candidate.
+fn candidate(view: &GroupView, index: usize) -> Option<RelayCandidate> {
+    let destination = view.destinations.get(index)?;
     Some(RelayCandidate {
         uri: destination.shared_uri().clone(),
         hop: Hop {
             addr: destination.address,
             protocol: destination.protocol(),
         },
-        report_success: group.health(index)?.passive_failures() > 0,
+        report_success: view.has_passive_failures(index),
     })
 }
 
 /// Remembers a ranking for this run's relay.
-fn remember(shared: &SharedGroup, group: &Group, ranking: &[usize]) {
-    let candidates = ranking
-        .iter()
-        .filter_map(|&index| candidate(group, index))
-        .collect();
-    let relay = GatewayRelay {
-        group: shared.name().clone(),
-        policy: shared.policy().clone(),
-        candidates,
-    };
+fn remember(relay: GatewayRelay) {
     RANKINGS.with(|rankings| {
         let mut rankings = rankings.borrow_mut();
         if rankings.len() >= RANKINGS_KEPT {
@@ -229,19 +287,13 @@ impl GatewayApi {
                 }
             },
         };
-        let now = Instant::now();
-        let mut locked = shared.lock();
         // The whole ranking: the first choice, then the failover order.
-        locked.ranked(key_bytes, filter.as_ref(), now);
-        let Some(&chosen) = locked.last_ranking().first() else {
+        let Some((view, chosen)) = rank(&shared, key_bytes, filter.as_ref()) else {
             return Ok(None);
         };
-        if let Some(metrics) = shared.metrics(chosen) {
-            metrics.selections.inc();
-        }
-        remember(&shared, &locked, locked.last_ranking());
-        Ok(locked
-            .destination(chosen)
+        Ok(view
+            .destinations
+            .get(chosen)
             .map(|destination| PyDestination::snapshot(group, destination, true)))
     }
 
@@ -299,12 +351,13 @@ impl GatewayApi {
             tracing::warn!(target: "siphon::script", group = %group, "gateway.list: unknown group");
             return Vec::new();
         };
-        let now = Instant::now();
-        let locked = shared.lock();
-        locked
+        let view = shared.view();
+        let now = std::time::Instant::now();
+        view.destinations
             .iter()
-            .map(|(destination, health)| {
-                PyDestination::snapshot(group, destination, health.is_up(now))
+            .enumerate()
+            .map(|(index, destination)| {
+                PyDestination::snapshot(group, destination, view.is_up(index, now))
             })
             .collect()
     }
