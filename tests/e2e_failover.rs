@@ -226,6 +226,21 @@ fn a_frozen_backend_costs_no_call_and_is_ejected_long_before_probes_notice() {
         (1..=120).contains(&failovers),
         "{failovers} calls failed over from the frozen backend"
     );
+
+    // What an operator sees: the failovers counted by reason, and the
+    // frozen backend ejected in the admin API.
+    let (_, metrics) = common::get(admin, "/metrics");
+    let counted =
+        format!("siphon_failovers_total{{group=\"backends\",reason=\"timeout\"}} {failovers}");
+    assert!(metrics.contains(&counted), "no `{counted}` in:\n{metrics}");
+    let listing = get_json(admin, "/admin/gateways");
+    let frozen = listing["groups"][0]["destinations"]
+        .as_array()
+        .and_then(|list| list.iter().find(|d| d["uri"] == backend_uri(2).as_str()))
+        .cloned()
+        .expect("backend 2 listed");
+    assert_eq!(frozen["healthy"], false, "{frozen}");
+    assert_eq!(frozen["ejected"], true, "{frozen}");
 }
 
 #[test]
