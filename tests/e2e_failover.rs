@@ -195,32 +195,60 @@ fn assert_ejected_passively(siphon: &Siphon, since: Instant) {
     );
 }
 
-#[test]
-fn a_frozen_backend_costs_no_call_and_is_ejected_long_before_probes_notice() {
+/// A 150 calls/s run of USERS through an LB over three backends, during
+/// which backend 2 is lost by LOSE two seconds in.
+struct LossUnderLoad {
+    siphon: Siphon,
+    admin: SocketAddr,
+    ports: [u16; 3],
+    backends: Vec<Backend>,
+    ranked: BTreeMap<String, Vec<String>>,
+    outcome: SippOutcome,
+    work: tempfile::TempDir,
+}
+
+fn lose_backend_2_under_load(
+    users: usize,
+    eject_secs: u64,
+    tag: &str,
+    lose: impl FnOnce(&mut Backend),
+) -> LossUnderLoad {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let ports = [free_port(), free_port(), free_port()];
-    let backends: Vec<Backend> = (0..3)
+    let mut backends: Vec<Backend> = (0..3)
         .map(|i| Backend::start(dir, &format!("b{}", i + 1), ports[i]))
         .collect();
-    let (siphon, admin) = start_lb(ports, true, 30);
-    let users = users(1200);
+    let (siphon, admin) = start_lb(ports, true, eject_secs);
+    let users = self::users(users);
     let ranked = rankings(admin, siphon.addr(), &users);
-
-    // 150 calls/s for 8 s; backend 2 hangs after 2 s.
-    let run = caller(dir, siphon.addr(), &users, 150, "frozen");
+    let run = caller(dir, siphon.addr(), &users, 150, tag);
     thread::sleep(Duration::from_secs(2));
-    backends[1].freeze();
-    let frozen_at = Instant::now();
-    assert_ejected_passively(&siphon, frozen_at);
+    lose(&mut backends[1]);
+    assert_ejected_passively(&siphon, Instant::now());
     let outcome = run.wait();
-
-    // Only calls already set up on it when it froze may fail (their BYE).
+    // Only calls already set up on it when it was lost may fail (their BYE).
     assert_served_by_the_ranking(&outcome, &ranked, 5);
+    LossUnderLoad {
+        siphon,
+        admin,
+        ports,
+        backends,
+        ranked,
+        outcome,
+        work,
+    }
+}
+
+#[test]
+fn a_frozen_backend_costs_no_call_and_is_ejected_long_before_probes_notice() {
+    let run = lose_backend_2_under_load(1200, 30, "frozen", |backend| backend.freeze());
+    let (siphon, admin) = (&run.siphon, run.admin);
+    assert_eq!(run.outcome.stats.outgoing_calls, 1200);
     // Passive health stopped new calls to it within about a second (the
     // silence limit): at 50 calls/s for backend 2 that is some fifty
     // failovers, where the 6 s left of the run would have sent it 300.
-    let failovers = failovers_from(&siphon, &backend_uri(2));
+    let failovers = failovers_from(siphon, &backend_uri(2));
     eprintln!("{failovers} calls failed over from the frozen backend");
     assert!(
         (1..=120).contains(&failovers),
@@ -245,35 +273,21 @@ fn a_frozen_backend_costs_no_call_and_is_ejected_long_before_probes_notice() {
 
 #[test]
 fn a_killed_backend_costs_no_call_and_its_users_return_when_it_restarts() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let dir = work.path();
-    let ports = [free_port(), free_port(), free_port()];
-    let mut backends: Vec<Backend> = (0..3)
-        .map(|i| Backend::start(dir, &format!("b{}", i + 1), ports[i]))
-        .collect();
     // A short ejection, so the restarted backend is back within the test.
-    let (siphon, admin) = start_lb(ports, true, 3);
-    let users = users(900);
-    let ranked = rankings(admin, siphon.addr(), &users);
-
-    let run = caller(dir, siphon.addr(), &users, 150, "killed");
-    thread::sleep(Duration::from_secs(2));
-    backends[1].kill();
-    let killed_at = Instant::now();
-    assert_ejected_passively(&siphon, killed_at);
-    let outcome = run.wait();
-    assert_served_by_the_ranking(&outcome, &ranked, 5);
+    let mut run = lose_backend_2_under_load(900, 3, "killed", |backend| backend.kill());
+    let dir = run.work.path().to_path_buf();
+    let lb = run.siphon.addr();
 
     // Restarted on its port: once the ejection is over, a probe success
     // brings it back, and its users return to it.
-    backends[1] = Backend::start(dir, "b2", ports[1]);
-    wait_for_transition(&siphon, &backend_uri(2), "up", Duration::from_secs(15));
-    let again = users[..300].to_vec();
-    let outcome = caller(dir, siphon.addr(), &again, 100, "restarted").wait();
+    run.backends[1] = Backend::start(&dir, "b2", run.ports[1]);
+    wait_for_transition(&run.siphon, &backend_uri(2), "up", Duration::from_secs(15));
+    let again = users(300);
+    let outcome = caller(&dir, lb, &again, 100, "restarted").wait();
     outcome.assert_all_succeeded();
     let routes = routes_in(&outcome.actions_log());
     for (user, backend) in &routes {
-        assert_eq!(backend, &ranked[user][0], "{user} did not return");
+        assert_eq!(backend, &run.ranked[user][0], "{user} did not return");
     }
     assert_eq!(routes.len(), again.len());
 }

@@ -284,7 +284,7 @@ impl Group {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
-        let retry_after = retry_after.map(|hold| hold.min(self.max_retry_after));
+        let retry_after = self.capped(retry_after);
         self.health
             .get_mut(index)?
             .record_failure(reason, retry_after, now)
@@ -300,7 +300,7 @@ impl Group {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
-        let retry_after = retry_after.map(|hold| hold.min(self.max_retry_after));
+        let retry_after = self.capped(retry_after);
         let others_up =
             (0..self.health.len()).any(|other| other != index && self.is_up(other, now));
         let policy = self.passive;
@@ -311,6 +311,11 @@ impl Group {
             others_up,
             now,
         )
+    }
+
+    /// A Retry-After hold cut to `max_retry_after_secs`.
+    fn capped(&self, retry_after: Option<Duration>) -> Option<Duration> {
+        retry_after.map(|hold| hold.min(self.max_retry_after))
     }
 
     /// Feed a relay to `index` that got a response below 500.
