@@ -11,7 +11,7 @@ use crate::actors::transport::{Datagrams, Router, TcpAcceptor, Transports, UdpTr
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::TimerSettings;
-use crate::script::{host_text, LocalIdentity, ScriptEngine, ScriptServices};
+use crate::script::{LocalIdentity, ScriptEngine, ScriptServices};
 
 /// How many transaction shards (and Python worker threads) to run:
 /// `server.workers`, or one per core (at most 8) when it is 0.
@@ -43,28 +43,27 @@ async fn start(
     script: Arc<ScriptEngine>,
     services: ScriptServices,
 ) -> Result<(), String> {
-    let (transports, udp_sockets) = Transports::bind(&config.listen.udp, &config.listen.tcp)
-        .map_err(|e| format!("cannot bind UDP listeners {:?}: {e}", config.listen.udp))?;
+    let (transports, udp_sockets, tcp_sockets) = Transports::bind(
+        &config.listen.udp,
+        &config.listen.tcp,
+        config.advertise.as_deref(),
+    )
+    .map_err(|e| format!("cannot listen: {e}"))?;
     let mut tcp_listeners = Vec::new();
-    for addr in &config.listen.tcp {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot bind TCP listener {addr}: {e}"))?;
+    for socket in tcp_sockets {
+        let listener = tokio::net::TcpListener::from_std(socket)
+            .map_err(|e| format!("cannot listen on TCP: {e}"))?;
         tcp_listeners.push(listener);
+    }
+    for listener in transports.listeners() {
+        tracing::debug!(transport = listener.protocol.as_str(), local = %listener.local, sent_by = %listener.sent_by, "listener");
     }
 
     let listen = transports.listen_addrs();
     let local = Arc::new(LocalIdentity::new(
         &config.domain.local,
-        config.advertise.as_deref(),
-        &listen,
+        transports.listeners(),
     ));
-    let via_host = config.advertise.clone().unwrap_or_else(|| {
-        listen
-            .iter()
-            .find(|a| !a.ip().is_unspecified())
-            .map_or_else(|| "127.0.0.1".to_string(), host_text)
-    });
     // Process-wide, so the script's `gateway` namespace sees the same groups.
     let gateway_service = services.gateways.clone();
     for group in &config.gateway.groups {
@@ -96,7 +95,6 @@ async fn start(
         local,
         gateways,
         gateway_service: gateway_service.clone(),
-        via_host,
         drain_secs: config.server.drain_secs,
     });
 
@@ -133,9 +131,10 @@ async fn start(
         UdpTransport::new(index, socket, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on UDP");
     }
-    for listener in tcp_listeners {
+    for (offset, listener) in tcp_listeners.into_iter().enumerate() {
         let local = listener.local_addr().ok();
-        TcpAcceptor::new(listener, transports.clone()).start();
+        let index = transports.first_tcp_listener() + offset;
+        TcpAcceptor::new(listener, index, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on TCP");
     }
 

@@ -731,7 +731,8 @@ mod tests {
 
     fn transports() -> Transports {
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (transports, _receivers) = Transports::bind(&[local], &[]).expect("bind UDP");
+        let (transports, _receivers, _) =
+            Transports::bind(&[local.into()], &[], None).expect("bind UDP");
         transports
     }
 

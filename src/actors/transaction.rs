@@ -38,8 +38,6 @@ pub struct ShardConfig {
     pub gateways: Arc<crate::gateway::Gateways>,
     /// Where relay outcomes go for passive health.
     pub gateway_service: Arc<crate::actors::gateway::GatewayService>,
-    /// Host written in our Via and Record-Route (advertise, or the listen IP).
-    pub via_host: String,
     /// The Retry-After of the 503s sent while draining.
     pub drain_secs: u64,
     /// The bound on each shard's queue, given back as messages are handled.
@@ -62,18 +60,11 @@ pub struct TransactionShard {
 
 impl TransactionShard {
     pub fn new(id: usize, config: Arc<ShardConfig>) -> Self {
-        let port = |protocol| {
-            config
-                .transports
-                .local_addr(protocol)
-                .map_or(5060, |a| a.port())
-        };
         let engine = Engine::new(EngineConfig {
             timers: config.timers,
             local: config.local.clone(),
-            via_host: config.via_host.clone(),
-            udp_port: port(Protocol::Udp),
-            tcp_port: port(Protocol::Tcp),
+            listeners: config.transports.listeners().to_vec(),
+            route: crate::actors::transport::route_lookup(),
             branch_secret: [rand::random(), rand::random()],
             drain_secs: config.drain_secs,
         });
@@ -94,7 +85,7 @@ impl TransactionShard {
             crate::metrics::get().request(msg.method_str());
             let draining = self.config.lifecycle.is_draining();
             self.engine
-                .handle_request(now, msg, source, flow.protocol(), flow, draining);
+                .handle_request(now, msg, source, flow.listener(), flow, draining);
         } else {
             self.engine.handle_response(now, msg, source);
         }
@@ -107,8 +98,10 @@ impl TransactionShard {
     fn carry_out(&mut self, now: Instant) {
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Send { hop, bytes } => {
-                    self.config.transports.send(hop.protocol, hop.addr, bytes)
+                Output::Send { hop, from, bytes } => {
+                    self.config
+                        .transports
+                        .send(hop.protocol, from, hop.addr, bytes)
                 }
                 Output::Reply {
                     flow,

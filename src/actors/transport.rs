@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::actors::transaction::TransactionShard;
+use crate::config::ListenAddr;
+use crate::proxy::local::Listener;
 use crate::sip::{self, Message, ParseErrorKind};
 
 /// Largest SIP message we accept on any transport (RFC 3261 §18.1.1 keeps UDP
@@ -86,19 +88,27 @@ impl IngressGate {
     }
 }
 
-/// The way back to a peer: the UDP socket a datagram arrived on, or the TCP
-/// connection it arrived over.
+/// The way back to a peer: the UDP socket (by its listener index) a
+/// datagram arrived on, or the TCP connection it arrived over with the
+/// listener that connection belongs to.
 #[derive(Clone, Debug)]
 pub enum Flow {
     Udp(usize),
-    Tcp(Addr<TcpConnection>),
+    Tcp(Addr<TcpConnection>, usize),
 }
 
 impl Flow {
     pub fn protocol(&self) -> Protocol {
         match self {
             Flow::Udp(_) => Protocol::Udp,
-            Flow::Tcp(_) => Protocol::Tcp,
+            Flow::Tcp(..) => Protocol::Tcp,
+        }
+    }
+
+    /// The listener (see [`Transports::listeners`]) the message came in on.
+    pub fn listener(&self) -> usize {
+        match self {
+            Flow::Udp(index) | Flow::Tcp(_, index) => *index,
         }
     }
 }
@@ -147,8 +157,6 @@ impl Router {
         shard.do_send(Inbound { msg, source, flow });
     }
 
-    /// Hands a probe to the shard that will receive its responses (the one
-    /// its Call-ID hashes to).
     /// Tells every shard that the TCP connection to `peer` failed or closed,
     /// so requests waiting on it fail over (rare: no per-message cost).
     pub fn broadcast_link_failure(&self, peer: SocketAddr) {
@@ -157,6 +165,8 @@ impl Router {
         }
     }
 
+    /// Hands a probe to the shard that will receive its responses (the one
+    /// its Call-ID hashes to).
     pub fn dispatch_probe(&self, probe: crate::actors::transaction::SendProbe) {
         let index = self.shard_of(&probe.call_id);
         self.shards[index].do_send(probe);
@@ -173,7 +183,6 @@ impl Router {
 /// A local UDP socket, as used for sending.
 struct UdpOut {
     socket: std::net::UdpSocket,
-    local: SocketAddr,
 }
 
 /// Everything a shard needs to put bytes on the wire: the UDP sockets, the pool
@@ -182,34 +191,89 @@ struct UdpOut {
 #[derive(Clone)]
 pub struct Transports {
     udp: Arc<[UdpOut]>,
-    tcp_listen: Arc<[SocketAddr]>,
+    /// Every listener: the UDP sockets (same index), then the TCP ones.
+    listeners: Arc<[Listener]>,
     tcp_pool: Arc<Mutex<HashMap<SocketAddr, Addr<TcpConnection>>>>,
     router: Arc<OnceLock<Router>>,
 }
 
 impl Transports {
-    /// Binds every UDP socket (with a large receive buffer: drops there are the
-    /// first limit under load) and remembers the TCP listen addresses.
-    pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr]) -> io::Result<(Self, Vec<UdpSocket>)> {
-        let mut outs = Vec::with_capacity(udp.len());
-        let mut receivers = Vec::with_capacity(udp.len());
-        for addr in udp {
-            let socket = bind_udp(*addr)?;
-            let local = socket.local_addr()?;
-            let receiver = socket.try_clone()?;
-            receiver.set_nonblocking(true)?;
-            receivers.push(UdpSocket::from_std(receiver)?);
-            outs.push(UdpOut { socket, local });
+    /// Binds every UDP socket (with a large receive buffer: drops there are
+    /// the first limit under load) and every TCP listener, a wildcard
+    /// address once per local address of its family, so that each socket
+    /// has a concrete address to name in Via and Record-Route (as Kamailio
+    /// does; see README "Multi-homed hosts"). `advertise` names every
+    /// listener that has no name of its own.
+    pub fn bind(
+        udp: &[ListenAddr],
+        tcp: &[ListenAddr],
+        advertise: Option<&str>,
+    ) -> io::Result<(Self, Vec<UdpSocket>, Vec<std::net::TcpListener>)> {
+        let mut outs = Vec::new();
+        let mut receivers = Vec::new();
+        let mut listeners = Vec::new();
+        for listen in udp {
+            let name = listen.advertise.as_deref().or(advertise);
+            for addr in expand_wildcard(listen.address)? {
+                let socket = bind_udp(addr).map_err(|e| with_address(e, "UDP", addr))?;
+                let local = socket.local_addr()?;
+                let receiver = socket.try_clone()?;
+                receiver.set_nonblocking(true)?;
+                receivers.push(UdpSocket::from_std(receiver)?);
+                outs.push(UdpOut { socket });
+                listeners.push(Listener::new(Protocol::Udp, local, name));
+            }
+        }
+        let mut tcp_sockets = Vec::new();
+        for listen in tcp {
+            let name = listen.advertise.as_deref().or(advertise);
+            for addr in expand_wildcard(listen.address)? {
+                let socket = bind_tcp(addr).map_err(|e| with_address(e, "TCP", addr))?;
+                let local = socket.local_addr()?;
+                tcp_sockets.push(socket);
+                listeners.push(Listener::new(Protocol::Tcp, local, name));
+            }
         }
         Ok((
             Transports {
                 udp: outs.into(),
-                tcp_listen: tcp.to_vec().into(),
+                listeners: listeners.into(),
                 tcp_pool: Arc::default(),
                 router: Arc::default(),
             },
             receivers,
+            tcp_sockets,
         ))
+    }
+
+    /// Every socket, UDP first (a UDP flow's index is its listener's).
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// The index of the first TCP listener, which the first TCP socket
+    /// [`Transports::bind`] returned belongs to.
+    pub fn first_tcp_listener(&self) -> usize {
+        self.udp.len()
+    }
+
+    /// The TCP listener a connection with local address `local` belongs to:
+    /// the one bound there, else the first on that IP, else the first.
+    fn tcp_listener_of(&self, local: Option<SocketAddr>) -> usize {
+        let tcp = || {
+            self.listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.protocol == Protocol::Tcp)
+        };
+        local
+            .and_then(|local| {
+                tcp()
+                    .find(|(_, l)| l.local == local)
+                    .or_else(|| tcp().find(|(_, l)| l.local.ip() == local.ip()))
+            })
+            .or_else(|| tcp().next())
+            .map_or(0, |(index, _)| index)
     }
 
     pub fn set_router(&self, router: Router) {
@@ -220,29 +284,13 @@ impl Transports {
         self.router.get()
     }
 
-    /// The local address of UDP socket `index` (or of the first TCP listener
-    /// when there is no UDP socket).
-    pub fn local_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
-        match protocol {
-            Protocol::Udp => self.udp.first().map(|u| u.local),
-            Protocol::Tcp => self.tcp_listen.first().copied(),
-        }
-        .or_else(|| self.udp.first().map(|u| u.local))
-        .or_else(|| self.tcp_listen.first().copied())
-    }
-
-    /// Every address we listen on, for recognising our own Via and Route entries.
+    /// Every address we listen on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        let mut all: Vec<SocketAddr> = self.udp.iter().map(|u| u.local).collect();
-        all.extend(self.tcp_listen.iter().copied());
-        all
+        self.listeners.iter().map(|l| l.local).collect()
     }
 
     pub fn has_protocol(&self, protocol: Protocol) -> bool {
-        match protocol {
-            Protocol::Udp => !self.udp.is_empty(),
-            Protocol::Tcp => !self.tcp_listen.is_empty(),
-        }
+        self.listeners.iter().any(|l| l.protocol == protocol)
     }
 
     /// Sends back over the flow a message arrived on.
@@ -251,16 +299,17 @@ impl Transports {
     pub fn reply(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes) {
         match flow {
             Flow::Udp(index) => self.send_udp(*index, dest, &bytes),
-            Flow::Tcp(conn) if conn.connected() => conn.do_send(SendBytes(bytes)),
-            Flow::Tcp(_) => self.send_tcp(dest, bytes),
+            Flow::Tcp(conn, _) if conn.connected() => conn.do_send(SendBytes(bytes)),
+            Flow::Tcp(..) => self.send_tcp(dest, bytes),
         }
     }
 
     /// Sends to a peer over `protocol`, reusing an open TCP connection to it or
     /// opening one.
-    pub fn send(&self, protocol: Protocol, dest: SocketAddr, bytes: Bytes) {
+    /// Over UDP it leaves from listener `from`'s socket.
+    pub fn send(&self, protocol: Protocol, from: usize, dest: SocketAddr, bytes: Bytes) {
         match protocol {
-            Protocol::Udp => self.send_udp(0, dest, &bytes),
+            Protocol::Udp => self.send_udp(from, dest, &bytes),
             Protocol::Tcp => self.send_tcp(dest, bytes),
         }
     }
@@ -306,9 +355,126 @@ impl Transports {
     }
 }
 
+/// Which local address the kernel's routing table sends to an address from:
+/// a UDP socket "connected" to it (no packet leaves) tells. Answers are kept,
+/// so each destination costs one lookup; the engine asks only when more than
+/// one listener could send.
+pub fn route_lookup() -> crate::proxy::engine::RouteLookup {
+    let known: Mutex<HashMap<std::net::IpAddr, Option<std::net::IpAddr>>> = Mutex::default();
+    Arc::new(move |dest: std::net::IpAddr| {
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(local) = known.get(&dest) {
+            return *local;
+        }
+        let unspecified: std::net::IpAddr = if dest.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let local = std::net::UdpSocket::bind((unspecified, 0))
+            .and_then(|socket| {
+                socket.connect((dest, 9))?;
+                socket.local_addr()
+            })
+            .ok()
+            .map(|addr| addr.ip());
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(dest, local);
+        local
+    })
+}
+
+/// The addresses a listen address stands for: itself, or for `0.0.0.0` and
+/// `[::]` every local address of that family (IPv6 link-local ones left
+/// out: they need a scope to be reached).
+fn expand_wildcard(addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    if !addr.ip().is_unspecified() {
+        return Ok(vec![addr]);
+    }
+    let mut expanded: Vec<SocketAddr> = local_addresses()?
+        .into_iter()
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+        .filter(|ip| match ip {
+            std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            std::net::IpAddr::V4(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, addr.port()))
+        .collect();
+    expanded.sort();
+    expanded.dedup();
+    if expanded.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{addr}: no local address of that family to bind"),
+        ));
+    }
+    Ok(expanded)
+}
+
+/// Every address of every interface that is up (getifaddrs).
+fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; we only
+    // read it in between.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut entry = head;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+        if ifa.ifa_addr.is_null() || !up {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr whose family says its type.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found.push(std::net::IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ));
+        } else if family == libc::AF_INET6 {
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            found.push(std::net::IpAddr::from(sin6.sin6_addr.s6_addr));
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+fn with_address(error: io::Error, transport: &str, addr: SocketAddr) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("cannot bind {transport} {addr}: {error}"),
+    )
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let _ = socket.set_reuse_address(true);
+    if addr.is_ipv6() {
+        // `[::]` is expanded per address: no IPv4 through IPv6 sockets.
+        let _ = socket.set_only_v6(true);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(true);
+    }
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
@@ -468,13 +634,16 @@ impl futures_core::Stream for Datagrams {
 /// Accepts TCP connections and starts a `TcpConnection` actor for each.
 pub struct TcpAcceptor {
     listener: Option<TcpListener>,
+    /// Its index in [`Transports::listeners`].
+    index: usize,
     transports: Transports,
 }
 
 impl TcpAcceptor {
-    pub fn new(listener: TcpListener, transports: Transports) -> Self {
+    pub fn new(listener: TcpListener, index: usize, transports: Transports) -> Self {
         TcpAcceptor {
             listener: Some(listener),
+            index,
             transports,
         }
     }
@@ -508,8 +677,10 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let transports = self.transports.clone();
+                let index = self.index;
                 let conn = TcpConnection::create(|ctx| {
                     let mut conn = TcpConnection::new(peer, None, transports);
+                    conn.listener = index;
                     conn.attach(stream, ctx);
                     conn
                 });
@@ -535,6 +706,8 @@ pub struct TcpConnection {
     writer: Option<Writer<OwnedWriteHalf, io::Error>>,
     pending: Vec<Bytes>,
     transports: Transports,
+    /// The listener its messages count as arriving on.
+    listener: usize,
 }
 
 impl TcpConnection {
@@ -544,6 +717,7 @@ impl TcpConnection {
             connect_to,
             writer: None,
             pending: Vec::new(),
+            listener: transports.tcp_listener_of(None),
             transports,
         }
     }
@@ -555,6 +729,9 @@ impl TcpConnection {
     }
 
     fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+        if self.connect_to.is_some() {
+            self.listener = self.transports.tcp_listener_of(stream.local_addr().ok());
+        }
         let (read, write) = stream.into_split();
         ctx.add_stream(FramedRead::new(read, SipStreamCodec));
         let mut writer = Writer::new(write, ctx);
@@ -629,7 +806,8 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
         match item {
             Ok(bytes) => {
                 let _busy = crate::metrics::actors().tcp.measure();
-                accept_bytes(bytes, self.peer, Flow::Tcp(ctx.address()), &self.transports);
+                let flow = Flow::Tcp(ctx.address(), self.listener);
+                accept_bytes(bytes, self.peer, flow, &self.transports);
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "closing TCP connection after framing error");

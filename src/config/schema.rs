@@ -24,17 +24,34 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
-    #[serde(deserialize_with = "socket_addr_list")]
-    pub udp: Vec<SocketAddr>,
-    #[serde(deserialize_with = "socket_addr_list")]
-    pub tcp: Vec<SocketAddr>,
+    pub udp: Vec<ListenAddr>,
+    pub tcp: Vec<ListenAddr>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
         Listen {
-            udp: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            udp: vec![ListenAddr::from(SocketAddr::from(([0, 0, 0, 0], 5060)))],
             tcp: Vec::new(),
+        }
+    }
+}
+
+/// One listen address: `"ip:port"`, or `{address: "ip:port", advertise:
+/// "host[:port]"}` to name it otherwise in Via and Record-Route (a public
+/// name or address in front of NAT). `0.0.0.0` and `[::]` are bound once
+/// per local address of that family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    pub address: SocketAddr,
+    pub advertise: Option<String>,
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(address: SocketAddr) -> Self {
+        ListenAddr {
+            address,
+            advertise: None,
         }
     }
 }

@@ -75,7 +75,12 @@ log: {level: info, format: pretty} # pretty | json
 #[test]
 fn defaults_fill_in_every_optional_section() {
     let config = parse("script: {path: /srv/lb.py}\n").expect("minimal config");
-    assert_eq!(config.listen.udp, vec!["0.0.0.0:5060".parse().unwrap()]);
+    assert_eq!(
+        config.listen.udp,
+        vec![ListenAddr::from(
+            "0.0.0.0:5060".parse::<SocketAddr>().unwrap()
+        )]
+    );
     assert!(config.listen.tcp.is_empty());
     assert_eq!(config.advertise, None);
     assert!(config.domain.local.is_empty());
@@ -112,8 +117,18 @@ fn partial_sections_keep_defaults_for_missing_keys() {
             "script: {path: /srv/lb.py}\nlisten: {tcp: [\"127.0.0.1:5070\"]}\nregistrar: {max_contacts: 3}\ntransaction: {t1_ms: 100}\n",
         )
         .expect("partial sections");
-    assert_eq!(config.listen.udp, vec!["0.0.0.0:5060".parse().unwrap()]);
-    assert_eq!(config.listen.tcp, vec!["127.0.0.1:5070".parse().unwrap()]);
+    assert_eq!(
+        config.listen.udp,
+        vec![ListenAddr::from(
+            "0.0.0.0:5060".parse::<SocketAddr>().unwrap()
+        )]
+    );
+    assert_eq!(
+        config.listen.tcp,
+        vec![ListenAddr::from(
+            "127.0.0.1:5070".parse::<SocketAddr>().unwrap()
+        )]
+    );
     assert_eq!(config.registrar.max_contacts, 3);
     assert_eq!(config.registrar.default_expires, 3600);
     assert_eq!(config.transaction.t1_ms, 100);
@@ -147,7 +162,12 @@ fn seed_page_config_loads_unchanged() {
 #[test]
 fn design_example_loads_with_every_section() {
     let config = parse(DESIGN_YAML).expect("the DESIGN.md example must load");
-    assert_eq!(config.listen.tcp, vec!["0.0.0.0:5060".parse().unwrap()]);
+    assert_eq!(
+        config.listen.tcp,
+        vec![ListenAddr::from(
+            "0.0.0.0:5060".parse::<SocketAddr>().unwrap()
+        )]
+    );
     assert_eq!(config.advertise.as_deref(), Some("192.0.2.10"));
     assert_eq!(config.domain.local, vec!["example.com", "127.0.0.1"]);
     assert_eq!(config.server.instance_id, "lb1");
@@ -168,8 +188,18 @@ fn example_configs_in_the_repo_parse() {
         &|_| None,
     )
     .expect("config/lb.yaml");
-    assert_eq!(lb.listen.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
-    assert_eq!(lb.listen.tcp, vec!["127.0.0.1:5060".parse().unwrap()]);
+    assert_eq!(
+        lb.listen.udp,
+        vec![ListenAddr::from(
+            "127.0.0.1:5060".parse::<SocketAddr>().unwrap()
+        )]
+    );
+    assert_eq!(
+        lb.listen.tcp,
+        vec![ListenAddr::from(
+            "127.0.0.1:5060".parse::<SocketAddr>().unwrap()
+        )]
+    );
     assert_eq!(lb.script.path, PathBuf::from("config/../scripts/lb.py"));
     let group = &lb.gateway.groups[0];
     assert_eq!(
@@ -194,7 +224,9 @@ fn example_configs_in_the_repo_parse() {
     .expect("config/lb.yaml with SIPHON_LISTEN");
     assert_eq!(
         lb_everywhere.listen.udp,
-        vec!["0.0.0.0:5070".parse().unwrap()]
+        vec![ListenAddr::from(
+            "0.0.0.0:5070".parse::<SocketAddr>().unwrap()
+        )]
     );
 
     let proxy = from_text_with_vars(
@@ -261,7 +293,12 @@ fn expansion_feeds_the_parser() {
         (name == "DIR").then(|| "/opt/siphon".to_string())
     })
     .expect("expanded config");
-    assert_eq!(config.listen.udp, vec!["127.0.0.1:5080".parse().unwrap()]);
+    assert_eq!(
+        config.listen.udp,
+        vec![ListenAddr::from(
+            "127.0.0.1:5080".parse::<SocketAddr>().unwrap()
+        )]
+    );
     assert_eq!(config.script.path, PathBuf::from("/opt/siphon/lb.py"));
 
     let from_process = from_text(
@@ -271,7 +308,9 @@ fn expansion_feeds_the_parser() {
         .expect("default from the real environment lookup");
     assert_eq!(
         from_process.listen.udp,
-        vec!["127.0.0.1:5090".parse().unwrap()]
+        vec![ListenAddr::from(
+            "127.0.0.1:5090".parse::<SocketAddr>().unwrap()
+        )]
     );
 }
 
@@ -764,4 +803,37 @@ fn failover_and_passive_health_have_defaults_and_checked_keys() {
         )));
         assert!(error.contains(expected), "{line}: {error}");
     }
+}
+
+#[test]
+fn listeners_take_an_advertised_name_of_their_own() {
+    let config = parse(
+        "listen:\n  udp:\n    - \"127.0.0.1:5060\"\n    - {address: \"0.0.0.0:5070\", advertise: \"sip.example.com:5080\"}\n  tcp: [{address: \"[::]:5060\", advertise: \"[2001:db8::5]\"}]\nadvertise: \"lb.example.com\"\nscript: {path: /srv/lb.py}\n",
+    )
+    .expect("loads");
+    assert_eq!(config.listen.udp[0].advertise, None);
+    assert_eq!(
+        config.listen.udp[1],
+        ListenAddr {
+            address: "0.0.0.0:5070".parse().unwrap(),
+            advertise: Some("sip.example.com:5080".into()),
+        }
+    );
+    assert_eq!(config.listen.tcp[0].advertise.as_deref(), Some("[2001:db8::5]"));
+    assert_eq!(config.advertise.as_deref(), Some("lb.example.com"));
+
+    for (listen, expected) in [
+        (
+            "{address: \"0.0.0.0:5070\", advertise: \"sip.example.com:0\"}",
+            "listen.udp[0].advertise: `sip.example.com:0` is not a host",
+        ),
+        ("{advertise: \"x\"}", "missing field `address`"),
+        ("{address: \"0.0.0.0:5070\", port: 1}", "unknown field `port`"),
+        ("\"0.0.0.0\"", "listen.udp[0]"),
+    ] {
+        let error = error_of(&format!("listen: {{udp: [{listen}]}}\nscript: {{path: /srv/lb.py}}\n"));
+        assert!(error.contains(expected), "{listen}: {error}");
+    }
+    let bad_global = error_of("advertise: \"a.example.com:x\"\nscript: {path: /srv/lb.py}\n");
+    assert!(bad_global.contains("advertise: `a.example.com:x` is not a host"), "{bad_global}");
 }

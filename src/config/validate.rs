@@ -52,13 +52,23 @@ pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigE
     }
     for (transport, addresses) in [("udp", &listen.udp), ("tcp", &listen.tcp)] {
         let mut seen = HashSet::new();
-        for (index, address) in addresses.iter().enumerate() {
+        for (index, listen) in addresses.iter().enumerate() {
+            let address = listen.address;
             if !seen.insert(address) {
                 return Err(invalid(
                     origin,
                     format!("listen.{transport}[{index}]"),
                     format!("{address} is listed twice"),
                 ));
+            }
+            if let Some(advertise) = &listen.advertise {
+                check_advertised_name(advertise).map_err(|message| {
+                    invalid(
+                        origin,
+                        format!("listen.{transport}[{index}].advertise"),
+                        message,
+                    )
+                })?;
             }
         }
     }
@@ -72,15 +82,25 @@ pub(super) fn check_advertise(
     let Some(text) = advertise else {
         return Ok(None);
     };
-    let host = text.trim();
-    if host.is_empty() || host.contains(char::is_whitespace) || host.contains("://") {
-        return Err(invalid(
-            origin,
-            "advertise",
-            format!("`{text}` is not a host; write a host or ip such as \"192.0.2.10\" (optionally with :port)"),
-        ));
+    check_advertised_name(&text).map_err(|message| invalid(origin, "advertise", message))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, as `advertise` takes.
+fn check_advertised_name(text: &str) -> Result<(), String> {
+    let trimmed = text.trim();
+    let bad = || {
+        format!("`{text}` is not a host; write a host or ip such as \"192.0.2.10\" (optionally with :port)")
+    };
+    if trimmed.is_empty() || trimmed.contains(char::is_whitespace) || trimmed.contains("://") {
+        return Err(bad());
     }
-    Ok(Some(host.to_string()))
+    let (host, port) = crate::proxy::local::split_host_port(trimmed);
+    let has_port_text = trimmed.len() > host.len();
+    if host.is_empty() || (has_port_text && port.is_none_or(|p| p == 0)) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 pub(super) fn check_domain(domain: Domain, origin: &Path) -> Result<Domain, ConfigError> {

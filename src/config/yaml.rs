@@ -175,13 +175,36 @@ pub(super) fn optional_socket_addr<'de, D: Deserializer<'de>>(
     Ok(Option::<IpPort>::deserialize(deserializer)?.map(|a| a.0))
 }
 
-pub(super) fn socket_addr_list<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<SocketAddr>, D::Error> {
-    Ok(Vec::<IpPort>::deserialize(deserializer)?
-        .into_iter()
-        .map(|a| a.0)
-        .collect())
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListenVisitor;
+        impl<'de> Visitor<'de> for ListenVisitor {
+            type Value = ListenAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"ip:port\" or {address: \"ip:port\", advertise: \"host[:port]\"}")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ListenAddr, E> {
+                parse_socket_addr(text)
+                    .map(ListenAddr::from)
+                    .map_err(de::Error::custom)
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<ListenAddr, M::Error> {
+                let (mut address, mut advertise) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "address" => address = Some(map.next_value::<IpPort>()?.0),
+                        "advertise" => advertise = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["address", "advertise"]))
+                        }
+                    }
+                }
+                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
+                Ok(ListenAddr { address, advertise })
+            }
+        }
+        deserializer.deserialize_any(ListenVisitor)
+    }
 }
 
 /// An attribute value: any YAML scalar, kept as text (`{zone: 1}` works).

@@ -96,19 +96,28 @@ struct Run {
 
 impl Run {
     fn new(seed: u64) -> Self {
-        let local = LocalIdentity::new(
-            &["proxy.example".to_string()],
-            None,
-            &[PROXY.parse().unwrap()],
-        );
+        let listeners = vec![
+            Listener::new(Protocol::Udp, PROXY.parse().unwrap(), None),
+            Listener::new(Protocol::Tcp, PROXY.parse().unwrap(), None),
+            Listener::new(Protocol::Udp, "198.51.100.1:5060".parse().unwrap(), None),
+        ];
+        let local = LocalIdentity::new(&["proxy.example".to_string()], &listeners);
         Run {
             rng: Rng(seed | 1),
             engine: Engine::new(EngineConfig {
                 timers: TimerSettings::default(),
                 local: Arc::new(local),
-                via_host: "192.0.2.1".into(),
-                udp_port: 5060,
-                tcp_port: 5060,
+                listeners,
+                // Two UDP listeners: the backends' side is reached from the second.
+                route: Arc::new(|ip: std::net::IpAddr| {
+                    let backends = ip.to_string().starts_with("198.51.100.");
+                    let local = if backends {
+                        "198.51.100.1"
+                    } else {
+                        "192.0.2.1"
+                    };
+                    local.parse().ok()
+                }),
                 branch_secret: [seed, !seed],
                 drain_secs: 5,
             }),
@@ -127,7 +136,7 @@ impl Run {
     fn drain(&mut self) {
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Send { hop, bytes } => {
+                Output::Send { hop, bytes, .. } => {
                     if let Err(e) = sip::parse(bytes.clone()) {
                         panic!("sent a message that does not parse ({e:?}): {bytes:?}");
                     }
@@ -239,7 +248,7 @@ impl Run {
             };
             let draining = self.rng.chance(5);
             self.engine
-                .handle_request(self.now, msg, source, protocol, 0, draining);
+                .handle_request(self.now, msg, source, protocol as usize, 0, draining);
         }
     }
 
@@ -407,7 +416,7 @@ impl Run {
         let source = self.source();
         if msg.is_request() {
             self.engine
-                .handle_request(self.now, msg, source, Protocol::Udp, 0, false);
+                .handle_request(self.now, msg, source, 0, 0, false);
         } else {
             self.engine.handle_response(self.now, msg, source);
         }

@@ -26,7 +26,7 @@ mod server;
 mod tests;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,21 +41,25 @@ use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, Preroute, RelayFailure};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward::{self, ForwardEdits, Hop, HopError};
-use crate::proxy::local::LocalIdentity;
+use crate::proxy::local::{Listener, LocalIdentity};
 use crate::proxy::timers::{TimerKind, TimerOwner, TimerQueue, TimerSettings};
 use crate::sip::{self, build, HeaderName, Message, Method, Protocol, Via};
 
 pub use self::branch::MAGIC_COOKIE;
 
+/// Which local address the host's routing table sends to an address from
+/// (None when it has no route). Only asked when more than one listener
+/// could send a message; the caller keeps the answers.
+pub type RouteLookup = Arc<dyn Fn(IpAddr) -> Option<IpAddr> + Send + Sync>;
+
 /// What the engine needs to know about the node it runs in.
 pub struct EngineConfig {
     pub timers: TimerSettings,
     pub local: Arc<LocalIdentity>,
-    /// Host written in our Via and Record-Route (advertise, or the listen IP).
-    pub via_host: String,
-    /// The ports our Via and Record-Route name, per transport.
-    pub udp_port: u16,
-    pub tcp_port: u16,
+    /// Every socket, by index: requests arrive on one, and our Via and
+    /// Record-Route name the one a message leaves from.
+    pub listeners: Vec<Listener>,
+    pub route: RouteLookup,
     /// The secret behind our branch tokens (random at boot).
     pub branch_secret: [u64; 2],
     /// While draining, new INVITEs and OPTIONS get 503 with this Retry-After.
@@ -65,8 +69,8 @@ pub struct EngineConfig {
 /// Something for the caller to carry out.
 #[derive(Debug)]
 pub enum Output<F> {
-    /// A request (or ACK, CANCEL, probe) to a next hop.
-    Send { hop: Hop, bytes: Bytes },
+    /// A request (or ACK, CANCEL, probe) to a next hop, from listener `from`.
+    Send { hop: Hop, from: usize, bytes: Bytes },
     /// A response upstream on the flow its request came in on; `dest` is
     /// the UDP destination, or over TCP where to connect if that connection
     /// is gone (RFC 3261 §18.2.2). `code` is set the first time a response
@@ -145,6 +149,8 @@ struct Pending {
     msg: Arc<Message>,
     source: SocketAddr,
     protocol: Protocol,
+    /// The listener it arrived on.
+    listener: usize,
     loop_hash: u64,
     preroute: Preroute,
     /// The server transaction (None for an ACK, which is relayed statelessly).
@@ -178,24 +184,40 @@ pub struct Engine<F> {
     tokens: BranchTokens,
     next_slot: u64,
     out: VecDeque<Output<F>>,
-    /// Our Via prefix and Record-Route value, indexed by `Protocol as usize`.
-    via_prefix: [String; 2],
-    record_route: [String; 2],
+    /// Our Via prefix and Record-Route value, by listener.
+    via_prefix: Vec<String>,
+    record_route: Vec<String>,
+    /// The listener of each protocol when it has only one (no route to
+    /// look up), by `Protocol as usize`.
+    only_listener: [Option<usize>; 2],
 }
 
 impl<F: Clone> Engine<F> {
     pub fn new(config: EngineConfig) -> Self {
-        let host = &config.via_host;
-        let (udp, tcp) = (config.udp_port, config.tcp_port);
+        let listeners = &config.listeners;
+        let only = |protocol: Protocol| {
+            let mut of_protocol = listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.protocol == protocol);
+            match (of_protocol.next(), of_protocol.next()) {
+                (Some((index, _)), None) => Some(index),
+                _ => None,
+            }
+        };
         Engine {
-            via_prefix: [
-                format!("SIP/2.0/UDP {host}:{udp};branch="),
-                format!("SIP/2.0/TCP {host}:{tcp};branch="),
-            ],
-            record_route: [
-                format!("<sip:{host}:{udp};lr>"),
-                format!("<sip:{host}:{tcp};transport=tcp;lr>"),
-            ],
+            via_prefix: listeners
+                .iter()
+                .map(|l| format!("SIP/2.0/{} {};branch=", l.protocol.as_str(), l.sent_by))
+                .collect(),
+            record_route: listeners
+                .iter()
+                .map(|l| match l.protocol {
+                    Protocol::Udp => format!("<sip:{};lr>", l.sent_by),
+                    Protocol::Tcp => format!("<sip:{};transport=tcp;lr>", l.sent_by),
+                })
+                .collect(),
+            only_listener: [only(Protocol::Udp), only(Protocol::Tcp)],
             tokens: BranchTokens::new(config.branch_secret),
             config,
             servers: FastMap::default(),
@@ -228,9 +250,34 @@ impl<F: Clone> Engine<F> {
         self.config.timers
     }
 
-    /// Our Via for `protocol`, its branch written by `branch`.
-    fn via_value(&self, protocol: Protocol, branch: impl FnOnce(&mut String)) -> String {
-        let prefix = &self.via_prefix[protocol as usize];
+    /// The listener a message to `hop` leaves from: the only one of its
+    /// protocol, else the one with the address the routing table picks
+    /// (of the hop's family), else the first of its protocol and family.
+    fn listener_for(&self, hop: &Hop) -> usize {
+        if let Some(only) = self.only_listener[hop.protocol as usize] {
+            return only;
+        }
+        let listeners = &self.config.listeners;
+        let fits =
+            |l: &Listener| l.protocol == hop.protocol && l.local.is_ipv4() == hop.addr.is_ipv4();
+        let routed = (self.config.route)(hop.addr.ip());
+        listeners
+            .iter()
+            .position(|l| fits(l) && Some(l.local.ip()) == routed)
+            .or_else(|| listeners.iter().position(fits))
+            .or_else(|| listeners.iter().position(|l| l.protocol == hop.protocol))
+            .unwrap_or(0)
+    }
+
+    /// Queues a message to `hop`, from the listener that reaches it.
+    fn send(&mut self, hop: Hop, bytes: Bytes) {
+        let from = self.listener_for(&hop);
+        self.out.push_back(Output::Send { hop, from, bytes });
+    }
+
+    /// Our Via for `listener`, its branch written by `branch`.
+    fn via_value(&self, listener: usize, branch: impl FnOnce(&mut String)) -> String {
+        let prefix = self.via_prefix.get(listener).map_or("", String::as_str);
         let mut via = String::with_capacity(prefix.len() + CLIENT_BRANCH_LEN + 8);
         via.push_str(prefix);
         branch(&mut via);
@@ -251,10 +298,14 @@ impl<F: Clone> Engine<F> {
         now: Instant,
         msg: Message,
         source: SocketAddr,
-        protocol: Protocol,
+        listener: usize,
         flow: F,
         draining: bool,
     ) {
+        let Some(protocol) = self.config.listeners.get(listener).map(|l| l.protocol) else {
+            tracing::warn!(listener, "request on an unknown listener; dropped");
+            return;
+        };
         let method = msg.method();
         let key = ServerKey::of(&msg, self.config.branch_secret[0]);
         match method {
@@ -334,6 +385,7 @@ impl<F: Clone> Engine<F> {
                 request: Some(msg.clone()),
                 flow: flow.clone(),
                 protocol,
+                listener,
                 source,
                 reply_to,
                 invite,
@@ -365,6 +417,7 @@ impl<F: Clone> Engine<F> {
                 msg: msg.clone(),
                 source,
                 protocol,
+                listener,
                 loop_hash,
                 preroute: preroute.clone(),
                 slot,
@@ -887,6 +940,7 @@ impl<F: Clone> Engine<F> {
             msg,
             source: tx.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |tx| tx.source),
             protocol: tx.map_or(Protocol::Udp, |tx| tx.protocol),
+            listener: tx.map_or(0, |tx| tx.listener),
             loop_hash: tx.map_or(0, |tx| tx.loop_hash),
             preroute: tx.map(|tx| tx.preroute.clone()).unwrap_or_default(),
             slot: Some(slot),
@@ -905,16 +959,28 @@ impl<F: Clone> Engine<F> {
         let msg = &pending.msg;
         let hop = plan.hop;
         let token = pending.slot.map(|_| self.fresh_token());
-        let via = self.via_value(hop.protocol, |out| match token {
+        let out_listener = self.listener_for(&hop);
+        let via = self.via_value(out_listener, |out| match token {
             Some(token) => push_client_branch(out, pending.loop_hash, token),
             None => {
                 let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
                 push_stateless_branch(out, pending.loop_hash, upstream)
             }
         });
-        let record_route = decision
-            .record_route
-            .then(|| self.record_route[pending.protocol as usize].as_str());
+        let double;
+        let record_route = match (decision.record_route, pending.listener == out_listener) {
+            (false, _) => None,
+            (true, true) => self.record_route.get(out_listener).map(String::as_str),
+            (true, false) => {
+                // RFC 5658: leaving by another interface, address family or
+                // transport, the route set names us once for each side, the
+                // outbound one on top (the callee's first hop), the inbound
+                // one next (the caller's).
+                let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
+                double = format!("{}, {}", name(out_listener), name(pending.listener));
+                Some(double.as_str())
+            }
+        };
         let bytes = Bytes::from(forward::forward_request(
             msg,
             &ForwardEdits {
@@ -929,10 +995,7 @@ impl<F: Clone> Engine<F> {
                 source: pending.source,
             },
         ));
-        self.out.push_back(Output::Send {
-            hop: hop.clone(),
-            bytes: bytes.clone(),
-        });
+        self.send(hop.clone(), bytes.clone());
         let (Some(slot), Some(token)) = (pending.slot, token) else {
             return;
         };
@@ -1020,10 +1083,7 @@ impl<F: Clone> Engine<F> {
         let cancel = Bytes::from(build::cancel(&sent));
         let hop = client.hop.clone();
         let loop_hash = client.loop_hash;
-        self.out.push_back(Output::Send {
-            hop: hop.clone(),
-            bytes: cancel.clone(),
-        });
+        self.send(hop.clone(), cancel.clone());
         let owner = TimerOwner::Cancel(token);
         if !hop.protocol.is_reliable() {
             self.timers.arm(now, settings.t1, owner, TimerKind::E);
@@ -1166,7 +1226,7 @@ impl<F: Clone> Engine<F> {
             // A retransmitted final: re-send an INVITE's ACK, absorb the rest.
             if client.invite && client.state == ClientState::Completed {
                 let (hop, ack) = (client.hop.clone(), client.request.clone());
-                self.out.push_back(Output::Send { hop, bytes: ack });
+                self.send(hop, ack);
             }
             return;
         }
@@ -1225,7 +1285,7 @@ impl<F: Clone> Engine<F> {
         // From now on the ACK is what a retransmitted final gets.
         client.request = ack.clone();
         let hop = client.hop.clone();
-        self.out.push_back(Output::Send { hop, bytes: ack });
+        self.send(hop, ack);
     }
 
     fn forward_provisional(&mut self, slot: u64, msg: &Message) {
@@ -1365,10 +1425,7 @@ impl<F: Clone> Engine<F> {
             Protocol::Udp
         };
         let bytes = Bytes::from(forward::strip_top_via(msg));
-        self.out.push_back(Output::Send {
-            hop: Hop { addr, protocol },
-            bytes,
-        });
+        self.send(Hop { addr, protocol }, bytes);
     }
 
     // ----- responses from here --------------------------------------------
@@ -1606,7 +1663,7 @@ impl<F: Clone> Engine<F> {
         (after, owner, kind): (Duration, TimerOwner, TimerKind),
     ) {
         self.timers.arm(now, after, owner, kind);
-        self.out.push_back(Output::Send { hop, bytes });
+        self.send(hop, bytes);
     }
 
     /// A branch got no final response in time: an INVITE branch counts as a
@@ -1675,12 +1732,14 @@ impl<F: Clone> Engine<F> {
     /// `probe`.
     pub fn start_probe(&mut self, now: Instant, probe: u64, uri: &str, hop: Hop, call_id: &str) {
         let token = self.fresh_token();
-        let via = self.via_value(hop.protocol, |out| push_client_branch(out, 0, token));
-        let from = format!(
-            "<sip:siphon@{}>;tag={}",
-            self.config.via_host,
-            build::new_tag()
-        );
+        let out_listener = self.listener_for(&hop);
+        let via = self.via_value(out_listener, |out| push_client_branch(out, 0, token));
+        let host = self
+            .config
+            .listeners
+            .get(out_listener)
+            .map_or("invalid", Listener::host);
+        let from = format!("<sip:siphon@{host}>;tag={}", build::new_tag());
         let to = format!("<{uri}>");
         let bytes = Bytes::from(build::request(
             "OPTIONS",
@@ -1692,10 +1751,7 @@ impl<F: Clone> Engine<F> {
             1,
             &[],
         ));
-        self.out.push_back(Output::Send {
-            hop: hop.clone(),
-            bytes: bytes.clone(),
-        });
+        self.send(hop.clone(), bytes.clone());
         let client = ClientTx::new(
             Owner::Probe { probe, sent: now },
             0,

@@ -112,6 +112,8 @@ pub struct ServerTx<F> {
     pub request: Option<Arc<Message>>,
     pub flow: F,
     pub protocol: Protocol,
+    /// The listener the request arrived on.
+    pub listener: usize,
     /// Where the request came from (a CANCEL must come from there too).
     pub source: SocketAddr,
     /// Where responses go: over UDP the Via's answer address; over TCP the

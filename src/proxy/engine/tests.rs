@@ -87,16 +87,28 @@ struct Harness {
     failure_runs: Vec<FailureRun>,
 }
 
+/// The proxy of most tests: UDP and TCP on 192.0.2.1:5060, listeners 0
+/// and 1 (so `protocol as usize` is the listener a request arrives on).
+fn one_address() -> Vec<Listener> {
+    vec![
+        Listener::new(Protocol::Udp, addr(PROXY), None),
+        Listener::new(Protocol::Tcp, addr(PROXY), None),
+    ]
+}
+
 impl Harness {
     fn new() -> Self {
-        let local = LocalIdentity::new(&["proxy.example".to_string()], None, &[addr(PROXY)]);
+        Harness::with_listeners(one_address(), Arc::new(|_| None))
+    }
+
+    fn with_listeners(listeners: Vec<Listener>, route: RouteLookup) -> Self {
+        let local = LocalIdentity::new(&["proxy.example".to_string()], &listeners);
         Harness {
             engine: Engine::new(EngineConfig {
                 timers: settings(),
                 local: Arc::new(local),
-                via_host: "192.0.2.1".into(),
-                udp_port: 5060,
-                tcp_port: 5060,
+                listeners,
+                route,
                 branch_secret: [7, 9],
                 drain_secs: 7,
             }),
@@ -126,8 +138,13 @@ impl Harness {
 
     /// A request from `source`; returns the script run it asks for, if any.
     fn receive(&mut self, msg: Message, source: &str, protocol: Protocol) -> Option<ScriptRun> {
+        self.receive_on(msg, source, protocol as usize)
+    }
+
+    /// A request from `source` on listener `listener`.
+    fn receive_on(&mut self, msg: Message, source: &str, listener: usize) -> Option<ScriptRun> {
         self.engine
-            .handle_request(self.now, msg, addr(source), protocol, 1, false);
+            .handle_request(self.now, msg, addr(source), listener, 1, false);
         self.collect();
         let index = self
             .out
@@ -1079,3 +1096,4 @@ fn our_own_responses_carry_received_and_rport() {
 }
 
 mod failover;
+mod multihomed;

@@ -434,8 +434,7 @@ fn a_draining_proxy_refuses_new_invites_and_options_with_retry_after() {
     let mut h = Harness::new();
     for method in ["INVITE", "OPTIONS"] {
         let msg = request(method, "sip:proxy.example", "z9hG4bK-drain", "drain", "");
-        h.engine
-            .handle_request(h.now, msg, addr(UAC), Protocol::Udp, 1, true);
+        h.engine.handle_request(h.now, msg, addr(UAC), 0, 1, true);
         h.collect();
         let replies = h.replies();
         assert_eq!(replies.len(), 1);
