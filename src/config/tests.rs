@@ -819,7 +819,10 @@ fn listeners_take_an_advertised_name_of_their_own() {
             advertise: Some("sip.example.com:5080".into()),
         }
     );
-    assert_eq!(config.listen.tcp[0].advertise.as_deref(), Some("[2001:db8::5]"));
+    assert_eq!(
+        config.listen.tcp[0].advertise.as_deref(),
+        Some("[2001:db8::5]")
+    );
     assert_eq!(config.advertise.as_deref(), Some("lb.example.com"));
 
     for (listen, expected) in [
@@ -828,12 +831,20 @@ fn listeners_take_an_advertised_name_of_their_own() {
             "listen.udp[0].advertise: `sip.example.com:0` is not a host",
         ),
         ("{advertise: \"x\"}", "missing field `address`"),
-        ("{address: \"0.0.0.0:5070\", port: 1}", "unknown field `port`"),
+        (
+            "{address: \"0.0.0.0:5070\", port: 1}",
+            "unknown field `port`",
+        ),
         ("\"0.0.0.0\"", "listen.udp[0]"),
     ] {
-        let error = error_of(&format!("listen: {{udp: [{listen}]}}\nscript: {{path: /srv/lb.py}}\n"));
+        let error = error_of(&format!(
+            "listen: {{udp: [{listen}]}}\nscript: {{path: /srv/lb.py}}\n"
+        ));
         assert!(error.contains(expected), "{listen}: {error}");
     }
     let bad_global = error_of("advertise: \"a.example.com:x\"\nscript: {path: /srv/lb.py}\n");
-    assert!(bad_global.contains("advertise: `a.example.com:x` is not a host"), "{bad_global}");
+    assert!(
+        bad_global.contains("advertise: `a.example.com:x` is not a host"),
+        "{bad_global}"
+    );
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod gateway;
+pub mod netns;
 
 /// Loopback address every test binds and targets.
 pub const LOCALHOST: &str = "127.0.0.1";
@@ -173,6 +174,22 @@ impl Siphon {
     /// Like `start`, but returns the failure (with the log tail) instead of
     /// panicking.
     pub fn try_start(yaml_template: &str, script_text: &str) -> Result<Siphon, String> {
+        Siphon::try_start_in(None, yaml_template, script_text)
+    }
+
+    /// Like `start`, inside network namespace NS (see `netns.rs`).
+    pub fn start_in_netns(ns: &str, yaml_template: &str, script_text: &str) -> Siphon {
+        match Siphon::try_start_in(Some(ns), yaml_template, script_text) {
+            Ok(siphon) => siphon,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    fn try_start_in(
+        netns: Option<&str>,
+        yaml_template: &str,
+        script_text: &str,
+    ) -> Result<Siphon, String> {
         let dir = tempfile::Builder::new()
             .prefix("siphon-e2e-")
             .tempdir()
@@ -182,7 +199,16 @@ impl Siphon {
         fs::write(dir.path().join("siphon.yaml"), config).map_err(|e| e.to_string())?;
         fs::write(dir.path().join("script.py"), script_text).map_err(|e| e.to_string())?;
         let log = fs::File::create(dir.path().join("siphon.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        let mut command = match netns {
+            Some(ns) => {
+                // `ip netns exec` execs the binary: the pid is siphon's.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_siphon")]);
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_siphon")),
+        };
+        let child = command
             .arg("--config")
             .arg(dir.path().join("siphon.yaml"))
             .current_dir(dir.path())
@@ -392,6 +418,8 @@ pub struct SippSpec {
     keys: Vec<(String, String)>,
     trace_messages: bool,
     inf: Option<PathBuf>,
+    /// Run inside this network namespace, bound to `local_ip`.
+    netns: Option<(String, String)>,
 }
 
 impl SippSpec {
@@ -410,6 +438,7 @@ impl SippSpec {
             keys: vec![("tp".to_owned(), transport.param().to_owned())],
             trace_messages: false,
             inf: None,
+            netns: None,
         }
     }
 
@@ -454,6 +483,12 @@ impl SippSpec {
         self
     }
 
+    /// Run in network namespace NS, bound to LOCAL_IP (see `netns.rs`).
+    pub fn in_netns(mut self, ns: &str, local_ip: &str) -> SippSpec {
+        self.netns = Some((ns.to_owned(), local_ip.to_owned()));
+        self
+    }
+
     /// Call fields from a CSV file (`-inf`).
     pub fn inf(mut self, csv: &Path) -> SippSpec {
         self.inf = Some(csv.to_owned());
@@ -475,13 +510,21 @@ impl SippSpec {
     pub fn spawn(self, dir: &Path) -> Sipp {
         let file = |suffix: &str| dir.join(format!("{}_{suffix}", self.name));
         let scenario = scenario_dir().join(&self.scenario);
-        let mut cmd = Command::new("sipp");
+        let mut cmd = match &self.netns {
+            Some((ns, _)) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "sipp"]);
+                cmd
+            }
+            None => Command::new("sipp"),
+        };
         if let Some(target) = self.target {
             cmd.arg(target.to_string());
         }
+        let local_ip = self.netns.as_ref().map_or(LOCALHOST, |(_, ip)| ip.as_str());
         cmd.arg("-sf")
             .arg(&scenario)
-            .args(["-i", LOCALHOST, "-p", &self.port.to_string()])
+            .args(["-i", local_ip, "-p", &self.port.to_string()])
             .args(["-t", self.transport.sipp_mode()])
             .args(["-m", &self.calls.to_string()])
             .args(["-r", &self.rate.to_string()])
@@ -517,9 +560,12 @@ impl SippSpec {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn sipp (is sip-tester installed?): {e}"));
-        if self.target.is_none() {
+        if self.target.is_none() && self.netns.is_none() {
             // A callee: wait until it listens, so the first call finds it.
             wait_until_bound(self.port, self.transport, Duration::from_secs(5));
+        } else if self.target.is_none() {
+            // In a namespace its port cannot be probed from here.
+            thread::sleep(Duration::from_millis(500));
         }
         Sipp {
             child,
