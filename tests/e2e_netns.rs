@@ -183,3 +183,40 @@ fn tcp_ipv6_calls_hung_up_by_either_side_cross_the_proxy() {
         backend: Transport::Tcp,
     });
 }
+
+/// Without namespaces (no root needed): siphon on the IPv6 loopback only,
+/// an IPv6 destination, and the admin API on `[::1]`.
+#[test]
+fn ipv6_loopback_calls_and_admin_api() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    let admin_port = common::free_port();
+    let callee = SippSpec::new("uas_v6", "uas_call.xml", Transport::Udp)
+        .local_ip("::1")
+        .spawn(dir);
+    let callee_port = callee.port;
+    let config = format!(
+        "listen: {{udp: [\"[::1]:@PORT@\"], tcp: []}}\n\
+         script: {{path: \"script.py\"}}\n\
+         gateway:\n  groups:\n    - name: \"backends\"\n      algorithm: hash\n      destinations:\n        - uri: \"sip:[::1]:{}\"\n\
+         admin: {{listen: \"[::1]:{admin_port}\"}}\n",
+        callee_port
+    );
+    let siphon = Siphon::start(&config, &seed_lb_script());
+    let lb = format!("[::1]:{}", siphon.port);
+    let caller = SippSpec::new("uac_v6", "uac_call.xml", Transport::Udp)
+        .local_ip("::1")
+        .target(lb.parse().expect("lb"))
+        .key("uas", &lb)
+        .key("service", "bob")
+        .spawn(dir);
+    let (caller, callee) = (caller.wait(), callee.wait());
+    common::assert_all_succeeded(&[&caller, &callee]);
+    let admin: std::net::SocketAddr = format!("[::1]:{admin_port}").parse().expect("admin");
+    let listing = common::get_json(admin, "/admin/gateways");
+    let address = &listing["groups"][0]["destinations"][0]["address"];
+    assert_eq!(
+        address.as_str(),
+        Some(format!("[::1]:{callee_port}").as_str())
+    );
+}

@@ -457,6 +457,26 @@ body";
     }
 
     #[test]
+    fn ipv6_sources_are_stamped_and_followed_back() {
+        let source: SocketAddr = "[2001:db8:1::10]:40000".parse().unwrap();
+        let stamped = stamp_via(
+            "SIP/2.0/UDP [2001:db8:1::10]:5060;branch=z9hG4bK1;rport",
+            source,
+        )
+        .expect("rport is filled in");
+        assert_eq!(
+            stamped,
+            "SIP/2.0/UDP [2001:db8:1::10]:5060;branch=z9hG4bK1;rport=40000;received=2001:db8:1::10"
+        );
+        let via = Via::parse(&stamped).expect("parses");
+        assert_eq!(response_destination(&via), Some(source));
+        // Behind NAT: the sent-by is another address.
+        let natted = stamp_via("SIP/2.0/UDP [2001:db8:9::1]:5060;branch=z9hG4bK2", source)
+            .expect("received added");
+        assert!(natted.ends_with(";received=2001:db8:1::10"), "{natted}");
+    }
+
+    #[test]
     fn a_received_the_sender_wrote_is_replaced_by_the_real_source() {
         let source = "10.0.0.9:5061".parse().unwrap();
         assert_eq!(

@@ -418,8 +418,10 @@ pub struct SippSpec {
     keys: Vec<(String, String)>,
     trace_messages: bool,
     inf: Option<PathBuf>,
-    /// Run inside this network namespace, bound to `local_ip`.
-    netns: Option<(String, String)>,
+    /// Run inside this network namespace.
+    netns: Option<String>,
+    /// Bind here instead of 127.0.0.1.
+    local_ip: Option<String>,
 }
 
 impl SippSpec {
@@ -439,6 +441,7 @@ impl SippSpec {
             trace_messages: false,
             inf: None,
             netns: None,
+            local_ip: None,
         }
     }
 
@@ -485,7 +488,13 @@ impl SippSpec {
 
     /// Run in network namespace NS, bound to LOCAL_IP (see `netns.rs`).
     pub fn in_netns(mut self, ns: &str, local_ip: &str) -> SippSpec {
-        self.netns = Some((ns.to_owned(), local_ip.to_owned()));
+        self.netns = Some(ns.to_owned());
+        self.local_ip(local_ip)
+    }
+
+    /// Bind to LOCAL_IP (`::1`, say) instead of 127.0.0.1.
+    pub fn local_ip(mut self, local_ip: &str) -> SippSpec {
+        self.local_ip = Some(local_ip.to_owned());
         self
     }
 
@@ -511,7 +520,7 @@ impl SippSpec {
         let file = |suffix: &str| dir.join(format!("{}_{suffix}", self.name));
         let scenario = scenario_dir().join(&self.scenario);
         let mut cmd = match &self.netns {
-            Some((ns, _)) => {
+            Some(ns) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns, "sipp"]);
                 cmd
@@ -521,7 +530,7 @@ impl SippSpec {
         if let Some(target) = self.target {
             cmd.arg(target.to_string());
         }
-        let local_ip = self.netns.as_ref().map_or(LOCALHOST, |(_, ip)| ip.as_str());
+        let local_ip = self.local_ip.as_deref().unwrap_or(LOCALHOST);
         cmd.arg("-sf")
             .arg(&scenario)
             .args(["-i", local_ip, "-p", &self.port.to_string()])
@@ -560,11 +569,12 @@ impl SippSpec {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn sipp (is sip-tester installed?): {e}"));
-        if self.target.is_none() && self.netns.is_none() {
+        if self.target.is_none() && self.local_ip.is_none() {
             // A callee: wait until it listens, so the first call finds it.
             wait_until_bound(self.port, self.transport, Duration::from_secs(5));
         } else if self.target.is_none() {
-            // In a namespace its port cannot be probed from here.
+            // On another address (or in a namespace) the probe above cannot
+            // see its port.
             thread::sleep(Duration::from_millis(500));
         }
         Sipp {
