@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run siphon's whole test suite: unit tests plus the end-to-end tests that
-# drive the daemon with sipp, redis-server (the registrar store) and baresip
-# (real softphones).
+# drive the daemon with sipp, redis-server (the registrar store), baresip
+# (real softphones) and, as root, network namespaces (ip netns) for separate
+# caller, proxy and backend hosts.
 #
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
 # apt first. Extra arguments go to the test runner, e.g.
@@ -29,6 +30,7 @@ need() {
 need sipp sip-tester
 need redis-server redis-server
 need baresip baresip-core
+need ip iproute2 # network namespaces for the multi-host tests (as root)
 
 # Build and link against the python3 on PATH (see DESIGN.md: pyo3 + rpath).
 PYO3_PYTHON="$(command -v python3)"
