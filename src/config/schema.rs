@@ -126,10 +126,10 @@ impl FailoverConfig {
                 "must be at least 1 (milliseconds a destination may stay silent)",
             ));
         }
-        if let Some(code) = self.on_codes.iter().find(|c| !(300..700).contains(*c)) {
+        if let Some(code) = self.on_codes.iter().find(|c| !(300..600).contains(*c)) {
             return Err(FieldError::new(
                 "on_codes",
-                format!("{code} is not a final response code from 300 to 699 (a 2xx is never failed over)"),
+                format!("{code} is not a final response code from 300 to 599 (a 2xx is never failed over, and a 6xx ends every branch, RFC 3261 §16.7)"),
             ));
         }
         if self.max_attempts == Some(0) {
@@ -177,8 +177,11 @@ impl PassiveConfig {
                 "must be at least 1 (consecutive failed relays before ejecting)",
             ));
         }
-        if self.eject_secs == 0 {
-            return Err(FieldError::new("eject_secs", "must be at least 1"));
+        if !(1..=3600).contains(&self.eject_secs) {
+            return Err(FieldError::new(
+                "eject_secs",
+                "must be from 1 to 3600 (ejections double up to 300 s anyway)",
+            ));
         }
         Ok(())
     }

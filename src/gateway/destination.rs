@@ -309,6 +309,11 @@ impl Health {
         may_eject: bool,
         now: Instant,
     ) -> Option<Transition> {
+        if self.ejected(now) {
+            // Calls already in flight when it was ejected: they say nothing
+            // new, and must not eject it again the moment it is back.
+            return None;
+        }
         self.passive_failures = self.passive_failures.saturating_add(1);
         if let Some(hold) = retry_after {
             self.hold_for(hold, now);
@@ -317,11 +322,8 @@ impl Health {
         if self.passive_failures < policy.failure_threshold.max(1) || !may_eject {
             return None;
         }
-        if self.ejected(now) {
-            return None;
-        }
         let doubling = 1u32 << self.ejections.min(4);
-        let eject = (policy.eject * doubling).min(MAX_EJECTION);
+        let eject = policy.eject.saturating_mul(doubling).min(MAX_EJECTION);
         self.ejections = self.ejections.saturating_add(1);
         self.passive_failures = 0;
         self.ejection = Some(Ejection {

@@ -652,4 +652,18 @@ mod tests {
         assert!(!view.is_up(1, later), "ejected until a probe succeeds");
         assert!(!view.is_up(2, later), "held by the mark");
     }
+
+    #[test]
+    fn failures_of_calls_in_flight_during_an_ejection_do_not_count() {
+        let start = Instant::now();
+        let mut group = three(Algorithm::Hash)
+            .with_health_policy(passive(3, 30, false), DEFAULT_MAX_RETRY_AFTER);
+        assert_eq!(fail_passively(&mut group, 0, 3, start).len(), 1);
+        assert!(fail_passively(&mut group, 0, 10, start).is_empty());
+        let back = start + Duration::from_secs(30);
+        assert_eq!(group.refresh(back).count(), 1);
+        // Back with a clean slate: one failure does not eject it again.
+        assert!(fail_passively(&mut group, 0, 1, back).is_empty());
+        assert!(group.is_up(0, back));
+    }
 }

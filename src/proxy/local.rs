@@ -22,6 +22,11 @@ impl Listener {
     /// A listener on `local`, named by `advertise` (`host`, `host:port`,
     /// `[v6]` or `[v6]:port`) when given.
     pub fn new(protocol: Protocol, local: SocketAddr, advertise: Option<&str>) -> Self {
+        // A bare IPv6 address gets the brackets a URI needs.
+        let bracketed = advertise
+            .filter(|name| name.trim().parse::<std::net::Ipv6Addr>().is_ok())
+            .map(|name| format!("[{}]", name.trim()));
+        let advertise = bracketed.as_deref().or(advertise);
         let sent_by = match advertise.map(split_host_port) {
             Some((host, Some(port))) => format!("{host}:{port}"),
             Some((host, None)) => format!("{host}:{}", local.port()),
@@ -136,6 +141,9 @@ mod tests {
         assert_eq!(v6.host(), "[2001:db8::1]");
         let v6_advertised = Listener::new(Protocol::Udp, local, Some("[2001:db8::9]:5070"));
         assert_eq!(v6_advertised.sent_by, "[2001:db8::9]:5070");
+        let v6_bare = Listener::new(Protocol::Udp, local, Some("2001:db8::9"));
+        assert_eq!(v6_bare.sent_by, "[2001:db8::9]:5060");
+        assert_eq!(v6_bare.host(), "[2001:db8::9]");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct ClientTx {
     pub accepted: bool,
     /// The branch was given up for another: no more retransmissions.
     pub abandoned: bool,
+    /// Its failure went to its destination's passive health already.
+    pub failure_reported: bool,
 }
 
 impl ClientTx {
@@ -85,6 +87,7 @@ impl ClientTx {
             candidate: None,
             accepted: false,
             abandoned: false,
+            failure_reported: false,
         }
     }
 }

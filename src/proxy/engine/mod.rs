@@ -503,6 +503,7 @@ impl<F: Clone> Engine<F> {
         tx.cancelled = true;
         let branches = tx.branches.clone();
         let hook_running = matches!(tx.failure_hook, FailureHook::Running(_));
+        let nothing_pending = tx.context.branches_pending() == 0;
         self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
         if done {
             return;
@@ -512,7 +513,9 @@ impl<F: Clone> Engine<F> {
             self.send_best(slot, now);
             return;
         }
-        if branches.is_empty() {
+        if nothing_pending {
+            // No branch is running (none yet, or the script answered only
+            // provisionally after they ended): 487 from here.
             self.reply_local(slot, 487, "Request Terminated", &[], now);
             return;
         }
@@ -802,11 +805,16 @@ impl<F: Clone> Engine<F> {
     fn gateway_failed(
         &mut self,
         now: Instant,
-        slot: u64,
-        index: usize,
+        (slot, token, index): (u64, u64, usize),
         failure: RelayFailure,
         retry_after: Option<Duration>,
     ) -> bool {
+        // A branch counts once for its destination's health, whatever else
+        // befalls it (silence, then Timer B; a link failure, then silence).
+        let first_report = self
+            .clients
+            .get_mut(&token)
+            .is_some_and(|client| !std::mem::replace(&mut client.failure_reported, true));
         let Some(tx) = self.servers.get_mut(&slot) else {
             return false;
         };
@@ -815,7 +823,7 @@ impl<F: Clone> Engine<F> {
         };
         let group = failover.relay.group.clone();
         let failed = failover.relay.candidates.get(index).map(|c| c.uri.clone());
-        if let Some(uri) = &failed {
+        if let (Some(uri), true) = (&failed, first_report) {
             self.out.push_back(Output::Health(HealthReport {
                 group: group.clone(),
                 uri: uri.clone(),
@@ -846,8 +854,10 @@ impl<F: Clone> Engine<F> {
     }
 
     /// A candidate branch answered `code`: a success for its destination's
-    /// passive health when below 500, and a 101–299 takes the call.
-    fn gateway_answered(&mut self, slot: u64, index: usize, code: u16) {
+    /// passive health when from 101 to 499 (a 100 proves only that the
+    /// host is up), and a 101–299 takes the call, unless the branch was
+    /// given up for another already.
+    fn gateway_answered(&mut self, slot: u64, index: usize, code: u16, abandoned: bool) {
         let Some(failover) = self
             .servers
             .get_mut(&slot)
@@ -855,14 +865,14 @@ impl<F: Clone> Engine<F> {
         else {
             return;
         };
-        if (101..300).contains(&code) {
+        if (101..300).contains(&code) && !abandoned {
             failover.accepted = true;
         }
         let group = &failover.relay.group;
         let Some(candidate) = failover.relay.candidates.get_mut(index) else {
             return;
         };
-        if code < 500 && std::mem::take(&mut candidate.report_success) {
+        if (101..500).contains(&code) && std::mem::take(&mut candidate.report_success) {
             self.out.push_back(Output::Health(HealthReport {
                 group: group.clone(),
                 uri: candidate.uri.clone(),
@@ -918,7 +928,12 @@ impl<F: Clone> Engine<F> {
         else {
             return;
         };
-        if !self.gateway_failed(now, slot, index, failure, None) {
+        if !self.gateway_failed(now, (slot, token, index), failure, None) {
+            if failure == RelayFailure::Transport {
+                // Nowhere left to go, and nothing will come over a dead
+                // link: the branch ends now rather than at Timer B.
+                self.branch_timeout(token, now, "transport error");
+            }
             return;
         }
         let Some(client) = self.clients.get_mut(&token) else {
@@ -1171,8 +1186,9 @@ impl<F: Clone> Engine<F> {
             }
         };
         let candidate = client.candidate;
+        let abandoned = client.abandoned;
         if let Some(index) = candidate {
-            self.gateway_answered(slot, index, code);
+            self.gateway_answered(slot, index, code, abandoned);
         }
         let Some(client) = self.clients.get_mut(&token) else {
             return;
@@ -1191,10 +1207,13 @@ impl<F: Clone> Engine<F> {
             if code > 100 && !client.cancel_sent {
                 client.timer_c_due = now + settings.timer_c;
             }
+            let abandoned = client.abandoned;
             if std::mem::take(&mut client.cancel_pending) {
                 self.cancel_branch(token, now);
             }
-            if code > 100 {
+            // A branch given up for another is being CANCELed: its ringing
+            // or early media is not the caller's.
+            if code > 100 && !abandoned {
                 self.forward_provisional(slot, &msg);
             }
             return;
@@ -1267,7 +1286,7 @@ impl<F: Clone> Engine<F> {
             if let (Some(index), Some(failure)) = (candidate, self.status_failure(slot, code)) {
                 // The next candidate's branch opens before this one settles,
                 // so the context does not conclude in between.
-                self.gateway_failed(now, slot, index, failure, retry_after(&msg));
+                self.gateway_failed(now, (slot, token, index), failure, retry_after(&msg));
             }
             self.branch_done(slot, Some(Candidate::Response(msg)), now);
         }

@@ -485,3 +485,101 @@ fn a_refused_tcp_connection_fails_over_at_once() {
         )]
     );
 }
+
+#[test]
+fn a_late_ringing_from_a_given_up_branch_is_cancelled_not_forwarded() {
+    let mut h = Harness::new();
+    h.relay_to_group(
+        invite("late-180"),
+        gateway(&[0, 1, 2], FailoverPolicy::default()),
+    );
+    let first = h.one_sent_to(BACKEND1);
+    h.run_for(Duration::from_millis(1_000), Duration::from_millis(10));
+    let second = h.sent_to(BACKEND2);
+    assert_eq!(invites(&second), 1);
+    h.take();
+    // The first wakes up and rings: it is CANCELed, the caller hears nothing.
+    h.respond(answer(&first, 180, &[]), BACKEND1);
+    let to_first = h.sent_to(BACKEND1);
+    assert_eq!(to_first.len(), 1);
+    assert_eq!(to_first[0].method(), Some(Method::Cancel));
+    assert!(h.replies().is_empty(), "no 180 from the given-up branch");
+    // It did not take the call: the second's 503 still fails over.
+    h.respond(answer(&second[0], 503, &[]), BACKEND2);
+    assert_eq!(invites(&h.sent_to(BACKEND3)), 1);
+}
+
+#[test]
+fn a_100_is_not_a_success_for_passive_health() {
+    let mut h = Harness::new();
+    let policy = FailoverPolicy {
+        enabled: false,
+        ..FailoverPolicy::default()
+    };
+    let mut relay = gateway(&[0, 1], policy);
+    relay.candidates[0].report_success = true;
+    h.relay_to_group(invite("trying-then-503"), relay);
+    let first = h.one_sent_to(BACKEND1);
+    h.respond(answer(&first, 100, &[]), BACKEND1);
+    h.respond(answer(&first, 503, &[]), BACKEND1);
+    assert_eq!(
+        h.health(),
+        [(
+            "sip:backend1.example".to_string(),
+            Some(RelayFailure::Status(503))
+        )],
+        "only the failure, once"
+    );
+}
+
+#[test]
+fn a_dead_link_to_the_last_candidate_ends_the_call_at_once() {
+    let mut h = Harness::new();
+    let mut relay = gateway(&[0], FailoverPolicy::default());
+    relay.candidates[0].hop.protocol = Protocol::Tcp;
+    h.relay_to_group(invite("last-link"), relay);
+    h.one_sent_to(BACKEND1);
+    h.take();
+    let hop = Hop {
+        addr: addr(BACKEND1),
+        protocol: Protocol::Tcp,
+    };
+    h.engine.handle_link_failure(h.now, &hop);
+    h.collect();
+    assert_eq!(h.reply_codes(), [408], "not after Timer B");
+    assert_eq!(h.health().len(), 1, "reported once");
+    // Its silence limit and Timer B change nothing more.
+    h.run_for(Duration::from_secs(40), Duration::from_millis(100));
+    assert!(h.health().is_empty());
+}
+
+#[test]
+fn a_cancel_after_a_provisional_answer_from_on_failure_gets_487() {
+    let mut h = Harness::new();
+    h.hold_failures = true;
+    h.relay(invite("hook-1xx"), Some("sip:backend1.example"));
+    let first = h.one_sent_to(BACKEND1);
+    h.respond(answer(&first, 486, &[]), BACKEND1);
+    let run = h.failure_runs.pop().expect("on_failure runs");
+    let ringing = Decision {
+        action: Some(Action::Reply {
+            code: 180,
+            reason: None,
+            headers: Vec::new(),
+        }),
+        ..Decision::default()
+    };
+    h.engine
+        .handle_decision(h.now, run.ticket, ringing, &mut hop_of);
+    h.collect();
+    h.take();
+    let cancel = request(
+        "CANCEL",
+        "sip:bob@example.com",
+        "z9hG4bK-hook-1xx",
+        "hook-1xx",
+        "",
+    );
+    assert!(h.receive(cancel, UAC, Protocol::Udp).is_none());
+    assert_eq!(h.distinct_reply_codes(), [200, 487]);
+}
