@@ -11,8 +11,14 @@ REGISTER and the calls to them reach this same node:
   answered 404;
 - a request for any other domain is record-routed and relayed to its
   Request-URI, as a plain proxy does.
+
+With an `auth:` section in the config, a REGISTER must carry digest
+credentials of the user it registers (401 challenge, 403 for someone
+else's AoR), and a new request from one of our own users (From in a local
+domain) must carry proxy credentials (407), so nobody can register or call
+as someone else.
 """
-from siphon import proxy, registrar, log
+from siphon import auth, proxy, registrar, log
 
 
 @proxy.on_request
@@ -30,8 +36,17 @@ def route(request):
             request.reply(200)
             return
         if request.method == "REGISTER":
+            if auth.enabled:
+                if not auth.check(request):
+                    return  # challenged (401)
+                if request.to_uri is None or request.to_uri.user != request.auth_user:
+                    log.info(f"REGISTER for {request.to_uri} by user {request.auth_user}: refused")
+                    request.reply(403, "Forbidden")
+                    return
             registrar.save(request)
             return
+        if auth.enabled and from_our_user(request) and not auth.check(request):
+            return  # challenged
         contacts = registrar.lookup(request.ruri)
         if not contacts:
             log.info(f"{request.method} {request.ruri}: no registered contact")
@@ -42,6 +57,13 @@ def route(request):
         request.fork(contacts)
         return
 
+    if auth.enabled and from_our_user(request) and not auth.check(request):
+        return  # challenged (407)
     log.debug(f"relay {request.method} {request.ruri} from {request.source_ip}:{request.source_port}")
     request.record_route()
     request.relay()
+
+
+def from_our_user(request):
+    """A request claiming to come from one of our subscribers."""
+    return request.from_uri is not None and request.from_uri.is_local and request.method != "ACK"

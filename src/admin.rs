@@ -26,6 +26,8 @@ pub struct AdminContext {
     pub registrations: Option<Arc<dyn RegistrationAdmin>>,
     /// What `/metrics` encodes.
     pub metrics: &'static crate::metrics::Metrics,
+    /// Bans at the edge: listed and lifted.
+    pub edge: Arc<crate::actors::edge::Edge>,
 }
 
 /// The gateway operations the admin API needs.
@@ -89,6 +91,8 @@ pub fn router(ctx: Shared) -> Router {
             "/admin/registrations/{*aor}",
             get(registrations).delete(delete_registrations),
         )
+        .route("/admin/bans", get(bans))
+        .route("/admin/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
@@ -241,6 +245,39 @@ async fn delete_registrations(State(ctx): State<Shared>, Path(aor): Path<String>
             Json(json!({ "aor": aor, "removed": registrar.remove(&aor) })).into_response()
         }
         None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
+    }
+}
+
+/// `GET /admin/bans`: the sources banned at the edge, longest first.
+async fn bans(State(ctx): State<Shared>) -> Response {
+    let bans: Vec<Value> = ctx
+        .edge
+        .bans()
+        .into_iter()
+        .map(|ban| {
+            json!({
+                "ip": ban.ip.to_string(),
+                "remaining_secs": ban.remaining_secs,
+                "reason": ban.reason.as_str(),
+                "dropped": ban.dropped,
+            })
+        })
+        .collect();
+    Json(json!({ "bans": bans })).into_response()
+}
+
+/// `DELETE /admin/bans/{ip}`: lifts one ban.
+async fn lift_ban(State(ctx): State<Shared>, Path(ip): Path<String>) -> Response {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{ip:?} is not an IP address"),
+        );
+    };
+    if ctx.edge.lift(addr) {
+        Json(json!({ "lifted": addr.to_string() })).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("{addr} is not banned"))
     }
 }
 

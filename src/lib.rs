@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod registrar;
 pub mod script;
+pub mod security;
 pub mod server;
 pub mod sip;

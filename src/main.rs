@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(&config.log.level, config.log.format) {
         return fail(&format!("{}: log: {e}", path.display()));
     }
-    let services = ScriptServices::new(siphon::metrics::get());
+    let services = match ScriptServices::for_config(siphon::metrics::get(), &config) {
+        Ok(services) => services,
+        Err(e) => return fail(&format!("{}: {e}", path.display())),
+    };
     let script = match ScriptEngine::load(&config.script.path, &services) {
         Ok(script) => script,
         Err(e) => return fail(&e),

@@ -62,6 +62,17 @@ pub struct Metrics {
     pub registrations_active: Gauge,
     pub malformed: Family<TransportLabels, Counter>,
     pub ingress_dropped: Counter,
+    pub edge_drops: Family<ReasonLabels, Counter>,
+    pub edge_bans: Gauge,
+    pub transactions_refused: Counter,
+    pub tcp_refused: Family<ReasonLabels, Counter>,
+    pub script_timeouts: Counter,
+    pub auth_checks: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 /// The handles one gateway destination updates, created once per destination.
@@ -95,6 +106,12 @@ impl Metrics {
             registrations_active: Gauge::default(),
             malformed: Family::default(),
             ingress_dropped: Counter::default(),
+            edge_drops: Family::default(),
+            edge_bans: Gauge::default(),
+            transactions_refused: Counter::default(),
+            tcp_refused: Family::default(),
+            script_timeouts: Counter::default(),
+            auth_checks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +189,36 @@ impl Metrics {
             "Messages dropped because a transaction shard's queue was full",
             m.ingress_dropped.clone(),
         );
+        registry.register(
+            "edge_dropped",
+            "Messages from untrusted sources dropped at the edge, by reason",
+            m.edge_drops.clone(),
+        );
+        registry.register(
+            "edge_bans",
+            "Sources banned at the last edge summary",
+            m.edge_bans.clone(),
+        );
+        registry.register(
+            "transactions_refused",
+            "New requests refused because limits.max_transactions was reached",
+            m.transactions_refused.clone(),
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP connections refused or closed by a limit, by reason",
+            m.tcp_refused.clone(),
+        );
+        registry.register(
+            "script_timeouts",
+            "Script handlers interrupted at script.timeout_ms",
+            m.script_timeouts.clone(),
+        );
+        registry.register(
+            "auth_checks",
+            "auth.check outcomes (ok, challenge, stale)",
+            m.auth_checks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -221,6 +268,24 @@ impl Metrics {
         self.probe_latency.remove(&labels);
         self.probe_failures.remove(&labels);
         self.passive_failures.remove(&labels);
+    }
+
+    pub fn edge_dropped(&self, reason: &'static str) {
+        self.edge_drops
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn tcp_refused(&self, reason: &'static str) {
+        self.tcp_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn auth_check(&self, reason: &'static str) {
+        self.auth_checks
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn failover(&self, group: &str, reason: &'static str) {

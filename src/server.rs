@@ -49,6 +49,8 @@ async fn start(
         config.advertise.as_deref(),
     )
     .map_err(|e| format!("cannot listen: {e}"))?;
+    let edge = crate::actors::edge::Edge::new(config.security.policy());
+    let transports = transports.with_limits(edge.clone(), config.limits.tcp.clone());
     let mut tcp_listeners = Vec::new();
     for socket in tcp_sockets {
         let listener = tokio::net::TcpListener::from_std(socket)
@@ -96,6 +98,7 @@ async fn start(
         gateways,
         gateway_service: gateway_service.clone(),
         drain_secs: config.server.drain_secs,
+        max_transactions: (config.limits.max_transactions / shards_wanted).max(1),
     });
 
     let mut shards = Vec::new();
@@ -138,10 +141,21 @@ async fn start(
         tracing::info!(addr = ?local, "listening on TCP");
     }
 
-    start_http(&config, lifecycle.clone(), &services).await?;
+    start_http(&config, lifecycle.clone(), &services, edge.clone()).await?;
+    // The edge's summary line, and the sweep of its tables, once a minute
+    // (or at the metrics log interval when that is shorter).
+    let summary_every = match config.metrics.log_interval_secs {
+        0 => 60,
+        secs => secs.min(60),
+    };
+    edge.spawn_summary(Duration::from_secs(summary_every));
     log_actor_metrics(Duration::from_secs(config.metrics.log_interval_secs));
+    if let Some(auth) = services.auth.clone() {
+        sweep_nonce_counts(auth);
+    }
     watch_signals(
         script,
+        services.auth.clone(),
         lifecycle.clone(),
         Duration::from_secs(config.server.drain_secs),
     );
@@ -156,7 +170,12 @@ async fn start(
 }
 
 /// SIGHUP reloads the script; SIGTERM/SIGINT drain, then stop.
-fn watch_signals(script: Arc<ScriptEngine>, lifecycle: Arc<Lifecycle>, drain: Duration) {
+fn watch_signals(
+    script: Arc<ScriptEngine>,
+    auth: Option<Arc<crate::script::auth::AuthService>>,
+    lifecycle: Arc<Lifecycle>,
+    drain: Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     actix::spawn(async move {
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
@@ -169,10 +188,17 @@ fn watch_signals(script: Arc<ScriptEngine>, lifecycle: Arc<Lifecycle>, drain: Du
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => match script.reload() {
-                    Ok(()) => tracing::info!(script = %script.path().display(), "script reloaded"),
-                    Err(e) => tracing::error!("script reload failed; keeping the running version: {e}"),
-                },
+                _ = hup.recv() => {
+                    match script.reload() {
+                        Ok(()) => tracing::info!(script = %script.path().display(), "script reloaded"),
+                        Err(e) => tracing::error!("script reload failed; keeping the running version: {e}"),
+                    }
+                    match auth.as_ref().map(|auth| auth.reload()) {
+                        Some(Ok(users)) => tracing::info!(users, "credentials reloaded"),
+                        Some(Err(e)) => tracing::error!("credentials reload failed; keeping the old users: {e}"),
+                        None => {}
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -217,6 +243,17 @@ async fn drain_then_stop(
     System::current().stop();
 }
 
+/// Forgets the nonce counts of expired nonces once a minute.
+fn sweep_nonce_counts(auth: Arc<crate::script::auth::AuthService>) {
+    actix::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            ticker.tick().await;
+            auth.sweep(crate::registrar::unix_now());
+        }
+    });
+}
+
 /// Logs each actor kind's figures every `interval` (0 turns it off).
 fn log_actor_metrics(interval: Duration) {
     if interval.is_zero() {
@@ -237,6 +274,7 @@ async fn start_http(
     config: &Config,
     lifecycle: Arc<Lifecycle>,
     services: &ScriptServices,
+    edge: Arc<crate::actors::edge::Edge>,
 ) -> Result<(), String> {
     let ctx = Arc::new(crate::admin::AdminContext {
         lifecycle,
@@ -247,6 +285,7 @@ async fn start_http(
             .get()
             .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
         metrics: crate::metrics::get(),
+        edge,
     });
     if let Some(addr) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -652,7 +652,7 @@ fn add_group_errors_name_the_key() {
         ),
         (
             r#"[{"uri": "sip:a.example.com", "address": "127.0.0.1:5060"}], probe={"enabled": True, "interval_secs": 0}"#,
-            "probe.interval_secs: must be at least 1",
+            "probe.interval_secs: must be from 1 to 3600",
         ),
         (
             r#"[{"uri": "sip:a.example.com", "address": "127.0.0.1:5060"}], probe={"every": 3}"#,

@@ -40,6 +40,8 @@ pub struct ShardConfig {
     pub gateway_service: Arc<crate::actors::gateway::GatewayService>,
     /// The Retry-After of the 503s sent while draining.
     pub drain_secs: u64,
+    /// Each shard's share of `limits.max_transactions`.
+    pub max_transactions: usize,
     /// The bound on each shard's queue, given back as messages are handled.
     pub ingress: Arc<crate::actors::transport::IngressGate>,
 }
@@ -67,6 +69,7 @@ impl TransactionShard {
             route: crate::actors::transport::route_lookup(),
             branch_secret: [rand::random(), rand::random()],
             drain_secs: config.drain_secs,
+            max_transactions: config.max_transactions,
         });
         TransactionShard {
             id,

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
-use actix::io::{WriteHandler, Writer};
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -21,8 +20,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::actors::transaction::TransactionShard;
-use crate::config::ListenAddr;
+use crate::config::{ListenAddr, TcpLimits};
 use crate::proxy::local::Listener;
+use crate::security::Verdict;
 use crate::sip::{self, Message, ParseErrorKind};
 
 /// Largest SIP message we accept on any transport (RFC 3261 §18.1.1 keeps UDP
@@ -195,6 +195,18 @@ pub struct Transports {
     listeners: Arc<[Listener]>,
     tcp_pool: Arc<Mutex<HashMap<SocketAddr, Addr<TcpConnection>>>>,
     router: Arc<OnceLock<Router>>,
+    /// Who may talk to us (rate limits, bans, scanners).
+    edge: Arc<crate::actors::edge::Edge>,
+    tcp_limits: Arc<TcpLimits>,
+    /// Open TCP connections, in all and per peer IP.
+    tcp_count: Arc<Mutex<TcpCount>>,
+}
+
+/// Counts of open TCP connections, for `limits.tcp`.
+#[derive(Default)]
+struct TcpCount {
+    total: usize,
+    per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
 impl Transports {
@@ -240,10 +252,24 @@ impl Transports {
                 listeners: listeners.into(),
                 tcp_pool: Arc::default(),
                 router: Arc::default(),
+                edge: crate::actors::edge::Edge::open(),
+                tcp_limits: Arc::new(TcpLimits::default()),
+                tcp_count: Arc::default(),
             },
             receivers,
             tcp_sockets,
         ))
+    }
+
+    /// Puts the edge guard and the TCP limits in force (before cloning).
+    pub fn with_limits(mut self, edge: Arc<crate::actors::edge::Edge>, tcp: TcpLimits) -> Self {
+        self.edge = edge;
+        self.tcp_limits = Arc::new(tcp);
+        self
+    }
+
+    pub fn edge(&self) -> &Arc<crate::actors::edge::Edge> {
+        &self.edge
     }
 
     /// Every socket, UDP first (a UDP flow's index is its listener's).
@@ -346,9 +372,12 @@ impl Transports {
         }
     }
 
-    fn forget_tcp(&self, peer: SocketAddr) {
+    /// Removes `conn` from the pool as it stops. It still looks connected
+    /// from inside `stopped()`, so the entry is matched by identity: a newer
+    /// connection to the same peer stays.
+    fn forget_tcp(&self, peer: SocketAddr, conn: &Addr<TcpConnection>) {
         if let Ok(mut pool) = self.tcp_pool.lock() {
-            if pool.get(&peer).is_some_and(|c| !c.connected()) {
+            if pool.get(&peer).is_some_and(|c| c == conn) {
                 pool.remove(&peer);
             }
         }
@@ -502,10 +531,26 @@ pub fn parse_or_answer(
     flow: &Flow,
     transports: &Transports,
 ) -> Option<Message> {
+    let refused = match transports.edge.admit(source.ip()) {
+        Verdict::Pass => None,
+        Verdict::Drop => return None,
+        Verdict::Refuse { retry_after_secs } => Some(retry_after_secs),
+    };
     let err = match sip::parse(bytes) {
+        Ok(msg)
+            if refused.is_some() || msg.is_request() && is_scanner(&msg, source, transports) =>
+        {
+            if let Some(retry_after) = refused {
+                refuse_over_limit(&msg, retry_after, source, flow, transports);
+            }
+            return None;
+        }
         Ok(msg) => return Some(msg),
         Err(err) => err,
     };
+    if refused.is_some() {
+        return None;
+    }
     if err.kind == ParseErrorKind::Keepalive {
         return None;
     }
@@ -531,6 +576,35 @@ pub fn parse_or_answer(
         _ => tracing::debug!(%source, error = %err, "dropped malformed message"),
     }
     None
+}
+
+/// A request whose User-Agent names a scanner: it gets no answer at all.
+fn is_scanner(msg: &Message, source: SocketAddr, transports: &Transports) -> bool {
+    msg.header_named("User-Agent")
+        .is_some_and(|ua| transports.edge.is_scanner(source.ip(), ua))
+}
+
+/// `on_limit: reply`: a limited request gets 503 with the time it must
+/// wait (an ACK, or a response, gets nothing).
+fn refuse_over_limit(
+    msg: &Message,
+    retry_after: u64,
+    source: SocketAddr,
+    flow: &Flow,
+    transports: &Transports,
+) {
+    if !msg.is_request() || msg.method() == Some(sip::Method::Ack) {
+        return;
+    }
+    let retry_after = retry_after.to_string();
+    let reply = sip::build::response(
+        msg,
+        503,
+        "Service Unavailable",
+        None,
+        &[("Retry-After", &retry_after)],
+    );
+    transports.reply(flow, source, Bytes::from(reply));
 }
 
 /// A datagram as received on UDP socket `socket`, or the socket's error.
@@ -675,22 +749,79 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
     fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, _ctx: &mut Self::Context) {
         match item {
             Ok((stream, peer)) => {
+                if let Err(reason) = self.transports.admit_connection(peer) {
+                    crate::metrics::get().tcp_refused(reason);
+                    tracing::debug!(%peer, reason, "TCP connection refused");
+                    return; // dropping the stream closes it
+                }
                 let _ = stream.set_nodelay(true);
                 let transports = self.transports.clone();
                 let index = self.index;
                 let conn = TcpConnection::create(|ctx| {
                     let mut conn = TcpConnection::new(peer, None, transports);
                     conn.listener = index;
+                    conn.counted = true;
                     conn.attach(stream, ctx);
                     conn
                 });
                 self.transports.register_tcp(peer, conn);
             }
-            Err(e) => tracing::warn!(error = %e, "TCP accept failed"),
+            // EMFILE and the like: logged at debug, since a flood of
+            // connections would otherwise flood the log.
+            Err(e) => {
+                crate::metrics::get().tcp_refused("accept_error");
+                tracing::debug!(error = %e, "TCP accept failed");
+            }
         }
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Transports {
+    /// Takes a place for an inbound connection from `peer`, or says which
+    /// limit refuses it. The place is given back by [`Transports::release_connection`].
+    fn admit_connection(&self, peer: SocketAddr) -> Result<(), &'static str> {
+        let ip = peer.ip();
+        if self.edge.refuses_connection(ip) {
+            return Err("banned");
+        }
+        let limits = &self.tcp_limits;
+        let mut count = self.tcp_count.lock().unwrap_or_else(|p| p.into_inner());
+        if count.total >= limits.max_connections {
+            return Err("max_connections");
+        }
+        let per_ip = count.per_ip.get(&ip).copied().unwrap_or(0);
+        if per_ip >= limits.max_per_ip && !self.edge.is_trusted(ip) {
+            return Err("max_per_ip");
+        }
+        count.total += 1;
+        *count.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn release_connection(&self, peer: SocketAddr) {
+        let mut count = self.tcp_count.lock().unwrap_or_else(|p| p.into_inner());
+        count.total = count.total.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut entry) =
+            count.per_ip.entry(peer.ip())
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Open inbound TCP connections (for tests and the bound).
+    pub fn tcp_connections(&self) -> usize {
+        self.tcp_count.lock().map_or(0, |c| c.total)
+    }
+
+    /// Connections held in the pool (for tests and the bound).
+    pub fn tcp_pool_size(&self) -> usize {
+        self.tcp_pool.lock().map_or(0, |p| p.len())
+    }
 }
 
 /// Bytes to write on a TCP connection.
@@ -698,27 +829,52 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
 #[rtype(result = "()")]
 pub struct SendBytes(pub Bytes);
 
-/// One TCP connection, inbound or outbound. Reads are framed by Content-Length;
-/// writes queue until an outbound connect completes.
+/// The connection's writer task failed: the connection closes.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteFailed(io::Error);
+
+/// How often a connection checks its idle and first-message times.
+const TCP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One TCP connection, inbound or outbound. Reads are framed by
+/// Content-Length; writes go through a writer task whose queue is bounded
+/// by `limits.tcp.max_pending_bytes` (a peer that does not read is closed,
+/// not buffered for), and messages wait in `pending` until an outbound
+/// connect completes.
 pub struct TcpConnection {
     peer: SocketAddr,
     connect_to: Option<SocketAddr>,
-    writer: Option<Writer<OwnedWriteHalf, io::Error>>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
+    /// Bytes handed to the writer task and not yet written.
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
     pending: Vec<Bytes>,
     transports: Transports,
     /// The listener its messages count as arriving on.
     listener: usize,
+    /// An inbound connection holding a place in the TCP counts.
+    counted: bool,
+    opened: std::time::Instant,
+    last_activity: std::time::Instant,
+    /// A whole message has arrived on it.
+    delivered: bool,
 }
 
 impl TcpConnection {
     fn new(peer: SocketAddr, connect_to: Option<SocketAddr>, transports: Transports) -> Self {
+        let now = std::time::Instant::now();
         TcpConnection {
             peer,
             connect_to,
             writer: None,
+            unwritten: Arc::default(),
             pending: Vec::new(),
             listener: transports.tcp_listener_of(None),
             transports,
+            counted: false,
+            opened: now,
+            last_activity: now,
+            delivered: false,
         }
     }
 
@@ -733,19 +889,87 @@ impl TcpConnection {
             self.listener = self.transports.tcp_listener_of(stream.local_addr().ok());
         }
         let (read, write) = stream.into_split();
-        ctx.add_stream(FramedRead::new(read, SipStreamCodec));
-        let mut writer = Writer::new(write, ctx);
-        for bytes in self.pending.drain(..) {
-            writer.write(&bytes);
+        ctx.add_stream(FramedRead::new(read, SipStreamCodec::default()));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ctx.spawn(write_all(write, rx, self.unwritten.clone(), ctx.address()).into_actor(self));
+        self.writer = Some(tx);
+        for bytes in std::mem::take(&mut self.pending) {
+            self.write(bytes, ctx);
         }
-        self.writer = Some(writer);
     }
+
+    /// Queues bytes for the writer task, or closes a connection whose peer
+    /// has left more than `max_pending_bytes` unread.
+    fn write(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
+        let Some(writer) = &self.writer else {
+            if self.pending.iter().map(Bytes::len).sum::<usize>() + bytes.len()
+                <= self.transports.tcp_limits.max_pending_bytes
+            {
+                self.pending.push(bytes);
+            }
+            return;
+        };
+        let queued = self.unwritten.load(Ordering::Relaxed) + bytes.len();
+        if queued > self.transports.tcp_limits.max_pending_bytes {
+            crate::metrics::get().tcp_refused("slow_reader");
+            tracing::debug!(peer = %self.peer, queued, "TCP peer does not read; closing");
+            ctx.stop();
+            return;
+        }
+        self.unwritten.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.last_activity = std::time::Instant::now();
+        if writer.send(bytes).is_err() {
+            ctx.stop();
+        }
+    }
+
+    /// Closes an inbound connection that sent no message in time, or any
+    /// connection idle too long.
+    fn check_timers(&mut self, ctx: &mut Context<Self>) {
+        let now = std::time::Instant::now();
+        let limits = &self.transports.tcp_limits;
+        let reason = if self.counted
+            && !self.delivered
+            && now.duration_since(self.opened).as_secs() >= limits.first_message_secs
+        {
+            Some("first_message_timeout")
+        } else if now.duration_since(self.last_activity).as_secs() >= limits.idle_secs {
+            Some("idle")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            crate::metrics::get().tcp_refused(reason);
+            tracing::debug!(peer = %self.peer, reason, "closing TCP connection");
+            ctx.stop();
+        }
+    }
+}
+
+/// The writer task of one connection: writes what it is given in order,
+/// counting down `unwritten`, and reports the first failure.
+async fn write_all(
+    mut write: OwnedWriteHalf,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
+    conn: Addr<TcpConnection>,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(bytes) = queue.recv().await {
+        if let Err(e) = write.write_all(&bytes).await {
+            conn.do_send(WriteFailed(e));
+            return;
+        }
+        unwritten.fetch_sub(bytes.len(), Ordering::Relaxed);
+    }
+    let _ = write.shutdown().await;
 }
 
 impl Actor for TcpConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TCP_CHECK, |conn, ctx| conn.check_timers(ctx));
         let Some(dest) = self.connect_to else {
             return;
         };
@@ -770,9 +994,12 @@ impl Actor for TcpConnection {
         );
     }
 
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
         tracing::debug!(peer = %self.peer, "TCP connection closed");
-        self.transports.forget_tcp(self.peer);
+        self.transports.forget_tcp(self.peer, &ctx.address());
+        if self.counted {
+            self.transports.release_connection(self.peer);
+        }
         // An outbound connection that failed to connect, was reset or was
         // closed leaves whatever was sent on it unanswered.
         if self.connect_to.is_some() {
@@ -786,18 +1013,17 @@ impl Actor for TcpConnection {
 impl Handler<SendBytes> for TcpConnection {
     type Result = ();
 
-    fn handle(&mut self, msg: SendBytes, _ctx: &mut Self::Context) {
-        match &mut self.writer {
-            Some(writer) => writer.write(&msg.0),
-            None => self.pending.push(msg.0),
-        }
+    fn handle(&mut self, msg: SendBytes, ctx: &mut Self::Context) {
+        self.write(msg.0, ctx);
     }
 }
 
-impl WriteHandler<io::Error> for TcpConnection {
-    fn error(&mut self, err: io::Error, _ctx: &mut Self::Context) -> Running {
-        tracing::debug!(peer = %self.peer, error = %err, "TCP write failed");
-        Running::Stop
+impl Handler<WriteFailed> for TcpConnection {
+    type Result = ();
+
+    fn handle(&mut self, failed: WriteFailed, ctx: &mut Self::Context) {
+        tracing::debug!(peer = %self.peer, error = %failed.0, "TCP write failed");
+        ctx.stop();
     }
 }
 
@@ -806,6 +1032,8 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
         match item {
             Ok(bytes) => {
                 let _busy = crate::metrics::actors().tcp.measure();
+                self.last_activity = std::time::Instant::now();
+                self.delivered = true;
                 let flow = Flow::Tcp(ctx.address(), self.listener);
                 accept_bytes(bytes, self.peer, flow, &self.transports);
             }
@@ -818,32 +1046,21 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
 }
 
 /// Frames SIP messages on a byte stream by Content-Length (RFC 3261 §18.3).
-struct SipStreamCodec;
+#[derive(Default)]
+struct SipStreamCodec {
+    framer: sip::framing::StreamFramer,
+}
 
 impl Decoder for SipStreamCodec {
     type Item = Bytes;
     type Error = io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
-        match sip::framing::frame_len(buf) {
+        match self.framer.next_frame(buf) {
             Ok(Some((skip, len))) => {
-                if len > MAX_MESSAGE {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("message of {len} bytes exceeds {MAX_MESSAGE}"),
-                    ));
-                }
                 buf.advance(skip);
-                if buf.len() < len {
-                    buf.reserve(len - buf.len());
-                    return Ok(None);
-                }
                 Ok(Some(buf.split_to(len).freeze()))
             }
-            Ok(None) if buf.len() > MAX_MESSAGE => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "header section exceeds 64 KiB",
-            )),
             Ok(None) => Ok(None),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
         }

@@ -15,6 +15,7 @@
 //! files the config points to (the script) exist.
 
 mod address;
+mod edge;
 mod error;
 mod expand;
 mod schema;
@@ -34,6 +35,11 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use self::address::*;
+use self::edge::*;
+pub use self::edge::{
+    read_credentials_file, AuthConfig, DnsConfig, LimitsConfig, OnLimit, RateLimitConfig,
+    SecurityConfig, TcpLimits,
+};
 pub use self::error::*;
 use self::expand::*;
 pub use self::schema::*;

@@ -18,6 +18,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub transaction: TransactionConfig,
+    pub security: SecurityConfig,
+    pub limits: LimitsConfig,
+    /// Digest credentials; `auth.check` challenges everything without them.
+    pub auth: Option<AuthConfig>,
+    pub dns: DnsConfig,
 }
 
 /// Sockets to bind. `udp: []` disables UDP; at least one listener is required.
@@ -70,6 +75,13 @@ pub struct Domain {
 #[serde(deny_unknown_fields)]
 pub struct ScriptConfig {
     pub path: PathBuf,
+    /// A handler running longer gets an exception raised inside it.
+    #[serde(default = "default_script_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_script_timeout() -> u64 {
+    1000
 }
 
 /// Statically configured gateway groups; scripts may add more at run time.
@@ -120,10 +132,10 @@ impl Default for FailoverConfig {
 
 impl FailoverConfig {
     pub fn check(&self) -> Result<(), FieldError> {
-        if self.no_response_ms == 0 {
+        if !(1..=60_000).contains(&self.no_response_ms) {
             return Err(FieldError::new(
                 "no_response_ms",
-                "must be at least 1 (milliseconds a destination may stay silent)",
+                "must be from 1 to 60000 (milliseconds a destination may stay silent)",
             ));
         }
         if let Some(code) = self.on_codes.iter().find(|c| !(300..600).contains(*c)) {
@@ -171,10 +183,10 @@ impl Default for PassiveConfig {
 
 impl PassiveConfig {
     pub fn check(&self) -> Result<(), FieldError> {
-        if self.failure_threshold == 0 {
+        if !(1..=1000).contains(&self.failure_threshold) {
             return Err(FieldError::new(
                 "failure_threshold",
-                "must be at least 1 (consecutive failed relays before ejecting)",
+                "must be from 1 to 1000 (consecutive failed relays before ejecting)",
             ));
         }
         if !(1..=3600).contains(&self.eject_secs) {
@@ -261,22 +273,25 @@ impl ProbeConfig {
 
     /// Range checks, shared by the config loader and `gateway.add_group`.
     pub fn check(&self) -> Result<(), FieldError> {
-        if self.interval_secs == 0 {
+        if !(1..=3600).contains(&self.interval_secs) {
             return Err(FieldError::new(
                 "interval_secs",
-                "must be at least 1 (seconds between probes)",
+                "must be from 1 to 3600 (seconds between probes)",
             ));
         }
-        if self.failure_threshold == 0 {
+        if !(1..=1000).contains(&self.failure_threshold) {
             return Err(FieldError::new(
                 "failure_threshold",
-                "must be at least 1 (consecutive failures before marking a destination down)",
+                "must be from 1 to 1000 (consecutive failures before marking a destination down)",
             ));
         }
-        if self.timeout_ms == Some(0) {
+        if self
+            .timeout_ms
+            .is_some_and(|ms| !(1..=60_000).contains(&ms))
+        {
             return Err(FieldError::new(
                 "timeout_ms",
-                "must be at least 1, or left out for the default",
+                "must be from 1 to 60000, or left out for the default",
             ));
         }
         Ok(())
@@ -335,10 +350,10 @@ impl GroupConfig {
         self.probe.check().map_err(|e| e.under("probe"))?;
         self.failover.check().map_err(|e| e.under("failover"))?;
         self.passive.check().map_err(|e| e.under("passive"))?;
-        if self.max_retry_after_secs == 0 {
+        if !(1..=86_400).contains(&self.max_retry_after_secs) {
             return Err(FieldError::new(
                 "max_retry_after_secs",
-                "must be at least 1 (seconds)",
+                "must be at least 1 (seconds) and at most 86400",
             ));
         }
         if self.destinations.is_empty() {

@@ -489,11 +489,11 @@ fn probe_ranges_are_checked() {
             ))
     };
     assert!(error_of(&group("{interval_secs: 0}"))
-        .contains("gateway.groups[0].probe.interval_secs: must be at least 1"));
+        .contains("gateway.groups[0].probe.interval_secs: must be from 1 to 3600"));
     assert!(error_of(&group("{failure_threshold: 0}"))
-        .contains("gateway.groups[0].probe.failure_threshold: must be at least 1"));
+        .contains("gateway.groups[0].probe.failure_threshold: must be from 1 to 1000"));
     assert!(error_of(&group("{timeout_ms: 0}"))
-        .contains("gateway.groups[0].probe.timeout_ms: must be at least 1"));
+        .contains("gateway.groups[0].probe.timeout_ms: must be from 1 to 60000"));
 }
 
 #[test]
@@ -600,7 +600,7 @@ fn registrar_expires_must_be_ordered() {
     );
     let no_contacts = error_of("script: {path: /x.py}\nregistrar: {max_contacts: 0}\n");
     assert!(
-        no_contacts.contains("registrar.max_contacts: must be at least 1"),
+        no_contacts.contains("registrar.max_contacts: 0 is out of range; use 1 to 1000"),
         "{no_contacts}"
     );
     let url = error_of(
@@ -637,12 +637,12 @@ fn log_level_must_be_a_level_or_filter() {
 fn transaction_timers_are_checked() {
     let zero = error_of("script: {path: /x.py}\ntransaction: {t1_ms: 0}\n");
     assert!(
-        zero.contains("transaction.t1_ms: must be at least 1"),
+        zero.contains("transaction.t1_ms: 0 is out of range; use 1 to 10000"),
         "{zero}"
     );
     let t2_low = error_of("script: {path: /x.py}\ntransaction: {t1_ms: 500, t2_ms: 400}\n");
     assert!(
-        t2_low.contains("transaction.t2_ms: 400 must not be below t1_ms (500)"),
+        t2_low.contains("transaction.t2_ms: 400 is out of range; use 500 to 60000"),
         "{t2_low}"
     );
 }
@@ -774,7 +774,7 @@ fn failover_and_passive_health_have_defaults_and_checked_keys() {
     let cases = [
         (
             "failover: {no_response_ms: 0}",
-            "gateway.groups[0].failover.no_response_ms: must be at least 1",
+            "gateway.groups[0].failover.no_response_ms: must be from 1 to 60000",
         ),
         (
             "failover: {on_codes: [200]}",
@@ -790,7 +790,7 @@ fn failover_and_passive_health_have_defaults_and_checked_keys() {
         ),
         (
             "passive: {failure_threshold: 0}",
-            "gateway.groups[0].passive.failure_threshold: must be at least 1",
+            "gateway.groups[0].passive.failure_threshold: must be from 1 to 1000",
         ),
         (
             "max_retry_after_secs: 0",
@@ -847,4 +847,139 @@ fn listeners_take_an_advertised_name_of_their_own() {
         bad_global.contains("advertise: `a.example.com:x` is not a host"),
         "{bad_global}"
     );
+}
+
+#[test]
+fn absurd_numbers_are_refused_with_their_key() {
+    // Each of these used to load and then panic or misbehave at run time.
+    let cases = [
+        (
+            "transaction: {timer_c_secs: 99999999999}",
+            "transaction.timer_c_secs: 99999999999 is out of range; use 1 to 7200",
+        ),
+        (
+            "transaction: {t2_ms: 999999999}",
+            "transaction.t2_ms: 999999999 is out of range",
+        ),
+        (
+            "script: {path: /x.py, timeout_ms: 5}",
+            "script.timeout_ms: 5 is out of range; use 10 to 60000 ms",
+        ),
+        (
+            "server: {drain_secs: 99999999}",
+            "server.drain_secs: 99999999 is out of range",
+        ),
+        (
+            "server: {workers: 1000}",
+            "server.workers: 1000 is out of range",
+        ),
+        (
+            "metrics: {log_interval_secs: 99999999}",
+            "metrics.log_interval_secs: 99999999 is out of range",
+        ),
+        (
+            "registrar: {max_expires: 99999999}",
+            "registrar.max_expires: 99999999 is out of range",
+        ),
+        (
+            "limits: {max_transactions: 0}",
+            "limits.max_transactions: 0 is out of range",
+        ),
+        (
+            "limits: {tcp: {max_per_ip: 20000}}",
+            "limits.tcp.max_per_ip: 20000 is out of range; use 1 to 10000",
+        ),
+        (
+            "limits: {tcp: {max_pending_bytes: 10}}",
+            "limits.tcp.max_pending_bytes: 10 is out of range",
+        ),
+        (
+            "security: {rate_limit: {requests_per_sec: 0, burst: 5}}",
+            "security.rate_limit.requests_per_sec: 0 is out of range",
+        ),
+        (
+            "security: {trusted: [\"10.0.0.0/8\", \"10.0.0.0/40\"]}",
+            "security.trusted[1]: \"10.0.0.0/40\": the prefix length must be 0 to 32",
+        ),
+        (
+            "security: {scanner_user_agents: [\"\"]}",
+            "security.scanner_user_agents[0]: is empty",
+        ),
+        ("security: {on_limit: shout}", "security.on_limit"),
+        ("dns: {servers: [\"not an address\"]}", "dns.servers[0]"),
+        ("dns: {timeout_ms: 0}", "dns.timeout_ms: 0 is out of range"),
+        (
+            "auth: {realm: \"\"}",
+            "auth.realm: must be a non-empty name",
+        ),
+        (
+            "auth: {realm: example.com, nonce_ttl_secs: 1}",
+            "auth.nonce_ttl_secs: 1 is out of range",
+        ),
+        (
+            "auth: {realm: example.com, credentials: {alice: \"ha1-md5:zz\"}}",
+            "auth.credentials.alice: ha1-md5: must be followed by 32 hex digits",
+        ),
+        (
+            "auth: {realm: example.com, credentials_file: /nonexistent/users.yaml}",
+            "auth.credentials_file: cannot read /nonexistent/users.yaml",
+        ),
+    ];
+    for (line, expected) in cases {
+        let text = if line.starts_with("script:") {
+            format!("{line}\n")
+        } else {
+            format!("script: {{path: /x.py}}\n{line}\n")
+        };
+        let error = error_of(&text);
+        assert!(error.contains(expected), "{line}: {error}");
+    }
+}
+
+#[test]
+fn the_edge_sections_have_safe_defaults_and_read_the_contract_keys() {
+    let defaults = parse("script: {path: /x.py}\n").expect("minimal config");
+    assert!(
+        defaults.security.rate_limit.is_none(),
+        "one SBC may send everything"
+    );
+    assert!(defaults
+        .security
+        .scanner_user_agents
+        .contains(&"friendly-scanner".to_string()));
+    assert_eq!(defaults.limits.max_transactions, 100_000);
+    assert_eq!(defaults.limits.tcp.max_per_ip, 64);
+    assert_eq!(defaults.script.timeout_ms, 1000);
+    assert!(defaults.auth.is_none());
+    let config = parse(
+        "script: {path: /x.py, timeout_ms: 200}\n\
+         security:\n  trusted: [\"10.0.0.0/8\", \"2001:db8::1\"]\n  rate_limit: {requests_per_sec: 30, burst: 60, ban_secs: 300}\n  on_limit: reply\n\
+         limits:\n  max_transactions: 5000\n  tcp: {max_connections: 100, max_per_ip: 4, idle_secs: 60, max_pending_bytes: 1048576}\n\
+         auth:\n  realm: example.com\n  credentials: {alice: s3cret, bob: \"ha1-sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\n",
+    )
+    .expect("the issue's example");
+    let policy = config.security.policy();
+    assert!(policy.is_trusted("10.1.1.1".parse().unwrap()));
+    assert!(policy.is_trusted("2001:db8::1".parse().unwrap()));
+    assert!(!policy.is_trusted("127.0.0.2".parse().unwrap()));
+    assert!(policy.reply_on_limit);
+    assert_eq!(policy.rate_limit.unwrap().burst, 60.0);
+    assert_eq!(config.limits.tcp.max_per_ip, 4);
+    assert_eq!(config.script.timeout_ms, 200);
+    let auth = config.auth.expect("auth section");
+    assert_eq!(auth.users().unwrap().len(), 2);
+}
+
+#[test]
+fn a_credentials_file_is_read_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.yaml"), "carol: pa55\n").unwrap();
+    let origin = dir.path().join("siphon.yaml");
+    let config = from_text(
+        "script: {path: /x.py}\nauth: {realm: example.com, credentials_file: users.yaml}\n",
+        &origin,
+    )
+    .expect("relative credentials file");
+    let users = config.auth.unwrap().users().unwrap();
+    assert!(users.contains_key("carol"));
 }

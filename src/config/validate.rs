@@ -26,6 +26,11 @@ impl RawConfig {
         check_server(&self.server, origin)?;
         check_log(&self.log, origin)?;
         check_transaction(&self.transaction, origin)?;
+        check_security(&self.security, origin)?;
+        check_limits(&self.limits, origin)?;
+        let auth = check_auth(self.auth, origin)?;
+        check_dns(&self.dns, origin)?;
+        check_metrics(&self.metrics, origin)?;
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -38,6 +43,10 @@ impl RawConfig {
             admin: self.admin,
             log: self.log,
             transaction: self.transaction,
+            security: self.security,
+            limits: self.limits,
+            auth,
+            dns: self.dns,
         })
     }
 }
@@ -138,7 +147,29 @@ pub(super) fn resolve_script(
     } else {
         script.path
     };
-    Ok(ScriptConfig { path })
+    check_range(
+        origin,
+        "script.timeout_ms",
+        script.timeout_ms,
+        10,
+        60_000,
+        "ms",
+    )?;
+    Ok(ScriptConfig {
+        path,
+        timeout_ms: script.timeout_ms,
+    })
+}
+
+pub(super) fn check_metrics(m: &MetricsConfig, origin: &Path) -> Result<(), ConfigError> {
+    check_range(
+        origin,
+        "metrics.log_interval_secs",
+        m.log_interval_secs,
+        0,
+        86_400,
+        "seconds (0 turns the line off)",
+    )
 }
 
 pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayConfig, ConfigError> {
@@ -203,13 +234,22 @@ pub(super) fn check_registrar(
             format!("{default} must be between min_expires ({min}) and max_expires ({max})"),
         ));
     }
-    if registrar.max_contacts == 0 {
-        return Err(invalid(
-            origin,
-            "registrar.max_contacts",
-            "must be at least 1",
-        ));
-    }
+    check_range(
+        origin,
+        "registrar.max_expires",
+        max,
+        1,
+        604_800,
+        "seconds (a week)",
+    )?;
+    check_range(
+        origin,
+        "registrar.max_contacts",
+        registrar.max_contacts,
+        1,
+        1000,
+        "contacts per AoR",
+    )?;
     let url = registrar.redis.url.trim();
     let known_scheme = ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
@@ -225,6 +265,22 @@ pub(super) fn check_registrar(
 }
 
 pub(super) fn check_server(server: &ServerConfig, origin: &Path) -> Result<(), ConfigError> {
+    check_range(
+        origin,
+        "server.drain_secs",
+        server.drain_secs,
+        0,
+        3600,
+        "seconds",
+    )?;
+    check_range(
+        origin,
+        "server.workers",
+        server.workers,
+        0,
+        64,
+        "shards (0: one per core)",
+    )?;
     let id = &server.instance_id;
     if id.is_empty() || id.contains(char::is_whitespace) {
         return Err(invalid(
@@ -262,33 +318,36 @@ pub(super) fn check_log(log: &LogConfig, origin: &Path) -> Result<(), ConfigErro
 }
 
 pub(super) fn check_transaction(t: &TransactionConfig, origin: &Path) -> Result<(), ConfigError> {
-    if t.t1_ms == 0 {
-        return Err(invalid(
-            origin,
-            "transaction.t1_ms",
-            "must be at least 1 (RFC 3261 default 500)",
-        ));
-    }
-    if t.t2_ms < t.t1_ms {
-        return Err(invalid(
-            origin,
-            "transaction.t2_ms",
-            format!("{} must not be below t1_ms ({})", t.t2_ms, t.t1_ms),
-        ));
-    }
-    if t.t4_ms == 0 {
-        return Err(invalid(
-            origin,
-            "transaction.t4_ms",
-            "must be at least 1 (RFC 3261 default 5000)",
-        ));
-    }
-    if t.timer_c_secs == 0 {
-        return Err(invalid(
-            origin,
-            "transaction.timer_c_secs",
-            "must be at least 1 (RFC 3261 asks for more than 180)",
-        ));
-    }
-    Ok(())
+    check_range(
+        origin,
+        "transaction.t1_ms",
+        t.t1_ms,
+        1,
+        10_000,
+        "ms (RFC 3261 default 500)",
+    )?;
+    check_range(
+        origin,
+        "transaction.t2_ms",
+        t.t2_ms,
+        t.t1_ms,
+        60_000,
+        "ms (at least t1_ms; RFC 3261 default 4000)",
+    )?;
+    check_range(
+        origin,
+        "transaction.t4_ms",
+        t.t4_ms,
+        1,
+        60_000,
+        "ms (RFC 3261 default 5000)",
+    )?;
+    check_range(
+        origin,
+        "transaction.timer_c_secs",
+        t.timer_c_secs,
+        1,
+        7200,
+        "seconds (RFC 3261 asks for more than 180)",
+    )
 }

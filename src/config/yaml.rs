@@ -29,6 +29,14 @@ pub(super) struct RawConfig {
     pub(super) log: LogConfig,
     #[serde(default)]
     pub(super) transaction: TransactionConfig,
+    #[serde(default)]
+    pub(super) security: SecurityConfig,
+    #[serde(default)]
+    pub(super) limits: LimitsConfig,
+    #[serde(default)]
+    pub(super) auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub(super) dns: DnsConfig,
 }
 
 #[derive(Default, Deserialize)]

@@ -1,6 +1,8 @@
 //! Transaction timers (RFC 3261 §17, table 4) and the per-shard queue that
-//! fires them. Timers are never cancelled: when one fires, the shard checks
-//! whether the transaction still wants it, which keeps arming them cheap.
+//! fires them. Timers are not cancelled one by one: when one fires, the
+//! shard checks whether the transaction still wants it, which keeps arming
+//! them cheap; the engine sweeps out those of ended transactions whenever
+//! the queue has doubled (see [`TimerQueue::retain`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -128,6 +130,13 @@ impl TimerQueue {
 
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Drops every timer whose owner `keep` says is gone, so that ended
+    /// transactions leave nothing behind (Timer C alone would otherwise
+    /// hold an entry for 180 s per INVITE branch).
+    pub fn retain(&mut self, mut keep: impl FnMut(TimerOwner) -> bool) {
+        self.heap.retain(|Reverse(entry)| keep(entry.owner));
     }
 
     pub fn is_empty(&self) -> bool {

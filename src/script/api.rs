@@ -143,6 +143,13 @@ pub(super) fn register_module(py: Python<'_>, services: &super::ScriptServices) 
     let gateway = super::gateway::GatewayApi::new(services.gateways.clone());
     module.add("gateway", Py::new(py, gateway)?)?;
     super::registrar::register(&module, services.registrar.clone())?;
+    module.add(
+        "auth",
+        Py::new(py, super::auth::AuthApi::new(services.auth.clone()))?,
+    )?;
+    // Sleeping handlers must be interruptible by the watchdog.
+    let sleep = pyo3::wrap_pyfunction!(super::watchdog::interruptible_sleep, &module)?;
+    py.import("time")?.setattr("sleep", sleep)?;
     module.add_class::<super::request::Request>()?;
     module.add_class::<super::request::Uri>()?;
     module.add_class::<Response>()?;

@@ -6,9 +6,11 @@
 //! shard carries it out after the call returns.
 
 mod api;
+pub mod auth;
 mod gateway;
 mod registrar;
 pub mod request;
+pub mod watchdog;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,10 @@ pub struct ScriptServices {
     pub gateways: Arc<crate::actors::gateway::GatewayService>,
     /// The registrar, once boot has started it (`siphon --check` starts none).
     pub registrar: Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
+    /// Digest authentication, when the config has `auth:`.
+    pub auth: Option<Arc<auth::AuthService>>,
+    /// Interrupts handlers that run past `script.timeout_ms`.
+    pub watchdog: Arc<watchdog::Watchdog>,
 }
 
 impl ScriptServices {
@@ -35,7 +41,23 @@ impl ScriptServices {
         ScriptServices {
             gateways: Arc::new(crate::actors::gateway::GatewayService::new(metrics)),
             registrar: Arc::default(),
+            auth: None,
+            watchdog: watchdog::Watchdog::new(std::time::Duration::from_millis(1000)),
         }
+    }
+
+    /// The services `config` asks for: its script time limit and digest users.
+    pub fn for_config(
+        metrics: &'static crate::metrics::Metrics,
+        config: &crate::config::Config,
+    ) -> Result<Self, String> {
+        let mut services = ScriptServices::new(metrics);
+        services.watchdog =
+            watchdog::Watchdog::new(std::time::Duration::from_millis(config.script.timeout_ms));
+        if let Some(auth) = &config.auth {
+            services.auth = Some(auth::AuthService::from_config(auth)?);
+        }
+        Ok(services)
     }
 }
 
@@ -91,6 +113,7 @@ pub struct ScriptEngine {
     current: RwLock<Arc<Handlers>>,
     /// For a relay to a destination that `gateway.select` did not rank.
     gateways: Arc<crate::gateway::Gateways>,
+    watchdog: Arc<watchdog::Watchdog>,
 }
 
 /// A shard's cached view of the engine.
@@ -111,6 +134,7 @@ impl ScriptEngine {
             generation: AtomicU64::new(1),
             current: RwLock::new(Arc::new(handlers)),
             gateways: services.gateways.gateways(),
+            watchdog: services.watchdog.clone(),
         }))
     }
 
@@ -201,6 +225,7 @@ impl ScriptEngine {
             };
             gateway::begin_run();
             let started = std::time::Instant::now();
+            let run = self.watchdog.enter(py);
             let outcome = match failure {
                 None => handler.func.call1(py, (request.clone_ref(py),)),
                 Some(response) => {
@@ -215,12 +240,27 @@ impl ScriptEngine {
                     handler.func.call1(py, (request.clone_ref(py), response))
                 }
             };
+            let timed_out = run.fired();
+            drop(run);
             let metrics = crate::metrics::get();
             metrics.script_executions.inc();
             metrics
                 .script_duration
                 .observe(started.elapsed().as_secs_f64());
             let state = request.borrow_mut(py).take();
+            if timed_out {
+                metrics.script_errors.inc();
+                let traceback = match &outcome {
+                    Err(err) => format_exception(py, err),
+                    Ok(_) => "(the handler caught the TimeoutError and returned)".to_string(),
+                };
+                tracing::error!(
+                    method = %method,
+                    timeout_ms = self.watchdog.timeout().as_millis() as u64,
+                    "script handler ran past script.timeout_ms and was interrupted; answering 500\n{traceback}"
+                );
+                return Decision::failed();
+            }
             match outcome {
                 Ok(_) => state
                     .map(request::decision_of)

@@ -51,6 +51,8 @@ pub(super) struct State {
     header_edits: Vec<(String, Option<String>)>,
     routes_popped: usize,
     new_ruri: Option<String>,
+    /// The user `auth.check` authenticated.
+    auth_user: Option<String>,
 }
 
 impl State {
@@ -62,6 +64,7 @@ impl State {
             action: None,
             record_route: false,
             header_edits: Vec::new(),
+            auth_user: None,
         }
     }
 
@@ -284,6 +287,12 @@ impl Request {
             .set_action(Action::Fork { targets: parsed })
     }
 
+    /// The user `auth.check(request)` authenticated, else None.
+    #[getter]
+    fn auth_user(&self) -> PyResult<Option<String>> {
+        Ok(self.state()?.auth_user.clone())
+    }
+
     fn record_route(&mut self) -> PyResult<()> {
         self.state_mut()?.record_route = true;
         Ok(())
@@ -320,6 +329,18 @@ impl Request {
             reason,
             headers,
         })
+    }
+
+    /// Records the user `auth.check` authenticated.
+    pub(crate) fn set_auth_user(&mut self, user: String) -> PyResult<()> {
+        self.state_mut()?.auth_user = Some(user);
+        Ok(())
+    }
+
+    /// True when the Request-URI names this proxy or one of its domains.
+    pub(crate) fn ruri_is_local(&self) -> PyResult<bool> {
+        let state = self.state()?;
+        Ok(state.input.local.is_local_uri(state.ruri()))
     }
 
     fn addr_uri(&self, name: HeaderName) -> PyResult<Option<Uri>> {

@@ -32,6 +32,13 @@ fn head_end(head: &[u8]) -> Option<usize> {
 /// bytes are needed (including when `buf` holds only CRLF keepalives, see
 /// [`leading_crlf`]). Errors are fatal for the connection.
 pub fn frame_len(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
+    Ok(declared_frame(buf)?.filter(|&(skip, total)| buf.len() - skip >= total))
+}
+
+/// Like [`frame_len`], but as soon as the headers are complete: the
+/// message's leading CRLFs and its whole length, body included, whether
+/// the body has arrived or not.
+fn declared_frame(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
     let skip = leading_crlf(buf);
     let data = &buf[skip..];
     let too_large = |n: usize| {
@@ -100,10 +107,57 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
     if total > MAX_MESSAGE_SIZE {
         return Err(too_large(total));
     }
-    if data.len() < total {
-        return Ok(None);
-    }
     Ok(Some((skip, total)))
+}
+
+/// [`frame_len`] for a stream read a piece at a time. It remembers how far
+/// it has searched for the end of the headers, and the length of a message
+/// whose body is still arriving, so each byte is looked at a bounded number
+/// of times however finely the peer splits its writes (a peer trickling a
+/// byte at a time would otherwise cost a rescan of the headers per byte).
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    /// Bytes after the leading CRLFs already searched for the empty line.
+    searched: usize,
+    /// The whole length of the message whose headers are in.
+    declared: Option<(usize, usize)>,
+}
+
+impl StreamFramer {
+    /// Same contract as [`frame_len`]; `buf` must hold what the previous
+    /// call saw, plus what arrived since (minus any message it returned).
+    pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
+        if self.declared.is_none() {
+            let skip = leading_crlf(buf);
+            let data = &buf[skip..];
+            let window = &data[..data.len().min(MAX_MESSAGE_SIZE)];
+            // Three bytes back: the empty line may straddle two reads.
+            let from = self.searched.saturating_sub(3).min(window.len());
+            if head_end(&window[from..]).is_none() {
+                self.searched = window.len();
+                if data.len() >= MAX_MESSAGE_SIZE {
+                    return Err(ParseError::new(
+                        ParseErrorKind::TooLarge,
+                        format!("header section exceeds {MAX_MESSAGE_SIZE} bytes"),
+                    ));
+                }
+                return Ok(None);
+            }
+            self.declared = declared_frame(buf)?;
+        }
+        match self.declared {
+            Some((skip, total)) if buf.len() - skip >= total => {
+                *self = StreamFramer::default();
+                Ok(Some((skip, total)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How far into the message the framer has got (for tests).
+    pub fn searched(&self) -> usize {
+        self.searched
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +179,47 @@ mod tests {
         assert_eq!(frame_len(&two).unwrap(), Some((4, MSG.len())));
         assert_eq!(frame_len(b"\r\n\r\n").unwrap(), None);
         assert_eq!(leading_crlf(b"\r\n\r\nX"), 4);
+    }
+
+    #[test]
+    fn the_stream_framer_frames_what_frame_len_does_at_every_split() {
+        let mut stream = b"\r\n".to_vec();
+        stream.extend_from_slice(MSG);
+        stream.extend_from_slice(MSG);
+        for step in [1, 2, 3, 7, 40, stream.len()] {
+            let mut framer = StreamFramer::default();
+            let mut buf = Vec::new();
+            let mut frames = Vec::new();
+            for piece in stream.chunks(step) {
+                buf.extend_from_slice(piece);
+                while let Some((skip, len)) = framer.next_frame(&buf).unwrap() {
+                    frames.push(buf[skip..skip + len].to_vec());
+                    buf.drain(..skip + len);
+                }
+            }
+            assert_eq!(frames, vec![MSG.to_vec(), MSG.to_vec()], "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_trickled_header_is_searched_once() {
+        // A peer sending one byte at a time: each call looks at a few new
+        // bytes, not the whole header again.
+        let mut framer = StreamFramer::default();
+        let mut buf = b"OPTIONS sip:a@b SIP/2.0\r\n".to_vec();
+        for _ in 0..2000 {
+            buf.extend_from_slice(b"X");
+            assert_eq!(framer.next_frame(&buf).unwrap(), None);
+            assert_eq!(framer.searched(), buf.len());
+        }
+        let endless = vec![b'a'; MAX_MESSAGE_SIZE + 1];
+        assert_eq!(
+            StreamFramer::default()
+                .next_frame(&endless)
+                .unwrap_err()
+                .kind,
+            ParseErrorKind::TooLarge
+        );
     }
 
     #[test]

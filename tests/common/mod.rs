@@ -422,6 +422,8 @@ pub struct SippSpec {
     netns: Option<String>,
     /// Bind here instead of 127.0.0.1.
     local_ip: Option<String>,
+    /// More command-line arguments (`-au`, `-ap`, `-s`, ...).
+    extra: Vec<String>,
 }
 
 impl SippSpec {
@@ -442,6 +444,7 @@ impl SippSpec {
             inf: None,
             netns: None,
             local_ip: None,
+            extra: Vec::new(),
         }
     }
 
@@ -505,6 +508,12 @@ impl SippSpec {
     }
 
     /// Record every message sent and received (`-trace_msg`).
+    /// Passes ARGS to sipp as they are.
+    pub fn args(mut self, args: &[&str]) -> SippSpec {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn trace_messages(mut self) -> SippSpec {
         self.trace_messages = true;
         self
@@ -561,6 +570,7 @@ impl SippSpec {
         if let Some(csv) = &self.inf {
             cmd.arg("-inf").arg(csv);
         }
+        cmd.args(&self.extra);
         let stderr = fs::File::create(file("stderr.log")).expect("create sipp stderr log");
         let child = cmd
             .current_dir(dir)
@@ -1041,7 +1051,12 @@ pub struct UdpPeer {
 
 impl UdpPeer {
     pub fn bind() -> UdpPeer {
-        let socket = UdpSocket::bind((LOCALHOST, 0)).expect("bind raw UDP client");
+        UdpPeer::bind_ip(LOCALHOST)
+    }
+
+    /// A socket on IP (another 127.0.0.x: a second host, or an attacker).
+    pub fn bind_ip(ip: &str) -> UdpPeer {
+        let socket = UdpSocket::bind((ip, 0)).expect("bind raw UDP client");
         UdpPeer { socket }
     }
 

@@ -120,6 +120,7 @@ impl Run {
                 }),
                 branch_secret: [seed, !seed],
                 drain_secs: 5,
+                max_transactions: usize::MAX,
             }),
             now: Instant::now(),
             pending: Vec::new(),

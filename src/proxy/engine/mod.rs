@@ -64,7 +64,19 @@ pub struct EngineConfig {
     pub branch_secret: [u64; 2],
     /// While draining, new INVITEs and OPTIONS get 503 with this Retry-After.
     pub drain_secs: u64,
+    /// Transactions held at most (`limits.max_transactions`, this shard's
+    /// share): above it new INVITEs get 503 and other new requests are dropped.
+    pub max_transactions: usize,
 }
+
+/// The Retry-After of a 503 sent because the transaction table is full.
+const FULL_RETRY_AFTER: &str = "5";
+
+/// The timer queue is swept of ended transactions' timers once it holds
+/// this many entries and more than [`TIMERS_PER_TRANSACTION`] per live
+/// transaction (live ones hold at most four), so sweeps stay rare.
+const TIMER_SWEEP_FLOOR: usize = 4096;
+const TIMERS_PER_TRANSACTION: usize = 8;
 
 /// Something for the caller to carry out.
 #[derive(Debug)]
@@ -344,6 +356,18 @@ impl<F: Clone> Engine<F> {
                 .to_string();
             let extra = [("Retry-After", retry_after.as_str())];
             reply(self, 503, "Service Unavailable", &extra);
+            return;
+        }
+        if !is_ack && self.active() >= self.config.max_transactions {
+            crate::metrics::get().transactions_refused.inc();
+            if method == Some(Method::Invite) {
+                reply(
+                    self,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", FULL_RETRY_AFTER)],
+                );
+            }
             return;
         }
         let loop_hash = forward::loop_hash(&msg);
@@ -1579,6 +1603,21 @@ impl<F: Clone> Engine<F> {
                 TimerOwner::Cancel(token) => self.cancel_timer(token, kind, now),
             }
         }
+        // A transaction has a few timers live at once; many more entries
+        // than that are ended transactions' (Timer C above all).
+        if self.timers.len() >= TIMER_SWEEP_FLOOR.max(TIMERS_PER_TRANSACTION * self.active()) {
+            let (servers, clients, cancels) = (&self.servers, &self.clients, &self.cancels);
+            self.timers.retain(|owner| match owner {
+                TimerOwner::Server(slot) => servers.contains_key(&slot),
+                TimerOwner::Client(token) => clients.contains_key(&token),
+                TimerOwner::Cancel(token) => cancels.contains_key(&token),
+            });
+        }
+    }
+
+    /// Timer entries held, live or not yet swept (for tests).
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 
     fn server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {

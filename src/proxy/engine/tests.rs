@@ -111,6 +111,7 @@ impl Harness {
                 route,
                 branch_secret: [7, 9],
                 drain_secs: 7,
+                max_transactions: usize::MAX,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -1096,4 +1097,5 @@ fn our_own_responses_carry_received_and_rport() {
 }
 
 mod failover;
+mod limits;
 mod multihomed;

@@ -1,0 +1,117 @@
+//! The edge guard shared by every receiver (UDP sockets, TCP connections)
+//! and the admin API, and the summary line it writes once per interval.
+//!
+//! Without `security.rate_limit` no source can be limited or banned, so
+//! receivers skip the lock entirely; the scanner check reads only the
+//! immutable policy.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::security::{BanEntry, EdgeGuard, EdgePolicy, Verdict};
+
+pub struct Edge {
+    policy: EdgePolicy,
+    guard: Mutex<EdgeGuard>,
+    /// A rate limit is set: sources must be checked.
+    limiting: bool,
+}
+
+impl Edge {
+    pub fn new(policy: EdgePolicy) -> Arc<Self> {
+        Arc::new(Edge {
+            limiting: policy.rate_limit.is_some(),
+            guard: Mutex::new(EdgeGuard::new(policy.clone())),
+            policy,
+        })
+    }
+
+    /// No limits and the default scanner list: what tests and tools use.
+    pub fn open() -> Arc<Self> {
+        Edge::new(crate::config::SecurityConfig::default().policy())
+    }
+
+    fn guard(&self) -> MutexGuard<'_, EdgeGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a message from `ip` before it is parsed.
+    pub fn admit(&self, ip: IpAddr) -> Verdict {
+        if !self.limiting {
+            return Verdict::Pass;
+        }
+        let verdict = self.guard().check(Instant::now(), ip);
+        if verdict != Verdict::Pass {
+            crate::metrics::get().edge_dropped("rate_limit");
+        }
+        verdict
+    }
+
+    /// True when `user_agent` is a scanner's: the request is dropped (and
+    /// its source banned when bans are on).
+    pub fn is_scanner(&self, ip: IpAddr, user_agent: &str) -> bool {
+        if !self.policy.is_scanner(user_agent) {
+            return false;
+        }
+        crate::metrics::get().edge_dropped("scanner");
+        self.guard().scanner_seen(Instant::now(), ip);
+        true
+    }
+
+    /// True for a source that may not open a TCP connection (banned).
+    pub fn refuses_connection(&self, ip: IpAddr) -> bool {
+        self.limiting && self.admit(ip) != Verdict::Pass
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.policy.is_trusted(ip)
+    }
+
+    pub fn bans(&self) -> Vec<BanEntry> {
+        self.guard().bans(Instant::now())
+    }
+
+    pub fn lift(&self, ip: IpAddr) -> bool {
+        let lifted = self.guard().lift(ip);
+        if lifted {
+            tracing::info!(%ip, "ban lifted");
+        }
+        lifted
+    }
+
+    /// Writes one line for what was dropped and banned since the last
+    /// call (nothing when all was quiet), and sweeps the tables.
+    pub fn log_summary(&self) {
+        let summary = self.guard().take_summary(Instant::now());
+        crate::metrics::get()
+            .edge_bans
+            .set(summary.active_bans as i64);
+        if summary.is_quiet() {
+            return;
+        }
+        let named: Vec<String> = summary.new_bans.iter().map(|ip| ip.to_string()).collect();
+        tracing::warn!(
+            rate_limited = summary.rate_limited,
+            banned_dropped = summary.banned_dropped,
+            scanners = summary.scanners,
+            new_bans = summary.new_ban_count,
+            banned = %named.join(","),
+            active_bans = summary.active_bans,
+            "edge: dropped traffic from untrusted sources"
+        );
+    }
+
+    /// Runs [`Edge::log_summary`] every `interval` on the current arbiter.
+    pub fn spawn_summary(self: &Arc<Self>, interval: Duration) {
+        let edge = self.clone();
+        actix::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                edge.log_summary();
+            }
+        });
+    }
+}

@@ -1,0 +1,416 @@
+//! The sections that bound what the internet can make us do: `security`
+//! (trusted networks, rate limits, scanners), `limits` (tables and TCP),
+//! `auth` (digest credentials) and `dns`; and [`check_range`], the upper
+//! and lower bound every numeric setting is held to at load.
+
+use super::*;
+
+/// `security`: who is never limited, the per-source token bucket, and the
+/// User-Agents that get no answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// CIDRs (or addresses) exempt from rate limits and bans.
+    pub trusted: Vec<String>,
+    /// Off unless set: one SBC or load generator may send everything from
+    /// one address.
+    pub rate_limit: Option<RateLimitConfig>,
+    pub scanner_user_agents: Vec<String>,
+    pub on_limit: OnLimit,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            trusted: Vec::new(),
+            rate_limit: None,
+            scanner_user_agents: [
+                "friendly-scanner",
+                "sipvicious",
+                "sipcli",
+                "VaxSIPUserAgent",
+            ]
+            .map(String::from)
+            .to_vec(),
+            on_limit: OnLimit::Drop,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_sec: u32,
+    pub burst: u32,
+    #[serde(default = "default_ban_secs")]
+    pub ban_secs: u64,
+}
+
+fn default_ban_secs() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    #[default]
+    Drop,
+    /// 503 + Retry-After (a flood then costs us a reply per packet).
+    Reply,
+}
+
+impl SecurityConfig {
+    /// The guard's policy; the CIDRs were checked at load.
+    pub fn policy(&self) -> crate::security::EdgePolicy {
+        crate::security::EdgePolicy {
+            trusted: self.trusted.iter().filter_map(|t| t.parse().ok()).collect(),
+            rate_limit: self
+                .rate_limit
+                .as_ref()
+                .map(|limit| crate::security::RateLimit {
+                    per_sec: f64::from(limit.requests_per_sec),
+                    burst: f64::from(limit.burst),
+                    ban: Duration::from_secs(limit.ban_secs),
+                }),
+            scanner_user_agents: self
+                .scanner_user_agents
+                .iter()
+                .map(|ua| ua.to_ascii_lowercase())
+                .collect(),
+            reply_on_limit: self.on_limit == OnLimit::Reply,
+        }
+    }
+}
+
+/// `limits`: the bound on every table a stranger can grow.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Above it, new INVITEs get 503 + Retry-After and other new requests
+    /// are dropped.
+    pub max_transactions: usize,
+    pub tcp: TcpLimits,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_transactions: 100_000,
+            tcp: TcpLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    /// A connection with no traffic either way this long is closed.
+    pub idle_secs: u64,
+    /// Bytes queued for a peer that does not read; past it the connection closes.
+    pub max_pending_bytes: usize,
+    /// An inbound connection must deliver its first message this soon.
+    pub first_message_secs: u64,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 10_000,
+            max_per_ip: 64,
+            idle_secs: 600,
+            max_pending_bytes: 1 << 20,
+            first_message_secs: 10,
+        }
+    }
+}
+
+/// `auth`: digest credentials for `auth.check(request)`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub realm: String,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// The same map in a YAML file of its own, read again on SIGHUP; a
+    /// relative path is taken from the config file's directory.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_secs: u64,
+    /// Offered in this order, and the only ones accepted. Some UAs (sipp
+    /// 3.6 among them) answer only the first challenge and know only MD5.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["SHA-256".to_string(), "MD5".to_string()]
+}
+
+fn default_nonce_ttl() -> u64 {
+    300
+}
+
+impl AuthConfig {
+    /// The users of `credentials` and of `credentials_file` (which wins).
+    pub fn users(&self) -> Result<HashMap<String, crate::security::digest::Secret>, FieldError> {
+        let mut users = HashMap::new();
+        for (user, value) in &self.credentials {
+            let secret = crate::security::digest::Secret::parse(value)
+                .map_err(|message| FieldError::new(format!("credentials.{user}"), message))?;
+            users.insert(user.clone(), secret);
+        }
+        if let Some(path) = &self.credentials_file {
+            users.extend(read_credentials_file(path)?);
+        }
+        Ok(users)
+    }
+}
+
+/// Reads a credentials file: a YAML map of user to password or HA1.
+pub fn read_credentials_file(
+    path: &Path,
+) -> Result<HashMap<String, crate::security::digest::Secret>, FieldError> {
+    let key = "credentials_file";
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        FieldError::new(
+            key,
+            format!("cannot read {}: {}", path.display(), io_reason(&e)),
+        )
+    })?;
+    let map: BTreeMap<String, String> = serde_yaml::from_str(&text).map_err(|e| {
+        FieldError::new(
+            key,
+            format!(
+                "{}: expected a map of user: password ({})",
+                path.display(),
+                remove_positions(&e.to_string())
+            ),
+        )
+    })?;
+    map.into_iter()
+        .map(|(user, value)| {
+            crate::security::digest::Secret::parse(&value)
+                .map(|secret| (user.clone(), secret))
+                .map_err(|message| {
+                    FieldError::new(key, format!("{}: user {user}: {message}", path.display()))
+                })
+        })
+        .collect()
+}
+
+/// `dns`: the resolver for relays to host names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`); empty: those of /etc/resolv.conf.
+    pub servers: Vec<String>,
+    pub timeout_ms: u64,
+    /// Names kept at most (answers and failures).
+    pub cache_size: usize,
+    /// How long a failed lookup is remembered.
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout_ms: 2000,
+            cache_size: 4096,
+            negative_ttl_secs: 30,
+        }
+    }
+}
+
+/// Holds a number to `min..=max`, with an error that names the key.
+pub(super) fn check_range<T: PartialOrd + fmt::Display>(
+    origin: &Path,
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            origin,
+            key,
+            format!("{value} is out of range; use {min} to {max} {unit}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_security(s: &SecurityConfig, origin: &Path) -> Result<(), ConfigError> {
+    for (index, text) in s.trusted.iter().enumerate() {
+        text.parse::<crate::security::Cidr>()
+            .map_err(|message| invalid(origin, format!("security.trusted[{index}]"), message))?;
+    }
+    if let Some(limit) = &s.rate_limit {
+        check_range(
+            origin,
+            "security.rate_limit.requests_per_sec",
+            limit.requests_per_sec,
+            1,
+            1_000_000,
+            "requests a second",
+        )?;
+        check_range(
+            origin,
+            "security.rate_limit.burst",
+            limit.burst,
+            1,
+            10_000_000,
+            "requests",
+        )?;
+        check_range(
+            origin,
+            "security.rate_limit.ban_secs",
+            limit.ban_secs,
+            0,
+            86_400 * 30,
+            "seconds (0: no ban, only the excess is dropped)",
+        )?;
+    }
+    if let Some(index) = s
+        .scanner_user_agents
+        .iter()
+        .position(|ua| ua.trim().is_empty())
+    {
+        return Err(invalid(
+            origin,
+            format!("security.scanner_user_agents[{index}]"),
+            "is empty, and would match every User-Agent",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_limits(l: &LimitsConfig, origin: &Path) -> Result<(), ConfigError> {
+    check_range(
+        origin,
+        "limits.max_transactions",
+        l.max_transactions,
+        1,
+        10_000_000,
+        "transactions",
+    )?;
+    let tcp = &l.tcp;
+    check_range(
+        origin,
+        "limits.tcp.max_connections",
+        tcp.max_connections,
+        1,
+        1_000_000,
+        "connections",
+    )?;
+    check_range(
+        origin,
+        "limits.tcp.max_per_ip",
+        tcp.max_per_ip,
+        1,
+        tcp.max_connections.max(1),
+        "connections (at most max_connections)",
+    )?;
+    check_range(
+        origin,
+        "limits.tcp.idle_secs",
+        tcp.idle_secs,
+        1,
+        86_400,
+        "seconds",
+    )?;
+    check_range(
+        origin,
+        "limits.tcp.max_pending_bytes",
+        tcp.max_pending_bytes,
+        65_536,
+        1 << 30,
+        "bytes",
+    )?;
+    check_range(
+        origin,
+        "limits.tcp.first_message_secs",
+        tcp.first_message_secs,
+        1,
+        3600,
+        "seconds",
+    )
+}
+
+pub(super) fn check_auth(
+    auth: Option<AuthConfig>,
+    origin: &Path,
+) -> Result<Option<AuthConfig>, ConfigError> {
+    let Some(mut auth) = auth else {
+        return Ok(None);
+    };
+    if auth.realm.trim().is_empty() || auth.realm.contains(['"', '\\']) {
+        return Err(invalid(
+            origin,
+            "auth.realm",
+            "must be a non-empty name without quotes, e.g. \"example.com\"",
+        ));
+    }
+    check_range(
+        origin,
+        "auth.nonce_ttl_secs",
+        auth.nonce_ttl_secs,
+        10,
+        86_400,
+        "seconds",
+    )?;
+    if auth.algorithms.is_empty() {
+        return Err(invalid(
+            origin,
+            "auth.algorithms",
+            "offer at least one of SHA-256, MD5",
+        ));
+    }
+    for (index, name) in auth.algorithms.iter().enumerate() {
+        if crate::security::digest::Algorithm::from_name(name).is_none() {
+            return Err(invalid(
+                origin,
+                format!("auth.algorithms[{index}]"),
+                format!("{name:?} is not SHA-256 or MD5"),
+            ));
+        }
+    }
+    if let Some(file) = &auth.credentials_file {
+        if file.is_relative() {
+            let dir = origin.parent().unwrap_or(Path::new("."));
+            auth.credentials_file = Some(dir.join(file));
+        }
+    }
+    // Checked now, so a typo in a password entry stops the start, not a call.
+    auth.users()
+        .map_err(|e| invalid(origin, format!("auth.{}", e.key), e.message))?;
+    Ok(Some(auth))
+}
+
+pub(super) fn check_dns(dns: &DnsConfig, origin: &Path) -> Result<(), ConfigError> {
+    for (index, server) in dns.servers.iter().enumerate() {
+        resolve_address(server, 53)
+            .map_err(|message| invalid(origin, format!("dns.servers[{index}]"), message))?;
+    }
+    check_range(origin, "dns.timeout_ms", dns.timeout_ms, 10, 30_000, "ms")?;
+    check_range(
+        origin,
+        "dns.cache_size",
+        dns.cache_size,
+        1,
+        1_000_000,
+        "names",
+    )?;
+    check_range(
+        origin,
+        "dns.negative_ttl_secs",
+        dns.negative_ttl_secs,
+        0,
+        3600,
+        "seconds",
+    )
+}
