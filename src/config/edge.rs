@@ -1,6 +1,6 @@
 //! The sections that bound what the internet can make us do: `security`
 //! (trusted networks, rate limits, scanners), `limits` (tables and TCP),
-//! `auth` (digest credentials) and `dns`; and [`check_range`], the upper
+//! `auth` (digest credentials); and [`check_range`], the upper
 //! and lower bound every numeric setting is held to at load.
 
 use super::*;
@@ -201,30 +201,6 @@ pub fn read_credentials_file(
         .collect()
 }
 
-/// `dns`: the resolver for relays to host names.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DnsConfig {
-    /// Name servers (`ip:port`); empty: those of /etc/resolv.conf.
-    pub servers: Vec<String>,
-    pub timeout_ms: u64,
-    /// Names kept at most (answers and failures).
-    pub cache_size: usize,
-    /// How long a failed lookup is remembered.
-    pub negative_ttl_secs: u64,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            servers: Vec::new(),
-            timeout_ms: 2000,
-            cache_size: 4096,
-            negative_ttl_secs: 30,
-        }
-    }
-}
-
 /// Holds a number to `min..=max`, with an error that names the key.
 pub(super) fn check_range<T: PartialOrd + fmt::Display>(
     origin: &Path,
@@ -389,28 +365,4 @@ pub(super) fn check_auth(
     auth.users()
         .map_err(|e| invalid(origin, format!("auth.{}", e.key), e.message))?;
     Ok(Some(auth))
-}
-
-pub(super) fn check_dns(dns: &DnsConfig, origin: &Path) -> Result<(), ConfigError> {
-    for (index, server) in dns.servers.iter().enumerate() {
-        resolve_address(server, 53)
-            .map_err(|message| invalid(origin, format!("dns.servers[{index}]"), message))?;
-    }
-    check_range(origin, "dns.timeout_ms", dns.timeout_ms, 10, 30_000, "ms")?;
-    check_range(
-        origin,
-        "dns.cache_size",
-        dns.cache_size,
-        1,
-        1_000_000,
-        "names",
-    )?;
-    check_range(
-        origin,
-        "dns.negative_ttl_secs",
-        dns.negative_ttl_secs,
-        0,
-        3600,
-        "seconds",
-    )
 }

@@ -37,8 +37,8 @@ use serde::Deserialize;
 use self::address::*;
 use self::edge::*;
 pub use self::edge::{
-    read_credentials_file, AuthConfig, DnsConfig, LimitsConfig, OnLimit, RateLimitConfig,
-    SecurityConfig, TcpLimits,
+    read_credentials_file, AuthConfig, LimitsConfig, OnLimit, RateLimitConfig, SecurityConfig,
+    TcpLimits,
 };
 pub use self::error::*;
 use self::expand::*;

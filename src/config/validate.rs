@@ -29,7 +29,6 @@ impl RawConfig {
         check_security(&self.security, origin)?;
         check_limits(&self.limits, origin)?;
         let auth = check_auth(self.auth, origin)?;
-        check_dns(&self.dns, origin)?;
         check_metrics(&self.metrics, origin)?;
         Ok(Config {
             listen: self.listen,
@@ -46,7 +45,6 @@ impl RawConfig {
             security: self.security,
             limits: self.limits,
             auth,
-            dns: self.dns,
         })
     }
 }

@@ -35,8 +35,6 @@ pub(super) struct RawConfig {
     pub(super) limits: LimitsConfig,
     #[serde(default)]
     pub(super) auth: Option<AuthConfig>,
-    #[serde(default)]
-    pub(super) dns: DnsConfig,
 }
 
 #[derive(Default, Deserialize)]
