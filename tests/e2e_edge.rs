@@ -661,3 +661,104 @@ fn sipp_registers_with_its_own_digest_authentication() {
         .run(dir.path());
     assert!(bad.failure().is_some(), "a wrong password registered");
 }
+
+// ---------------------------------------------------------------------------
+// Forged responses
+// ---------------------------------------------------------------------------
+
+const FORGERY_CONFIG: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+script:
+  path: "script.py"
+gateway:
+  groups:
+    - name: "backends"
+      algorithm: hash
+      probe: {enabled: @PROBE@, interval_secs: 1, failure_threshold: 1, timeout_ms: 400}
+      passive: {failure_threshold: 100, eject_secs: 1}
+      destinations:
+        - uri: "sip:backend1.example.com:5060"
+          address: "@BACKEND@"
+log: {level: info, format: pretty}
+"#;
+
+fn forgery_lb(backend: SocketAddr, probe: bool) -> Siphon {
+    let config = FORGERY_CONFIG
+        .replace("@BACKEND@", &backend.to_string())
+        .replace("@PROBE@", if probe { "true" } else { "false" });
+    Siphon::start(&config, &seed_lb_script())
+}
+
+#[test]
+fn forged_responses_with_the_real_branch_cannot_answer_a_ringing_call() {
+    let backend = UdpPeer::bind();
+    let lb = forgery_lb(backend.local_addr(), false);
+    let caller = UdpPeer::bind();
+    let invite = RawRequest::new(
+        "INVITE",
+        &format!("sip:bob@{}", lb.addr()),
+        Transport::Udp,
+        caller.local_addr(),
+    );
+    caller.send_to(invite.render().as_bytes(), lb.addr());
+    let (relayed, _) = backend
+        .recv(Duration::from_secs(3))
+        .expect("the INVITE reaches the backend");
+    backend.send_to(
+        common::response_to(&relayed, 180, "Ringing").as_bytes(),
+        lb.addr(),
+    );
+    // The attacker knows the relayed INVITE exactly (its branch too) and
+    // answers it from another address.
+    let attacker = UdpPeer::bind_ip("127.0.0.77");
+    for (code, reason) in [(486, "Busy Here"), (200, "OK"), (603, "Decline")] {
+        attacker.send_to(
+            common::response_to(&relayed, code, reason).as_bytes(),
+            lb.addr(),
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    backend.send_to(
+        common::response_to(&relayed, 200, "OK").as_bytes(),
+        lb.addr(),
+    );
+    let mut seen = Vec::new();
+    let last = caller.recv_final(Duration::from_secs(3), &mut seen);
+    let codes: Vec<u16> = seen.iter().filter_map(|m| status_code(m)).collect();
+    assert_eq!(
+        last.as_deref().and_then(status_code),
+        Some(200),
+        "{codes:?}"
+    );
+    assert!(
+        !codes.contains(&486) && !codes.contains(&603),
+        "a forged final got through: {codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    // Nothing went back to the attacker either (no ACK, no CANCEL).
+    assert!(attacker.recv(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn a_forged_probe_answer_does_not_keep_a_silent_backend_up() {
+    // The backend reads the probes and never answers; the attacker copies
+    // each probe and answers 200 from another address.
+    let backend = UdpPeer::bind();
+    let lb = forgery_lb(backend.local_addr(), true);
+    let attacker = UdpPeer::bind_ip("127.0.0.78");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut forged = 0;
+    while Instant::now() < deadline && forged < 3 {
+        if let Some((probe, _)) = backend.recv(Duration::from_millis(500)) {
+            attacker.send_to(common::response_to(&probe, 200, "OK").as_bytes(), lb.addr());
+            forged += 1;
+        }
+    }
+    assert!(forged >= 1, "no probe seen");
+    common::gateway::wait_for_transition(
+        &lb,
+        "sip:backend1.example.com:5060",
+        "down",
+        Duration::from_secs(5),
+    );
+}
