@@ -38,6 +38,22 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A METHOD to `sip:USER@TARGET` (no user when USER is empty) sent over
+/// UDP from PEER, with its Via naming PEER.
+fn udp_request(method: &str, user: &str, target: SocketAddr, peer: &UdpPeer) -> RawRequest {
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    RawRequest::new(
+        method,
+        &format!("sip:{at}{target}"),
+        Transport::Udp,
+        peer.local_addr(),
+    )
+}
+
 fn ask_from(peer: &UdpPeer, target: SocketAddr, request: RawRequest) -> Option<String> {
     peer.send_to(request.render().as_bytes(), target);
     peer.recv_final(Duration::from_secs(3), &mut Vec::new())
@@ -167,14 +183,7 @@ fn a_flood_from_one_address_is_banned_while_trusted_calls_all_succeed() {
 
     // While banned it gets nothing; once lifted, it is answered again.
     let attacker = UdpPeer::bind_ip(ATTACKER);
-    let options = |peer: &UdpPeer| {
-        RawRequest::new(
-            "OPTIONS",
-            &format!("sip:{}", lb.addr()),
-            Transport::Udp,
-            peer.local_addr(),
-        )
-    };
+    let options = |peer: &UdpPeer| udp_request("OPTIONS", "", lb.addr(), peer);
     assert!(ask_from(&attacker, lb.addr(), options(&attacker)).is_none());
     let (code, _) = http(admin, "DELETE", &format!("/admin/bans/{ATTACKER}"), None);
     assert_eq!(code, 200);
@@ -201,13 +210,7 @@ fn a_scanner_gets_no_answer_and_an_ordinary_user_agent_does() {
     let lb = Siphon::start(SCANNER_CONFIG, ANSWER_200);
     let scanner = UdpPeer::bind_ip("127.0.0.70");
     let probe = |peer: &UdpPeer, ua: &str| {
-        RawRequest::new(
-            "OPTIONS",
-            &format!("sip:100@{}", lb.addr()),
-            Transport::Udp,
-            peer.local_addr(),
-        )
-        .header("User-Agent", ua)
+        udp_request("OPTIONS", "100", lb.addr(), peer).header("User-Agent", ua)
     };
     assert!(
         ask_from(&scanner, lb.addr(), probe(&scanner, "friendly-scanner")).is_none(),
@@ -370,21 +373,11 @@ fn a_handler_that_sleeps_is_interrupted_at_timeout_ms_and_others_go_on() {
         let sleeper = UdpPeer::bind();
         let other = UdpPeer::bind();
         let asked = Instant::now();
-        let request = RawRequest::new(
-            "OPTIONS",
-            &format!("sip:{user}@{}", siphon.addr()),
-            Transport::Udp,
-            sleeper.local_addr(),
-        );
+        let request = udp_request("OPTIONS", user, siphon.addr(), &sleeper);
         sleeper.send_to(request.render().as_bytes(), siphon.addr());
         thread::sleep(Duration::from_millis(50));
         // A request sent while the handler sleeps is answered once it is cut.
-        let request = RawRequest::new(
-            "OPTIONS",
-            &format!("sip:alice@{}", siphon.addr()),
-            Transport::Udp,
-            other.local_addr(),
-        );
+        let request = udp_request("OPTIONS", "alice", siphon.addr(), &other);
         other.send_to(request.render().as_bytes(), siphon.addr());
         let answer = sleeper.recv_final(Duration::from_secs(5), &mut Vec::new());
         assert_eq!(answer.as_deref().and_then(status_code), Some(500), "{user}");
@@ -404,12 +397,7 @@ fn a_handler_that_sleeps_is_interrupted_at_timeout_ms_and_others_go_on() {
     let answer = ask_from(
         &peer,
         siphon.addr(),
-        RawRequest::new(
-            "OPTIONS",
-            &format!("sip:bob@{}", siphon.addr()),
-            Transport::Udp,
-            peer.local_addr(),
-        ),
+        udp_request("OPTIONS", "bob", siphon.addr(), &peer),
     );
     assert_eq!(answer.as_deref().and_then(status_code), Some(200));
 }
@@ -694,12 +682,7 @@ fn forged_responses_with_the_real_branch_cannot_answer_a_ringing_call() {
     let backend = UdpPeer::bind();
     let lb = forgery_lb(backend.local_addr(), false);
     let caller = UdpPeer::bind();
-    let invite = RawRequest::new(
-        "INVITE",
-        &format!("sip:bob@{}", lb.addr()),
-        Transport::Udp,
-        caller.local_addr(),
-    );
+    let invite = udp_request("INVITE", "bob", lb.addr(), &caller);
     caller.send_to(invite.render().as_bytes(), lb.addr());
     let (relayed, _) = backend
         .recv(Duration::from_secs(3))
