@@ -68,6 +68,7 @@ pub struct Metrics {
     pub tcp_refused: Family<ReasonLabels, Counter>,
     pub script_timeouts: Counter,
     pub auth_checks: Family<ReasonLabels, Counter>,
+    pub dns_lookups: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +113,7 @@ impl Metrics {
             tcp_refused: Family::default(),
             script_timeouts: Counter::default(),
             auth_checks: Family::default(),
+            dns_lookups: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -219,6 +221,11 @@ impl Metrics {
             "auth.check outcomes (ok, challenge, stale)",
             m.auth_checks.clone(),
         );
+        registry.register(
+            "dns_lookups",
+            "DNS lookups made while relaying, by outcome (found, not_found, timeout)",
+            m.dns_lookups.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -271,21 +278,19 @@ impl Metrics {
     }
 
     pub fn edge_dropped(&self, reason: &'static str) {
-        self.edge_drops
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count(&self.edge_drops, reason);
     }
 
     pub fn tcp_refused(&self, reason: &'static str) {
-        self.tcp_refused
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count(&self.tcp_refused, reason);
     }
 
     pub fn auth_check(&self, reason: &'static str) {
-        self.auth_checks
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count(&self.auth_checks, reason);
+    }
+
+    pub fn dns_lookup(&self, outcome: &'static str) {
+        count(&self.dns_lookups, outcome);
     }
 
     pub fn failover(&self, group: &str, reason: &'static str) {
@@ -295,6 +300,10 @@ impl Metrics {
         };
         self.failovers.get_or_create(&labels).inc();
     }
+}
+
+fn count(family: &Family<ReasonLabels, Counter>, reason: &'static str) {
+    family.get_or_create(&ReasonLabels { reason }).inc();
 }
 
 /// Known methods keep their name as a label; anything else is `other`, so a

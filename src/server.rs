@@ -83,7 +83,9 @@ async fn start(
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let shards_wanted = shard_count(config.server.workers);
     let ingress = Arc::new(crate::actors::transport::IngressGate::new(shards_wanted));
+    let dns = crate::actors::dns::Dns::start(&config.dns)?;
     let shard_config = Arc::new(ShardConfig {
+        dns,
         ingress: ingress.clone(),
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::actors::transport::{parse_or_answer, Flow, Inbound, Protocol, Received, Transports};
-use crate::proxy::engine::{Engine, EngineConfig, Output};
+use crate::proxy::dns::{Answer, HostCache, Wait};
+use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output};
 use crate::proxy::fast_hash::FastMap;
-use crate::proxy::forward::{self, Resolver};
-use crate::proxy::{next_hop, TimerSettings};
+use crate::proxy::forward;
+use crate::proxy::{next_hop, Decision, HopError, TimerSettings};
 use crate::script::{LocalIdentity, RequestInput, ScriptCache, ScriptEngine};
 use crate::sip::Message;
 
@@ -44,6 +45,8 @@ pub struct ShardConfig {
     pub max_transactions: usize,
     /// The bound on each shard's queue, given back as messages are handled.
     pub ingress: Arc<crate::actors::transport::IngressGate>,
+    /// Looks up the names a relay meets, off this thread.
+    pub dns: Arc<crate::actors::dns::Dns>,
 }
 
 /// The shard actor.
@@ -52,7 +55,12 @@ pub struct TransactionShard {
     config: Arc<ShardConfig>,
     engine: Engine<Flow>,
     script: Option<ScriptCache>,
-    resolver: Resolver,
+    /// Names looked up, and the names being looked up now.
+    hosts: HostCache,
+    /// Decisions waiting for a name, by ticket.
+    deferred: FastMap<u64, Decision>,
+    /// This actor, for lookups to report back to.
+    myself: Option<Addr<TransactionShard>>,
     /// Probers waiting for the outcome of their OPTIONS, by probe id.
     probes: FastMap<u64, Recipient<ProbeOutcome>>,
     next_probe: u64,
@@ -73,13 +81,15 @@ impl TransactionShard {
         });
         TransactionShard {
             id,
-            config,
             engine,
             script: None,
-            resolver: Resolver::default(),
+            hosts: config.dns.host_cache(),
+            deferred: FastMap::default(),
+            myself: None,
             probes: FastMap::default(),
             next_probe: 0,
             reported_active: 0,
+            config,
         }
     }
 
@@ -171,12 +181,64 @@ impl TransactionShard {
     }
 
     /// Hands a script decision to the engine, with how to find next hops.
-    fn decide(&mut self, now: Instant, ticket: u64, decision: crate::proxy::Decision) {
+    /// A decision that needs a name not yet looked up waits for it, and the
+    /// shard goes on with other messages meanwhile.
+    fn decide(&mut self, now: Instant, ticket: u64, decision: Decision) {
+        let Some(deferred) = self.hand_over(now, ticket, decision, true) else {
+            return;
+        };
+        let Deferred {
+            ticket,
+            decision,
+            host,
+        } = deferred;
+        match self.hosts.wait(&host, ticket) {
+            Wait::Start => {
+                self.deferred.insert(ticket, decision);
+                self.look_up(host);
+            }
+            Wait::Joined => {
+                self.deferred.insert(ticket, decision);
+            }
+            Wait::Full => {
+                tracing::warn!(%host, "too many DNS lookups in flight; relay refused");
+                self.hand_over(now, ticket, decision, false);
+            }
+        }
+    }
+
+    /// The engine's part of [`Self::decide`]. Without `may_wait`, a name
+    /// not in the cache counts as unresolvable.
+    fn hand_over(
+        &mut self,
+        now: Instant,
+        ticket: u64,
+        decision: Decision,
+        may_wait: bool,
+    ) -> Option<Deferred> {
         let gateways = &self.config.gateways;
-        let resolver = &mut self.resolver;
-        let mut hop_of = |uri: &str| next_hop(uri, resolver, |uri| gateways.address_of(uri));
+        let hosts = &self.hosts;
+        let mut hop_of = |uri: &str| match next_hop(uri, now, hosts, |uri| gateways.address_of(uri))
+        {
+            Err(HopError::Lookup(host)) if !may_wait => Err(HopError::Unresolvable(format!(
+                "cannot resolve {host}: too many lookups in flight"
+            ))),
+            hop => hop,
+        };
         self.engine
-            .handle_decision(now, ticket, decision, &mut hop_of);
+            .handle_decision(now, ticket, decision, &mut hop_of)
+    }
+
+    /// Starts a lookup of `host`; its answer comes back as [`Resolved`].
+    fn look_up(&self, host: String) {
+        let Some(myself) = self.myself.clone() else {
+            return;
+        };
+        let answer = self.config.dns.lookup(host.clone());
+        actix::spawn(async move {
+            let answer = answer.await;
+            myself.do_send(Resolved { host, answer });
+        });
     }
 
     /// Moves the process-wide gauge by how much this shard's count changed.
@@ -225,6 +287,30 @@ impl Handler<LinkFailed> for TransactionShard {
     }
 }
 
+/// A lookup that [`TransactionShard::look_up`] started has its answer: the
+/// decisions waiting for the name go on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resolved {
+    pub host: String,
+    pub answer: Answer,
+}
+
+impl Handler<Resolved> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, resolved: Resolved, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        for ticket in self.hosts.complete(now, &resolved.host, resolved.answer) {
+            if let Some(decision) = self.deferred.remove(&ticket) {
+                self.decide(now, ticket, decision);
+            }
+        }
+        self.carry_out(now);
+        self.report_active();
+    }
+}
+
 impl actix::Message for ProbeOutcome {
     type Result = ();
 }
@@ -234,6 +320,7 @@ impl Actor for TransactionShard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::script::keep_thread_state();
+        self.myself = Some(ctx.address());
         ctx.run_interval(TICK, |shard, _ctx| {
             let now = Instant::now();
             shard.engine.handle_timeout(now);

@@ -15,6 +15,7 @@
 //! files the config points to (the script) exist.
 
 mod address;
+mod dns;
 mod edge;
 mod error;
 mod expand;
@@ -35,6 +36,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use self::address::*;
+pub use self::dns::DnsConfig;
+use self::dns::*;
 use self::edge::*;
 pub use self::edge::{
     read_credentials_file, AuthConfig, LimitsConfig, OnLimit, RateLimitConfig, SecurityConfig,

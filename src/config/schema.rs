@@ -22,6 +22,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Digest credentials; `auth.check` challenges everything without them.
     pub auth: Option<AuthConfig>,
+    pub dns: DnsConfig,
 }
 
 /// Sockets to bind. `udp: []` disables UDP; at least one listener is required.

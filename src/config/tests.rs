@@ -109,6 +109,33 @@ fn defaults_fill_in_every_optional_section() {
     assert_eq!(config.transaction.t2(), Duration::from_millis(4000));
     assert_eq!(config.transaction.t4(), Duration::from_millis(5000));
     assert_eq!(config.transaction.timer_c(), Duration::from_secs(180));
+    assert!(config.dns.servers.is_empty(), "the system's name servers");
+    assert_eq!(config.dns.timeout(), Duration::from_secs(2));
+    assert_eq!(config.dns.cache_size, 4096);
+    assert_eq!(config.dns.negative_ttl(), Duration::from_secs(30));
+}
+
+#[test]
+fn dns_servers_take_a_port_or_default_to_53() {
+    let config = parse(
+        "script: {path: /srv/lb.py}\ndns: {servers: [\"192.0.2.53\", \"127.0.0.1:5353\", \"[2001:db8::53]:53\", \"2001:db8::54\"]}\n",
+    )
+    .expect("dns servers");
+    let servers: Vec<String> = config
+        .dns
+        .server_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            "192.0.2.53:53",
+            "127.0.0.1:5353",
+            "[2001:db8::53]:53",
+            "[2001:db8::54]:53"
+        ]
+    );
 }
 
 #[test]
@@ -906,6 +933,17 @@ fn absurd_numbers_are_refused_with_their_key() {
             "security.scanner_user_agents[0]: is empty",
         ),
         ("security: {on_limit: shout}", "security.on_limit"),
+        (
+            "dns: {servers: [\"192.0.2.53\", \"dns.example\"]}",
+            "dns.servers[1]: `dns.example` is not an ip or ip:port",
+        ),
+        ("dns: {timeout_ms: 0}", "dns.timeout_ms: 0 is out of range"),
+        ("dns: {cache_size: 1}", "dns.cache_size: 1 is out of range"),
+        (
+            "dns: {negative_ttl_secs: 0}",
+            "dns.negative_ttl_secs: 0 is out of range",
+        ),
+        ("dns: {server: []}", "dns.server: unknown field `server`"),
         (
             "auth: {realm: \"\"}",
             "auth.realm: must be a non-empty name",

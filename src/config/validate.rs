@@ -28,6 +28,7 @@ impl RawConfig {
         check_transaction(&self.transaction, origin)?;
         check_security(&self.security, origin)?;
         check_limits(&self.limits, origin)?;
+        check_dns(&self.dns, origin)?;
         let auth = check_auth(self.auth, origin)?;
         check_metrics(&self.metrics, origin)?;
         Ok(Config {
@@ -45,6 +46,7 @@ impl RawConfig {
             security: self.security,
             limits: self.limits,
             auth,
+            dns: self.dns,
         })
     }
 }

@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) limits: LimitsConfig,
     #[serde(default)]
     pub(super) auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub(super) dns: DnsConfig,
 }
 
 #[derive(Default, Deserialize)]

@@ -1,8 +1,9 @@
 //! Forwarding a request (RFC 3261 §16.6) and a response (§16.7 step 9).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::proxy::dns::{Cached, HostCache};
 
 use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Protocol, Rewriter, Uri, Via};
 
@@ -19,54 +20,27 @@ pub enum HopError {
     Unsupported(String),
     /// The host did not resolve.
     Unresolvable(String),
+    /// The host is not in the cache: the decision waits for a lookup.
+    Lookup(String),
 }
 
 impl std::fmt::Display for HopError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HopError::Unsupported(why) | HopError::Unresolvable(why) => f.write_str(why),
+            HopError::Lookup(host) => write!(f, "{host} is being looked up"),
         }
-    }
-}
-
-/// Host names resolved once and kept for a minute, so that the per-call path
-/// does not do a blocking lookup for every request.
-#[derive(Default)]
-pub struct Resolver {
-    cache: HashMap<(String, u16), (SocketAddr, Instant)>,
-}
-
-const RESOLVE_TTL: Duration = Duration::from_secs(60);
-
-impl Resolver {
-    pub fn resolve(&mut self, host: &str, port: u16) -> Result<SocketAddr, HopError> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
-        }
-        let now = Instant::now();
-        let key = (host.to_ascii_lowercase(), port);
-        if let Some((addr, at)) = self.cache.get(&key) {
-            if now.duration_since(*at) < RESOLVE_TTL {
-                return Ok(*addr);
-            }
-        }
-        let addr = (bare, port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| HopError::Unresolvable(format!("cannot resolve {host}")))?;
-        self.cache.insert(key, (addr, now));
-        Ok(addr)
     }
 }
 
 /// The next hop for a URI: its host and port, with `;transport=` choosing TCP.
 /// `known` gives a fixed address for some URIs (gateway destinations), which
-/// then need no DNS.
+/// then need no DNS; other host names come from `hosts`, and one it does not
+/// hold is a [`HopError::Lookup`].
 pub fn next_hop(
     uri: &str,
-    resolver: &mut Resolver,
+    now: Instant,
+    hosts: &HostCache,
     known: impl Fn(&str) -> Option<SocketAddr>,
 ) -> Result<Hop, HopError> {
     let parsed =
@@ -86,11 +60,23 @@ pub fn next_hop(
             )))
         }
     };
-    let addr = match known(uri) {
-        Some(addr) => addr,
-        None => resolver.resolve(parsed.host, parsed.port.unwrap_or(5060))?,
+    if let Some(addr) = known(uri) {
+        return Ok(Hop { addr, protocol });
+    }
+    let port = parsed.port.unwrap_or(5060);
+    let bare = parsed.host.trim_start_matches('[').trim_end_matches(']');
+    let ip = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match hosts.get(now, bare) {
+            Cached::Addr(ip) => ip,
+            Cached::Failed => return Err(HopError::Unresolvable(format!("cannot resolve {bare}"))),
+            Cached::Missing => return Err(HopError::Lookup(bare.to_string())),
+        },
     };
-    Ok(Hop { addr, protocol })
+    Ok(Hop {
+        addr: SocketAddr::new(ip, port),
+        protocol,
+    })
 }
 
 /// A hash of what identifies a request for loop detection (RFC 3261 §16.3
@@ -534,25 +520,61 @@ body";
 
     #[test]
     fn next_hop_uses_port_and_transport_param() {
-        let mut resolver = Resolver::default();
+        let hosts = HostCache::new(16, 4, std::time::Duration::from_secs(30));
+        let now = Instant::now();
         assert_eq!(
-            next_hop(
-                "sip:bob@127.0.0.1:5070;transport=tcp",
-                &mut resolver,
-                |_| None
-            ),
+            next_hop("sip:bob@127.0.0.1:5070;transport=tcp", now, &hosts, |_| {
+                None
+            }),
             Ok(Hop {
                 addr: "127.0.0.1:5070".parse().unwrap(),
                 protocol: Protocol::Tcp
             })
         );
         assert_eq!(
-            next_hop("sip:127.0.0.1", &mut resolver, |_| None).map(|h| h.addr.port()),
+            next_hop("sip:127.0.0.1", now, &hosts, |_| None).map(|h| h.addr.port()),
             Ok(5060)
         );
+        assert_eq!(
+            next_hop("sip:[2001:db8::5]:5070", now, &hosts, |_| None).map(|h| h.addr),
+            Ok("[2001:db8::5]:5070".parse().unwrap())
+        );
         assert!(matches!(
-            next_hop("tel:+123", &mut resolver, |_| None),
+            next_hop("tel:+123", now, &hosts, |_| None),
             Err(HopError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn a_host_name_comes_from_the_cache_or_asks_for_a_lookup() {
+        use crate::proxy::dns::Answer;
+        let mut hosts = HostCache::new(16, 4, std::time::Duration::from_secs(30));
+        let now = Instant::now();
+        let uri = "sip:bob@Backend.Example:5080";
+        assert_eq!(
+            next_hop(uri, now, &hosts, |_| None),
+            Err(HopError::Lookup("Backend.Example".into()))
+        );
+        let ip = "192.0.2.9".parse().unwrap();
+        hosts.complete(
+            now,
+            "backend.example",
+            Answer::Found(ip, std::time::Duration::from_secs(60)),
+        );
+        assert_eq!(
+            next_hop(uri, now, &hosts, |_| None).map(|h| h.addr),
+            Ok(SocketAddr::new(ip, 5080))
+        );
+        hosts.complete(now, "gone.example", Answer::NotFound);
+        assert!(matches!(
+            next_hop("sip:gone.example", now, &hosts, |_| None),
+            Err(HopError::Unresolvable(_))
+        ));
+        // A gateway destination's own address needs no DNS at all.
+        let fixed: SocketAddr = "198.51.100.4:5060".parse().unwrap();
+        assert_eq!(
+            next_hop("sip:gw.example", now, &hosts, |_| Some(fixed)).map(|h| h.addr),
+            Ok(fixed)
+        );
     }
 }

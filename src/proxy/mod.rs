@@ -4,6 +4,7 @@
 //! engine and carries out what it returns; nothing here does I/O.
 
 pub mod decision;
+pub mod dns;
 pub mod engine;
 pub mod fast_hash;
 pub mod forward;

@@ -444,11 +444,18 @@ fn group_config(
     let list = destinations
         .cast::<PyList>()
         .map_err(|_| "destinations: must be a list of dicts".to_string())?;
-    let mut resolved = Vec::with_capacity(list.len());
+    let mut unresolved = Vec::with_capacity(list.len());
     for (index, item) in list.iter().enumerate() {
         let at = format!("destinations[{index}]");
-        resolved.push(destination_config(&item, &at)?);
+        unresolved.push(destination_config(&item, &at)?);
     }
+    // A name may take a while to look up: other threads run Python meanwhile.
+    let resolved = destinations.py().detach(|| {
+        unresolved
+            .into_iter()
+            .map(Unresolved::resolve)
+            .collect::<Result<Vec<_>, String>>()
+    })?;
     let probe = match probe {
         None => ProbeConfig::default(),
         Some(value) if value.is_none() => ProbeConfig::default(),
@@ -469,7 +476,23 @@ fn group_config(
     Ok(config)
 }
 
-fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<DestinationConfig, String> {
+/// A destination as the script gave it, before its address is looked up.
+struct Unresolved {
+    at: String,
+    uri: String,
+    address: Option<String>,
+    weight: u32,
+    attrs: BTreeMap<String, String>,
+}
+
+impl Unresolved {
+    fn resolve(self) -> Result<DestinationConfig, String> {
+        DestinationConfig::resolve(&self.uri, self.address.as_deref(), self.weight, self.attrs)
+            .map_err(|e| format!("{}.{}: {}", self.at, e.key, e.message))
+    }
+}
+
+fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<Unresolved, String> {
     let dict = item
         .cast::<PyDict>()
         .map_err(|_| format!("{at}: must be a dict with uri, address, weight, attrs"))?;
@@ -486,8 +509,13 @@ fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<DestinationCo
         }
         _ => BTreeMap::new(),
     };
-    DestinationConfig::resolve(&uri, address.as_deref(), weight, attrs)
-        .map_err(|e| format!("{at}.{}: {}", e.key, e.message))
+    Ok(Unresolved {
+        at: at.to_string(),
+        uri,
+        address,
+        weight,
+        attrs,
+    })
 }
 
 fn probe_config(value: &Bound<'_, PyAny>) -> Result<ProbeConfig, String> {

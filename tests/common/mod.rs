@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod dns;
 pub mod gateway;
 pub mod netns;
 

@@ -148,6 +148,16 @@ pub struct ScriptRun {
     pub preroute: Preroute,
 }
 
+/// A decision that waits for `host` to be looked up; give it back to
+/// [`Engine::handle_decision`] with the same ticket once the name is known
+/// (found or not).
+#[derive(Debug)]
+pub struct Deferred {
+    pub ticket: u64,
+    pub decision: Decision,
+    pub host: String,
+}
+
 /// The result of one probe: the final status, or None when it timed out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOutcome {
@@ -569,25 +579,27 @@ impl<F: Clone> Engine<F> {
     // ----- decisions --------------------------------------------------------
 
     /// The script's decision for the request of `ticket`. `next_hop` maps a
-    /// URI to where its packets go (a gateway address, or DNS).
+    /// URI to where its packets go (a gateway address, or DNS). When a next
+    /// hop's name is not resolved yet ([`HopError::Lookup`]), nothing is sent
+    /// and the decision comes back as [`Deferred`]: hand it in again once
+    /// the name is looked up. The request stays pending meanwhile, and a
+    /// CANCEL answered in the wait makes the later call a no-op.
     pub fn handle_decision(
         &mut self,
         now: Instant,
         ticket: u64,
         mut decision: Decision,
         next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
-    ) {
-        let Some(pending) = self.pending.remove(&ticket) else {
-            return;
-        };
+    ) -> Option<Deferred> {
+        let pending = self.pending.remove(&ticket)?;
         let slot = pending.slot;
         if slot.is_some_and(|slot| self.servers.get(&slot).is_none_or(|tx| tx.final_sent)) {
             // Answered meanwhile (a CANCEL's 487): nothing more to do.
-            return;
+            return None;
         }
         let msg = pending.msg.clone();
         if pending.failure_run {
-            let Some(slot) = slot else { return };
+            let slot = slot?;
             let cancelled = self.servers.get_mut(&slot).is_none_or(|tx| {
                 tx.failure_hook = FailureHook::Ran;
                 tx.cancelled
@@ -595,7 +607,7 @@ impl<F: Clone> Engine<F> {
             if decision.action.is_none() || cancelled {
                 // Nothing more to try: the best response goes upstream.
                 self.send_best(slot, now);
-                return;
+                return None;
             }
         }
         if decision.failed {
@@ -606,10 +618,13 @@ impl<F: Clone> Engine<F> {
                     "ACK dropped: the script failed"
                 ),
             }
-            return;
+            return None;
         }
         match decision.action.take() {
-            None => self.no_action(slot, &msg, now),
+            None => {
+                self.no_action(slot, &msg, now);
+                None
+            }
             Some(Action::Reply {
                 code,
                 reason,
@@ -617,7 +632,7 @@ impl<F: Clone> Engine<F> {
             }) => {
                 let Some(slot) = slot else {
                     tracing::debug!("script replied to an ACK; nothing sent");
-                    return;
+                    return None;
                 };
                 let reason = reason.as_deref().unwrap_or(build::default_reason(code));
                 let extra: Vec<(&str, &str)> = headers
@@ -634,28 +649,47 @@ impl<F: Clone> Engine<F> {
                         TimerKind::Guard,
                     );
                 }
+                None
             }
             Some(Action::Relay { uri }) => {
-                self.relay(now, &pending, decision, uri.as_deref(), next_hop)
+                let (mut decision, host) =
+                    self.relay(now, &pending, decision, uri.as_deref(), next_hop)?;
+                decision.action = Some(Action::Relay { uri });
+                Some(self.defer(ticket, pending, decision, host))
             }
             Some(Action::Fork { targets }) => {
                 let Some(slot) = slot else {
                     tracing::debug!("script forked an ACK; nothing sent");
-                    return;
+                    return None;
                 };
-                for target in &targets {
+                let hops: Vec<_> = targets
+                    .iter()
+                    .map(|target| {
+                        let first_hop = target.path.first().map_or_else(
+                            || target.uri.clone(),
+                            |route| {
+                                sip::NameAddr::parse(route)
+                                    .map_or_else(|_| route.clone(), |a| a.uri.to_string())
+                            },
+                        );
+                        next_hop(&first_hop)
+                    })
+                    .collect();
+                // Every branch's hop is known before the first opens, so a
+                // lookup never leaves the fork half open.
+                if let Some(host) = hops.iter().find_map(|hop| match hop {
+                    Err(HopError::Lookup(host)) => Some(host.clone()),
+                    _ => None,
+                }) {
+                    decision.action = Some(Action::Fork { targets });
+                    return Some(self.defer(ticket, pending, decision, host));
+                }
+                for (target, hop) in targets.iter().zip(hops) {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
                         tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
                         continue;
                     }
-                    let first_hop = target.path.first().map_or_else(
-                        || target.uri.clone(),
-                        |route| {
-                            sip::NameAddr::parse(route)
-                                .map_or_else(|_| route.clone(), |a| a.uri.to_string())
-                        },
-                    );
-                    match next_hop(&first_hop) {
+                    match hop {
                         Ok(hop) => {
                             let plan = BranchPlan {
                                 hop,
@@ -679,7 +713,24 @@ impl<F: Clone> Engine<F> {
                 {
                     self.reply_local(slot, 478, "Unresolvable Destination", &[], now);
                 }
+                None
             }
+        }
+    }
+
+    /// Keeps the request pending while `host` is looked up.
+    fn defer(
+        &mut self,
+        ticket: u64,
+        pending: Pending,
+        decision: Decision,
+        host: String,
+    ) -> Deferred {
+        self.pending.insert(ticket, pending);
+        Deferred {
+            ticket,
+            decision,
+            host,
         }
     }
 
@@ -711,7 +762,8 @@ impl<F: Clone> Engine<F> {
 
     /// `relay(uri)`: to `uri` as the next hop, else along the Route set
     /// (§16.6 step 7 when its first hop is a strict router), else to the
-    /// Request-URI.
+    /// Request-URI. A next hop still to be looked up gives the decision
+    /// back, with the name.
     fn relay(
         &mut self,
         now: Instant,
@@ -719,13 +771,13 @@ impl<F: Clone> Engine<F> {
         mut decision: Decision,
         uri: Option<&str>,
         next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
-    ) {
+    ) -> Option<(Decision, String)> {
         let gateway = decision.gateway.take();
         if let (Some(slot), Some(relay), Some(uri)) = (pending.slot, gateway, uri) {
             let first = relay.candidates.first();
             if first.is_some_and(|c| *c.uri == *uri) {
                 self.relay_to_gateway(now, pending, slot, decision, relay);
-                return;
+                return None;
             }
         }
         let msg = &pending.msg;
@@ -764,6 +816,7 @@ impl<F: Clone> Engine<F> {
                 };
                 self.open_branch(now, pending, &decision, plan);
             }
+            Err(HopError::Lookup(host)) => return Some((decision, host)),
             Err(e) => {
                 tracing::warn!(target = %target, error = %e, "cannot relay");
                 if let Some(slot) = pending.slot {
@@ -771,6 +824,7 @@ impl<F: Clone> Engine<F> {
                 }
             }
         }
+        None
     }
 
     /// `relay(uri)` to the first of a gateway group's candidates: the

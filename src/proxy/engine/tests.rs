@@ -1098,4 +1098,5 @@ fn our_own_responses_carry_received_and_rport() {
 
 mod failover;
 mod limits;
+mod lookups;
 mod multihomed;

@@ -1,0 +1,279 @@
+//! What a shard knows of DNS: a bounded cache of names already looked up
+//! (answers and failures, each kept until it expires) and the names being
+//! looked up now, with the requests waiting on each. The lookups themselves
+//! run elsewhere (`actors::dns`) and report back through
+//! [`HostCache::complete`]; nothing here blocks or reads the clock.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::proxy::fast_hash::FastMap;
+
+/// An answer is kept at least this long, so a zero TTL does not send every
+/// call to the resolver, and at most this long, so an edited hosts file or
+/// a moved backend is seen within minutes.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+pub const MAX_TTL: Duration = Duration::from_secs(300);
+
+/// What the cache says of a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached {
+    Addr(IpAddr),
+    /// Looked up lately and not found (or the lookup timed out).
+    Failed,
+    /// Not known: it needs a lookup.
+    Missing,
+}
+
+/// The outcome of a lookup, as the resolver reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The first address, and how long the answer may be kept.
+    Found(IpAddr, Duration),
+    NotFound,
+}
+
+/// What [`HostCache::wait`] tells the caller to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Nobody is looking this name up: start a lookup.
+    Start,
+    /// A lookup is already running; the ticket waits for it too.
+    Joined,
+    /// Too many names are being looked up: fail the request now.
+    Full,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    answer: Option<IpAddr>,
+    expires: Instant,
+}
+
+pub struct HostCache {
+    entries: FastMap<Box<str>, Entry>,
+    /// Names being looked up, with the tickets of the decisions waiting.
+    in_flight: FastMap<Box<str>, Vec<u64>>,
+    capacity: usize,
+    max_in_flight: usize,
+    negative_ttl: Duration,
+}
+
+/// Host names are case-insensitive (RFC 3261 §19.1.4); most arrive in
+/// lower case already, so this borrows.
+fn key(host: &str) -> Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+impl HostCache {
+    pub fn new(capacity: usize, max_in_flight: usize, negative_ttl: Duration) -> Self {
+        HostCache {
+            entries: FastMap::default(),
+            in_flight: FastMap::default(),
+            capacity: capacity.max(1),
+            max_in_flight: max_in_flight.max(1),
+            negative_ttl,
+        }
+    }
+
+    pub fn get(&self, now: Instant, host: &str) -> Cached {
+        match self.entries.get(key(host).as_ref()) {
+            Some(entry) if entry.expires > now => entry.answer.map_or(Cached::Failed, Cached::Addr),
+            _ => Cached::Missing,
+        }
+    }
+
+    /// Puts `ticket` in line for `host`'s answer.
+    pub fn wait(&mut self, host: &str, ticket: u64) -> Wait {
+        let host = key(host);
+        if let Some(waiting) = self.in_flight.get_mut(host.as_ref()) {
+            waiting.push(ticket);
+            return Wait::Joined;
+        }
+        if self.in_flight.len() >= self.max_in_flight {
+            return Wait::Full;
+        }
+        self.in_flight.insert(host.into(), vec![ticket]);
+        Wait::Start
+    }
+
+    /// Records `host`'s answer and returns the tickets that waited for it.
+    /// A failure is kept for the negative TTL, an answer for its own TTL
+    /// held to [`MIN_TTL`]..=[`MAX_TTL`].
+    pub fn complete(&mut self, now: Instant, host: &str, answer: Answer) -> Vec<u64> {
+        let host = key(host);
+        let entry = match answer {
+            Answer::Found(ip, ttl) => Entry {
+                answer: Some(ip),
+                expires: now + ttl.clamp(MIN_TTL, MAX_TTL),
+            },
+            Answer::NotFound => Entry {
+                answer: None,
+                expires: now + self.negative_ttl,
+            },
+        };
+        if !self.entries.contains_key(host.as_ref()) {
+            self.make_room(now);
+        }
+        self.entries.insert(host.as_ref().into(), entry);
+        self.in_flight.remove(host.as_ref()).unwrap_or_default()
+    }
+
+    /// Below capacity, by dropping expired entries, else the one that would
+    /// expire first.
+    fn make_room(&mut self, now: Instant) {
+        if self.entries.len() < self.capacity {
+            return;
+        }
+        self.entries.retain(|_, entry| entry.expires > now);
+        while self.entries.len() >= self.capacity {
+            let Some(first) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.expires)
+                .map(|(name, _)| name.clone())
+            else {
+                return;
+            };
+            self.entries.remove(&first);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    fn cache() -> HostCache {
+        HostCache::new(3, 2, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn an_answer_is_kept_for_its_ttl_and_names_ignore_case() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        assert_eq!(c.get(t0, "backend.example"), Cached::Missing);
+        assert_eq!(c.wait("backend.example", 1), Wait::Start);
+        assert_eq!(
+            c.complete(
+                t0,
+                "Backend.Example",
+                Answer::Found(IP, Duration::from_secs(60))
+            ),
+            vec![1]
+        );
+        assert_eq!(
+            c.get(t0 + Duration::from_secs(59), "BACKEND.example"),
+            Cached::Addr(IP)
+        );
+        assert_eq!(
+            c.get(t0 + Duration::from_secs(60), "backend.example"),
+            Cached::Missing
+        );
+    }
+
+    #[test]
+    fn ttls_are_held_between_one_second_and_five_minutes() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.complete(t0, "zero.example", Answer::Found(IP, Duration::ZERO));
+        c.complete(
+            t0,
+            "day.example",
+            Answer::Found(IP, Duration::from_secs(86_400)),
+        );
+        assert_eq!(
+            c.get(t0 + Duration::from_millis(999), "zero.example"),
+            Cached::Addr(IP)
+        );
+        assert_eq!(c.get(t0 + MIN_TTL, "zero.example"), Cached::Missing);
+        assert_eq!(
+            c.get(t0 + MAX_TTL - Duration::from_secs(1), "day.example"),
+            Cached::Addr(IP)
+        );
+        assert_eq!(c.get(t0 + MAX_TTL, "day.example"), Cached::Missing);
+    }
+
+    #[test]
+    fn a_failure_is_kept_for_the_negative_ttl() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.complete(t0, "nowhere.example", Answer::NotFound);
+        assert_eq!(
+            c.get(t0 + Duration::from_secs(29), "nowhere.example"),
+            Cached::Failed
+        );
+        assert_eq!(
+            c.get(t0 + Duration::from_secs(30), "nowhere.example"),
+            Cached::Missing
+        );
+    }
+
+    #[test]
+    fn requests_for_a_name_being_looked_up_wait_for_the_same_lookup() {
+        let mut c = cache();
+        assert_eq!(c.wait("slow.example", 1), Wait::Start);
+        assert_eq!(c.wait("SLOW.example", 2), Wait::Joined);
+        assert_eq!(c.wait("other.example", 3), Wait::Start);
+        // Two names in flight is this cache's limit: a third fails at once.
+        assert_eq!(c.wait("third.example", 4), Wait::Full);
+        assert_eq!(c.in_flight(), 2);
+        let waiting = c.complete(Instant::now(), "slow.example", Answer::NotFound);
+        assert_eq!(waiting, vec![1, 2]);
+        assert_eq!(c.in_flight(), 1);
+        assert_eq!(c.wait("third.example", 4), Wait::Start);
+    }
+
+    #[test]
+    fn the_cache_never_holds_more_than_its_capacity() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        for (i, ttl) in [(0u64, 100u64), (1, 10), (2, 200), (3, 50), (4, 300)] {
+            c.complete(
+                t0,
+                &format!("n{i}.example"),
+                Answer::Found(IP, Duration::from_secs(ttl)),
+            );
+            assert!(c.len() <= 3);
+        }
+        // The entries that would have expired first made room.
+        assert_eq!(c.get(t0, "n1.example"), Cached::Missing);
+        assert_eq!(c.get(t0, "n3.example"), Cached::Missing);
+        for kept in ["n0.example", "n2.example", "n4.example"] {
+            assert_eq!(c.get(t0, kept), Cached::Addr(IP), "{kept}");
+        }
+    }
+
+    #[test]
+    fn expired_entries_go_first_when_the_cache_is_full() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.complete(t0, "a.example", Answer::Found(IP, Duration::from_secs(5)));
+        c.complete(t0, "b.example", Answer::Found(IP, Duration::from_secs(5)));
+        c.complete(t0, "c.example", Answer::Found(IP, Duration::from_secs(100)));
+        let later = t0 + Duration::from_secs(10);
+        c.complete(later, "d.example", Answer::NotFound);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(later, "c.example"), Cached::Addr(IP));
+        assert_eq!(c.get(later, "d.example"), Cached::Failed);
+    }
+}
