@@ -82,8 +82,8 @@ impl Dns {
         HostCache::new(self.cache_size, MAX_IN_FLIGHT, self.negative_ttl)
     }
 
-    /// Looks `host` up on the DNS thread. A timeout or any error is
-    /// [`Answer::NotFound`].
+    /// Looks `host` up on the DNS thread. A timeout or a server error is
+    /// [`Answer::Unreachable`].
     pub fn lookup(&self, host: String) -> impl Future<Output = Answer> + 'static {
         let (answer_to, answer) = tokio::sync::oneshot::channel();
         let resolver = self.resolver.clone();
@@ -98,18 +98,21 @@ impl Dns {
                     }
                     None => (Answer::NotFound, "not_found"),
                 },
+                Ok(Err(error)) if error.is_no_records_found() => {
+                    (Answer::NotFound, "not_found")
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%host, %error, "DNS lookup failed");
-                    (Answer::NotFound, "not_found")
+                    (Answer::Unreachable, "error")
                 }
                 Err(_) => {
                     tracing::debug!(%host, timeout_ms = timeout.as_millis() as u64, "DNS lookup timed out");
-                    (Answer::NotFound, "timeout")
+                    (Answer::Unreachable, "timeout")
                 }
             };
             crate::metrics::get().dns_lookup(result);
             let _ = answer_to.send(found);
         });
-        async move { answer.await.unwrap_or(Answer::NotFound) }
+        async move { answer.await.unwrap_or(Answer::Unreachable) }
     }
 }

@@ -24,6 +24,10 @@ use crate::sip::Message;
 
 pub use crate::proxy::engine::ProbeOutcome;
 
+/// How many times one decision may wait for names (see
+/// [`TransactionShard::decide_again`]).
+const MAX_WAITS: u32 = 4;
+
 /// How often the shard lets the engine's timers fire.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -57,8 +61,8 @@ pub struct TransactionShard {
     script: Option<ScriptCache>,
     /// Names looked up, and the names being looked up now.
     hosts: HostCache,
-    /// Decisions waiting for a name, by ticket.
-    deferred: FastMap<u64, Decision>,
+    /// Decisions waiting for names, by ticket, with how often they waited.
+    deferred: FastMap<u64, (Decision, u32)>,
     /// This actor, for lookups to report back to.
     myself: Option<Addr<TransactionShard>>,
     /// Probers waiting for the outcome of their OPTIONS, by probe id.
@@ -184,26 +188,40 @@ impl TransactionShard {
     /// A decision that needs a name not yet looked up waits for it, and the
     /// shard goes on with other messages meanwhile.
     fn decide(&mut self, now: Instant, ticket: u64, decision: Decision) {
-        let Some(deferred) = self.hand_over(now, ticket, decision, true) else {
-            return;
-        };
-        let Deferred {
+        self.decide_again(now, ticket, decision, 0);
+    }
+
+    /// [`Self::decide`] for a decision that has waited `rounds` times. A
+    /// fork's names may each be answered, and expire, while it waits for
+    /// another: past [`MAX_WAITS`] a name still missing counts as failed.
+    fn decide_again(&mut self, now: Instant, ticket: u64, decision: Decision, rounds: u32) {
+        let may_wait = rounds < MAX_WAITS;
+        let Some(Deferred {
             ticket,
             decision,
-            host,
-        } = deferred;
-        match self.hosts.wait(&host, ticket) {
-            Wait::Start => {
-                self.deferred.insert(ticket, decision);
-                self.look_up(host);
+            hosts,
+        }) = self.hand_over(now, ticket, decision, may_wait)
+        else {
+            return;
+        };
+        let mut waiting = false;
+        for host in hosts {
+            match self.hosts.wait(&host, ticket) {
+                Wait::Start => {
+                    waiting = true;
+                    self.look_up(now, host);
+                }
+                Wait::Joined => waiting = true,
+                Wait::Full => {
+                    crate::metrics::get().dns_lookup("refused");
+                    tracing::debug!(%host, "too many DNS lookups in flight");
+                }
             }
-            Wait::Joined => {
-                self.deferred.insert(ticket, decision);
-            }
-            Wait::Full => {
-                tracing::warn!(%host, "too many DNS lookups in flight; relay refused");
-                self.hand_over(now, ticket, decision, false);
-            }
+        }
+        if waiting {
+            self.deferred.insert(ticket, (decision, rounds + 1));
+        } else {
+            self.hand_over(now, ticket, decision, false);
         }
     }
 
@@ -221,7 +239,7 @@ impl TransactionShard {
         let mut hop_of = |uri: &str| match next_hop(uri, now, hosts, |uri| gateways.address_of(uri))
         {
             Err(HopError::Lookup(host)) if !may_wait => Err(HopError::Unresolvable(format!(
-                "cannot resolve {host}: too many lookups in flight"
+                "cannot resolve {host} now (too many lookups, or too long a wait)"
             ))),
             hop => hop,
         };
@@ -230,8 +248,11 @@ impl TransactionShard {
     }
 
     /// Starts a lookup of `host`; its answer comes back as [`Resolved`].
-    fn look_up(&self, host: String) {
+    fn look_up(&mut self, now: Instant, host: String) {
         let Some(myself) = self.myself.clone() else {
+            // Not started (cannot happen once running): fail the name now
+            // rather than leave it in flight for ever.
+            self.hosts.complete(now, &host, Answer::Unreachable);
             return;
         };
         let answer = self.config.dns.lookup(host.clone());
@@ -302,8 +323,8 @@ impl Handler<Resolved> for TransactionShard {
     fn handle(&mut self, resolved: Resolved, _ctx: &mut Self::Context) {
         let now = Instant::now();
         for ticket in self.hosts.complete(now, &resolved.host, resolved.answer) {
-            if let Some(decision) = self.deferred.remove(&ticket) {
-                self.decide(now, ticket, decision);
+            if let Some((decision, rounds)) = self.deferred.remove(&ticket) {
+                self.decide_again(now, ticket, decision, rounds);
             }
         }
         self.carry_out(now);

@@ -77,7 +77,7 @@ pub(super) fn check_dns(dns: &DnsConfig, origin: &Path) -> Result<(), ConfigErro
         "dns.cache_size",
         dns.cache_size,
         16,
-        1_000_000,
+        100_000,
         "names",
     )?;
     check_range(

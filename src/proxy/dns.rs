@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::proxy::fast_hash::FastMap;
 
 /// An answer is kept at least this long, so a zero TTL does not send every
-/// call to the resolver, and at most this long, so an edited hosts file or
-/// a moved backend is seen within minutes.
+/// call to the resolver, and at most this long, so a moved backend is seen
+/// within minutes. A lookup that timed out is also kept this long only: one
+/// slow answer must not shut a name out for the negative TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(300);
 
@@ -31,7 +32,10 @@ pub enum Cached {
 pub enum Answer {
     /// The first address, and how long the answer may be kept.
     Found(IpAddr, Duration),
+    /// The name does not exist, or has no address.
     NotFound,
+    /// No answer in time, or a server error: tried again soon.
+    Unreachable,
 }
 
 /// What [`HostCache::wait`] tells the caller to do.
@@ -115,6 +119,10 @@ impl HostCache {
             Answer::NotFound => Entry {
                 answer: None,
                 expires: now + self.negative_ttl,
+            },
+            Answer::Unreachable => Entry {
+                answer: None,
+                expires: now + MIN_TTL,
             },
         };
         if !self.entries.contains_key(host.as_ref()) {
@@ -226,6 +234,18 @@ mod tests {
             c.get(t0 + Duration::from_secs(30), "nowhere.example"),
             Cached::Missing
         );
+    }
+
+    #[test]
+    fn a_lookup_that_timed_out_is_tried_again_a_second_later() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.complete(t0, "flaky.example", Answer::Unreachable);
+        assert_eq!(
+            c.get(t0 + Duration::from_millis(500), "flaky.example"),
+            Cached::Failed
+        );
+        assert_eq!(c.get(t0 + MIN_TTL, "flaky.example"), Cached::Missing);
     }
 
     #[test]

@@ -148,14 +148,14 @@ pub struct ScriptRun {
     pub preroute: Preroute,
 }
 
-/// A decision that waits for `host` to be looked up; give it back to
-/// [`Engine::handle_decision`] with the same ticket once the name is known
-/// (found or not).
+/// A decision that waits for `hosts` to be looked up; give it back to
+/// [`Engine::handle_decision`] with the same ticket once they are known
+/// (found or not). A name still missing then defers it again.
 #[derive(Debug)]
 pub struct Deferred {
     pub ticket: u64,
     pub decision: Decision,
-    pub host: String,
+    pub hosts: Vec<String>,
 }
 
 /// The result of one probe: the final status, or None when it timed out.
@@ -655,7 +655,7 @@ impl<F: Clone> Engine<F> {
                 let (mut decision, host) =
                     self.relay(now, &pending, decision, uri.as_deref(), next_hop)?;
                 decision.action = Some(Action::Relay { uri });
-                Some(self.defer(ticket, pending, decision, host))
+                Some(self.defer(ticket, pending, decision, vec![host]))
             }
             Some(Action::Fork { targets }) => {
                 let Some(slot) = slot else {
@@ -677,12 +677,17 @@ impl<F: Clone> Engine<F> {
                     .collect();
                 // Every branch's hop is known before the first opens, so a
                 // lookup never leaves the fork half open.
-                if let Some(host) = hops.iter().find_map(|hop| match hop {
-                    Err(HopError::Lookup(host)) => Some(host.clone()),
-                    _ => None,
-                }) {
+                // Every name missing is looked up at once.
+                let hosts: Vec<String> = hops
+                    .iter()
+                    .filter_map(|hop| match hop {
+                        Err(HopError::Lookup(host)) => Some(host.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !hosts.is_empty() {
                     decision.action = Some(Action::Fork { targets });
-                    return Some(self.defer(ticket, pending, decision, host));
+                    return Some(self.defer(ticket, pending, decision, hosts));
                 }
                 for (target, hop) in targets.iter().zip(hops) {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
@@ -724,13 +729,13 @@ impl<F: Clone> Engine<F> {
         ticket: u64,
         pending: Pending,
         decision: Decision,
-        host: String,
+        hosts: Vec<String>,
     ) -> Deferred {
         self.pending.insert(ticket, pending);
         Deferred {
             ticket,
             decision,
-            host,
+            hosts,
         }
     }
 

@@ -47,7 +47,7 @@ impl Harness {
             .expect("the decision waits for the lookup");
         self.collect();
         assert_eq!(deferred.ticket, run.ticket);
-        assert_eq!(deferred.host, "slow.example");
+        assert_eq!(deferred.hosts, ["slow.example"]);
         deferred
     }
 
@@ -168,4 +168,54 @@ fn a_route_through_a_name_being_looked_up_waits_too() {
         Some("<sip:slow.example;lr>"),
         "a loose route stays in the Route set"
     );
+}
+
+#[test]
+fn a_fork_over_two_names_asks_for_both_at_once_and_waits_for_the_last() {
+    let mut h = Harness::new();
+    let run = h
+        .receive(invite("two-names"), UAC, Protocol::Udp)
+        .expect("script runs");
+    let action = fork(&["sip:bob@slow.example", "sip:bob@late.example"]);
+    let decision = script_decision(&run, action);
+    let missing = |known: &'static [&'static str]| {
+        move |uri: &str| match Uri::parse(uri) {
+            Ok(parsed) if known.contains(&parsed.host) => Ok(Hop {
+                addr: addr(if parsed.host == "slow.example" {
+                    NEXT
+                } else {
+                    BACKEND3
+                }),
+                protocol: Protocol::Udp,
+            }),
+            Ok(parsed) => Err(HopError::Lookup(parsed.host.to_string())),
+            Err(e) => Err(HopError::Unsupported(e.to_string())),
+        }
+    };
+    let deferred = h
+        .engine
+        .handle_decision(h.now, run.ticket, decision, &mut missing(&[]))
+        .expect("waits");
+    assert_eq!(deferred.hosts, ["slow.example", "late.example"]);
+    // slow.example answers first: the fork still waits for late.example.
+    let deferred = h
+        .engine
+        .handle_decision(
+            h.now,
+            run.ticket,
+            deferred.decision,
+            &mut missing(&["slow.example"]),
+        )
+        .expect("still waits");
+    assert_eq!(deferred.hosts, ["late.example"]);
+    h.collect();
+    assert!(h.sent_to(NEXT).is_empty());
+    let both = &["slow.example", "late.example"];
+    assert!(h
+        .engine
+        .handle_decision(h.now, run.ticket, deferred.decision, &mut missing(both))
+        .is_none());
+    h.collect();
+    assert_eq!(h.sent_to(NEXT).len(), 1);
+    assert_eq!(h.sent_to(BACKEND3).len(), 1);
 }
