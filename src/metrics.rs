@@ -69,6 +69,8 @@ pub struct Metrics {
     pub script_timeouts: Counter,
     pub auth_checks: Family<ReasonLabels, Counter>,
     pub dns_lookups: Family<ReasonLabels, Counter>,
+    pub connections: Family<TransportLabels, Gauge>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +116,8 @@ impl Metrics {
             script_timeouts: Counter::default(),
             auth_checks: Family::default(),
             dns_lookups: Family::default(),
+            connections: Family::default(),
+            tls_handshake_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +230,16 @@ impl Metrics {
             "DNS lookups made while relaying, by outcome (found, not_found, timeout)",
             m.dns_lookups.clone(),
         );
+        registry.register(
+            "connections",
+            "Open stream connections (inbound and outbound), by transport",
+            m.connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (inbound, outbound, timeout)",
+            m.tls_handshake_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -291,6 +305,26 @@ impl Metrics {
 
     pub fn dns_lookup(&self, outcome: &'static str) {
         count(&self.dns_lookups, outcome);
+    }
+
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        count(&self.tls_handshake_failures, reason);
+    }
+
+    pub fn connection_opened(&self, protocol: crate::sip::Protocol) {
+        self.connections_of(protocol).inc();
+    }
+
+    pub fn connection_closed(&self, protocol: crate::sip::Protocol) {
+        self.connections_of(protocol).dec();
+    }
+
+    fn connections_of(&self, protocol: crate::sip::Protocol) -> Gauge {
+        self.connections
+            .get_or_create(&TransportLabels {
+                transport: protocol.as_str(),
+            })
+            .clone()
     }
 
     pub fn failover(&self, group: &str, reason: &'static str) {

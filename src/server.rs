@@ -43,19 +43,24 @@ async fn start(
     script: Arc<ScriptEngine>,
     services: ScriptServices,
 ) -> Result<(), String> {
-    let (transports, udp_sockets, tcp_sockets) = Transports::bind(
+    let tls = crate::actors::tls::Tls::load(&config.listen.tls, &config.tls)?;
+    let (transports, udp_sockets, stream_sockets) = Transports::bind(
         &config.listen.udp,
         &config.listen.tcp,
+        &config.listen.tls,
         config.advertise.as_deref(),
     )
     .map_err(|e| format!("cannot listen: {e}"))?;
     let edge = crate::actors::edge::Edge::new(config.security.policy());
-    let transports = transports.with_limits(edge.clone(), config.limits.tcp.clone());
-    let mut tcp_listeners = Vec::new();
-    for socket in tcp_sockets {
-        let listener = tokio::net::TcpListener::from_std(socket)
+    let transports = transports
+        .with_limits(edge.clone(), config.limits.tcp.clone())
+        .with_tls(tls.clone());
+    let mut stream_listeners = Vec::new();
+    for stream in stream_sockets {
+        let listener = tokio::net::TcpListener::from_std(stream.socket)
             .map_err(|e| format!("cannot listen on TCP: {e}"))?;
-        tcp_listeners.push(listener);
+        let acceptor = stream.tls.and_then(|index| tls.acceptor(index));
+        stream_listeners.push((listener, stream.listener, acceptor));
     }
     for listener in transports.listeners() {
         tracing::debug!(transport = listener.protocol.as_str(), local = %listener.local, sent_by = %listener.sent_by, "listener");
@@ -136,11 +141,11 @@ async fn start(
         UdpTransport::new(index, socket, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on UDP");
     }
-    for (offset, listener) in tcp_listeners.into_iter().enumerate() {
+    for (listener, index, acceptor) in stream_listeners {
         let local = listener.local_addr().ok();
-        let index = transports.first_tcp_listener() + offset;
-        TcpAcceptor::new(listener, index, transports.clone()).start();
-        tracing::info!(addr = ?local, "listening on TCP");
+        let transport = if acceptor.is_some() { "TLS" } else { "TCP" };
+        TcpAcceptor::new(listener, index, acceptor, transports.clone()).start();
+        tracing::info!(addr = ?local, "listening on {transport}");
     }
 
     start_http(&config, lifecycle.clone(), &services, edge.clone()).await?;
@@ -158,6 +163,7 @@ async fn start(
     watch_signals(
         script,
         services.auth.clone(),
+        tls,
         lifecycle.clone(),
         Duration::from_secs(config.server.drain_secs),
     );
@@ -175,6 +181,7 @@ async fn start(
 fn watch_signals(
     script: Arc<ScriptEngine>,
     auth: Option<Arc<crate::script::auth::AuthService>>,
+    tls: Arc<crate::actors::tls::Tls>,
     lifecycle: Arc<Lifecycle>,
     drain: Duration,
 ) {
@@ -200,6 +207,7 @@ fn watch_signals(
                         Some(Err(e)) => tracing::error!("credentials reload failed; keeping the old users: {e}"),
                         None => {}
                     }
+                    tls.reload();
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::actors::transaction::{ProbeOutcome, SendProbe};
-use crate::actors::transport::{Protocol, Transports};
+use crate::actors::transport::Transports;
 use crate::config::{GroupConfig, ProbeConfig};
 use crate::gateway::{FailureReason, Gateways, SharedGroup, Transition};
 use crate::proxy::decision::RelayFailure;
@@ -314,20 +314,16 @@ impl Actor for GroupActor {
         let Some(probe) = self.probe.clone() else {
             return;
         };
-        let targets: Vec<(usize, String, std::net::SocketAddr)> = self
+        let targets: Vec<(usize, String, Hop)> = self
             .shared
             .lock()
             .destinations()
             .iter()
             .enumerate()
-            .map(|(index, d)| (index, d.uri.clone(), d.address))
+            .map(|(index, d)| (index, d.uri.clone(), d.hop().clone()))
             .collect();
         let group = ctx.address();
-        for (index, uri, addr) in targets {
-            let hop = Hop {
-                addr,
-                protocol: probe_protocol(&uri),
-            };
+        for (index, uri, hop) in targets {
             let prober = Prober::new(
                 self.name.clone(),
                 index,
@@ -671,18 +667,6 @@ pub fn jittered(interval: Duration, offset: f64) -> Duration {
 }
 
 /// Probes go over TCP only when the destination's uri asks for it.
-fn probe_protocol(uri: &str) -> Protocol {
-    let tcp = crate::sip::Uri::parse(uri)
-        .ok()
-        .and_then(|u| u.param("transport").flatten())
-        .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
-    if tcp {
-        Protocol::Tcp
-    } else {
-        Protocol::Udp
-    }
-}
-
 /// Test-only: the group's probers.
 #[cfg(test)]
 #[derive(Message)]
@@ -712,6 +696,7 @@ mod tests {
             address: SocketAddr::from(([127, 0, 0, 1], 40_000 + n)),
             weight: 1,
             attrs: BTreeMap::new(),
+            transport: None,
         };
         GroupConfig {
             name: name.to_string(),
@@ -732,7 +717,7 @@ mod tests {
     fn transports() -> Transports {
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
         let (transports, _receivers, _) =
-            Transports::bind(&[local.into()], &[], None).expect("bind UDP");
+            Transports::bind(&[local.into()], &[], &[], None).expect("bind UDP");
         transports
     }
 
@@ -822,20 +807,6 @@ mod tests {
             let delay = jittered(interval, rand::random_range(-1.0..=1.0));
             assert!((4500..=5500).contains(&delay.as_millis()), "{delay:?}");
         }
-    }
-
-    #[test]
-    fn probes_use_tcp_only_when_the_uri_asks() {
-        assert_eq!(probe_protocol("sip:a.example.com:5060"), Protocol::Udp);
-        assert_eq!(
-            probe_protocol("sip:a.example.com;transport=TCP"),
-            Protocol::Tcp
-        );
-        assert_eq!(
-            probe_protocol("sip:a.example.com;transport=udp"),
-            Protocol::Udp
-        );
-        assert_eq!(probe_protocol("not a uri"), Protocol::Udp);
     }
 
     #[actix_rt::test]

@@ -4,5 +4,6 @@
 pub mod dns;
 pub mod edge;
 pub mod gateway;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

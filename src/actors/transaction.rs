@@ -115,11 +115,7 @@ impl TransactionShard {
     fn carry_out(&mut self, now: Instant) {
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Send { hop, from, bytes } => {
-                    self.config
-                        .transports
-                        .send(hop.protocol, from, hop.addr, bytes)
-                }
+                Output::Send { hop, from, bytes } => self.config.transports.send(&hop, from, bytes),
                 Output::Reply {
                     flow,
                     dest,
@@ -291,6 +287,8 @@ pub struct SendProbe {
 #[rtype(result = "()")]
 pub struct LinkFailed {
     pub peer: SocketAddr,
+    /// TCP or TLS.
+    pub protocol: Protocol,
 }
 
 impl Handler<LinkFailed> for TransactionShard {
@@ -298,10 +296,7 @@ impl Handler<LinkFailed> for TransactionShard {
 
     fn handle(&mut self, failed: LinkFailed, _ctx: &mut Self::Context) {
         let now = Instant::now();
-        let hop = forward::Hop {
-            addr: failed.peer,
-            protocol: Protocol::Tcp,
-        };
+        let hop = forward::Hop::new(failed.peer, failed.protocol);
         self.engine.handle_link_failure(now, &hop);
         self.carry_out(now);
         self.report_active();

@@ -1,6 +1,7 @@
-//! Transport actors: one per UDP socket, a TCP listener, and one per TCP
-//! connection. They frame and parse bytes, answer what cannot be parsed, and hand
-//! each message to the transaction shard that owns its Call-ID.
+//! Transport actors: one per UDP socket, one per TCP or TLS listener, and one
+//! per stream connection (TCP, or TLS over TCP). They frame and parse bytes,
+//! answer what cannot be parsed, and hand each message to the transaction
+//! shard that owns its Call-ID.
 //!
 //! Sending never goes through an actor for UDP: every shard holds a clone of the
 //! socket (`Transports`) and writes to it directly, so a relay costs no hop.
@@ -15,12 +16,14 @@ use std::task::{Context as TaskContext, Poll};
 
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::codec::{Decoder, FramedRead};
 
+use crate::actors::tls::Tls;
 use crate::actors::transaction::TransactionShard;
-use crate::config::{ListenAddr, TcpLimits};
+use crate::config::{ListenAddr, TcpLimits, TlsListen};
+use crate::proxy::forward::Hop;
 use crate::proxy::local::Listener;
 use crate::security::Verdict;
 use crate::sip::{self, Message, ParseErrorKind};
@@ -89,12 +92,13 @@ impl IngressGate {
 }
 
 /// The way back to a peer: the UDP socket (by its listener index) a
-/// datagram arrived on, or the TCP connection it arrived over with the
-/// listener that connection belongs to.
+/// datagram arrived on, or the TCP or TLS connection it arrived over with
+/// the listener that connection belongs to.
 #[derive(Clone, Debug)]
 pub enum Flow {
     Udp(usize),
     Tcp(Addr<TcpConnection>, usize),
+    Tls(Addr<TcpConnection>, usize),
 }
 
 impl Flow {
@@ -102,13 +106,21 @@ impl Flow {
         match self {
             Flow::Udp(_) => Protocol::Udp,
             Flow::Tcp(..) => Protocol::Tcp,
+            Flow::Tls(..) => Protocol::Tls,
         }
     }
 
     /// The listener (see [`Transports::listeners`]) the message came in on.
     pub fn listener(&self) -> usize {
         match self {
-            Flow::Udp(index) | Flow::Tcp(_, index) => *index,
+            Flow::Udp(index) | Flow::Tcp(_, index) | Flow::Tls(_, index) => *index,
+        }
+    }
+
+    fn stream(conn: Addr<TcpConnection>, listener: usize, protocol: Protocol) -> Flow {
+        match protocol {
+            Protocol::Tls => Flow::Tls(conn, listener),
+            _ => Flow::Tcp(conn, listener),
         }
     }
 }
@@ -157,11 +169,12 @@ impl Router {
         shard.do_send(Inbound { msg, source, flow });
     }
 
-    /// Tells every shard that the TCP connection to `peer` failed or closed,
-    /// so requests waiting on it fail over (rare: no per-message cost).
-    pub fn broadcast_link_failure(&self, peer: SocketAddr) {
+    /// Tells every shard that the stream connection to `peer` failed or
+    /// closed, so requests waiting on it fail over (rare: no per-message
+    /// cost).
+    pub fn broadcast_link_failure(&self, peer: SocketAddr, protocol: Protocol) {
         for shard in self.shards.iter() {
-            shard.do_send(crate::actors::transaction::LinkFailed { peer });
+            shard.do_send(crate::actors::transaction::LinkFailed { peer, protocol });
         }
     }
 
@@ -186,14 +199,16 @@ struct UdpOut {
 }
 
 /// Everything a shard needs to put bytes on the wire: the UDP sockets, the pool
-/// of TCP connections (inbound and outbound, reused by peer address), and the
-/// router for messages that arrive on connections we open.
+/// of stream connections (inbound and outbound, reused by protocol and peer
+/// address), and the router for messages that arrive on connections we open.
 #[derive(Clone)]
 pub struct Transports {
     udp: Arc<[UdpOut]>,
-    /// Every listener: the UDP sockets (same index), then the TCP ones.
+    /// Every listener: the UDP sockets (same index), then the TCP and TLS ones.
     listeners: Arc<[Listener]>,
-    tcp_pool: Arc<Mutex<HashMap<SocketAddr, Addr<TcpConnection>>>>,
+    tcp_pool: Arc<Mutex<StreamPool>>,
+    /// Certificates and verification for TLS, when configured.
+    tls: Option<Arc<Tls>>,
     router: Arc<OnceLock<Router>>,
     /// Who may talk to us (rate limits, bans, scanners).
     edge: Arc<crate::actors::edge::Edge>,
@@ -209,6 +224,17 @@ struct TcpCount {
     per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
+/// Open stream connections by protocol and peer address.
+type StreamPool = HashMap<(Protocol, SocketAddr), Addr<TcpConnection>>;
+
+/// A bound stream listener, for a [`TcpAcceptor`]: its index in
+/// [`Transports::listeners`], and for TLS its `listen.tls` entry.
+pub struct StreamSocket {
+    pub listener: usize,
+    pub tls: Option<usize>,
+    pub socket: std::net::TcpListener,
+}
+
 impl Transports {
     /// Binds every UDP socket (with a large receive buffer: drops there are
     /// the first limit under load) and every TCP listener, a wildcard
@@ -219,8 +245,9 @@ impl Transports {
     pub fn bind(
         udp: &[ListenAddr],
         tcp: &[ListenAddr],
+        tls: &[TlsListen],
         advertise: Option<&str>,
-    ) -> io::Result<(Self, Vec<UdpSocket>, Vec<std::net::TcpListener>)> {
+    ) -> io::Result<(Self, Vec<UdpSocket>, Vec<StreamSocket>)> {
         let mut outs = Vec::new();
         let mut receivers = Vec::new();
         let mut listeners = Vec::new();
@@ -236,14 +263,29 @@ impl Transports {
                 listeners.push(Listener::new(Protocol::Udp, local, name));
             }
         }
-        let mut tcp_sockets = Vec::new();
-        for listen in tcp {
+        let mut stream_sockets = Vec::new();
+        let tls_listens: Vec<ListenAddr> = tls.iter().map(TlsListen::listen_addr).collect();
+        let streams = tcp
+            .iter()
+            .map(|listen| (Protocol::Tcp, None, listen))
+            .chain(
+                tls_listens
+                    .iter()
+                    .enumerate()
+                    .map(|(index, listen)| (Protocol::Tls, Some(index), listen)),
+            );
+        for (protocol, tls, listen) in streams {
             let name = listen.advertise.as_deref().or(advertise);
             for addr in expand_wildcard(listen.address)? {
-                let socket = bind_tcp(addr).map_err(|e| with_address(e, "TCP", addr))?;
+                let socket =
+                    bind_tcp(addr).map_err(|e| with_address(e, protocol.as_str(), addr))?;
                 let local = socket.local_addr()?;
-                tcp_sockets.push(socket);
-                listeners.push(Listener::new(Protocol::Tcp, local, name));
+                stream_sockets.push(StreamSocket {
+                    listener: listeners.len(),
+                    tls,
+                    socket,
+                });
+                listeners.push(Listener::new(protocol, local, name));
             }
         }
         Ok((
@@ -251,14 +293,25 @@ impl Transports {
                 udp: outs.into(),
                 listeners: listeners.into(),
                 tcp_pool: Arc::default(),
+                tls: None,
                 router: Arc::default(),
                 edge: crate::actors::edge::Edge::open(),
                 tcp_limits: Arc::new(TcpLimits::default()),
                 tcp_count: Arc::default(),
             },
             receivers,
-            tcp_sockets,
+            stream_sockets,
         ))
+    }
+
+    /// Puts TLS in force (before cloning).
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// Puts the edge guard and the TCP limits in force (before cloning).
@@ -277,20 +330,15 @@ impl Transports {
         &self.listeners
     }
 
-    /// The index of the first TCP listener, which the first TCP socket
-    /// [`Transports::bind`] returned belongs to.
-    pub fn first_tcp_listener(&self) -> usize {
-        self.udp.len()
-    }
-
-    /// The TCP listener a connection with local address `local` belongs to:
-    /// the one bound there, else the first on that IP, else the first.
-    fn tcp_listener_of(&self, local: Option<SocketAddr>) -> usize {
+    /// The `protocol` listener a connection with local address `local`
+    /// belongs to: the one bound there, else the first on that IP, else the
+    /// first of that protocol.
+    fn stream_listener_of(&self, protocol: Protocol, local: Option<SocketAddr>) -> usize {
         let tcp = || {
             self.listeners
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.protocol == Protocol::Tcp)
+                .filter(|(_, l)| l.protocol == protocol)
         };
         local
             .and_then(|local| {
@@ -325,18 +373,22 @@ impl Transports {
     pub fn reply(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes) {
         match flow {
             Flow::Udp(index) => self.send_udp(*index, dest, &bytes),
-            Flow::Tcp(conn, _) if conn.connected() => conn.do_send(SendBytes(bytes)),
-            Flow::Tcp(..) => self.send_tcp(dest, bytes),
+            Flow::Tcp(conn, _) | Flow::Tls(conn, _) if conn.connected() => {
+                conn.do_send(SendBytes(bytes))
+            }
+            Flow::Tcp(..) | Flow::Tls(..) => {
+                self.send_stream(&Hop::new(dest, flow.protocol()), bytes)
+            }
         }
     }
 
-    /// Sends to a peer over `protocol`, reusing an open TCP connection to it or
-    /// opening one.
-    /// Over UDP it leaves from listener `from`'s socket.
-    pub fn send(&self, protocol: Protocol, from: usize, dest: SocketAddr, bytes: Bytes) {
-        match protocol {
-            Protocol::Udp => self.send_udp(from, dest, &bytes),
-            Protocol::Tcp => self.send_tcp(dest, bytes),
+    /// Sends to a hop, reusing an open connection to it or opening one
+    /// (over TLS verifying the hop's name). Over UDP it leaves from
+    /// listener `from`'s socket.
+    pub fn send(&self, hop: &Hop, from: usize, bytes: Bytes) {
+        match hop.protocol {
+            Protocol::Udp => self.send_udp(from, hop.addr, &bytes),
+            Protocol::Tcp | Protocol::Tls => self.send_stream(hop, bytes),
         }
     }
 
@@ -350,35 +402,37 @@ impl Transports {
         }
     }
 
-    fn send_tcp(&self, dest: SocketAddr, bytes: Bytes) {
+    fn send_stream(&self, hop: &Hop, bytes: Bytes) {
         let mut pool = match self.tcp_pool.lock() {
             Ok(pool) => pool,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(conn) = pool.get(&dest) {
+        let key = (hop.protocol, hop.addr);
+        if let Some(conn) = pool.get(&key) {
             if conn.connected() {
                 conn.do_send(SendBytes(bytes));
                 return;
             }
         }
-        let conn = TcpConnection::connect(dest, self.clone());
+        let conn = TcpConnection::connect(hop, self.clone());
         conn.do_send(SendBytes(bytes));
-        pool.insert(dest, conn);
+        pool.insert(key, conn);
     }
 
-    fn register_tcp(&self, peer: SocketAddr, conn: Addr<TcpConnection>) {
+    fn register_stream(&self, protocol: Protocol, peer: SocketAddr, conn: Addr<TcpConnection>) {
         if let Ok(mut pool) = self.tcp_pool.lock() {
-            pool.insert(peer, conn);
+            pool.insert((protocol, peer), conn);
         }
     }
 
     /// Removes `conn` from the pool as it stops. It still looks connected
     /// from inside `stopped()`, so the entry is matched by identity: a newer
     /// connection to the same peer stays.
-    fn forget_tcp(&self, peer: SocketAddr, conn: &Addr<TcpConnection>) {
+    fn forget_stream(&self, protocol: Protocol, peer: SocketAddr, conn: &Addr<TcpConnection>) {
         if let Ok(mut pool) = self.tcp_pool.lock() {
-            if pool.get(&peer).is_some_and(|c| c == conn) {
-                pool.remove(&peer);
+            let key = (protocol, peer);
+            if pool.get(&key).is_some_and(|c| c == conn) {
+                pool.remove(&key);
             }
         }
     }
@@ -705,21 +759,82 @@ impl futures_core::Stream for Datagrams {
     }
 }
 
-/// Accepts TCP connections and starts a `TcpConnection` actor for each.
+/// Accepts TCP connections (for a TLS listener, completing the handshake
+/// first) and starts a `TcpConnection` actor for each.
 pub struct TcpAcceptor {
     listener: Option<TcpListener>,
     /// Its index in [`Transports::listeners`].
     index: usize,
     transports: Transports,
+    /// The handshake of a TLS listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl TcpAcceptor {
-    pub fn new(listener: TcpListener, index: usize, transports: Transports) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        index: usize,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        transports: Transports,
+    ) -> Self {
         TcpAcceptor {
             listener: Some(listener),
             index,
             transports,
+            tls,
         }
+    }
+
+    /// Starts the connection actor for an accepted (and for TLS, shaken
+    /// hands) stream.
+    fn open<S>(&self, stream: S, peer: SocketAddr, local: Option<SocketAddr>, protocol: Protocol)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let transports = self.transports.clone();
+        let index = self.index;
+        let conn = TcpConnection::create(|ctx| {
+            let mut conn = TcpConnection::new(peer, protocol, None, transports);
+            conn.listener = index;
+            conn.counted = true;
+            conn.attach(stream, local, ctx);
+            conn
+        });
+        self.transports.register_stream(protocol, peer, conn);
+    }
+
+    /// The TLS handshake of an accepted connection, bounded in time; a
+    /// failure closes it and gives its place back.
+    fn shake_hands(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: &mut Context<Self>,
+    ) {
+        let timeout = self
+            .transports
+            .tls
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |tls| {
+                tls.handshake_timeout()
+            });
+        let local = stream.local_addr().ok();
+        let handshake = async move { tokio::time::timeout(timeout, acceptor.accept(stream)).await };
+        ctx.spawn(handshake.into_actor(self).map(move |outcome, acceptor, _ctx| {
+            match outcome {
+                Ok(Ok(stream)) => acceptor.open(stream, peer, local, Protocol::Tls),
+                failed => {
+                    let reason = if failed.is_err() { "timeout" } else { "inbound" };
+                    crate::metrics::get().tls_handshake_failed(reason);
+                    // At debug: a scanner's junk must not flood the log.
+                    if let Ok(Err(error)) = failed {
+                        tracing::debug!(%peer, %error, "TLS handshake from a client failed");
+                    }
+                    acceptor.transports.release_connection(peer);
+                }
+            }
+        }));
     }
 }
 
@@ -746,7 +861,7 @@ impl futures_core::Stream for Incoming {
 }
 
 impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
-    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, _ctx: &mut Self::Context) {
+    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
         match item {
             Ok((stream, peer)) => {
                 if let Err(reason) = self.transports.admit_connection(peer) {
@@ -755,16 +870,13 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
                     return; // dropping the stream closes it
                 }
                 let _ = stream.set_nodelay(true);
-                let transports = self.transports.clone();
-                let index = self.index;
-                let conn = TcpConnection::create(|ctx| {
-                    let mut conn = TcpConnection::new(peer, None, transports);
-                    conn.listener = index;
-                    conn.counted = true;
-                    conn.attach(stream, ctx);
-                    conn
-                });
-                self.transports.register_tcp(peer, conn);
+                match self.tls.clone() {
+                    Some(acceptor) => self.shake_hands(acceptor, stream, peer, ctx),
+                    None => {
+                        let local = stream.local_addr().ok();
+                        self.open(stream, peer, local, Protocol::Tcp);
+                    }
+                }
             }
             // EMFILE and the like: logged at debug, since a flood of
             // connections would otherwise flood the log.
@@ -844,7 +956,13 @@ const TCP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// connect completes.
 pub struct TcpConnection {
     peer: SocketAddr,
+    /// TCP, or TLS over TCP.
+    protocol: Protocol,
     connect_to: Option<SocketAddr>,
+    /// The name an outbound TLS connection verifies (else the address).
+    tls_name: Option<Arc<str>>,
+    /// The stream is up (counted in the connections gauge).
+    attached: bool,
     writer: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
     /// Bytes handed to the writer task and not yet written.
     unwritten: Arc<std::sync::atomic::AtomicUsize>,
@@ -861,15 +979,23 @@ pub struct TcpConnection {
 }
 
 impl TcpConnection {
-    fn new(peer: SocketAddr, connect_to: Option<SocketAddr>, transports: Transports) -> Self {
+    fn new(
+        peer: SocketAddr,
+        protocol: Protocol,
+        connect_to: Option<SocketAddr>,
+        transports: Transports,
+    ) -> Self {
         let now = std::time::Instant::now();
         TcpConnection {
             peer,
+            protocol,
             connect_to,
+            tls_name: None,
+            attached: false,
             writer: None,
             unwritten: Arc::default(),
             pending: Vec::new(),
-            listener: transports.tcp_listener_of(None),
+            listener: transports.stream_listener_of(protocol, None),
             transports,
             counted: false,
             opened: now,
@@ -879,16 +1005,23 @@ impl TcpConnection {
     }
 
     /// Starts an outbound connection on the current arbiter; messages sent to it
-    /// wait in its mailbox until the connect completes.
-    fn connect(dest: SocketAddr, transports: Transports) -> Addr<Self> {
-        TcpConnection::new(dest, Some(dest), transports).start()
+    /// wait in its mailbox until the connect (and TLS handshake) completes.
+    fn connect(hop: &Hop, transports: Transports) -> Addr<Self> {
+        let mut conn = TcpConnection::new(hop.addr, hop.protocol, Some(hop.addr), transports);
+        conn.tls_name = hop.tls_name.clone();
+        conn.start()
     }
 
-    fn attach(&mut self, stream: TcpStream, ctx: &mut Context<Self>) {
+    fn attach<S>(&mut self, stream: S, local: Option<SocketAddr>, ctx: &mut Context<Self>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         if self.connect_to.is_some() {
-            self.listener = self.transports.tcp_listener_of(stream.local_addr().ok());
+            self.listener = self.transports.stream_listener_of(self.protocol, local);
         }
-        let (read, write) = stream.into_split();
+        self.attached = true;
+        crate::metrics::get().connection_opened(self.protocol);
+        let (read, write) = tokio::io::split(stream);
         ctx.add_stream(FramedRead::new(read, SipStreamCodec::default()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         ctx.spawn(write_all(write, rx, self.unwritten.clone(), ctx.address()).into_actor(self));
@@ -948,13 +1081,14 @@ impl TcpConnection {
 
 /// The writer task of one connection: writes what it is given in order,
 /// counting down `unwritten`, and reports the first failure.
-async fn write_all(
-    mut write: OwnedWriteHalf,
+async fn write_all<W: AsyncWrite>(
+    write: W,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
     unwritten: Arc<std::sync::atomic::AtomicUsize>,
     conn: Addr<TcpConnection>,
 ) {
     use tokio::io::AsyncWriteExt;
+    let mut write = std::pin::pin!(write);
     while let Some(bytes) = queue.recv().await {
         if let Err(e) = write.write_all(&bytes).await {
             conn.do_send(WriteFailed(e));
@@ -973,21 +1107,51 @@ impl Actor for TcpConnection {
         let Some(dest) = self.connect_to else {
             return;
         };
+        let tls = match self.protocol {
+            Protocol::Tls => match &self.transports.tls {
+                Some(tls) => Some((
+                    tls.connector(),
+                    crate::actors::tls::server_name(self.tls_name.as_deref(), dest),
+                    tls.handshake_timeout(),
+                )),
+                None => {
+                    tracing::warn!(%dest, "TLS is not set up; message dropped");
+                    ctx.stop();
+                    return;
+                }
+            },
+            _ => None,
+        };
         let connecting = async move {
             let stream =
                 tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(dest))
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             let _ = stream.set_nodelay(true);
-            Ok::<_, io::Error>(stream)
+            let local = stream.local_addr().ok();
+            let Some((connector, name, timeout)) = tls else {
+                return Ok::<_, Connect>((Connected::Plain(stream), local));
+            };
+            let stream = tokio::time::timeout(timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| Connect::Handshake("handshake timed out".to_string()))?
+                .map_err(|e| Connect::Handshake(e.to_string()))?;
+            Ok((Connected::Tls(Box::new(stream)), local))
         };
         ctx.wait(
             connecting
                 .into_actor(self)
                 .map(move |result, conn, ctx| match result {
-                    Ok(stream) => conn.attach(stream, ctx),
-                    Err(e) => {
-                        tracing::warn!(%dest, error = %e, "TCP connect failed; queued messages dropped");
+                    Ok((Connected::Plain(stream), local)) => conn.attach(stream, local, ctx),
+                    Ok((Connected::Tls(stream), local)) => conn.attach(stream, local, ctx),
+                    Err(Connect::Io(e)) => {
+                        tracing::warn!(%dest, transport = conn.protocol.as_str(), error = %e, "connect failed; queued messages dropped");
+                        ctx.stop();
+                    }
+                    Err(Connect::Handshake(e)) => {
+                        crate::metrics::get().tls_handshake_failed("outbound");
+                        let name = conn.tls_name.as_deref().map_or_else(|| dest.ip().to_string(), str::to_string);
+                        tracing::warn!(%dest, %name, error = %e, "TLS handshake failed; the peer's certificate was not accepted or the handshake broke off");
                         ctx.stop();
                     }
                 }),
@@ -995,8 +1159,12 @@ impl Actor for TcpConnection {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        tracing::debug!(peer = %self.peer, "TCP connection closed");
-        self.transports.forget_tcp(self.peer, &ctx.address());
+        tracing::debug!(peer = %self.peer, transport = self.protocol.as_str(), "connection closed");
+        if self.attached {
+            crate::metrics::get().connection_closed(self.protocol);
+        }
+        self.transports
+            .forget_stream(self.protocol, self.peer, &ctx.address());
         if self.counted {
             self.transports.release_connection(self.peer);
         }
@@ -1004,7 +1172,7 @@ impl Actor for TcpConnection {
         // closed leaves whatever was sent on it unanswered.
         if self.connect_to.is_some() {
             if let Some(router) = self.transports.router.get() {
-                router.broadcast_link_failure(self.peer);
+                router.broadcast_link_failure(self.peer, self.protocol);
             }
         }
     }
@@ -1034,7 +1202,7 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
                 let _busy = crate::metrics::actors().tcp.measure();
                 self.last_activity = std::time::Instant::now();
                 self.delivered = true;
-                let flow = Flow::Tcp(ctx.address(), self.listener);
+                let flow = Flow::stream(ctx.address(), self.listener, self.protocol);
                 accept_bytes(bytes, self.peer, flow, &self.transports);
             }
             Err(e) => {
@@ -1042,6 +1210,24 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
                 ctx.stop();
             }
         }
+    }
+}
+
+/// An outbound stream, once connected.
+enum Connected {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why an outbound connection did not come up.
+enum Connect {
+    Io(io::Error),
+    Handshake(String),
+}
+
+impl From<io::Error> for Connect {
+    fn from(error: io::Error) -> Self {
+        Connect::Io(error)
     }
 }
 

@@ -22,6 +22,7 @@ mod expand;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 mod yaml;
 
@@ -46,6 +47,8 @@ pub use self::edge::{
 pub use self::error::*;
 use self::expand::*;
 pub use self::schema::*;
+use self::tls::*;
+pub use self::tls::{TlsConfig, TlsListen};
 pub use self::validate::check_log_level;
 use self::validate::*;
 use self::yaml::*;

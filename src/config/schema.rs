@@ -23,6 +23,7 @@ pub struct Config {
     /// Digest credentials; `auth.check` challenges everything without them.
     pub auth: Option<AuthConfig>,
     pub dns: DnsConfig,
+    pub tls: TlsConfig,
 }
 
 /// Sockets to bind. `udp: []` disables UDP; at least one listener is required.
@@ -31,6 +32,7 @@ pub struct Config {
 pub struct Listen {
     pub udp: Vec<ListenAddr>,
     pub tcp: Vec<ListenAddr>,
+    pub tls: Vec<TlsListen>,
 }
 
 impl Default for Listen {
@@ -38,6 +40,7 @@ impl Default for Listen {
         Listen {
             udp: vec![ListenAddr::from(SocketAddr::from(([0, 0, 0, 0], 5060)))],
             tcp: Vec::new(),
+            tls: Vec::new(),
         }
     }
 }
@@ -207,9 +210,13 @@ impl GroupConfig {
             .destinations
             .iter()
             .map(|d| {
-                Destination::new(d.uri.clone(), d.address)
+                let destination = Destination::new(d.uri.clone(), d.address)
                     .with_weight(d.weight)
-                    .with_attrs(d.attrs.clone())
+                    .with_attrs(d.attrs.clone());
+                match d.transport {
+                    Some(protocol) => destination.with_protocol(protocol),
+                    None => destination,
+                }
             })
             .collect();
         let passive = crate::gateway::PassivePolicy {
@@ -306,6 +313,8 @@ pub struct DestinationConfig {
     pub address: SocketAddr,
     pub weight: u32,
     pub attrs: BTreeMap<String, String>,
+    /// `transport:`, over what the uri says (`udp`, `tcp`, `tls`).
+    pub transport: Option<crate::sip::Protocol>,
 }
 
 impl DestinationConfig {
@@ -336,7 +345,19 @@ impl DestinationConfig {
             address,
             weight,
             attrs,
+            transport: None,
         })
+    }
+
+    /// The `transport:` key, when set.
+    pub fn with_transport(mut self, transport: Option<&str>) -> Result<Self, FieldError> {
+        if let Some(text) = transport {
+            let protocol = crate::sip::Protocol::from_token(text.trim()).ok_or_else(|| {
+                FieldError::new("transport", format!("`{text}`: use udp, tcp or tls"))
+            })?;
+            self.transport = Some(protocol);
+        }
+        Ok(self)
     }
 }
 

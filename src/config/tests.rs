@@ -116,6 +116,43 @@ fn defaults_fill_in_every_optional_section() {
 }
 
 #[test]
+fn tls_listeners_and_files_are_taken_from_the_config_directory() {
+    let config = parse(
+        "script: {path: /srv/lb.py}\nlisten: {tls: [{address: \"0.0.0.0:5061\", cert: cert.pem, key: /etc/k.pem, advertise: sip.example.com}]}\ntls: {ca_file: ca.pem}\n",
+    )
+    .expect("tls config");
+    let dir = origin().parent().unwrap();
+    let tls = &config.listen.tls[0];
+    assert_eq!(tls.address, "0.0.0.0:5061".parse::<SocketAddr>().unwrap());
+    assert_eq!(tls.cert, dir.join("cert.pem"));
+    assert_eq!(tls.key, PathBuf::from("/etc/k.pem"));
+    assert_eq!(tls.advertise.as_deref(), Some("sip.example.com"));
+    assert_eq!(config.tls.ca_file, Some(dir.join("ca.pem")));
+    assert_eq!(config.tls.handshake_timeout(), Duration::from_secs(5));
+    // UDP keeps its default beside a TLS listener.
+    assert_eq!(config.listen.udp.len(), 1);
+}
+
+#[test]
+fn a_destination_may_name_its_transport() {
+    let config = parse(&with_group(
+        "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com\", address: \"192.0.2.5:5061\", transport: TLS}]\n",
+    ))
+    .expect("transport key");
+    let destination = &config.gateway.groups[0].destinations[0];
+    assert_eq!(destination.transport, Some(crate::sip::Protocol::Tls));
+    let group = config.gateway.groups[0].to_group();
+    assert_eq!(
+        group.destinations()[0].protocol(),
+        crate::sip::Protocol::Tls
+    );
+    assert!(error_of(&with_group(
+        "    - name: g\n      destinations: [{uri: \"sip:a.example.com\", address: \"192.0.2.5\", transport: sctp}]\n"
+    ))
+    .contains("gateway.groups[0].destinations[0].transport: `sctp`: use udp, tcp or tls"));
+}
+
+#[test]
 fn dns_servers_take_a_port_or_default_to_53() {
     let config = parse(
         "script: {path: /srv/lb.py}\ndns: {servers: [\"192.0.2.53\", \"127.0.0.1:5353\", \"[2001:db8::53]:53\", \"2001:db8::54\"]}\n",
@@ -938,6 +975,18 @@ fn absurd_numbers_are_refused_with_their_key() {
             "dns.servers[1]: `dns.example` is not an ip or ip:port",
         ),
         ("dns: {timeout_ms: 0}", "dns.timeout_ms: 0 is out of range"),
+        (
+            "tls: {client_cert: c.pem}",
+            "tls.client_key: client_cert and client_key go together",
+        ),
+        (
+            "tls: {handshake_timeout_ms: 1}",
+            "tls.handshake_timeout_ms: 1 is out of range",
+        ),
+        (
+            "listen: {tls: [{address: \"127.0.0.1:5061\", cert: c.pem}]}",
+            "listen.tls[0]: missing field `key`",
+        ),
         ("dns: {cache_size: 1}", "dns.cache_size: 1 is out of range"),
         (
             "dns: {negative_ttl_secs: 0}",

@@ -16,8 +16,9 @@ pub(super) fn invalid(
 }
 
 impl RawConfig {
-    pub(super) fn into_config(self, origin: &Path) -> Result<Config, ConfigError> {
+    pub(super) fn into_config(mut self, origin: &Path) -> Result<Config, ConfigError> {
         check_listen(&self.listen, origin)?;
+        check_tls(&mut self.listen, &mut self.tls, origin)?;
         let advertise = check_advertise(self.advertise, origin)?;
         let domain = check_domain(self.domain, origin)?;
         let script = resolve_script(self.script, origin)?;
@@ -47,19 +48,21 @@ impl RawConfig {
             limits: self.limits,
             auth,
             dns: self.dns,
+            tls: self.tls,
         })
     }
 }
 
 pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigError> {
-    if listen.udp.is_empty() && listen.tcp.is_empty() {
+    if listen.udp.is_empty() && listen.tcp.is_empty() && listen.tls.is_empty() {
         return Err(invalid(
             origin,
             "listen",
-            "no listener; add an ip:port to listen.udp or listen.tcp",
+            "no listener; add an ip:port to listen.udp, listen.tcp or listen.tls",
         ));
     }
-    for (transport, addresses) in [("udp", &listen.udp), ("tcp", &listen.tcp)] {
+    let tls: Vec<ListenAddr> = listen.tls.iter().map(TlsListen::listen_addr).collect();
+    for (transport, addresses) in [("udp", &listen.udp), ("tcp", &listen.tcp), ("tls", &tls)] {
         let mut seen = HashSet::new();
         for (index, listen) in addresses.iter().enumerate() {
             let address = listen.address;
@@ -193,6 +196,7 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
                 raw_dest.weight,
                 raw_dest.attrs,
             )
+            .and_then(|d| d.with_transport(raw_dest.transport.as_deref()))
             .map_err(|e| at(e.under(&format!("destinations[{index}]"))))?;
             destinations.push(destination);
         }

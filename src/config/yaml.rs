@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     pub(super) auth: Option<AuthConfig>,
     #[serde(default)]
     pub(super) dns: DnsConfig,
+    #[serde(default)]
+    pub(super) tls: TlsConfig,
 }
 
 #[derive(Default, Deserialize)]
@@ -77,6 +79,8 @@ pub(super) struct RawDestination {
     pub(super) weight: u32,
     #[serde(default, deserialize_with = "attr_map")]
     pub(super) attrs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) transport: Option<String>,
 }
 
 pub(super) fn default_weight() -> u32 {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::proxy::forward::{uri_protocol, Hop};
 use crate::sip::Protocol;
 
 /// One backend of a gateway group.
@@ -27,26 +28,39 @@ pub struct Destination {
     pub attrs: BTreeMap<String, String>,
     /// `uri` again, shared: a request's candidate list holds it without a copy.
     shared_uri: Arc<str>,
-    /// The transport the uri asks for (`;transport=tcp`), else UDP.
-    protocol: Protocol,
+    /// Where requests and probes go: `address`, over the transport the uri
+    /// asks for (`;transport=`, TLS for `sips:`) or the config names, with
+    /// the uri's host as the name a TLS certificate must carry.
+    hop: Hop,
 }
 
 impl Destination {
     /// A destination with weight 1 and no attributes.
     pub fn new(uri: impl Into<String>, address: SocketAddr) -> Self {
         let uri = uri.into();
-        let tcp = crate::sip::Uri::parse(&uri)
-            .ok()
-            .and_then(|u| u.param("transport").flatten())
-            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+        let parsed = crate::sip::Uri::parse(&uri).ok();
+        let protocol = parsed
+            .as_ref()
+            .and_then(|u| uri_protocol(u).ok())
+            .unwrap_or(Protocol::Udp);
+        let host = parsed.as_ref().map_or("", |u| u.host);
+        let hop = Hop::to_host(address, protocol, host);
         Destination {
             shared_uri: Arc::from(uri.as_str()),
             uri,
             address,
             weight: 1,
             attrs: BTreeMap::new(),
-            protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
+            hop,
         }
+    }
+
+    /// Reached over `protocol` whatever the uri says (the config's
+    /// `transport:`).
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        let host = crate::sip::Uri::parse(&self.uri).map_or(String::new(), |u| u.host.to_string());
+        self.hop = Hop::to_host(self.address, protocol, &host);
+        self
     }
 
     /// The uri as a shared string.
@@ -56,7 +70,12 @@ impl Destination {
 
     /// The transport requests and probes to this destination use.
     pub fn protocol(&self) -> Protocol {
-        self.protocol
+        self.hop.protocol
+    }
+
+    /// Where requests and probes to this destination go.
+    pub fn hop(&self) -> &Hop {
+        &self.hop
     }
 
     /// Builder-style attribute map setter.
@@ -557,6 +576,30 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn the_uri_or_the_config_chooses_the_transport_and_tls_names_the_host() {
+        let address: SocketAddr = "192.0.2.30:5061".parse().unwrap();
+        let hop = |uri: &str| Destination::new(uri, address).hop().clone();
+        assert_eq!(hop("sip:a.example.com:5060").protocol, Protocol::Udp);
+        assert_eq!(
+            hop("sip:a.example.com;transport=TCP").protocol,
+            Protocol::Tcp
+        );
+        assert_eq!(
+            hop("sip:a.example.com;transport=udp").protocol,
+            Protocol::Udp
+        );
+        assert_eq!(hop("not a uri").protocol, Protocol::Udp);
+        let tls = hop("sips:A.example.com");
+        assert_eq!((tls.protocol, tls.addr), (Protocol::Tls, address));
+        assert_eq!(tls.tls_name.as_deref(), Some("a.example.com"));
+        assert_eq!(hop("sip:192.0.2.30;transport=tls").tls_name, None);
+        let configured =
+            Destination::new("sip:b.example.com", address).with_protocol(Protocol::Tls);
+        assert_eq!(configured.protocol(), Protocol::Tls);
+        assert_eq!(configured.hop().tls_name.as_deref(), Some("b.example.com"));
     }
 
     #[test]

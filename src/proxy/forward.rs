@@ -7,12 +7,46 @@ use crate::proxy::dns::{Cached, HostCache};
 
 use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Protocol, Rewriter, Uri, Via};
 
-/// Where a request goes next.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a request goes next. Over TLS, `tls_name` is the name the peer's
+/// certificate must carry (the URI's host; an address is checked against
+/// the certificate's IP addresses). Two hops are the same when they reach
+/// the same address over the same protocol, whatever the name.
+#[derive(Clone, Debug)]
 pub struct Hop {
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    pub tls_name: Option<std::sync::Arc<str>>,
 }
+
+impl Hop {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Hop {
+            addr,
+            protocol,
+            tls_name: None,
+        }
+    }
+
+    /// A hop to `host` (a URI's host): over TLS the host is the name to
+    /// verify, unless it is an address.
+    pub fn to_host(addr: SocketAddr, protocol: Protocol, host: &str) -> Self {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let named = protocol == Protocol::Tls && bare.parse::<IpAddr>().is_err();
+        Hop {
+            addr,
+            protocol,
+            tls_name: named.then(|| std::sync::Arc::from(bare.to_ascii_lowercase())),
+        }
+    }
+}
+
+impl PartialEq for Hop {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr && self.protocol == other.protocol
+    }
+}
+
+impl Eq for Hop {}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum HopError {
@@ -33,7 +67,26 @@ impl std::fmt::Display for HopError {
     }
 }
 
-/// The next hop for a URI: its host and port, with `;transport=` choosing TCP.
+/// The transport a URI asks for: `;transport=` (udp, tcp, tls), TLS for a
+/// `sips:` URI whatever its parameter (RFC 5630), else UDP. An error names
+/// what cannot be reached.
+pub fn uri_protocol(uri: &Uri) -> Result<Protocol, String> {
+    let secure = uri.scheme.eq_ignore_ascii_case("sips");
+    if !secure && !uri.scheme.eq_ignore_ascii_case("sip") {
+        return Err("only sip: and sips: URIs are routed".to_string());
+    }
+    match uri.param("transport").flatten() {
+        _ if secure => Ok(Protocol::Tls),
+        None => Ok(Protocol::Udp),
+        Some(t) => match Protocol::from_token(t) {
+            Some(protocol) => Ok(protocol),
+            None => Err(format!("transport {t} is not supported")),
+        },
+    }
+}
+
+/// The next hop for a URI: its host and port, with `;transport=` (or
+/// `sips:`) choosing the protocol.
 /// `known` gives a fixed address for some URIs (gateway destinations), which
 /// then need no DNS; other host names come from `hosts`, and one it does not
 /// hold is a [`HopError::Lookup`].
@@ -45,25 +98,12 @@ pub fn next_hop(
 ) -> Result<Hop, HopError> {
     let parsed =
         Uri::parse(uri).map_err(|e| HopError::Unsupported(format!("bad uri {uri}: {e}")))?;
-    if !parsed.scheme.eq_ignore_ascii_case("sip") {
-        return Err(HopError::Unsupported(format!(
-            "cannot reach {uri}: only sip: URIs are routed"
-        )));
-    }
-    let protocol = match parsed.param("transport").flatten() {
-        None => Protocol::Udp,
-        Some(t) if t.eq_ignore_ascii_case("udp") => Protocol::Udp,
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
-        Some(t) => {
-            return Err(HopError::Unsupported(format!(
-                "cannot reach {uri}: transport {t} is not supported"
-            )))
-        }
-    };
+    let protocol = uri_protocol(&parsed)
+        .map_err(|why| HopError::Unsupported(format!("cannot reach {uri}: {why}")))?;
     if let Some(addr) = known(uri) {
-        return Ok(Hop { addr, protocol });
+        return Ok(Hop::to_host(addr, protocol, parsed.host));
     }
-    let port = parsed.port.unwrap_or(5060);
+    let port = parsed.port.unwrap_or(protocol.default_port());
     let bare = parsed.host.trim_start_matches('[').trim_end_matches(']');
     let ip = match bare.parse::<IpAddr>() {
         Ok(ip) => ip,
@@ -73,10 +113,7 @@ pub fn next_hop(
             Cached::Missing => return Err(HopError::Lookup(bare.to_string())),
         },
     };
-    Ok(Hop {
-        addr: SocketAddr::new(ip, port),
-        protocol,
-    })
+    Ok(Hop::to_host(SocketAddr::new(ip, port), protocol, bare))
 }
 
 /// A hash of what identifies a request for loop detection (RFC 3261 §16.3
@@ -526,10 +563,7 @@ body";
             next_hop("sip:bob@127.0.0.1:5070;transport=tcp", now, &hosts, |_| {
                 None
             }),
-            Ok(Hop {
-                addr: "127.0.0.1:5070".parse().unwrap(),
-                protocol: Protocol::Tcp
-            })
+            Ok(Hop::new("127.0.0.1:5070".parse().unwrap(), Protocol::Tcp))
         );
         assert_eq!(
             next_hop("sip:127.0.0.1", now, &hosts, |_| None).map(|h| h.addr.port()),
@@ -543,6 +577,39 @@ body";
             next_hop("tel:+123", now, &hosts, |_| None),
             Err(HopError::Unsupported(_))
         ));
+        assert!(matches!(
+            next_hop("sip:127.0.0.1;transport=sctp", now, &hosts, |_| None),
+            Err(HopError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn sips_and_transport_tls_go_over_tls_to_5061_and_name_the_host_to_verify() {
+        let mut hosts = HostCache::new(16, 4, std::time::Duration::from_secs(30));
+        let now = Instant::now();
+        let ip = "192.0.2.20".parse().unwrap();
+        hosts.complete(
+            now,
+            "trunk.example",
+            crate::proxy::dns::Answer::Found(ip, std::time::Duration::from_secs(60)),
+        );
+        for uri in [
+            "sips:bob@Trunk.Example",
+            "sip:bob@trunk.example;transport=TLS",
+        ] {
+            let hop = next_hop(uri, now, &hosts, |_| None).unwrap();
+            assert_eq!(hop.protocol, Protocol::Tls, "{uri}");
+            assert_eq!(hop.addr, SocketAddr::new(ip, 5061), "{uri}");
+            assert_eq!(hop.tls_name.as_deref(), Some("trunk.example"), "{uri}");
+        }
+        // sips: with transport=tcp is still TLS (RFC 5630 §3.2).
+        let hop = next_hop("sips:192.0.2.21:5071;transport=tcp", now, &hosts, |_| None).unwrap();
+        assert_eq!(hop.protocol, Protocol::Tls);
+        // An address is verified against the certificate's IP addresses.
+        assert_eq!(hop.tls_name, None);
+        // Over UDP and TCP there is nothing to verify.
+        let hop = next_hop("sip:trunk.example;transport=tcp", now, &hosts, |_| None).unwrap();
+        assert_eq!(hop.tls_name, None);
     }
 
     #[test]

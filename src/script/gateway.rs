@@ -25,7 +25,6 @@ use crate::gateway::group::GroupView;
 use crate::gateway::{Algorithm, AnySelector, Destination, Gateways, Selector, SharedGroup};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, RelayCandidate};
 use crate::proxy::fast_hash::FastMap;
-use crate::proxy::forward::Hop;
 
 /// The most rankings one script run remembers (a script that selects in a
 /// loop keeps the latest).
@@ -149,10 +148,7 @@ fn candidate(view: &GroupView, index: usize) -> Option<RelayCandidate> {
     let destination = view.destinations.get(index)?;
     Some(RelayCandidate {
         uri: destination.shared_uri().clone(),
-        hop: Hop {
-            addr: destination.address,
-            protocol: destination.protocol(),
-        },
+        hop: destination.hop().clone(),
         report_success: view.has_passive_failures(index),
     })
 }
@@ -364,7 +360,7 @@ impl GatewayApi {
 }
 
 /// The keys a destination dict may have, as in the config.
-const DESTINATION_KEYS: [&str; 4] = ["uri", "address", "weight", "attrs"];
+const DESTINATION_KEYS: [&str; 5] = ["uri", "address", "weight", "attrs", "transport"];
 /// The keys a failover dict may have, as in the config.
 const FAILOVER_KEYS: [&str; 4] = ["enabled", "no_response_ms", "on_codes", "max_attempts"];
 /// The keys a passive dict may have, as in the config.
@@ -483,11 +479,13 @@ struct Unresolved {
     address: Option<String>,
     weight: u32,
     attrs: BTreeMap<String, String>,
+    transport: Option<String>,
 }
 
 impl Unresolved {
     fn resolve(self) -> Result<DestinationConfig, String> {
         DestinationConfig::resolve(&self.uri, self.address.as_deref(), self.weight, self.attrs)
+            .and_then(|d| d.with_transport(self.transport.as_deref()))
             .map_err(|e| format!("{}.{}: {}", self.at, e.key, e.message))
     }
 }
@@ -500,6 +498,7 @@ fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<Unresolved, S
     let uri: String = required(dict, "uri", at)?;
     let address: Option<String> = optional(dict, "address", at)?;
     let weight: u32 = optional(dict, "weight", at)?.unwrap_or(1);
+    let transport: Option<String> = optional(dict, "transport", at)?;
     let attrs = match dict
         .get_item("attrs")
         .map_err(|e| format!("{at}.attrs: {e}"))?
@@ -515,6 +514,7 @@ fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<Unresolved, S
         address,
         weight,
         attrs,
+        transport,
     })
 }
 

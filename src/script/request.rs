@@ -182,7 +182,7 @@ impl Request {
 
     #[getter]
     fn transport(&self) -> PyResult<&'static str> {
-        Ok(self.state()?.input.protocol.as_str())
+        Ok(self.state()?.input.protocol.name())
     }
 
     fn header(&self, name: &str) -> PyResult<Option<String>> {

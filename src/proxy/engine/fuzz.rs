@@ -77,10 +77,7 @@ fn hop_of(uri: &str) -> Result<Hop, HopError> {
         Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
         _ => Protocol::Udp,
     };
-    Ok(Hop {
-        addr: addr.parse().expect("host address"),
-        protocol,
-    })
+    Ok(Hop::new(addr.parse().expect("host address"), protocol))
 }
 
 /// One fuzzing run: the engine, its clock and what it has said.
@@ -279,10 +276,7 @@ impl Run {
                     if self.rng.chance(70) {
                         candidates.push(RelayCandidate {
                             uri: Arc::from(format!("sip:{host}").as_str()),
-                            hop: Hop {
-                                addr: addr.parse().unwrap(),
-                                protocol: Protocol::Udp,
-                            },
+                            hop: Hop::new(addr.parse().unwrap(), Protocol::Udp),
                             report_success: self.rng.chance(50),
                         });
                     }

@@ -211,7 +211,7 @@ pub struct Engine<F> {
     record_route: Vec<String>,
     /// The listener of each protocol when it has only one (no route to
     /// look up), by `Protocol as usize`.
-    only_listener: [Option<usize>; 2],
+    only_listener: [Option<usize>; Protocol::ALL.len()],
 }
 
 impl<F: Clone> Engine<F> {
@@ -234,12 +234,12 @@ impl<F: Clone> Engine<F> {
                 .collect(),
             record_route: listeners
                 .iter()
-                .map(|l| match l.protocol {
-                    Protocol::Udp => format!("<sip:{};lr>", l.sent_by),
-                    Protocol::Tcp => format!("<sip:{};transport=tcp;lr>", l.sent_by),
+                .map(|l| match l.protocol.uri_param() {
+                    None => format!("<sip:{};lr>", l.sent_by),
+                    Some(transport) => format!("<sip:{};transport={transport};lr>", l.sent_by),
                 })
                 .collect(),
-            only_listener: [only(Protocol::Udp), only(Protocol::Tcp)],
+            only_listener: Protocol::ALL.map(only),
             tokens: BranchTokens::new(config.branch_secret),
             config,
             servers: FastMap::default(),
@@ -276,7 +276,7 @@ impl<F: Clone> Engine<F> {
     /// protocol, else the one with the address the routing table picks
     /// (of the hop's family), else the first of its protocol and family.
     fn listener_for(&self, hop: &Hop) -> usize {
-        if let Some(only) = self.only_listener[hop.protocol as usize] {
+        if let Some(only) = self.only_listener[hop.protocol.index()] {
             return only;
         }
         let listeners = &self.config.listeners;
@@ -1521,13 +1521,9 @@ impl<F: Clone> Engine<F> {
         let Some(addr) = forward::response_destination(&via) else {
             return;
         };
-        let protocol = if via.transport.eq_ignore_ascii_case("TCP") {
-            Protocol::Tcp
-        } else {
-            Protocol::Udp
-        };
+        let protocol = Protocol::from_token(via.transport).unwrap_or(Protocol::Udp);
         let bytes = Bytes::from(forward::strip_top_via(msg));
-        self.send(Hop { addr, protocol }, bytes);
+        self.send(Hop::new(addr, protocol), bytes);
     }
 
     // ----- responses from here --------------------------------------------
@@ -1909,8 +1905,11 @@ fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
 fn reply_destination(msg: &Message, source: SocketAddr, protocol: Protocol) -> SocketAddr {
     match protocol {
         Protocol::Udp => forward::reply_address(msg, source),
-        Protocol::Tcp => {
-            let port = msg.top_via().and_then(|via| via.port).unwrap_or(5060);
+        Protocol::Tcp | Protocol::Tls => {
+            let port = msg
+                .top_via()
+                .and_then(|via| via.port)
+                .unwrap_or(protocol.default_port());
             SocketAddr::new(source.ip(), port)
         }
     }

@@ -48,10 +48,7 @@ fn hop_of(uri: &str) -> Result<Hop, HopError> {
         Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
         _ => Protocol::Udp,
     };
-    Ok(Hop {
-        addr: addr.parse().expect("hop"),
-        protocol,
-    })
+    Ok(Hop::new(addr.parse().expect("hop"), protocol))
 }
 
 fn parse(text: &str) -> Message {

@@ -21,10 +21,7 @@ fn gateway(order: &[usize], policy: FailoverPolicy) -> GatewayRelay {
             .iter()
             .map(|&i| RelayCandidate {
                 uri: Arc::from(BACKENDS[i].0),
-                hop: Hop {
-                    addr: addr(BACKENDS[i].1),
-                    protocol: Protocol::Udp,
-                },
+                hop: Hop::new(addr(BACKENDS[i].1), Protocol::Udp),
                 report_success: false,
             })
             .collect(),
@@ -455,22 +452,12 @@ fn a_refused_tcp_connection_fails_over_at_once() {
     h.relay_to_group(invite("refused"), relay);
     h.one_sent_to(BACKEND1);
     // Another hop's failure changes nothing.
-    h.engine.handle_link_failure(
-        h.now,
-        &Hop {
-            addr: addr(BACKEND3),
-            protocol: Protocol::Tcp,
-        },
-    );
+    h.engine
+        .handle_link_failure(h.now, &Hop::new(addr(BACKEND3), Protocol::Tcp));
     h.collect();
     assert!(h.sent_to(BACKEND2).is_empty());
-    h.engine.handle_link_failure(
-        h.now,
-        &Hop {
-            addr: addr(BACKEND1),
-            protocol: Protocol::Tcp,
-        },
-    );
+    h.engine
+        .handle_link_failure(h.now, &Hop::new(addr(BACKEND1), Protocol::Tcp));
     h.collect();
     assert_eq!(
         invites(&h.sent_to(BACKEND2)),
@@ -540,10 +527,7 @@ fn a_dead_link_to_the_last_candidate_ends_the_call_at_once() {
     h.relay_to_group(invite("last-link"), relay);
     h.one_sent_to(BACKEND1);
     h.take();
-    let hop = Hop {
-        addr: addr(BACKEND1),
-        protocol: Protocol::Tcp,
-    };
+    let hop = Hop::new(addr(BACKEND1), Protocol::Tcp);
     h.engine.handle_link_failure(h.now, &hop);
     h.collect();
     assert_eq!(h.reply_codes(), [408], "not after Timer B");

@@ -15,10 +15,7 @@ fn waiting_for_slow(uri: &str) -> Result<Hop, HopError> {
 /// `slow.example` now resolves to NEXT.
 fn slow_resolved(uri: &str) -> Result<Hop, HopError> {
     match Uri::parse(uri) {
-        Ok(parsed) if parsed.host == "slow.example" => Ok(Hop {
-            addr: addr(NEXT),
-            protocol: Protocol::Udp,
-        }),
+        Ok(parsed) if parsed.host == "slow.example" => Ok(Hop::new(addr(NEXT), Protocol::Udp)),
         _ => hop_of(uri),
     }
 }
@@ -180,14 +177,14 @@ fn a_fork_over_two_names_asks_for_both_at_once_and_waits_for_the_last() {
     let decision = script_decision(&run, action);
     let missing = |known: &'static [&'static str]| {
         move |uri: &str| match Uri::parse(uri) {
-            Ok(parsed) if known.contains(&parsed.host) => Ok(Hop {
-                addr: addr(if parsed.host == "slow.example" {
+            Ok(parsed) if known.contains(&parsed.host) => Ok(Hop::new(
+                addr(if parsed.host == "slow.example" {
                     NEXT
                 } else {
                     BACKEND3
                 }),
-                protocol: Protocol::Udp,
-            }),
+                Protocol::Udp,
+            )),
             Ok(parsed) => Err(HopError::Lookup(parsed.host.to_string())),
             Err(e) => Err(HopError::Unsupported(e.to_string())),
         }

@@ -61,10 +61,10 @@ fn ip_hop(uri: &str) -> Result<Hop, HopError> {
         .trim_matches(['[', ']'])
         .parse::<std::net::IpAddr>()
     {
-        Ok(ip) => Ok(Hop {
-            addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
-            protocol: Protocol::Udp,
-        }),
+        Ok(ip) => Ok(Hop::new(
+            SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
+            Protocol::Udp,
+        )),
         Err(_) => hop_of(uri),
     }
 }
