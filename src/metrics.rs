@@ -478,6 +478,22 @@ pub fn log_actor_stats(interval: Duration) {
             "actor metrics"
         );
     }
+    let m = get();
+    let handshake_failures: u64 = ["inbound", "outbound", "timeout"]
+        .iter()
+        .map(|reason| {
+            m.tls_handshake_failures
+                .get_or_create(&ReasonLabels { reason })
+                .get()
+        })
+        .sum();
+    tracing::info!(
+        target: "siphon::actors",
+        tcp = m.connections_of(crate::sip::Protocol::Tcp).get(),
+        tls = m.connections_of(crate::sip::Protocol::Tls).get(),
+        tls_handshake_failures = handshake_failures,
+        "connections"
+    );
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::gateway::{seed_lb_script, wait_for_transition, Backend};
-use common::tls::{python_tls_call, TestCa};
+use common::tls::{python_tls_call, PythonTlsPeer, TestCa};
 use common::{free_port, get_json, http, Siphon, SippSpec, Transport};
 
 fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
@@ -228,4 +228,95 @@ fn a_tls_destination_is_probed_and_called_over_tls_and_a_wrong_certificate_is_re
         .run(dir.path());
     outcome.assert_all_succeeded();
     assert!(metric(admin, "siphon_responses_total", "code=\"200\"") >= 5.0);
+}
+
+const LB_MTLS: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+script:
+  path: "script.py"
+tls:
+  ca_file: "@CA@"
+@CLIENT@
+gateway:
+  groups:
+    - name: "trunks"
+      probe: {enabled: true, interval_secs: 1, failure_threshold: 1}
+      destinations:
+        - uri: "sip:127.0.0.1:@TRUNK@;transport=tls"
+admin: {listen: "127.0.0.1:@ADMIN@"}
+log: {level: info, format: pretty}
+"#;
+
+fn start_mtls_lb(
+    ca: &std::path::Path,
+    trunk: u16,
+    client: Option<&common::tls::Issued>,
+) -> (Siphon, SocketAddr) {
+    let admin = free_port();
+    let client = client.map_or(String::new(), |c| {
+        format!(
+            "  client_cert: \"{}\"\n  client_key: \"{}\"",
+            c.cert.display(),
+            c.key.display()
+        )
+    });
+    let config = LB_MTLS
+        .replace("@CA@", &ca.display().to_string())
+        .replace("@CLIENT@", &client)
+        .replace("@TRUNK@", &trunk.to_string())
+        .replace("@ADMIN@", &admin.to_string());
+    let lb = Siphon::start(&config, &seed_lb_script());
+    (lb, SocketAddr::from(([127, 0, 0, 1], admin)))
+}
+
+/// Polls CONDITION for up to TIMEOUT.
+fn eventually(timeout: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+#[test]
+fn a_trunk_that_wants_mutual_tls_gets_the_client_certificate_and_an_address_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write(dir.path());
+    // The trunk's certificate names its address only (subjectAltName IP).
+    let trunk_cert = ca.issue(dir.path(), "trunk", &["127.0.0.1"]);
+    let client_cert = ca.issue(dir.path(), "lb.example.com", &["lb.example.com"]);
+    let trunk_port = free_port();
+    let trunk = PythonTlsPeer::start(dir.path(), trunk_port, &trunk_cert, &ca_file);
+    let trunk_uri = format!("sip:127.0.0.1:{trunk_port};transport=tls");
+
+    // With its client certificate the LB's probes are answered.
+    let (with_cert, admin) = start_mtls_lb(&ca_file, trunk_port, Some(&client_cert));
+    let healthy = || {
+        let gateways = get_json(admin, "/admin/gateways");
+        let destination = &gateways["groups"][0]["destinations"][0];
+        destination["uri"] == trunk_uri.as_str()
+            && destination["healthy"] == true
+            && destination["last_probe_latency_ms"].is_number()
+    };
+    assert!(
+        eventually(Duration::from_secs(6), healthy),
+        "trunk saw {:?}\n{}",
+        trunk.lines(),
+        with_cert.log_tail(20)
+    );
+    assert!(trunk.lines().iter().any(|l| l == "PEER lb.example.com"));
+    drop(with_cert);
+
+    // Without one the trunk refuses the handshake and the probe marks it down.
+    let (without, _admin) = start_mtls_lb(&ca_file, trunk_port, None);
+    wait_for_transition(&without, &trunk_uri, "down", Duration::from_secs(10));
+    assert!(
+        trunk.lines().iter().any(|l| l.starts_with("REFUSED")),
+        "{:?}",
+        trunk.lines()
+    );
 }

@@ -38,12 +38,16 @@ impl TestCa {
         path
     }
 
-    /// A leaf certificate for NAMES (host names or IP addresses), written
-    /// to DIR/NAME.pem and DIR/NAME.key.
+    /// A leaf certificate for NAMES (host names or IP addresses), with NAME
+    /// as its common name, written to DIR/NAME.pem and DIR/NAME.key.
     pub fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> Issued {
-        let params =
+        let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         let key = KeyPair::generate().expect("leaf key");
         let certificate = params.signed_by(&key, &self.issuer).expect("sign leaf");
         let issued = Issued {
@@ -159,5 +163,95 @@ pub fn python_tls_call(
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ))
+    }
+}
+
+/// A SIP peer over TLS in Python's `ssl` that requires a client certificate
+/// from our CA (a trunk that wants mutual TLS). It answers every request
+/// 200 and prints `PEER <commonName>` for each client it accepted, or
+/// `REFUSED <reason>` for each handshake it refused, to DIR/tls_peer.out.
+const PY_MTLS_PEER: &str = r#"
+import socket, ssl, sys, threading
+
+port, cert, key, ca, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+context.verify_mode = ssl.CERT_REQUIRED
+context.load_verify_locations(ca)
+log = open(out, "a", buffering=1)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen(16)
+
+def serve(conn):
+    try:
+        tls = context.wrap_socket(conn, server_side=True)
+    except Exception as error:
+        log.write("REFUSED %s\n" % type(error).__name__)
+        return
+    subject = dict(x[0] for x in tls.getpeercert().get("subject", ()))
+    names = [v for k, v in tls.getpeercert().get("subjectAltName", ())]
+    log.write("PEER %s\n" % (subject.get("commonName") or ",".join(names)))
+    buffer = b""
+    while True:
+        chunk = tls.recv(65536)
+        if not chunk:
+            return
+        buffer += chunk
+        while b"\r\n\r\n" in buffer:
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            keep = [l for l in lines[1:] if l.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+            reply = "\r\n".join(["SIP/2.0 200 OK"] + keep + ["Content-Length: 0", "", ""])
+            tls.sendall(reply.encode())
+
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+pub struct PythonTlsPeer {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl PythonTlsPeer {
+    pub fn start(dir: &Path, port: u16, server: &Issued, ca: &Path) -> PythonTlsPeer {
+        let out = dir.join("tls_peer.out");
+        let child = Command::new("python3")
+            .args(["-c", PY_MTLS_PEER])
+            .arg(port.to_string())
+            .arg(&server.cert)
+            .arg(&server.key)
+            .arg(ca)
+            .arg(&out)
+            .spawn()
+            .expect("start the Python TLS peer");
+        assert!(
+            super::wait_until_bound(
+                port,
+                super::Transport::Tcp,
+                std::time::Duration::from_secs(5)
+            ),
+            "the Python TLS peer did not listen on {port}"
+        );
+        PythonTlsPeer { child, out }
+    }
+
+    /// What it printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for PythonTlsPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
