@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::dns::{DnsServer, Record};
 use common::gateway::Backend;
-use common::{free_port, http, status_code, RawRequest, Siphon, SippSpec, Transport, UdpPeer};
+use common::{free_port, metric, status_code, RawRequest, Siphon, SippSpec, Transport, UdpPeer};
 
 const LB_CONFIG: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]
@@ -91,14 +91,6 @@ fn options(user: &str, lb: SocketAddr, peer: &UdpPeer) -> RawRequest {
         Transport::Udp,
         peer.local_addr(),
     )
-}
-
-fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
-    let (_, text) = http(admin, "GET", "/metrics", None);
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

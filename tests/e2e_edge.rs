@@ -13,20 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{seed_lb_script, Backend};
 use common::{
-    free_port, get_json, header, header_values, http, status_code, RawRequest, Siphon, SippSpec,
-    Transport, UdpPeer,
+    free_port, get_json, header, header_values, http, metric, status_code, RawRequest, Siphon,
+    SippSpec, Transport, UdpPeer,
 };
 
 const ATTACKER: &str = "127.0.0.66";
-
-/// A prometheus sample's value (0 when absent).
-fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
-    let (_, text) = http(admin, "GET", "/metrics", None);
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -10,15 +10,7 @@ use std::time::Duration;
 
 use common::gateway::{seed_lb_script, wait_for_transition, Backend};
 use common::tls::{python_tls_call, PythonTlsPeer, TestCa};
-use common::{free_port, get_json, http, Siphon, SippSpec, Transport};
-
-fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
-    let (_, text) = http(admin, "GET", "/metrics", None);
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{free_port, get_json, metric, Siphon, SippSpec, Transport};
 
 const TLS_LB: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]

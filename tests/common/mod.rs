@@ -1281,6 +1281,16 @@ fn dechunk(mut rest: &str) -> String {
     body
 }
 
+/// The sum of the `/metrics` samples whose line starts with NAME and
+/// contains LABEL (0 when there are none).
+pub fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, text) = http(admin, "GET", "/metrics", None);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, None)
 }
