@@ -43,14 +43,18 @@ async fn start(
     script: Arc<ScriptEngine>,
     services: ScriptServices,
 ) -> Result<(), String> {
-    let tls = crate::actors::tls::Tls::load(&config.listen.tls, &config.tls)?;
-    let (transports, udp_sockets, stream_sockets) = Transports::bind(
-        &config.listen.udp,
-        &config.listen.tcp,
-        &config.listen.tls,
-        config.advertise.as_deref(),
-    )
-    .map_err(|e| format!("cannot listen: {e}"))?;
+    // listen.tls, then listen.wss: the order Transports::bind numbers them.
+    let tls_listens: Vec<_> = config
+        .listen
+        .tls
+        .iter()
+        .cloned()
+        .chain(config.listen.wss.iter().filter_map(|wss| wss.tls_listen()))
+        .collect();
+    let tls = crate::actors::tls::Tls::load(&tls_listens, &config.tls)?;
+    let (transports, udp_sockets, stream_sockets) =
+        Transports::bind(&config.listen, config.advertise.as_deref())
+            .map_err(|e| format!("cannot listen: {e}"))?;
     let edge = crate::actors::edge::Edge::new(config.security.policy());
     let transports = transports
         .with_limits(edge.clone(), config.limits.tcp.clone())
@@ -60,7 +64,7 @@ async fn start(
         let listener = tokio::net::TcpListener::from_std(stream.socket)
             .map_err(|e| format!("cannot listen on TCP: {e}"))?;
         let acceptor = stream.tls.and_then(|index| tls.acceptor(index));
-        stream_listeners.push((listener, stream.listener, acceptor));
+        stream_listeners.push((listener, stream.listener, acceptor, stream.websocket));
     }
     for listener in transports.listeners() {
         tracing::debug!(transport = listener.protocol.as_str(), local = %listener.local, sent_by = %listener.sent_by, "listener");
@@ -141,10 +145,10 @@ async fn start(
         UdpTransport::new(index, socket, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on UDP");
     }
-    for (listener, index, acceptor) in stream_listeners {
+    for (listener, index, acceptor, websocket) in stream_listeners {
         let local = listener.local_addr().ok();
-        let transport = if acceptor.is_some() { "TLS" } else { "TCP" };
-        TcpAcceptor::new(listener, index, acceptor, transports.clone()).start();
+        let transport = transports.listeners()[index].protocol.as_str();
+        TcpAcceptor::new(listener, index, acceptor, websocket, transports.clone()).start();
         tracing::info!(addr = ?local, "listening on {transport}");
     }
 

@@ -716,8 +716,14 @@ mod tests {
 
     fn transports() -> Transports {
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (transports, _receivers, _) =
-            Transports::bind(&[local.into()], &[], &[], None).expect("bind UDP");
+        let (transports, _receivers, _) = Transports::bind(
+            &crate::config::Listen {
+                udp: vec![local.into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("bind UDP");
         transports
     }
 

@@ -7,3 +7,4 @@ pub mod gateway;
 pub mod tls;
 pub mod transaction;
 pub mod transport;
+pub mod websocket;

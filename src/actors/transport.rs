@@ -22,7 +22,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::actors::tls::Tls;
 use crate::actors::transaction::TransactionShard;
-use crate::config::{ListenAddr, TcpLimits, TlsListen};
+use crate::config::{Listen, TcpLimits, WsListen};
 use crate::proxy::forward::Hop;
 use crate::proxy::local::Listener;
 use crate::security::Verdict;
@@ -92,35 +92,26 @@ impl IngressGate {
 }
 
 /// The way back to a peer: the UDP socket (by its listener index) a
-/// datagram arrived on, or the TCP or TLS connection it arrived over with
-/// the listener that connection belongs to.
+/// datagram arrived on, or the connection (TCP, TLS, WS or WSS) it arrived
+/// over with the listener that connection belongs to.
 #[derive(Clone, Debug)]
 pub enum Flow {
     Udp(usize),
-    Tcp(Addr<TcpConnection>, usize),
-    Tls(Addr<TcpConnection>, usize),
+    Stream(Addr<TcpConnection>, usize, Protocol),
 }
 
 impl Flow {
     pub fn protocol(&self) -> Protocol {
         match self {
             Flow::Udp(_) => Protocol::Udp,
-            Flow::Tcp(..) => Protocol::Tcp,
-            Flow::Tls(..) => Protocol::Tls,
+            Flow::Stream(_, _, protocol) => *protocol,
         }
     }
 
     /// The listener (see [`Transports::listeners`]) the message came in on.
     pub fn listener(&self) -> usize {
         match self {
-            Flow::Udp(index) | Flow::Tcp(_, index) | Flow::Tls(_, index) => *index,
-        }
-    }
-
-    fn stream(conn: Addr<TcpConnection>, listener: usize, protocol: Protocol) -> Flow {
-        match protocol {
-            Protocol::Tls => Flow::Tls(conn, listener),
-            _ => Flow::Tcp(conn, listener),
+            Flow::Udp(index) | Flow::Stream(_, index, _) => *index,
         }
     }
 }
@@ -232,6 +223,8 @@ type StreamPool = HashMap<(Protocol, SocketAddr), Addr<TcpConnection>>;
 pub struct StreamSocket {
     pub listener: usize,
     pub tls: Option<usize>,
+    /// A WebSocket listener's settings (origins).
+    pub websocket: Option<Arc<WsListen>>,
     pub socket: std::net::TcpListener,
 }
 
@@ -243,15 +236,13 @@ impl Transports {
     /// does; see README "Multi-homed hosts"). `advertise` names every
     /// listener that has no name of its own.
     pub fn bind(
-        udp: &[ListenAddr],
-        tcp: &[ListenAddr],
-        tls: &[TlsListen],
+        listen: &Listen,
         advertise: Option<&str>,
     ) -> io::Result<(Self, Vec<UdpSocket>, Vec<StreamSocket>)> {
         let mut outs = Vec::new();
         let mut receivers = Vec::new();
         let mut listeners = Vec::new();
-        for listen in udp {
+        for listen in &listen.udp {
             let name = listen.advertise.as_deref().or(advertise);
             for addr in expand_wildcard(listen.address)? {
                 let socket = bind_udp(addr).map_err(|e| with_address(e, "UDP", addr))?;
@@ -264,17 +255,33 @@ impl Transports {
             }
         }
         let mut stream_sockets = Vec::new();
-        let tls_listens: Vec<ListenAddr> = tls.iter().map(TlsListen::listen_addr).collect();
-        let streams = tcp
+        // TLS acceptors are numbered as `Tls::load` gets them: listen.tls,
+        // then listen.wss.
+        let tls_count = listen.tls.len();
+        let streams = (listen
+            .tcp
             .iter()
-            .map(|listen| (Protocol::Tcp, None, listen))
-            .chain(
-                tls_listens
-                    .iter()
-                    .enumerate()
-                    .map(|(index, listen)| (Protocol::Tls, Some(index), listen)),
-            );
-        for (protocol, tls, listen) in streams {
+            .map(|l| (Protocol::Tcp, None, None, l.clone())))
+        .chain(
+            listen
+                .tls
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (Protocol::Tls, Some(i), None, l.listen_addr())),
+        )
+        .chain(listen.ws.iter().map(|l| {
+            (
+                Protocol::Ws,
+                None,
+                Some(Arc::new(l.clone())),
+                l.listen_addr(),
+            )
+        }))
+        .chain(listen.wss.iter().enumerate().map(|(i, l)| {
+            let ws = Some(Arc::new(l.clone()));
+            (Protocol::Wss, Some(tls_count + i), ws, l.listen_addr())
+        }));
+        for (protocol, tls, websocket, listen) in streams {
             let name = listen.advertise.as_deref().or(advertise);
             for addr in expand_wildcard(listen.address)? {
                 let socket =
@@ -283,6 +290,7 @@ impl Transports {
                 stream_sockets.push(StreamSocket {
                     listener: listeners.len(),
                     tls,
+                    websocket: websocket.clone(),
                     socket,
                 });
                 listeners.push(Listener::new(protocol, local, name));
@@ -373,12 +381,8 @@ impl Transports {
     pub fn reply(&self, flow: &Flow, dest: SocketAddr, bytes: Bytes) {
         match flow {
             Flow::Udp(index) => self.send_udp(*index, dest, &bytes),
-            Flow::Tcp(conn, _) | Flow::Tls(conn, _) if conn.connected() => {
-                conn.do_send(SendBytes(bytes))
-            }
-            Flow::Tcp(..) | Flow::Tls(..) => {
-                self.send_stream(&Hop::new(dest, flow.protocol()), bytes)
-            }
+            Flow::Stream(conn, ..) if conn.connected() => conn.do_send(SendBytes(bytes)),
+            Flow::Stream(..) => self.send(&Hop::new(dest, flow.protocol()), 0, bytes),
         }
     }
 
@@ -389,6 +393,8 @@ impl Transports {
         match hop.protocol {
             Protocol::Udp => self.send_udp(from, hop.addr, &bytes),
             Protocol::Tcp | Protocol::Tls => self.send_stream(hop, bytes),
+            // A WebSocket peer is reached over the connection it opened.
+            Protocol::Ws | Protocol::Wss => self.send_websocket(hop, bytes),
         }
     }
 
@@ -417,6 +423,16 @@ impl Transports {
         let conn = TcpConnection::connect(hop, self.clone());
         conn.do_send(SendBytes(bytes));
         pool.insert(key, conn);
+    }
+
+    fn send_websocket(&self, hop: &Hop, bytes: Bytes) {
+        let pool = self.tcp_pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.get(&(hop.protocol, hop.addr)) {
+            Some(conn) if conn.connected() => conn.do_send(SendBytes(bytes)),
+            _ => {
+                tracing::debug!(dest = %hop.addr, "no WebSocket connection to send on; message dropped")
+            }
+        }
     }
 
     fn register_stream(&self, protocol: Protocol, peer: SocketAddr, conn: Addr<TcpConnection>) {
@@ -766,8 +782,17 @@ pub struct TcpAcceptor {
     /// Its index in [`Transports::listeners`].
     index: usize,
     transports: Transports,
-    /// The handshake of a TLS listener.
+    /// The handshake of a TLS (or WSS) listener.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A WebSocket listener's settings: the upgrade follows (TLS and) accept.
+    websocket: Option<Arc<WsListen>>,
+}
+
+/// An accepted connection, its handshakes done.
+enum Established {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Wss(Box<tokio_tungstenite::WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>>),
 }
 
 impl TcpAcceptor {
@@ -775,6 +800,7 @@ impl TcpAcceptor {
         listener: TcpListener,
         index: usize,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        websocket: Option<Arc<WsListen>>,
         transports: Transports,
     ) -> Self {
         TcpAcceptor {
@@ -782,36 +808,35 @@ impl TcpAcceptor {
             index,
             transports,
             tls,
+            websocket,
         }
     }
 
-    /// Starts the connection actor for an accepted (and for TLS, shaken
-    /// hands) stream.
-    fn open<S>(&self, stream: S, peer: SocketAddr, local: Option<SocketAddr>, protocol: Protocol)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    /// Starts the connection actor for an accepted connection, its
+    /// handshakes done.
+    fn open(&self, established: Connection, peer: SocketAddr, local: Option<SocketAddr>) {
         let transports = self.transports.clone();
         let index = self.index;
+        let protocol = established.protocol();
         let conn = TcpConnection::create(|ctx| {
             let mut conn = TcpConnection::new(peer, protocol, None, transports);
             conn.listener = index;
             conn.counted = true;
-            conn.attach(stream, local, ctx);
+            match established {
+                Connection::Tcp(stream) => conn.attach(stream, local, ctx),
+                Connection::Up(Established::Tls(stream)) => conn.attach(*stream, local, ctx),
+                Connection::Up(Established::Ws(ws)) => conn.attach_websocket(*ws, local, ctx),
+                Connection::Up(Established::Wss(ws)) => conn.attach_websocket(*ws, local, ctx),
+            }
             conn
         });
         self.transports.register_stream(protocol, peer, conn);
     }
 
-    /// The TLS handshake of an accepted connection, bounded in time; a
-    /// failure closes it and gives its place back.
-    fn shake_hands(
-        &self,
-        acceptor: tokio_rustls::TlsAcceptor,
-        stream: TcpStream,
-        peer: SocketAddr,
-        ctx: &mut Context<Self>,
-    ) {
+    /// The TLS handshake and WebSocket upgrade of an accepted connection,
+    /// bounded in time together; a failure closes it and gives its place
+    /// back.
+    fn establish(&self, stream: TcpStream, peer: SocketAddr, ctx: &mut Context<Self>) {
         let timeout = self
             .transports
             .tls
@@ -820,21 +845,71 @@ impl TcpAcceptor {
                 tls.handshake_timeout()
             });
         let local = stream.local_addr().ok();
-        let handshake = async move { tokio::time::timeout(timeout, acceptor.accept(stream)).await };
-        ctx.spawn(handshake.into_actor(self).map(move |outcome, acceptor, _ctx| {
-            match outcome {
-                Ok(Ok(stream)) => acceptor.open(stream, peer, local, Protocol::Tls),
-                failed => {
-                    let reason = if failed.is_err() { "timeout" } else { "inbound" };
-                    crate::metrics::get().tls_handshake_failed(reason);
-                    // At debug: a scanner's junk must not flood the log.
-                    if let Ok(Err(error)) = failed {
-                        tracing::debug!(%peer, %error, "TLS handshake from a client failed");
-                    }
-                    acceptor.transports.release_connection(peer);
-                }
+        let (tls, websocket) = (self.tls.clone(), self.websocket.clone());
+        let handshakes = async move {
+            let secure = match tls {
+                Some(acceptor) => Ok(acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| ("tls", e.to_string()))?),
+                None => Err(stream),
+            };
+            match (secure, websocket) {
+                (Ok(tls), None) => Ok(Established::Tls(Box::new(tls))),
+                (Ok(tls), Some(ws)) => crate::actors::websocket::accept(tls, ws)
+                    .await
+                    .map(|ws| Established::Wss(Box::new(ws)))
+                    .map_err(|e| ("websocket", e)),
+                (Err(plain), Some(ws)) => crate::actors::websocket::accept(plain, ws)
+                    .await
+                    .map(|ws| Established::Ws(Box::new(ws)))
+                    .map_err(|e| ("websocket", e)),
+                (Err(_), None) => Err(("tcp", "nothing to establish".to_string())),
             }
-        }));
+        };
+        let bounded = async move { tokio::time::timeout(timeout, handshakes).await };
+        ctx.spawn(
+            bounded
+                .into_actor(self)
+                .map(move |outcome, acceptor, _ctx| {
+                    match outcome {
+                        Ok(Ok(established)) => {
+                            acceptor.open(Connection::Up(established), peer, local)
+                        }
+                        failed => {
+                            let (kind, error) = match failed {
+                                Ok(Err((kind, error))) => (kind, error),
+                                _ => ("timeout", "handshake timed out".to_string()),
+                            };
+                            match kind {
+                                "tls" => crate::metrics::get().tls_handshake_failed("inbound"),
+                                "timeout" => crate::metrics::get().tls_handshake_failed("timeout"),
+                                _ => crate::metrics::get().tcp_refused("websocket_handshake"),
+                            }
+                            // At debug: a scanner's junk must not flood the log.
+                            tracing::debug!(%peer, kind, %error, "handshake from a client failed");
+                            acceptor.transports.release_connection(peer);
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+/// What an acceptor opens a connection actor for.
+enum Connection {
+    Tcp(TcpStream),
+    Up(Established),
+}
+
+impl Connection {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Connection::Tcp(_) => Protocol::Tcp,
+            Connection::Up(Established::Tls(_)) => Protocol::Tls,
+            Connection::Up(Established::Ws(_)) => Protocol::Ws,
+            Connection::Up(Established::Wss(_)) => Protocol::Wss,
+        }
     }
 }
 
@@ -870,12 +945,11 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for TcpAcceptor {
                     return; // dropping the stream closes it
                 }
                 let _ = stream.set_nodelay(true);
-                match self.tls.clone() {
-                    Some(acceptor) => self.shake_hands(acceptor, stream, peer, ctx),
-                    None => {
-                        let local = stream.local_addr().ok();
-                        self.open(stream, peer, local, Protocol::Tcp);
-                    }
+                if self.tls.is_none() && self.websocket.is_none() {
+                    let local = stream.local_addr().ok();
+                    self.open(Connection::Tcp(stream), peer, local);
+                } else {
+                    self.establish(stream, peer, ctx);
                 }
             }
             // EMFILE and the like: logged at debug, since a flood of
@@ -1016,16 +1090,51 @@ impl TcpConnection {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let (read, write) = tokio::io::split(stream);
+        ctx.add_stream(FramedRead::new(read, SipStreamCodec::default()));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ctx.spawn(write_all(write, rx, self.unwritten.clone(), ctx.address()).into_actor(self));
+        self.start_writing(tx, local, ctx);
+    }
+
+    /// A WebSocket: one SIP message per frame each way, no Content-Length
+    /// framing (RFC 7118 §5).
+    fn attach_websocket<S>(
+        &mut self,
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        local: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let (sink, frames) = ws.split();
+        ctx.add_stream(crate::actors::websocket::messages(frames));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = ctx.address();
+        let unwritten = self.unwritten.clone();
+        let writing = async move {
+            if let Err(error) = crate::actors::websocket::write_frames(sink, rx, unwritten).await {
+                conn.do_send(WriteFailed(io::Error::other(error)));
+            }
+        };
+        ctx.spawn(writing.into_actor(self));
+        self.start_writing(tx, local, ctx);
+    }
+
+    /// The connection is up: count it and send what waited.
+    fn start_writing(
+        &mut self,
+        writer: tokio::sync::mpsc::UnboundedSender<Bytes>,
+        local: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.connect_to.is_some() {
             self.listener = self.transports.stream_listener_of(self.protocol, local);
         }
         self.attached = true;
         crate::metrics::get().connection_opened(self.protocol);
-        let (read, write) = tokio::io::split(stream);
-        ctx.add_stream(FramedRead::new(read, SipStreamCodec::default()));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        ctx.spawn(write_all(write, rx, self.unwritten.clone(), ctx.address()).into_actor(self));
-        self.writer = Some(tx);
+        self.writer = Some(writer);
         for bytes in std::mem::take(&mut self.pending) {
             self.write(bytes, ctx);
         }
@@ -1202,7 +1311,7 @@ impl StreamHandler<io::Result<Bytes>> for TcpConnection {
                 let _busy = crate::metrics::actors().tcp.measure();
                 self.last_activity = std::time::Instant::now();
                 self.delivered = true;
-                let flow = Flow::stream(ctx.address(), self.listener, self.protocol);
+                let flow = Flow::Stream(ctx.address(), self.listener, self.protocol);
                 accept_bytes(bytes, self.peer, flow, &self.transports);
             }
             Err(e) => {

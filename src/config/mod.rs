@@ -24,6 +24,7 @@ mod schema;
 mod tests;
 mod tls;
 mod validate;
+mod websocket;
 mod yaml;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -51,6 +52,8 @@ use self::tls::*;
 pub use self::tls::{TlsConfig, TlsListen};
 pub use self::validate::check_log_level;
 use self::validate::*;
+pub use self::websocket::WsListen;
+use self::websocket::*;
 use self::yaml::*;
 
 /// Reads, expands, parses and validates the config file at `path`, then checks

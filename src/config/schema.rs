@@ -33,6 +33,8 @@ pub struct Listen {
     pub udp: Vec<ListenAddr>,
     pub tcp: Vec<ListenAddr>,
     pub tls: Vec<TlsListen>,
+    pub ws: Vec<WsListen>,
+    pub wss: Vec<WsListen>,
 }
 
 impl Default for Listen {
@@ -41,6 +43,8 @@ impl Default for Listen {
             udp: vec![ListenAddr::from(SocketAddr::from(([0, 0, 0, 0], 5060)))],
             tcp: Vec::new(),
             tls: Vec::new(),
+            ws: Vec::new(),
+            wss: Vec::new(),
         }
     }
 }

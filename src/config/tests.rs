@@ -134,6 +134,26 @@ fn tls_listeners_and_files_are_taken_from_the_config_directory() {
 }
 
 #[test]
+fn websocket_listeners_take_an_address_or_a_map_with_origins() {
+    let config = parse(
+        "script: {path: /srv/lb.py}\nlisten: {ws: [\"127.0.0.1:8080\"], wss: [{address: \"0.0.0.0:8443\", cert: c.pem, key: k.pem, allowed_origins: [\"https://app.example.com/\"]}]}\n",
+    )
+    .expect("ws config");
+    let ws = &config.listen.ws[0];
+    assert_eq!(ws.address, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert!(
+        ws.allows_origin(Some("https://anything.example")),
+        "no list: any origin"
+    );
+    let wss = &config.listen.wss[0];
+    assert_eq!(wss.cert, Some(origin().parent().unwrap().join("c.pem")));
+    assert!(wss.allows_origin(Some("https://APP.example.com")));
+    assert!(!wss.allows_origin(Some("https://evil.example")));
+    assert!(!wss.allows_origin(None), "a list and no Origin: refused");
+    assert!(wss.tls_listen().is_some());
+}
+
+#[test]
 fn a_destination_may_name_its_transport() {
     let config = parse(&with_group(
         "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com\", address: \"192.0.2.5:5061\", transport: TLS}]\n",
@@ -978,6 +998,14 @@ fn absurd_numbers_are_refused_with_their_key() {
         (
             "tls: {client_cert: c.pem}",
             "tls.client_key: client_cert and client_key go together",
+        ),
+        (
+            "listen: {wss: [\"127.0.0.1:8443\"]}",
+            "listen.wss[0].cert: is missing",
+        ),
+        (
+            "listen: {ws: [{address: \"127.0.0.1:8080\", cert: c.pem}]}",
+            "listen.ws[0]: a plain WebSocket listener takes no cert",
         ),
         (
             "tls: {handshake_timeout_ms: 1}",

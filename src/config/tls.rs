@@ -60,7 +60,7 @@ impl TlsConfig {
 }
 
 /// A relative path, from the config file's directory.
-fn beside(origin: &Path, path: &Path) -> PathBuf {
+pub(super) fn beside(origin: &Path, path: &Path) -> PathBuf {
     match (path.is_relative(), origin.parent()) {
         (true, Some(dir)) => dir.join(path),
         _ => path.to_path_buf(),

@@ -19,6 +19,7 @@ impl RawConfig {
     pub(super) fn into_config(mut self, origin: &Path) -> Result<Config, ConfigError> {
         check_listen(&self.listen, origin)?;
         check_tls(&mut self.listen, &mut self.tls, origin)?;
+        check_websocket(&mut self.listen, origin)?;
         let advertise = check_advertise(self.advertise, origin)?;
         let domain = check_domain(self.domain, origin)?;
         let script = resolve_script(self.script, origin)?;
@@ -54,7 +55,14 @@ impl RawConfig {
 }
 
 pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigError> {
-    if listen.udp.is_empty() && listen.tcp.is_empty() && listen.tls.is_empty() {
+    let none = |l: &Listen| {
+        l.udp.is_empty()
+            && l.tcp.is_empty()
+            && l.tls.is_empty()
+            && l.ws.is_empty()
+            && l.wss.is_empty()
+    };
+    if none(listen) {
         return Err(invalid(
             origin,
             "listen",
@@ -62,7 +70,15 @@ pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigE
         ));
     }
     let tls: Vec<ListenAddr> = listen.tls.iter().map(TlsListen::listen_addr).collect();
-    for (transport, addresses) in [("udp", &listen.udp), ("tcp", &listen.tcp), ("tls", &tls)] {
+    let ws: Vec<ListenAddr> = listen.ws.iter().map(WsListen::listen_addr).collect();
+    let wss: Vec<ListenAddr> = listen.wss.iter().map(WsListen::listen_addr).collect();
+    for (transport, addresses) in [
+        ("udp", &listen.udp),
+        ("tcp", &listen.tcp),
+        ("tls", &tls),
+        ("ws", &ws),
+        ("wss", &wss),
+    ] {
         let mut seen = HashSet::new();
         for (index, listen) in addresses.iter().enumerate() {
             let address = listen.address;

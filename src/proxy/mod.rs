@@ -7,6 +7,7 @@ pub mod decision;
 pub mod dns;
 pub mod engine;
 pub mod fast_hash;
+pub mod flow;
 pub mod forward;
 pub mod local;
 pub mod response;

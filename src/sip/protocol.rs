@@ -6,11 +6,20 @@ pub enum Protocol {
     Udp,
     Tcp,
     Tls,
+    /// SIP over WebSocket (RFC 7118), and over secure WebSocket.
+    Ws,
+    Wss,
 }
 
 impl Protocol {
     /// Every protocol, in the order of [`Protocol::index`].
-    pub const ALL: [Protocol; 3] = [Protocol::Udp, Protocol::Tcp, Protocol::Tls];
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Udp,
+        Protocol::Tcp,
+        Protocol::Tls,
+        Protocol::Ws,
+        Protocol::Wss,
+    ];
 
     /// The Via transport token (`UDP`, `TCP`, `TLS`), as scripts see it too.
     pub fn as_str(self) -> &'static str {
@@ -18,6 +27,8 @@ impl Protocol {
             Protocol::Udp => "UDP",
             Protocol::Tcp => "TCP",
             Protocol::Tls => "TLS",
+            Protocol::Ws => "WS",
+            Protocol::Wss => "WSS",
         }
     }
 
@@ -28,6 +39,8 @@ impl Protocol {
             Protocol::Udp => "udp",
             Protocol::Tcp => "tcp",
             Protocol::Tls => "tls",
+            Protocol::Ws => "ws",
+            Protocol::Wss => "wss",
         }
     }
 
@@ -56,13 +69,20 @@ impl Protocol {
 
     /// A byte stream (TCP, or TLS over TCP): framed by Content-Length.
     pub fn is_stream(self) -> bool {
-        self != Protocol::Udp
+        matches!(self, Protocol::Tcp | Protocol::Tls)
+    }
+
+    /// A WebSocket: one message per frame.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Protocol::Ws | Protocol::Wss)
     }
 
     /// The port a URI without one means (RFC 3263 §4.2).
     pub fn default_port(self) -> u16 {
         match self {
             Protocol::Tls => 5061,
+            Protocol::Ws => 80,
+            Protocol::Wss => 443,
             _ => 5060,
         }
     }

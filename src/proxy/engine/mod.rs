@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// Transactions held at most (`limits.max_transactions`, this shard's
     /// share): above it new INVITEs get 503 and other new requests are dropped.
     pub max_transactions: usize,
+    /// Names a caller's connection in our Record-Route (one key for every
+    /// shard: a token must read the same wherever its request lands).
+    pub flow_tokens: crate::proxy::flow::FlowTokens,
 }
 
 /// The Retry-After of a 503 sent because the transaction table is full.
@@ -788,6 +791,7 @@ impl<F: Clone> Engine<F> {
         let msg = &pending.msg;
         let dropped = usize::from(pending.preroute.strict_ruri.is_some());
         let first_route = route::first_remaining_route(msg, decision.routes_popped, dropped);
+        let first_remaining = first_route.is_some();
         let ruri = decision
             .new_ruri
             .clone()
@@ -809,7 +813,13 @@ impl<F: Clone> Engine<F> {
             (None, Some(route)) => route,
             (None, None) => ruri,
         };
-        match next_hop(&target) {
+        // Toward a caller on a connection: over that connection, whatever
+        // its Contact says (a browser's does not resolve).
+        let flow = match (uri, &first_remaining) {
+            (None, false) => self.popped_flow(pending, routes_popped),
+            _ => None,
+        };
+        match flow.map_or_else(|| next_hop(&target), Ok) {
             Ok(hop) => {
                 let plan = BranchPlan {
                     hop,
@@ -830,6 +840,34 @@ impl<F: Clone> Engine<F> {
             }
         }
         None
+    }
+
+    /// Our Record-Route for the side of a caller on a connection: the
+    /// listener's, with the flow token as its user part.
+    fn flow_record_route(&self, pending: &Pending) -> String {
+        let token = self.config.flow_tokens.encode(pending.protocol, pending.source);
+        let listener = self.config.listeners.get(pending.listener);
+        let sent_by = listener.map_or("", |l| l.sent_by.as_str());
+        match pending.protocol.uri_param() {
+            Some(transport) => format!("<sip:{token}@{sent_by};transport={transport};lr>"),
+            None => format!("<sip:{token}@{sent_by};lr>"),
+        }
+    }
+
+    /// The connection a request goes back over: the flow named by a Route
+    /// value we popped, unless that is the connection it came in on (then
+    /// it is going the other way).
+    fn popped_flow(&self, pending: &Pending, popped: usize) -> Option<Hop> {
+        pending
+            .msg
+            .header_values(HeaderName::Route)
+            .take(popped)
+            .filter_map(|value| {
+                let addr = sip::NameAddr::parse(value).ok()?;
+                let user = sip::Uri::parse(addr.uri).ok()?.user?;
+                self.config.flow_tokens.decode(user)
+            })
+            .find(|hop| !(hop.protocol == pending.protocol && hop.addr == pending.source))
     }
 
     /// `relay(uri)` to the first of a gateway group's candidates: the
@@ -1065,18 +1103,26 @@ impl<F: Clone> Engine<F> {
                 push_stateless_branch(out, pending.loop_hash, upstream)
             }
         });
-        let double;
+        let written;
+        // A caller on a connection is named by a flow token in the entry
+        // for its side, so requests toward it come back over that
+        // connection (see `proxy::flow`).
+        let caller_side = match decision.record_route && pending.protocol != Protocol::Udp {
+            true => Some(self.flow_record_route(pending)),
+            false => None,
+        };
+        let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
         let record_route = match (decision.record_route, pending.listener == out_listener) {
             (false, _) => None,
-            (true, true) => self.record_route.get(out_listener).map(String::as_str),
+            (true, true) => caller_side.as_deref().or(Some(name(out_listener))),
             (true, false) => {
                 // RFC 5658: leaving by another interface, address family or
                 // transport, the route set names us once for each side, the
                 // outbound one on top (the callee's first hop), the inbound
                 // one next (the caller's).
-                let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
-                double = format!("{}, {}", name(out_listener), name(pending.listener));
-                Some(double.as_str())
+                let inbound = caller_side.as_deref().unwrap_or(name(pending.listener));
+                written = format!("{}, {}", name(out_listener), inbound);
+                Some(written.as_str())
             }
         };
         let bytes = Bytes::from(forward::forward_request(
@@ -1905,7 +1951,7 @@ fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
 fn reply_destination(msg: &Message, source: SocketAddr, protocol: Protocol) -> SocketAddr {
     match protocol {
         Protocol::Udp => forward::reply_address(msg, source),
-        Protocol::Tcp | Protocol::Tls => {
+        Protocol::Tcp | Protocol::Tls | Protocol::Ws | Protocol::Wss => {
             let port = msg
                 .top_via()
                 .and_then(|via| via.port)

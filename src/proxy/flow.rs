@@ -1,0 +1,111 @@
+//! Flow tokens (in the manner of RFC 5626 §5.2): the user part of the
+//! Record-Route this proxy writes for a caller on a connection (TCP, TLS,
+//! WS, WSS) names that connection, so that a request coming back the other
+//! way (the callee's BYE, a re-INVITE) goes over it: a browser or a phone
+//! behind NAT cannot be reached by a new connection, and its Contact
+//! (`df7jal23ls0d.invalid`) does not resolve. The token is the flow's
+//! protocol and address with an HMAC, so nobody can aim one at another
+//! client's connection.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::proxy::forward::Hop;
+use crate::sip::Protocol;
+
+/// The MAC's length in the token, in bytes.
+const MAC_LEN: usize = 8;
+
+#[derive(Clone)]
+pub struct FlowTokens {
+    key: [u8; 32],
+}
+
+impl FlowTokens {
+    pub fn new(key: [u8; 32]) -> Self {
+        FlowTokens { key }
+    }
+
+    fn mac(&self, flow: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(flow);
+        let full = mac.finalize().into_bytes();
+        let mut short = [0; MAC_LEN];
+        short.copy_from_slice(&full[..MAC_LEN]);
+        short
+    }
+
+    /// The token for the flow to `peer` over `protocol`: hex, `f` first.
+    pub fn encode(&self, protocol: Protocol, peer: SocketAddr) -> String {
+        let mut flow = flow_bytes(protocol, peer);
+        let mac = self.mac(&flow);
+        flow.extend_from_slice(&mac);
+        format!("f{}", crate::security::digest::hex(&flow))
+    }
+
+    /// The flow a token names, when it is one of ours and intact.
+    pub fn decode(&self, token: &str) -> Option<Hop> {
+        let hex = token.strip_prefix('f')?;
+        if hex.len() % 2 != 0 || hex.len() > 2 * (1 + 16 + 2 + MAC_LEN) {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let (flow, mac) = bytes.split_at(bytes.len().checked_sub(MAC_LEN)?);
+        if !crate::security::digest::constant_time_eq(mac, &self.mac(flow)) {
+            return None;
+        }
+        let protocol = *Protocol::ALL.get(usize::from(*flow.first()?))?;
+        let (ip, port) = match flow.len() {
+            7 => (IpAddr::from(<[u8; 4]>::try_from(&flow[1..5]).ok()?), &flow[5..7]),
+            19 => (IpAddr::from(<[u8; 16]>::try_from(&flow[1..17]).ok()?), &flow[17..19]),
+            _ => return None,
+        };
+        let port = u16::from_be_bytes([port[0], port[1]]);
+        Some(Hop::new(SocketAddr::new(ip, port), protocol))
+    }
+}
+
+fn flow_bytes(protocol: Protocol, peer: SocketAddr) -> Vec<u8> {
+    let mut flow = vec![protocol.index() as u8];
+    match peer.ip() {
+        IpAddr::V4(ip) => flow.extend_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => flow.extend_from_slice(&ip.octets()),
+    }
+    flow.extend_from_slice(&peer.port().to_be_bytes());
+    flow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_names_its_flow_and_only_ours_decode() {
+        let tokens = FlowTokens::new([7; 32]);
+        for (protocol, peer) in [
+            (Protocol::Ws, "192.0.2.10:50123"),
+            (Protocol::Tcp, "[2001:db8::10]:5060"),
+            (Protocol::Wss, "198.51.100.3:443"),
+        ] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let token = tokens.encode(protocol, peer);
+            assert!(token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
+            let hop = tokens.decode(&token).expect("our token");
+            assert_eq!((hop.protocol, hop.addr), (protocol, peer));
+            // Another process's key, a changed byte, or junk: nothing.
+            assert_eq!(FlowTokens::new([8; 32]).decode(&token), None);
+            let mut forged = token.clone().into_bytes();
+            let last = forged.len() - 1;
+            forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+            assert_eq!(tokens.decode(std::str::from_utf8(&forged).unwrap()), None);
+        }
+        for junk in ["", "f", "alice", "f0", "fzz", &"f".repeat(200)] {
+            assert_eq!(tokens.decode(junk), None, "{junk}");
+        }
+    }
+}
