@@ -95,6 +95,7 @@ async fn start(
     let dns = crate::actors::dns::Dns::start(&config.dns)?;
     let shard_config = Arc::new(ShardConfig {
         dns,
+        flow_tokens: crate::proxy::flow::FlowTokens::new(rand::random()),
         ingress: ingress.clone(),
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),

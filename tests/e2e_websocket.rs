@@ -51,12 +51,17 @@ struct Lb {
 }
 
 fn start_lb() -> Lb {
+    start_lb_with("gw_uas.xml")
+}
+
+/// The LB in front of a sipp backend running SCENARIO.
+fn start_lb_with(scenario: &str) -> Lb {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let ca_file = ca.write(dir.path());
     let cert = ca.issue(dir.path(), "lb", &["lb.test"]);
     let backend_port = free_port();
-    let backend = Backend::start(dir.path(), "b1", backend_port);
+    let backend = Backend::start_scenario(dir.path(), scenario, &[("backend", "b1")], backend_port);
     let (ws, wss, admin) = (free_port(), free_port(), free_port());
     let config = WS_LB
         .replace("@WS@", &ws.to_string())
@@ -247,7 +252,12 @@ fn a_websocket_caller_reaches_a_udp_backend_and_hangs_up() {
             record_route[0],
             format!("<sip:127.0.0.1:{};lr>", lb.siphon.port)
         );
-        assert_eq!(record_route[1], format!("<sip:{};transport=ws;lr>", lb.ws));
+        // With a flow token naming this socket as its user part.
+        assert!(record_route[1].starts_with("<sip:f"), "{record_route:?}");
+        assert!(
+            record_route[1].ends_with(&format!("@{};transport=ws;lr>", lb.ws)),
+            "{record_route:?}"
+        );
         assert_eq!(metric(lb.admin, "siphon_connections", "\"WS\""), 1.0);
         ws.close(None).await.unwrap();
     });
@@ -291,9 +301,9 @@ fn a_secure_websocket_caller_gets_through_too() {
         .unwrap_or_else(|e| panic!("handshake: {e}\n{}", lb.siphon.log_tail(20)));
         let (record_route, bye) = call(&mut ws, "WSS", "wss-call-1").await;
         assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
-        assert_eq!(
-            record_route[1],
-            format!("<sip:{};transport=wss;lr>", lb.wss)
+        assert!(
+            record_route[1].ends_with(&format!("@{};transport=wss;lr>", lb.wss)),
+            "{record_route:?}"
         );
     });
 }
@@ -334,4 +344,111 @@ fn handshakes_without_the_sip_subprotocol_or_from_another_origin_are_refused() {
         metric(lb.admin, "siphon_tcp_refused_total", "websocket_handshake"),
         3.0
     );
+}
+
+#[test]
+fn the_callee_hangs_up_and_its_bye_reaches_the_browser_over_its_socket() {
+    // The backend hangs up after the ACK. The BYE's Request-URI is the
+    // browser's Contact (`df7jal23ls0d.invalid`, which no DNS knows): only
+    // the flow token in the LB's Record-Route can take it to the browser.
+    let lb = start_lb_with("uas_bye.xml");
+    let url = format!("ws://{}/", lb.ws);
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(lb.ws).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(request(&url, Some("sip"), ORIGIN), tcp)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let invite = sip_request(
+            "INVITE",
+            "sip:callee@example.com",
+            "WS",
+            "ws-bye",
+            1,
+            None,
+            &[],
+        );
+        ws.send(Message::text(invite)).await.unwrap();
+        let ok = final_response(&mut ws, "INVITE", &mut seen).await;
+        let to_tag = header(&ok, "To")[0]
+            .split("tag=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let routes: Vec<String> = header(&ok, "Record-Route")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .rev()
+            .collect();
+        assert!(
+            routes[0].contains(";transport=ws;lr>") && routes[0].starts_with("<sip:f"),
+            "{routes:?}"
+        );
+        let contact = header(&ok, "Contact")[0]
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_string();
+        let ack = sip_request("ACK", &contact, "WS", "ws-bye", 1, Some(&to_tag), &routes);
+        ws.send(Message::text(ack)).await.unwrap();
+        let bye = next_request(&mut ws, "BYE").await.unwrap_or_else(|| {
+            panic!(
+                "the callee's BYE never reached the browser\n{}",
+                lb.siphon.log_tail(20)
+            )
+        });
+        assert!(
+            bye.starts_with("BYE sip:caller@df7jal23ls0d.invalid"),
+            "{bye}"
+        );
+        ws.send(Message::text(answer_200(&bye))).await.unwrap();
+        // Answered: the callee stops retransmitting its BYE.
+        assert!(
+            next_request(&mut ws, "BYE").await.is_none(),
+            "the 200 did not reach the callee"
+        );
+    });
+}
+
+/// The next request METHOD within 2 s.
+async fn next_request<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    method: &str,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let Message::Text(text) = frame {
+            if text.starts_with(&format!("{method} ")) {
+                return Some(text.to_string());
+            }
+        }
+    }
+}
+
+/// A 200 to REQUEST, its Via, From, To, Call-ID and CSeq copied.
+fn answer_200(request: &str) -> String {
+    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            reply.push_str(line);
+            reply.push_str("\r\n");
+        }
+    }
+    reply.push_str("Content-Length: 0\r\n\r\n");
+    reply
 }

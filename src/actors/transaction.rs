@@ -51,6 +51,8 @@ pub struct ShardConfig {
     pub ingress: Arc<crate::actors::transport::IngressGate>,
     /// Looks up the names a relay meets, off this thread.
     pub dns: Arc<crate::actors::dns::Dns>,
+    /// One key for every shard (see `proxy::flow`).
+    pub flow_tokens: crate::proxy::flow::FlowTokens,
 }
 
 /// The shard actor.
@@ -82,6 +84,7 @@ impl TransactionShard {
             branch_secret: [rand::random(), rand::random()],
             drain_secs: config.drain_secs,
             max_transactions: config.max_transactions,
+            flow_tokens: config.flow_tokens.clone(),
         });
         TransactionShard {
             id,

@@ -61,8 +61,14 @@ impl FlowTokens {
         }
         let protocol = *Protocol::ALL.get(usize::from(*flow.first()?))?;
         let (ip, port) = match flow.len() {
-            7 => (IpAddr::from(<[u8; 4]>::try_from(&flow[1..5]).ok()?), &flow[5..7]),
-            19 => (IpAddr::from(<[u8; 16]>::try_from(&flow[1..17]).ok()?), &flow[17..19]),
+            7 => (
+                IpAddr::from(<[u8; 4]>::try_from(&flow[1..5]).ok()?),
+                &flow[5..7],
+            ),
+            19 => (
+                IpAddr::from(<[u8; 16]>::try_from(&flow[1..17]).ok()?),
+                &flow[17..19],
+            ),
             _ => return None,
         };
         let port = u16::from_be_bytes([port[0], port[1]]);

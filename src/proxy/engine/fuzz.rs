@@ -118,6 +118,7 @@ impl Run {
                 branch_secret: [seed, !seed],
                 drain_secs: 5,
                 max_transactions: usize::MAX,
+                flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
             }),
             now: Instant::now(),
             pending: Vec::new(),

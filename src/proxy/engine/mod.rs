@@ -845,7 +845,10 @@ impl<F: Clone> Engine<F> {
     /// Our Record-Route for the side of a caller on a connection: the
     /// listener's, with the flow token as its user part.
     fn flow_record_route(&self, pending: &Pending) -> String {
-        let token = self.config.flow_tokens.encode(pending.protocol, pending.source);
+        let token = self
+            .config
+            .flow_tokens
+            .encode(pending.protocol, pending.source);
         let listener = self.config.listeners.get(pending.listener);
         let sent_by = listener.map_or("", |l| l.sent_by.as_str());
         match pending.protocol.uri_param() {

@@ -109,6 +109,7 @@ impl Harness {
                 branch_secret: [7, 9],
                 drain_secs: 7,
                 max_transactions: usize::MAX,
+                flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -1094,6 +1095,7 @@ fn our_own_responses_carry_received_and_rport() {
 }
 
 mod failover;
+mod flows;
 mod limits;
 mod lookups;
 mod multihomed;

@@ -1,0 +1,128 @@
+//! Flow tokens: the Record-Route for a caller on a connection names the
+//! connection, and a request coming back toward the caller goes over it,
+//! whatever its Request-URI says.
+
+use super::*;
+
+/// A request from the backend back toward the caller, with ROUTES.
+fn toward_caller(method: &str, ruri: &str, routes: &[String]) -> Message {
+    let mut text = format!(
+        "{method} {ruri} SIP/2.0\n\
+         Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-back-{method}\n\
+         Max-Forwards: 70\n\
+         From: <sip:bob@example.com>;tag=uas-tag\n\
+         To: <sip:alice@example.com>;tag=a1\n\
+         Call-ID: flow\n\
+         CSeq: 7 {method}\n"
+    );
+    for route in routes {
+        text.push_str(&format!("Route: {route}\n"));
+    }
+    text.push_str("Content-Length: 0\n\n");
+    parse(&text)
+}
+
+/// The Record-Route values of the INVITE a TCP caller's call put out.
+fn record_routes_of_a_tcp_call(h: &mut Harness) -> Vec<String> {
+    let run = h
+        .receive(invite("flow"), UAC, Protocol::Tcp)
+        .expect("script runs");
+    let relay = Action::Relay {
+        uri: Some("sip:backend1.example".into()),
+    };
+    h.decide(&run, script_decision(&run, relay));
+    let sent = h.sent_to(BACKEND1);
+    h.take();
+    sent[0]
+        .header_values(HeaderName::RecordRoute)
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect()
+}
+
+/// Runs the script's in-dialog branch (loose_route, relay) for MSG from
+/// SOURCE and returns where it was sent.
+fn relay_in_dialog(h: &mut Harness, msg: Message, source: &str, protocol: Protocol) -> Vec<Hop> {
+    let run = h.receive(msg, source, protocol).expect("script runs");
+    h.decide(&run, script_decision(&run, Action::Relay { uri: None }));
+    h.take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { hop, .. } => Some(hop),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_caller_side_record_route_carries_a_token_for_its_connection() {
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    assert_eq!(routes.len(), 2, "TCP in, UDP out: {routes:?}");
+    assert_eq!(routes[0], "<sip:192.0.2.1:5060;lr>");
+    let caller_side = &routes[1];
+    assert!(caller_side.starts_with("<sip:f"), "{caller_side}");
+    assert!(
+        caller_side.ends_with("@192.0.2.1:5060;transport=tcp;lr>"),
+        "{caller_side}"
+    );
+    // A UDP caller's entry has none: it is reached at its address.
+    let mut h = Harness::new();
+    h.relay(invite("udp"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    assert_eq!(
+        sent[0].header(HeaderName::RecordRoute),
+        Some("<sip:192.0.2.1:5060;lr>")
+    );
+}
+
+#[test]
+fn the_callees_bye_goes_back_over_the_callers_connection() {
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    // The caller's Contact is a browser's: it does not resolve.
+    let bye = toward_caller(
+        "BYE",
+        "sip:alice@df7jal23ls0d.invalid;transport=tcp",
+        &routes,
+    );
+    let hops = relay_in_dialog(&mut h, bye, BACKEND1, Protocol::Udp);
+    assert_eq!(hops, [Hop::new(addr(UAC), Protocol::Tcp)]);
+}
+
+#[test]
+fn the_callers_own_bye_goes_on_to_the_callee() {
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    let reversed: Vec<String> = routes.iter().rev().cloned().collect();
+    let mut bye = String::from_utf8_lossy(
+        toward_caller("BYE", "sip:bob@backend1.example", &reversed).as_bytes(),
+    )
+    .into_owned();
+    bye = bye.replace(
+        "Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-back-BYE",
+        "Via: SIP/2.0/TCP 198.51.100.10:5060;branch=z9hG4bK-caller-bye",
+    );
+    let bye = parse(&bye.replace("\r\n", "\n"));
+    // From the connection the token names: the token is not for it.
+    let hops = relay_in_dialog(&mut h, bye, UAC, Protocol::Tcp);
+    assert_eq!(hops, [Hop::new(addr(BACKEND1), Protocol::Udp)]);
+}
+
+#[test]
+fn a_forged_token_is_ignored() {
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    // Aim the token at another address: the MAC no longer matches.
+    let forged = routes[1].replacen("<sip:f", "<sip:f0", 1);
+    let bye = toward_caller(
+        "BYE",
+        "sip:alice@df7jal23ls0d.invalid;transport=tcp",
+        &[routes[0].clone(), forged],
+    );
+    let run = h
+        .receive(bye, BACKEND1, Protocol::Udp)
+        .expect("script runs");
+    h.decide(&run, script_decision(&run, Action::Relay { uri: None }));
+    assert_eq!(h.reply_codes(), [478], "sent toward a forged flow");
+}
