@@ -865,6 +865,8 @@ impl<F: Clone> Engine<F> {
             .msg
             .header_values(HeaderName::Route)
             .take(popped)
+            // Ours have a user part: a Route without one costs no parsing.
+            .filter(|value| value.contains('@'))
             .filter_map(|value| {
                 let addr = sip::NameAddr::parse(value).ok()?;
                 let user = sip::Uri::parse(addr.uri).ok()?.user?;
