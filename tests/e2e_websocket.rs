@@ -178,14 +178,22 @@ async fn final_response<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// INVITE, ACK and BYE over WS; returns the 200's Record-Route set and
-/// the BYE's status.
-async fn call<S: AsyncRead + AsyncWrite + Unpin>(
+/// A call set up over WS: the 200's Record-Route set, and what the ACK
+/// and in-dialog requests need.
+struct Dialog {
+    record_route: Vec<String>,
+    routes: Vec<String>,
+    contact: String,
+    to_tag: String,
+}
+
+/// INVITE, 200 and ACK over WS.
+async fn set_up<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     via: &str,
     call_id: &str,
-) -> (Vec<String>, String) {
-    let mut seen = Vec::new();
+    seen: &mut Vec<String>,
+) -> Dialog {
     let invite = sip_request(
         "INVITE",
         "sip:callee@example.com",
@@ -196,15 +204,13 @@ async fn call<S: AsyncRead + AsyncWrite + Unpin>(
         &[],
     );
     ws.send(Message::text(invite)).await.unwrap();
-    let ok = final_response(ws, "INVITE", &mut seen).await;
+    let ok = final_response(ws, "INVITE", seen).await;
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let to_tag = header(&ok, "To")[0]
         .split("tag=")
         .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
+        .and_then(|t| t.split(';').next())
+        .unwrap_or_default()
         .to_string();
     let record_route: Vec<String> = header(&ok, "Record-Route")
         .iter()
@@ -215,15 +221,40 @@ async fn call<S: AsyncRead + AsyncWrite + Unpin>(
         .trim_start_matches('<')
         .split('>')
         .next()
-        .unwrap()
+        .unwrap_or_default()
         .to_string();
     let routes: Vec<String> = record_route.iter().rev().cloned().collect();
     let ack = sip_request("ACK", &contact, via, call_id, 1, Some(&to_tag), &routes);
     ws.send(Message::text(ack)).await.unwrap();
-    let bye = sip_request("BYE", &contact, via, call_id, 2, Some(&to_tag), &routes);
+    Dialog {
+        record_route,
+        routes,
+        contact,
+        to_tag,
+    }
+}
+
+/// INVITE, ACK and BYE over WS; returns the 200's Record-Route set and
+/// the BYE's status.
+async fn call<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    via: &str,
+    call_id: &str,
+) -> (Vec<String>, String) {
+    let mut seen = Vec::new();
+    let dialog = set_up(ws, via, call_id, &mut seen).await;
+    let bye = sip_request(
+        "BYE",
+        &dialog.contact,
+        via,
+        call_id,
+        2,
+        Some(&dialog.to_tag),
+        &dialog.routes,
+    );
     ws.send(Message::text(bye)).await.unwrap();
     let bye_answer = final_response(ws, "BYE", &mut seen).await;
-    (record_route, bye_answer)
+    (dialog.record_route, bye_answer)
 }
 
 #[test]
@@ -359,43 +390,12 @@ fn the_callee_hangs_up_and_its_bye_reaches_the_browser_over_its_socket() {
             .await
             .unwrap();
         let mut seen = Vec::new();
-        let invite = sip_request(
-            "INVITE",
-            "sip:callee@example.com",
-            "WS",
-            "ws-bye",
-            1,
-            None,
-            &[],
-        );
-        ws.send(Message::text(invite)).await.unwrap();
-        let ok = final_response(&mut ws, "INVITE", &mut seen).await;
-        let to_tag = header(&ok, "To")[0]
-            .split("tag=")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        let routes: Vec<String> = header(&ok, "Record-Route")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|v| v.trim().to_string())
-            .rev()
-            .collect();
+        let dialog = set_up(&mut ws, "WS", "ws-bye", &mut seen).await;
+        let routes = &dialog.routes;
         assert!(
             routes[0].contains(";transport=ws;lr>") && routes[0].starts_with("<sip:f"),
             "{routes:?}"
         );
-        let contact = header(&ok, "Contact")[0]
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .unwrap()
-            .to_string();
-        let ack = sip_request("ACK", &contact, "WS", "ws-bye", 1, Some(&to_tag), &routes);
-        ws.send(Message::text(ack)).await.unwrap();
         let bye = next_request(&mut ws, "BYE").await.unwrap_or_else(|| {
             panic!(
                 "the callee's BYE never reached the browser\n{}",
