@@ -216,7 +216,26 @@ struct TcpCount {
 }
 
 /// Open stream connections by protocol and peer address.
-type StreamPool = HashMap<(Protocol, SocketAddr), Addr<TcpConnection>>;
+type StreamPool = HashMap<PoolKey, Addr<TcpConnection>>;
+
+/// A pooled connection's protocol and peer, and for one we opened over TLS
+/// the name (or address) its certificate was verified for: a connection
+/// is reused only for what it was verified for, and one a peer opened to
+/// us (`None`) never stands for a verified TLS hop.
+type PoolKey = (Protocol, SocketAddr, Option<Arc<str>>);
+
+/// The key of the connection we open for `hop`.
+fn outbound_key(hop: &Hop) -> PoolKey {
+    let verified = match hop.protocol {
+        Protocol::Tls => Some(
+            hop.tls_name
+                .clone()
+                .unwrap_or_else(|| Arc::from(hop.addr.ip().to_string())),
+        ),
+        _ => None,
+    };
+    (hop.protocol, hop.addr, verified)
+}
 
 /// A bound stream listener, for a [`TcpAcceptor`]: its index in
 /// [`Transports::listeners`], and for TLS its `listen.tls` entry.
@@ -392,9 +411,12 @@ impl Transports {
     pub fn send(&self, hop: &Hop, from: usize, bytes: Bytes) {
         match hop.protocol {
             Protocol::Udp => self.send_udp(from, hop.addr, &bytes),
+            _ if hop.flow => self.send_over_flow(hop, bytes),
             Protocol::Tcp | Protocol::Tls => self.send_stream(hop, bytes),
-            // A WebSocket peer is reached over the connection it opened.
-            Protocol::Ws | Protocol::Wss => self.send_websocket(hop, bytes),
+            // A WebSocket peer is reached only over the connection it opened.
+            Protocol::Ws | Protocol::Wss => {
+                tracing::debug!(dest = %hop.addr, "a WebSocket peer is reached through its flow only; message dropped")
+            }
         }
     }
 
@@ -413,42 +435,43 @@ impl Transports {
             Ok(pool) => pool,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let key = (hop.protocol, hop.addr);
+        let key = outbound_key(hop);
         if let Some(conn) = pool.get(&key) {
             if conn.connected() {
                 conn.do_send(SendBytes(bytes));
                 return;
             }
         }
-        let conn = TcpConnection::connect(hop, self.clone());
+        let conn = TcpConnection::connect(hop, key.clone(), self.clone());
         conn.do_send(SendBytes(bytes));
         pool.insert(key, conn);
     }
 
-    fn send_websocket(&self, hop: &Hop, bytes: Bytes) {
+    /// Over the connection the peer opened to us; never dialled (its port
+    /// is the peer's ephemeral one).
+    fn send_over_flow(&self, hop: &Hop, bytes: Bytes) {
         let pool = self.tcp_pool.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.get(&(hop.protocol, hop.addr)) {
+        match pool.get(&(hop.protocol, hop.addr, None)) {
             Some(conn) if conn.connected() => conn.do_send(SendBytes(bytes)),
             _ => {
-                tracing::debug!(dest = %hop.addr, "no WebSocket connection to send on; message dropped")
+                tracing::debug!(dest = %hop.addr, "the flow's connection is gone; message dropped")
             }
         }
     }
 
-    fn register_stream(&self, protocol: Protocol, peer: SocketAddr, conn: Addr<TcpConnection>) {
+    fn register_stream(&self, key: PoolKey, conn: Addr<TcpConnection>) {
         if let Ok(mut pool) = self.tcp_pool.lock() {
-            pool.insert((protocol, peer), conn);
+            pool.insert(key, conn);
         }
     }
 
     /// Removes `conn` from the pool as it stops. It still looks connected
     /// from inside `stopped()`, so the entry is matched by identity: a newer
     /// connection to the same peer stays.
-    fn forget_stream(&self, protocol: Protocol, peer: SocketAddr, conn: &Addr<TcpConnection>) {
+    fn forget_stream(&self, key: &PoolKey, conn: &Addr<TcpConnection>) {
         if let Ok(mut pool) = self.tcp_pool.lock() {
-            let key = (protocol, peer);
-            if pool.get(&key).is_some_and(|c| c == conn) {
-                pool.remove(&key);
+            if pool.get(key).is_some_and(|c| c == conn) {
+                pool.remove(key);
             }
         }
     }
@@ -830,7 +853,8 @@ impl TcpAcceptor {
             }
             conn
         });
-        self.transports.register_stream(protocol, peer, conn);
+        self.transports
+            .register_stream((protocol, peer, None), conn);
     }
 
     /// The TLS handshake and WebSocket upgrade of an accepted connection,
@@ -1037,6 +1061,8 @@ pub struct TcpConnection {
     tls_name: Option<Arc<str>>,
     /// The stream is up (counted in the connections gauge).
     attached: bool,
+    /// Its entry in the pool.
+    pool_key: PoolKey,
     writer: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
     /// Bytes handed to the writer task and not yet written.
     unwritten: Arc<std::sync::atomic::AtomicUsize>,
@@ -1066,6 +1092,7 @@ impl TcpConnection {
             connect_to,
             tls_name: None,
             attached: false,
+            pool_key: (protocol, peer, None),
             writer: None,
             unwritten: Arc::default(),
             pending: Vec::new(),
@@ -1080,9 +1107,10 @@ impl TcpConnection {
 
     /// Starts an outbound connection on the current arbiter; messages sent to it
     /// wait in its mailbox until the connect (and TLS handshake) completes.
-    fn connect(hop: &Hop, transports: Transports) -> Addr<Self> {
+    fn connect(hop: &Hop, pool_key: PoolKey, transports: Transports) -> Addr<Self> {
         let mut conn = TcpConnection::new(hop.addr, hop.protocol, Some(hop.addr), transports);
         conn.tls_name = hop.tls_name.clone();
+        conn.pool_key = pool_key;
         conn.start()
     }
 
@@ -1273,7 +1301,7 @@ impl Actor for TcpConnection {
             crate::metrics::get().connection_closed(self.protocol);
         }
         self.transports
-            .forget_stream(self.protocol, self.peer, &ctx.address());
+            .forget_stream(&self.pool_key, &ctx.address());
         if self.counted {
             self.transports.release_connection(self.peer);
         }
@@ -1307,6 +1335,7 @@ impl Handler<WriteFailed> for TcpConnection {
 impl StreamHandler<io::Result<Bytes>> for TcpConnection {
     fn handle(&mut self, item: io::Result<Bytes>, ctx: &mut Self::Context) {
         match item {
+            Ok(bytes) if bytes.is_empty() => self.last_activity = std::time::Instant::now(),
             Ok(bytes) => {
                 let _busy = crate::metrics::actors().tcp.measure();
                 self.last_activity = std::time::Instant::now();

@@ -112,6 +112,9 @@ pub fn messages(
         match frame {
             Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
             Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
+            // The answer to our ping: the peer is alive (an empty item
+            // keeps the connection's idle timer from closing it).
+            Ok(Message::Pong(_)) => Some(Ok(Bytes::new())),
             Ok(_) => None,
             Err(error) => Some(Err(io::Error::other(error))),
         }

@@ -356,9 +356,11 @@ impl DestinationConfig {
     /// The `transport:` key, when set.
     pub fn with_transport(mut self, transport: Option<&str>) -> Result<Self, FieldError> {
         if let Some(text) = transport {
-            let protocol = crate::sip::Protocol::from_token(text.trim()).ok_or_else(|| {
-                FieldError::new("transport", format!("`{text}`: use udp, tcp or tls"))
-            })?;
+            let protocol = crate::sip::Protocol::from_token(text.trim())
+                .filter(|p| !p.is_websocket())
+                .ok_or_else(|| {
+                    FieldError::new("transport", format!("`{text}`: use udp, tcp or tls"))
+                })?;
             self.transport = Some(protocol);
         }
         Ok(self)

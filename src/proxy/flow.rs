@@ -72,7 +72,7 @@ impl FlowTokens {
             _ => return None,
         };
         let port = u16::from_be_bytes([port[0], port[1]]);
-        Some(Hop::new(SocketAddr::new(ip, port), protocol))
+        Some(Hop::flow(SocketAddr::new(ip, port), protocol))
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Hop {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     pub tls_name: Option<std::sync::Arc<str>>,
+    /// Over the connection the peer opened to us, named by a flow token:
+    /// never dialled, and the only way to a WebSocket peer.
+    pub flow: bool,
 }
 
 impl Hop {
@@ -24,6 +27,15 @@ impl Hop {
             addr,
             protocol,
             tls_name: None,
+            flow: false,
+        }
+    }
+
+    /// The connection `addr` opened to us over `protocol`.
+    pub fn flow(addr: SocketAddr, protocol: Protocol) -> Self {
+        Hop {
+            flow: true,
+            ..Hop::new(addr, protocol)
         }
     }
 
@@ -33,9 +45,8 @@ impl Hop {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let named = protocol == Protocol::Tls && bare.parse::<IpAddr>().is_err();
         Hop {
-            addr,
-            protocol,
             tls_name: named.then(|| std::sync::Arc::from(bare.to_ascii_lowercase())),
+            ..Hop::new(addr, protocol)
         }
     }
 }
@@ -100,6 +111,13 @@ pub fn next_hop(
         Uri::parse(uri).map_err(|e| HopError::Unsupported(format!("bad uri {uri}: {e}")))?;
     let protocol = uri_protocol(&parsed)
         .map_err(|why| HopError::Unsupported(format!("cannot reach {uri}: {why}")))?;
+    if protocol.is_websocket() {
+        // By address it could be anybody's socket: only a flow token,
+        // which we signed, names one.
+        return Err(HopError::Unsupported(format!(
+            "cannot reach {uri}: a WebSocket client is reached through the flow token of our Record-Route"
+        )));
+    }
     if let Some(addr) = known(uri) {
         return Ok(Hop::to_host(addr, protocol, parsed.host));
     }
@@ -579,6 +597,13 @@ body";
         ));
         assert!(matches!(
             next_hop("sip:127.0.0.1;transport=sctp", now, &hosts, |_| None),
+            Err(HopError::Unsupported(_))
+        ));
+        // A WebSocket client by address could be anybody's socket.
+        assert!(matches!(
+            next_hop("sip:bob@192.0.2.10:50123;transport=ws", now, &hosts, |_| {
+                None
+            }),
             Err(HopError::Unsupported(_))
         ));
     }

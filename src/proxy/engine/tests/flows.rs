@@ -88,6 +88,10 @@ fn the_callees_bye_goes_back_over_the_callers_connection() {
     );
     let hops = relay_in_dialog(&mut h, bye, BACKEND1, Protocol::Udp);
     assert_eq!(hops, [Hop::new(addr(UAC), Protocol::Tcp)]);
+    assert!(
+        hops[0].flow,
+        "over the caller's own connection, never dialled"
+    );
 }
 
 #[test]
