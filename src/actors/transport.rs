@@ -454,7 +454,12 @@ impl Transports {
         match pool.get(&(hop.protocol, hop.addr, None)) {
             Some(conn) if conn.connected() => conn.do_send(SendBytes(bytes)),
             _ => {
-                tracing::debug!(dest = %hop.addr, "the flow's connection is gone; message dropped")
+                drop(pool);
+                tracing::debug!(dest = %hop.addr, "the flow's connection is gone; message dropped");
+                // Its branch fails now rather than at Timer F.
+                if let Some(router) = self.router.get() {
+                    router.broadcast_link_failure(hop.addr, hop.protocol);
+                }
             }
         }
     }
