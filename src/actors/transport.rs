@@ -337,10 +337,6 @@ impl Transports {
         self
     }
 
-    pub fn tls(&self) -> Option<&Arc<Tls>> {
-        self.tls.as_ref()
-    }
-
     /// Puts the edge guard and the TCP limits in force (before cloning).
     pub fn with_limits(mut self, edge: Arc<crate::actors::edge::Edge>, tcp: TcpLimits) -> Self {
         self.edge = edge;

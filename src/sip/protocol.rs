@@ -67,11 +67,6 @@ impl Protocol {
         self != Protocol::Udp
     }
 
-    /// A byte stream (TCP, or TLS over TCP): framed by Content-Length.
-    pub fn is_stream(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Tls)
-    }
-
     /// A WebSocket: one message per frame.
     pub fn is_websocket(self) -> bool {
         matches!(self, Protocol::Ws | Protocol::Wss)
