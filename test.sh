@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run siphon's whole test suite: unit tests plus the end-to-end tests that
 # drive the daemon with sipp, redis-server (the registrar store), baresip
-# (real softphones) and, as root, network namespaces (ip netns) for separate
-# caller, proxy and backend hosts.
+# (real softphones), headless Chromium running JsSIP (a WebRTC phone, from
+# npm) and, as root, network namespaces (ip netns) for separate caller,
+# proxy and backend hosts.
 #
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
 # apt first. Extra arguments go to the test runner, e.g.
@@ -31,6 +32,20 @@ need sipp sip-tester
 need redis-server redis-server
 need baresip baresip-core
 need ip iproute2 # network namespaces for the multi-host tests (as root)
+need chromium chromium # the WebRTC browser test (tests/e2e_browser.rs)
+need npm npm
+
+# JsSIP for the browser test, at the version package-lock.json pins,
+# bundled for the page.
+browser=tests/browser
+if [ ! -f "$browser/jssip.bundle.js" ] || [ "$browser/package-lock.json" -nt "$browser/jssip.bundle.js" ]; then
+    if command -v npm >/dev/null 2>&1; then
+        npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error
+        npm run --prefix "$browser" --silent build
+    else
+        echo "test.sh: warning: npm not found; the browser test will be skipped" >&2
+    fi
+fi
 
 # Build and link against the python3 on PATH (see DESIGN.md: pyo3 + rpath).
 PYO3_PYTHON="$(command -v python3)"

@@ -289,9 +289,8 @@ pub struct SendProbe {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkFailed {
-    pub peer: SocketAddr,
-    /// TCP or TLS.
-    pub protocol: Protocol,
+    /// The connection's peer and protocol; `flow` when the peer opened it.
+    pub hop: forward::Hop,
 }
 
 impl Handler<LinkFailed> for TransactionShard {
@@ -299,8 +298,7 @@ impl Handler<LinkFailed> for TransactionShard {
 
     fn handle(&mut self, failed: LinkFailed, _ctx: &mut Self::Context) {
         let now = Instant::now();
-        let hop = forward::Hop::new(failed.peer, failed.protocol);
-        self.engine.handle_link_failure(now, &hop);
+        self.engine.handle_link_failure(now, &failed.hop);
         self.carry_out(now);
         self.report_active();
     }

@@ -163,9 +163,9 @@ impl Router {
     /// Tells every shard that the stream connection to `peer` failed or
     /// closed, so requests waiting on it fail over (rare: no per-message
     /// cost).
-    pub fn broadcast_link_failure(&self, peer: SocketAddr, protocol: Protocol) {
+    pub fn broadcast_link_failure(&self, hop: &Hop) {
         for shard in self.shards.iter() {
-            shard.do_send(crate::actors::transaction::LinkFailed { peer, protocol });
+            shard.do_send(crate::actors::transaction::LinkFailed { hop: hop.clone() });
         }
     }
 
@@ -454,7 +454,7 @@ impl Transports {
                 tracing::debug!(dest = %hop.addr, "the flow's connection is gone; message dropped");
                 // Its branch fails now rather than at Timer F.
                 if let Some(router) = self.router.get() {
-                    router.broadcast_link_failure(hop.addr, hop.protocol);
+                    router.broadcast_link_failure(hop);
                 }
             }
         }
@@ -1306,12 +1306,15 @@ impl Actor for TcpConnection {
         if self.counted {
             self.transports.release_connection(self.peer);
         }
-        // An outbound connection that failed to connect, was reset or was
-        // closed leaves whatever was sent on it unanswered.
-        if self.connect_to.is_some() {
-            if let Some(router) = self.transports.router.get() {
-                router.broadcast_link_failure(self.peer, self.protocol);
-            }
+        // A connection that failed to connect, was reset or was closed
+        // leaves whatever was sent on it unanswered: toward a gateway over
+        // one we dialled, toward a client over its own (a flow).
+        if let Some(router) = self.transports.router.get() {
+            let hop = match self.connect_to.is_some() {
+                true => Hop::new(self.peer, self.protocol),
+                false => Hop::flow(self.peer, self.protocol),
+            };
+            router.broadcast_link_failure(&hop);
         }
     }
 }

@@ -189,6 +189,8 @@ pub struct ForwardEdits<'a> {
     pub append_route: Option<&'a str>,
     pub header_edits: &'a [(String, Option<String>)],
     pub record_route: Option<&'a str>,
+    /// Our Path entry, for a REGISTER (RFC 3327).
+    pub path: Option<&'a str>,
     /// Routes to put on top of the Route set (a fork target's Path).
     pub push_routes: &'a [String],
     pub via: &'a str,
@@ -277,6 +279,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
     }
     if let Some(record_route) = edits.record_route {
         rw.push_top_header("Record-Route", record_route);
+    }
+    if let Some(path) = edits.path {
+        rw.push_top_header("Path", path);
     }
     rw.push_top_header("Via", edits.via);
     rw.finish()
@@ -443,6 +448,7 @@ body";
                 routes_popped: 1,
                 header_edits: &edits,
                 record_route: Some("<sip:127.0.0.1:5060;lr>"),
+                path: None,
                 push_routes: &[],
                 routes_dropped: 0,
                 append_route: None,
@@ -481,6 +487,7 @@ body";
                 routes_popped: 0,
                 header_edits: &edits,
                 record_route: None,
+                path: None,
                 push_routes: &["<sip:edge.example;lr>".to_string()],
                 routes_dropped: 0,
                 append_route: None,

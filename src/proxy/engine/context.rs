@@ -9,17 +9,23 @@ use crate::sip::{HeaderName, Message, Rewriter};
 pub enum Candidate {
     /// A final response from 300 to 699, as received.
     Response(Message),
-    /// An INVITE branch with no final response in time: a 408 made here.
-    /// (A non-INVITE branch that times out leaves nothing: RFC 4320 §4.2
-    /// forbids a 408 to a non-INVITE request.)
-    Timeout,
+    /// A response made here: [`Candidate::TIMEOUT`] for an INVITE branch
+    /// with no final response in time (a non-INVITE branch that times out
+    /// leaves nothing: RFC 4320 §4.2 forbids a 408 to a non-INVITE
+    /// request), [`Candidate::FLOW_FAILED`] for a branch over a client's
+    /// connection that has closed.
+    Local(u16, &'static str),
 }
 
 impl Candidate {
+    pub const TIMEOUT: Candidate = Candidate::Local(408, "Request Timeout");
+    /// RFC 5626 §5.3: the flow a request was routed over is gone.
+    pub const FLOW_FAILED: Candidate = Candidate::Local(430, "Flow Failed");
+
     pub fn code(&self) -> u16 {
         match self {
             Candidate::Response(msg) => msg.status().unwrap_or(500),
-            Candidate::Timeout => 408,
+            Candidate::Local(code, _) => *code,
         }
     }
 }
@@ -31,8 +37,8 @@ pub enum Best {
         msg: Box<Message>,
         challenges: Vec<(String, String)>,
     },
-    /// Answer with a 408 of our own.
-    Timeout,
+    /// Answer with a response of our own (a 408 or 430).
+    Local(u16, &'static str),
 }
 
 /// Response codes that tell the client how to resubmit, preferred within
@@ -69,7 +75,7 @@ impl ResponseContext {
         let codes: Vec<u16> = self.finals.iter().map(Candidate::code).collect();
         match self.finals.get(choose(&codes)?)? {
             Candidate::Response(msg) => Some(msg.clone()),
-            Candidate::Timeout => None,
+            Candidate::Local(..) => None,
         }
     }
 
@@ -80,7 +86,7 @@ impl ResponseContext {
         let chosen = choose(&codes)?;
         let candidate = self.finals.swap_remove(chosen);
         let best = match candidate {
-            Candidate::Timeout => Best::Timeout,
+            Candidate::Local(code, reason) => Best::Local(code, reason),
             Candidate::Response(msg) => {
                 let challenges = if matches!(codes[chosen], 401 | 407) {
                     self.challenges()

@@ -25,6 +25,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, Preroute, RelayFailure};
 use crate::proxy::fast_hash::FastMap;
+use crate::proxy::flow::TokenKind;
 use crate::proxy::forward::{self, ForwardEdits, Hop, HopError};
 use crate::proxy::local::{Listener, LocalIdentity};
 use crate::proxy::timers::{TimerKind, TimerOwner, TimerQueue, TimerSettings};
@@ -461,13 +463,35 @@ impl<F: Clone> Engine<F> {
                 failure_run: false,
             },
         );
-        self.out.push_back(Output::RunScript(ScriptRun {
-            ticket,
-            request: msg,
-            source,
-            protocol,
-            preroute,
-        }));
+        match self.path_route(&msg, (source, protocol), &preroute) {
+            Some(PathRoute::Flow) => {
+                // Toward a client registered through us: over its flow,
+                // and we stay in the dialog (both sides named).
+                let decision = Decision {
+                    action: Some(Action::Relay { uri: None }),
+                    record_route: true,
+                    routes_popped: preroute.routes_popped,
+                    new_ruri: preroute.strict_ruri.clone(),
+                    ..Decision::default()
+                };
+                let mut no_lookup = |uri: &str| Err(HopError::Unsupported(uri.to_string()));
+                self.handle_decision(now, ticket, decision, &mut no_lookup);
+            }
+            Some(PathRoute::Stale) => {
+                self.pending.remove(&ticket);
+                match slot {
+                    Some(slot) => self.reply_local(slot, 430, "Flow Failed", &[], now),
+                    None => tracing::debug!("ACK toward a stale flow dropped"),
+                }
+            }
+            None => self.out.push_back(Output::RunScript(ScriptRun {
+                ticket,
+                request: msg,
+                source,
+                protocol,
+                preroute,
+            })),
+        }
     }
 
     /// A retransmitted request: send the last response again (RFC 3261
@@ -576,7 +600,7 @@ impl<F: Clone> Engine<F> {
         }
         client.abandoned = true;
         client.settled = true;
-        self.branch_done(slot, Some(Candidate::Timeout), now);
+        self.branch_done(slot, Some(Candidate::TIMEOUT), now);
     }
 
     // ----- decisions --------------------------------------------------------
@@ -815,8 +839,11 @@ impl<F: Clone> Engine<F> {
         };
         // Toward a caller on a connection: over that connection, whatever
         // its Contact says (a browser's does not resolve).
+        let arrived = (pending.source, pending.protocol);
         let flow = match (uri, &first_remaining) {
-            (None, false) => self.popped_flow(pending, routes_popped),
+            (None, false) => self
+                .popped_flow(msg, arrived, routes_popped)
+                .map(|(_, hop)| hop),
             _ => None,
         };
         match flow.map_or_else(|| next_hop(&target), Ok) {
@@ -842,37 +869,61 @@ impl<F: Clone> Engine<F> {
         None
     }
 
-    /// Our Record-Route for the side of a caller on a connection: the
-    /// listener's, with the flow token as its user part.
-    fn flow_record_route(&self, pending: &Pending) -> String {
-        let token = self
-            .config
-            .flow_tokens
-            .encode(pending.protocol, pending.source);
-        let listener = self.config.listeners.get(pending.listener);
-        let sent_by = listener.map_or("", |l| l.sent_by.as_str());
-        match pending.protocol.uri_param() {
-            Some(transport) => format!("<sip:{token}@{sent_by};transport={transport};lr>"),
-            None => format!("<sip:{token}@{sent_by};lr>"),
-        }
+    /// Our Record-Route or Path entry on `listener`'s side for the peer
+    /// at `peer` over `protocol`: the listener's, with a flow token of
+    /// `kind` as its user part.
+    fn flow_entry(
+        &self,
+        kind: TokenKind,
+        protocol: Protocol,
+        peer: SocketAddr,
+        listener: usize,
+    ) -> String {
+        let token = self.config.flow_tokens.encode(kind, protocol, peer);
+        let name = self.record_route.get(listener).map_or("", String::as_str);
+        let host_and_params = name.strip_prefix("<sip:").unwrap_or(name);
+        format!("<sip:{token}@{host_and_params}")
     }
 
-    /// The connection a request goes back over: the flow named by a Route
-    /// value we popped, unless that is the connection it came in on (then
+    /// The flow token in a Route value we popped, and the connection it
+    /// names, unless that is the connection the request came in on (then
     /// it is going the other way).
-    fn popped_flow(&self, pending: &Pending, popped: usize) -> Option<Hop> {
-        pending
-            .msg
-            .header_values(HeaderName::Route)
-            .take(popped)
-            // Ours have a user part: a Route without one costs no parsing.
-            .filter(|value| value.contains('@'))
-            .filter_map(|value| {
-                let addr = sip::NameAddr::parse(value).ok()?;
-                let user = sip::Uri::parse(addr.uri).ok()?.user?;
-                self.config.flow_tokens.decode(user)
-            })
-            .find(|hop| !(hop.protocol == pending.protocol && hop.addr == pending.source))
+    fn popped_flow(
+        &self,
+        msg: &Message,
+        (source, protocol): (SocketAddr, Protocol),
+        popped: usize,
+    ) -> Option<(TokenKind, Hop)> {
+        popped_users(msg, popped)
+            .filter_map(|user| self.config.flow_tokens.decode(user))
+            .find(|(_, hop)| !(hop.protocol == protocol && hop.addr == source))
+    }
+
+    /// How the core routes an initial request that our Path sent here
+    /// (RFC 3327), without the script: its popped Route names a client's
+    /// flow by a Path token. None for any other request.
+    fn path_route(
+        &self,
+        msg: &Message,
+        arrived: (SocketAddr, Protocol),
+        preroute: &Preroute,
+    ) -> Option<PathRoute> {
+        let popped = preroute.routes_popped;
+        if popped == 0 || msg.to_tag().is_some() || msg.method() == Some(Method::Ack) {
+            return None;
+        }
+        let dropped = usize::from(preroute.strict_ruri.is_some());
+        if route::first_remaining_route(msg, popped, dropped).is_some() {
+            return None;
+        }
+        if let Some((TokenKind::Path, _)) = self.popped_flow(msg, arrived, popped) {
+            return Some(PathRoute::Flow);
+        }
+        // A Path token that does not verify is one of an earlier run's
+        // (connections do not outlive us): the flow is gone.
+        popped_users(msg, popped)
+            .any(|user| user.starts_with('p') && self.config.flow_tokens.decode(user).is_none())
+            .then_some(PathRoute::Stale)
     }
 
     /// `relay(uri)` to the first of a gateway group's candidates: the
@@ -1019,20 +1070,31 @@ impl<F: Clone> Engine<F> {
             .then_some(RelayFailure::Status(code))
     }
 
-    /// The connection to `hop` failed (a TCP connect refused, a reset):
+    /// The connection to `hop` failed (a TCP connect refused, a reset; a
+    /// flow when the peer had opened it):
     /// every branch to a gateway candidate there that has had no answer
     /// fails over (RFC 3261 §8.1.3.1 treats a transport error as a 503).
+    /// A branch over a client's own connection (a flow) that has closed
+    /// ends at once with 430 Flow Failed (RFC 5626 §5.3): no answer can
+    /// come, and nothing can be sent to it any more.
     pub fn handle_link_failure(&mut self, now: Instant, hop: &Hop) {
-        let waiting: Vec<u64> = self
+        let waiting: Vec<(u64, bool)> = self
             .clients
             .iter()
-            .filter(|(_, c)| {
-                c.hop == *hop && c.candidate.is_some() && c.state == ClientState::Trying
+            .filter(|(_, c)| c.hop == *hop && c.hop.flow == hop.flow && !c.settled)
+            .filter(|(_, c)| match c.hop.flow {
+                true => matches!(c.state, ClientState::Trying | ClientState::Proceeding),
+                false => c.candidate.is_some() && c.state == ClientState::Trying,
             })
-            .map(|(&token, _)| token)
+            .map(|(&token, c)| (token, c.hop.flow))
             .collect();
-        for token in waiting {
-            self.candidate_failed(now, token, RelayFailure::Transport);
+        for (token, flow) in waiting {
+            match flow {
+                true => {
+                    self.end_branch(token, now, "flow failed", |_| Some(Candidate::FLOW_FAILED))
+                }
+                false => self.candidate_failed(now, token, RelayFailure::Transport),
+            }
         }
     }
 
@@ -1070,7 +1132,7 @@ impl<F: Clone> Engine<F> {
         let invite = client.invite;
         self.cancel_branch(token, now);
         if let Some(tx) = self.servers.get_mut(&slot) {
-            tx.context.settle(invite.then_some(Candidate::Timeout));
+            tx.context.settle(invite.then_some(Candidate::TIMEOUT));
         }
     }
 
@@ -1108,28 +1170,7 @@ impl<F: Clone> Engine<F> {
                 push_stateless_branch(out, pending.loop_hash, upstream)
             }
         });
-        let written;
-        // A caller on a connection is named by a flow token in the entry
-        // for its side, so requests toward it come back over that
-        // connection (see `proxy::flow`).
-        let caller_side = match decision.record_route && pending.protocol != Protocol::Udp {
-            true => Some(self.flow_record_route(pending)),
-            false => None,
-        };
-        let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
-        let record_route = match (decision.record_route, pending.listener == out_listener) {
-            (false, _) => None,
-            (true, true) => caller_side.as_deref().or(Some(name(out_listener))),
-            (true, false) => {
-                // RFC 5658: leaving by another interface, address family or
-                // transport, the route set names us once for each side, the
-                // outbound one on top (the callee's first hop), the inbound
-                // one next (the caller's).
-                let inbound = caller_side.as_deref().unwrap_or(name(pending.listener));
-                written = format!("{}, {}", name(out_listener), inbound);
-                Some(written.as_str())
-            }
-        };
+        let (record_route, path) = self.route_entries(pending, decision, &hop, out_listener);
         let bytes = Bytes::from(forward::forward_request(
             msg,
             &ForwardEdits {
@@ -1138,7 +1179,8 @@ impl<F: Clone> Engine<F> {
                 routes_dropped: usize::from(pending.preroute.strict_ruri.is_some()),
                 append_route: plan.append_route,
                 header_edits: &decision.header_edits,
-                record_route,
+                record_route: record_route.as_deref(),
+                path: path.as_deref(),
                 push_routes: plan.push_routes,
                 via: &via,
                 source: pending.source,
@@ -1168,6 +1210,57 @@ impl<F: Clone> Engine<F> {
             tx.branches.push(token);
             tx.context.open_branch();
         }
+    }
+
+    /// What we add to a request we forward when the script asked for
+    /// record_route(): the Record-Route (RFC 5658: leaving by another
+    /// interface, address family or transport, it names us once for each
+    /// side, the outbound one on top, as the callee's first hop), or for a
+    /// REGISTER from a client on a connection, a Path (RFC 3327) instead, so
+    /// that the registrar's requests for the client come back through us and
+    /// over its connection. A peer on a connection is named by a flow token
+    /// in the entry for its side (see `proxy::flow`).
+    fn route_entries(
+        &self,
+        pending: &Pending,
+        decision: &Decision,
+        hop: &Hop,
+        out_listener: usize,
+    ) -> (Option<Cow<'_, str>>, Option<String>) {
+        if !decision.record_route {
+            return (None, None);
+        }
+        let caller_on_connection = pending.protocol != Protocol::Udp;
+        if caller_on_connection && pending.msg.method() == Some(Method::Register) {
+            let path = self.flow_entry(
+                TokenKind::Path,
+                pending.protocol,
+                pending.source,
+                out_listener,
+            );
+            return (None, Some(path));
+        }
+        let caller_side = caller_on_connection.then(|| {
+            self.flow_entry(
+                TokenKind::RecordRoute,
+                pending.protocol,
+                pending.source,
+                pending.listener,
+            )
+        });
+        let callee_side = (hop.flow && hop.protocol != Protocol::Udp)
+            .then(|| self.flow_entry(TokenKind::RecordRoute, hop.protocol, hop.addr, out_listener));
+        let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
+        let record_route = match (pending.listener == out_listener, callee_side, caller_side) {
+            (true, None, None) => Cow::Borrowed(name(out_listener)),
+            (true, Some(one), None) | (true, None, Some(one)) => Cow::Owned(one),
+            (_, callee_side, caller_side) => Cow::Owned(format!(
+                "{}, {}",
+                callee_side.as_deref().unwrap_or(name(out_listener)),
+                caller_side.as_deref().unwrap_or(name(pending.listener))
+            )),
+        };
+        (Some(record_route), None)
     }
 
     /// A token no live client transaction has.
@@ -1541,10 +1634,10 @@ impl<F: Clone> Engine<F> {
                     self.send_final(slot, code, bytes, now);
                 }
             }
-            Some(Best::Timeout) if cancelled => {
+            Some(Best::Local(..)) if cancelled => {
                 self.reply_local(slot, 487, "Request Terminated", &[], now)
             }
-            Some(Best::Timeout) => self.reply_local(slot, 408, "Request Timeout", &[], now),
+            Some(Best::Local(code, reason)) => self.reply_local(slot, code, reason, &[], now),
             None if cancelled => self.reply_local(slot, 487, "Request Terminated", &[], now),
             None => {
                 // Every non-INVITE branch timed out: RFC 4320 §4.2 forbids
@@ -1833,6 +1926,21 @@ impl<F: Clone> Engine<F> {
     /// A branch got no final response in time: an INVITE branch counts as a
     /// 408 (§16.7, §16.8); a non-INVITE one leaves nothing (RFC 4320).
     fn branch_timeout(&mut self, token: u64, now: Instant, timer: &str) {
+        self.end_branch(token, now, timer, |invite| {
+            invite.then_some(Candidate::TIMEOUT)
+        });
+    }
+
+    /// A branch ends with no final response from its peer; `left` says
+    /// what it leaves in the response context (given whether it is an
+    /// INVITE's).
+    fn end_branch(
+        &mut self,
+        token: u64,
+        now: Instant,
+        why: &str,
+        left: impl FnOnce(bool) -> Option<Candidate>,
+    ) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
@@ -1865,9 +1973,8 @@ impl<F: Clone> Engine<F> {
         if was_settled {
             return;
         }
-        tracing::debug!(timer, "branch timed out");
-        let candidate = invite.then_some(Candidate::Timeout);
-        self.branch_done(slot, candidate, now);
+        tracing::debug!(why, "branch ended without a response");
+        self.branch_done(slot, left(invite), now);
     }
 
     fn cancel_timer(&mut self, token: u64, kind: TimerKind, now: Instant) {
@@ -1932,6 +2039,26 @@ impl<F: Clone> Engine<F> {
 /// A response made here to `request` from `source`: its top Via stamped
 /// with `received`/`rport` as a forwarded request's would be (RFC 3581),
 /// so a UA behind NAT learns its public address from our answers too.
+/// The user parts of the first `popped` Route values: ours that carry one
+/// hold a flow token. A value without `@` costs no parsing.
+fn popped_users(msg: &Message, popped: usize) -> impl Iterator<Item = &str> {
+    msg.header_values(HeaderName::Route)
+        .take(popped)
+        .filter(|value| value.contains('@'))
+        .filter_map(|value| {
+            let addr = sip::NameAddr::parse(value).ok()?;
+            sip::Uri::parse(addr.uri).ok()?.user
+        })
+}
+
+/// An initial request our Path routed here (see [`Engine::path_route`]).
+enum PathRoute {
+    /// Over the client's flow.
+    Flow,
+    /// With a token of ours from an earlier run: answered 430.
+    Stale,
+}
+
 fn local_response(
     request: &Message,
     source: SocketAddr,

@@ -130,3 +130,177 @@ fn a_forged_token_is_ignored() {
     h.decide(&run, script_decision(&run, Action::Relay { uri: None }));
     assert_eq!(h.reply_codes(), [478], "sent toward a forged flow");
 }
+
+/// A REGISTER from a TCP client relayed to the backend with
+/// record_route(): the Path it carries there.
+fn path_of_a_tcp_register(h: &mut Harness) -> String {
+    let register = request(
+        "REGISTER",
+        "sip:example.com",
+        "z9hG4bK-reg",
+        "reg",
+        "Supported: path\n",
+    );
+    let run = h
+        .receive(register, UAC, Protocol::Tcp)
+        .expect("script runs");
+    let relay = Action::Relay {
+        uri: Some("sip:backend1.example".into()),
+    };
+    h.decide(&run, script_decision(&run, relay));
+    let sent = h.sent_to(BACKEND1);
+    h.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].header(HeaderName::RecordRoute),
+        None,
+        "a REGISTER gets a Path, not a Record-Route"
+    );
+    sent[0]
+        .header(HeaderName::Path)
+        .expect("our Path")
+        .to_string()
+}
+
+/// The registrar's INVITE for the client: its Request-URI is the
+/// client's Contact, and its Route the binding's Path.
+fn from_the_registrar(path: &str, branch: &str) -> Message {
+    parse(&format!(
+        "INVITE sip:alice@df7jal23ls0d.invalid;transport=tcp SIP/2.0\n\
+         Via: SIP/2.0/UDP 198.51.100.21:5060;branch={branch}\n\
+         Max-Forwards: 69\n\
+         From: <sip:carol@example.com>;tag=c1\n\
+         To: <sip:alice@example.com>\n\
+         Call-ID: {branch}\n\
+         CSeq: 1 INVITE\n\
+         Route: {path}\n\
+         Record-Route: <sip:198.51.100.21;lr>\n\
+         Content-Length: 0\n\n"
+    ))
+}
+
+#[test]
+fn a_register_from_a_connection_carries_a_path_token_facing_the_registrar() {
+    let mut h = Harness::new();
+    let path = path_of_a_tcp_register(&mut h);
+    // The backend reaches us on the UDP side; the user part names the
+    // client's TCP flow.
+    assert!(path.starts_with("<sip:p"), "{path}");
+    assert!(path.ends_with("@192.0.2.1:5060;lr>"), "{path}");
+    // A UDP client's REGISTER keeps the plain Record-Route: it is
+    // reached at its address.
+    let mut h = Harness::new();
+    h.relay(
+        request("REGISTER", "sip:example.com", "z9hG4bK-u", "u", ""),
+        Some("sip:backend1.example"),
+    );
+    let sent = h.sent_to(BACKEND1);
+    assert_eq!(sent[0].header(HeaderName::Path), None);
+}
+
+#[test]
+fn the_registrars_invite_goes_over_the_clients_connection_without_the_script() {
+    let mut h = Harness::new();
+    let path = path_of_a_tcp_register(&mut h);
+    let run = h.receive(
+        from_the_registrar(&path, "z9hG4bK-in1"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(run.is_none(), "the core routes it: the script does not run");
+    let (hops, sent): (Vec<Hop>, Vec<Message>) = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { hop, bytes, .. } => Some((hop, sip::parse(bytes).ok()?)),
+            _ => None,
+        })
+        .unzip();
+    assert_eq!(hops, [Hop::new(addr(UAC), Protocol::Tcp)]);
+    assert!(hops[0].flow, "over the client's own connection");
+    let invite = &sent[0];
+    assert_eq!(
+        invite.header(HeaderName::Route),
+        None,
+        "our Path entry is consumed"
+    );
+    // We stay in the dialog, named once per side: the client's side with
+    // its Record-Route token, so the backend's BYE finds the connection.
+    let routes: Vec<String> = invite
+        .header_values(HeaderName::RecordRoute)
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    assert!(routes[0].starts_with("<sip:f"), "{routes:?}");
+    assert!(routes[0].ends_with("@192.0.2.1:5060;transport=tcp;lr>"));
+    assert_eq!(routes[1], "<sip:192.0.2.1:5060;lr>");
+    // The backend's BYE, with the route set the client's 200 gave it.
+    let bye = toward_caller(
+        "BYE",
+        "sip:alice@df7jal23ls0d.invalid;transport=tcp",
+        &routes[..2],
+    );
+    let hops = relay_in_dialog(&mut h, bye, BACKEND1, Protocol::Udp);
+    assert_eq!(hops, [Hop::new(addr(UAC), Protocol::Tcp)]);
+    assert!(hops[0].flow);
+}
+
+#[test]
+fn a_record_route_token_does_not_start_requests_toward_a_client() {
+    // A dialog peer learns the Record-Route token of the client's side; an
+    // initial request it aims with that token goes to the script like any.
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    let run = h.receive(
+        from_the_registrar(&routes[1], "z9hG4bK-peer"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(run.is_some(), "the script decides");
+}
+
+#[test]
+fn a_path_token_of_an_earlier_run_is_answered_430() {
+    let mut earlier = Harness::new();
+    earlier.engine.config.flow_tokens = crate::proxy::flow::FlowTokens::new([4; 32]);
+    let path = path_of_a_tcp_register(&mut earlier);
+    let mut h = Harness::new();
+    let run = h.receive(
+        from_the_registrar(&path, "z9hG4bK-old"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(run.is_none());
+    assert_eq!(h.distinct_reply_codes(), [100, 430]);
+}
+
+#[test]
+fn a_branch_over_a_closed_connection_ends_with_430_flow_failed() {
+    let mut h = Harness::new();
+    let path = path_of_a_tcp_register(&mut h);
+    h.receive(
+        from_the_registrar(&path, "z9hG4bK-gone"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    let sent = h.sent_to(UAC);
+    assert_eq!(sent.len(), 1);
+    // Ringing, then the connection closes: the INVITE would otherwise
+    // wait for Timer C.
+    h.respond(answer(&sent[0], 180, &[]), UAC);
+    assert_eq!(h.reply_codes(), [100, 180]);
+    // A connection we dialled to the same address is another: nothing ends.
+    for other in [
+        Hop::new(addr(UAC), Protocol::Tcp),
+        Hop::flow(addr(UAC), Protocol::Udp),
+    ] {
+        h.engine.handle_link_failure(h.now, &other);
+        h.collect();
+        assert!(h.reply_codes().is_empty(), "{other:?}");
+    }
+    h.engine
+        .handle_link_failure(h.now, &Hop::flow(addr(UAC), Protocol::Tcp));
+    h.collect();
+    assert_eq!(h.reply_codes(), [430]);
+}
