@@ -47,8 +47,61 @@ fn build_filter(level: &str) -> Result<EnvFilter, String> {
         .map_err(|e| format!("invalid log level `{level}`: {e}"))
 }
 
+/// Lets a warning through at most once per interval and counts the ones
+/// held back, for warnings a peer can cause at will (sends toward
+/// addresses that do not answer), which must not flood the log.
+pub struct Throttle {
+    start: std::time::Instant,
+    interval_ms: u64,
+    /// When the next line may go, in ms since `start`.
+    next_ms: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Throttle {
+            start: std::time::Instant::now(),
+            interval_ms: interval.as_millis() as u64,
+            next_ms: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    /// Some(how many were held back since the last) when a line may be
+    /// written now.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        let won = now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed)
+                .is_ok();
+        match won {
+            true => Some(self.held.swap(0, Relaxed)),
+            false => {
+                self.held.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let throttle = super::Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(throttle.allow(), Some(2), "two held back");
+        assert_eq!(throttle.allow(), None);
+    }
+
     use super::*;
 
     #[test]

@@ -242,7 +242,7 @@ script:
   path: "script.py"
 registrar:
   backend: memory
-log: {level: debug, format: pretty}
+log: {level: info, format: pretty}
 "#;
 
 const LB: &str = r#"listen:
@@ -257,7 +257,7 @@ gateway:
       destinations:
         - uri: "sip:127.0.0.1:@BACKEND@"
 admin: {listen: "127.0.0.1:@ADMIN@"}
-log: {level: debug, format: pretty}
+log: {level: info, format: pretty}
 "#;
 
 #[test]

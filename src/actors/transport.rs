@@ -23,6 +23,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use crate::actors::tls::Tls;
 use crate::actors::transaction::TransactionShard;
 use crate::config::{Listen, TcpLimits, WsListen};
+use crate::logging::Throttle;
 use crate::proxy::forward::Hop;
 use crate::proxy::local::Listener;
 use crate::security::Verdict;
@@ -206,6 +207,27 @@ pub struct Transports {
     tcp_limits: Arc<TcpLimits>,
     /// Open TCP connections, in all and per peer IP.
     tcp_count: Arc<Mutex<TcpCount>>,
+    /// Send failures toward an address are a peer's to cause (a
+    /// Request-URI that does not answer): their warnings are throttled.
+    send_warnings: Arc<SendWarnings>,
+}
+
+/// One throttle per kind of send failure.
+struct SendWarnings {
+    udp: Throttle,
+    connect: Throttle,
+    handshake: Throttle,
+}
+
+impl Default for SendWarnings {
+    fn default() -> Self {
+        let every = || Throttle::new(std::time::Duration::from_secs(1));
+        SendWarnings {
+            udp: every(),
+            connect: every(),
+            handshake: every(),
+        }
+    }
 }
 
 /// Counts of open TCP connections, for `limits.tcp`.
@@ -325,6 +347,7 @@ impl Transports {
                 edge: crate::actors::edge::Edge::open(),
                 tcp_limits: Arc::new(TcpLimits::default()),
                 tcp_count: Arc::default(),
+                send_warnings: Arc::default(),
             },
             receivers,
             stream_sockets,
@@ -422,7 +445,9 @@ impl Transports {
             return;
         };
         if let Err(e) = out.socket.send_to(bytes, dest) {
-            tracing::warn!(%dest, error = %e, "UDP send failed; message dropped");
+            if let Some(held_back) = self.send_warnings.udp.allow() {
+                tracing::warn!(%dest, error = %e, held_back, "UDP send failed; message dropped");
+            }
         }
     }
 
@@ -437,6 +462,36 @@ impl Transports {
                 conn.do_send(SendBytes(bytes));
                 return;
             }
+        }
+        if hop.protocol == Protocol::Tls && hop.tls_name.is_none() {
+            // A hop named by its address only (a Record-Route of a peer
+            // that did not advertise a name) goes over a connection we
+            // opened and verified to that address, whatever name it was
+            // verified for: it is the peer we already trust there. Only a
+            // new connection has to show the address in its certificate.
+            let verified = pool.iter().find(|((protocol, addr, name), conn)| {
+                *protocol == Protocol::Tls
+                    && *addr == hop.addr
+                    && name.is_some()
+                    && conn.connected()
+            });
+            if let Some((_, conn)) = verified {
+                conn.do_send(SendBytes(bytes));
+                return;
+            }
+        }
+        if pool.len() >= self.tcp_limits.max_connections {
+            // Request-URIs are the sender's to choose: connections we open
+            // are bounded like the ones peers open.
+            drop(pool);
+            crate::metrics::get().tcp_refused("outbound_limit");
+            if let Some(held_back) = self.send_warnings.connect.allow() {
+                tracing::warn!(dest = %hop.addr, held_back, "limits.tcp.max_connections reached; no new outbound connection, message dropped");
+            }
+            if let Some(router) = self.router.get() {
+                router.broadcast_link_failure(hop);
+            }
+            return;
         }
         let conn = TcpConnection::connect(hop, key.clone(), self.clone());
         conn.do_send(SendBytes(bytes));
@@ -1283,13 +1338,17 @@ impl Actor for TcpConnection {
                     Ok((Connected::Plain(stream), local)) => conn.attach(stream, local, ctx),
                     Ok((Connected::Tls(stream), local)) => conn.attach(stream, local, ctx),
                     Err(Connect::Io(e)) => {
-                        tracing::warn!(%dest, transport = conn.protocol.as_str(), error = %e, "connect failed; queued messages dropped");
+                        if let Some(held_back) = conn.transports.send_warnings.connect.allow() {
+                            tracing::warn!(%dest, transport = conn.protocol.as_str(), error = %e, held_back, "connect failed; queued messages dropped");
+                        }
                         ctx.stop();
                     }
                     Err(Connect::Handshake(e)) => {
                         crate::metrics::get().tls_handshake_failed("outbound");
                         let name = conn.tls_name.as_deref().map_or_else(|| dest.ip().to_string(), str::to_string);
-                        tracing::warn!(%dest, %name, error = %e, "TLS handshake failed; the peer's certificate was not accepted or the handshake broke off");
+                        if let Some(held_back) = conn.transports.send_warnings.handshake.allow() {
+                            tracing::warn!(%dest, %name, error = %e, held_back, "TLS handshake failed; the peer's certificate was not accepted or the handshake broke off");
+                        }
                         ctx.stop();
                     }
                 }),

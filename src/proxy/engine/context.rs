@@ -13,7 +13,8 @@ pub enum Candidate {
     /// with no final response in time (a non-INVITE branch that times out
     /// leaves nothing: RFC 4320 §4.2 forbids a 408 to a non-INVITE
     /// request), [`Candidate::FLOW_FAILED`] for a branch over a client's
-    /// connection that has closed.
+    /// connection that has closed, and [`Candidate::TRANSPORT_ERROR`] for a
+    /// branch whose connection failed.
     Local(u16, &'static str),
 }
 
@@ -21,6 +22,9 @@ impl Candidate {
     pub const TIMEOUT: Candidate = Candidate::Local(408, "Request Timeout");
     /// RFC 5626 §5.3: the flow a request was routed over is gone.
     pub const FLOW_FAILED: Candidate = Candidate::Local(430, "Flow Failed");
+    /// §16.9: a transport error counts as a 503, and a proxy answers a 503
+    /// with a 500 of its own (§16.7 step 6).
+    pub const TRANSPORT_ERROR: Candidate = Candidate::Local(500, "Server Internal Error");
 
     pub fn code(&self) -> u16 {
         match self {

@@ -1071,29 +1071,35 @@ impl<F: Clone> Engine<F> {
     }
 
     /// The connection to `hop` failed (a TCP connect refused, a reset; a
-    /// flow when the peer had opened it):
-    /// every branch to a gateway candidate there that has had no answer
-    /// fails over (RFC 3261 §8.1.3.1 treats a transport error as a 503).
-    /// A branch over a client's own connection (a flow) that has closed
-    /// ends at once with 430 Flow Failed (RFC 5626 §5.3): no answer can
-    /// come, and nothing can be sent to it any more.
+    /// flow when the peer had opened it). A branch there with no answer yet
+    /// ends now rather than at Timer B/F:
+    /// - toward a gateway candidate, the request fails over (RFC 3261
+    ///   §8.1.3.1 treats a transport error as a 503);
+    /// - toward any other hop, it is as if the hop had answered 503 (§16.9),
+    ///   which goes upstream as a 500 (§16.7 step 6);
+    /// - over a client's own connection (a flow), it ends with 430 Flow
+    ///   Failed (RFC 5626 §5.3), ringing or not: no answer can come, and
+    ///   nothing can be sent to it any more.
     pub fn handle_link_failure(&mut self, now: Instant, hop: &Hop) {
-        let waiting: Vec<(u64, bool)> = self
+        let waiting: Vec<(u64, bool, bool)> = self
             .clients
             .iter()
             .filter(|(_, c)| c.hop == *hop && c.hop.flow == hop.flow && !c.settled)
             .filter(|(_, c)| match c.hop.flow {
                 true => matches!(c.state, ClientState::Trying | ClientState::Proceeding),
-                false => c.candidate.is_some() && c.state == ClientState::Trying,
+                false => c.state == ClientState::Trying,
             })
-            .map(|(&token, c)| (token, c.hop.flow))
+            .map(|(&token, c)| (token, c.hop.flow, c.candidate.is_some()))
             .collect();
-        for (token, flow) in waiting {
-            match flow {
-                true => {
+        for (token, flow, candidate) in waiting {
+            match (flow, candidate) {
+                (true, _) => {
                     self.end_branch(token, now, "flow failed", |_| Some(Candidate::FLOW_FAILED))
                 }
-                false => self.candidate_failed(now, token, RelayFailure::Transport),
+                (false, true) => self.candidate_failed(now, token, RelayFailure::Transport),
+                (false, false) => self.end_branch(token, now, "transport error", |_| {
+                    Some(Candidate::TRANSPORT_ERROR)
+                }),
             }
         }
     }

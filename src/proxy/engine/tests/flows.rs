@@ -304,3 +304,15 @@ fn a_branch_over_a_closed_connection_ends_with_430_flow_failed() {
     h.collect();
     assert_eq!(h.reply_codes(), [430]);
 }
+
+#[test]
+fn a_plain_branch_whose_connection_fails_ends_at_once_as_a_503_would() {
+    let mut h = Harness::new();
+    h.relay(invite("tcp-next"), Some("sip:next.example;transport=tcp"));
+    assert_eq!(h.sent_to(NEXT).len(), 1);
+    h.engine
+        .handle_link_failure(h.now, &Hop::new(addr(NEXT), Protocol::Tcp));
+    h.collect();
+    // §16.9 and §16.7 step 6: a 503 from the hop, a 500 from us.
+    assert_eq!(h.reply_codes(), [100, 500]);
+}
