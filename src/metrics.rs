@@ -69,6 +69,7 @@ pub struct Metrics {
     pub script_timeouts: Counter,
     pub auth_checks: Family<ReasonLabels, Counter>,
     pub dns_lookups: Family<ReasonLabels, Counter>,
+    pub shared_lookups: Family<ReasonLabels, Counter>,
     pub connections: Family<TransportLabels, Gauge>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
 }
@@ -116,6 +117,7 @@ impl Metrics {
             script_timeouts: Counter::default(),
             auth_checks: Family::default(),
             dns_lookups: Family::default(),
+            shared_lookups: Family::default(),
             connections: Family::default(),
             tls_handshake_failures: Family::default(),
             registry: Registry::default(),
@@ -231,6 +233,11 @@ impl Metrics {
             m.dns_lookups.clone(),
         );
         registry.register(
+            "registrar_shared_lookups",
+            "Registrar lookups that missed locally and read Redis, by outcome (found, absent, error)",
+            m.shared_lookups.clone(),
+        );
+        registry.register(
             "connections",
             "Open stream connections (inbound and outbound), by transport",
             m.connections.clone(),
@@ -305,6 +312,10 @@ impl Metrics {
 
     pub fn dns_lookup(&self, outcome: &'static str) {
         count(&self.dns_lookups, outcome);
+    }
+
+    pub fn shared_lookup(&self, outcome: &'static str) {
+        count(&self.shared_lookups, outcome);
     }
 
     pub fn tls_handshake_failed(&self, reason: &'static str) {

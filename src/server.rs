@@ -86,6 +86,7 @@ async fn start(
     let registrar = crate::registrar::Registrar::start(
         &config.registrar,
         crate::registrar::node_domains(&config.domain.local, config.advertise.as_deref(), &listen),
+        &config.server.instance_id,
         &crate::metrics::actors().registrar,
     )?;
     let _ = services.registrar.set(registrar.clone());
@@ -96,6 +97,7 @@ async fn start(
     let shard_config = Arc::new(ShardConfig {
         dns,
         flow_tokens: crate::proxy::flow::FlowTokens::new(rand::random()),
+        registrar: registrar.clone(),
         ingress: ingress.clone(),
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),

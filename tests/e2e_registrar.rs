@@ -5,172 +5,52 @@
 
 mod common;
 
-use std::fs;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::redis::*;
 use common::*;
-
-const KEY_PREFIX: &str = "siphon:reg:";
-
-// ---------------------------------------------------------------------------
-// redis-server
-// ---------------------------------------------------------------------------
-
-/// A `redis-server` on a private port in a temp dir, with no persistence, so
-/// a restart starts empty. Killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("siphon-redis-")
-            .tempdir()
-            .expect("tempdir");
-        let mut server = RedisServer {
-            child: None,
-            dir,
-            port: free_port(),
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let log = fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", LOCALHOST])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server (is redis-server installed?)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut conn) = self.try_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return;
-                }
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on port {} did not come up", self.port);
-    }
-
-    /// Kills the server (its data is gone: no persistence).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Until the port is closed, a client could still reach it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
-    }
-
-    fn connection(&self) -> redis::Connection {
-        self.try_connection().expect("connect to test redis")
-    }
-
-    /// Every registrar key, sorted.
-    fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{KEY_PREFIX}*"))
-            .query(&mut self.connection())
-            .expect("KEYS");
-        keys.sort();
-        keys
-    }
-
-    /// The stored bindings of one AoR: `(contact uri, expires_at)` pairs.
-    fn bindings(&self, aor: &str) -> Vec<(String, u64)> {
-        let value: Option<String> = redis::cmd("GET")
-            .arg(format!("{KEY_PREFIX}{aor}"))
-            .query(&mut self.connection())
-            .expect("GET");
-        let Some(value) = value else {
-            return Vec::new();
-        };
-        let parsed: serde_json::Value = serde_json::from_str(&value).expect("stored JSON");
-        parsed
-            .as_array()
-            .expect("stored bindings are a list")
-            .iter()
-            .map(|b| {
-                (
-                    b["uri"].as_str().expect("uri").to_string(),
-                    b["expires_at"].as_u64().expect("expires_at"),
-                )
-            })
-            .collect()
-    }
-
-    fn ttl(&self, aor: &str) -> i64 {
-        redis::cmd("TTL")
-            .arg(format!("{KEY_PREFIX}{aor}"))
-            .query(&mut self.connection())
-            .expect("TTL")
-    }
-
-    /// Polls until `keys()` has N entries, up to TIMEOUT.
-    fn wait_for_keys(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let keys = self.keys();
-            if keys.len() == n || Instant::now() >= deadline {
-                return keys;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The backend node
 // ---------------------------------------------------------------------------
 
-/// The test proxy config plus a Redis-backed registrar (`min_expires: 60`).
-fn backend_config(redis: &RedisServer) -> String {
+/// The test proxy config plus a Redis-backed registrar (`min_expires: 60`)
+/// at `redis` (the inside of `registrar.redis`), as node `instance`.
+fn node_config(redis: &str, instance: &str) -> String {
     format!(
-        "{}registrar:\n  backend: redis\n  redis: {{url: \"{}\", key_prefix: \"{KEY_PREFIX}\"}}\n  min_expires: 60\n  default_expires: 3600\n",
+        "{}registrar:\n  backend: redis\n  redis: {{{redis}, key_prefix: \"{KEY_PREFIX}\"}}\n  min_expires: 60\n  default_expires: 3600\nserver:\n  instance_id: {instance}\n",
         proxy_config("info"),
-        redis.url()
     )
+}
+
+fn backend_config(redis: &RedisServer) -> String {
+    node_config(&format!("url: \"{}\"", redis.url()), "siphon")
 }
 
 fn start_backend(redis: &RedisServer) -> Siphon {
     Siphon::start(&backend_config(redis), &example_script("proxy.py"))
+}
+
+/// A backend named `instance` (its share of the Redis keys).
+fn start_node(redis: &RedisServer, instance: &str) -> Siphon {
+    let config = node_config(&format!("url: \"{}\"", redis.url()), instance);
+    Siphon::start(&config, &example_script("proxy.py"))
+}
+
+/// Sends an INVITE for `user` to `siphon` from a fresh client; returns the
+/// client, to read the answer from.
+fn invite_user(siphon: &Siphon, user: &str) -> UdpPeer {
+    let caller = UdpPeer::bind();
+    let invite = RawRequest::new(
+        "INVITE",
+        &format!("sip:{user}@127.0.0.1:{}", siphon.port),
+        Transport::Udp,
+        caller.local_addr(),
+    );
+    caller.send_to(invite.render().as_bytes(), siphon.addr());
+    caller
 }
 
 /// The AoR a sipp user registered at 127.0.0.1 is stored under: the local
@@ -335,7 +215,7 @@ fn register_refresh_remove_and_interval_too_brief() {
     assert!((299..=300).contains(&listed[0].1), "{ok}");
     assert_eq!(
         redis.wait_for_keys(1, Duration::from_secs(5)),
-        [format!("{KEY_PREFIX}{}", aor("alice"))]
+        [aor_key(&aor("alice"))]
     );
     let ttl = redis.ttl(&aor("alice"));
     assert!((290..=300).contains(&ttl), "TTL follows the binding: {ttl}");
@@ -400,7 +280,7 @@ fn bindings_are_stored_under_the_address_of_record() {
     assert_eq!(status_code(&ok), Some(200), "{ok}");
     assert_eq!(
         redis.wait_for_keys(1, Duration::from_secs(5)),
-        vec![format!("{KEY_PREFIX}sip:dave@example.org")]
+        vec![aor_key("sip:dave@example.org")]
     );
     register.to = Some("<sip:dave@example.org>".into());
     let refreshed = register.send(&siphon, &[&format!("Contact: {contact}"), "Expires: 300"]);
@@ -592,7 +472,7 @@ fn redis_down_at_boot_does_not_block_the_node() {
     redis.spawn();
     assert_eq!(
         redis.wait_for_keys(1, Duration::from_secs(10)),
-        [format!("{KEY_PREFIX}{}", aor("frank"))],
+        [aor_key(&aor("frank"))],
         "{}",
         siphon.log_tail(20)
     );
@@ -650,4 +530,229 @@ fn contact_registered_with_path_is_reached_through_it() {
         Some(path.as_str()),
         "{forwarded}"
     );
+}
+
+/// Any-node delivery: a subscriber registered on node b1 (with a Path, as
+/// through a front LB) is reached through node b2, which never saw the
+/// REGISTER: b2's lookup misses in memory and reads Redis. The INVITE goes
+/// to the Path hop with that Route. Once b1 removes the binding, b2 answers
+/// 404 within its brief cache.
+#[test]
+fn a_subscriber_registered_on_one_node_is_reached_through_another() {
+    let redis = RedisServer::start();
+    let b1 = start_node(&redis, "b1");
+    let b2 = start_node(&redis, "b2");
+    let edge = UdpPeer::bind();
+    let path = format!("<sip:{};lr>", edge.local_addr());
+    let contact = "<sip:hana@192.0.2.8:5060>";
+    let mut hana = Register::new("hana");
+    let ok = hana.send(
+        &b1,
+        &[
+            &format!("Contact: {contact}"),
+            &format!("Path: {path}"),
+            "Supported: path",
+        ],
+    );
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    assert_eq!(
+        redis.wait_for_keys(1, Duration::from_secs(5)),
+        [aor_key(&aor("hana"))]
+    );
+    let fields: Vec<String> = redis.query(&["HKEYS", &aor_key(&aor("hana"))]);
+    assert_eq!(fields, ["b1"], "b1 wrote its own field");
+
+    let _caller = invite_user(&b2, "hana");
+    let mut seen = Vec::new();
+    let forwarded = edge
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            method(m) == Some("INVITE")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "b2 did not reach hana through her Path\n{}",
+                b2.log_tail(20)
+            )
+        });
+    assert!(
+        forwarded.starts_with("INVITE sip:hana@192.0.2.8:5060 SIP/2.0"),
+        "{forwarded}"
+    );
+    assert_eq!(
+        header_values(&forwarded, "Route").first().copied(),
+        Some(path.as_str()),
+        "{forwarded}"
+    );
+
+    let removed = hana.send(&b1, &[&format!("Contact: {contact};expires=0")]);
+    assert_eq!(status_code(&removed), Some(200), "{removed}");
+    assert!(redis.wait_for_keys(0, Duration::from_secs(5)).is_empty());
+    // b2 kept what it read for 1 to 2 s.
+    thread::sleep(Duration::from_millis(2100));
+    let caller = invite_user(&b2, "hana");
+    let mut seen = Vec::new();
+    let answer = caller
+        .recv_final(Duration::from_secs(5), &mut seen)
+        .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"));
+    assert_eq!(status_code(&answer), Some(404), "{answer}");
+}
+
+/// Many subscribers registered on b1, with sipp, are all called through b2
+/// (which reads each from Redis once) and every call completes.
+#[test]
+fn calls_through_another_node_reach_every_subscriber() {
+    const USERS: u32 = 30;
+    let redis = RedisServer::start();
+    let b1 = start_node(&redis, "b1");
+    let b2 = start_node(&redis, "b2");
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(USERS)
+        .timeout_secs(40);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+    register_users(&b1, dir.path(), "register", "ivy", USERS, uas_addr);
+    assert_eq!(
+        redis
+            .wait_for_keys(USERS as usize, Duration::from_secs(5))
+            .len(),
+        USERS as usize
+    );
+    call_users(&b2, dir.path(), "calls", "ivy", USERS).assert_all_succeeded();
+    uas.wait().assert_all_succeeded();
+}
+
+/// Redis Sentinel: the primary dies while its replica lags behind (frozen
+/// with SIGSTOP, so it lacks the last 20 bindings the primary acknowledged).
+/// Sentinel promotes the replica; siphon finds it through the Sentinels,
+/// re-writes every binding it holds, and also writes those registered during
+/// the failover. Afterwards the new primary holds every acknowledged binding
+/// and every subscriber is still called.
+#[test]
+fn a_redis_primary_failover_loses_no_acknowledged_binding() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", LOCALHOST, &primary.port.to_string()]);
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_sentinel("siphon", primary.port, 2))
+        .collect();
+    let synced = |server: &RedisServer| {
+        server
+            .query::<String>(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(synced(&replica)
+        && sentinels.iter().all(|s| {
+            !s.query::<Vec<::redis::Value>>(&["SENTINEL", "REPLICAS", "siphon"])
+                .is_empty()
+        }))
+    {
+        assert!(Instant::now() < deadline, "replica or sentinels not ready");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let seeds: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect();
+    let node = Siphon::start(
+        &node_config(
+            &format!("sentinels: [{}], master_name: siphon", seeds.join(", ")),
+            "b1",
+        ),
+        &example_script("proxy.py"),
+    );
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(50)
+        .timeout_secs(60);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+
+    register_users(&node, dir.path(), "replicated", "kim", 20, uas_addr);
+    assert_eq!(replica.wait_for_keys(20, Duration::from_secs(5)).len(), 20);
+    let replica_pid = replica.pid().expect("replica running");
+    assert!(send_signal(replica_pid, "STOP"));
+    register_users(&node, dir.path(), "unreplicated", "lee", 20, uas_addr);
+    assert_eq!(primary.wait_for_keys(40, Duration::from_secs(5)).len(), 40);
+    primary.stop();
+    assert!(send_signal(replica_pid, "CONT"));
+    // Registered while there is no primary: answered from memory.
+    register_users(&node, dir.path(), "failover", "moe", 10, uas_addr);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !replica
+        .query::<String>(&["INFO", "replication"])
+        .contains("role:master")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Sentinel never promoted the replica"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let keys = replica.wait_for_keys(50, Duration::from_secs(15));
+    assert_eq!(keys.len(), 50, "{keys:?}\n{}", node.log_tail(20));
+    for user in ["kim7", "lee13", "moe4"] {
+        assert_eq!(replica.bindings(&aor(user)).len(), 1, "{user}");
+    }
+    assert!(node.wait_for_log("re-writing the", Duration::from_secs(1)));
+    for (name, user, n) in [
+        ("call_kim", "kim", 20),
+        ("call_lee", "lee", 20),
+        ("call_moe", "moe", 10),
+    ] {
+        call_users(&node, dir.path(), name, user, n).assert_all_succeeded();
+    }
+    uas.wait().assert_all_succeeded();
+}
+
+/// A 3-primary Redis Cluster: the AoR keys spread over the nodes' slots,
+/// subscribers registered on b1 are called through b2, and a restarted b1
+/// restores its bindings from its index set.
+#[test]
+fn bindings_live_in_a_redis_cluster_and_any_node_reaches_them() {
+    const USERS: u32 = 30;
+    let cluster = RedisCluster::start(3);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    let redis = format!("cluster: [{}]", seeds.join(", "));
+    let b1 = Siphon::start(&node_config(&redis, "b1"), &example_script("proxy.py"));
+    let b2 = Siphon::start(&node_config(&redis, "b2"), &example_script("proxy.py"));
+    let dir = work_dir();
+    let uas_spec = SippSpec::new("uas", "uas_call.xml", Transport::Udp)
+        .calls(2 * USERS)
+        .timeout_secs(60);
+    let uas_addr = uas_spec.addr();
+    let uas = uas_spec.spawn(dir.path());
+    register_users(&b1, dir.path(), "register", "ned", USERS, uas_addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut per_node = cluster.keys_per_node();
+    while per_node.iter().map(Vec::len).sum::<usize>() < USERS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{per_node:?}\n{}",
+            b1.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(100));
+        per_node = cluster.keys_per_node();
+    }
+    assert!(
+        per_node.iter().filter(|keys| !keys.is_empty()).count() >= 2,
+        "the AoRs spread over the slots: {per_node:?}"
+    );
+    assert_eq!(cluster.bindings(&aor("ned5")).len(), 1);
+
+    call_users(&b2, dir.path(), "through_b2", "ned", USERS).assert_all_succeeded();
+    assert!(b1.signal("KILL"));
+    drop(b1);
+    let b1 = Siphon::start(&node_config(&redis, "b1"), &example_script("proxy.py"));
+    assert!(
+        b1.wait_for_log(
+            &format!("restored {USERS} contacts from Redis"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        b1.log_tail(20)
+    );
+    call_users(&b1, dir.path(), "through_b1", "ned", USERS).assert_all_succeeded();
+    uas.wait().assert_all_succeeded();
 }

@@ -15,11 +15,11 @@ use actix::prelude::*;
 
 use crate::actors::transport::{parse_or_answer, Flow, Inbound, Protocol, Received, Transports};
 use crate::proxy::dns::{Answer, HostCache, Wait};
-use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output};
+use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output, ScriptRun};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward;
 use crate::proxy::{next_hop, Decision, HopError, TimerSettings};
-use crate::script::{LocalIdentity, RequestInput, ScriptCache, ScriptEngine};
+use crate::script::{LocalIdentity, RequestInput, Run, ScriptCache, ScriptEngine};
 use crate::sip::Message;
 
 pub use crate::proxy::engine::ProbeOutcome;
@@ -27,6 +27,10 @@ pub use crate::proxy::engine::ProbeOutcome;
 /// How many times one decision may wait for names (see
 /// [`TransactionShard::decide_again`]).
 const MAX_WAITS: u32 = 4;
+
+/// The most script runs a shard keeps waiting for Redis reads; past it a
+/// lookup that misses in memory answers "no binding" at once.
+const MAX_AWAITING_RUNS: usize = 1024;
 
 /// How often the shard lets the engine's timers fire.
 const TICK: Duration = Duration::from_millis(10);
@@ -53,6 +57,8 @@ pub struct ShardConfig {
     pub dns: Arc<crate::actors::dns::Dns>,
     /// One key for every shard (see `proxy::flow`).
     pub flow_tokens: crate::proxy::flow::FlowTokens,
+    /// Reads the AoRs that scripts' lookups miss in memory from Redis.
+    pub registrar: Arc<crate::registrar::Registrar>,
 }
 
 /// The shard actor.
@@ -65,6 +71,9 @@ pub struct TransactionShard {
     hosts: HostCache,
     /// Decisions waiting for names, by ticket, with how often they waited.
     deferred: FastMap<u64, (Decision, u32)>,
+    /// Script runs waiting for an AoR read from Redis, by AoR.
+    awaiting_aor: FastMap<String, Vec<ScriptRun>>,
+    awaiting_runs: usize,
     /// This actor, for lookups to report back to.
     myself: Option<Addr<TransactionShard>>,
     /// Probers waiting for the outcome of their OPTIONS, by probe id.
@@ -92,6 +101,8 @@ impl TransactionShard {
             script: None,
             hosts: config.dns.host_cache(),
             deferred: FastMap::default(),
+            awaiting_aor: FastMap::default(),
+            awaiting_runs: 0,
             myself: None,
             probes: FastMap::default(),
             next_probe: 0,
@@ -130,14 +141,7 @@ impl TransactionShard {
                         crate::metrics::get().response(code);
                     }
                 }
-                Output::RunScript(run) => {
-                    let input =
-                        self.script_input(run.request, run.source, run.protocol, run.preroute);
-                    let engine = self.config.script.clone();
-                    let cache = self.script.get_or_insert_with(|| engine.cache());
-                    let decision = engine.run(cache, input);
-                    self.decide(now, run.ticket, decision);
-                }
+                Output::RunScript(run) => self.run_script(now, run, true),
                 Output::RunFailure(run) => {
                     let input =
                         self.script_input(run.request, run.source, run.protocol, run.preroute);
@@ -164,6 +168,56 @@ impl TransactionShard {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs `@proxy.on_request`; with `may_fetch`, a lookup that must read
+    /// Redis first parks the run until the read is done.
+    fn run_script(&mut self, now: Instant, run: ScriptRun, may_fetch: bool) {
+        let input = self.script_input(
+            run.request.clone(),
+            run.source,
+            run.protocol,
+            run.preroute.clone(),
+        );
+        let engine = self.config.script.clone();
+        let cache = self.script.get_or_insert_with(|| engine.cache());
+        let may_fetch = may_fetch && self.awaiting_runs < MAX_AWAITING_RUNS;
+        match engine.run(cache, input, may_fetch) {
+            Run::Decided(decision) => self.decide(now, run.ticket, decision),
+            Run::Fetch(aor) => self.await_aor(now, aor, run),
+        }
+    }
+
+    /// Parks `run` until `aor` is read from Redis (one read per AoR however
+    /// many runs wait for it), off this thread.
+    fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun) {
+        let waiting = self.awaiting_aor.entry(aor.clone()).or_default();
+        waiting.push(run);
+        self.awaiting_runs += 1;
+        if waiting.len() > 1 {
+            return;
+        }
+        match (
+            self.config.registrar.fetch(aor.clone()),
+            self.myself.clone(),
+        ) {
+            (Some(read), Some(myself)) => {
+                actix::spawn(async move {
+                    let _ = read.await;
+                    myself.do_send(AorRead { aor });
+                });
+            }
+            // No Redis reader (cannot happen once running): decide now.
+            _ => self.aor_read(now, &aor),
+        }
+    }
+
+    /// The runs waiting for `aor` run again, now that its read is cached.
+    fn aor_read(&mut self, now: Instant, aor: &str) {
+        for run in self.awaiting_aor.remove(aor).unwrap_or_default() {
+            self.awaiting_runs -= 1;
+            self.run_script(now, run, false);
         }
     }
 
@@ -323,6 +377,25 @@ impl Handler<Resolved> for TransactionShard {
                 self.decide_again(now, ticket, decision, rounds);
             }
         }
+        self.carry_out(now);
+        self.report_active();
+    }
+}
+
+/// A Redis read that [`TransactionShard::await_aor`] started is done (its
+/// answer is in the registrar's cache): the runs waiting for it go on.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AorRead {
+    aor: String,
+}
+
+impl Handler<AorRead> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, read: AorRead, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        self.aor_read(now, &read.aor);
         self.carry_out(now);
         self.report_active();
     }

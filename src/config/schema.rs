@@ -445,18 +445,56 @@ pub enum RegistrarBackend {
     Redis,
 }
 
+/// Where the registrar's Redis is: one server (`url`), a primary found
+/// through Sentinel (`sentinels` + `master_name`), or a Cluster (`cluster`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    pub url: String,
+    /// Unset: `redis://127.0.0.1:6379`, unless `sentinels` or `cluster` is given.
+    pub url: Option<String>,
+    /// Sentinel addresses (`host:port` or `redis://host:port`).
+    pub sentinels: Vec<String>,
+    /// The Sentinel service name of the primary.
+    pub master_name: String,
+    /// Cluster seed nodes (`host:port` or `redis://host:port`).
+    pub cluster: Vec<String>,
     pub key_prefix: String,
+    /// How long a lookup that missed locally waits for Redis.
+    pub lookup_timeout_ms: u64,
+}
+
+impl RedisConfig {
+    pub const DEFAULT_URL: &'static str = "redis://127.0.0.1:6379";
+
+    /// The URL of a Sentinel or Cluster node written `host:port` (or
+    /// already as a `redis://` URL); None when it is neither.
+    pub fn node_url(node: &str) -> Option<String> {
+        let node = node.trim();
+        if node.starts_with("redis://") || node.starts_with("rediss://") {
+            return Some(node.to_string());
+        }
+        let (host, port) = node.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().ok()? == 0 {
+            return None;
+        }
+        Some(if host.contains(':') {
+            format!("redis://[{host}]:{port}")
+        } else {
+            format!("redis://{host}:{port}")
+        })
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379".to_string(),
+            url: None,
+            sentinels: Vec::new(),
+            master_name: "siphon".to_string(),
+            cluster: Vec::new(),
             key_prefix: "siphon:reg:".to_string(),
+            lookup_timeout_ms: 200,
         }
     }
 }

@@ -87,7 +87,10 @@ fn defaults_fill_in_every_optional_section() {
     assert_eq!(config.script.path, PathBuf::from("/srv/lb.py"));
     assert!(config.gateway.groups.is_empty());
     assert_eq!(config.registrar.backend, RegistrarBackend::Memory);
-    assert_eq!(config.registrar.redis.url, "redis://127.0.0.1:6379");
+    assert_eq!(
+        config.registrar.redis.url, None,
+        "the default: redis://127.0.0.1:6379"
+    );
     assert_eq!(config.registrar.redis.key_prefix, "siphon:reg:");
     assert_eq!(
         (
@@ -697,6 +700,36 @@ fn registrar_expires_must_be_ordered() {
     let redis =
         parse("script: {path: /x.py}\nregistrar: {backend: redis}\n").expect("redis backend");
     assert_eq!(redis.registrar.backend, RegistrarBackend::Redis);
+    let both = error_of(
+        "script: {path: /x.py}\nregistrar: {backend: redis, redis: {url: \"redis://h:1\", cluster: [\"h:7000\"]}}\n",
+    );
+    assert!(
+        both.contains(
+            "registrar.redis: give one of url, sentinels or cluster, not url and cluster"
+        ),
+        "{both}"
+    );
+    let bad_node = error_of(
+        "script: {path: /x.py}\nregistrar: {redis: {sentinels: [\"10.0.0.1:26379\", \"nowhere\"]}}\n",
+    );
+    assert!(
+        bad_node.contains("registrar.redis.sentinels[1]: `nowhere` is not a Redis node"),
+        "{bad_node}"
+    );
+    let sentinel = parse(
+        "script: {path: /x.py}\nregistrar: {backend: redis, redis: {sentinels: [\"127.0.0.1:26379\"], master_name: lb}}\n",
+    )
+    .expect("sentinel config");
+    assert_eq!(sentinel.registrar.redis.master_name, "lb");
+    assert_eq!(
+        RedisConfig::node_url("[2001:db8::1]:7000").as_deref(),
+        Some("redis://[2001:db8::1]:7000")
+    );
+    let timeout = error_of("script: {path: /x.py}\nregistrar: {redis: {lookup_timeout_ms: 0}}\n");
+    assert!(
+        timeout.contains("registrar.redis.lookup_timeout_ms: 0 is out of range"),
+        "{timeout}"
+    );
 }
 
 #[test]

@@ -270,18 +270,69 @@ pub(super) fn check_registrar(
         1000,
         "contacts per AoR",
     )?;
-    let url = registrar.redis.url.trim();
-    let known_scheme = ["redis://", "rediss://", "redis+unix://", "unix://"]
+    check_redis(&registrar.redis, origin)
+}
+
+fn check_redis(redis: &RedisConfig, origin: &Path) -> Result<(), ConfigError> {
+    let given = [
+        ("url", redis.url.is_some()),
+        ("sentinels", !redis.sentinels.is_empty()),
+        ("cluster", !redis.cluster.is_empty()),
+    ];
+    let named: Vec<&str> = given
         .iter()
-        .any(|scheme| url.starts_with(scheme));
-    if !known_scheme {
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+    if named.len() > 1 {
         return Err(invalid(
             origin,
-            "registrar.redis.url",
-            format!("`{url}` is not a Redis URL; write it like \"redis://127.0.0.1:6379\""),
+            "registrar.redis",
+            format!(
+                "give one of url, sentinels or cluster, not {}",
+                named.join(" and ")
+            ),
         ));
     }
-    Ok(())
+    if let Some(url) = &redis.url {
+        let url = url.trim();
+        let known_scheme = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        if !known_scheme {
+            return Err(invalid(
+                origin,
+                "registrar.redis.url",
+                format!("`{url}` is not a Redis URL; write it like \"redis://127.0.0.1:6379\""),
+            ));
+        }
+    }
+    for (key, nodes) in [("sentinels", &redis.sentinels), ("cluster", &redis.cluster)] {
+        for (i, node) in nodes.iter().enumerate() {
+            if RedisConfig::node_url(node).is_none() {
+                return Err(invalid(
+                    origin,
+                    format!("registrar.redis.{key}[{i}]"),
+                    format!("`{node}` is not a Redis node; write it like \"127.0.0.1:26379\""),
+                ));
+            }
+        }
+    }
+    if !redis.sentinels.is_empty() && redis.master_name.trim().is_empty() {
+        return Err(invalid(
+            origin,
+            "registrar.redis.master_name",
+            "name the Sentinel service of the primary".to_string(),
+        ));
+    }
+    check_range(
+        origin,
+        "registrar.redis.lookup_timeout_ms",
+        redis.lookup_timeout_ms,
+        10,
+        5000,
+        "milliseconds",
+    )
 }
 
 pub(super) fn check_server(server: &ServerConfig, origin: &Path) -> Result<(), ConfigError> {

@@ -6,6 +6,13 @@
 //! 3261 rules are in [`rules`]; with `backend: redis` every change is also
 //! queued to the write-through task in [`redis_store`], which never makes a
 //! REGISTER wait. A background thread sweeps expired bindings every second.
+//!
+//! With Redis, a lookup that misses in memory may be for a subscriber that
+//! registered on another node (a dead backend's users that the hash moved
+//! here): [`Registrar::lookup_shared`] then says to read the AoR from Redis
+//! ([`Registrar::fetch`], on the registrar's thread, within
+//! `redis.lookup_timeout_ms`), and the answer, found or not, is kept for a
+//! second or two so that the retry and the next calls do not read again.
 
 pub mod redis_store;
 pub mod rules;
@@ -24,6 +31,11 @@ pub use rules::{Binding, Limits, LocalDomains, Reply};
 
 /// How often expired bindings are dropped from memory.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// A Redis read of a local miss is used for this many more whole seconds
+/// (so for 1 to 2 s).
+const SHARED_CACHE_SECS: u64 = 1;
+/// The most AoRs read from Redis kept at once.
+const SHARED_CACHE_MAX: usize = 100_000;
 
 /// The hosts that name this node, for AoR folding: `domain.local` first (its
 /// first entry is the canonical domain), then the advertised host and the
@@ -94,6 +106,65 @@ pub struct Registrar {
     bindings: Mutex<HashMap<String, Vec<Binding>>>,
     /// AoRs whose bindings changed, for the Redis writer (None: memory only).
     changes: Option<UnboundedSender<String>>,
+    /// The bindings other nodes wrote (None: memory only).
+    shared: Option<Shared>,
+}
+
+/// What a lookup found, when other nodes' bindings count too.
+#[derive(Debug, PartialEq)]
+pub enum Lookup {
+    Contacts(Vec<Contact>),
+    /// Not in memory, and Redis not read lately: read this AoR
+    /// ([`Registrar::fetch`]), then look up again.
+    Fetch(String),
+}
+
+/// Reads of other nodes' bindings from Redis, and the answers kept briefly.
+struct Shared {
+    link: Arc<redis_store::Link>,
+    keys: redis_store::Keys,
+    timeout: Duration,
+    /// The registrar thread's runtime, where reads run.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// AoR -> (Unix second it was read, the bindings read).
+    cache: Mutex<HashMap<String, (u64, Vec<Binding>)>>,
+    failures: crate::logging::Throttle,
+}
+
+impl Shared {
+    fn new(config: &crate::config::RedisConfig, instance: &str) -> Result<Shared, String> {
+        Ok(Shared {
+            link: Arc::new(redis_store::Link::new(config)?),
+            keys: redis_store::Keys::new(&config.key_prefix, instance),
+            timeout: Duration::from_millis(config.lookup_timeout_ms),
+            runtime: std::sync::OnceLock::new(),
+            cache: Mutex::new(HashMap::new()),
+            failures: crate::logging::Throttle::new(Duration::from_secs(5)),
+        })
+    }
+
+    fn cached(&self, aor: &str, now: u64) -> Option<Vec<Binding>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (read_at, bindings) = cache.get(aor)?;
+        (now <= read_at + SHARED_CACHE_SECS).then(|| {
+            bindings
+                .iter()
+                .filter(|b| b.is_live(now))
+                .cloned()
+                .collect()
+        })
+    }
+
+    fn remember(&self, aor: String, bindings: Vec<Binding>, now: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= SHARED_CACHE_MAX {
+            cache.retain(|_, (read_at, _)| now <= *read_at + SHARED_CACHE_SECS);
+            if cache.len() >= SHARED_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(aor, (now, bindings));
+    }
 }
 
 impl Registrar {
@@ -104,6 +175,7 @@ impl Registrar {
             domains,
             bindings: Mutex::new(HashMap::new()),
             changes: None,
+            shared: None,
         }
     }
 
@@ -112,10 +184,12 @@ impl Registrar {
     /// restores every stored binding first, waiting at most a few seconds; if
     /// Redis is down it starts empty and the restore is retried in the
     /// background.
-    /// `writer_stats` counts the Redis writer's flushes.
+    /// `instance` names this node's share of the Redis keys; `writer_stats`
+    /// counts the Redis writer's flushes.
     pub fn start(
         config: &RegistrarConfig,
         domains: LocalDomains,
+        instance: &str,
         writer_stats: &'static crate::metrics::ActorStats,
     ) -> Result<Arc<Registrar>, String> {
         let limits = Limits {
@@ -128,13 +202,15 @@ impl Registrar {
         let store = match config.backend {
             RegistrarBackend::Memory => None,
             RegistrarBackend::Redis => {
+                let shared = Shared::new(&config.redis, instance)?;
                 let store = redis_store::RedisStore::new(
-                    &config.redis.url,
-                    &config.redis.key_prefix,
+                    shared.link.clone(),
+                    shared.keys.clone(),
                     writer_stats,
-                )?;
+                );
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 registrar.changes = Some(tx);
+                registrar.shared = Some(shared);
                 Some((store, rx))
             }
         };
@@ -154,6 +230,9 @@ impl Registrar {
                         return;
                     }
                 };
+                if let Some(shared) = &background.shared {
+                    let _ = shared.runtime.set(runtime.handle().clone());
+                }
                 runtime.block_on(async move {
                     let sweeper = background.clone();
                     tokio::spawn(async move {
@@ -262,6 +341,72 @@ impl Registrar {
         };
         rules::rank(&mut live);
         live.iter().map(|b| Contact::from_binding(b, now)).collect()
+    }
+
+    /// [`Self::lookup`], and with Redis, on a miss, the bindings other
+    /// nodes wrote when read lately, or else [`Lookup::Fetch`].
+    pub fn lookup_shared(&self, uri: &str, now: u64) -> Lookup {
+        let local = self.lookup(uri, now);
+        let Some(shared) = &self.shared else {
+            return Lookup::Contacts(local);
+        };
+        if !local.is_empty() {
+            return Lookup::Contacts(local);
+        }
+        let Some(aor) = self.domains.normalise(uri) else {
+            return Lookup::Contacts(local);
+        };
+        match shared.cached(&aor, now) {
+            Some(mut bindings) => {
+                rules::rank(&mut bindings);
+                Lookup::Contacts(
+                    bindings
+                        .iter()
+                        .map(|b| Contact::from_binding(b, now))
+                        .collect(),
+                )
+            }
+            None => Lookup::Fetch(aor),
+        }
+    }
+
+    /// Reads `aor` (normalised, as [`Lookup::Fetch`] names it) from Redis
+    /// on the registrar's thread and keeps the answer for
+    /// [`Self::lookup_shared`]; an error or a timeout counts as no binding.
+    /// None without Redis.
+    pub fn fetch(self: &Arc<Self>, aor: String) -> Option<tokio::task::JoinHandle<()>> {
+        let runtime = self.shared.as_ref()?.runtime.get()?.clone();
+        let registrar = self.clone();
+        Some(runtime.spawn(async move {
+            let Some(shared) = &registrar.shared else {
+                return;
+            };
+            let bindings = match shared.link.fetch(&shared.keys, &aor, shared.timeout).await {
+                Ok(bindings) => {
+                    let outcome = if bindings.is_empty() {
+                        "absent"
+                    } else {
+                        "found"
+                    };
+                    crate::metrics::get().shared_lookup(outcome);
+                    bindings
+                }
+                Err(e) => {
+                    crate::metrics::get().shared_lookup("error");
+                    if let Some(held_back) = shared.failures.allow() {
+                        tracing::warn!(
+                            store = %shared.link.name,
+                            %aor,
+                            held_back,
+                            "registrar: cannot read another node's bindings from Redis ({e}); \
+                             answering as if none"
+                        );
+                    }
+                    Vec::new()
+                }
+            };
+            shared.remember(aor, bindings, unix_now());
+        }))
     }
 
     /// The AoR's live bindings for the admin API (`uri` is normalised like a
@@ -472,5 +617,56 @@ mod tests {
         assert_eq!(view.len(), 1);
         assert_eq!(view[0].cseq, 1);
         assert_eq!(view[0].expires, 3600);
+    }
+
+    #[test]
+    fn a_local_miss_reads_redis_once_then_uses_the_answer_briefly() {
+        let mut registrar = registrar();
+        registrar.shared = Some(
+            Shared::new(&crate::config::RedisConfig::default(), "b2").expect("default config"),
+        );
+        let aor = "sip:alice@example.com".to_string();
+        assert_eq!(
+            registrar.lookup_shared("sip:alice@127.0.0.1", 1000),
+            Lookup::Fetch(aor.clone())
+        );
+        let shared = registrar.shared.as_ref().expect("shared");
+        let mut elsewhere = registrar.snapshot(&aor, 1000);
+        assert!(elsewhere.is_empty());
+        elsewhere.push(Binding {
+            uri: "sip:alice@192.0.2.1".into(),
+            q: 1000,
+            expires_at: 1500,
+            call_id: "c".into(),
+            cseq: 1,
+            path: vec!["<sip:lb;lr>".into()],
+        });
+        shared.remember(aor.clone(), elsewhere, 1000);
+        let Lookup::Contacts(found) = registrar.lookup_shared("sip:alice@example.com", 1001) else {
+            panic!("the read is used");
+        };
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].expires, found[0].path.len()), (499, 1));
+        // Kept for 1 to 2 s, then read again.
+        assert_eq!(
+            registrar.lookup_shared("sip:alice@example.com", 1002),
+            Lookup::Fetch(aor.clone())
+        );
+        // "None found" is kept too, and a local binding always wins.
+        shared.remember(aor.clone(), Vec::new(), 1002);
+        assert_eq!(
+            registrar.lookup_shared("sip:alice@example.com", 1002),
+            Lookup::Contacts(Vec::new())
+        );
+        registrar.save(&register("alice", 1, "<sip:alice@10.0.0.1>"), 1002);
+        let Lookup::Contacts(local) = registrar.lookup_shared("sip:alice@example.com", 1003) else {
+            panic!("local hit");
+        };
+        assert_eq!(local[0].uri, "sip:alice@10.0.0.1");
+        // A memory-only registrar never asks for a read.
+        assert_eq!(
+            super::tests::registrar().lookup_shared("sip:bob@example.com", 1000),
+            Lookup::Contacts(Vec::new())
+        );
     }
 }

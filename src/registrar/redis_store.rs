@@ -1,28 +1,40 @@
-//! Write-through of the bindings to Redis, so a restarted node comes back
-//! with every registration.
+//! The bindings in Redis: a write-through from this node's memory, the boot
+//! restore, and the reads of an AoR another node registered.
 //!
-//! One key per AoR (`key_prefix + aor`) holds the AoR's bindings as a JSON
-//! list of [`Binding`] (`uri`, `q` in thousandths, `expires_at` in Unix
-//! seconds, `call_id`, `cseq`, `path`); the key's TTL follows the longest-lived binding, and an
-//! AoR with no binding left is deleted. The registrar only queues the names of
-//! changed AoRs; this task coalesces them and writes each AoR's *current*
-//! state, so after an outage it writes what is true now, not a replay.
+//! Layout (Redis 7 or later, for `EXPIRE ... NX` / `GT`):
+//! - `{prefix}{<aor>}`: a hash with one field per node (`server.instance_id`)
+//!   holding that node's bindings of the AoR as a JSON list of [`Binding`]
+//!   (`uri`, `q` in thousandths, `expires_at` in Unix seconds, `call_id`,
+//!   `cseq`, `path`). The braces are a Cluster hash tag: an AoR is one key in
+//!   one slot. The key lives as long as its longest binding: each writer only
+//!   ever extends its TTL. A node writes only its own field, so nodes never
+//!   overwrite each other; readers drop expired bindings by `expires_at`.
+//! - `{prefix}node:<instance>`: the set of AoRs this node has written, which
+//!   its restore reads (a SCAN would not cover a Cluster).
 //!
-//! Redis being down never blocks or fails a REGISTER: the task logs the
-//! error, retries with a capped exponential backoff and keeps the set of AoRs
-//! still to write.
+//! The registrar only queues the names of changed AoRs; the writer coalesces
+//! them and writes each AoR's *current* state, so after an outage it writes
+//! what is true now, not a replay. Redis being down never blocks or fails a
+//! REGISTER: the writer logs, retries with a capped backoff and keeps the
+//! AoRs still to write. Every new connection (after an outage, or to a primary
+//! that Sentinel or the Cluster promoted) re-writes every AoR held in memory,
+//! so a binding acknowledged before a failover is not lost with the old
+//! primary.
 
 use crate::metrics::ActorStats;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisResult};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::rules::Binding;
 use super::{unix_now, Registrar};
+use crate::config::RedisConfig;
 
 /// How long boot waits for the first restore before going ready anyway.
 pub const RESTORE_WAIT: Duration = Duration::from_secs(5);
@@ -30,18 +42,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// AoRs written per pipeline, and keys read per MGET on restore.
+/// AoRs written, or read on restore, per round of commands.
 const BATCH: usize = 256;
-
-/// Where and under which prefix the bindings are stored.
-pub struct RedisStore {
-    client: redis::Client,
-    url: String,
-    prefix: String,
-    /// Where the writer's flushes are counted (the registrar line of the
-    /// actor metrics).
-    stats: &'static ActorStats,
-}
 
 /// The stored form of an AoR's bindings.
 pub fn encode(bindings: &[Binding]) -> String {
@@ -53,7 +55,7 @@ pub fn decode(text: &str) -> Result<Vec<Binding>, serde_json::Error> {
 }
 
 /// Seconds the key should live: until the longest binding expires. `None`
-/// when nothing is live (the key is deleted instead).
+/// when nothing is live (the node's field is deleted instead).
 pub fn ttl(bindings: &[Binding], now: u64) -> Option<u64> {
     bindings
         .iter()
@@ -72,145 +74,376 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Escapes the glob characters of a SCAN MATCH pattern.
-fn glob_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
+/// The key names of one node under one prefix.
+#[derive(Clone)]
+pub struct Keys {
+    prefix: String,
+    instance: String,
 }
 
-impl RedisStore {
-    pub fn new(url: &str, prefix: &str, stats: &'static ActorStats) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("registrar.redis.url {:?} is not usable: {e}", redact(url)))?;
-        Ok(RedisStore {
-            client,
-            url: redact(url),
+impl Keys {
+    pub fn new(prefix: &str, instance: &str) -> Keys {
+        Keys {
             prefix: prefix.to_string(),
-            stats,
+            instance: instance.to_string(),
+        }
+    }
+
+    /// The AoR's hash, hash-tagged so that it sits in one Cluster slot.
+    pub fn aor(&self, aor: &str) -> String {
+        format!("{}{{{aor}}}", self.prefix)
+    }
+
+    /// The set of AoRs this node has written.
+    pub fn index(&self) -> String {
+        format!("{}node:{}", self.prefix, self.instance)
+    }
+
+    /// This node's field in an AoR's hash.
+    pub fn field(&self) -> &str {
+        &self.instance
+    }
+}
+
+/// Every node's live bindings in an AoR's hash, merged (a contact bound by
+/// two nodes counts once: the later expiry wins).
+pub fn merge_fields(fields: HashMap<String, String>, now: u64) -> Vec<Binding> {
+    let mut merged: Vec<Binding> = Vec::new();
+    for (node, text) in fields {
+        let Ok(bindings) = decode(&text) else {
+            tracing::warn!(%node, "registrar: skipping an unreadable binding list in Redis");
+            continue;
+        };
+        for binding in bindings.into_iter().filter(|b| b.is_live(now)) {
+            match merged
+                .iter_mut()
+                .find(|b| super::rules::same_contact(&b.uri, &binding.uri))
+            {
+                Some(known) if known.expires_at >= binding.expires_at => {}
+                Some(known) => *known = binding,
+                None => merged.push(binding),
+            }
+        }
+    }
+    merged
+}
+
+/// A connection of either kind; both are multiplexed and cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(conn) => cmd.query_async(conn).await,
+            Conn::Cluster(conn) => cmd.query_async(conn).await,
+        }
+    }
+
+    /// Sends the commands at once (they travel pipelined on the multiplexed
+    /// connection, or to their slots' nodes in a Cluster) and waits for all.
+    async fn query_all<T: FromRedisValue>(&self, cmds: &[Cmd]) -> RedisResult<Vec<T>> {
+        let replies = cmds.iter().map(|cmd| {
+            let mut conn = self.clone();
+            async move { conn.query::<T>(cmd).await }
+        });
+        futures_util::future::try_join_all(replies).await
+    }
+}
+
+/// How to reach the store, as the config says.
+enum Target {
+    Single(redis::Client),
+    /// Sentinel hands out the current primary at each connect.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// The connection the writer and the lookups share. A failed command drops
+/// it ([`Link::reset`]); the next user connects again, through Sentinel when
+/// configured, so a promoted primary is found.
+pub struct Link {
+    target: Target,
+    /// Names the store in logs, without passwords.
+    pub name: String,
+    current: Mutex<Option<Conn>>,
+    connecting: tokio::sync::Mutex<()>,
+    /// Counts connections made, so the writer notices a new one.
+    generation: AtomicU64,
+}
+
+impl Link {
+    pub fn new(config: &RedisConfig) -> Result<Link, String> {
+        let nodes = |key: &str, list: &[String]| -> Result<Vec<String>, String> {
+            list.iter()
+                .map(|node| {
+                    RedisConfig::node_url(node).ok_or_else(|| {
+                        format!("registrar.redis.{key}: `{node}` is not a Redis node")
+                    })
+                })
+                .collect()
+        };
+        let (target, name) = if !config.sentinels.is_empty() {
+            let sentinels = nodes("sentinels", &config.sentinels)?;
+            let name = format!(
+                "sentinel {} at {}",
+                config.master_name,
+                sentinels
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let client = redis::sentinel::SentinelClient::build(
+                sentinels,
+                config.master_name.clone(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| format!("registrar.redis.sentinels are not usable: {e}"))?;
+            (Target::Sentinel(tokio::sync::Mutex::new(client)), name)
+        } else if !config.cluster.is_empty() {
+            let seeds = nodes("cluster", &config.cluster)?;
+            let name = format!(
+                "cluster {}",
+                seeds
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(2)
+                .build()
+                .map_err(|e| format!("registrar.redis.cluster is not usable: {e}"))?;
+            (Target::Cluster(client), name)
+        } else {
+            let url = config.url.as_deref().unwrap_or(RedisConfig::DEFAULT_URL);
+            let client = redis::Client::open(url)
+                .map_err(|e| format!("registrar.redis.url {:?} is not usable: {e}", redact(url)))?;
+            (Target::Single(client), redact(url))
+        };
+        Ok(Link {
+            target,
+            name,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         })
     }
 
-    pub fn key(&self, aor: &str) -> String {
-        format!("{}{aor}", self.prefix)
+    fn held(&self) -> Option<Conn> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    async fn connect(&self) -> RedisResult<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
+    /// The current connection, connecting first when there is none. Returns
+    /// it with its generation.
+    async fn get(&self) -> RedisResult<(Conn, u64)> {
+        if let Some(conn) = self.held() {
+            return Ok((conn, self.generation.load(Ordering::Acquire)));
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(conn) = self.held() {
+            return Ok((conn, self.generation.load(Ordering::Acquire)));
+        }
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        ConnectionManager::new_with_config(self.client.clone(), config).await
+        let conn = match &self.target {
+            Target::Single(client) => Conn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ),
+            Target::Sentinel(client) => Conn::Single(
+                client
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&config)
+                    .await?,
+            ),
+            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok((conn, generation))
     }
 
-    /// Reads every AoR under the prefix into the registrar; returns how many
-    /// live contacts were added.
-    async fn restore(
-        &self,
-        conn: &mut ConnectionManager,
-        registrar: &Registrar,
-    ) -> RedisResult<usize> {
-        let pattern = format!("{}*", glob_escape(&self.prefix));
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+    /// Drops the connection after an error, unless a newer one replaced it.
+    fn reset(&self, generation: u64) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
-        keys.sort();
-        keys.dedup();
+    }
+
+    /// Every node's live bindings of `aor`, read within `limit`.
+    pub async fn fetch(
+        &self,
+        keys: &Keys,
+        aor: &str,
+        limit: Duration,
+    ) -> Result<Vec<Binding>, String> {
+        let read = async {
+            let (mut conn, generation) = self.get().await?;
+            let fields = conn
+                .query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(keys.aor(aor)))
+                .await;
+            if fields.is_err() {
+                self.reset(generation);
+            }
+            fields
+        };
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(fields)) => Ok(merge_fields(fields, unix_now())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        }
+    }
+}
+
+/// The write-through task's side: this node's keys and where its flushes
+/// are counted (the registrar line of the actor metrics).
+pub struct RedisStore {
+    link: Arc<Link>,
+    keys: Keys,
+    stats: &'static ActorStats,
+}
+
+impl RedisStore {
+    pub fn new(link: Arc<Link>, keys: Keys, stats: &'static ActorStats) -> RedisStore {
+        RedisStore { link, keys, stats }
+    }
+
+    /// Reads this node's bindings of every AoR it has written into the
+    /// registrar; returns how many live contacts were added.
+    async fn restore(&self, conn: &Conn, registrar: &Registrar) -> RedisResult<usize> {
+        let aors: Vec<String> = conn
+            .clone()
+            .query(redis::cmd("SMEMBERS").arg(self.keys.index()))
+            .await?;
         let now = unix_now();
         let mut restored = 0;
-        for chunk in keys.chunks(BATCH) {
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(chunk).query_async(conn).await?;
-            for (key, value) in chunk.iter().zip(values) {
-                let (Some(aor), Some(value)) = (key.strip_prefix(&self.prefix), value) else {
+        let mut gone = Vec::new();
+        for chunk in aors.chunks(BATCH) {
+            let reads: Vec<Cmd> = chunk
+                .iter()
+                .map(|aor| {
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(self.keys.aor(aor)).arg(self.keys.field());
+                    cmd
+                })
+                .collect();
+            let values: Vec<Option<String>> = conn.query_all(&reads).await?;
+            for (aor, value) in chunk.iter().zip(values) {
+                let Some(value) = value else {
+                    gone.push(aor.clone());
                     continue;
                 };
                 match decode(&value) {
                     Ok(bindings) => restored += registrar.restore(aor, bindings, now),
                     Err(e) => {
-                        tracing::warn!(key = %key, "registrar: skipping unreadable Redis value: {e}")
+                        tracing::warn!(%aor, "registrar: skipping unreadable Redis value: {e}")
                     }
                 }
             }
         }
+        if !gone.is_empty() {
+            // The AoR's key expired: forget it in the index too.
+            conn.clone()
+                .query::<()>(redis::cmd("SREM").arg(self.keys.index()).arg(&gone))
+                .await?;
+        }
         Ok(restored)
     }
 
-    /// Writes the current bindings of these AoRs (SET with TTL, or DEL).
-    async fn write(
-        &self,
-        conn: &mut ConnectionManager,
-        registrar: &Registrar,
-        aors: &[String],
-    ) -> RedisResult<()> {
+    /// Writes this node's current bindings of these AoRs.
+    async fn write(&self, conn: &Conn, registrar: &Registrar, aors: &[String]) -> RedisResult<()> {
         let now = unix_now();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(aors.len() * 4);
         for aor in aors {
             let bindings = registrar.snapshot(aor, now);
-            let key = self.key(aor);
+            let key = self.keys.aor(aor);
             match ttl(&bindings, now) {
-                Some(secs) => pipe
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(encode(&bindings))
-                    .arg("EX")
-                    .arg(secs)
-                    .ignore(),
-                None => pipe.cmd("DEL").arg(&key).ignore(),
-            };
+                Some(secs) => {
+                    let mut set = redis::cmd("HSET");
+                    set.arg(&key).arg(self.keys.field()).arg(encode(&bindings));
+                    cmds.push(set);
+                    // A new key gets the TTL; an existing one only longer.
+                    for option in ["NX", "GT"] {
+                        let mut expire = redis::cmd("EXPIRE");
+                        expire.arg(&key).arg(secs).arg(option);
+                        cmds.push(expire);
+                    }
+                    let mut index = redis::cmd("SADD");
+                    index.arg(self.keys.index()).arg(aor);
+                    cmds.push(index);
+                }
+                None => {
+                    let mut delete = redis::cmd("HDEL");
+                    delete.arg(&key).arg(self.keys.field());
+                    cmds.push(delete);
+                    let mut index = redis::cmd("SREM");
+                    index.arg(self.keys.index()).arg(aor);
+                    cmds.push(index);
+                }
+            }
         }
-        pipe.query_async::<()>(conn).await
+        conn.query_all::<redis::Value>(&cmds).await.map(|_| ())
     }
 
-    /// One pass: connect if needed, restore once, then write every pending AoR.
+    /// One pass: connect if needed; on a new connection restore (the first
+    /// time) or re-write everything held; then write every pending AoR.
     async fn flush(
         &self,
-        conn: &mut Option<ConnectionManager>,
+        seen: &mut u64,
         restored: &mut bool,
         registrar: &Registrar,
         pending: &mut HashSet<String>,
     ) -> RedisResult<usize> {
-        let mut manager = match conn.take() {
-            Some(manager) => manager,
-            None => self.connect().await?,
-        };
-        if !*restored {
-            let count = self.restore(&mut manager, registrar).await?;
-            tracing::info!("restored {count} contacts from Redis");
-            *restored = true;
-        }
-        let mut written = 0;
-        while !pending.is_empty() {
-            let batch: Vec<String> = pending.iter().take(BATCH).cloned().collect();
-            self.write(&mut manager, registrar, &batch).await?;
-            for aor in &batch {
-                pending.remove(aor);
+        let (conn, generation) = self.link.get().await?;
+        let result = async {
+            if generation != *seen {
+                if *restored {
+                    let held = registrar.aors();
+                    tracing::info!(
+                        store = %self.link.name,
+                        "new Redis connection; re-writing the {} AoRs held in memory",
+                        held.len()
+                    );
+                    pending.extend(held);
+                } else {
+                    let count = self.restore(&conn, registrar).await?;
+                    tracing::info!("restored {count} contacts from Redis");
+                    *restored = true;
+                }
+                *seen = generation;
             }
-            written += batch.len();
+            let mut written = 0;
+            while !pending.is_empty() {
+                let batch: Vec<String> = pending.iter().take(BATCH).cloned().collect();
+                self.write(&conn, registrar, &batch).await?;
+                for aor in &batch {
+                    pending.remove(aor);
+                }
+                written += batch.len();
+            }
+            Ok(written)
         }
-        // Kept only after a clean pass: an error drops it, and the next
-        // attempt starts from a fresh connection.
-        *conn = Some(manager);
-        Ok(written)
+        .await;
+        if result.is_err() {
+            // The next attempt starts from a fresh connection (and, with
+            // Sentinel, from whichever primary it names then).
+            self.link.reset(generation);
+        }
+        result
     }
 
     /// The write-through task. `booted` is signalled after the first restore
@@ -221,7 +454,7 @@ impl RedisStore {
         mut changes: UnboundedReceiver<String>,
         booted: std::sync::mpsc::Sender<()>,
     ) {
-        let mut conn = None;
+        let mut seen = 0;
         let mut restored = false;
         let mut pending: HashSet<String> = HashSet::new();
         let mut backoff = BACKOFF_START;
@@ -241,7 +474,7 @@ impl RedisStore {
             }
             let started = std::time::Instant::now();
             let result = self
-                .flush(&mut conn, &mut restored, &registrar, &mut pending)
+                .flush(&mut seen, &mut restored, &registrar, &mut pending)
                 .await;
             self.stats.record_unqueued(started.elapsed());
             if let Some(booted) = booted.take() {
@@ -251,7 +484,7 @@ impl RedisStore {
                 Ok(written) => {
                     if failing {
                         tracing::info!(
-                            url = %self.url,
+                            store = %self.link.name,
                             "Redis is reachable again; wrote the current bindings of {written} AoRs"
                         );
                     }
@@ -260,7 +493,7 @@ impl RedisStore {
                 }
                 Err(e) => {
                     tracing::error!(
-                        url = %self.url,
+                        store = %self.link.name,
                         pending = pending.len(),
                         "registrar: Redis unavailable ({e}); serving from memory, retrying in {} ms",
                         backoff.as_millis()
@@ -317,8 +550,31 @@ mod tests {
     }
 
     #[test]
-    fn scan_pattern_is_escaped() {
-        assert_eq!(glob_escape("siphon:reg:"), "siphon:reg:");
-        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    fn keys_are_hash_tagged_per_aor() {
+        let keys = Keys::new("siphon:reg:", "b1");
+        assert_eq!(
+            keys.aor("sip:alice@example.com"),
+            "siphon:reg:{sip:alice@example.com}"
+        );
+        assert_eq!(keys.index(), "siphon:reg:node:b1");
+        assert_eq!(keys.field(), "b1");
+    }
+
+    #[test]
+    fn merged_fields_keep_live_bindings_once() {
+        let mut a = binding("sip:a@10.0.0.1", 2000);
+        let b = binding("sip:b@10.0.0.2", 900);
+        let fields = HashMap::from([
+            ("n1".to_string(), encode(&[a.clone(), b])),
+            ("n2".to_string(), {
+                a.expires_at = 2500;
+                encode(std::slice::from_ref(&a))
+            }),
+            ("n3".to_string(), "junk".to_string()),
+        ]);
+        let merged = merge_fields(fields, 1000);
+        assert_eq!(merged.len(), 1, "b expired, a counted once");
+        assert_eq!(merged[0].expires_at, 2500, "the later expiry wins");
+        assert_eq!(merged[0].path, ["<sip:edge;lr>"], "Path is kept");
     }
 }

@@ -116,6 +116,15 @@ pub struct ScriptEngine {
     watchdog: Arc<watchdog::Watchdog>,
 }
 
+/// How a handler run for a request ended.
+#[derive(Debug)]
+pub enum Run {
+    Decided(Decision),
+    /// A lookup missed in memory: read this AoR from Redis
+    /// ([`crate::registrar::Registrar::fetch`]), then run again.
+    Fetch(String),
+}
+
 /// A shard's cached view of the engine.
 pub struct ScriptCache {
     generation: u64,
@@ -168,9 +177,16 @@ impl ScriptEngine {
     }
 
     /// Runs the handler for one request. A script exception yields a 500 reply
-    /// and a logged traceback; it never propagates.
-    pub fn run(&self, cache: &mut ScriptCache, input: RequestInput) -> Decision {
-        self.call(cache, HandlerKind::Request, input, None)
+    /// and a logged traceback; it never propagates. With `may_fetch`, a
+    /// `registrar.lookup` that must read Redis first ends the run with
+    /// [`Run::Fetch`]: read the AoR, then run again without `may_fetch`.
+    pub fn run(&self, cache: &mut ScriptCache, input: RequestInput, may_fetch: bool) -> Run {
+        registrar::begin_run(may_fetch);
+        let decision = self.call(cache, HandlerKind::Request, input, None);
+        match registrar::wanted_fetch() {
+            Some(aor) => Run::Fetch(aor),
+            None => Run::Decided(decision),
+        }
     }
 
     /// Runs `@proxy.on_failure` for a request whose branches all failed;
@@ -186,6 +202,7 @@ impl ScriptEngine {
         if !cache.handlers.has(HandlerKind::Failure) {
             return Decision::default();
         }
+        registrar::begin_run(false);
         self.call(cache, HandlerKind::Failure, input, Some(response))
     }
 
@@ -266,6 +283,10 @@ impl ScriptEngine {
                     .map(request::decision_of)
                     .map(|decision| gateway::with_relay_candidates(decision, &self.gateways))
                     .unwrap_or_else(Decision::failed),
+                // Not an error: the run is discarded and made again.
+                Err(err) if err.is_instance_of::<registrar::LookupPending>(py) => {
+                    Decision::default()
+                }
                 Err(err) => {
                     metrics.script_errors.inc();
                     tracing::error!(

@@ -2,6 +2,7 @@
 //! `registrar.lookup(uri) -> list[Contact]`, over the process-wide
 //! [`crate::registrar::Registrar`] that boot installs.
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -9,6 +10,30 @@ use pyo3::prelude::*;
 
 use super::request::Request;
 use crate::registrar::{self, Registrar};
+
+pyo3::create_exception!(
+    siphon,
+    LookupPending,
+    pyo3::exceptions::PyBaseException,
+    "Ends a handler whose registrar.lookup must first read Redis; the proxy runs it again once read. A BaseException, so `except Exception` does not swallow it."
+);
+
+thread_local! {
+    /// The current handler run's say on reading Redis: whether it may wait
+    /// for a read, and the AoR it wants read.
+    static FETCH: RefCell<(bool, Option<String>)> = const { RefCell::new((false, None)) };
+}
+
+/// Starts a handler run: `may_fetch` when its lookups may end it to wait
+/// for a Redis read (a first run of `@proxy.on_request`).
+pub(super) fn begin_run(may_fetch: bool) {
+    FETCH.with(|fetch| *fetch.borrow_mut() = (may_fetch, None));
+}
+
+/// The AoR the run's lookup wants read from Redis before deciding, if any.
+pub(super) fn wanted_fetch() -> Option<String> {
+    FETCH.with(|fetch| fetch.borrow_mut().1.take())
+}
 
 /// `registrar`: the bindings of this node.
 #[pyclass(name = "Registrar", module = "siphon", frozen)]
@@ -50,15 +75,31 @@ impl RegistrarApi {
     }
 
     /// The live contacts registered for `uri` (a string, or `request.ruri` /
-    /// `request.to_uri`), highest q first.
+    /// `request.to_uri`), highest q first. With Redis, a miss here reads the
+    /// bindings other nodes wrote: the handler stops, and runs again once
+    /// they are read.
     fn lookup(&self, uri: &Bound<'_, PyAny>) -> PyResult<Vec<Contact>> {
         let registrar = self.installed()?;
         let text = uri.str()?.to_string();
-        Ok(registrar
-            .lookup(&text, registrar::unix_now())
-            .into_iter()
-            .map(Contact::from)
-            .collect())
+        match registrar.lookup_shared(&text, registrar::unix_now()) {
+            registrar::Lookup::Contacts(contacts) => {
+                Ok(contacts.into_iter().map(Contact::from).collect())
+            }
+            registrar::Lookup::Fetch(aor) => {
+                let may_wait = FETCH.with(|fetch| {
+                    let mut fetch = fetch.borrow_mut();
+                    if fetch.0 {
+                        fetch.1 = Some(aor.clone());
+                    }
+                    fetch.0
+                });
+                if may_wait {
+                    Err(LookupPending::new_err(aor))
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        }
     }
 
     /// Number of bindings this node holds.

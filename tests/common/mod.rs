@@ -22,6 +22,7 @@ use tempfile::TempDir;
 pub mod dns;
 pub mod gateway;
 pub mod netns;
+pub mod redis;
 pub mod tls;
 
 /// Loopback address every test binds and targets.

@@ -144,7 +144,7 @@ pub struct FailureRun {
 }
 
 /// A request for the script, and the ticket its decision must name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ScriptRun {
     pub ticket: u64,
     pub request: Arc<Message>,
