@@ -78,28 +78,24 @@ def request(method, user, node_port, local_port, extra=""):
     ).encode()
 
 
-def answer(contact, data, code, reason):
-    """Replies to the request in DATA with CODE, from the contact socket."""
+def answer(contact, data, source, code, reason):
+    """Replies to the request in DATA (from SOURCE) with CODE."""
     text = data.decode(errors="replace")
     head = text.split("\r\n\r\n", 1)[0].split("\r\n")
     keep = [h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq", "to")]
     keep = [h + ";tag=callee" if h.lower().startswith("to:") else h for h in keep]
     reply = f"SIP/2.0 {code} {reason}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
-    via = next(h for h in keep if h.lower().startswith("via:"))
-    sent_by = via.split()[1].split(";")[0]
-    host, port = sent_by.rsplit(":", 1)
-    params = dict(p.split("=", 1) for p in via.split(";")[1:] if "=" in p)
-    contact.sendto(reply.encode(), (params.get("received", host), int(params.get("rport", port))))
+    contact.sendto(reply.encode(), source)
 
 
 def time_invite(caller, contact, user, node_port):
     caller.sendto(request("INVITE", user, node_port, caller.getsockname()[1]), ("127.0.0.1", node_port))
     sent = time.perf_counter()
     while True:
-        data, _ = contact.recvfrom(65535)
+        data, source = contact.recvfrom(65535)
         if data.startswith(b"INVITE"):
             took = time.perf_counter() - sent
-            answer(contact, data, 486, "Busy Here")
+            answer(contact, data, source, 486, "Busy Here")
             return took
 
 
@@ -116,7 +112,14 @@ def main():
     )
     processes = [redis]
     try:
-        wait_for(lambda: socket.create_connection(("127.0.0.1", redis_port)).close() or True, 5, "redis-server start")
+        def redis_up():
+            try:
+                socket.create_connection(("127.0.0.1", redis_port)).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(redis_up, 5, "redis-server start")
         b1, b1_port = start_node(args.siphon, work, "b1", redis_port)
         b2, b2_port = start_node(args.siphon, work, "b2", redis_port)
         processes += [b1, b2]

@@ -19,7 +19,7 @@ use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output, ScriptRun};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward;
 use crate::proxy::{next_hop, Decision, HopError, TimerSettings};
-use crate::script::{LocalIdentity, RequestInput, Run, ScriptCache, ScriptEngine};
+use crate::script::{LocalIdentity, Replay, RequestInput, Run, ScriptCache, ScriptEngine};
 use crate::sip::Message;
 
 pub use crate::proxy::engine::ProbeOutcome;
@@ -72,7 +72,7 @@ pub struct TransactionShard {
     /// Decisions waiting for names, by ticket, with how often they waited.
     deferred: FastMap<u64, (Decision, u32)>,
     /// Script runs waiting for an AoR read from Redis, by AoR.
-    awaiting_aor: FastMap<String, Vec<ScriptRun>>,
+    awaiting_aor: FastMap<String, Vec<(ScriptRun, Replay)>>,
     awaiting_runs: usize,
     /// This actor, for lookups to report back to.
     myself: Option<Addr<TransactionShard>>,
@@ -141,7 +141,7 @@ impl TransactionShard {
                         crate::metrics::get().response(code);
                     }
                 }
-                Output::RunScript(run) => self.run_script(now, run, true),
+                Output::RunScript(run) => self.run_script(now, run, None),
                 Output::RunFailure(run) => {
                     let input =
                         self.script_input(run.request, run.source, run.protocol, run.preroute);
@@ -171,9 +171,9 @@ impl TransactionShard {
         }
     }
 
-    /// Runs `@proxy.on_request`; with `may_fetch`, a lookup that must read
-    /// Redis first parks the run until the read is done.
-    fn run_script(&mut self, now: Instant, run: ScriptRun, may_fetch: bool) {
+    /// Runs `@proxy.on_request`: a first run (`replay` None), whose lookup
+    /// may park it until a Redis read is done, or the second run.
+    fn run_script(&mut self, now: Instant, run: ScriptRun, replay: Option<Replay>) {
         let input = self.script_input(
             run.request.clone(),
             run.source,
@@ -182,18 +182,18 @@ impl TransactionShard {
         );
         let engine = self.config.script.clone();
         let cache = self.script.get_or_insert_with(|| engine.cache());
-        let may_fetch = may_fetch && self.awaiting_runs < MAX_AWAITING_RUNS;
-        match engine.run(cache, input, may_fetch) {
+        let may_fetch = self.awaiting_runs < MAX_AWAITING_RUNS;
+        match engine.run(cache, input, may_fetch, replay) {
             Run::Decided(decision) => self.decide(now, run.ticket, decision),
-            Run::Fetch(aor) => self.await_aor(now, aor, run),
+            Run::Fetch(aor, replay) => self.await_aor(now, aor, run, replay),
         }
     }
 
     /// Parks `run` until `aor` is read from Redis (one read per AoR however
     /// many runs wait for it), off this thread.
-    fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun) {
+    fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun, replay: Replay) {
         let waiting = self.awaiting_aor.entry(aor.clone()).or_default();
-        waiting.push(run);
+        waiting.push((run, replay));
         self.awaiting_runs += 1;
         if waiting.len() > 1 {
             return;
@@ -215,9 +215,9 @@ impl TransactionShard {
 
     /// The runs waiting for `aor` run again, now that its read is cached.
     fn aor_read(&mut self, now: Instant, aor: &str) {
-        for run in self.awaiting_aor.remove(aor).unwrap_or_default() {
+        for (run, replay) in self.awaiting_aor.remove(aor).unwrap_or_default() {
             self.awaiting_runs -= 1;
-            self.run_script(now, run, false);
+            self.run_script(now, run, Some(replay));
         }
     }
 

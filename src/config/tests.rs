@@ -725,6 +725,11 @@ fn registrar_expires_must_be_ordered() {
         RedisConfig::node_url("[2001:db8::1]:7000").as_deref(),
         Some("redis://[2001:db8::1]:7000")
     );
+    let braced = error_of("script: {path: /x.py}\nregistrar: {redis: {key_prefix: \"{reg}:\"}}\n");
+    assert!(
+        braced.contains("registrar.redis.key_prefix: `{reg}:` has a brace"),
+        "{braced}"
+    );
     let timeout = error_of("script: {path: /x.py}\nregistrar: {redis: {lookup_timeout_ms: 0}}\n");
     assert!(
         timeout.contains("registrar.redis.lookup_timeout_ms: 0 is out of range"),

@@ -318,6 +318,16 @@ fn check_redis(redis: &RedisConfig, origin: &Path) -> Result<(), ConfigError> {
             }
         }
     }
+    if redis.key_prefix.contains(['{', '}']) {
+        return Err(invalid(
+            origin,
+            "registrar.redis.key_prefix",
+            format!(
+                "`{}` has a brace: siphon puts each AoR in braces (a Cluster hash tag), and a brace here would put every AoR in one slot",
+                redis.key_prefix
+            ),
+        ));
+    }
     if !redis.sentinels.is_empty() && redis.master_name.trim().is_empty() {
         return Err(invalid(
             origin,

@@ -42,6 +42,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle writer looks for a new connection.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// AoRs written, or read on restore, per round of commands.
 const BATCH: usize = 256;
 
@@ -105,11 +107,12 @@ impl Keys {
     }
 }
 
-/// Every node's live bindings in an AoR's hash, merged (a contact bound by
-/// two nodes counts once: the later expiry wins).
-pub fn merge_fields(fields: HashMap<String, String>, now: u64) -> Vec<Binding> {
+/// The live bindings in an AoR's hash of every node but `own` (this node's
+/// memory is the truth about its own, and its field may lag behind), merged:
+/// a contact bound by two nodes counts once, the later expiry winning.
+pub fn merge_fields(fields: HashMap<String, String>, own: &str, now: u64) -> Vec<Binding> {
     let mut merged: Vec<Binding> = Vec::new();
-    for (node, text) in fields {
+    for (node, text) in fields.into_iter().filter(|(node, _)| node != own) {
         let Ok(bindings) = decode(&text) else {
             tracing::warn!(%node, "registrar: skipping an unreadable binding list in Redis");
             continue;
@@ -152,6 +155,14 @@ impl Conn {
         });
         futures_util::future::try_join_all(replies).await
     }
+
+    /// Runs a MULTI/EXEC pipeline (its keys in one slot).
+    async fn transaction(&mut self, pipe: &redis::Pipeline) -> RedisResult<()> {
+        match self {
+            Conn::Single(conn) => pipe.query_async(conn).await,
+            Conn::Cluster(conn) => pipe.query_async(conn).await,
+        }
+    }
 }
 
 /// How to reach the store, as the config says.
@@ -169,10 +180,30 @@ pub struct Link {
     target: Target,
     /// Names the store in logs, without passwords.
     pub name: String,
-    current: Mutex<Option<Conn>>,
+    /// The connection, with its generation (connections made so far), so
+    /// the writer notices a new one.
+    current: Mutex<Option<(Conn, u64)>>,
     connecting: tokio::sync::Mutex<()>,
-    /// Counts connections made, so the writer notices a new one.
     generation: AtomicU64,
+    /// A failed connect is not tried again before this.
+    retry_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// How long after a failed connect users get the error at once.
+const CONNECT_HOLD: Duration = Duration::from_millis(500);
+
+/// An error after which the connection is dropped and made again: the
+/// server went away, or is a replica now (a failover happened).
+fn needs_reconnect(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        )
 }
 
 impl Link {
@@ -234,10 +265,11 @@ impl Link {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            retry_at: Mutex::new(None),
         })
     }
 
-    fn held(&self) -> Option<Conn> {
+    fn held(&self) -> Option<(Conn, u64)> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -247,13 +279,31 @@ impl Link {
     /// The current connection, connecting first when there is none. Returns
     /// it with its generation.
     async fn get(&self) -> RedisResult<(Conn, u64)> {
-        if let Some(conn) = self.held() {
-            return Ok((conn, self.generation.load(Ordering::Acquire)));
+        if let Some(held) = self.held() {
+            return Ok(held);
         }
         let _one_at_a_time = self.connecting.lock().await;
-        if let Some(conn) = self.held() {
-            return Ok((conn, self.generation.load(Ordering::Acquire)));
+        if let Some(held) = self.held() {
+            return Ok(held);
         }
+        let held_back = *self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        if held_back.is_some_and(|at| std::time::Instant::now() < at) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the last connect failed moments ago",
+            )));
+        }
+        let made = self.connect().await;
+        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = made
+            .is_err()
+            .then(|| std::time::Instant::now() + CONNECT_HOLD);
+        let conn = made?;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((conn.clone(), generation));
+        Ok((conn, generation))
+    }
+
+    async fn connect(&self) -> RedisResult<Conn> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -272,38 +322,49 @@ impl Link {
             ),
             Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
         };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        Ok((conn, generation))
+        Ok(conn)
     }
 
-    /// Drops the connection after an error, unless a newer one replaced it.
-    fn reset(&self, generation: u64) {
-        if self.generation.load(Ordering::Acquire) == generation {
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Drops the connection after an error that calls for it, unless a
+    /// newer one replaced it.
+    fn reset(&self, generation: u64, error: &redis::RedisError) {
+        if !needs_reconnect(error) {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|(_, held)| *held == generation)
+        {
+            *current = None;
         }
     }
 
-    /// Every node's live bindings of `aor`, read within `limit`.
+    /// The other nodes' live bindings of `aor`, read within `limit`. The
+    /// read runs as a task of its own, so a timeout never cancels a
+    /// connect that the writer shares.
     pub async fn fetch(
-        &self,
+        self: &Arc<Self>,
         keys: &Keys,
         aor: &str,
         limit: Duration,
     ) -> Result<Vec<Binding>, String> {
-        let read = async {
-            let (mut conn, generation) = self.get().await?;
+        let link = self.clone();
+        let key = keys.aor(aor);
+        let read = tokio::spawn(async move {
+            let (mut conn, generation) = link.get().await?;
             let fields = conn
-                .query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(keys.aor(aor)))
+                .query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(key))
                 .await;
-            if fields.is_err() {
-                self.reset(generation);
+            if let Err(e) = &fields {
+                link.reset(generation, e);
             }
             fields
-        };
+        });
         match tokio::time::timeout(limit, read).await {
-            Ok(Ok(fields)) => Ok(merge_fields(fields, unix_now())),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(Ok(fields))) => Ok(merge_fields(fields, keys.field(), unix_now())),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(format!("the read failed: {e}")),
             Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         }
     }
@@ -364,39 +425,41 @@ impl RedisStore {
         Ok(restored)
     }
 
-    /// Writes this node's current bindings of these AoRs.
+    /// Writes this node's current bindings of these AoRs: per AoR, its field
+    /// and TTL in one MULTI/EXEC (so the key never lacks a TTL), then the
+    /// index set.
     async fn write(&self, conn: &Conn, registrar: &Registrar, aors: &[String]) -> RedisResult<()> {
         let now = unix_now();
-        let mut cmds = Vec::with_capacity(aors.len() * 4);
-        for aor in aors {
+        let writes = aors.iter().map(|aor| {
             let bindings = registrar.snapshot(aor, now);
             let key = self.keys.aor(aor);
-            match ttl(&bindings, now) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut index = match ttl(&bindings, now) {
                 Some(secs) => {
-                    let mut set = redis::cmd("HSET");
-                    set.arg(&key).arg(self.keys.field()).arg(encode(&bindings));
-                    cmds.push(set);
+                    pipe.cmd("HSET")
+                        .arg(&key)
+                        .arg(self.keys.field())
+                        .arg(encode(&bindings))
+                        .ignore();
                     // A new key gets the TTL; an existing one only longer.
-                    for option in ["NX", "GT"] {
-                        let mut expire = redis::cmd("EXPIRE");
-                        expire.arg(&key).arg(secs).arg(option);
-                        cmds.push(expire);
-                    }
-                    let mut index = redis::cmd("SADD");
-                    index.arg(self.keys.index()).arg(aor);
-                    cmds.push(index);
+                    pipe.cmd("EXPIRE").arg(&key).arg(secs).arg("NX").ignore();
+                    pipe.cmd("EXPIRE").arg(&key).arg(secs).arg("GT").ignore();
+                    redis::cmd("SADD")
                 }
                 None => {
-                    let mut delete = redis::cmd("HDEL");
-                    delete.arg(&key).arg(self.keys.field());
-                    cmds.push(delete);
-                    let mut index = redis::cmd("SREM");
-                    index.arg(self.keys.index()).arg(aor);
-                    cmds.push(index);
+                    pipe.cmd("HDEL").arg(&key).arg(self.keys.field()).ignore();
+                    redis::cmd("SREM")
                 }
+            };
+            index.arg(self.keys.index()).arg(aor);
+            let mut conn = conn.clone();
+            async move {
+                conn.transaction(&pipe).await?;
+                conn.query::<()>(&index).await
             }
-        }
-        conn.query_all::<redis::Value>(&cmds).await.map(|_| ())
+        });
+        futures_util::future::try_join_all(writes).await.map(|_| ())
     }
 
     /// One pass: connect if needed; on a new connection restore (the first
@@ -438,10 +501,10 @@ impl RedisStore {
             Ok(written)
         }
         .await;
-        if result.is_err() {
+        if let Err(e) = &result {
             // The next attempt starts from a fresh connection (and, with
             // Sentinel, from whichever primary it names then).
-            self.link.reset(generation);
+            self.link.reset(generation, e);
         }
         result
     }
@@ -462,11 +525,15 @@ impl RedisStore {
         let mut booted = Some(booted);
         loop {
             if restored && pending.is_empty() {
-                match changes.recv().await {
-                    Some(aor) => {
+                // Waking each second also notices a connection that a
+                // lookup made (a new primary, maybe) and re-writes then.
+                match tokio::time::timeout(IDLE_CHECK, changes.recv()).await {
+                    Ok(Some(aor)) => {
                         pending.insert(aor);
                     }
-                    None => return,
+                    Ok(None) => return,
+                    Err(_) if self.link.generation.load(Ordering::Acquire) == seen => continue,
+                    Err(_) => {}
                 }
             }
             while let Ok(aor) = changes.try_recv() {
@@ -572,7 +639,7 @@ mod tests {
             }),
             ("n3".to_string(), "junk".to_string()),
         ]);
-        let merged = merge_fields(fields, 1000);
+        let merged = merge_fields(fields, "me", 1000);
         assert_eq!(merged.len(), 1, "b expired, a counted once");
         assert_eq!(merged[0].expires_at, 2500, "the later expiry wins");
         assert_eq!(merged[0].path, ["<sip:edge;lr>"], "Path is kept");

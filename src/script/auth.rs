@@ -117,6 +117,12 @@ impl AuthApi {
                 "auth.check needs an `auth:` section (realm and credentials) in the config",
             ));
         };
+        // The second run of a request that waited for a Redis read: the
+        // first run's check passed, and its nonce-count is spent.
+        if let Some(user) = super::rerun::replayed_authentication() {
+            request.borrow_mut().set_auth_user(user)?;
+            return Ok(true);
+        }
         let (outcome, proxy_auth) = {
             let request = request.borrow();
             let msg = request.message()?;
@@ -144,6 +150,7 @@ impl AuthApi {
         match outcome {
             Outcome::Authenticated(user) => {
                 metrics.auth_check("ok");
+                super::rerun::record_authentication(&user);
                 request.borrow_mut().set_auth_user(user)?;
                 Ok(true)
             }

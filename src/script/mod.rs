@@ -10,6 +10,7 @@ pub mod auth;
 mod gateway;
 mod registrar;
 pub mod request;
+mod rerun;
 pub mod watchdog;
 
 use std::ffi::CString;
@@ -18,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use pyo3::prelude::*;
+
+pub use rerun::Replay;
 
 pub use request::{
     host_text, same_header, Action, Decision, ForkTarget, LocalIdentity, Request, RequestInput,
@@ -121,8 +124,9 @@ pub struct ScriptEngine {
 pub enum Run {
     Decided(Decision),
     /// A lookup missed in memory: read this AoR from Redis
-    /// ([`crate::registrar::Registrar::fetch`]), then run again.
-    Fetch(String),
+    /// ([`crate::registrar::Registrar::fetch`]), then run again with the
+    /// [`Replay`].
+    Fetch(String, Replay),
 }
 
 /// A shard's cached view of the engine.
@@ -179,12 +183,18 @@ impl ScriptEngine {
     /// Runs the handler for one request. A script exception yields a 500 reply
     /// and a logged traceback; it never propagates. With `may_fetch`, a
     /// `registrar.lookup` that must read Redis first ends the run with
-    /// [`Run::Fetch`]: read the AoR, then run again without `may_fetch`.
-    pub fn run(&self, cache: &mut ScriptCache, input: RequestInput, may_fetch: bool) -> Run {
-        registrar::begin_run(may_fetch);
+    /// [`Run::Fetch`]: read the AoR, then run again with its [`Replay`].
+    pub fn run(
+        &self,
+        cache: &mut ScriptCache,
+        input: RequestInput,
+        may_fetch: bool,
+        replay: Option<Replay>,
+    ) -> Run {
+        rerun::begin(may_fetch, replay);
         let decision = self.call(cache, HandlerKind::Request, input, None);
-        match registrar::wanted_fetch() {
-            Some(aor) => Run::Fetch(aor),
+        match rerun::finish() {
+            Some((aor, replay)) => Run::Fetch(aor, replay),
             None => Run::Decided(decision),
         }
     }
@@ -202,8 +212,10 @@ impl ScriptEngine {
         if !cache.handlers.has(HandlerKind::Failure) {
             return Decision::default();
         }
-        registrar::begin_run(false);
-        self.call(cache, HandlerKind::Failure, input, Some(response))
+        rerun::begin(false, None);
+        let decision = self.call(cache, HandlerKind::Failure, input, Some(response));
+        rerun::finish();
+        decision
     }
 
     fn refresh(&self, cache: &mut ScriptCache) {

@@ -2,7 +2,6 @@
 //! `registrar.lookup(uri) -> list[Contact]`, over the process-wide
 //! [`crate::registrar::Registrar`] that boot installs.
 
-use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -17,23 +16,6 @@ pyo3::create_exception!(
     pyo3::exceptions::PyBaseException,
     "Ends a handler whose registrar.lookup must first read Redis; the proxy runs it again once read. A BaseException, so `except Exception` does not swallow it."
 );
-
-thread_local! {
-    /// The current handler run's say on reading Redis: whether it may wait
-    /// for a read, and the AoR it wants read.
-    static FETCH: RefCell<(bool, Option<String>)> = const { RefCell::new((false, None)) };
-}
-
-/// Starts a handler run: `may_fetch` when its lookups may end it to wait
-/// for a Redis read (a first run of `@proxy.on_request`).
-pub(super) fn begin_run(may_fetch: bool) {
-    FETCH.with(|fetch| *fetch.borrow_mut() = (may_fetch, None));
-}
-
-/// The AoR the run's lookup wants read from Redis before deciding, if any.
-pub(super) fn wanted_fetch() -> Option<String> {
-    FETCH.with(|fetch| fetch.borrow_mut().1.take())
-}
 
 /// `registrar`: the bindings of this node.
 #[pyclass(name = "Registrar", module = "siphon", frozen)]
@@ -86,14 +68,7 @@ impl RegistrarApi {
                 Ok(contacts.into_iter().map(Contact::from).collect())
             }
             registrar::Lookup::Fetch(aor) => {
-                let may_wait = FETCH.with(|fetch| {
-                    let mut fetch = fetch.borrow_mut();
-                    if fetch.0 {
-                        fetch.1 = Some(aor.clone());
-                    }
-                    fetch.0
-                });
-                if may_wait {
+                if super::rerun::want_fetch(&aor) {
                     Err(LookupPending::new_err(aor))
                 } else {
                     Ok(Vec::new())
