@@ -39,6 +39,14 @@ fn start_node(redis: &RedisServer, instance: &str) -> Siphon {
     Siphon::start(&config, &example_script("proxy.py"))
 }
 
+/// The final response `caller` gets within 5 s.
+fn final_answer(caller: &UdpPeer) -> String {
+    let mut seen = Vec::new();
+    caller
+        .recv_final(Duration::from_secs(5), &mut seen)
+        .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"))
+}
+
 /// Sends an INVITE for `user` to `siphon` from a fresh client; returns the
 /// client, to read the answer from.
 fn invite_user(siphon: &Siphon, user: &str) -> UdpPeer {
@@ -307,18 +315,7 @@ fn call_to_registered_user_completes_and_unknown_user_gets_404() {
     call_users(&siphon, dir.path(), "calls", "bob", 3).assert_all_succeeded();
     uas.wait().assert_all_succeeded();
 
-    let peer = UdpPeer::bind();
-    let invite = RawRequest::new(
-        "INVITE",
-        &format!("sip:nobody@127.0.0.1:{}", siphon.port),
-        Transport::Udp,
-        peer.local_addr(),
-    );
-    peer.send_to(invite.render().as_bytes(), siphon.addr());
-    let mut seen = Vec::new();
-    let answer = peer
-        .recv_final(Duration::from_secs(5), &mut seen)
-        .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"));
+    let answer = final_answer(&invite_user(&siphon, "nobody"));
     assert_eq!(status_code(&answer), Some(404), "{answer}");
 }
 
@@ -589,11 +586,7 @@ fn a_subscriber_registered_on_one_node_is_reached_through_another() {
     assert!(redis.wait_for_keys(0, Duration::from_secs(5)).is_empty());
     // b2 kept what it read for 1 to 2 s.
     thread::sleep(Duration::from_millis(2100));
-    let caller = invite_user(&b2, "hana");
-    let mut seen = Vec::new();
-    let answer = caller
-        .recv_final(Duration::from_secs(5), &mut seen)
-        .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"));
+    let answer = final_answer(&invite_user(&b2, "hana"));
     assert_eq!(status_code(&answer), Some(404), "{answer}");
 }
 
