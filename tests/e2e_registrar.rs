@@ -47,6 +47,26 @@ fn final_answer(caller: &UdpPeer) -> String {
         .unwrap_or_else(|| panic!("no final answer; saw {seen:?}"))
 }
 
+/// The INVITE `via` relayed reaches the Path hop `edge` with the Path
+/// (`path`) as its Route and the contact (`contact`) as its Request-URI.
+fn assert_reached_through_path(edge: &UdpPeer, path: &str, contact: &str, via: &Siphon) {
+    let mut seen = Vec::new();
+    let forwarded = edge
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            method(m) == Some("INVITE")
+        })
+        .unwrap_or_else(|| panic!("INVITE never reached the Path hop\n{}", via.log_tail(20)));
+    assert!(
+        forwarded.starts_with(&format!("INVITE {contact} SIP/2.0")),
+        "{forwarded}"
+    );
+    assert_eq!(
+        header_values(&forwarded, "Route").first().copied(),
+        Some(path),
+        "{forwarded}"
+    );
+}
+
 /// Sends an INVITE for `user` to `siphon` from a fresh client; returns the
 /// client, to read the answer from.
 fn invite_user(siphon: &Siphon, user: &str) -> UdpPeer {
@@ -504,29 +524,8 @@ fn contact_registered_with_path_is_reached_through_it() {
         "Path echoed: {ok}"
     );
 
-    let caller = UdpPeer::bind();
-    let invite = RawRequest::new(
-        "INVITE",
-        &format!("sip:gina@127.0.0.1:{}", siphon.port),
-        Transport::Udp,
-        caller.local_addr(),
-    );
-    caller.send_to(invite.render().as_bytes(), siphon.addr());
-    let mut seen = Vec::new();
-    let forwarded = edge
-        .recv_until(Duration::from_secs(5), &mut seen, |m| {
-            method(m) == Some("INVITE")
-        })
-        .unwrap_or_else(|| panic!("INVITE never reached the Path hop\n{}", siphon.log_tail(20)));
-    assert!(
-        forwarded.starts_with("INVITE sip:gina@192.0.2.7:5060 SIP/2.0"),
-        "{forwarded}"
-    );
-    assert_eq!(
-        header_values(&forwarded, "Route").first().copied(),
-        Some(path.as_str()),
-        "{forwarded}"
-    );
+    let _caller = invite_user(&siphon, "gina");
+    assert_reached_through_path(&edge, &path, "sip:gina@192.0.2.7:5060", &siphon);
 }
 
 /// Any-node delivery: a subscriber registered on node b1 (with a Path, as
@@ -560,26 +559,7 @@ fn a_subscriber_registered_on_one_node_is_reached_through_another() {
     assert_eq!(fields, ["b1"], "b1 wrote its own field");
 
     let _caller = invite_user(&b2, "hana");
-    let mut seen = Vec::new();
-    let forwarded = edge
-        .recv_until(Duration::from_secs(5), &mut seen, |m| {
-            method(m) == Some("INVITE")
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "b2 did not reach hana through her Path\n{}",
-                b2.log_tail(20)
-            )
-        });
-    assert!(
-        forwarded.starts_with("INVITE sip:hana@192.0.2.8:5060 SIP/2.0"),
-        "{forwarded}"
-    );
-    assert_eq!(
-        header_values(&forwarded, "Route").first().copied(),
-        Some(path.as_str()),
-        "{forwarded}"
-    );
+    assert_reached_through_path(&edge, &path, "sip:hana@192.0.2.8:5060", &b2);
 
     let removed = hana.send(&b1, &[&format!("Contact: {contact};expires=0")]);
     assert_eq!(status_code(&removed), Some(200), "{removed}");
