@@ -346,6 +346,9 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "consecutive_failures": health.consecutive_failures(),
                             "passive_failures": health.passive_failures(),
                             "ejected": health.ejected(now),
+                            "peers_reporting_down": health
+                                .peers_reporting_down(now)
+                                .collect::<Vec<_>>(),
                             "last_probe_latency_ms": health
                                 .last_latency()
                                 .map(|l| l.as_secs_f64() * 1000.0),

@@ -81,6 +81,14 @@ async fn start(
         gateway_service.add_configured_group(group);
     }
     let gateways = gateway_service.gateways();
+    if config.gateway.share_health == crate::config::ShareHealth::Redis {
+        let share = crate::actors::health_share::HealthShare::start(
+            &config.registrar.redis,
+            &config.server.instance_id,
+            gateway_service.clone(),
+        )?;
+        gateway_service.share_health(share);
+    }
     // Registrar before the listeners: with Redis it restores every binding
     // before "siphon ready".
     let registrar = crate::registrar::Registrar::start(

@@ -708,3 +708,134 @@ def route(request):
         "SIP/2.0 200 sip:alice@example.com from sip:alice@EXAMPLE.com:5060"
     );
 }
+
+/// `gateway.share_health: redis` with two LBs on one Redis: a backend that
+/// LB 1's probes find dead, and one an operator marks down on LB 1, are
+/// avoided by LB 2 (which does not probe) within a second, its log naming
+/// lb1; LB 1's "up" brings them back on LB 2.
+#[test]
+fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    let redis = common::redis::RedisServer::start();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut backends: Vec<Backend> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
+        .collect();
+    let lb_config = |instance: &str, probe: bool| {
+        let shared = format!(
+            "  share_health: redis\nregistrar: {{redis: {{url: \"{}\"}}}}\nserver: {{instance_id: {instance}}}\n",
+            redis.url()
+        );
+        let config = LB_CONFIG
+            .replace("@B1@", &ports[0].to_string())
+            .replace("@B2@", &ports[1].to_string())
+            .replace("@B3@", &ports[2].to_string())
+            .replace("log: {level: info", &format!("{shared}log: {{level: info"));
+        if probe {
+            config
+        } else {
+            config.replace("probe: {enabled: true,", "probe: {enabled: false,")
+        }
+    };
+    let admin_port = free_port();
+    let lb1 = Siphon::start(
+        &(lb_config("lb1", true) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
+        &seed_lb_script(),
+    );
+    let lb1_admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let admin_port = free_port();
+    let lb2 = Siphon::start(
+        &(lb_config("lb2", false) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
+        &seed_lb_script(),
+    );
+    let lb2_admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    for lb in [&lb1, &lb2] {
+        assert!(
+            lb.wait_for_log_line(Duration::from_secs(5), |l| l
+                .contains("sharing gateway health")),
+            "{}",
+            lb.log_tail(20)
+        );
+    }
+    let users: Vec<String> = (0..60).map(|i| format!("sub{i:02}")).collect();
+    let first = call_users(dir, lb2.addr(), &users, "any", "first");
+    first.assert_all_succeeded(users.len());
+    assert!(!first.users_of("b2").is_empty(), "{:?}", first.routes);
+
+    // LB 1's probes find backend 2 dead; LB 2 follows within a second.
+    backends[1].kill();
+    wait_for_transition(&lb1, &backend_uri(2), "down", Duration::from_secs(6));
+    let took = wait_for_transition(&lb2, &backend_uri(2), "down", Duration::from_secs(3));
+    assert!(
+        took <= Duration::from_secs(1),
+        "LB 2 followed after {took:?}"
+    );
+    let line = lb2
+        .log_lines(&format!("uri={} ", backend_uri(2)))
+        .join("\n");
+    assert!(
+        line.contains("source=peer")
+            && line.contains("node=lb1")
+            && line.contains("peer_source=probe"),
+        "LB 2's line names the node and its source: {line}"
+    );
+    let listed = get_json(lb2_admin, "/admin/gateways");
+    let b2 = &listed["groups"][0]["destinations"][1];
+    assert_eq!(b2["healthy"], false, "{listed}");
+    assert_eq!(
+        b2["peers_reporting_down"],
+        serde_json::json!(["lb1"]),
+        "{listed}"
+    );
+    let moved = call_users(dir, lb2.addr(), &users, "any", "moved");
+    moved.assert_all_succeeded(users.len());
+    for (user, before) in &first.routes {
+        let now = &moved.routes[user];
+        if before == "b2" {
+            assert_ne!(now, "b2", "{user} still routed to the dead backend");
+        } else {
+            assert_eq!(now, before, "{user} moved although {before} is alive");
+        }
+    }
+
+    // An operator's mark on LB 1 reaches LB 2 too, and so does lifting it.
+    let body = format!("{{\"uri\": \"{}\"}}", backend_uri(3));
+    let (status, answer) = common::http(
+        lb1_admin,
+        "POST",
+        "/admin/gateways/backends/down",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let took = wait_for_transition(&lb2, &backend_uri(3), "down", Duration::from_secs(3));
+    assert!(
+        took <= Duration::from_secs(1),
+        "LB 2 followed the mark after {took:?}"
+    );
+    assert!(
+        lb2.log_lines(&format!("uri={} ", backend_uri(3)))
+            .iter()
+            .any(|l| l.contains("peer_source=admin") && l.contains("marked down")),
+        "{}",
+        lb2.log_tail(10)
+    );
+    let (status, answer) = common::http(
+        lb1_admin,
+        "POST",
+        "/admin/gateways/backends/up",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for_transition(&lb2, &backend_uri(3), "up", Duration::from_secs(2));
+
+    // Backend 2 comes back: LB 1's probes say so, and LB 2 uses it again.
+    backends[1] = Backend::start(dir, "b2", ports[1]);
+    wait_for_transition(&lb1, &backend_uri(2), "up", Duration::from_secs(5));
+    wait_for_transition(&lb2, &backend_uri(2), "up", Duration::from_secs(2));
+    let back = call_users(dir, lb2.addr(), &users, "any", "back");
+    back.assert_all_succeeded(users.len());
+    assert_eq!(first.routes, back.routes, "users did not return");
+}

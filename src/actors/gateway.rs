@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::actors::health_share::HealthShare;
 use crate::actors::transaction::{ProbeOutcome, SendProbe};
 use crate::actors::transport::Transports;
 use crate::config::{GroupConfig, ProbeConfig};
-use crate::gateway::{FailureReason, Gateways, SharedGroup, Transition};
+use crate::gateway::share::{HealthNews, PEER_RENEW};
+use crate::gateway::{FailureReason, Gateways, SharedGroup, Transition, TransitionReason};
 use crate::proxy::decision::RelayFailure;
 use crate::proxy::forward::Hop;
 
@@ -46,6 +48,8 @@ pub struct GatewayService {
     gateways: Arc<Gateways>,
     transports: OnceLock<Transports>,
     groups: Mutex<HashMap<String, GroupEntry>>,
+    /// The shared channel, with `gateway.share_health`.
+    share: OnceLock<HealthShare>,
 }
 
 /// What the service remembers about one group besides its selection state.
@@ -64,6 +68,30 @@ impl GatewayService {
             gateways: Arc::new(Gateways::new(metrics)),
             transports: OnceLock::new(),
             groups: Mutex::new(HashMap::new()),
+            share: OnceLock::new(),
+        }
+    }
+
+    /// Shares every group's health over `share` from now on. Call before
+    /// [`GatewayService::start`].
+    pub fn share_health(&self, share: HealthShare) {
+        if self.share.set(share).is_err() {
+            tracing::warn!("gateway health is already shared");
+        }
+    }
+
+    /// Another node's verdict on one of its destinations, for the group of
+    /// that name here (ignored when there is none).
+    pub fn peer_news(&self, news: HealthNews) {
+        let actor = self
+            .entries()
+            .get(&news.group)
+            .and_then(|entry| entry.actor.clone());
+        match actor {
+            Some(actor) => actor.do_send(PeerNews(news)),
+            None => {
+                tracing::debug!(group = %news.group, node = %news.node, "news of a group not here")
+            }
         }
     }
 
@@ -226,6 +254,7 @@ impl GatewayService {
             probe: probe.cloned(),
             transports,
             probers: Vec::new(),
+            share: self.share.get().cloned(),
         };
         Some(actor.start())
     }
@@ -275,9 +304,55 @@ pub struct GroupActor {
     probe: Option<ProbeConfig>,
     transports: Transports,
     probers: Vec<Addr<Prober>>,
+    share: Option<HealthShare>,
 }
 
 impl GroupActor {
+    /// Publishes the changes of this node's own verdicts (with
+    /// `gateway.share_health`); `marked_by` names who made a mark.
+    fn share_news(&self, marked_by: Option<&str>) {
+        let Some(share) = &self.share else {
+            return;
+        };
+        let news: Vec<(String, Transition)> = {
+            let mut group = self.shared.lock();
+            group
+                .take_news()
+                .into_iter()
+                .filter_map(|(index, t)| Some((group.destination(index)?.uri.clone(), t)))
+                .collect()
+        };
+        for (uri, transition) in news {
+            let source =
+                marked_by.filter(|_| matches!(transition.reason, TransitionReason::Marked { .. }));
+            share.publish(HealthNews::of_transition(
+                share.node(),
+                &self.name,
+                &uri,
+                &transition,
+                source,
+            ));
+        }
+    }
+
+    /// Says again which destinations this node still finds down.
+    fn renew_news(&self) {
+        let Some(share) = &self.share else {
+            return;
+        };
+        let down: Vec<String> = {
+            let group = self.shared.lock();
+            group
+                .own_down(Instant::now())
+                .into_iter()
+                .filter_map(|index| Some(group.destination(index)?.uri.clone()))
+                .collect()
+        };
+        for uri in down {
+            share.publish(HealthNews::renewal(share.node(), &self.name, &uri));
+        }
+    }
+
     fn log_transition(&self, uri: &str, transition: &Transition) {
         tracing::info!(
             group = %self.name,
@@ -303,6 +378,7 @@ impl GroupActor {
         for (uri, transition) in changes {
             self.log_transition(&uri, &transition);
         }
+        self.share_news(None);
     }
 }
 
@@ -311,6 +387,9 @@ impl Actor for GroupActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(REFRESH_INTERVAL, |actor, _| actor.refresh());
+        if self.share.is_some() {
+            ctx.run_interval(PEER_RENEW, |actor, _| actor.renew_news());
+        }
         let Some(probe) = self.probe.clone() else {
             return;
         };
@@ -396,6 +475,7 @@ impl Handler<ProbeReport> for GroupActor {
         if let (Some(uri), Some(transition)) = (uri, transition) {
             self.log_transition(&uri, &transition);
         }
+        self.share_news(None);
     }
 }
 
@@ -435,6 +515,7 @@ impl Handler<PassiveReport> for GroupActor {
         if let Some(transition) = transition {
             self.log_transition(&report.uri, &transition);
         }
+        self.share_news(None);
     }
 }
 
@@ -453,6 +534,44 @@ impl Handler<Mark> for GroupActor {
     fn handle(&mut self, mark: Mark, _ctx: &mut Self::Context) {
         let _busy = crate::metrics::actors().gateway.measure();
         apply_mark(&self.name, &self.shared, &mark.uri, mark.down, mark.source);
+        self.share_news(Some(mark.source));
+    }
+}
+
+/// Another node's verdict on a destination of this group.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PeerNews(HealthNews);
+
+impl Handler<PeerNews> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, PeerNews(news): PeerNews, _ctx: &mut Self::Context) {
+        let _busy = crate::metrics::actors().gateway.measure();
+        let now = Instant::now();
+        let transition = self
+            .shared
+            .update(|group| group.record_peer(&news.uri, &news.node, news.down, &news.reason, now));
+        match transition {
+            Some(transition) => tracing::info!(
+                group = %self.name,
+                uri = %news.uri,
+                source = %"peer",
+                node = %news.node,
+                peer_source = %news.source,
+                reason = %transition.reason,
+                "gateway destination {} -> {}",
+                transition.from,
+                transition.to
+            ),
+            None => tracing::debug!(
+                group = %self.name,
+                uri = %news.uri,
+                node = %news.node,
+                down = news.down,
+                "peer news changes nothing"
+            ),
+        }
     }
 }
 

@@ -95,6 +95,19 @@ fn default_script_timeout() -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
     pub groups: Vec<GroupConfig>,
+    /// Whether destination health is shared with other nodes.
+    pub share_health: ShareHealth,
+}
+
+/// `gateway.share_health`: `off`, or `redis` (a channel on the Redis that
+/// `registrar.redis` names), so a backend one LB finds dead is avoided by
+/// the others at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareHealth {
+    #[default]
+    Off,
+    Redis,
 }
 
 /// One named pool of destinations with its balancing algorithm and probe.

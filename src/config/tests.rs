@@ -738,6 +738,26 @@ fn registrar_expires_must_be_ordered() {
 }
 
 #[test]
+fn shared_health_needs_redis_spelled_right_and_an_instance_id_of_its_own() {
+    let shared = parse(
+        "script: {path: /x.py}\ngateway: {share_health: redis}\nserver: {instance_id: lb1}\n",
+    )
+    .expect("shared health");
+    assert_eq!(shared.gateway.share_health, ShareHealth::Redis);
+    let off = parse("script: {path: /x.py}\n").expect("default");
+    assert_eq!(off.gateway.share_health, ShareHealth::Off);
+    let default_id = error_of("script: {path: /x.py}\ngateway: {share_health: redis}\n");
+    assert!(
+        default_id.contains("server.instance_id: gateway.share_health needs an instance_id"),
+        "{default_id}"
+    );
+    let typo = error_of(
+        "script: {path: /x.py}\ngateway: {share_health: gossip}\nserver: {instance_id: lb1}\n",
+    );
+    assert!(typo.contains("gateway.share_health"), "{typo}");
+}
+
+#[test]
 fn log_level_must_be_a_level_or_filter() {
     let config =
         parse("script: {path: /x.py}\nlog: {level: \"warn,siphon::sip=trace\", format: json}\n")

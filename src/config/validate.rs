@@ -26,6 +26,7 @@ impl RawConfig {
         let gateway = build_gateway(self.gateway, origin)?;
         check_registrar(&self.registrar, origin)?;
         check_server(&self.server, origin)?;
+        check_share_health(&gateway, &self.server, origin)?;
         check_log(&self.log, origin)?;
         check_transaction(&self.transaction, origin)?;
         check_security(&self.security, origin)?;
@@ -228,7 +229,30 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
         group.check().map_err(at)?;
         groups.push(group);
     }
-    Ok(GatewayConfig { groups })
+    Ok(GatewayConfig {
+        groups,
+        share_health: raw.share_health,
+    })
+}
+
+/// Nodes sharing health tell each other apart by `server.instance_id`: with
+/// the default on two nodes, each would take the other's news for its own.
+fn check_share_health(
+    gateway: &GatewayConfig,
+    server: &ServerConfig,
+    origin: &Path,
+) -> Result<(), ConfigError> {
+    if gateway.share_health == ShareHealth::Redis
+        && server.instance_id == ServerConfig::default().instance_id
+    {
+        return Err(invalid(
+            origin,
+            "server.instance_id",
+            "gateway.share_health needs an instance_id of this node's own (e.g. \"lb1\"), \
+             different on every node that shares health",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn check_registrar(

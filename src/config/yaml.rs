@@ -45,6 +45,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawGateway {
     pub(super) groups: Vec<RawGroup>,
+    pub(super) share_health: ShareHealth,
 }
 
 #[derive(Deserialize)]

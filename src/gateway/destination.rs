@@ -162,13 +162,28 @@ pub enum TransitionReason {
     },
     /// A passive ejection ended.
     EjectionOver,
+    /// A script or admin hold was set or lifted (only in [`Health::take_news`]:
+    /// marks are logged where they are made).
+    Marked { down: bool },
+    /// Another node sharing health reports it down (`gateway.share_health`).
+    PeerDown { node: String, reason: String },
+    /// The node that reported it down reports it up again.
+    PeerUp { node: String },
+    /// A peer's report ran out without being renewed (the peer stopped, or
+    /// lost the shared channel).
+    PeerSilent { node: String },
 }
 
 impl TransitionReason {
-    /// What caused it, as the log's `source` field: `probe`, `passive` or
-    /// `retry-after` (script and admin marks are logged where they are made).
+    /// What caused it, as the log's `source` field: `probe`, `passive`,
+    /// `retry-after`, `mark` or `peer` (script and admin marks are logged
+    /// where they are made, with `script` or `admin`).
     pub fn source(&self) -> &'static str {
         match self {
+            TransitionReason::Marked { .. } => "mark",
+            TransitionReason::PeerDown { .. }
+            | TransitionReason::PeerUp { .. }
+            | TransitionReason::PeerSilent { .. } => "peer",
             TransitionReason::FailureThreshold { .. } | TransitionReason::ProbeSucceeded { .. } => {
                 "probe"
             }
@@ -203,6 +218,15 @@ impl fmt::Display for TransitionReason {
                 eject.as_secs()
             ),
             TransitionReason::EjectionOver => f.write_str("passive ejection over"),
+            TransitionReason::Marked { down: true } => f.write_str("marked down"),
+            TransitionReason::Marked { down: false } => f.write_str("marked up"),
+            TransitionReason::PeerDown { node, reason } => {
+                write!(f, "node {node} reports it down ({reason})")
+            }
+            TransitionReason::PeerUp { node } => write!(f, "node {node} reports it up"),
+            TransitionReason::PeerSilent { node } => {
+                write!(f, "node {node}'s report was not renewed")
+            }
         }
     }
 }
@@ -229,7 +253,15 @@ impl fmt::Display for Transition {
 ///   it unhealthy, one success makes it healthy again);
 /// - no script/admin hold is set (`mark_down` holds until `mark_up`; probe
 ///   successes do not lift it);
-/// - no Retry-After hold is running (it ends by itself at its deadline).
+/// - no Retry-After hold is running (it ends by itself at its deadline);
+/// - no passive ejection is running;
+/// - no peer sharing health reports it down (`gateway.share_health`; each
+///   report holds until that peer reports up, or for [`PEER_HOLD`] unless
+///   renewed).
+///
+/// The first four are this node's own verdict: peers' reports only ever keep
+/// a destination out, never bring it back, and this node shares only its own
+/// verdict ([`Health::take_news`]), so two nodes never echo each other.
 ///
 /// Transitions are reported once: the state last reported is remembered, and
 /// a `record_*`/[`Health::refresh`] call returns a [`Transition`] only when the
@@ -249,6 +281,31 @@ pub struct Health {
     ejection: Option<Ejection>,
     /// Ejections in a row, for the doubling of the next one.
     ejections: u32,
+    /// Peers that report this destination down, each until its report runs
+    /// out (at most [`MAX_PEER_HOLDS`]).
+    peer_holds: Vec<PeerHold>,
+    /// This node's own verdict as last taken for sharing.
+    announced: Availability,
+    /// A change of this node's own verdict not yet taken for sharing.
+    news: Option<Transition>,
+}
+
+/// How long a peer's "down" keeps a destination out unless renewed; peers
+/// renew every [`PEER_RENEW`] what they still find down.
+pub const PEER_HOLD: Duration = Duration::from_secs(15);
+
+/// How often a node repeats the destinations it finds down, so a node that
+/// joins late, or missed a message, learns them.
+pub const PEER_RENEW: Duration = Duration::from_secs(5);
+
+/// The most peers whose reports one destination remembers.
+pub const MAX_PEER_HOLDS: usize = 32;
+
+/// One peer's report that a destination is down.
+#[derive(Debug, Clone)]
+struct PeerHold {
+    node: String,
+    until: Instant,
 }
 
 /// How relay outcomes feed a destination's health (per group config).
@@ -308,12 +365,113 @@ impl Health {
             passive_failures: 0,
             ejection: None,
             ejections: 0,
+            peer_holds: Vec::new(),
+            announced: Availability::Up,
+            news: None,
         }
     }
 
     /// May this destination receive new transactions at `now`?
     pub fn is_up(&self, now: Instant) -> bool {
+        self.own_verdict_up(now) && !self.peer_held(now)
+    }
+
+    /// This node's own verdict: probes, holds, Retry-After and ejection,
+    /// without what peers report.
+    fn own_verdict_up(&self, now: Instant) -> bool {
         self.probe_healthy && !self.held_down && !self.in_retry_after(now) && !self.ejected(now)
+    }
+
+    /// This node's own verdict as an [`Availability`] (what it shares).
+    pub fn own_availability(&self, now: Instant) -> Availability {
+        if self.own_verdict_up(now) {
+            Availability::Up
+        } else {
+            Availability::Down
+        }
+    }
+
+    /// Whether a peer's report keeps it out at `now`.
+    fn peer_held(&self, now: Instant) -> bool {
+        self.peer_holds.iter().any(|hold| now < hold.until)
+    }
+
+    /// The peers whose reports keep it out at `now`.
+    pub fn peers_reporting_down(&self, now: Instant) -> impl Iterator<Item = &str> {
+        self.peer_holds
+            .iter()
+            .filter(move |hold| now < hold.until)
+            .map(|hold| hold.node.as_str())
+    }
+
+    /// Peer `node` finds it down (`reason` is its own log's): out until
+    /// `until`, or until that peer reports it up. A repeated report renews.
+    pub fn record_peer_down(
+        &mut self,
+        node: &str,
+        reason: &str,
+        until: Instant,
+        now: Instant,
+    ) -> Option<Transition> {
+        match self.peer_holds.iter_mut().find(|hold| hold.node == node) {
+            Some(hold) => hold.until = hold.until.max(until),
+            None => {
+                if self.peer_holds.len() >= MAX_PEER_HOLDS {
+                    // Forget the report that runs out first.
+                    let soonest = (0..self.peer_holds.len())
+                        .min_by_key(|&i| self.peer_holds[i].until)
+                        .unwrap_or(0);
+                    self.peer_holds.swap_remove(soonest);
+                }
+                self.peer_holds.push(PeerHold {
+                    node: node.to_string(),
+                    until,
+                });
+            }
+        }
+        let cause = TransitionReason::PeerDown {
+            node: node.to_string(),
+            reason: reason.to_string(),
+        };
+        self.report(now, cause)
+    }
+
+    /// Peer `node` finds it up again: its report no longer keeps it out.
+    pub fn record_peer_up(&mut self, node: &str, now: Instant) -> Option<Transition> {
+        let before = self.peer_holds.len();
+        self.peer_holds.retain(|hold| hold.node != node);
+        if self.peer_holds.len() == before {
+            return None;
+        }
+        self.report(
+            now,
+            TransitionReason::PeerUp {
+                node: node.to_string(),
+            },
+        )
+    }
+
+    /// The change of this node's own verdict since the last call, to share
+    /// with peers: only the latest, so at most one waits per destination.
+    pub fn take_news(&mut self) -> Option<Transition> {
+        self.news.take()
+    }
+
+    /// Remembers a change of this node's own verdict for [`Self::take_news`].
+    fn note_own_verdict(&mut self, own: Availability, reason: impl FnOnce() -> TransitionReason) {
+        if own == self.announced {
+            return;
+        }
+        self.news = match self.news.take() {
+            // Back to what peers last heard before the news was taken.
+            Some(pending) if pending.from == own => None,
+            _ => Some(Transition {
+                from: self.announced,
+                to: own,
+                reason: reason(),
+            }),
+        };
+        self.announced = own;
     }
 
     /// A relayed request to this destination failed. With `retry_after` it
@@ -384,6 +542,11 @@ impl Health {
                 return None;
             }
             from = from.max(ejection.until);
+        }
+        for hold in &self.peer_holds {
+            if now < hold.until {
+                from = from.max(hold.until);
+            }
         }
         Some(from)
     }
@@ -474,6 +637,12 @@ impl Health {
             self.ejection = None;
             reason = TransitionReason::EjectionOver;
         }
+        if let Some(expired) = self.peer_holds.iter().position(|hold| now >= hold.until) {
+            reason = TransitionReason::PeerSilent {
+                node: self.peer_holds[expired].node.clone(),
+            };
+            self.peer_holds.retain(|hold| now < hold.until);
+        }
         self.report(now, reason)
     }
 
@@ -483,12 +652,16 @@ impl Health {
         let changed = !self.held_down;
         self.held_down = true;
         self.reported = Availability::Down;
+        self.note_own_verdict(Availability::Down, || TransitionReason::Marked {
+            down: true,
+        });
         changed
     }
 
     /// Script/admin override to up: lifts the hold and forgets probe failures
     /// and any Retry-After hold (the operator knows better). Probes may mark it
-    /// down again later. Returns whether anything changed.
+    /// down again later. Peers' reports still hold (they are lifted by the
+    /// peer, or run out). Returns whether anything changed.
     pub fn mark_up(&mut self) -> bool {
         let changed = self.held_down
             || !self.probe_healthy
@@ -502,7 +675,16 @@ impl Health {
         self.passive_failures = 0;
         self.ejection = None;
         self.ejections = 0;
-        self.reported = Availability::Up;
+        // Down still while a peer's report holds; the refresh that finds it
+        // run out reports the change.
+        self.reported = if self.peer_holds.is_empty() {
+            Availability::Up
+        } else {
+            Availability::Down
+        };
+        self.note_own_verdict(Availability::Up, || TransitionReason::Marked {
+            down: false,
+        });
         changed
     }
 
@@ -556,6 +738,8 @@ impl Health {
 
     /// Compare with what was last reported; report and remember a change.
     fn report(&mut self, now: Instant, reason: TransitionReason) -> Option<Transition> {
+        let own = self.own_availability(now);
+        self.note_own_verdict(own, || reason.clone());
         let current = self.availability(now);
         if current == self.reported {
             return None;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::algorithm::{Algorithm, AnySelector, Selector};
-use super::destination::{Destination, FailureReason, Health, PassivePolicy, Transition};
+use super::destination::{
+    Availability, Destination, FailureReason, Health, PassivePolicy, Transition, PEER_HOLD,
+};
 
 /// What a group's actor publishes for the hot path: the destinations, and
 /// which of them may be chosen, as of the last change. Selection reads it
@@ -332,6 +334,41 @@ impl Group {
             .iter_mut()
             .enumerate()
             .filter_map(move |(index, health)| Some((index, health.refresh(now)?)))
+    }
+
+    /// Peer `node`'s verdict on `uri` (`gateway.share_health`): down holds
+    /// it out for [`PEER_HOLD`] unless renewed, up lifts that peer's hold.
+    /// Returns the transition to log; None also when the uri is not here.
+    pub fn record_peer(
+        &mut self,
+        uri: &str,
+        node: &str,
+        down: bool,
+        reason: &str,
+        now: Instant,
+    ) -> Option<Transition> {
+        let health = self.health_of(uri)?;
+        if down {
+            health.record_peer_down(node, reason, now + PEER_HOLD, now)
+        } else {
+            health.record_peer_up(node, now)
+        }
+    }
+
+    /// Changes of this node's own verdicts since the last call, to share.
+    pub fn take_news(&mut self) -> Vec<(usize, Transition)> {
+        self.health
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, health)| Some((index, health.take_news()?)))
+            .collect()
+    }
+
+    /// The destinations this node's own verdict keeps out at `now`.
+    pub fn own_down(&self, now: Instant) -> Vec<usize> {
+        (0..self.health.len())
+            .filter(|&index| self.health[index].own_availability(now) == Availability::Down)
+            .collect()
     }
 
     fn health_of(&mut self, uri: &str) -> Option<&mut Health> {

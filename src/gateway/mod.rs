@@ -9,6 +9,7 @@
 //! - [`algorithm`]: the [`Selector`] trait and one file per algorithm
 //!   (smooth weighted, round-robin, weighted rendezvous hash). Selecting yields
 //!   an ordered candidate list: the first choice, then the failover order.
+//! - [`share`]: the messages of `gateway.share_health` between nodes.
 //! - [`group`]: a named group tying destinations, health and a selector together,
 //!   with the attrs filter.
 
@@ -16,6 +17,7 @@ pub mod algorithm;
 pub mod destination;
 pub mod group;
 pub mod registry;
+pub mod share;
 
 pub use algorithm::{new_selector, Algorithm, AnySelector, Selector, UnknownAlgorithm};
 pub use destination::{

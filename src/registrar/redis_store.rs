@@ -170,7 +170,9 @@ enum Target {
     Single(redis::Client),
     /// Sentinel hands out the current primary at each connect.
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
-    Cluster(redis::cluster::ClusterClient),
+    /// With the seed nodes, for a subscriber (any node hears every
+    /// PUBLISH of a Cluster).
+    Cluster(redis::cluster::ClusterClient, Vec<String>),
 }
 
 /// The connection the writer and the lookups share. A failed command drops
@@ -246,13 +248,13 @@ impl Link {
                     .collect::<Vec<_>>()
                     .join(",")
             );
-            let client = redis::cluster::ClusterClient::builder(seeds)
+            let client = redis::cluster::ClusterClient::builder(seeds.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
                 .retries(2)
                 .build()
                 .map_err(|e| format!("registrar.redis.cluster is not usable: {e}"))?;
-            (Target::Cluster(client), name)
+            (Target::Cluster(client, seeds), name)
         } else {
             let url = config.url.as_deref().unwrap_or(RedisConfig::DEFAULT_URL);
             let client = redis::Client::open(url)
@@ -320,7 +322,7 @@ impl Link {
                     .get_async_connection_with_config(&config)
                     .await?,
             ),
-            Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+            Target::Cluster(client, _) => Conn::Cluster(client.get_async_connection().await?),
         };
         Ok(conn)
     }
@@ -338,6 +340,49 @@ impl Link {
         {
             *current = None;
         }
+    }
+
+    /// PUBLISH on the shared connection (`gateway.share_health`).
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), String> {
+        let (mut conn, generation) = self.get().await.map_err(|e| e.to_string())?;
+        let sent = conn
+            .query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await;
+        if let Err(e) = &sent {
+            self.reset(generation, e);
+        }
+        sent.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// A connection of its own subscribed to `channel`: to the server, to
+    /// the primary Sentinel names now, or to the first Cluster seed that
+    /// answers.
+    pub async fn subscribe(&self, channel: &str) -> RedisResult<redis::aio::PubSub> {
+        let clients = match &self.target {
+            Target::Single(client) => vec![client.clone()],
+            Target::Sentinel(client) => vec![client.lock().await.async_get_client().await?],
+            Target::Cluster(_, seeds) => seeds
+                .iter()
+                .filter_map(|seed| redis::Client::open(seed.as_str()).ok())
+                .collect(),
+        };
+        let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no node to subscribe on"));
+        for client in clients {
+            let attempt = async {
+                let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
+                    })??;
+                pubsub.subscribe(channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match attempt.await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// The other nodes' live bindings of `aor`, read within `limit`. The

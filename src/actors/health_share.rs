@@ -1,0 +1,175 @@
+//! `gateway.share_health: redis`: each node publishes the changes of its own
+//! verdict on its destinations (probe, passive, Retry-After, script and admin
+//! marks), and every few seconds the ones it still finds down, on the channel
+//! `<registrar.redis.key_prefix>health`; it hears the other nodes' on the
+//! same channel and hands them to the group actors, which keep a destination
+//! a peer finds down out of selection (`gateway::share`).
+//!
+//! Redis work runs on a thread of its own, so the SIP threads never wait on
+//! it: a group actor only queues its news ([`HealthShare::publish`]). Losing
+//! Redis loses news, never a call: a peer's report runs out by itself, and
+//! the renewals say again what is still down once Redis is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::actors::gateway::GatewayService;
+use crate::config::RedisConfig;
+use crate::gateway::share::HealthNews;
+use crate::registrar::redis_store::Link;
+
+/// News waiting to be published; more are dropped (renewals repeat them).
+const OUTBOX: usize = 1024;
+/// How long after a lost or failed subscription it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+/// A subscription is checked this often, so a server that stopped answering
+/// (not just one that closed the connection) is left for the current one.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// This node's side of the shared channel; cheap to clone.
+#[derive(Clone)]
+pub struct HealthShare {
+    node: Arc<str>,
+    outbox: tokio::sync::mpsc::Sender<HealthNews>,
+}
+
+impl HealthShare {
+    /// Connects to the Redis `redis` names (in the background: a Redis that
+    /// is down is retried) and starts the thread that publishes this
+    /// node's news and delivers the others' to `gateways`.
+    pub fn start(
+        redis: &RedisConfig,
+        node: &str,
+        gateways: Arc<GatewayService>,
+    ) -> Result<HealthShare, String> {
+        let link = Arc::new(Link::new(redis)?);
+        let channel = format!("{}health", redis.key_prefix);
+        let (outbox, inbox) = tokio::sync::mpsc::channel(OUTBOX);
+        let share = HealthShare {
+            node: Arc::from(node),
+            outbox,
+        };
+        let node = share.node.clone();
+        std::thread::Builder::new()
+            .name("health-share".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!("gateway.share_health: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                tracing::info!(store = %link.name, %channel, "sharing gateway health");
+                runtime.block_on(async {
+                    futures_util::future::join(
+                        publish_all(&link, &channel, inbox),
+                        listen(&link, &channel, &node, &gateways),
+                    )
+                    .await;
+                });
+            })
+            .map_err(|e| format!("cannot start the health-share thread: {e}"))?;
+        Ok(share)
+    }
+
+    /// This node's name on the channel (`server.instance_id`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Queues news for the channel; never waits.
+    pub fn publish(&self, news: HealthNews) {
+        if let Err(e) = self.outbox.try_send(news) {
+            tracing::debug!("gateway.share_health: news not queued ({e})");
+        }
+    }
+}
+
+/// Publishes the queued news in order. A failure is logged once until a
+/// publish works again.
+async fn publish_all(
+    link: &Link,
+    channel: &str,
+    mut inbox: tokio::sync::mpsc::Receiver<HealthNews>,
+) {
+    let mut failing = false;
+    while let Some(news) = inbox.recv().await {
+        match link.publish(channel, &news.encode()).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(store = %link.name, "gateway.share_health: publishing again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    store = %link.name,
+                    "gateway.share_health: cannot publish ({e}); news is dropped until Redis answers"
+                );
+            }
+            Err(e) => tracing::debug!("gateway.share_health: cannot publish ({e})"),
+        }
+    }
+}
+
+/// Subscribes, and hands every other node's news to the group actors;
+/// subscribes again (through Sentinel: to the primary of the moment) when
+/// the connection ends or stops answering.
+async fn listen(link: &Link, channel: &str, node: &str, gateways: &GatewayService) {
+    let mut failing = false;
+    loop {
+        match link.subscribe(channel).await {
+            Ok(pubsub) => {
+                if failing {
+                    tracing::info!(store = %link.name, "gateway.share_health: subscribed again");
+                }
+                let (mut sink, mut stream) = pubsub.split();
+                let mut ping = tokio::time::interval(PING_EVERY);
+                loop {
+                    tokio::select! {
+                        message = stream.next() => match message {
+                            Some(message) => deliver(message.get_payload_bytes(), node, gateways),
+                            None => break,
+                        },
+                        _ = ping.tick() => {
+                            let answer = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if !matches!(answer, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                failing = true;
+                tracing::warn!(
+                    store = %link.name,
+                    "gateway.share_health: the subscription ended; subscribing again"
+                );
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    store = %link.name,
+                    "gateway.share_health: cannot subscribe ({e}); other nodes' news is not heard until Redis answers"
+                );
+            }
+            Err(e) => tracing::debug!("gateway.share_health: cannot subscribe ({e})"),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One message off the channel: another node's news goes to its group.
+fn deliver(payload: &[u8], node: &str, gateways: &GatewayService) {
+    match HealthNews::decode(payload) {
+        Ok(news) if news.node == node => {}
+        Ok(news) => gateways.peer_news(news),
+        Err(e) => tracing::debug!("gateway.share_health: a message that is not news ({e})"),
+    }
+}
