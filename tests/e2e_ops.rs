@@ -118,15 +118,15 @@ fn register(siphon: &Siphon, user: &str) -> Option<u16> {
 }
 
 // ---------------------------------------------------------------------------
-// (a) the HA demo
+// (a) the HA and cluster demos
 // ---------------------------------------------------------------------------
 
-/// `deploy/ha-demo/validate.sh` against this build: all eight assertions
-/// pass. This is how `.ci/run` (through the test suite) runs the demo. On a
-/// failure the script keeps its logs and prints where.
-#[test]
-fn ha_demo_validate_sh_passes() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ha-demo/validate.sh");
+/// Runs `deploy/DEMO/validate.sh` against this build within `limit` and
+/// checks that all its `assertions` passed. This is how `.ci/run` (through
+/// the test suite) runs the demos. On a failure the script keeps its logs
+/// and prints where.
+fn demo_passes(demo: &str, assertions: usize, limit: Duration) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("deploy/{demo}/validate.sh"));
     let dir = work_dir();
     let out_path = dir.path().join("validate.out");
     let out = std::fs::File::create(&out_path).expect("create validate.out");
@@ -139,7 +139,7 @@ fn ha_demo_validate_sh_passes() {
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    let deadline = Instant::now() + Duration::from_secs(80);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break Some(status);
@@ -158,14 +158,28 @@ fn ha_demo_validate_sh_passes() {
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(0),
-        "validate.sh failed:\n{output}"
+        "{demo}/validate.sh failed:\n{output}"
     );
     assert!(
-        output.contains("ALL 8 ASSERTIONS PASSED"),
-        "validate.sh output:\n{output}"
+        output.contains(&format!("ALL {assertions} ASSERTIONS PASSED")),
+        "{demo}/validate.sh output:\n{output}"
     );
-    assert_eq!(output.matches("PASS ").count(), 8, "{output}");
+    assert_eq!(output.matches("PASS ").count(), assertions, "{output}");
     assert!(!output.contains("FAIL "), "{output}");
+}
+
+/// The HA demo: a front LB, two backends, one Redis; all eight assertions.
+#[test]
+fn ha_demo_validate_sh_passes() {
+    demo_passes("ha-demo", 8, Duration::from_secs(80));
+}
+
+/// The cluster demo: two LBs, three backends, Redis with a replica and three
+/// Sentinels on 127.0.0.x; its four assertions (calls across LBs, a backend
+/// killed under load, a primary failover, shared health).
+#[test]
+fn cluster_demo_validate_sh_passes() {
+    demo_passes("cluster-demo", 4, Duration::from_secs(150));
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@
                                       the others do not; prints `user backend`
   wait-health LB_ADMIN URI up|down S  wait until the LB's /admin/gateways shows
                                       destination URI healthy (up) or not
-  free-ports PORT...                  fail when any port is taken (UDP or TCP)
+  free-ports [HOST:]PORT...           fail when any port is taken (UDP or TCP;
+                                      HOST defaults to 127.0.0.1)
 
 ADMIN_MAP is `backend1=127.0.0.1:61411,backend2=127.0.0.1:61412`. A backend's
 name is the first label of its destination uri (sip:backend1.example.com).
@@ -114,13 +115,14 @@ def destination_healthy(lb_admin, uri):
     return None
 
 
-def port_taken(port):
+def port_taken(where):
+    host, _, port = where.rpartition(":")
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         sock = socket.socket(socket.AF_INET, kind)
         # As the daemons do: a port left in TIME_WAIT by a previous run is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host or "127.0.0.1", int(port)))
         except OSError:
             return True
         finally:
@@ -185,7 +187,7 @@ def main(argv):
             print(f"{uri} did not turn {args[2]} within {seconds}s", file=sys.stderr)
         return 0 if ok else 1
     if command == "free-ports" and args:
-        taken = [p for p in args if port_taken(int(p))]
+        taken = [p for p in args if port_taken(p)]
         if taken:
             print(f"ports already in use: {' '.join(taken)}", file=sys.stderr)
             return 1

@@ -47,55 +47,11 @@ FIFTY="${USERS#alice,}"
 USERS="$USERS,slowpoke"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/siphon-ha-demo.XXXXXX")"
-PIDS=()          # every process started here, stopped on exit
 BACKEND_PID=([1]="" [2]="")
-PASSED=0
-FAILED=0
 TOTAL=8
-
-log() { printf '%s\n' "$*"; }
-fail_now() { log "ABORT: $*"; exit 1; }
-
-# shellcheck disable=SC2317 # invoked by the EXIT trap
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [ "$FAILED" -gt 0 ] || [ "${HA_DEMO_KEEP:-0}" = 1 ] || [ "$PASSED" -lt "$TOTAL" ]; then
-        log "logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# result N DESCRIPTION STATUS [DETAIL]: one PASS/FAIL line per assertion.
-result() {
-    local number=$1 description=$2 status=$3 detail=${4:-}
-    if [ "$status" = 0 ]; then
-        PASSED=$((PASSED + 1))
-        log "PASS $number: $description${detail:+ ($detail)}"
-    else
-        FAILED=$((FAILED + 1))
-        log "FAIL $number: $description${detail:+ ($detail)}"
-    fi
-}
-
-# Print the tail of a log to help whoever reads a FAIL.
-show_tail() {
-    log "--- last lines of $1 ---"
-    tail -n "${2:-15}" "$1" 2>/dev/null | sed 's/^/    /'
-}
+KEEP="${HA_DEMO_KEEP:-0}"
+# shellcheck source=../demo-lib.sh
+. "$HERE/../demo-lib.sh"
 
 # ---------------------------------------------------------------------------
 # Starting the pieces
@@ -117,15 +73,6 @@ EOF
     done
     show_tail "$WORK/redis.log"
     fail_now "redis-server did not answer PING on port $REDIS_PORT"
-}
-
-# wait_ready LOG PID NAME: wait for `siphon ready` in LOG.
-wait_ready() {
-    if ! python3 "$CHECK" wait-log "$1" "siphon ready" 15; then
-        show_tail "$1" 30
-        fail_now "$3 did not log 'siphon ready' within 15 s"
-    fi
-    kill -0 "$2" 2>/dev/null || fail_now "$3 exited"
 }
 
 # start_backend N LOGFILE: backend N (1 or 2) from the shared config.
@@ -181,8 +128,6 @@ backend_number() {
     esac
 }
 
-# count_matching FILE REGEX
-count_matching() { grep -cE "$2" "$1" 2>/dev/null || true; }
 
 # ---------------------------------------------------------------------------
 # Preflight
@@ -292,7 +237,7 @@ killed_at=$(date +%s.%N)
 # 10 %, and this poll runs on a shared machine: 2 s of slack covers all three.
 limit=$((PROBE_INTERVAL * PROBE_THRESHOLD + 2))
 if python3 "$CHECK" wait-health "$LB_ADMIN" "${BACKEND_URI[$A]}" down "$limit"; then
-    took=$(python3 -c "import sys,time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$killed_at")
+    took=$(seconds_since "$killed_at")
     detail="backend$A down after ${took}s (limit ${limit}s)"
 else
     status=1
@@ -409,7 +354,7 @@ else
     deadline=$(python3 -c "import sys; print(float(sys.argv[1]) + $DRAIN_SECS + 1)" "$term_at")
     while python3 -c "import sys,time; sys.exit(0 if time.time() < float(sys.argv[1]) else 1)" "$deadline"; do
         if ! kill -0 "${BACKEND_PID[$D]}" 2>/dev/null; then
-            exited=$(python3 -c "import sys,time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$term_at")
+            exited=$(seconds_since "$term_at")
             break
         fi
         sleep 0.1
@@ -483,10 +428,4 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-if [ "$FAILED" = 0 ] && [ "$PASSED" = "$TOTAL" ]; then
-    log "ALL $TOTAL ASSERTIONS PASSED"
-    exit 0
-fi
-log "$FAILED OF $TOTAL ASSERTIONS FAILED"
-show_tail "$WORK/lb.log" 20
-exit 1
+finish "$WORK/lb.log"

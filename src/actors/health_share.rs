@@ -101,7 +101,14 @@ async fn publish_all(
 ) {
     let mut failing = false;
     while let Some(news) = inbox.recv().await {
-        match link.publish(channel, &news.encode()).await {
+        let payload = news.encode();
+        // A connection that broke since the last news (the primary died)
+        // fails once and is made again: that news is sent on the new one.
+        let sent = match link.publish(channel, &payload).await {
+            Err(_) => link.publish(channel, &payload).await,
+            sent => sent,
+        };
+        match sent {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!(store = %link.name, "gateway.share_health: publishing again");
