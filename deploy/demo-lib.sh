@@ -36,6 +36,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# forget_pid PID: a process this script stopped itself and reaped, so the
+# clean-up never signals its number (which the system may give another).
+forget_pid() {
+    local pid kept=()
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" = "$1" ] || kept+=("$pid")
+    done
+    PIDS=("${kept[@]}")
+}
+
 # result N DESCRIPTION STATUS [DETAIL]: one PASS/FAIL line per assertion.
 result() {
     local number=$1 description=$2 status=$3 detail=${4:-}

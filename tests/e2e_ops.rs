@@ -145,9 +145,13 @@ fn demo_passes(demo: &str, assertions: usize, limit: Duration) {
             break Some(status);
         }
         if Instant::now() >= deadline {
-            // validate.sh stops its processes on TERM (trap EXIT).
+            // validate.sh stops its processes on TERM (trap EXIT), a few
+            // seconds each at most: give it time before the KILL.
             common::send_signal(child.id(), "TERM");
-            thread::sleep(Duration::from_secs(3));
+            let grace = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;

@@ -275,7 +275,9 @@ PIDS+=("$load")
 sleep 0.3
 kill -KILL "${BACKEND_PID[$X]}" 2>/dev/null
 wait "${BACKEND_PID[$X]}" 2>/dev/null
+forget_pid "${BACKEND_PID[$X]}"
 wait "$load" || status=1
+forget_pid "$load"
 answered=$(count_matching "$WORK/call-load.out" 'final=200 .*bye=200')
 load_calls=$((30 * LOAD_PASSES))
 [ "$answered" = "$load_calls" ] || { status=1; detail="lost: $(failed_calls "$WORK/call-load.out"); "; }
@@ -313,6 +315,7 @@ status=0
 detail=""
 kill -KILL "$PRIMARY_PID" 2>/dev/null
 wait "$PRIMARY_PID" 2>/dev/null
+forget_pid "$PRIMARY_PID"
 killed_at=$(date +%s.%N)
 ua_register 1 "$DURING_FAILOVER" >"$WORK/register-during.out" 2>&1 || status=1
 ua_call 2 "user02,user03,user04,user05,user06" >"$WORK/call-during.out" 2>&1 || status=1
@@ -354,6 +357,13 @@ result 3 "Redis primary killed: the replica is promoted, registrations and calls
 #    within 1 s, and comes back on LB 2 when LB 1 lifts the mark
 # ---------------------------------------------------------------------------
 status=0
+detail=""
+# lb2 lost its subscription with the old primary; it hears lb1 again once
+# it has subscribed on the new one.
+python3 "$CHECK" wait-log "$WORK/lb2.log" "share_health: subscribed again" 10 || {
+    status=1
+    detail="lb2 did not subscribe again after the failover; "
+}
 Y=$(python3 "$CHECK" lb-dest "$WORK/lb1.log" REGISTER user02 2>/dev/null)
 Y=${Y#backend}
 USERS_Y=$(users_on "backend$Y")
@@ -362,10 +372,10 @@ python3 "$CHECK" http POST "http://${LB_ADDR[1]}:$ADMIN_PORT/admin/gateways/back
     "{\"uri\": \"$uri\"}" >"$WORK/mark-down.out" 2>&1 || status=1
 marked_at=$(date +%s.%N)
 if python3 "$CHECK" wait-health "${LB_ADDR[2]}:$ADMIN_PORT" "$uri" down 1; then
-    detail="lb2 shows backend$Y down $(seconds_since "$marked_at")s after lb1's mark"
+    detail="${detail}lb2 shows backend$Y down $(seconds_since "$marked_at")s after lb1's mark"
 else
     status=1
-    detail="lb2 still shows backend$Y up 1 s after lb1's mark"
+    detail="${detail}lb2 still shows backend$Y up 1 s after lb1's mark"
 fi
 grep -q "uri=$uri .*node=lb1 peer_source=admin" "$WORK/lb2.log" || {
     status=1

@@ -231,6 +231,7 @@ status=0
 detail=""
 kill -KILL "${BACKEND_PID[$A]}" 2>/dev/null
 wait "${BACKEND_PID[$A]}" 2>/dev/null
+forget_pid "${BACKEND_PID[$A]}"
 killed_at=$(date +%s.%N)
 # THRESHOLD missed probes, one per INTERVAL, mark it down. The last miss is
 # only known when that probe times out (0.5 s), intervals are jittered by up to
@@ -403,6 +404,7 @@ else
     sleep 0.3
     kill -KILL "${BACKEND_PID[$X]}" 2>/dev/null
     wait "${BACKEND_PID[$X]}" 2>/dev/null
+    forget_pid "${BACKEND_PID[$X]}"
     BACKEND_PID[X]=""
     if ua_register --only "$MOVED_FIVE" >"$WORK/register-moved.out" 2>&1; then
         detail="$detail$(count_matching "$WORK/register-moved.out" " 200$") of backend$X's users re-registered at once"

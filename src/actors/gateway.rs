@@ -273,7 +273,7 @@ fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool, sou
         if down {
             group.mark_down(uri);
         } else {
-            group.mark_up(uri);
+            group.mark_up(uri, now);
         }
         Some((before, group.health(index).map(|h| h.availability(now))))
     });

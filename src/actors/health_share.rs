@@ -10,6 +10,7 @@
 //! Redis loses news, never a call: a peer's report runs out by itself, and
 //! the renewals say again what is still down once Redis is back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +28,17 @@ const RETRY: Duration = Duration::from_millis(500);
 /// A subscription is checked this often, so a server that stopped answering
 /// (not just one that closed the connection) is left for the current one.
 const PING_EVERY: Duration = Duration::from_secs(1);
-const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Generous: a Redis busy for a moment (a fork, a slow command) is not gone.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most a connect and SUBSCRIBE may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This node's side of the shared channel; cheap to clone.
 #[derive(Clone)]
 pub struct HealthShare {
     node: Arc<str>,
+    /// Stamped on this process's news (see [`HealthNews::session`]).
+    session: u64,
     outbox: tokio::sync::mpsc::Sender<HealthNews>,
 }
 
@@ -50,9 +56,14 @@ impl HealthShare {
         let (outbox, inbox) = tokio::sync::mpsc::channel(OUTBOX);
         let share = HealthShare {
             node: Arc::from(node),
+            session: rand::random(),
             outbox,
         };
-        let node = share.node.clone();
+        let me = Me {
+            node: share.node.clone(),
+            session: share.session,
+            warned_twin: AtomicBool::new(false),
+        };
         std::thread::Builder::new()
             .name("health-share".into())
             .spawn(move || {
@@ -66,11 +77,10 @@ impl HealthShare {
                         return;
                     }
                 };
-                tracing::info!(store = %link.name, %channel, "sharing gateway health");
                 runtime.block_on(async {
                     futures_util::future::join(
                         publish_all(&link, &channel, inbox),
-                        listen(&link, &channel, &node, &gateways),
+                        listen(&link, &channel, &me, &gateways),
                     )
                     .await;
                 });
@@ -85,7 +95,8 @@ impl HealthShare {
     }
 
     /// Queues news for the channel; never waits.
-    pub fn publish(&self, news: HealthNews) {
+    pub fn publish(&self, mut news: HealthNews) {
+        news.session = self.session;
         if let Err(e) = self.outbox.try_send(news) {
             tracing::debug!("gateway.share_health: news not queued ({e})");
         }
@@ -126,15 +137,35 @@ async fn publish_all(
     }
 }
 
+/// Who this process is on the channel.
+struct Me {
+    node: Arc<str>,
+    session: u64,
+    /// Another process with this `instance_id` was reported once.
+    warned_twin: AtomicBool,
+}
+
 /// Subscribes, and hands every other node's news to the group actors;
 /// subscribes again (through Sentinel: to the primary of the moment) when
 /// the connection ends or stops answering.
-async fn listen(link: &Link, channel: &str, node: &str, gateways: &GatewayService) {
+async fn listen(link: &Link, channel: &str, me: &Me, gateways: &GatewayService) {
     let mut failing = false;
+    let mut subscribed_once = false;
     loop {
-        match link.subscribe(channel).await {
+        let subscribed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, link.subscribe(channel))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to SUBSCRIBE",
+                )))
+            });
+        match subscribed {
             Ok(pubsub) => {
-                if failing {
+                if !subscribed_once {
+                    subscribed_once = true;
+                    tracing::info!(store = %link.name, %channel, "sharing gateway health");
+                } else if failing {
                     tracing::info!(store = %link.name, "gateway.share_health: subscribed again");
                 }
                 let (mut sink, mut stream) = pubsub.split();
@@ -142,7 +173,7 @@ async fn listen(link: &Link, channel: &str, node: &str, gateways: &GatewayServic
                 loop {
                     tokio::select! {
                         message = stream.next() => match message {
-                            Some(message) => deliver(message.get_payload_bytes(), node, gateways),
+                            Some(message) => deliver(message.get_payload_bytes(), me, gateways),
                             None => break,
                         },
                         _ = ping.tick() => {
@@ -173,9 +204,17 @@ async fn listen(link: &Link, channel: &str, node: &str, gateways: &GatewayServic
 }
 
 /// One message off the channel: another node's news goes to its group.
-fn deliver(payload: &[u8], node: &str, gateways: &GatewayService) {
+fn deliver(payload: &[u8], me: &Me, gateways: &GatewayService) {
     match HealthNews::decode(payload) {
-        Ok(news) if news.node == node => {}
+        Ok(news) if *news.node == *me.node => {
+            if news.session != me.session && !me.warned_twin.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    node = %news.node,
+                    "gateway.share_health: another process shares health as this node's \
+                     instance_id; its news is ignored (give every node its own server.instance_id)"
+                );
+            }
+        }
         Ok(news) => gateways.peer_news(news),
         Err(e) => tracing::debug!("gateway.share_health: a message that is not news ({e})"),
     }

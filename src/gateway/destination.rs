@@ -248,7 +248,7 @@ impl fmt::Display for Transition {
 /// Health of one destination: a small state machine fed by probe results,
 /// Retry-After and script/admin holds.
 ///
-/// A destination is up when all three agree:
+/// A destination is up when all of these agree:
 /// - the probe state is healthy (`failure_threshold` consecutive failures make
 ///   it unhealthy, one success makes it healthy again);
 /// - no script/admin hold is set (`mark_down` holds until `mark_up`; probe
@@ -530,6 +530,19 @@ impl Health {
     /// out by itself; None while only an event (a probe success, a mark)
     /// can bring it back.
     pub fn up_from(&self, now: Instant) -> Option<Instant> {
+        let mut from = self.own_up_from(now)?;
+        for hold in &self.peer_holds {
+            if now < hold.until {
+                from = from.max(hold.until);
+            }
+        }
+        Some(from)
+    }
+
+    /// [`Self::up_from`] by this node's own verdict alone, ignoring peers'
+    /// reports: what selection falls back to when peers' reports would
+    /// leave a group with nothing.
+    pub fn own_up_from(&self, now: Instant) -> Option<Instant> {
         if !self.probe_healthy || self.held_down {
             return None;
         }
@@ -542,11 +555,6 @@ impl Health {
                 return None;
             }
             from = from.max(ejection.until);
-        }
-        for hold in &self.peer_holds {
-            if now < hold.until {
-                from = from.max(hold.until);
-            }
         }
         Some(from)
     }
@@ -622,9 +630,9 @@ impl Health {
         };
     }
 
-    /// Report a Retry-After hold or an ejection that ran out since the last
-    /// call. The actor calls this on a timer so the "up" line is logged even
-    /// without probes.
+    /// Report a Retry-After hold, an ejection or a peer's report that ran
+    /// out since the last call. The actor calls this on a timer so the "up"
+    /// line is logged even without probes.
     pub fn refresh(&mut self, now: Instant) -> Option<Transition> {
         let mut reason = TransitionReason::RetryAfterExpired;
         if self.retry_after_until.is_some_and(|until| now >= until) {
@@ -637,6 +645,9 @@ impl Health {
             self.ejection = None;
             reason = TransitionReason::EjectionOver;
         }
+        // This node's own verdict changes only by its own holds running out.
+        let own_reason = reason.clone();
+        self.note_own_verdict(self.own_availability(now), || own_reason);
         if let Some(expired) = self.peer_holds.iter().position(|hold| now >= hold.until) {
             reason = TransitionReason::PeerSilent {
                 node: self.peer_holds[expired].node.clone(),
@@ -662,7 +673,7 @@ impl Health {
     /// and any Retry-After hold (the operator knows better). Probes may mark it
     /// down again later. Peers' reports still hold (they are lifted by the
     /// peer, or run out). Returns whether anything changed.
-    pub fn mark_up(&mut self) -> bool {
+    pub fn mark_up(&mut self, now: Instant) -> bool {
         let changed = self.held_down
             || !self.probe_healthy
             || self.consecutive_failures > 0
@@ -677,10 +688,10 @@ impl Health {
         self.ejections = 0;
         // Down still while a peer's report holds; the refresh that finds it
         // run out reports the change.
-        self.reported = if self.peer_holds.is_empty() {
-            Availability::Up
-        } else {
+        self.reported = if self.peer_held(now) {
             Availability::Down
+        } else {
+            Availability::Up
         };
         self.note_own_verdict(Availability::Up, || TransitionReason::Marked {
             down: false,
@@ -738,8 +749,12 @@ impl Health {
 
     /// Compare with what was last reported; report and remember a change.
     fn report(&mut self, now: Instant, reason: TransitionReason) -> Option<Transition> {
-        let own = self.own_availability(now);
-        self.note_own_verdict(own, || reason.clone());
+        // A peer's report is never this node's news; a change of the own
+        // verdict by time alone is taken by the next refresh, with its reason.
+        if reason.source() != "peer" {
+            let own = self.own_availability(now);
+            self.note_own_verdict(own, || reason.clone());
+        }
         let current = self.availability(now);
         if current == self.reported {
             return None;
@@ -891,9 +906,9 @@ mod tests {
             assert!(!health.is_up(now));
         }
         assert!(health.is_held_down());
-        assert!(health.mark_up());
+        assert!(health.mark_up(now));
         assert!(health.is_up(now));
-        assert!(!health.mark_up(), "already up");
+        assert!(!health.mark_up(now), "already up");
         // The admin mark is not reported again by the next probe.
         assert_eq!(health.record_success(Duration::from_millis(1), now), None);
     }
@@ -905,7 +920,7 @@ mod tests {
         assert!(health
             .record_failure(FailureReason::Timeout, None, now)
             .is_some());
-        assert!(health.mark_up());
+        assert!(health.mark_up(now));
         assert!(health.is_up(now));
         assert_eq!(health.consecutive_failures(), 0);
         // And probes can take it down again, reported once.

@@ -24,6 +24,9 @@ pub struct GroupView {
     /// From when each destination may be chosen (see [`Health::up_from`]),
     /// so a hold that runs out needs no new view.
     up_from: Vec<Option<Instant>>,
+    /// The same by this node's own verdict, when peers' reports keep some
+    /// destination out: what is chosen from when they would leave nothing.
+    own_up_from: Option<Vec<Option<Instant>>>,
     passive_failures: Vec<bool>,
 }
 
@@ -42,6 +45,9 @@ impl GroupView {
     }
 
     /// The indexes that are up at `now` and match `attrs`, into `out`.
+    /// When peers' reports (`gateway.share_health`) would leave none, those
+    /// this node's own verdict finds up: a partial partition, where each LB
+    /// reaches a different backend, must not turn every call away.
     pub fn fill_eligible(
         &self,
         attrs: Option<&BTreeMap<String, String>>,
@@ -49,11 +55,15 @@ impl GroupView {
         out: &mut Vec<usize>,
     ) {
         out.clear();
-        for (index, destination) in self.destinations.iter().enumerate() {
-            let matches = attrs.is_none_or(|filter| destination.matches_attrs(filter));
-            if matches && self.is_up(index, now) {
-                out.push(index);
-            }
+        let up = |from: &[Option<Instant>], index: usize| {
+            from.get(index)
+                .copied()
+                .flatten()
+                .is_some_and(|from| now >= from)
+        };
+        push_matching(&self.destinations, attrs, |i| up(&self.up_from, i), out);
+        if let (true, Some(own)) = (out.is_empty(), &self.own_up_from) {
+            push_matching(&self.destinations, attrs, |i| up(own, i), out);
         }
     }
 
@@ -129,6 +139,11 @@ impl Group {
             algorithm: self.algorithm,
             destinations: self.destinations.clone(),
             up_from: self.health.iter().map(|h| h.up_from(now)).collect(),
+            own_up_from: self
+                .health
+                .iter()
+                .any(|h| h.peers_reporting_down(now).next().is_some())
+                .then(|| self.health.iter().map(|h| h.own_up_from(now)).collect()),
             passive_failures: self
                 .health
                 .iter()
@@ -258,10 +273,10 @@ impl Group {
 
     /// Lift a hold on `uri` and force it up. False when the uri is not in
     /// this group.
-    pub fn mark_up(&mut self, uri: &str) -> bool {
+    pub fn mark_up(&mut self, uri: &str, now: Instant) -> bool {
         match self.health_of(uri) {
             Some(health) => {
-                health.mark_up();
+                health.mark_up(now);
                 true
             }
             None => false,
@@ -303,8 +318,11 @@ impl Group {
         now: Instant,
     ) -> Option<Transition> {
         let retry_after = self.capped(retry_after);
-        let others_up =
-            (0..self.health.len()).any(|other| other != index && self.is_up(other, now));
+        // By this node's own verdict: a destination peers hold out is still
+        // what selection falls back to.
+        let others_up = (0..self.health.len()).any(|other| {
+            other != index && self.health[other].own_availability(now) == Availability::Up
+        });
         let policy = self.passive;
         self.health.get_mut(index)?.record_passive_failure(
             &policy,
@@ -378,12 +396,31 @@ impl Group {
 
     fn fill_eligible(&mut self, attrs: Option<&BTreeMap<String, String>>, now: Instant) {
         self.eligible.clear();
-        let candidates = self.destinations.iter().zip(&self.health).enumerate();
-        for (index, (destination, health)) in candidates {
-            let matches = attrs.is_none_or(|filter| destination.matches_attrs(filter));
-            if matches && health.is_up(now) {
-                self.eligible.push(index);
-            }
+        let health = &self.health;
+        push_matching(
+            &self.destinations,
+            attrs,
+            |i| health[i].is_up(now),
+            &mut self.eligible,
+        );
+        // As [`GroupView::fill_eligible`]: peers never leave a group empty.
+        if self.eligible.is_empty() {
+            let own_up = |i: usize| health[i].own_availability(now) == Availability::Up;
+            push_matching(&self.destinations, attrs, own_up, &mut self.eligible);
+        }
+    }
+}
+
+/// Pushes the indexes of the destinations that match `attrs` and are `up`.
+fn push_matching(
+    destinations: &[Destination],
+    attrs: Option<&BTreeMap<String, String>>,
+    up: impl Fn(usize) -> bool,
+    out: &mut Vec<usize>,
+) {
+    for (index, destination) in destinations.iter().enumerate() {
+        if attrs.is_none_or(|filter| destination.matches_attrs(filter)) && up(index) {
+            out.push(index);
         }
     }
 }
@@ -460,7 +497,7 @@ mod tests {
             None
         );
         assert_eq!(group.select(Some(key), None, now), Some(failover));
-        assert!(group.mark_up(&uri));
+        assert!(group.mark_up(&uri, Instant::now()));
         assert_eq!(group.select(Some(key), None, now), Some(first));
     }
 
@@ -468,7 +505,7 @@ mod tests {
     fn unknown_uri_is_reported() {
         let mut group = three(Algorithm::Weighted);
         assert!(!group.mark_down("sip:nobody.example.com"));
-        assert!(!group.mark_up("sip:nobody.example.com"));
+        assert!(!group.mark_up("sip:nobody.example.com", Instant::now()));
         assert_eq!(group.find("sip:backend2.example.com:5060"), Some(1));
         assert_eq!(group.find("sip:nobody.example.com"), None);
     }
@@ -626,7 +663,7 @@ mod tests {
         assert!(fail_passively(&mut group, 2, 5, now).is_empty());
         assert!(group.is_up(2, now));
         // mark_up lifts an ejection at once.
-        assert!(group.mark_up("sip:backend1.example.com:5060"));
+        assert!(group.mark_up("sip:backend1.example.com:5060", Instant::now()));
         assert!(group.is_up(0, now));
     }
 

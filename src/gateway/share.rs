@@ -17,11 +17,16 @@ pub const MAX_NEWS_BYTES: usize = 4096;
 pub struct HealthNews {
     /// `server.instance_id` of the node that found it.
     pub node: String,
+    /// Random per process: tells a node's own messages from those of
+    /// another node misconfigured with the same `instance_id`.
+    #[serde(default)]
+    pub session: u64,
     pub group: String,
     pub uri: String,
     pub down: bool,
-    /// What decided: `probe`, `passive`, `retry-after`, `script`, `admin`,
-    /// or `renewal` for a repeat of a destination still down.
+    /// What decided: `probe`, `passive`, `retry-after`, `script`, `admin`
+    /// (`mark` for a mark made before the actors ran), or `renewal` for a
+    /// repeat of a destination still down.
     pub source: String,
     /// The reporting node's own log text for it.
     pub reason: String,
@@ -39,6 +44,7 @@ impl HealthNews {
     ) -> HealthNews {
         HealthNews {
             node: node.to_string(),
+            session: 0,
             group: group.to_string(),
             uri: uri.to_string(),
             down: transition.to == Availability::Down,
@@ -53,6 +59,7 @@ impl HealthNews {
     pub fn renewal(node: &str, group: &str, uri: &str) -> HealthNews {
         HealthNews {
             node: node.to_string(),
+            session: 0,
             group: group.to_string(),
             uri: uri.to_string(),
             down: true,
@@ -81,7 +88,7 @@ impl HealthNews {
 mod tests {
     use super::*;
     use crate::gateway::{Destination, FailureReason, Group};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn group() -> Group {
         let destinations = vec![
@@ -168,7 +175,7 @@ mod tests {
         assert!(!group.is_up(1, t0));
         // This node's own mark_up does not override a peer either.
         group.record_peer("sip:b.example.com", "lb1", true, "x", t0);
-        group.mark_up("sip:b.example.com");
+        group.mark_up("sip:b.example.com", t0);
         assert!(!group.is_up(1, t0));
         assert_eq!(
             group
@@ -177,6 +184,68 @@ mod tests {
                 .peers_reporting_down(t0)
                 .collect::<Vec<_>>(),
             ["lb1"]
+        );
+    }
+
+    #[test]
+    fn peers_never_leave_a_group_with_nothing_to_choose() {
+        // A partial partition: lb1 cannot reach a, and this node cannot
+        // reach b. Peers hold a out, this node's probes hold b out.
+        let mut group = group();
+        let t0 = Instant::now();
+        group.record_peer("sip:a.example.com", "lb1", true, "timeout", t0);
+        let mut eligible = Vec::new();
+        group.view(t0).fill_eligible(None, t0, &mut eligible);
+        assert_eq!(eligible, [1], "b while it is up here");
+        for _ in 0..3 {
+            group.record_failure(1, FailureReason::Timeout, None, t0);
+        }
+        // Nothing up by the combined verdict: a, which this node reaches.
+        group.view(t0).fill_eligible(None, t0, &mut eligible);
+        assert_eq!(eligible, [0]);
+        assert_eq!(group.select(None, None, t0), Some(0));
+        // Passive health ejects b although a peer holds a out: this node
+        // finds a up, so the group is left with a, not with nothing.
+        let mut group = self::group();
+        group.record_peer("sip:a.example.com", "lb1", true, "timeout", t0);
+        for _ in 0..3 {
+            group.record_passive_failure(1, FailureReason::Timeout, None, t0);
+        }
+        assert!(group.health(1).unwrap().ejected(t0));
+        group.view(t0).fill_eligible(None, t0, &mut eligible);
+        assert_eq!(eligible, [0]);
+    }
+
+    #[test]
+    fn a_hold_running_out_is_this_nodes_news_with_its_own_reason() {
+        let mut group = group();
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(2);
+        group.record_failure(0, FailureReason::Status(503), Some(hold), t0);
+        assert_eq!(group.take_news()[0].1.reason.source(), "retry-after");
+        // A peer's report runs out in the same tick as the Retry-After hold.
+        group.record_peer("sip:a.example.com", "lb1", true, "x", t0 + hold - PEER_HOLD);
+        let back: Vec<_> = group.refresh(t0 + hold).collect();
+        assert_eq!(back.len(), 1, "{back:?}");
+        let news = group.take_news();
+        assert_eq!(news.len(), 1);
+        assert_eq!(news[0].1.to, Availability::Up);
+        assert_eq!(news[0].1.reason.to_string(), "Retry-After hold expired");
+    }
+
+    #[test]
+    fn mark_up_after_a_peer_report_ran_out_is_up_at_once() {
+        let mut group = group();
+        let t0 = Instant::now();
+        group.record_peer("sip:a.example.com", "lb1", true, "x", t0);
+        group.mark_down("sip:a.example.com");
+        let later = t0 + PEER_HOLD;
+        group.mark_up("sip:a.example.com", later);
+        assert!(group.is_up(0, later));
+        assert_eq!(
+            group.refresh(later).count(),
+            0,
+            "no spurious down -> up line"
         );
     }
 
@@ -204,7 +273,7 @@ mod tests {
 
         // Marks are news too, and only the latest change waits.
         group.mark_down("sip:b.example.com");
-        group.mark_up("sip:b.example.com");
+        group.mark_up("sip:b.example.com", t0);
         assert!(
             group.take_news().is_empty(),
             "down then up again: nothing changed"
