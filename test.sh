@@ -9,7 +9,7 @@
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
 # apt first. Extra arguments go to the test runner, e.g.
 #   ./test.sh -E 'binary(e2e_calls)'
-# Exit code: the test runner's.
+# Exit code: the test runner's (then pytest's, for the script SDK).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -55,8 +55,16 @@ PYO3_PYTHON="$(command -v python3)"
 export PYO3_PYTHON
 
 if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --all-targets "$@"
+    cargo nextest run --all-targets "$@"
 else
     echo "test.sh: cargo-nextest not found, using cargo test" >&2
-    exec cargo test --all-targets "$@"
+    cargo test --all-targets "$@"
+fi
+
+# The script SDK (python/): the stubs with mypy, the offline harness, and the
+# example tests of the shipped scripts, against the binary just built. Skipped
+# when the runner was given a filter.
+if [ "$#" -eq 0 ]; then
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check ./python pytest mypy
+    SIPHON_BIN="$(pwd)/target/debug/siphon" python3 -m pytest -q scripts/tests python/tests
 fi

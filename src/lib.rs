@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod admin;
 pub mod config;
+pub mod dry_run;
 pub mod gateway;
 pub mod lifecycle;
 pub mod logging;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use siphon::script::{ScriptEngine, ScriptServices};
 use siphon::{config, logging, server};
@@ -14,11 +14,39 @@ use siphon::{config, logging, server};
 struct Cli {
     /// The YAML config file. Without it, ./siphon.yaml is used if present,
     /// else the embedded example (the load balancer of config/lb.yaml).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Validate the config and compile the script, then exit (0 = valid).
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print what the script decides for one SIP message, as one JSON
+    /// object, without sockets (a dry run against the config).
+    Route(RouteArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// A file holding the SIP message (`-`: standard input).
+    message: Option<PathBuf>,
+    /// Hold a destination down first, as GROUP=URI (repeatable).
+    #[arg(long = "mark-down", value_name = "GROUP=URI")]
+    mark_down: Vec<String>,
+    /// Where the message comes from, as ip:port.
+    #[arg(long, default_value = siphon::dry_run::DEFAULT_SOURCE)]
+    source: String,
+    /// The transport it arrives over: udp, tcp, tls, ws or wss.
+    #[arg(long, default_value = "udp")]
+    transport: String,
+    /// Answer JSON requests, one per line, on standard input (what
+    /// `siphon.testing.Harness` uses) instead of routing one message.
+    #[arg(long)]
+    serve: bool,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +61,12 @@ fn main() -> ExitCode {
     };
     if let Err(e) = logging::init(&config.log.level, config.log.format) {
         return fail(&format!("{}: log: {e}", path.display()));
+    }
+    if let Some(Command::Route(args)) = cli.command {
+        return match route(&config, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
     }
     let services = match ScriptServices::for_config(siphon::metrics::get(), &config) {
         Ok(services) => services,
@@ -54,6 +88,42 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// `siphon route`: one message's decision, or `--serve`.
+fn route(config: &config::Config, args: RouteArgs) -> Result<(), String> {
+    use siphon::dry_run::{parse_source, parse_transport, DryRun};
+    let mut dry_run = DryRun::new(config)?;
+    for mark in &args.mark_down {
+        let (group, uri) = mark
+            .split_once('=')
+            .ok_or_else(|| format!("--mark-down {mark}: write it GROUP=URI"))?;
+        dry_run
+            .mark(group, uri, true)
+            .map_err(|e| format!("--mark-down {mark}: {e}"))?;
+    }
+    if args.serve {
+        let stdin = std::io::stdin();
+        return dry_run
+            .serve(stdin.lock(), std::io::stdout().lock())
+            .map_err(|e| format!("route --serve: {e}"));
+    }
+    let source = parse_source(&args.source)?;
+    let protocol = parse_transport(&args.transport)?;
+    let text = match args.message.as_deref() {
+        None => return Err("route: name a file holding the SIP message (or - for stdin)".into()),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| format!("route: cannot read stdin: {e}"))?;
+            text
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("route: cannot read {}: {e}", path.display()))?,
+    };
+    let decision = dry_run.route(&text, source, protocol)?;
+    println!("{decision}");
+    Ok(())
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -1029,3 +1029,86 @@ fn drain_on_sigterm_finishes_the_call_in_progress_and_refuses_new_ones() {
         tail(&proxy.log(), 20)
     );
 }
+
+// ---------------------------------------------------------------------------
+// `siphon route`: the dry run
+// ---------------------------------------------------------------------------
+
+/// Runs `siphon route --config config/lb.yaml ARGS... FILE` on an INVITE
+/// for bob; exit code, stdout and stderr.
+fn dry_run(args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = work_dir();
+    let message = dir.path().join("invite.sip");
+    std::fs::write(
+        &message,
+        "INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKdry\n\
+         Max-Forwards: 70\nFrom: <sip:alice@example.net>;tag=1\nTo: <sip:bob@example.com>\n\
+         Call-ID: dry-1\nCSeq: 1 INVITE\nContent-Length: 0\n\n",
+    )
+    .expect("write the message");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lb.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .arg("route")
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .arg(&message)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run siphon route");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The decision is one JSON object naming the backend and its address; a
+/// marked-down backend moves the call to the other, both down is the
+/// script's 503, and a bad `--mark-down` is an error naming it.
+#[test]
+fn route_prints_the_scripts_decision_as_json() {
+    let (code, out, err) = dry_run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    let decision: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(decision["action"], "relay", "{out}");
+    assert_eq!(decision["record_route"], true, "{out}");
+    let first = decision["uri"].as_str().expect("uri").to_string();
+    let address = |uri: &str| match uri {
+        "sip:backend1.example.com:5060" => "127.0.0.1:5071",
+        _ => "127.0.0.1:5072",
+    };
+    assert_eq!(decision["address"], address(&first), "{out}");
+
+    let (code, out, err) = dry_run(&["--mark-down", &format!("backends={first}")]);
+    assert_eq!(code, Some(0), "{err}");
+    let moved: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_ne!(moved["uri"], first.as_str(), "{out}");
+    assert_eq!(
+        moved["address"],
+        address(moved["uri"].as_str().unwrap_or(""))
+    );
+
+    let both = [
+        "--mark-down",
+        "backends=sip:backend1.example.com:5060",
+        "--mark-down",
+        "backends=sip:backend2.example.com:5060",
+    ];
+    let (code, out, _) = dry_run(&both);
+    assert_eq!(code, Some(0));
+    let refused: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (refused["action"].as_str(), refused["code"].as_u64()),
+        (Some("reply"), Some(503))
+    );
+
+    let (code, _, err) = dry_run(&["--mark-down", "backends=sip:nobody.example.com"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "--mark-down backends=sip:nobody.example.com: group backends has no destination"
+        ),
+        "{err}"
+    );
+}

@@ -167,6 +167,17 @@ impl Shared {
     }
 }
 
+impl From<&RegistrarConfig> for Limits {
+    fn from(config: &RegistrarConfig) -> Limits {
+        Limits {
+            default_expires: config.default_expires,
+            min_expires: config.min_expires,
+            max_expires: config.max_expires,
+            max_contacts: config.max_contacts,
+        }
+    }
+}
+
 impl Registrar {
     /// A memory-only registrar (no sweeper thread: call [`Registrar::sweep`]).
     pub fn new(limits: Limits, domains: LocalDomains) -> Registrar {
@@ -192,12 +203,7 @@ impl Registrar {
         instance: &str,
         writer_stats: &'static crate::metrics::ActorStats,
     ) -> Result<Arc<Registrar>, String> {
-        let limits = Limits {
-            default_expires: config.default_expires,
-            min_expires: config.min_expires,
-            max_expires: config.max_expires,
-            max_contacts: config.max_contacts,
-        };
+        let limits = Limits::from(config);
         let mut registrar = Registrar::new(limits, domains);
         let store = match config.backend {
             RegistrarBackend::Memory => None,

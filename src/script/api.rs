@@ -153,6 +153,7 @@ pub(super) fn register_module(py: Python<'_>, services: &super::ScriptServices) 
     module.add_class::<super::request::Request>()?;
     module.add_class::<super::request::Uri>()?;
     module.add_class::<Response>()?;
+    module.add_class::<super::gateway::PyDestination>()?;
     py.import("sys")?
         .getattr("modules")?
         .set_item("siphon", module)?;

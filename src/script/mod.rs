@@ -11,6 +11,7 @@ mod gateway;
 mod registrar;
 pub mod request;
 mod rerun;
+mod stubs;
 pub mod watchdog;
 
 use std::ffi::CString;

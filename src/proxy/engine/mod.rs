@@ -20,7 +20,7 @@ mod client;
 mod context;
 #[cfg(test)]
 mod fuzz;
-mod route;
+pub mod route;
 mod server;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,367 @@
+//! `siphon route`: what the routing script decides for one message, with the
+//! daemon's own code and no socket: the config's gateway groups (the same
+//! selection, marks set by the caller), a memory registrar that can be
+//! seeded, and the script run as the shards run it. `--serve` answers one
+//! JSON request per line, which is how `siphon.testing.Harness` drives it.
+//!
+//! The decision is reported as the core would carry it out: the next hop of
+//! a relay (the uri and the address packets would go to), a reply's code and
+//! reason, a fork's targets, Record-Route, and the header edits. Names that
+//! are not IP literals nor gateway destinations are not looked up (the dry
+//! run does no DNS): their `address` is null and `host` names them.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::proxy::decision::{Action, Decision};
+use crate::proxy::dns::HostCache;
+use crate::proxy::forward::{next_hop, HopError};
+use crate::proxy::local::Listener;
+use crate::registrar::{Limits, Registrar};
+use crate::script::{LocalIdentity, RequestInput, Run, ScriptCache, ScriptEngine, ScriptServices};
+use crate::sip::{Message, Protocol};
+
+/// Where a message comes from unless the caller says otherwise.
+pub const DEFAULT_SOURCE: &str = "192.0.2.10:5060";
+
+/// The script, the groups and the registrar of one config, ready to decide.
+pub struct DryRun {
+    engine: Arc<ScriptEngine>,
+    cache: ScriptCache,
+    services: ScriptServices,
+    registrar: Arc<Registrar>,
+    local: Arc<LocalIdentity>,
+    /// Empty: the dry run resolves no names.
+    hosts: HostCache,
+}
+
+impl DryRun {
+    /// Loads `config`'s script with its gateway groups and a memory
+    /// registrar (whatever `registrar.backend` says: nothing is read from
+    /// or written to Redis).
+    pub fn new(config: &Config) -> Result<DryRun, String> {
+        let services = ScriptServices::for_config(crate::metrics::get(), config)?;
+        let listeners = listeners(config);
+        let listen: Vec<SocketAddr> = listeners.iter().map(|l| l.local).collect();
+        let registrar = Arc::new(Registrar::new(
+            Limits::from(&config.registrar),
+            crate::registrar::node_domains(
+                &config.domain.local,
+                config.advertise.as_deref(),
+                &listen,
+            ),
+        ));
+        let _ = services.registrar.set(registrar.clone());
+        let engine = ScriptEngine::load(&config.script.path, &services)?;
+        for group in &config.gateway.groups {
+            services.gateways.add_configured_group(group);
+        }
+        Ok(DryRun {
+            cache: engine.cache(),
+            engine,
+            services,
+            registrar,
+            local: Arc::new(LocalIdentity::new(&config.domain.local, &listeners)),
+            hosts: HostCache::new(1, 1, Duration::from_secs(1)),
+        })
+    }
+
+    /// Marks `uri` of `group` down (or up again), as the admin API does.
+    pub fn mark(&self, group: &str, uri: &str, down: bool) -> Result<(), String> {
+        match self.services.gateways.mark(group, uri, down, "admin") {
+            Some(true) => Ok(()),
+            Some(false) => Err(format!("group {group} has no destination {uri}")),
+            None => Err(format!("no gateway group {group}")),
+        }
+    }
+
+    /// Seeds the registrar: a REGISTER of `contact` for `aor`, kept for
+    /// `expires` seconds, reached through `path`; the status it got.
+    pub fn register(
+        &self,
+        aor: &str,
+        contact: &str,
+        expires: u32,
+        path: &[String],
+    ) -> Result<u16, String> {
+        let mut text = format!(
+            "REGISTER {registrar} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {DEFAULT_SOURCE};branch=z9hG4bKseed{nonce:x}\r\n\
+             From: <{aor}>;tag=seed\r\nTo: <{aor}>\r\nCall-ID: seed-{nonce:x}\r\n\
+             CSeq: 1 REGISTER\r\nContact: <{contact}>;expires={expires}\r\n",
+            registrar = registrar_uri(aor),
+            nonce = rand::random::<u64>(),
+        );
+        for hop in path {
+            text.push_str(&format!("Path: {hop}\r\nSupported: path\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        let msg =
+            crate::sip::parse(Bytes::from(text)).map_err(|e| format!("bad aor or contact: {e}"))?;
+        let reply = self.registrar.save(&msg, crate::registrar::unix_now());
+        Ok(reply.code)
+    }
+
+    /// The destinations `key` gets in `group`, best first, as the admin
+    /// API's select (the ranking `gateway.select` uses).
+    pub fn select(&self, group: &str, key: Option<&str>) -> Result<Vec<(String, String)>, String> {
+        let shared = self
+            .services
+            .gateways
+            .gateways()
+            .get(group)
+            .ok_or_else(|| format!("no gateway group {group}"))?;
+        let mut copy = shared.lock().clone();
+        let ranked = copy
+            .ranked(key.map(str::as_bytes), None, Instant::now())
+            .to_vec();
+        Ok(ranked
+            .into_iter()
+            .filter_map(|index| copy.destination(index))
+            .map(|d| (d.uri.clone(), d.address.to_string()))
+            .collect())
+    }
+
+    /// What the script decides for `raw` (SIP text; bare LF line ends are
+    /// taken as CRLF) arriving from `source` over `protocol`.
+    pub fn route(
+        &mut self,
+        raw: &str,
+        source: SocketAddr,
+        protocol: Protocol,
+    ) -> Result<Value, String> {
+        let text = if raw.contains("\r\n") {
+            raw.to_string()
+        } else {
+            raw.replace('\n', "\r\n")
+        };
+        let msg =
+            crate::sip::parse(Bytes::from(text)).map_err(|e| format!("not a SIP message: {e}"))?;
+        if !msg.is_request() {
+            return Err("a response: the script decides requests only".into());
+        }
+        let msg = Arc::new(msg);
+        let preroute = crate::proxy::engine::route::preroute(&msg, &self.local);
+        let input = RequestInput {
+            preroute: preroute.clone(),
+            msg: msg.clone(),
+            source,
+            protocol,
+            local: self.local.clone(),
+        };
+        let decision = match self.engine.run(&mut self.cache, input, false, None) {
+            Run::Decided(decision) => decision,
+            Run::Fetch(aor, _) => return Err(format!("a lookup of {aor} wants Redis")),
+        };
+        let strict_dropped = usize::from(preroute.strict_ruri.is_some());
+        Ok(self.describe(&msg, &decision, strict_dropped))
+    }
+
+    /// The decision as JSON.
+    fn describe(&self, msg: &Message, decision: &Decision, strict_dropped: usize) -> Value {
+        let mut out = if decision.failed {
+            json!({"action": "reply", "code": 500, "reason": "Server Internal Error", "script_error": true})
+        } else {
+            match &decision.action {
+                None => json!({"action": "none"}),
+                Some(Action::Reply {
+                    code,
+                    reason,
+                    headers,
+                }) => json!({
+                    "action": "reply",
+                    "code": code,
+                    "reason": reason.as_deref().unwrap_or(crate::sip::build::default_reason(*code)),
+                    "headers": headers,
+                }),
+                Some(Action::Relay { uri }) => {
+                    let target = match uri {
+                        Some(uri) => uri.clone(),
+                        None => crate::proxy::engine::route::first_remaining_route(
+                            msg,
+                            decision.routes_popped,
+                            strict_dropped,
+                        )
+                        .or_else(|| decision.new_ruri.clone())
+                        .or_else(|| msg.request_uri().map(str::to_string))
+                        .unwrap_or_default(),
+                    };
+                    let mut relay = json!({"action": "relay", "uri": target});
+                    self.add_hop(&mut relay, &target);
+                    if let Some(gateway) = &decision.gateway {
+                        relay["group"] = json!(&*gateway.group);
+                        relay["candidates"] = gateway
+                            .candidates
+                            .iter()
+                            .map(|c| json!({"uri": &*c.uri, "address": c.hop.addr.to_string()}))
+                            .collect();
+                    }
+                    relay
+                }
+                Some(Action::Fork { targets }) => {
+                    let targets: Vec<Value> = targets
+                        .iter()
+                        .map(|target| {
+                            let mut entry = json!({"uri": target.uri, "path": target.path});
+                            let first = target.path.first().map_or(target.uri.as_str(), |p| {
+                                p.trim_start_matches('<').split('>').next().unwrap_or(p)
+                            });
+                            self.add_hop(&mut entry, first);
+                            entry
+                        })
+                        .collect();
+                    json!({"action": "fork", "targets": targets})
+                }
+            }
+        };
+        out["record_route"] = json!(decision.record_route);
+        out["new_ruri"] = json!(decision.new_ruri);
+        let set: Vec<(&str, &str)> = decision
+            .header_edits
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_deref()?)))
+            .collect();
+        let removed: Vec<&str> = decision
+            .header_edits
+            .iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        out["headers_set"] = json!(set);
+        out["headers_removed"] = json!(removed);
+        out
+    }
+
+    /// The address and transport packets for `uri` would take.
+    fn add_hop(&self, entry: &mut Value, uri: &str) {
+        let gateways = self.services.gateways.gateways();
+        match next_hop(uri, Instant::now(), &self.hosts, |u| gateways.address_of(u)) {
+            Ok(hop) => {
+                entry["address"] = json!(hop.addr.to_string());
+                entry["transport"] = json!(hop.protocol.as_str().to_ascii_lowercase());
+            }
+            Err(HopError::Lookup(host)) => {
+                entry["address"] = Value::Null;
+                entry["host"] = json!(host);
+            }
+            Err(e) => {
+                entry["address"] = Value::Null;
+                entry["error"] = json!(e.to_string());
+            }
+        }
+    }
+
+    /// Answers one JSON request per line of `input` on `output` until
+    /// `input` ends. The first line out is `{"ready": true}`.
+    pub fn serve(&mut self, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+        writeln!(output, "{}", json!({"ready": true}))?;
+        output.flush()?;
+        for line in input.lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match serde_json::from_str::<Value>(&line) {
+                Ok(request) => self.answer(&request),
+                Err(e) => Err(format!("not JSON: {e}")),
+            };
+            let answer = answer.unwrap_or_else(|error| json!({"error": error}));
+            writeln!(output, "{answer}")?;
+            output.flush()?;
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, request: &Value) -> Result<Value, String> {
+        let text = |key: &str| -> Result<&str, String> {
+            request[key]
+                .as_str()
+                .ok_or_else(|| format!("`{key}` (a string) is missing"))
+        };
+        match text("op")? {
+            "route" => {
+                let source = match request["source"].as_str() {
+                    Some(source) => parse_source(source)?,
+                    None => parse_source(DEFAULT_SOURCE)?,
+                };
+                let protocol = parse_transport(request["transport"].as_str().unwrap_or("udp"))?;
+                self.route(text("sip")?, source, protocol)
+            }
+            "mark" => {
+                let down = request["down"].as_bool().unwrap_or(true);
+                self.mark(text("group")?, text("uri")?, down)
+                    .map(|()| json!({"ok": true}))
+            }
+            "register" => {
+                let expires = request["expires"]
+                    .as_u64()
+                    .unwrap_or(3600)
+                    .min(u32::MAX as u64) as u32;
+                let path: Vec<String> = request["path"]
+                    .as_array()
+                    .map(|hops| {
+                        hops.iter()
+                            .filter_map(|h| h.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let code = self.register(text("aor")?, text("contact")?, expires, &path)?;
+                Ok(json!({"code": code}))
+            }
+            "select" => {
+                let ranking = self.select(text("group")?, request["key"].as_str())?;
+                let ranking: Vec<Value> = ranking
+                    .into_iter()
+                    .map(|(uri, address)| json!({"uri": uri, "address": address}))
+                    .collect();
+                Ok(json!({"ranking": ranking}))
+            }
+            other => Err(format!(
+                "unknown op `{other}` (route, mark, register, select)"
+            )),
+        }
+    }
+}
+
+/// The Request-URI of a REGISTER for `aor`: its domain.
+fn registrar_uri(aor: &str) -> String {
+    match crate::sip::Uri::parse(aor) {
+        Ok(uri) => format!("{}:{}", uri.scheme, uri.host),
+        Err(_) => aor.to_string(),
+    }
+}
+
+/// The config's UDP and TCP listeners (others are reached the same way).
+fn listeners(config: &Config) -> Vec<Listener> {
+    let udp = config.listen.udp.iter().map(|l| (Protocol::Udp, l));
+    let tcp = config.listen.tcp.iter().map(|l| (Protocol::Tcp, l));
+    udp.chain(tcp)
+        .map(|(protocol, l)| Listener::new(protocol, l.address, l.advertise.as_deref()))
+        .collect()
+}
+
+/// `ip:port`, as `--source` and the `source` field take it.
+pub fn parse_source(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("source `{text}` is not ip:port"))
+}
+
+/// `udp`, `tcp`, `tls`, `ws` or `wss`.
+pub fn parse_transport(text: &str) -> Result<Protocol, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "udp" => Ok(Protocol::Udp),
+        "tcp" => Ok(Protocol::Tcp),
+        "tls" => Ok(Protocol::Tls),
+        "ws" => Ok(Protocol::Ws),
+        "wss" => Ok(Protocol::Wss),
+        _ => Err(format!(
+            "transport `{text}` is not udp, tcp, tls, ws or wss"
+        )),
+    }
+}
