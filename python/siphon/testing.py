@@ -15,9 +15,9 @@ the daemon's code (the same hash, weights, rotation, attrs and health). The
 registrar is in memory (seed it with `register`); nothing is read from Redis
 and no name is looked up in DNS.
 
-The binary is `$SIPHON_BIN`, else `siphon` on PATH, else the newest
-`target/release/siphon` or `target/debug/siphon` above the config or the
-current directory.
+The binary is `$SIPHON_BIN`, else the newest `target/release/siphon` or
+`target/debug/siphon` above the config or the current directory, else
+`siphon` on PATH.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 __all__ = ["Harness", "Decision", "HarnessError", "find_siphon"]
+
+
+DEFAULT_SOURCE = "192.0.2.10:5060"
+
+
+def name_addr(value: str) -> str:
+    """A bare URI in brackets; a name-addr as written."""
+    return value if "<" in value else f"<{value}>"
 
 
 class HarnessError(Exception):
@@ -50,11 +58,17 @@ class Decision:
         self.transport: Optional[str] = fields.get("transport")
         self.group: Optional[str] = fields.get("group")
         self.candidates: list[dict[str, str]] = list(fields.get("candidates", []))
+        self.host: Optional[str] = fields.get("host")
         # reply
         self.code: Optional[int] = fields.get("code")
         self.reason: Optional[str] = fields.get("reason")
-        self.reply_headers: list[tuple[str, str]] = [(h[0], h[1]) for h in fields.get("headers", [])]
+        self.headers: list[tuple[str, str]] = [(h[0], h[1]) for h in fields.get("headers", [])]
         self.script_error: bool = bool(fields.get("script_error", False))
+        # "core" when the proxy core answers by itself (a CANCEL with no
+        # transaction, Max-Forwards 0, an INVITE left without action, a next
+        # hop it cannot use: next_hop_error says why).
+        self.by: Optional[str] = fields.get("by")
+        self.next_hop_error: Optional[str] = fields.get("next_hop_error")
         # fork
         self.targets: list[dict[str, Any]] = list(fields.get("targets", []))
         # every action
@@ -73,13 +87,12 @@ class Decision:
 
 
 def find_siphon(start: Optional[Path] = None) -> str:
-    """The siphon binary the harness runs (see the module's doc)."""
+    """The siphon binary the harness runs: `$SIPHON_BIN`, else the newest
+    `target/{release,debug}/siphon` above `start` or the current directory
+    (a fresh build in a checkout), else `siphon` on PATH."""
     named = os.environ.get("SIPHON_BIN")
     if named:
         return named
-    on_path = shutil.which("siphon")
-    if on_path:
-        return on_path
     built: list[Path] = []
     for top in [start, Path.cwd()]:
         if top is None:
@@ -91,6 +104,9 @@ def find_siphon(start: Optional[Path] = None) -> str:
                     built.append(candidate)
     if built:
         return str(max(built, key=lambda p: p.stat().st_mtime))
+    on_path = shutil.which("siphon")
+    if on_path:
+        return on_path
     raise HarnessError(
         "no siphon binary: build it (cargo build), put it on PATH, or set SIPHON_BIN"
     )
@@ -114,6 +130,7 @@ class Harness:
                 stdout=subprocess.PIPE,
                 stderr=None,  # the script's log lines and tracebacks, as the daemon logs them
                 text=True,
+                encoding="utf-8",
                 env=env,
             )
         except OSError as error:
@@ -127,7 +144,7 @@ class Harness:
 
     # -- requests ----------------------------------------------------------
 
-    def run(self, sip: str, source: str = "192.0.2.10:5060", transport: str = "udp") -> Decision:
+    def run(self, sip: str, source: str = DEFAULT_SOURCE, transport: str = "udp") -> Decision:
         """The decision for a raw SIP request (LF line ends are fine)."""
         return Decision(self._ask({"op": "route", "sip": sip, "source": source, "transport": transport}))
 
@@ -141,25 +158,59 @@ class Harness:
         body: str = "",
         to_tag: Optional[str] = None,
         route: Iterable[str] = (),
-        source: str = "192.0.2.10:5060",
+        source: str = DEFAULT_SOURCE,
         transport: str = "udp",
         call_id: Optional[str] = None,
         cseq: int = 1,
+        max_forwards: int = 70,
     ) -> Decision:
-        """Builds a request from a few fields and runs it. `to` defaults to
-        the Request-URI; `to_tag` makes it in-dialog; `route` adds Route
-        headers in order. `to` may be a URI or a name-addr."""
+        """Builds a request (see `build`, which takes the same fields) and runs it."""
+        text = self.build(
+            method, ruri, to, from_, headers, body, to_tag, route, source, transport, call_id, cseq, max_forwards
+        )
+        return self.run(text, source=source, transport=transport)
+
+    def run_failure(
+        self,
+        sip: str,
+        status: Optional[int] = None,
+        source: str = DEFAULT_SOURCE,
+        transport: str = "udp",
+    ) -> Decision:
+        """What `@proxy.on_failure` decides for a relayed request whose
+        branches all ended with `status` (None: they timed out). Without
+        such a handler: action "none" (the best response goes upstream)."""
+        request = {"op": "failure", "sip": sip, "status": status, "source": source, "transport": transport}
+        return Decision(self._ask(request))
+
+    @staticmethod
+    def build(
+        method: str,
+        ruri: str,
+        to: Optional[str] = None,
+        from_: str = "sip:caller@example.net",
+        headers: Optional[Mapping[str, str] | Sequence[tuple[str, str]]] = None,
+        body: str = "",
+        to_tag: Optional[str] = None,
+        route: Iterable[str] = (),
+        source: str = DEFAULT_SOURCE,
+        transport: str = "udp",
+        call_id: Optional[str] = None,
+        cseq: int = 1,
+        max_forwards: int = 70,
+    ) -> str:
+        """The text of a request. `to` defaults to the Request-URI; `to` and
+        `from_` may be URIs or name-addrs; `to_tag` makes it in-dialog;
+        `route` adds Route headers in order."""
         host, _, port = source.rpartition(":")
         branch = f"z9hG4bK{random.getrandbits(48):012x}"
         call_id = call_id or f"harness-{random.getrandbits(48):012x}"
-        to = to or ruri
-        # A bare URI gets brackets; a name-addr ("Bob" <sip:...>) is kept.
-        to_value = (to if "<" in to else f"<{to}>") + (f";tag={to_tag}" if to_tag else "")
+        to_value = name_addr(to or ruri) + (f";tag={to_tag}" if to_tag else "")
         lines = [
             f"{method} {ruri} SIP/2.0",
             f"Via: SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport",
-            "Max-Forwards: 70",
-            f"From: <{from_}>;tag=harness",
+            f"Max-Forwards: {max_forwards}",
+            f"From: {name_addr(from_)};tag=harness",
             f"To: {to_value}",
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} {method}",
@@ -167,10 +218,10 @@ class Harness:
         lines += [f"Route: {hop}" for hop in route]
         pairs = headers.items() if isinstance(headers, Mapping) else (headers or [])
         lines += [f"{name}: {value}" for name, value in pairs]
-        if method == "INVITE" and not any(l.lower().startswith("contact:") for l in lines):
-            lines.append(f"Contact: <{from_}>")
+        if method == "INVITE" and not any(line.lower().startswith("contact:") for line in lines):
+            lines.append(f"Contact: {name_addr(from_)}")
         lines.append(f"Content-Length: {len(body.encode())}")
-        return self.run("\r\n".join(lines) + "\r\n\r\n" + body, source=source, transport=transport)
+        return "\r\n".join(lines) + "\r\n\r\n" + body
 
     # -- state -------------------------------------------------------------
 
@@ -229,9 +280,12 @@ class Harness:
         if self._process.poll() is not None:
             raise HarnessError(f"{self.binary} has exited")
         assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        answer = self._read()
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+            answer = self._read()
+        except (OSError, ValueError) as error:
+            raise HarnessError(f"{self.binary} stopped answering: {error}") from error
         if answer is None:
             raise HarnessError(f"{self.binary} stopped answering")
         if "error" in answer:

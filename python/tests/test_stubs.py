@@ -12,8 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def mypy(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MYPYPATH=str(REPO / "python"))
+def mypy(tmp_path: Path, *args: str, installed: bool = False) -> subprocess.CompletedProcess[str]:
+    """mypy over ARGS with the stubs of this checkout, or (`installed`) with
+    those `pip install ./python` put in site-packages."""
+    env = dict(os.environ)
+    env.pop("MYPYPATH", None)
+    if not installed:
+        env["MYPYPATH"] = str(REPO / "python")
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), *args],
         capture_output=True,
@@ -29,7 +34,16 @@ def test_the_shipped_scripts_type_check(tmp_path: Path, script: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_installed_package_carries_the_stubs(tmp_path: Path) -> None:
+    """What `pip install ./python` installed (PEP 561), not this checkout."""
+    result = mypy(tmp_path, "--check-untyped-defs", str(REPO / "scripts" / "lb.py"), installed=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success" in result.stdout, result.stdout
+
+
 TYPED_LB = '''
+from typing import Optional
+
 from siphon import Destination, Request, gateway, log, proxy
 
 
@@ -46,7 +60,7 @@ def route(request: Request) -> None:
         else:
             request.reply(404, "Not Here")
         return
-    destination: Destination | None = gateway.select("backends", key=str(request.to_uri))
+    destination: Optional[Destination] = gateway.select("backends", key=str(request.to_uri))
     if not destination:
         log.error("no healthy backend in 'backends' group")
         request.reply(503, "Service Unavailable")
@@ -82,7 +96,7 @@ def test_a_misspelt_name_fails(tmp_path: Path, good: str, typo: str) -> None:
 
 def test_the_typed_script_runs_unchanged_in_the_daemon(tmp_path: Path) -> None:
     """`from siphon import Request, Destination` works in the daemon too."""
-    from siphon.testing import Harness
+    from siphon.testing import Harness, find_siphon
 
     script = tmp_path / "typed_lb.py"
     script.write_text(TYPED_LB)
@@ -90,7 +104,7 @@ def test_the_typed_script_runs_unchanged_in_the_daemon(tmp_path: Path) -> None:
     config.write_text(
         (REPO / "config" / "lb.yaml").read_text().replace("../scripts/lb.py", str(script))
     )
-    with Harness(config) as h:
+    with Harness(config, binary=find_siphon(REPO)) as h:
         d = h.request("INVITE", ruri="sip:bob@example.com")
         assert d.action == "relay" and d.record_route
         options = h.request("OPTIONS", ruri="sip:127.0.0.1")

@@ -7,15 +7,17 @@ from typing import Iterator
 
 import pytest
 
-from siphon.testing import Harness
+from siphon.testing import Harness, find_siphon
 
 REPO = Path(__file__).resolve().parents[2]
+# The binary of this checkout, wherever the configs are written.
+SIPHON = find_siphon(REPO)
 
 
 @pytest.fixture
 def lb() -> Iterator[Harness]:
     """The seed's load balancer: config/lb.yaml with scripts/lb.py."""
-    with Harness(REPO / "config" / "lb.yaml") as harness:
+    with Harness(REPO / "config" / "lb.yaml", binary=SIPHON) as harness:
         yield harness
 
 
@@ -35,5 +37,5 @@ def backend_config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def backend(backend_config: Path) -> Iterator[Harness]:
-    with Harness(backend_config) as harness:
+    with Harness(backend_config, binary=SIPHON) as harness:
         yield harness

@@ -396,19 +396,14 @@ impl<F: Clone> Engine<F> {
             return;
         }
         if !is_ack {
-            if msg.max_forwards() == Some(0) {
-                reply(self, 483, "Too Many Hops", &[]);
-                return;
-            }
-            if forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via)) {
-                reply(self, 482, "Loop Detected", &[]);
-                return;
-            }
-            // §16.3 step 5: we support no extension a proxy must know.
-            if msg.header(HeaderName::ProxyRequire).is_some() && method != Some(Method::Cancel) {
-                let unsupported: Vec<&str> = msg.header_values(HeaderName::ProxyRequire).collect();
-                let list = unsupported.join(", ");
-                reply(self, 420, "Bad Extension", &[("Unsupported", &list)]);
+            let looping = || forward::is_looping(&msg, loop_hash, |via| self.is_our_via(via));
+            if let Some(refusal) = route::refusal(&msg, looping) {
+                let unsupported = refusal
+                    .unsupported
+                    .as_deref()
+                    .map(|list| ("Unsupported", list));
+                let extra: Vec<(&str, &str)> = unsupported.into_iter().collect();
+                reply(self, refusal.code, refusal.reason, &extra);
                 return;
             }
         }

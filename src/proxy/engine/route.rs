@@ -13,6 +13,41 @@ pub fn is_our_record_route(uri: &str, local: &LocalIdentity) -> bool {
         .is_ok_and(|u| u.user.is_none() && local.is_local(u.host, u.port) && u.has_param("lr"))
 }
 
+/// A core refusal of a request before any routing (§16.3 steps 3, 4 and 5):
+/// the status, its reason and, for 420, the `Unsupported` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: &'static str,
+    pub unsupported: Option<String>,
+}
+
+/// §16.3's checks of a request that is not an ACK: Max-Forwards 0 (483), a
+/// loop (482, `looping` is asked only when needed), a Proxy-Require (420:
+/// this proxy supports no extension a proxy must know).
+pub fn refusal(msg: &Message, looping: impl FnOnce() -> bool) -> Option<Refusal> {
+    let refuse = |code, reason, unsupported| {
+        Some(Refusal {
+            code,
+            reason,
+            unsupported,
+        })
+    };
+    if msg.max_forwards() == Some(0) {
+        return refuse(483, "Too Many Hops", None);
+    }
+    if looping() {
+        return refuse(482, "Loop Detected", None);
+    }
+    if msg.header(HeaderName::ProxyRequire).is_some()
+        && msg.method() != Some(crate::sip::Method::Cancel)
+    {
+        let list: Vec<&str> = msg.header_values(HeaderName::ProxyRequire).collect();
+        return refuse(420, "Bad Extension", Some(list.join(", ")));
+    }
+    None
+}
+
 fn value_uri(value: &str) -> Option<&str> {
     NameAddr::parse(value).ok().map(|addr| addr.uri)
 }
