@@ -72,6 +72,18 @@ impl Pass {
         assert_eq!(self.routes.len(), users, "calls routed\n{}", self.report);
     }
 
+    /// Only the users `before` sent to `dead` went elsewhere.
+    fn assert_only_moved_off(&self, before: &Pass, dead: &str) {
+        for (user, was) in &before.routes {
+            let now = &self.routes[user];
+            if was == dead {
+                assert_ne!(now, dead, "{user} still routed to the dead backend");
+            } else {
+                assert_eq!(now, was, "{user} moved although {was} is alive");
+            }
+        }
+    }
+
     fn users_of(&self, backend: &str) -> Vec<&String> {
         self.routes
             .iter()
@@ -234,14 +246,7 @@ fn hash_affinity_survives_failover_and_recovery() {
     // All calls succeed again; only backend 2's users moved.
     let failover = call_users(dir, siphon.addr(), &users, "any", "failover");
     failover.assert_all_succeeded(users.len());
-    for (user, before) in &first.routes {
-        let now = &failover.routes[user];
-        if before == "b2" {
-            assert_ne!(now, "b2", "{user} still routed to the dead backend");
-        } else {
-            assert_eq!(now, before, "{user} moved although {before} is alive");
-        }
-    }
+    failover.assert_only_moved_off(&first, "b2");
 
     // Restart it on its port: marked up, and its users return.
     backends[1] = Backend::start(dir, "b2", ports[1]);
@@ -792,14 +797,7 @@ fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
     );
     let moved = call_users(dir, lb2.addr(), &users, "any", "moved");
     moved.assert_all_succeeded(users.len());
-    for (user, before) in &first.routes {
-        let now = &moved.routes[user];
-        if before == "b2" {
-            assert_ne!(now, "b2", "{user} still routed to the dead backend");
-        } else {
-            assert_eq!(now, before, "{user} moved although {before} is alive");
-        }
-    }
+    moved.assert_only_moved_off(&first, "b2");
 
     // An operator's mark on LB 1 reaches LB 2 too, and so does lifting it.
     let body = format!("{{\"uri\": \"{}\"}}", backend_uri(3));
