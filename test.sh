@@ -67,5 +67,6 @@ fi
 if [ "$#" -eq 0 ]; then
     python3 -m pip --version >/dev/null 2>&1 || need pip3 python3-pip
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check ./python pytest mypy
-    SIPHON_BIN="$(pwd)/target/debug/siphon" python3 -m pytest -q scripts/tests python/tests
+    target_dir="$(realpath "${CARGO_TARGET_DIR:-target}")"
+    SIPHON_BIN="$target_dir/debug/siphon" python3 -m pytest -q scripts/tests python/tests
 fi
