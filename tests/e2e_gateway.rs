@@ -800,14 +800,13 @@ fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
     moved.assert_only_moved_off(&first, "b2");
 
     // An operator's mark on LB 1 reaches LB 2 too, and so does lifting it.
-    let body = format!("{{\"uri\": \"{}\"}}", backend_uri(3));
-    let (status, answer) = common::http(
-        lb1_admin,
-        "POST",
-        "/admin/gateways/backends/down",
-        Some(&body),
-    );
-    assert_eq!(status, 200, "{answer}");
+    let mark = |state: &str| {
+        let body = format!("{{\"uri\": \"{}\"}}", backend_uri(3));
+        let path = format!("/admin/gateways/backends/{state}");
+        let (status, answer) = common::http(lb1_admin, "POST", &path, Some(&body));
+        assert_eq!(status, 200, "{answer}");
+    };
+    mark("down");
     let took = wait_for_transition(&lb2, &backend_uri(3), "down", Duration::from_secs(3));
     assert!(
         took <= Duration::from_secs(1),
@@ -820,13 +819,7 @@ fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
         "{}",
         lb2.log_tail(10)
     );
-    let (status, answer) = common::http(
-        lb1_admin,
-        "POST",
-        "/admin/gateways/backends/up",
-        Some(&body),
-    );
-    assert_eq!(status, 200, "{answer}");
+    mark("up");
     wait_for_transition(&lb2, &backend_uri(3), "up", Duration::from_secs(2));
 
     // Backend 2 comes back: LB 1's probes say so, and LB 2 uses it again.

@@ -64,28 +64,15 @@ impl HealthShare {
             session: share.session,
             warned_twin: AtomicBool::new(false),
         };
-        std::thread::Builder::new()
-            .name("health-share".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::error!("gateway.share_health: cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                runtime.block_on(async {
-                    futures_util::future::join(
-                        publish_all(&link, &channel, inbox),
-                        listen(&link, &channel, &me, &gateways),
-                    )
-                    .await;
-                });
-            })
-            .map_err(|e| format!("cannot start the health-share thread: {e}"))?;
+        crate::registrar::spawn_runtime_thread("health-share", move |runtime| {
+            runtime.block_on(async {
+                futures_util::future::join(
+                    publish_all(&link, &channel, inbox),
+                    listen(&link, &channel, &me, &gateways),
+                )
+                .await;
+            });
+        })?;
         Ok(share)
     }
 

@@ -57,6 +57,30 @@ pub fn node_domains(
     LocalDomains::new(hosts)
 }
 
+/// Starts thread `name` with a tokio runtime of its own (current-thread)
+/// and runs `body` there: the registrar's Redis work, and shared health, so
+/// that Redis never holds up a SIP thread. A runtime that cannot start is
+/// logged, and the thread ends.
+pub fn spawn_runtime_thread(
+    name: &str,
+    body: impl FnOnce(&tokio::runtime::Runtime) + Send + 'static,
+) -> Result<(), String> {
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(label.clone())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => body(&runtime),
+                Err(e) => tracing::error!("{label}: cannot start its runtime: {e}"),
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
 /// Wall-clock Unix seconds: binding expiries are absolute so they survive a
 /// restart through Redis.
 pub fn unix_now() -> u64 {
@@ -223,38 +247,25 @@ impl Registrar {
         let registrar = Arc::new(registrar);
         let (restored_tx, restored_rx) = std::sync::mpsc::channel();
         let background = registrar.clone();
-        std::thread::Builder::new()
-            .name("registrar".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::error!("registrar: cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                if let Some(shared) = &background.shared {
-                    let _ = shared.runtime.set(runtime.handle().clone());
-                }
-                runtime.block_on(async move {
-                    let sweeper = background.clone();
-                    tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-                        loop {
-                            tick.tick().await;
-                            sweeper.sweep(unix_now());
-                        }
-                    });
-                    match store {
-                        Some((store, rx)) => store.run(background, rx, restored_tx).await,
-                        None => std::future::pending::<()>().await,
+        spawn_runtime_thread("registrar", move |runtime| {
+            if let Some(shared) = &background.shared {
+                let _ = shared.runtime.set(runtime.handle().clone());
+            }
+            runtime.block_on(async move {
+                let sweeper = background.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                    loop {
+                        tick.tick().await;
+                        sweeper.sweep(unix_now());
                     }
                 });
-            })
-            .map_err(|e| format!("cannot start the registrar thread: {e}"))?;
+                match store {
+                    Some((store, rx)) => store.run(background, rx, restored_tx).await,
+                    None => std::future::pending::<()>().await,
+                }
+            });
+        })?;
         if config.backend == RegistrarBackend::Redis {
             // The writer reports once the boot restore is done or has failed.
             let _ = restored_rx.recv_timeout(redis_store::RESTORE_WAIT);
