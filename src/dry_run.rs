@@ -299,26 +299,9 @@ impl DryRun {
         uri: Option<&str>,
         strict_dropped: usize,
     ) -> Result<Value, Value> {
-        let first_route = crate::proxy::engine::route::first_remaining_route(
-            msg,
-            decision.routes_popped,
-            strict_dropped,
-        );
-        let ruri = decision
-            .new_ruri
-            .clone()
-            .or_else(|| msg.request_uri().map(str::to_string))
-            .unwrap_or_default();
-        let mut new_ruri = decision.new_ruri.clone();
-        let target = match (uri, first_route) {
-            (Some(uri), _) => uri.to_string(),
-            (None, Some(route)) if crate::proxy::engine::route::is_strict_router(&route) => {
-                new_ruri = Some(route.clone());
-                route
-            }
-            (None, Some(route)) => route,
-            (None, None) => ruri,
-        };
+        let crate::proxy::engine::route::RelayTarget {
+            target, new_ruri, ..
+        } = crate::proxy::engine::route::relay_target(msg, decision, uri, strict_dropped);
         let mut relay = json!({"action": "relay", "uri": target, "new_ruri": new_ruri});
         self.add_hop(&mut relay, &target)?;
         if let Some(gateway) = &decision.gateway {

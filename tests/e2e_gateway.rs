@@ -54,6 +54,23 @@ gateway:
 log: {level: info, format: pretty}
 "#;
 
+/// `LB_CONFIG` with the backends on `ports`.
+fn lb_config(ports: &[u16; 3]) -> String {
+    LB_CONFIG
+        .replace("@B1@", &ports[0].to_string())
+        .replace("@B2@", &ports[1].to_string())
+        .replace("@B3@", &ports[2].to_string())
+}
+
+/// Backends b1, b2, b3 on `ports`.
+fn start_backends(dir: &Path, ports: &[u16; 3]) -> Vec<Backend> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Local helpers: backends that can be killed and restarted on their port, and
 // a caller that reads its users from a CSV (the shared harness has neither).
@@ -200,15 +217,8 @@ fn hash_affinity_survives_failover_and_recovery() {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let ports = [free_port(), free_port(), free_port()];
-    let mut backends: Vec<Backend> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
-        .collect();
-    let config = LB_CONFIG
-        .replace("@B1@", &ports[0].to_string())
-        .replace("@B2@", &ports[1].to_string())
-        .replace("@B3@", &ports[2].to_string());
+    let mut backends = start_backends(dir, &ports);
+    let config = lb_config(&ports);
     let siphon = Siphon::start(&config, &seed_lb_script());
     let users: Vec<String> = (0..300).map(|i| format!("sub{i:03}")).collect();
 
@@ -265,17 +275,9 @@ fn calls_reach_the_backend_that_took_the_register_whatever_the_phone_adds() {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let ports = [free_port(), free_port(), free_port()];
-    let _backends: Vec<Backend> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
-        .collect();
+    let _backends = start_backends(dir, &ports);
     let admin_port = free_port();
-    let config = LB_CONFIG
-        .replace("@B1@", &ports[0].to_string())
-        .replace("@B2@", &ports[1].to_string())
-        .replace("@B3@", &ports[2].to_string())
-        + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
+    let config = lb_config(&ports) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n");
     let siphon = Siphon::start(&config, &seed_lb_script());
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let users: Vec<String> = (0..60).map(|i| format!("phone{i:02}")).collect();
@@ -354,10 +356,7 @@ fn calls_reach_the_backend_that_took_the_register_whatever_the_phone_adds() {
 fn all_backends_down_gets_the_scripts_503() {
     // Ports nobody listens on: probes time out.
     let ports = [free_port(), free_port(), free_port()];
-    let config = LB_CONFIG
-        .replace("@B1@", &ports[0].to_string())
-        .replace("@B2@", &ports[1].to_string())
-        .replace("@B3@", &ports[2].to_string());
+    let config = lb_config(&ports);
     let siphon = Siphon::start(&config, &seed_lb_script());
     let bound = PROBE_INTERVAL.mul_f64(1.1) * PROBE_THRESHOLD + PROBE_TIMEOUT + SLACK;
     for n in 1..=3 {
@@ -724,21 +723,14 @@ fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
     let dir = work.path();
     let redis = common::redis::RedisServer::start();
     let ports = [free_port(), free_port(), free_port()];
-    let mut backends: Vec<Backend> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| Backend::start(dir, &format!("b{}", i + 1), port))
-        .collect();
-    let lb_config = |instance: &str, probe: bool| {
+    let mut backends = start_backends(dir, &ports);
+    let sharing_lb = |instance: &str, probe: bool| {
         let shared = format!(
             "  share_health: redis\nregistrar: {{redis: {{url: \"{}\"}}}}\nserver: {{instance_id: {instance}}}\n",
             redis.url()
         );
-        let config = LB_CONFIG
-            .replace("@B1@", &ports[0].to_string())
-            .replace("@B2@", &ports[1].to_string())
-            .replace("@B3@", &ports[2].to_string())
-            .replace("log: {level: info", &format!("{shared}log: {{level: info"));
+        let config =
+            lb_config(&ports).replace("log: {level: info", &format!("{shared}log: {{level: info"));
         if probe {
             config
         } else {
@@ -747,13 +739,13 @@ fn a_backend_one_lb_finds_dead_is_avoided_by_the_other_within_a_second() {
     };
     let admin_port = free_port();
     let lb1 = Siphon::start(
-        &(lb_config("lb1", true) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
+        &(sharing_lb("lb1", true) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
         &seed_lb_script(),
     );
     let lb1_admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let admin_port = free_port();
     let lb2 = Siphon::start(
-        &(lb_config("lb2", false) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
+        &(sharing_lb("lb2", false) + &format!("admin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")),
         &seed_lb_script(),
     );
     let lb2_admin = SocketAddr::from(([127, 0, 0, 1], admin_port));

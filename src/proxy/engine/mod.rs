@@ -809,29 +809,13 @@ impl<F: Clone> Engine<F> {
         }
         let msg = &pending.msg;
         let dropped = usize::from(pending.preroute.strict_ruri.is_some());
-        let first_route = route::first_remaining_route(msg, decision.routes_popped, dropped);
-        let first_remaining = first_route.is_some();
-        let ruri = decision
-            .new_ruri
-            .clone()
-            .or_else(|| msg.request_uri().map(str::to_string))
-            .unwrap_or_default();
-        let mut routes_popped = decision.routes_popped;
-        let mut new_ruri = decision.new_ruri.clone();
-        let mut append_route = None;
-        let target = match (uri, first_route) {
-            (Some(uri), _) => uri.to_string(),
-            (None, Some(route)) if route::is_strict_router(&route) => {
-                // §16.6 step 7: the strict router gets its URI as the
-                // Request-URI, and ours goes to the bottom of the Route set.
-                routes_popped += 1;
-                new_ruri = Some(route.clone());
-                append_route = Some(format!("<{ruri}>"));
-                route
-            }
-            (None, Some(route)) => route,
-            (None, None) => ruri,
-        };
+        let route::RelayTarget {
+            target,
+            first_remaining,
+            routes_popped,
+            new_ruri,
+            append_route,
+        } = route::relay_target(msg, &decision, uri, dropped);
         // Toward a caller on a connection: over that connection, whatever
         // its Contact says (a browser's does not resolve).
         let arrived = (pending.source, pending.protocol);

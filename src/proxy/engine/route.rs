@@ -101,6 +101,59 @@ pub fn first_remaining_route(msg: &Message, popped: usize, dropped: usize) -> Op
     value_uri(first).map(str::to_string)
 }
 
+/// Where a relay goes, as §16.6 steps 6 and 7 decide it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// The next hop's URI.
+    pub target: String,
+    /// A Route value is left after the popped ones.
+    pub first_remaining: bool,
+    pub routes_popped: usize,
+    pub new_ruri: Option<String>,
+    /// Appended to the Route set (our Request-URI, for a strict router).
+    pub append_route: Option<String>,
+}
+
+/// The next hop of a relay: `uri` when the script named one, else the
+/// first Route left (a strict router gets its URI as the Request-URI, and
+/// ours goes to the bottom of the Route set: §16.6 step 7), else the
+/// Request-URI. `dropped` Route values at the bottom are not used.
+pub fn relay_target(
+    msg: &Message,
+    decision: &crate::proxy::decision::Decision,
+    uri: Option<&str>,
+    dropped: usize,
+) -> RelayTarget {
+    let first_route = first_remaining_route(msg, decision.routes_popped, dropped);
+    let first_remaining = first_route.is_some();
+    let ruri = decision
+        .new_ruri
+        .clone()
+        .or_else(|| msg.request_uri().map(str::to_string))
+        .unwrap_or_default();
+    let mut routes_popped = decision.routes_popped;
+    let mut new_ruri = decision.new_ruri.clone();
+    let mut append_route = None;
+    let target = match (uri, first_route) {
+        (Some(uri), _) => uri.to_string(),
+        (None, Some(route)) if is_strict_router(&route) => {
+            routes_popped += 1;
+            new_ruri = Some(route.clone());
+            append_route = Some(format!("<{ruri}>"));
+            route
+        }
+        (None, Some(route)) => route,
+        (None, None) => ruri,
+    };
+    RelayTarget {
+        target,
+        first_remaining,
+        routes_popped,
+        new_ruri,
+        append_route,
+    }
+}
+
 /// True when the next hop named by a Route URI is a strict router: its URI
 /// has no `lr` (§16.6 step 7).
 pub fn is_strict_router(route_uri: &str) -> bool {
