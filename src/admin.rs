@@ -28,6 +28,10 @@ pub struct AdminContext {
     pub metrics: &'static crate::metrics::Metrics,
     /// Bans at the edge: listed and lifted.
     pub edge: Arc<crate::actors::edge::Edge>,
+    /// `admin.token`: every admin route needs it as a bearer token.
+    pub token: Option<String>,
+    /// `metrics.prometheus.token`: the Prometheus listener's own.
+    pub metrics_token: Option<String>,
 }
 
 /// The gateway operations the admin API needs.
@@ -36,6 +40,9 @@ pub trait GatewayAdmin: Send + Sync {
     fn snapshot(&self) -> Value;
     /// `Some(changed)` when the group and destination exist, else `None`.
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
+    /// How many destinations of `group` other than `uri` are healthy now;
+    /// None when the group has no such destination.
+    fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize>;
     /// Brings the destinations' `up` gauges up to date (before a scrape).
     fn refresh_gauges(&self);
     /// Asks the group's actor for the ranking of `key`: `(uri, address)`,
@@ -79,7 +86,67 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// Which token a listener asks for.
+#[derive(Clone, Copy)]
+enum Guarded {
+    Admin,
+    Metrics,
+}
+
+/// Every request to a listener with a token must carry it (`Authorization:
+/// Bearer <token>`, compared in constant time), and every request that
+/// changes something must say `Content-Type: application/json`: a web page
+/// can make a browser send a form POST anywhere, but not that.
+async fn guard(
+    State((ctx, which)): State<(Shared, Guarded)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = match which {
+        Guarded::Admin => ctx.token.as_deref(),
+        Guarded::Metrics => ctx.metrics_token.as_deref(),
+    };
+    if let Some(token) = token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::security::digest::constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+        {
+            let mut response = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    let changes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if changes && !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a request that changes something needs Content-Type: application/json",
+        );
+    }
+    next.run(request).await
+}
+
 pub fn router(ctx: Shared) -> Router {
+    let guarded = (ctx.clone(), Guarded::Admin);
     Router::new()
         .route("/admin/health", get(health))
         .route("/admin/ready", get(ready))
@@ -95,6 +162,7 @@ pub fn router(ctx: Shared) -> Router {
         .route("/admin/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(guarded, guard))
         .with_state(ctx)
 }
 
@@ -187,24 +255,44 @@ fn query_value(query: &str, name: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-async fn mark_down(state: State<Shared>, group: Path<String>, body: Bytes) -> Response {
-    set_health(state, group, body, true)
+async fn mark_down(
+    state: State<Shared>,
+    group: Path<String>,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    set_health(state, group, query, body, true)
 }
 
-async fn mark_up(state: State<Shared>, group: Path<String>, body: Bytes) -> Response {
-    set_health(state, group, body, false)
+async fn mark_up(
+    state: State<Shared>,
+    group: Path<String>,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    set_health(state, group, query, body, false)
 }
 
-/// The body names the destination: `{"uri": "sip:..."}`.
+/// The body names the destination: `{"uri": "sip:..."}`. Marking down the
+/// last healthy destination of a group takes `"force": true` (or
+/// `?force=true`): one typo must not take the whole service down.
 fn set_health(
     State(ctx): State<Shared>,
     Path(group): Path<String>,
+    RawQuery(query): RawQuery,
     body: Bytes,
     down: bool,
 ) -> Response {
-    let uri = match serde_json::from_slice::<Value>(&body) {
+    let (uri, forced) = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("uri").and_then(Value::as_str) {
-            Some(uri) => uri.to_string(),
+            Some(uri) => {
+                let in_body = map.get("force").and_then(Value::as_bool) == Some(true);
+                let in_query = query
+                    .as_deref()
+                    .and_then(|q| query_value(q, "force"))
+                    .is_some_and(|v| v == "true" || v == "1");
+                (uri.to_string(), in_body || in_query)
+            }
             None => return error(StatusCode::BAD_REQUEST, "body needs a string field \"uri\""),
         },
         Ok(_) => {
@@ -215,6 +303,12 @@ fn set_health(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
     };
+    if down && !forced && ctx.gateways.healthy_besides(&group, &uri) == Some(0) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{uri} is the last healthy destination of {group}: add \"force\": true to mark it down"),
+        );
+    }
     match ctx.gateways.set_down(&group, &uri, down) {
         Some(changed) => Json(json!({
             "group": group,
@@ -256,7 +350,8 @@ async fn bans(State(ctx): State<Shared>) -> Response {
         .into_iter()
         .map(|ban| {
             json!({
-                "ip": ban.ip.to_string(),
+                "ip": ban.network.to_string(),
+                "udp_only": ban.udp_only,
                 "remaining_secs": ban.remaining_secs,
                 "reason": ban.reason.as_str(),
                 "dropped": ban.dropped,
@@ -309,9 +404,11 @@ pub fn spawn_admin(listener: TcpListener, ctx: Shared) {
 
 /// Serves `/metrics` alone on the Prometheus listen address.
 pub fn spawn_metrics(listener: TcpListener, ctx: Shared) {
+    let guarded = (ctx.clone(), Guarded::Metrics);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "only /metrics is served here") })
+        .layer(axum::middleware::from_fn_with_state(guarded, guard))
         .with_state(ctx);
     actix::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -387,6 +484,20 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             return None;
         }
         self.mark(group, uri, down, "admin")
+    }
+
+    fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize> {
+        let shared = self.gateways().get(group)?;
+        let now = std::time::Instant::now();
+        let view = shared.view();
+        let group = shared.lock();
+        group.find(uri)?;
+        let healthy = group
+            .iter()
+            .enumerate()
+            .filter(|(index, (dest, _))| dest.uri != uri && view.is_up(*index, now))
+            .count();
+        Some(healthy)
     }
 }
 

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub edge_drops: Family<ReasonLabels, Counter>,
     pub edge_bans: Gauge,
     pub transactions_refused: Counter,
+    pub relays_refused: Family<ReasonLabels, Counter>,
     pub tcp_refused: Family<ReasonLabels, Counter>,
     pub script_timeouts: Counter,
     pub auth_checks: Family<ReasonLabels, Counter>,
@@ -90,6 +91,13 @@ pub struct DestinationMetrics {
 }
 
 impl Metrics {
+    /// Counts a relay refused for `reason`.
+    pub fn relay_refused(&self, reason: &'static str) {
+        self.relays_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     fn new() -> Self {
         let mut registry = Registry::with_prefix("siphon");
         let m = Metrics {
@@ -113,6 +121,7 @@ impl Metrics {
             edge_drops: Family::default(),
             edge_bans: Gauge::default(),
             transactions_refused: Counter::default(),
+            relays_refused: Family::default(),
             tcp_refused: Family::default(),
             script_timeouts: Counter::default(),
             auth_checks: Family::default(),
@@ -206,6 +215,11 @@ impl Metrics {
             "edge_bans",
             "Sources banned at the last edge summary",
             m.edge_bans.clone(),
+        );
+        registry.register(
+            "relays_refused",
+            "Relays refused 403: an in-dialog Route of ours without a valid seal, or a target security.relay_to refuses, by reason",
+            m.relays_refused.clone(),
         );
         registry.register(
             "transactions_refused",

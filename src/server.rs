@@ -102,8 +102,30 @@ async fn start(
     let shards_wanted = shard_count(config.server.workers);
     let ingress = Arc::new(crate::actors::transport::IngressGate::new(shards_wanted));
     let dns = crate::actors::dns::Dns::start(&config.dns)?;
+    let seals = match config.security.dialog_seals() {
+        Ok(Some(seals)) => seals,
+        Ok(None) => {
+            tracing::info!("security.route_secret is not set: a random one seals this run's Record-Routes, so dialogs do not outlive it nor pass to another node");
+            crate::proxy::seal::DialogSeals::new(&rand::random::<[u8; 32]>(), None)
+        }
+        Err(e) => return Err(format!("security.{}: {}", e.key, e.message)),
+    };
+    let listener_addrs: Vec<std::net::SocketAddr> =
+        transports.listeners().iter().map(|l| l.local).collect();
+    let advertised_ips = transports
+        .listeners()
+        .iter()
+        .filter_map(|l| {
+            let uri = format!("sip:{}", l.sent_by);
+            let host = crate::sip::Uri::parse(&uri).ok()?.host;
+            host.trim_matches(['[', ']']).parse().ok()
+        })
+        .collect();
     let shard_config = Arc::new(ShardConfig {
         dns,
+        seals,
+        accept_unsealed: config.security.accept_unsealed_routes,
+        relay_policy: config.security.relay_policy(listener_addrs, advertised_ips),
         flow_tokens: crate::proxy::flow::FlowTokens::new(rand::random()),
         registrar: registrar.clone(),
         ingress: ingress.clone(),
@@ -115,6 +137,7 @@ async fn start(
             t2: config.transaction.t2(),
             t4: config.transaction.t4(),
             timer_c: config.transaction.timer_c(),
+            max_invite_lifetime: config.transaction.max_invite_lifetime(),
         },
         local,
         gateways,
@@ -311,6 +334,16 @@ async fn start_http(
             .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
         metrics: crate::metrics::get(),
         edge,
+        token: config
+            .admin
+            .bearer_token()
+            .map_err(|e| format!("admin.{}: {}", e.key, e.message))?,
+        metrics_token: config
+            .metrics
+            .prometheus
+            .as_ref()
+            .and_then(|p| p.token.clone())
+            .filter(|t| !t.trim().is_empty()),
     });
     if let Some(addr) = config.admin.listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -805,12 +805,36 @@ fn max_forwards_zero_gets_483() {
     );
 }
 
-/// A request whose Request-URI points back at the proxy comes round again
-/// with the proxy's own Via on it: the loop is detected and answered 482.
+/// A request whose Request-URI points back at the first proxy comes round
+/// again through a second with the first's own Via on it: the loop is
+/// detected and answered 482.
 #[test]
 fn request_looping_through_the_proxy_gets_482() {
-    // A script that relays everything to its Request-URI: one naming the
-    // proxy itself comes straight back, unchanged, and must be caught.
+    // B relays everything to its Request-URI; A relays everything to B.
+    let relay_all =
+        "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.relay()\n";
+    let b = Siphon::start(&proxy_config("debug"), relay_all);
+    let to_b = relay_all.replace(
+        "request.relay()",
+        &format!("request.relay(\"sip:{}\")", b.addr()),
+    );
+    let a = Siphon::start(&proxy_config("debug"), &to_b);
+    let target = format!("sip:someone@{}", a.addr());
+    let response = ask(&a, |from| {
+        RawRequest::new("OPTIONS", &target, Transport::Udp, from)
+    });
+    assert_eq!(
+        status_code(&response),
+        Some(482),
+        "{response}\nlog:\n{}",
+        a.log_tail(20)
+    );
+}
+
+/// A relay straight back to one of the proxy's own listeners is refused
+/// before it leaves (security.relay_to), whatever the allow list says.
+#[test]
+fn a_relay_to_the_proxy_s_own_listener_is_refused_403() {
     let relay_all =
         "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.relay()\n";
     let siphon = Siphon::start(&proxy_config("debug"), relay_all);
@@ -818,12 +842,7 @@ fn request_looping_through_the_proxy_gets_482() {
     let response = ask(&siphon, |from| {
         RawRequest::new("OPTIONS", &target, Transport::Udp, from)
     });
-    assert_eq!(
-        status_code(&response),
-        Some(482),
-        "{response}\nlog:\n{}",
-        siphon.log_tail(20)
-    );
+    assert_eq!(status_code(&response), Some(403), "{response}");
 }
 
 #[test]

@@ -58,7 +58,11 @@ fn a_tls_caller_reaches_a_udp_backend_with_a_record_route_for_each_side() {
     assert_eq!(lines.last().map(String::as_str), Some("DONE"));
     // Two Record-Routes (RFC 5658): the UDP side toward the backend, then
     // the TLS side the caller's ACK and BYE come back on.
-    let routes: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("RR ")).collect();
+    let routes: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("RR "))
+        .map(common::unsealed)
+        .collect();
     assert_eq!(routes.len(), 2, "{routes:?}");
     assert_eq!(routes[0], format!("<sip:127.0.0.1:{};lr>", lb.port));
     // The caller's side names its connection with a flow token.

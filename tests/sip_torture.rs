@@ -20,12 +20,21 @@ fn load(name: &str) -> Bytes {
 fn ok(name: &str) -> Message {
     match parse(load(name)) {
         Ok(m) => {
-            // forwarding an untouched message reproduces it byte for byte
-            assert_eq!(
-                Rewriter::new(&m).finish(),
-                m.as_bytes(),
-                "{name}: rewrite round trip"
-            );
+            // forwarding an untouched message reproduces it byte for byte,
+            // but for the Content-Length a copy without one gains
+            let copy = Rewriter::new(&m).finish();
+            if m.header(HeaderName::ContentLength).is_some() {
+                assert_eq!(copy, m.as_bytes(), "{name}: rewrite round trip");
+            } else {
+                let again = parse(Bytes::from(copy)).unwrap();
+                let length = m.body().len().to_string();
+                assert_eq!(
+                    again.header(HeaderName::ContentLength),
+                    Some(length.as_str()),
+                    "{name}"
+                );
+                assert_eq!(again.body(), m.body(), "{name}");
+            }
             m
         }
         Err(e) => panic!("{name} should parse, got {:?}: {e}", e.kind),

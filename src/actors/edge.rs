@@ -6,22 +6,27 @@
 //! immutable policy.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::security::{BanEntry, EdgeGuard, EdgePolicy, Verdict};
+use crate::security::{BanEntry, BanReason, Channel, EdgeGuard, EdgePolicy, Verdict};
 
 pub struct Edge {
     policy: EdgePolicy,
     guard: Mutex<EdgeGuard>,
     /// A rate limit is set: sources must be checked.
     limiting: bool,
+    /// A ban was made without a rate limit (failed authentications): from
+    /// then on sources are checked too.
+    banning: AtomicBool,
 }
 
 impl Edge {
     pub fn new(policy: EdgePolicy) -> Arc<Self> {
         Arc::new(Edge {
             limiting: policy.rate_limit.is_some(),
+            banning: AtomicBool::new(false),
             guard: Mutex::new(EdgeGuard::new(policy.clone())),
             policy,
         })
@@ -36,32 +41,44 @@ impl Edge {
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks a message from `ip` before it is parsed.
-    pub fn admit(&self, ip: IpAddr) -> Verdict {
-        if !self.limiting {
+    /// Checks a message from `ip`, come by `channel`, before it is parsed.
+    pub fn admit(&self, ip: IpAddr, channel: Channel) -> Verdict {
+        if !self.limiting && !self.banning.load(Ordering::Relaxed) {
             return Verdict::Pass;
         }
-        let verdict = self.guard().check(Instant::now(), ip);
+        let verdict = self.guard().check(Instant::now(), ip, channel);
         if verdict != Verdict::Pass {
             crate::metrics::get().edge_dropped("rate_limit");
         }
         verdict
     }
 
-    /// True when `user_agent` is a scanner's: the request is dropped (and
-    /// its source banned when bans are on).
-    pub fn is_scanner(&self, ip: IpAddr, user_agent: &str) -> bool {
+    /// True when `user_agent` is a scanner's: the request is dropped and
+    /// counted, and nothing more (a User-Agent proves nothing).
+    pub fn is_scanner(&self, user_agent: &str) -> bool {
         if !self.policy.is_scanner(user_agent) {
             return false;
         }
         crate::metrics::get().edge_dropped("scanner");
-        self.guard().scanner_seen(Instant::now(), ip);
+        self.guard().scanner_seen();
         true
     }
 
-    /// True for a source that may not open a TCP connection (banned).
+    /// Bans `ip` on evidence other than its rate (failed authentications).
+    pub fn ban(&self, ip: IpAddr, channel: Channel, length: Duration, reason: BanReason) {
+        if self
+            .guard()
+            .ban(Instant::now(), ip, channel, length, reason)
+        {
+            self.banning.store(true, Ordering::Relaxed);
+            crate::metrics::get().edge_dropped(reason.as_str());
+        }
+    }
+
+    /// True for a source that may not open a TCP connection (banned on
+    /// evidence from a stream; a datagram-only ban leaves streams alone).
     pub fn refuses_connection(&self, ip: IpAddr) -> bool {
-        self.limiting && self.admit(ip) != Verdict::Pass
+        self.admit(ip, Channel::Stream) != Verdict::Pass
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -90,7 +107,7 @@ impl Edge {
         if summary.is_quiet() {
             return;
         }
-        let named: Vec<String> = summary.new_bans.iter().map(|ip| ip.to_string()).collect();
+        let named: Vec<String> = summary.new_bans.iter().map(|net| net.to_string()).collect();
         tracing::warn!(
             rate_limited = summary.rate_limited,
             banned_dropped = summary.banned_dropped,

@@ -57,6 +57,12 @@ pub struct ShardConfig {
     pub dns: Arc<crate::actors::dns::Dns>,
     /// One key for every shard (see `proxy::flow`).
     pub flow_tokens: crate::proxy::flow::FlowTokens,
+    /// Seals our Record-Routes (`proxy::seal`), and whether an unsealed
+    /// one is still accepted.
+    pub seals: crate::proxy::seal::DialogSeals,
+    pub accept_unsealed: bool,
+    /// Where a script's relay may go (`security.relay_to`).
+    pub relay_policy: crate::security::RelayPolicy,
     /// Reads the AoRs that scripts' lookups miss in memory from Redis.
     pub registrar: Arc<crate::registrar::Registrar>,
 }
@@ -94,6 +100,8 @@ impl TransactionShard {
             drain_secs: config.drain_secs,
             max_transactions: config.max_transactions,
             flow_tokens: config.flow_tokens.clone(),
+            seals: config.seals.clone(),
+            accept_unsealed: config.accept_unsealed,
         });
         TransactionShard {
             id,
@@ -288,12 +296,28 @@ impl TransactionShard {
         may_wait: bool,
     ) -> Option<Deferred> {
         let gateways = &self.config.gateways;
+        let policy = &self.config.relay_policy;
+        let registrar = &self.config.registrar;
         let hosts = &self.hosts;
         let mut hop_of = |uri: &str| match next_hop(uri, now, hosts, |uri| gateways.address_of(uri))
         {
             Err(HopError::Lookup(host)) if !may_wait => Err(HopError::Unresolvable(format!(
                 "cannot resolve {host} now (too many lookups, or too long a wait)"
             ))),
+            Ok(hop) => {
+                let ip = hop.addr.ip();
+                let verdict = policy.verdict(hop.addr, gateways.is_destination_host(ip));
+                match verdict {
+                    Err(why)
+                        if why.may_be_vouched()
+                            && registrar.has_contact_at(ip, crate::registrar::unix_now()) =>
+                    {
+                        Ok(hop)
+                    }
+                    Err(why) => Err(HopError::Refused(hop, why)),
+                    Ok(()) => Ok(hop),
+                }
+            }
             hop => hop,
         };
         self.engine

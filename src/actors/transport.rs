@@ -26,7 +26,7 @@ use crate::config::{Listen, TcpLimits, WsListen};
 use crate::logging::Throttle;
 use crate::proxy::forward::Hop;
 use crate::proxy::local::Listener;
-use crate::security::Verdict;
+use crate::security::{Channel, Verdict};
 use crate::sip::{self, Message, ParseErrorKind};
 
 /// Largest SIP message we accept on any transport (RFC 3261 §18.1.1 keeps UDP
@@ -106,6 +106,14 @@ impl Flow {
         match self {
             Flow::Udp(_) => Protocol::Udp,
             Flow::Stream(_, _, protocol) => *protocol,
+        }
+    }
+
+    /// Datagrams can be forged; a stream's peer proved its address.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Flow::Udp(_) => Channel::Datagram,
+            Flow::Stream(..) => Channel::Stream,
         }
     }
 
@@ -680,15 +688,13 @@ pub fn parse_or_answer(
     flow: &Flow,
     transports: &Transports,
 ) -> Option<Message> {
-    let refused = match transports.edge.admit(source.ip()) {
+    let refused = match transports.edge.admit(source.ip(), flow.channel()) {
         Verdict::Pass => None,
         Verdict::Drop => return None,
         Verdict::Refuse { retry_after_secs } => Some(retry_after_secs),
     };
     let err = match sip::parse(bytes) {
-        Ok(msg)
-            if refused.is_some() || msg.is_request() && is_scanner(&msg, source, transports) =>
-        {
+        Ok(msg) if refused.is_some() || msg.is_request() && is_scanner(&msg, transports) => {
             if let Some(retry_after) = refused {
                 refuse_over_limit(&msg, retry_after, source, flow, transports);
             }
@@ -728,9 +734,9 @@ pub fn parse_or_answer(
 }
 
 /// A request whose User-Agent names a scanner: it gets no answer at all.
-fn is_scanner(msg: &Message, source: SocketAddr, transports: &Transports) -> bool {
+fn is_scanner(msg: &Message, transports: &Transports) -> bool {
     msg.header_named("User-Agent")
-        .is_some_and(|ua| transports.edge.is_scanner(source.ip(), ua))
+        .is_some_and(|ua| transports.edge.is_scanner(ua))
 }
 
 /// `on_limit: reply`: a limited request gets 503 with the time it must
@@ -1132,6 +1138,8 @@ pub struct TcpConnection {
     last_activity: std::time::Instant,
     /// A whole message has arrived on it.
     delivered: bool,
+    /// Keepalive bytes since the last message.
+    keepalive_bytes: usize,
 }
 
 impl TcpConnection {
@@ -1158,6 +1166,7 @@ impl TcpConnection {
             opened: now,
             last_activity: now,
             delivered: false,
+            keepalive_bytes: 0,
         }
     }
 
@@ -1246,6 +1255,33 @@ impl TcpConnection {
         self.last_activity = std::time::Instant::now();
         if writer.send(bytes).is_err() {
             ctx.stop();
+        }
+    }
+
+    /// Keepalives are activity, pass the source's rate bucket like a
+    /// message, and a ping gets its pong (one for what one read brought:
+    /// a flood of pings is not answered byte for byte). Past
+    /// [`MAX_KEEPALIVE_BYTES`] between two messages the connection closes.
+    fn on_keepalives(&mut self, keepalives: sip::framing::Keepalives, ctx: &mut Context<Self>) {
+        self.last_activity = std::time::Instant::now();
+        self.keepalive_bytes += keepalives.bytes;
+        let reason = if self.keepalive_bytes > MAX_KEEPALIVE_BYTES {
+            Some("keepalive_flood")
+        } else if keepalives.bytes > 0
+            && self.transports.edge.admit(self.peer.ip(), Channel::Stream) != Verdict::Pass
+        {
+            Some("rate_limited")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            crate::metrics::get().tcp_refused(reason);
+            tracing::debug!(peer = %self.peer, reason, "closing TCP connection");
+            ctx.stop();
+            return;
+        }
+        if keepalives.pings > 0 {
+            self.write(Bytes::from_static(b"\r\n"), ctx);
         }
     }
 
@@ -1395,14 +1431,29 @@ impl Handler<WriteFailed> for TcpConnection {
     }
 }
 
-impl StreamHandler<io::Result<Bytes>> for TcpConnection {
-    fn handle(&mut self, item: io::Result<Bytes>, ctx: &mut Self::Context) {
+/// What a stream connection's reader hands its actor.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// One framed SIP message.
+    Message(Bytes),
+    /// Keepalives: CR/LF between messages (RFC 5626 §4.4.1), or a
+    /// WebSocket pong (zero bytes).
+    Keepalive(sip::framing::Keepalives),
+}
+
+/// The most keepalive bytes a connection may send between two messages:
+/// a phone sends four every half minute, a flood millions.
+const MAX_KEEPALIVE_BYTES: usize = 64 * 1024;
+
+impl StreamHandler<io::Result<StreamEvent>> for TcpConnection {
+    fn handle(&mut self, item: io::Result<StreamEvent>, ctx: &mut Self::Context) {
         match item {
-            Ok(bytes) if bytes.is_empty() => self.last_activity = std::time::Instant::now(),
-            Ok(bytes) => {
+            Ok(StreamEvent::Keepalive(keepalives)) => self.on_keepalives(keepalives, ctx),
+            Ok(StreamEvent::Message(bytes)) => {
                 let _busy = crate::metrics::actors().tcp.measure();
                 self.last_activity = std::time::Instant::now();
                 self.delivered = true;
+                self.keepalive_bytes = 0;
                 let flow = Flow::Stream(ctx.address(), self.listener, self.protocol);
                 accept_bytes(bytes, self.peer, flow, &self.transports);
             }
@@ -1439,14 +1490,19 @@ struct SipStreamCodec {
 }
 
 impl Decoder for SipStreamCodec {
-    type Item = Bytes;
+    type Item = StreamEvent;
     type Error = io::Error;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<StreamEvent>> {
+        let keepalives = self.framer.take_keepalives(buf);
+        if keepalives.bytes > 0 {
+            buf.advance(keepalives.bytes);
+            return Ok(Some(StreamEvent::Keepalive(keepalives)));
+        }
         match self.framer.next_frame(buf) {
             Ok(Some((skip, len))) => {
                 buf.advance(skip);
-                Ok(Some(buf.split_to(len).freeze()))
+                Ok(Some(StreamEvent::Message(buf.split_to(len).freeze())))
             }
             Ok(None) => Ok(None),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),

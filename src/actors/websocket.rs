@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::actors::transport::StreamEvent;
 use crate::config::WsListen;
 
 /// How often an idle WebSocket is pinged, so NATs and proxies on the way
@@ -107,14 +108,14 @@ where
 /// frames are handled below (pongs are sent as the stream is read).
 pub fn messages(
     stream: impl Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> impl Stream<Item = io::Result<Bytes>> {
+) -> impl Stream<Item = io::Result<StreamEvent>> {
     stream.filter_map(|frame| async move {
         match frame {
-            Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
-            Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
-            // The answer to our ping: the peer is alive (an empty item
-            // keeps the connection's idle timer from closing it).
-            Ok(Message::Pong(_)) => Some(Ok(Bytes::new())),
+            Ok(Message::Text(text)) => Some(Ok(StreamEvent::Message(Bytes::from(text)))),
+            Ok(Message::Binary(bytes)) => Some(Ok(StreamEvent::Message(bytes))),
+            // The answer to our ping: the peer is alive (it keeps the
+            // connection's idle timer from closing it).
+            Ok(Message::Pong(_)) => Some(Ok(StreamEvent::Keepalive(Default::default()))),
             Ok(_) => None,
             Err(error) => Some(Err(io::Error::other(error))),
         }

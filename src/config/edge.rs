@@ -17,7 +17,31 @@ pub struct SecurityConfig {
     pub rate_limit: Option<RateLimitConfig>,
     pub scanner_user_agents: Vec<String>,
     pub on_limit: OnLimit,
+    /// The key of the seals on our Record-Routes (`proxy::seal`): the same
+    /// on every node, so that each accepts the others' dialogs. Unset, a
+    /// random key per run (dialogs then end with a restart).
+    pub route_secret: Option<String>,
+    /// The secret in a file of its own (read at load and on SIGHUP).
+    pub route_secret_file: Option<PathBuf>,
+    /// The key before a rotation: its seals are still accepted.
+    pub route_secret_previous: Option<String>,
+    /// Relay an in-dialog request through our Route that has no seal (for
+    /// a rolling upgrade from a build that wrote none).
+    pub accept_unsealed_routes: bool,
+    pub relay_to: RelayToConfig,
 }
+
+/// `security.relay_to`: networks a relay may always reach, and ones it may
+/// never reach, beyond the built-in rules of `security::relay`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayToConfig {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// The shortest route secret accepted.
+const MIN_ROUTE_SECRET: usize = 16;
 
 impl Default for SecurityConfig {
     fn default() -> Self {
@@ -33,6 +57,11 @@ impl Default for SecurityConfig {
             .map(String::from)
             .to_vec(),
             on_limit: OnLimit::Drop,
+            route_secret: None,
+            route_secret_file: None,
+            route_secret_previous: None,
+            accept_unsealed_routes: false,
+            relay_to: RelayToConfig::default(),
         }
     }
 }
@@ -44,6 +73,10 @@ pub struct RateLimitConfig {
     pub burst: u32,
     #[serde(default = "default_ban_secs")]
     pub ban_secs: u64,
+    /// Messages over the limit within 10 s that ban the source (default:
+    /// the burst): a ban needs a flood, not one stray burst.
+    #[serde(default)]
+    pub ban_after: Option<u32>,
 }
 
 fn default_ban_secs() -> u64 {
@@ -60,6 +93,66 @@ pub enum OnLimit {
 }
 
 impl SecurityConfig {
+    /// The seals keyed by the route secret (from `route_secret` or its
+    /// file) and the previous one; None when neither is set.
+    pub fn dialog_seals(&self) -> Result<Option<crate::proxy::seal::DialogSeals>, FieldError> {
+        // An empty value (`${SIPHON_ROUTE_SECRET:-}` unset) is no secret.
+        let secret = self
+            .route_secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let current = match (secret, &self.route_secret_file) {
+            (Some(secret), _) => secret.as_bytes().to_vec(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    FieldError::new(
+                        "route_secret_file",
+                        format!("cannot read {}: {}", path.display(), io_reason(&e)),
+                    )
+                })?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+            (None, None) => return Ok(None),
+        };
+        if current.len() < MIN_ROUTE_SECRET {
+            return Err(FieldError::new(
+                if secret.is_some() { "route_secret" } else { "route_secret_file" },
+                format!("is shorter than {MIN_ROUTE_SECRET} characters; use a long random string (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        let previous = self
+            .route_secret_previous
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::as_bytes);
+        Ok(Some(crate::proxy::seal::DialogSeals::new(
+            &current, previous,
+        )))
+    }
+
+    /// The relay target policy, for the listeners in `listeners` (the
+    /// CIDRs were checked at load).
+    pub fn relay_policy(
+        &self,
+        listeners: Vec<std::net::SocketAddr>,
+        local_ips: Vec<std::net::IpAddr>,
+    ) -> crate::security::RelayPolicy {
+        let cidrs = |list: &[String]| -> Vec<crate::security::Cidr> {
+            list.iter().filter_map(|t| t.parse().ok()).collect()
+        };
+        let mut allow = cidrs(&self.relay_to.allow);
+        allow.extend(cidrs(&self.trusted));
+        crate::security::RelayPolicy {
+            allow,
+            deny: cidrs(&self.relay_to.deny),
+            listeners,
+            local_ips,
+        }
+    }
+
     /// The guard's policy; the CIDRs were checked at load.
     pub fn policy(&self) -> crate::security::EdgePolicy {
         crate::security::EdgePolicy {
@@ -71,6 +164,7 @@ impl SecurityConfig {
                     per_sec: f64::from(limit.requests_per_sec),
                     burst: f64::from(limit.burst),
                     ban: Duration::from_secs(limit.ban_secs),
+                    ban_after: limit.ban_after.unwrap_or(limit.burst).max(1),
                 }),
             scanner_user_agents: self
                 .scanner_user_agents
@@ -220,11 +314,25 @@ pub(super) fn check_range<T: PartialOrd + fmt::Display>(
     Ok(())
 }
 
-pub(super) fn check_security(s: &SecurityConfig, origin: &Path) -> Result<(), ConfigError> {
-    for (index, text) in s.trusted.iter().enumerate() {
-        text.parse::<crate::security::Cidr>()
-            .map_err(|message| invalid(origin, format!("security.trusted[{index}]"), message))?;
+pub(super) fn check_security(s: &mut SecurityConfig, origin: &Path) -> Result<(), ConfigError> {
+    for (key, list) in [
+        ("security.trusted", &s.trusted),
+        ("security.relay_to.allow", &s.relay_to.allow),
+        ("security.relay_to.deny", &s.relay_to.deny),
+    ] {
+        for (index, text) in list.iter().enumerate() {
+            text.parse::<crate::security::Cidr>()
+                .map_err(|message| invalid(origin, format!("{key}[{index}]"), message))?;
+        }
     }
+    if let Some(file) = &s.route_secret_file {
+        if file.is_relative() {
+            let dir = origin.parent().unwrap_or(Path::new("."));
+            s.route_secret_file = Some(dir.join(file));
+        }
+    }
+    s.dialog_seals()
+        .map_err(|e| invalid(origin, format!("security.{}", e.key), e.message))?;
     if let Some(limit) = &s.rate_limit {
         check_range(
             origin,
@@ -250,6 +358,16 @@ pub(super) fn check_security(s: &SecurityConfig, origin: &Path) -> Result<(), Co
             86_400 * 30,
             "seconds (0: no ban, only the excess is dropped)",
         )?;
+        if let Some(ban_after) = limit.ban_after {
+            check_range(
+                origin,
+                "security.rate_limit.ban_after",
+                ban_after,
+                1,
+                10_000_000,
+                "messages over the limit within 10 s",
+            )?;
+        }
     }
     if let Some(index) = s
         .scanner_user_agents

@@ -42,8 +42,8 @@ pub use self::dns::DnsConfig;
 use self::dns::*;
 use self::edge::*;
 pub use self::edge::{
-    read_credentials_file, AuthConfig, LimitsConfig, OnLimit, RateLimitConfig, SecurityConfig,
-    TcpLimits,
+    read_credentials_file, AuthConfig, LimitsConfig, OnLimit, RateLimitConfig, RelayToConfig,
+    SecurityConfig, TcpLimits,
 };
 pub use self::error::*;
 use self::expand::*;

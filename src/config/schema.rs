@@ -559,14 +559,57 @@ impl Default for MetricsConfig {
 pub struct PrometheusConfig {
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// When set, a scrape must carry `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
-/// The admin HTTP API; off unless `listen` is set.
+/// The admin HTTP API; off unless `listen` is set. With `token` (or
+/// `token_file`), every route needs `Authorization: Bearer <token>`; a
+/// listen address that is not loopback needs one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     #[serde(deserialize_with = "optional_socket_addr")]
     pub listen: Option<SocketAddr>,
+    pub token: Option<String>,
+    /// The token in a file of its own (a relative path is taken from the
+    /// config file's directory).
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The bearer token, from `token` or its file (checked at load).
+    pub fn bearer_token(&self) -> Result<Option<String>, FieldError> {
+        let from_file = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        FieldError::new(
+                            "token_file",
+                            format!("cannot read {}: {}", path.display(), io_reason(&e)),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let token = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .map(str::to_string)
+            .or(from_file)
+            .filter(|t| !t.is_empty());
+        match &token {
+            Some(t) if t.len() < 16 => Err(FieldError::new(
+                if self.token.is_some() { "token" } else { "token_file" },
+                "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 32`)",
+            )),
+            _ => Ok(token),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -604,6 +647,10 @@ pub struct TransactionConfig {
     pub t2_ms: u64,
     pub t4_ms: u64,
     pub timer_c_secs: u64,
+    /// An INVITE's whole life, whatever its provisionals: past it the
+    /// caller gets 408 and the branches are CANCELed (Kamailio's
+    /// `max_inv_lifetime`).
+    pub max_invite_lifetime_secs: u64,
 }
 
 impl Default for TransactionConfig {
@@ -613,6 +660,7 @@ impl Default for TransactionConfig {
             t2_ms: 4000,
             t4_ms: 5000,
             timer_c_secs: 180,
+            max_invite_lifetime_secs: 180,
         }
     }
 }
@@ -629,5 +677,8 @@ impl TransactionConfig {
     }
     pub fn timer_c(&self) -> Duration {
         Duration::from_secs(self.timer_c_secs)
+    }
+    pub fn max_invite_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_invite_lifetime_secs)
     }
 }

@@ -261,7 +261,8 @@ fn design_example_loads_with_every_section() {
     assert_eq!(
         config.metrics.prometheus,
         Some(PrometheusConfig {
-            listen: "127.0.0.1:9090".parse().unwrap()
+            listen: "127.0.0.1:9090".parse().unwrap(),
+            token: None,
         })
     );
     assert_eq!(config.admin.listen, Some("127.0.0.1:9091".parse().unwrap()));

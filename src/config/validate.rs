@@ -29,11 +29,12 @@ impl RawConfig {
         check_share_health(&gateway, &self.server, origin)?;
         check_log(&self.log, origin)?;
         check_transaction(&self.transaction, origin)?;
-        check_security(&self.security, origin)?;
+        check_security(&mut self.security, origin)?;
         check_limits(&self.limits, origin)?;
         check_dns(&self.dns, origin)?;
         let auth = check_auth(self.auth, origin)?;
         check_metrics(&self.metrics, origin)?;
+        check_admin(&mut self.admin, origin)?;
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -179,6 +180,30 @@ pub(super) fn resolve_script(
         path,
         timeout_ms: script.timeout_ms,
     })
+}
+
+/// `admin`: a token file relative to the config; an admin API reachable
+/// from other hosts must ask for a token.
+pub(super) fn check_admin(admin: &mut AdminConfig, origin: &Path) -> Result<(), ConfigError> {
+    if let Some(file) = &admin.token_file {
+        if file.is_relative() {
+            let dir = origin.parent().unwrap_or(Path::new("."));
+            admin.token_file = Some(dir.join(file));
+        }
+    }
+    let token = admin
+        .bearer_token()
+        .map_err(|e| invalid(origin, format!("admin.{}", e.key), e.message))?;
+    match admin.listen {
+        Some(addr) if !addr.ip().is_loopback() && token.is_none() => Err(invalid(
+            origin,
+            "admin.token",
+            format!(
+                "admin.listen {addr} is reachable from other hosts: set admin.token (or admin.token_file), or listen on 127.0.0.1"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn check_metrics(m: &MetricsConfig, origin: &Path) -> Result<(), ConfigError> {
@@ -454,5 +479,13 @@ pub(super) fn check_transaction(t: &TransactionConfig, origin: &Path) -> Result<
         1,
         7200,
         "seconds (RFC 3261 asks for more than 180)",
+    )?;
+    check_range(
+        origin,
+        "transaction.max_invite_lifetime_secs",
+        t.max_invite_lifetime_secs,
+        1,
+        86_400,
+        "seconds (Kamailio's max_inv_lifetime is 180)",
     )
 }

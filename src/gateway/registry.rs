@@ -125,6 +125,9 @@ pub struct Gateways {
     groups: RwLock<HashMap<String, Arc<SharedGroup>>>,
     /// Every destination uri: where it is, and the group it belongs to.
     addresses: RwLock<HashMap<String, (SocketAddr, Arc<SharedGroup>)>>,
+    /// Every destination's IP: a relay there (a backend's Contact in a
+    /// dialog) is to a host the operator named (`security::relay`).
+    hosts: RwLock<std::collections::HashSet<std::net::IpAddr>>,
     /// Where each destination's selections, health and probe figures go.
     metrics: &'static Metrics,
 }
@@ -134,6 +137,7 @@ impl Gateways {
         Gateways {
             groups: RwLock::default(),
             addresses: RwLock::default(),
+            hosts: RwLock::default(),
             metrics,
         }
     }
@@ -205,7 +209,19 @@ impl Gateways {
                     .or_insert_with(|| (dest.address, shared.clone()));
             }
         }
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = addresses
+            .values()
+            .map(|(address, _)| address.ip())
+            .collect();
         *self.addresses.write().unwrap_or_else(|p| p.into_inner()) = addresses;
+    }
+
+    /// True when `ip` is some gateway destination's.
+    pub fn is_destination_host(&self, ip: std::net::IpAddr) -> bool {
+        self.hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip)
     }
 
     /// Brings every destination's `up` gauge up to date (before a scrape).

@@ -28,6 +28,9 @@ pub enum Action {
 pub struct ForkTarget {
     pub uri: String,
     pub path: Vec<String>,
+    /// A registered contact (from `registrar.lookup`): its address may be
+    /// private or loopback (`security::relay`).
+    pub vouched: bool,
 }
 
 /// The outcome of running the script on a request.

@@ -67,6 +67,9 @@ pub enum HopError {
     Unresolvable(String),
     /// The host is not in the cache: the decision waits for a lookup.
     Lookup(String),
+    /// `security.relay_to` refuses the address (see `security::relay`);
+    /// the hop is kept for a target someone vouched for.
+    Refused(Hop, crate::security::RelayRefusal),
 }
 
 impl std::fmt::Display for HopError {
@@ -74,6 +77,9 @@ impl std::fmt::Display for HopError {
         match self {
             HopError::Unsupported(why) | HopError::Unresolvable(why) => f.write_str(why),
             HopError::Lookup(host) => write!(f, "{host} is being looked up"),
+            HopError::Refused(hop, why) => {
+                write!(f, "relay to {} refused: {}", hop.addr, why.as_str())
+            }
         }
     }
 }

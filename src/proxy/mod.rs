@@ -11,6 +11,7 @@ pub mod flow;
 pub mod forward;
 pub mod local;
 pub mod response;
+pub mod seal;
 pub mod timers;
 
 pub use decision::{Action, Decision, ForkTarget, Preroute};

@@ -15,6 +15,8 @@ pub struct TimerSettings {
     pub t2: Duration,
     pub t4: Duration,
     pub timer_c: Duration,
+    /// The longest an INVITE transaction may wait for its final response.
+    pub max_invite_lifetime: Duration,
 }
 
 impl Default for TimerSettings {
@@ -24,6 +26,7 @@ impl Default for TimerSettings {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             timer_c: Duration::from_secs(180),
+            max_invite_lifetime: Duration::from_secs(180),
         }
     }
 }

@@ -475,6 +475,22 @@ impl Registrar {
         self.map().values().map(Vec::len).sum()
     }
 
+    /// True when a live binding's Contact is at `ip` (with or without a
+    /// port): a relay there goes to a registered phone (`security::relay`).
+    /// A walk over the bindings, asked only for a private or loopback
+    /// target that nothing else vouched for.
+    pub fn has_contact_at(&self, ip: std::net::IpAddr, now: u64) -> bool {
+        self.map().values().flatten().any(|binding| {
+            binding.is_live(now)
+                && crate::sip::Uri::parse(&binding.uri).is_ok_and(|uri| {
+                    uri.host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|host| host == ip)
+                })
+        })
+    }
+
     /// Every AoR that has bindings.
     pub fn aors(&self) -> Vec<String> {
         self.map().keys().cloned().collect()

@@ -206,12 +206,15 @@ impl Request {
     }
 
     /// Loose routing (RFC 3261 §16.4). The core has already removed the
-    /// Route values naming this proxy and undone a strict router's
-    /// rewrite; this removes any further value naming us and says whether
-    /// the request carried a Route set, i.e. follows an established route.
+    /// Route values naming this proxy (an in-dialog one only with its
+    /// valid seal) and undone a strict router's rewrite; this removes any
+    /// further value naming us and says whether the topmost Route named
+    /// us: the request follows a route we established. A request whose
+    /// first Route is someone else's is not ours to relay (False).
     fn loose_route(&mut self) -> PyResult<bool> {
         let state = self.state_mut()?;
-        if !state.input.preroute.had_routes {
+        let preroute = &state.input.preroute;
+        if preroute.routes_popped == 0 && preroute.strict_ruri.is_none() {
             return Ok(false);
         }
         let local = state.input.local.clone();
@@ -266,6 +269,7 @@ impl Request {
         let mut parsed = Vec::new();
         for target in targets.try_iter()? {
             let target = target?;
+            let vouched = target.is_instance_of::<super::registrar::Contact>();
             let (uri, path) = match target.getattr("uri") {
                 Ok(uri) => {
                     let path = match target.getattr("path") {
@@ -278,7 +282,7 @@ impl Request {
             };
             sip::Uri::parse(&uri)
                 .map_err(|e| PyValueError::new_err(format!("fork: bad uri {uri:?}: {e}")))?;
-            parsed.push(ForkTarget { uri, path });
+            parsed.push(ForkTarget { uri, path, vouched });
         }
         if parsed.is_empty() {
             return Err(PyValueError::new_err("fork: no targets"));

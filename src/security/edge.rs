@@ -16,16 +16,24 @@ use super::Cidr;
 /// Sources tracked at most; past it, idle buckets are swept and, failing
 /// that, every bucket starts afresh (bans are kept).
 const MAX_SOURCES: usize = 65_536;
-/// Bans held at most; past it, new offenders are dropped but not listed.
+/// Bans held at most; past it, a new offender's whole prefix is banned
+/// ([`wider`]), and failing room for that, the ban nearest its end gives
+/// way: banning never stops.
 const MAX_BANS: usize = 65_536;
+/// How long an overflowing source's strikes are remembered.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
-/// `security.rate_limit`: a token bucket per source IP.
+/// `security.rate_limit`: a token bucket per source (an IPv4 address, an
+/// IPv6 /64).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     pub per_sec: f64,
     pub burst: f64,
     /// How long an offender is banned; zero only drops the excess.
     pub ban: Duration,
+    /// Messages over the limit within [`STRIKE_WINDOW`] that make a ban:
+    /// evidence of a flood, not one stray burst.
+    pub ban_after: u32,
 }
 
 /// What the guard is told to enforce.
@@ -57,6 +65,15 @@ impl EdgePolicy {
     }
 }
 
+/// How a message reached us. A datagram's source address is whatever the
+/// sender wrote, so datagrams alone can only ban datagrams; a stream's was
+/// proven by its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Datagram,
+    Stream,
+}
+
 /// What to do with a message from a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -74,14 +91,15 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BanReason {
     RateLimit,
-    Scanner,
+    /// Failed digest authentications past `auth.max_failures`.
+    AuthFailures,
 }
 
 impl BanReason {
     pub fn as_str(self) -> &'static str {
         match self {
             BanReason::RateLimit => "rate_limit",
-            BanReason::Scanner => "scanner",
+            BanReason::AuthFailures => "auth_failures",
         }
     }
 }
@@ -90,6 +108,8 @@ impl BanReason {
 struct Ban {
     until: Instant,
     reason: BanReason,
+    /// The evidence came by datagrams only: streams stay open.
+    datagrams_only: bool,
     /// Messages dropped while it lasts.
     dropped: u64,
 }
@@ -97,9 +117,13 @@ struct Ban {
 /// One ban, as `GET /admin/bans` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanEntry {
-    pub ip: IpAddr,
+    /// The banned network: one address, an IPv6 /64, or a wider prefix
+    /// once the table is full.
+    pub network: Cidr,
     pub remaining_secs: u64,
     pub reason: BanReason,
+    /// Only UDP is refused (the evidence came by datagrams).
+    pub udp_only: bool,
     pub dropped: u64,
 }
 
@@ -107,6 +131,9 @@ pub struct BanEntry {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// Messages over the limit since `strikes_since`.
+    strikes: u32,
+    strikes_since: Instant,
 }
 
 /// Counts since the last summary.
@@ -115,8 +142,8 @@ pub struct EdgeSummary {
     pub rate_limited: u64,
     pub banned_dropped: u64,
     pub scanners: u64,
-    /// Sources banned in the interval (the first few, and how many in all).
-    pub new_bans: Vec<IpAddr>,
+    /// Networks banned in the interval (the first few, and how many in all).
+    pub new_bans: Vec<Cidr>,
     pub new_ban_count: u64,
     pub active_bans: usize,
 }
@@ -137,8 +164,8 @@ const NAMED_BANS: usize = 8;
 #[derive(Debug)]
 pub struct EdgeGuard {
     policy: EdgePolicy,
-    buckets: HashMap<IpAddr, Bucket>,
-    bans: HashMap<IpAddr, Ban>,
+    buckets: HashMap<(IpAddr, Channel), Bucket>,
+    bans: HashMap<Cidr, Ban>,
     summary: EdgeSummary,
 }
 
@@ -162,33 +189,43 @@ impl EdgeGuard {
         self.policy.rate_limit.is_some() || !self.bans.is_empty()
     }
 
+    /// The ban in force on `ip` for `channel`, if any.
+    fn ban_on(&mut self, now: Instant, ip: IpAddr, channel: Channel) -> Option<&mut Ban> {
+        let key = [source_network(ip), wider(ip)].into_iter().find(|key| {
+            self.bans.get(key).is_some_and(|ban| {
+                ban.until > now && !(ban.datagrams_only && channel == Channel::Stream)
+            })
+        })?;
+        self.bans.get_mut(&key)
+    }
+
     /// Checks one message (any kind, parsed or not) from `ip`.
-    pub fn check(&mut self, now: Instant, ip: IpAddr) -> Verdict {
+    pub fn check(&mut self, now: Instant, ip: IpAddr, channel: Channel) -> Verdict {
         let ip = canonical(ip);
         if self.policy.is_trusted(ip) {
             return Verdict::Pass;
         }
-        if let Some(ban) = self.bans.get_mut(&ip) {
-            if ban.until > now {
-                ban.dropped += 1;
-                self.summary.banned_dropped += 1;
-                let remaining = ban.until.saturating_duration_since(now);
-                return self.limited(remaining);
-            }
-            self.bans.remove(&ip);
+        if let Some(ban) = self.ban_on(now, ip, channel) {
+            ban.dropped += 1;
+            let remaining = ban.until.saturating_duration_since(now);
+            self.summary.banned_dropped += 1;
+            return self.limited(remaining);
         }
         let Some(limit) = self.policy.rate_limit else {
             return Verdict::Pass;
         };
-        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&ip) {
+        let key = (source_network(ip).network, channel);
+        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&key) {
             self.sweep_buckets(now, limit);
             if self.buckets.len() >= MAX_SOURCES {
                 self.buckets.clear();
             }
         }
-        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+        let bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: limit.burst,
             last: now,
+            strikes: 0,
+            strikes_since: now,
         });
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * limit.per_sec).min(limit.burst);
@@ -198,46 +235,77 @@ impl EdgeGuard {
             return Verdict::Pass;
         }
         self.summary.rate_limited += 1;
-        if limit.ban.is_zero() {
+        if now.saturating_duration_since(bucket.strikes_since) > STRIKE_WINDOW {
+            bucket.strikes = 0;
+            bucket.strikes_since = now;
+        }
+        bucket.strikes += 1;
+        if limit.ban.is_zero() || bucket.strikes < limit.ban_after {
             return self.limited(Duration::from_secs(1));
         }
-        self.buckets.remove(&ip);
-        self.ban(now, ip, limit.ban, BanReason::RateLimit);
+        self.buckets.remove(&key);
+        self.ban(now, ip, channel, limit.ban, BanReason::RateLimit);
         self.limited(limit.ban)
     }
 
-    /// A scanner's request: dropped, and its source banned as a rate-limit
-    /// offender would be (when bans are on). Trusted sources are not banned.
-    pub fn scanner_seen(&mut self, now: Instant, ip: IpAddr) {
-        let ip = canonical(ip);
+    /// A scanner's request: counted (and dropped by the caller). A
+    /// User-Agent is one unverifiable line, so it never bans by itself.
+    pub fn scanner_seen(&mut self) {
         self.summary.scanners += 1;
-        if self.policy.is_trusted(ip) {
-            return;
-        }
-        if let Some(limit) = self.policy.rate_limit.filter(|l| !l.ban.is_zero()) {
-            self.ban(now, ip, limit.ban, BanReason::Scanner);
-        }
     }
 
-    fn ban(&mut self, now: Instant, ip: IpAddr, length: Duration, reason: BanReason) {
-        if self.bans.len() >= MAX_BANS {
+    /// Bans `ip` for `length` on evidence that came by `channel` (trusted
+    /// sources never). Returns false when nothing was banned.
+    pub fn ban(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        channel: Channel,
+        length: Duration,
+        reason: BanReason,
+    ) -> bool {
+        let ip = canonical(ip);
+        if self.policy.is_trusted(ip) || length.is_zero() {
+            return false;
+        }
+        let mut network = source_network(ip);
+        if self.bans.len() >= MAX_BANS && !self.bans.contains_key(&network) {
             self.bans.retain(|_, ban| ban.until > now);
             if self.bans.len() >= MAX_BANS {
-                return;
+                // A full table: ban the prefix, and make room if even that
+                // is new (the ban nearest its end gives way).
+                network = wider(ip);
+                if !self.bans.contains_key(&network) {
+                    if let Some(soonest) = self
+                        .bans
+                        .iter()
+                        .min_by_key(|(_, ban)| ban.until)
+                        .map(|(key, _)| *key)
+                    {
+                        self.bans.remove(&soonest);
+                    }
+                }
             }
         }
+        let datagrams_only = channel == Channel::Datagram
+            && self
+                .bans
+                .get(&network)
+                .is_none_or(|old| old.until <= now || old.datagrams_only);
         self.bans.insert(
-            ip,
+            network,
             Ban {
                 until: now + length,
                 reason,
+                datagrams_only,
                 dropped: 0,
             },
         );
         self.summary.new_ban_count += 1;
         if self.summary.new_bans.len() < NAMED_BANS {
-            self.summary.new_bans.push(ip);
+            self.summary.new_bans.push(network);
         }
+        true
     }
 
     fn limited(&self, remaining: Duration) -> Verdict {
@@ -256,26 +324,31 @@ impl EdgeGuard {
             .bans
             .iter()
             .filter(|(_, ban)| ban.until > now)
-            .map(|(ip, ban)| BanEntry {
-                ip: *ip,
+            .map(|(network, ban)| BanEntry {
+                network: *network,
                 remaining_secs: ban.until.saturating_duration_since(now).as_secs().max(1),
                 reason: ban.reason,
+                udp_only: ban.datagrams_only,
                 dropped: ban.dropped,
             })
             .collect();
         entries.sort_by(|a, b| {
             b.remaining_secs
                 .cmp(&a.remaining_secs)
-                .then(a.ip.cmp(&b.ip))
+                .then(a.network.to_string().cmp(&b.network.to_string()))
         });
         entries
     }
 
-    /// Lifts the ban on `ip` (and forgets its bucket); false when there was none.
+    /// Lifts the bans on `ip` (its address or /64, and its wider prefix)
+    /// and forgets its buckets; false when there was none.
     pub fn lift(&mut self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.buckets.remove(&ip);
-        self.bans.remove(&ip).is_some()
+        let network = source_network(ip).network;
+        self.buckets.retain(|(key, _), _| *key != network);
+        let own = self.bans.remove(&source_network(ip)).is_some();
+        let wide = self.bans.remove(&wider(ip)).is_some();
+        own || wide
     }
 
     /// Forgets expired bans and idle buckets, and returns the counts since
@@ -290,11 +363,15 @@ impl EdgeGuard {
         summary
     }
 
-    /// Drops buckets that have refilled: they hold nothing a fresh one would not.
+    /// Drops buckets that have refilled and hold no recent strikes: they
+    /// hold nothing a fresh one would not.
     fn sweep_buckets(&mut self, now: Instant, limit: RateLimit) {
         let refill = Duration::from_secs_f64(limit.burst / limit.per_sec);
-        self.buckets
-            .retain(|_, bucket| now.saturating_duration_since(bucket.last) < refill);
+        self.buckets.retain(|_, bucket| {
+            now.saturating_duration_since(bucket.last) < refill
+                || (bucket.strikes > 0
+                    && now.saturating_duration_since(bucket.strikes_since) <= STRIKE_WINDOW)
+        });
     }
 
     /// Sources tracked (for tests and the bound).
@@ -311,9 +388,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The unit a source is counted and banned as: its IPv4 address, or its
+/// IPv6 /64 (one subscriber's whole allocation).
+pub fn source_network(ip: IpAddr) -> Cidr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => Cidr::new(IpAddr::V4(v4), 32),
+        IpAddr::V6(v6) => Cidr::new(IpAddr::V6(v6), 64),
+    }
+}
+
+/// The prefix banned once the table is full: a /24, or an IPv6 /48.
+fn wider(ip: IpAddr) -> Cidr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => Cidr::new(IpAddr::V4(v4), 24),
+        IpAddr::V6(v6) => Cidr::new(IpAddr::V6(v6), 48),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UDP: Channel = Channel::Datagram;
+    const TCP: Channel = Channel::Stream;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -326,6 +423,7 @@ mod tests {
                 per_sec,
                 burst,
                 ban: Duration::from_secs(ban_secs),
+                ban_after: burst as u32,
             }),
             scanner_user_agents: vec!["friendly-scanner".into(), "sipvicious".into()],
             reply_on_limit: false,
@@ -333,35 +431,116 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_passes_then_the_source_is_banned_for_ban_secs() {
+    fn a_burst_passes_and_only_a_flood_past_it_bans_for_ban_secs() {
         let mut g = guard(10.0, 20.0, 300);
         let t0 = Instant::now();
         let attacker = ip("127.0.0.9");
         let passed = (0..100)
-            .filter(|_| g.check(t0, attacker) == Verdict::Pass)
+            .filter(|_| g.check(t0, attacker, UDP) == Verdict::Pass)
             .count();
         assert_eq!(passed, 20, "exactly the burst passes at one instant");
         let bans = g.bans(t0);
-        assert_eq!(bans.len(), 1);
-        assert_eq!(bans[0].ip, attacker);
+        assert_eq!(bans.len(), 1, "20 over the limit is evidence");
+        assert_eq!(bans[0].network, source_network(attacker));
         assert_eq!(bans[0].remaining_secs, 300);
         assert_eq!(bans[0].reason, BanReason::RateLimit);
+        assert!(bans[0].udp_only);
         // Still banned late in the ban, although the bucket would have refilled.
-        assert_eq!(
-            g.check(t0 + Duration::from_secs(299), attacker),
-            Verdict::Drop
-        );
+        let late = t0 + Duration::from_secs(299);
+        assert_eq!(g.check(late, attacker, UDP), Verdict::Drop);
         // Free again after it.
-        assert_eq!(
-            g.check(t0 + Duration::from_secs(301), attacker),
-            Verdict::Pass
-        );
-        let summary = g.take_summary(t0 + Duration::from_secs(301));
-        assert_eq!(summary.rate_limited, 1);
-        assert_eq!(summary.banned_dropped, 80);
-        assert_eq!(summary.new_bans, vec![attacker]);
+        let after = t0 + Duration::from_secs(301);
+        assert_eq!(g.check(after, attacker, UDP), Verdict::Pass);
+        let summary = g.take_summary(after);
+        assert_eq!(summary.rate_limited, 20);
+        assert_eq!(summary.banned_dropped, 61);
+        assert_eq!(summary.new_bans, vec![source_network(attacker)]);
         assert_eq!(summary.active_bans, 0);
         assert!(g.take_summary(t0).is_quiet(), "counts start afresh");
+    }
+
+    #[test]
+    fn one_overflow_short_of_the_evidence_is_dropped_not_banned() {
+        let mut g = guard(10.0, 20.0, 300);
+        let t0 = Instant::now();
+        let src = ip("127.0.0.10");
+        let passed = (0..39)
+            .filter(|_| g.check(t0, src, UDP) == Verdict::Pass)
+            .count();
+        assert_eq!(passed, 20);
+        assert!(g.bans(t0).is_empty());
+        // Strikes are forgotten after the window.
+        let later = t0 + STRIKE_WINDOW + Duration::from_secs(1);
+        let passed = (0..39)
+            .filter(|_| g.check(later, src, UDP) == Verdict::Pass)
+            .count();
+        assert_eq!(passed, 20);
+        assert!(g.bans(later).is_empty());
+    }
+
+    #[test]
+    fn a_ban_on_datagram_evidence_leaves_the_address_s_streams_alone() {
+        let mut g = guard(10.0, 5.0, 300);
+        let t0 = Instant::now();
+        let victim = ip("198.51.100.7");
+        for _ in 0..50 {
+            g.check(t0, victim, UDP);
+        }
+        assert_eq!(g.check(t0, victim, UDP), Verdict::Drop);
+        assert_eq!(
+            g.check(t0, victim, TCP),
+            Verdict::Pass,
+            "its TCP/TLS/WS go on"
+        );
+        // Evidence from its own stream bans it everywhere.
+        for _ in 0..50 {
+            g.check(t0, victim, TCP);
+        }
+        assert_eq!(g.check(t0, victim, TCP), Verdict::Drop);
+        assert!(!g.bans(t0)[0].udp_only);
+    }
+
+    #[test]
+    fn ipv6_sources_count_and_ban_per_64() {
+        let mut g = guard(10.0, 5.0, 300);
+        let t0 = Instant::now();
+        // One flooder spread over its /64: every address shares one bucket.
+        for n in 0..40u16 {
+            g.check(t0, ip(&format!("2001:db8:1:2::{n:x}")), UDP);
+        }
+        assert_eq!(g.check(t0, ip("2001:db8:1:2:ffff::1"), UDP), Verdict::Drop);
+        assert_eq!(g.bans(t0)[0].network.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            g.check(t0, ip("2001:db8:1:3::1"), UDP),
+            Verdict::Pass,
+            "the next /64"
+        );
+    }
+
+    #[test]
+    fn a_full_ban_table_bans_prefixes_instead_of_giving_up() {
+        let mut g = guard(10.0, 1.0, 300);
+        let t0 = Instant::now();
+        for n in 0..MAX_BANS as u32 {
+            let src = IpAddr::from((0xC633_0000u32 + n).to_be_bytes());
+            assert!(g.ban(t0, src, UDP, Duration::from_secs(300), BanReason::RateLimit));
+        }
+        assert_eq!(g.bans.len(), MAX_BANS);
+        let late = ip("203.0.113.77");
+        assert!(g.ban(
+            t0,
+            late,
+            UDP,
+            Duration::from_secs(300),
+            BanReason::RateLimit
+        ));
+        assert!(g.bans.len() <= MAX_BANS);
+        assert_eq!(g.check(t0, late, UDP), Verdict::Drop);
+        assert_eq!(
+            g.check(t0, ip("203.0.113.5"), UDP),
+            Verdict::Drop,
+            "its /24"
+        );
     }
 
     #[test]
@@ -372,7 +551,7 @@ mod tests {
         for i in 0..3000u64 {
             // 25 messages a second for two minutes.
             let now = t0 + Duration::from_millis(i * 40);
-            assert_eq!(g.check(now, phone), Verdict::Pass, "message {i}");
+            assert_eq!(g.check(now, phone, UDP), Verdict::Pass, "message {i}");
         }
     }
 
@@ -381,13 +560,19 @@ mod tests {
         let mut g = guard(1.0, 1.0, 300);
         let t0 = Instant::now();
         for _ in 0..1000 {
-            assert_eq!(g.check(t0, ip("10.1.2.3")), Verdict::Pass);
+            assert_eq!(g.check(t0, ip("10.1.2.3"), UDP), Verdict::Pass);
         }
-        g.scanner_seen(t0, ip("10.1.2.3"));
+        assert!(!g.ban(
+            t0,
+            ip("10.1.2.3"),
+            TCP,
+            Duration::from_secs(9),
+            BanReason::AuthFailures
+        ));
         assert!(g.bans(t0).is_empty());
         // An IPv4-mapped IPv6 source is the IPv4 address.
-        assert_eq!(g.check(t0, ip("::ffff:10.9.9.9")), Verdict::Pass);
-        assert_eq!(g.check(t0, ip("::ffff:10.9.9.9")), Verdict::Pass);
+        assert_eq!(g.check(t0, ip("::ffff:10.9.9.9"), UDP), Verdict::Pass);
+        assert_eq!(g.check(t0, ip("::ffff:10.9.9.9"), UDP), Verdict::Pass);
     }
 
     #[test]
@@ -395,10 +580,10 @@ mod tests {
         let mut g = guard(5.0, 5.0, 60);
         let t0 = Instant::now();
         for _ in 0..50 {
-            g.check(t0, ip("127.0.0.66"));
+            g.check(t0, ip("127.0.0.66"), UDP);
         }
-        assert_eq!(g.check(t0, ip("127.0.0.67")), Verdict::Pass);
-        assert_eq!(g.check(t0, ip("2001:db8::1")), Verdict::Pass);
+        assert_eq!(g.check(t0, ip("127.0.0.67"), UDP), Verdict::Pass);
+        assert_eq!(g.check(t0, ip("2001:db8::1"), UDP), Verdict::Pass);
     }
 
     #[test]
@@ -406,16 +591,25 @@ mod tests {
         let mut g = guard(1.0, 2.0, 120);
         g.policy.reply_on_limit = true;
         let t0 = Instant::now();
-        assert_eq!(g.check(t0, ip("127.0.0.5")), Verdict::Pass);
-        assert_eq!(g.check(t0, ip("127.0.0.5")), Verdict::Pass);
+        let src = ip("127.0.0.5");
+        assert_eq!(g.check(t0, src, UDP), Verdict::Pass);
+        assert_eq!(g.check(t0, src, UDP), Verdict::Pass);
+        let refused = Verdict::Refuse {
+            retry_after_secs: 1,
+        };
         assert_eq!(
-            g.check(t0, ip("127.0.0.5")),
+            g.check(t0, src, UDP),
+            refused,
+            "over the limit, not yet banned"
+        );
+        assert_eq!(
+            g.check(t0, src, UDP),
             Verdict::Refuse {
                 retry_after_secs: 120
             }
         );
         assert_eq!(
-            g.check(t0 + Duration::from_secs(20), ip("127.0.0.5")),
+            g.check(t0 + Duration::from_secs(20), src, UDP),
             Verdict::Refuse {
                 retry_after_secs: 100
             }
@@ -428,14 +622,14 @@ mod tests {
         let t0 = Instant::now();
         let src = ip("127.0.0.8");
         let passed = (0..30)
-            .filter(|_| g.check(t0, src) == Verdict::Pass)
+            .filter(|_| g.check(t0, src, UDP) == Verdict::Pass)
             .count();
         assert_eq!(passed, 10);
         assert!(g.bans(t0).is_empty());
         // A second later the bucket has refilled.
         let later = t0 + Duration::from_secs(1);
         let passed = (0..30)
-            .filter(|_| g.check(later, src) == Verdict::Pass)
+            .filter(|_| g.check(later, src, UDP) == Verdict::Pass)
             .count();
         assert_eq!(passed, 10);
     }
@@ -445,24 +639,26 @@ mod tests {
         let mut g = guard(1.0, 1.0, 300);
         let t0 = Instant::now();
         let src = ip("127.0.0.20");
-        g.check(t0, src);
-        g.check(t0, src);
-        assert_eq!(g.check(t0, src), Verdict::Drop);
+        for _ in 0..3 {
+            g.check(t0, src, UDP);
+        }
+        assert_eq!(g.check(t0, src, UDP), Verdict::Drop);
         assert!(g.lift(src));
         assert!(!g.lift(src), "nothing left to lift");
-        assert_eq!(g.check(t0, src), Verdict::Pass);
+        assert_eq!(g.check(t0, src, UDP), Verdict::Pass);
     }
 
     #[test]
-    fn scanners_are_recognised_case_insensitively_and_banned() {
+    fn scanners_are_recognised_case_insensitively_and_never_banned() {
         let mut g = guard(30.0, 60.0, 300);
         assert!(g.policy().is_scanner("friendly-scanner"));
         assert!(g.policy().is_scanner("SIPVicious 0.3.8"));
         assert!(!g.policy().is_scanner("baresip v3.0.0 (x86_64/linux)"));
         let t0 = Instant::now();
-        g.scanner_seen(t0, ip("127.0.0.30"));
-        assert_eq!(g.check(t0, ip("127.0.0.30")), Verdict::Drop);
-        assert_eq!(g.bans(t0)[0].reason, BanReason::Scanner);
+        g.scanner_seen();
+        assert_eq!(g.check(t0, ip("127.0.0.30"), UDP), Verdict::Pass);
+        assert!(g.bans(t0).is_empty());
+        assert_eq!(g.take_summary(t0).scanners, 1);
     }
 
     #[test]
@@ -471,7 +667,7 @@ mod tests {
         let t0 = Instant::now();
         for n in 0..(MAX_SOURCES as u32 * 3) {
             let src = IpAddr::from((0xC612_0000u32 + n).to_be_bytes());
-            g.check(t0, src);
+            g.check(t0, src, UDP);
         }
         assert!(g.tracked_sources() <= MAX_SOURCES);
         // Idle sources are forgotten once their bucket would be full again.

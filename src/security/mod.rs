@@ -4,12 +4,16 @@
 
 pub mod digest;
 pub mod edge;
+pub mod relay;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-pub use edge::{BanEntry, BanReason, EdgeGuard, EdgePolicy, EdgeSummary, RateLimit, Verdict};
+pub use edge::{
+    BanEntry, BanReason, Channel, EdgeGuard, EdgePolicy, EdgeSummary, RateLimit, Verdict,
+};
+pub use relay::{RelayPolicy, RelayRefusal};
 
 /// An IP network, `192.0.2.0/24` or `2001:db8::/32`; a bare address is a
 /// network of one.
@@ -20,6 +24,27 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network of `prefix` bits around `ip` (host bits cleared, so two
+    /// addresses of one network make equal values).
+    pub fn new(ip: IpAddr, prefix: u8) -> Cidr {
+        let network = match ip {
+            IpAddr::V4(v4) => {
+                let prefix = prefix.min(32);
+                IpAddr::V4((u32::from(v4) & mask32(prefix)).into())
+            }
+            IpAddr::V6(v6) => {
+                let prefix = prefix.min(128);
+                IpAddr::V6((u128::from(v6) & mask128(prefix)).into())
+            }
+        };
+        let prefix = if ip.is_ipv4() {
+            prefix.min(32)
+        } else {
+            prefix.min(128)
+        };
+        Cidr { network, prefix }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -77,8 +102,14 @@ impl FromStr for Cidr {
 }
 
 impl fmt::Display for Cidr {
+    /// `192.0.2.0/24`; a network of one address is the address alone.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        let host = if self.network.is_ipv4() { 32 } else { 128 };
+        if self.prefix == host {
+            write!(f, "{}", self.network)
+        } else {
+            write!(f, "{}/{}", self.network, self.prefix)
+        }
     }
 }
 

@@ -37,8 +37,12 @@ pub struct Rewriter<'m> {
 }
 
 impl<'m> Rewriter<'m> {
+    /// A message that arrived without Content-Length (allowed on UDP and
+    /// WebSocket, where it means "the rest") gets one: every copy we send
+    /// may cross onto a stream, where it is a MUST (RFC 3261 §18.3, §16.6
+    /// step 9) and its absence breaks the framing of the whole connection.
     pub fn new(msg: &'m Message) -> Self {
-        Rewriter {
+        let mut rw = Rewriter {
             msg,
             // Room for a Via, a Record-Route and a rewritten line or two
             // without growing.
@@ -47,7 +51,14 @@ impl<'m> Rewriter<'m> {
             top: Vec::new(),
             appended: Vec::new(),
             edits: Vec::new(),
+        };
+        if msg.header(super::HeaderName::ContentLength).is_none() {
+            rw.append_header(
+                "Content-Length",
+                itoa::Buffer::new().format(msg.body().len()),
+            );
         }
+        rw
     }
 
     fn store(&mut self, parts: &[&[u8]]) -> Span {
@@ -270,6 +281,21 @@ body";
     fn untouched_is_identical() {
         let m = msg();
         assert_eq!(Rewriter::new(&m).finish(), REQ.as_bytes());
+    }
+
+    #[test]
+    fn a_message_without_content_length_gets_one_for_its_body() {
+        let raw = "OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n\
+To: <sip:b@example.com>\r\nFrom: <sip:a@example.com>;tag=1\r\nCall-ID: c\r\n\
+CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\nhello";
+        let m = parse(Bytes::from(raw)).unwrap();
+        let out = parse(Bytes::from(Rewriter::new(&m).finish())).unwrap();
+        assert_eq!(out.header(HeaderName::ContentLength), Some("5"));
+        assert_eq!(out.body(), b"hello");
+        let empty = raw.trim_end_matches("hello");
+        let m = parse(Bytes::from(empty)).unwrap();
+        let out = parse(Bytes::from(Rewriter::new(&m).finish())).unwrap();
+        assert_eq!(out.header(HeaderName::ContentLength), Some("0"));
     }
 
     #[test]

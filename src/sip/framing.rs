@@ -121,9 +121,46 @@ pub struct StreamFramer {
     searched: usize,
     /// The whole length of the message whose headers are in.
     declared: Option<(usize, usize)>,
+    /// How much of a `\r\n\r\n` ping the keepalives so far have spelt.
+    ping_progress: usize,
 }
 
+/// CR/LF keepalives consumed between two messages (RFC 5626 §4.4.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalives {
+    /// How many bytes they were.
+    pub bytes: usize,
+    /// How many double-CRLF pings they completed (each asks for a pong,
+    /// a single CRLF).
+    pub pings: usize,
+}
+
+const PING: &[u8; 4] = b"\r\n\r\n";
+
 impl StreamFramer {
+    /// Consumes the CR and LF bytes at the start of `buf` when no message
+    /// has begun (the caller then drops `bytes` from the front of its
+    /// buffer), so that keepalives never pile up in it.
+    pub fn take_keepalives(&mut self, buf: &[u8]) -> Keepalives {
+        if self.searched > 0 || self.declared.is_some() {
+            return Keepalives::default();
+        }
+        let bytes = leading_crlf(buf);
+        let mut pings = 0;
+        for &byte in &buf[..bytes] {
+            if byte == PING[self.ping_progress] {
+                self.ping_progress += 1;
+            } else {
+                self.ping_progress = usize::from(byte == b'\r');
+            }
+            if self.ping_progress == PING.len() {
+                pings += 1;
+                self.ping_progress = 0;
+            }
+        }
+        Keepalives { bytes, pings }
+    }
+
     /// Same contract as [`frame_len`]; `buf` must hold what the previous
     /// call saw, plus what arrived since (minus any message it returned).
     pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
@@ -147,6 +184,7 @@ impl StreamFramer {
         }
         match self.declared {
             Some((skip, total)) if buf.len() - skip >= total => {
+                // A message between keepalives starts the ping afresh.
                 *self = StreamFramer::default();
                 Ok(Some((skip, total)))
             }
@@ -166,6 +204,36 @@ mod tests {
 
     const MSG: &[u8] =
         b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 5\r\n\r\nhello";
+
+    #[test]
+    fn keepalives_are_consumed_as_they_come_and_double_crlfs_are_pings() {
+        let mut framer = StreamFramer::default();
+        // A ping split across reads, then a lone CRLF (a pong, or noise).
+        assert_eq!(
+            framer.take_keepalives(b"\r\n\r"),
+            Keepalives { bytes: 3, pings: 0 }
+        );
+        assert_eq!(
+            framer.take_keepalives(b"\n"),
+            Keepalives { bytes: 1, pings: 1 }
+        );
+        assert_eq!(
+            framer.take_keepalives(b"\r\n"),
+            Keepalives { bytes: 2, pings: 0 }
+        );
+        assert_eq!(
+            framer.take_keepalives(b"\r\n\r\n\r\n\r\nOPT"),
+            Keepalives { bytes: 8, pings: 2 }
+        );
+        assert_eq!(framer.take_keepalives(b"OPTIONS"), Keepalives::default());
+        // Inside a message, CRLFs are the message's own.
+        assert_eq!(framer.next_frame(&MSG[..30]).unwrap(), None);
+        assert_eq!(framer.take_keepalives(b"\r\n"), Keepalives::default());
+        // A flood of them is consumed whole each time: nothing is kept.
+        let mut framer = StreamFramer::default();
+        let flood = vec![b'\n'; 1 << 20];
+        assert_eq!(framer.take_keepalives(&flood).bytes, flood.len());
+    }
 
     #[test]
     fn frames_complete_and_partial_messages() {

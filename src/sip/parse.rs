@@ -684,7 +684,7 @@ bodyEXTRA";
 
     #[test]
     fn non_utf8_bytes_forward_unless_needed() {
-        let mut raw = INVITE.replace("l: 4\r\n", "").into_bytes();
+        let mut raw = INVITE.as_bytes().to_vec();
         let at = raw.windows(10).position(|w| w == b"X-Custom: ").unwrap() + 10;
         raw.splice(at..at, [0xff, 0xfe, b' ']);
         let m = parse(Bytes::from(raw.clone())).unwrap();
@@ -695,7 +695,7 @@ bodyEXTRA";
             .unwrap();
         assert_eq!(h.value(&m), "");
         assert!(h.value_bytes(&m).starts_with(&[0xff, 0xfe]));
-        assert_eq!(crate::sip::Rewriter::new(&m).finish(), raw);
+        assert_eq!(crate::sip::Rewriter::new(&m).finish(), m.as_bytes());
 
         let mut bad_call_id = INVITE.as_bytes().to_vec();
         let at = bad_call_id.windows(3).position(|w| w == b"i: ").unwrap() + 3;

@@ -152,6 +152,37 @@ pub fn proxy_config(level: &str) -> String {
     PROXY_CONFIG.replace("@LEVEL@", level)
 }
 
+/// Every peer of these tests lives on loopback, which `security.relay_to`
+/// refuses by default (a front proxy must not relay into its own host). A
+/// config that says nothing of `relay_to` gets loopback allowed, as an
+/// operator allows their own network; the tests of the policy set it.
+pub fn allow_loopback_relays(config: &str) -> String {
+    if config.contains("relay_to") {
+        return config.to_string();
+    }
+    let allow = "  relay_to:\n    allow: [\"127.0.0.0/8\", \"::1\"]\n";
+    match config.find("\nsecurity:\n") {
+        Some(at) => {
+            let after = at + "\nsecurity:\n".len();
+            format!("{}{allow}{}", &config[..after], &config[after..])
+        }
+        None => format!("{}\nsecurity:\n{allow}", config.trim_end()),
+    }
+}
+
+/// A Record-Route value of ours without its dialog seal (`;dlg=` and 16
+/// hex digits), for tests that compare the rest of it.
+pub fn unsealed(value: &str) -> String {
+    match value.find(";dlg=") {
+        Some(at) => format!(
+            "{}{}",
+            &value[..at],
+            &value[(at + 5 + 16).min(value.len())..]
+        ),
+        None => value.to_string(),
+    }
+}
+
 /// A running `siphon` daemon in its own temp directory (config, script, log).
 /// Dropping it sends SIGTERM, then SIGKILL after 3 s; if the test is
 /// panicking the log tail is printed to help diagnose it.
@@ -198,7 +229,7 @@ impl Siphon {
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         let port = free_port();
-        let config = yaml_template.replace("@PORT@", &port.to_string());
+        let config = allow_loopback_relays(&yaml_template.replace("@PORT@", &port.to_string()));
         fs::write(dir.path().join("siphon.yaml"), config).map_err(|e| e.to_string())?;
         fs::write(dir.path().join("script.py"), script_text).map_err(|e| e.to_string())?;
         let log = fs::File::create(dir.path().join("siphon.log")).map_err(|e| e.to_string())?;

@@ -47,6 +47,9 @@ pub struct ClientTx {
     /// Timer C's deadline: pushed back by provisionals other than 100,
     /// pulled in to 64·T1 once the branch is CANCELed.
     pub timer_c_due: Instant,
+    /// The end of its INVITE's whole life (`max_invite_lifetime`): Timer C
+    /// is never pushed past it, whatever the provisionals.
+    pub lifetime_end: Option<Instant>,
     /// For a branch to a gateway destination: its index among the relay's
     /// candidates.
     pub candidate: Option<usize>,
@@ -84,11 +87,24 @@ impl ClientTx {
             cancel_sent: false,
             settled: false,
             timer_c_due,
+            lifetime_end: None,
             candidate: None,
             accepted: false,
             abandoned: false,
             failure_reported: false,
         }
+    }
+}
+
+impl ClientTx {
+    /// Moves Timer C to `due`, or to the INVITE's end of life if sooner.
+    pub fn push_timer_c(&mut self, due: Instant) {
+        self.timer_c_due = self.lifetime_end.map_or(due, |end| due.min(end));
+    }
+
+    /// The INVITE has reached its end of life.
+    pub fn past_lifetime(&self, now: Instant) -> bool {
+        self.lifetime_end.is_some_and(|end| now >= end)
     }
 }
 

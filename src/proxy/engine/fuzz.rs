@@ -119,6 +119,8 @@ impl Run {
                 drain_secs: 5,
                 max_transactions: usize::MAX,
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
+                seals: crate::proxy::seal::DialogSeals::new(b"fuzz", None),
+                accept_unsealed: false,
             }),
             now: Instant::now(),
             pending: Vec::new(),
@@ -311,6 +313,7 @@ impl Run {
                         } else {
                             Vec::new()
                         },
+                        vouched: self.rng.chance(50),
                     })
                     .collect(),
             }),

@@ -44,6 +44,7 @@ use crate::proxy::fast_hash::FastMap;
 use crate::proxy::flow::TokenKind;
 use crate::proxy::forward::{self, ForwardEdits, Hop, HopError};
 use crate::proxy::local::{Listener, LocalIdentity};
+use crate::proxy::seal::{sealed_entry, SealCheck};
 use crate::proxy::timers::{TimerKind, TimerOwner, TimerQueue, TimerSettings};
 use crate::sip::{self, build, HeaderName, Message, Method, Protocol, Via};
 
@@ -72,6 +73,11 @@ pub struct EngineConfig {
     /// Names a caller's connection in our Record-Route (one key for every
     /// shard: a token must read the same wherever its request lands).
     pub flow_tokens: crate::proxy::flow::FlowTokens,
+    /// Seal our Record-Routes and check them on in-dialog requests.
+    pub seals: crate::proxy::seal::DialogSeals,
+    /// An in-dialog request through our Route without a seal is relayed
+    /// (a rolling upgrade from a build without seals), not refused.
+    pub accept_unsealed: bool,
 }
 
 /// The Retry-After of a 503 sent because the transaction table is full.
@@ -409,6 +415,21 @@ impl<F: Clone> Engine<F> {
         }
 
         let preroute = route::preroute(&msg, &self.config.local);
+        if let Some(refused) = msg
+            .to_tag()
+            .and_then(|_| self.dialog_route_refusal(&msg, &preroute))
+        {
+            crate::metrics::get().relay_refused(refused);
+            if is_ack {
+                tracing::debug!(
+                    call_id = msg.call_id().unwrap_or(""),
+                    "ACK dropped: our Route without a valid seal"
+                );
+            } else {
+                reply(self, 403, "Forbidden", &[]);
+            }
+            return;
+        }
         let msg = Arc::new(msg);
         self.next_slot += 1;
         let ticket = self.next_slot;
@@ -416,6 +437,7 @@ impl<F: Clone> Engine<F> {
             let invite = method == Some(Method::Invite);
             let mut tx = ServerTx {
                 key,
+                started: now,
                 request: Some(msg.clone()),
                 flow: flow.clone(),
                 protocol,
@@ -486,6 +508,24 @@ impl<F: Clone> Engine<F> {
                 protocol,
                 preroute,
             })),
+        }
+    }
+
+    /// An in-dialog request that pops our Route must carry our seal over
+    /// its dialog (see `proxy::seal`): a Route of ours copied into another
+    /// dialog, or written by hand, is refused. One that pops nothing of
+    /// ours is the script's to judge (`loose_route()` is then False).
+    /// Returns why it is refused, as the metric's reason.
+    fn dialog_route_refusal(&self, msg: &Message, preroute: &Preroute) -> Option<&'static str> {
+        let strict = preroute.strict_ruri.is_some();
+        if preroute.routes_popped == 0 && !strict {
+            return None;
+        }
+        match self.config.seals.check(msg, preroute.routes_popped, strict) {
+            SealCheck::Valid => None,
+            SealCheck::Missing if self.config.accept_unsealed => None,
+            SealCheck::Missing => Some("dialog_seal_missing"),
+            SealCheck::Forged => Some("dialog_seal_forged"),
         }
     }
 
@@ -711,11 +751,25 @@ impl<F: Clone> Engine<F> {
                     decision.action = Some(Action::Fork { targets });
                     return Some(self.defer(ticket, pending, decision, hosts));
                 }
+                let mut refused = 0;
                 for (target, hop) in targets.iter().zip(hops) {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
                         tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
                         continue;
                     }
+                    let hop = match hop {
+                        Err(HopError::Refused(hop, why))
+                            if target.vouched && why.may_be_vouched() =>
+                        {
+                            Ok(hop)
+                        }
+                        Err(HopError::Refused(hop, why)) => {
+                            refused += 1;
+                            relay_refused(&target.uri, &hop, why);
+                            continue;
+                        }
+                        hop => hop,
+                    };
                     match hop {
                         Ok(hop) => {
                             let plan = BranchPlan {
@@ -738,7 +792,11 @@ impl<F: Clone> Engine<F> {
                     .get(&slot)
                     .is_some_and(|tx| tx.context.branches_pending() == 0)
                 {
-                    self.reply_local(slot, 478, "Unresolvable Destination", &[], now);
+                    if refused > 0 {
+                        self.reply_local(slot, 403, "Forbidden", &[], now);
+                    } else {
+                        self.reply_local(slot, 478, "Unresolvable Destination", &[], now);
+                    }
                 }
                 None
             }
@@ -838,6 +896,12 @@ impl<F: Clone> Engine<F> {
                 self.open_branch(now, pending, &decision, plan);
             }
             Err(HopError::Lookup(host)) => return Some((decision, host)),
+            Err(HopError::Refused(hop, why)) => {
+                relay_refused(&target, &hop, why);
+                if let Some(slot) = pending.slot {
+                    self.reply_local(slot, 403, "Forbidden", &[], now)
+                }
+            }
             Err(e) => {
                 tracing::warn!(target = %target, error = %e, "cannot relay");
                 if let Some(slot) = pending.slot {
@@ -1185,6 +1249,10 @@ impl<F: Clone> Engine<F> {
             settings.t1,
             now + settings.timer_c,
         );
+        if let Some(started) = self.servers.get(&slot).map(|tx| tx.started) {
+            client.lifetime_end = Some(started + settings.max_invite_lifetime);
+            client.push_timer_c(now + settings.timer_c);
+        }
         if let Some((index, silence)) = plan.candidate {
             client.candidate = Some(index);
             let owner = TimerOwner::Client(token);
@@ -1236,16 +1304,23 @@ impl<F: Clone> Engine<F> {
         let callee_side = (hop.flow && hop.protocol != Protocol::Udp)
             .then(|| self.flow_entry(TokenKind::RecordRoute, hop.protocol, hop.addr, out_listener));
         let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
+        // Every entry of ours carries the dialog's seal (`proxy::seal`).
+        let msg = &pending.msg;
+        let seal = self
+            .config
+            .seals
+            .seal(msg.call_id().unwrap_or(""), msg.from_tag().unwrap_or(""));
+        let sealed = |entry: &str| sealed_entry(entry, seal);
         let record_route = match (pending.listener == out_listener, callee_side, caller_side) {
-            (true, None, None) => Cow::Borrowed(name(out_listener)),
-            (true, Some(one), None) | (true, None, Some(one)) => Cow::Owned(one),
-            (_, callee_side, caller_side) => Cow::Owned(format!(
+            (true, None, None) => sealed(name(out_listener)),
+            (true, Some(one), None) | (true, None, Some(one)) => sealed(&one),
+            (_, callee_side, caller_side) => format!(
                 "{}, {}",
-                callee_side.as_deref().unwrap_or(name(out_listener)),
-                caller_side.as_deref().unwrap_or(name(pending.listener))
-            )),
+                sealed(callee_side.as_deref().unwrap_or(name(out_listener))),
+                sealed(caller_side.as_deref().unwrap_or(name(pending.listener)))
+            ),
         };
-        (Some(record_route), None)
+        (Some(Cow::Owned(record_route)), None)
     }
 
     /// A token no live client transaction has.
@@ -1270,7 +1345,8 @@ impl<F: Clone> Engine<F> {
         let kind = if invite { TimerKind::B } else { TimerKind::F };
         self.timers.arm(now, settings.timeout(), owner, kind);
         if invite && matches!(client.owner, Owner::Server(_)) {
-            self.timers.arm(now, settings.timer_c, owner, TimerKind::C);
+            let wait = client.timer_c_due.saturating_duration_since(now);
+            self.timers.arm(now, wait, owner, TimerKind::C);
         }
         self.clients.insert(token, client);
     }
@@ -1417,7 +1493,7 @@ impl<F: Clone> Engine<F> {
             // §16.8: only a provisional other than 100 resets Timer C, and
             // nothing extends a branch that is being CANCELed.
             if code > 100 && !client.cancel_sent {
-                client.timer_c_due = now + settings.timer_c;
+                client.push_timer_c(now + settings.timer_c);
             }
             let abandoned = client.abandoned;
             if std::mem::take(&mut client.cancel_pending) {
@@ -1883,8 +1959,13 @@ impl<F: Clone> Engine<F> {
                     return;
                 }
                 // §16.8: CANCEL the branch and act as if it returned 408.
+                let why = if client.past_lifetime(now) {
+                    "max_invite_lifetime"
+                } else {
+                    "Timer C"
+                };
                 self.cancel_branch(token, now);
-                self.branch_timeout(token, now, "Timer C");
+                self.branch_timeout(token, now, why);
             }
             // A CANCELed branch that then answered 2xx is Accepted: Timer M,
             // not the D armed when it was given up, ends it.
@@ -2065,6 +2146,13 @@ fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
 /// port when the Via asked for rport (RFC 3581) or its sent-by port. Over
 /// TCP responses use the request's connection; this is where to open a new
 /// one if that is gone: the source IP and the sent-by port (§18.2.2).
+/// Logs and counts a relay `security.relay_to` refused (a debug line: any
+/// sender can cause one per packet).
+fn relay_refused(target: &str, hop: &Hop, why: crate::security::RelayRefusal) {
+    tracing::debug!(%target, address = %hop.addr, reason = why.as_str(), "relay refused (security.relay_to)");
+    crate::metrics::get().relay_refused(why.label());
+}
+
 fn reply_destination(msg: &Message, source: SocketAddr, protocol: Protocol) -> SocketAddr {
     match protocol {
         Protocol::Udp => forward::reply_address(msg, source),

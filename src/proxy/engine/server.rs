@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -107,6 +107,8 @@ pub enum ServerState {
 
 pub struct ServerTx<F> {
     pub key: ServerKey,
+    /// When the request arrived: an INVITE's life is bounded from here.
+    pub started: Instant,
     /// The request, until a final response is sent (then only the key,
     /// the flow and the last response are needed).
     pub request: Option<Arc<Message>>,

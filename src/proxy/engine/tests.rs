@@ -29,6 +29,7 @@ fn settings() -> TimerSettings {
         t2: Duration::from_secs(4),
         t4: Duration::from_secs(5),
         timer_c: Duration::from_secs(180),
+        max_invite_lifetime: Duration::from_secs(600),
     }
 }
 
@@ -72,6 +73,23 @@ fn request(method: &str, ruri: &str, branch: &str, call_id: &str, extra: &str) -
     parse(&text)
 }
 
+/// A Record-Route value of ours without its dialog seal.
+fn unsealed(value: &str) -> String {
+    match value.find(";dlg=") {
+        Some(at) => format!("{}{}", &value[..at], &value[at + 5 + 16..]),
+        None => value.to_string(),
+    }
+}
+
+/// The `;dlg=` parameter the harness's engine writes for a dialog started
+/// with TAG.
+fn sealed_for(call_id: &str, tag: &str) -> String {
+    let seal = crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None).seal(call_id, tag);
+    format!(";dlg={seal:016x}")
+}
+
+const HARNESS_ROUTE_SECRET: &[u8] = b"test";
+
 /// The engine, the virtual clock, and everything it put out so far.
 struct Harness {
     engine: Engine<u32>,
@@ -110,6 +128,8 @@ impl Harness {
                 drain_secs: 7,
                 max_transactions: usize::MAX,
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
+                seals: crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None),
+                accept_unsealed: false,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -288,6 +308,7 @@ fn fork(targets: &[&str]) -> Action {
             .map(|uri| ForkTarget {
                 uri: uri.to_string(),
                 path: Vec::new(),
+                vouched: false,
             })
             .collect(),
     }
@@ -843,6 +864,40 @@ fn a_180_resets_timer_c() {
 }
 
 #[test]
+fn an_invite_held_by_180s_ends_at_its_max_lifetime_with_408_and_cancel() {
+    let mut h = Harness::new();
+    h.engine.config.timers.max_invite_lifetime = Duration::from_secs(100);
+    h.relay(invite("held"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    // A 180 every 30 s would push Timer C (180 s) back for ever.
+    let mut cancelled_at = None;
+    for second in 1..=200u64 {
+        h.advance(Duration::from_secs(1));
+        if second % 30 == 0 {
+            h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+        }
+        let cancels = h
+            .sent_to(BACKEND1)
+            .iter()
+            .filter(|m| m.method_str() == "CANCEL")
+            .count();
+        if cancels > 0 {
+            cancelled_at = Some(second);
+            break;
+        }
+    }
+    assert_eq!(
+        cancelled_at,
+        Some(100),
+        "CANCELed downstream at the lifetime"
+    );
+    // The CANCEL's 200 and the INVITE's 487 come back: the caller has 408.
+    h.run_for(Duration::from_secs(40), Duration::from_secs(1));
+    let codes = h.distinct_reply_codes();
+    assert!(codes.contains(&408), "{codes:?}");
+}
+
+#[test]
 fn a_6xx_cancels_the_other_branches_and_wins() {
     let mut h = Harness::new();
     let run = h.receive(invite("decline"), UAC, Protocol::Udp).unwrap();
@@ -1099,3 +1154,4 @@ mod flows;
 mod limits;
 mod lookups;
 mod multihomed;
+mod seals;

@@ -115,7 +115,10 @@ fn each_side_is_given_the_address_it_can_reach_and_two_record_routes() {
     assert_eq!(from, BACKEND_SIDE, "it leaves by the backends' interface");
     let via = sent.top_via().expect("our Via");
     assert_eq!((via.host, via.port), ("198.51.100.1", Some(5060)));
-    let routes: Vec<&str> = sent.header_values(HeaderName::RecordRoute).collect();
+    let routes: Vec<String> = sent
+        .header_values(HeaderName::RecordRoute)
+        .map(unsealed)
+        .collect();
     assert_eq!(
         routes,
         ["<sip:198.51.100.1:5060;lr>", "<sip:192.0.2.1:5060;lr>"],
@@ -141,7 +144,10 @@ fn one_interface_on_both_sides_writes_one_record_route() {
     );
     let (sent, from) = sent_from(&mut h, BACKEND1);
     assert_eq!(from, BACKEND_SIDE);
-    let routes: Vec<&str> = sent.header_values(HeaderName::RecordRoute).collect();
+    let routes: Vec<String> = sent
+        .header_values(HeaderName::RecordRoute)
+        .map(unsealed)
+        .collect();
     assert_eq!(routes, ["<sip:198.51.100.1:5060;lr>"]);
 }
 
@@ -158,7 +164,10 @@ fn a_change_of_transport_is_recorded_twice() {
     let (sent, from) = sent_from(&mut h, BACKEND1);
     assert_eq!(from, BACKEND_SIDE_TCP);
     assert_eq!(sent.top_via().map(|v| v.transport), Some("TCP"));
-    let routes: Vec<&str> = sent.header_values(HeaderName::RecordRoute).collect();
+    let routes: Vec<String> = sent
+        .header_values(HeaderName::RecordRoute)
+        .map(unsealed)
+        .collect();
     assert_eq!(
         routes,
         [
@@ -173,17 +182,18 @@ fn a_request_in_the_dialog_pops_both_entries_and_leaves_by_the_other_side() {
     // The callee's BYE comes back through the backends' interface with
     // both our entries on top of its route set.
     let mut h = multihomed();
-    let bye = parse(
+    let seal = sealed_for("bye-back", "a1");
+    let bye = parse(&format!(
         "BYE sip:alice@192.0.2.10:5060 SIP/2.0\n\
          Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-bye;rport\n\
          Max-Forwards: 70\n\
-         Route: <sip:198.51.100.1:5060;lr>, <sip:192.0.2.1:5060;lr>\n\
+         Route: <sip:198.51.100.1:5060;lr{seal}>, <sip:192.0.2.1:5060;lr{seal}>\n\
          From: <sip:bob@example.com>;tag=b1\n\
          To: <sip:alice@example.com>;tag=a1\n\
          Call-ID: bye-back\n\
          CSeq: 2 BYE\n\
          Content-Length: 0\n\n",
-    );
+    ));
     let run = h
         .receive_on(bye, BACKEND1, BACKEND_SIDE)
         .expect("script runs");
@@ -219,7 +229,10 @@ fn ipv6_addresses_are_written_in_brackets() {
     assert_eq!(from, BACKEND_SIDE_V6);
     let via = sent.top_via().expect("our Via");
     assert_eq!((via.host, via.port), ("[2001:db8:2::1]", Some(5060)));
-    let routes: Vec<&str> = sent.header_values(HeaderName::RecordRoute).collect();
+    let routes: Vec<String> = sent
+        .header_values(HeaderName::RecordRoute)
+        .map(unsealed)
+        .collect();
     assert_eq!(
         routes,
         [
@@ -251,7 +264,9 @@ fn an_advertised_name_is_written_and_recognised() {
     let via = sent.top_via().expect("our Via");
     assert_eq!((via.host, via.port), ("sip.example.net", Some(5080)));
     assert_eq!(
-        sent.header(HeaderName::RecordRoute),
+        sent.header(HeaderName::RecordRoute)
+            .map(unsealed)
+            .as_deref(),
         Some("<sip:sip.example.net:5080;lr>")
     );
     // A response naming that Via is ours.
