@@ -14,9 +14,13 @@ REGISTER and the calls to them reach this same node:
 
 With an `auth:` section in the config, a REGISTER must carry digest
 credentials of the user it registers (401 challenge, 403 for someone
-else's AoR), and a new request from one of our own users (From in a local
-domain) must carry proxy credentials (407), so nobody can register or call
-as someone else.
+else's AoR); a new request from one of our own users (From in a local
+domain) must carry proxy credentials (407), so nobody can call as someone
+else; and a request that would leave for another domain must carry them
+whatever its From says, unless its source is in `security.trusted`.
+Without `auth:`, only trusted sources may relay to other domains: anyone
+else gets 403 Not relaying, as from Kamailio's stock config. So this is
+never an open relay.
 """
 from siphon import auth, proxy, registrar, log
 
@@ -57,8 +61,14 @@ def route(request):
         request.fork(contacts)
         return
 
-    if auth.enabled and from_our_user(request) and not auth.check(request):
-        return  # challenged (407)
+    # Leaving for another domain: the sender must prove who it is (or be a
+    # trusted peer), whatever its From says.
+    if not request.source_trusted and request.method != "ACK":
+        if not auth.enabled:
+            request.reply(403, "Not relaying")
+            return
+        if not auth.check(request):
+            return  # challenged (407)
     log.debug(f"relay {request.method} {request.ruri} from {request.source_ip}:{request.source_port}")
     request.record_route()
     request.relay()

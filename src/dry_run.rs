@@ -79,7 +79,10 @@ impl DryRun {
             engine,
             services,
             registrar,
-            local: Arc::new(LocalIdentity::new(&config.domain.local, &listeners)),
+            local: Arc::new(
+                LocalIdentity::new(&config.domain.local, &listeners)
+                    .with_trusted(config.security.policy().trusted),
+            ),
             hosts: HostCache::new(1, 1, Duration::from_secs(1)),
         })
     }

@@ -71,10 +71,10 @@ async fn start(
     }
 
     let listen = transports.listen_addrs();
-    let local = Arc::new(LocalIdentity::new(
-        &config.domain.local,
-        transports.listeners(),
-    ));
+    let local = Arc::new(
+        LocalIdentity::new(&config.domain.local, transports.listeners())
+            .with_trusted(config.security.policy().trusted),
+    );
     // Process-wide, so the script's `gateway` namespace sees the same groups.
     let gateway_service = services.gateways.clone();
     for group in &config.gateway.groups {
@@ -196,6 +196,7 @@ async fn start(
     edge.spawn_summary(Duration::from_secs(summary_every));
     log_actor_metrics(Duration::from_secs(config.metrics.log_interval_secs));
     if let Some(auth) = services.auth.clone() {
+        auth.ban_at(edge.clone());
         sweep_nonce_counts(auth);
     }
     watch_signals(

@@ -481,8 +481,12 @@ struct Registering {
 
 impl Registering {
     fn new(siphon: &Siphon) -> Self {
+        Registering::from_ip(siphon, "127.0.0.1")
+    }
+
+    fn from_ip(siphon: &Siphon, ip: &str) -> Self {
         Registering {
-            peer: UdpPeer::bind(),
+            peer: UdpPeer::bind_ip(ip),
             target: siphon.addr(),
             uri: format!("sip:{}", siphon.addr()),
         }
@@ -490,6 +494,12 @@ impl Registering {
 
     /// A REGISTER for USER's AoR, with AUTHORIZATION when given; the final answer.
     fn register(&self, user: &str, authorization: Option<&str>) -> String {
+        self.try_register(user, authorization)
+            .expect("an answer to REGISTER")
+    }
+
+    /// Like `register`, but None when nothing answers (a banned source).
+    fn try_register(&self, user: &str, authorization: Option<&str>) -> Option<String> {
         let request = RawRequest::new(
             "REGISTER",
             &self.uri,
@@ -512,8 +522,17 @@ impl Registering {
         };
         self.peer.send_to(text.as_bytes(), self.target);
         self.peer
-            .recv_final(Duration::from_secs(3), &mut Vec::new())
-            .expect("an answer to REGISTER")
+            .recv_final(Duration::from_secs(2), &mut Vec::new())
+    }
+
+    /// A fresh MD5 nonce, or None when nothing answers.
+    fn try_nonce(&self) -> Option<String> {
+        let challenge = self.try_register("alice", None)?;
+        header_values(&challenge, "WWW-Authenticate")
+            .into_iter()
+            .find(|c| param(c, "algorithm") == Some("MD5"))
+            .and_then(|c| param(c, "nonce"))
+            .map(str::to_string)
     }
 
     /// A fresh nonce for ALGORITHM from a 401 challenge.
@@ -616,6 +635,99 @@ fn an_expired_nonce_is_answered_stale() {
     let answer = ua.register(
         "alice",
         Some(&authorization("MD5", "alice", "s3cret", &nonce, 1, &ua.uri)),
+    );
+    assert_eq!(status_code(&answer), Some(401));
+    let offers = header_values(&answer, "WWW-Authenticate");
+    assert!(
+        offers.iter().all(|o| param(o, "stale") == Some("true")),
+        "{answer}"
+    );
+}
+
+/// `AUTH_CONFIG` with the guesser's limits and an admin API.
+fn guarded_auth(admin: u16) -> String {
+    AUTH_CONFIG.replace("@TTL@", "300").replace(
+        "log:",
+        &format!(
+            "  max_failures: 10\n  failure_window_secs: 60\n  ban_secs: 300\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nlog:"
+        ),
+    )
+}
+
+/// Guesses from UA, one per fresh nonce, until the source is no longer
+/// answered; the users tried come from USER_OF. How many were answered.
+fn guess_until_banned(ua: &Registering, tries: u32, user_of: impl Fn(u32) -> String) -> u32 {
+    let mut answered = 0;
+    for n in 0..tries {
+        let Some(nonce) = ua.try_nonce() else {
+            break;
+        };
+        let user = user_of(n);
+        let guess = authorization("MD5", &user, &format!("guess{n}"), &nonce, 1, &ua.uri);
+        match ua.try_register(&user, Some(&guess)) {
+            Some(answer) => {
+                assert_eq!(status_code(&answer), Some(401), "{answer}");
+                answered += 1;
+            }
+            None => break,
+        }
+    }
+    answered
+}
+
+#[test]
+fn thirty_wrong_passwords_from_one_source_end_in_a_ban_and_lock_the_user() {
+    let admin = free_port();
+    let siphon = Siphon::start(&guarded_auth(admin), &backend_script());
+    let guesser = Registering::from_ip(&siphon, "127.0.0.80");
+    let answered = guess_until_banned(&guesser, 30, |_| "alice".to_string());
+    assert_eq!(answered, 10, "the 10th failure bans the source");
+    assert!(guesser.try_register("alice", None).is_none(), "banned");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let bans = get_json(admin, "/admin/bans");
+    assert_eq!(bans["bans"][0]["ip"], "127.0.0.80", "{bans}");
+    assert_eq!(bans["bans"][0]["reason"], "auth_failures", "{bans}");
+    // Alice is locked for the window, even with her right password from
+    // elsewhere; Bob is not.
+    let other = Registering::from_ip(&siphon, "127.0.0.81");
+    let nonce = other.nonce("MD5");
+    let alice = other.register(
+        "alice",
+        Some(&authorization(
+            "MD5", "alice", "s3cret", &nonce, 1, &other.uri,
+        )),
+    );
+    assert_eq!(status_code(&alice), Some(403), "{alice}");
+    let nonce = other.nonce("MD5");
+    let bob = other.register(
+        "bob",
+        Some(&authorization(
+            "MD5", "bob", "hunter2", &nonce, 1, &other.uri,
+        )),
+    );
+    assert_eq!(status_code(&bob), Some(200), "{bob}");
+    assert!(siphon.log().contains("source banned"));
+}
+
+#[test]
+fn twenty_users_guessed_from_one_source_end_in_a_ban() {
+    let siphon = Siphon::start(&guarded_auth(free_port()), &backend_script());
+    let guesser = Registering::from_ip(&siphon, "127.0.0.82");
+    let answered = guess_until_banned(&guesser, 20, |n| format!("user{n}"));
+    assert_eq!(answered, 10);
+    assert!(guesser.try_register("alice", None).is_none(), "banned");
+}
+
+#[test]
+fn the_right_password_on_a_nonce_we_did_not_issue_is_stale() {
+    let siphon = Siphon::start(&AUTH_CONFIG.replace("@TTL@", "300"), &backend_script());
+    let ua = Registering::new(&siphon);
+    let made_up = "5f000000-1.00000000000000000000000000000000";
+    let answer = ua.register(
+        "alice",
+        Some(&authorization(
+            "MD5", "alice", "s3cret", made_up, 1, &ua.uri,
+        )),
     );
     assert_eq!(status_code(&answer), Some(401));
     let offers = header_values(&answer, "WWW-Authenticate");

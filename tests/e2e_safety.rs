@@ -178,6 +178,8 @@ fn real_calls_hang_up_from_either_side_through_the_sealed_route() {
 #[test]
 fn an_initial_invite_to_this_host_is_refused_403() {
     let internal = Watched::open();
+    // The sender is even a trusted peer, so proxy.py relays its requests
+    // to their Request-URI: the core's policy refuses them.
     let config = r#"listen:
   udp: ["127.0.0.1:@PORT@"]
 domain:
@@ -185,6 +187,7 @@ domain:
 script:
   path: "script.py"
 security:
+  trusted: ["127.0.0.66/32"]
   relay_to: {allow: []}
 log: {level: debug, format: pretty}
 "#;
@@ -549,4 +552,341 @@ fn an_admin_api_open_to_other_hosts_without_a_token_is_refused() {
     let refused = Siphon::try_start(&config, &seed_lb_script());
     let message = refused.err().expect("the daemon refuses to start");
     assert!(message.contains("admin.token"), "{message}");
+}
+
+// ---------------------------------------------------------------------------
+// proxy.py is no open relay
+// ---------------------------------------------------------------------------
+
+/// proxy.py for example.com only; `@AUTH@` and `@TRUSTED@` filled in. The
+/// relay target (another port on loopback) is allowed, so that only the
+/// script decides.
+const RELAY_CONFIG: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+domain:
+  local: ["example.com"]
+script:
+  path: "script.py"
+security:
+  trusted: [@TRUSTED@]
+  relay_to: {allow: ["127.0.0.0/8"]}
+@AUTH@
+log: {level: info, format: pretty}
+"#;
+
+/// An INVITE claiming a foreign From, sent from SOURCE_IP to the proxy,
+/// for a target on another domain (a UDP peer standing for a gateway):
+/// the proxy's answer, and whether the target heard it.
+fn foreign_invite(config: &str, source_ip: &str) -> (Option<u16>, bool) {
+    let proxy = Siphon::start(config, &example_script("proxy.py"));
+    let target = UdpPeer::bind();
+    let caller = UdpPeer::bind_ip(source_ip);
+    let request = RawRequest::new(
+        "INVITE",
+        &format!("sip:+15550100@{}", target.local_addr()),
+        Transport::Udp,
+        caller.local_addr(),
+    )
+    .render()
+    .replace(
+        &format!("From: <sip:tester@{}>", caller.local_addr()),
+        "From: <sip:boss@evil.example>",
+    );
+    caller.send_to(request.as_bytes(), proxy.addr());
+    let heard = target.recv(Duration::from_secs(1)).is_some();
+    let answer = caller
+        .recv_until(Duration::from_secs(2), &mut Vec::new(), |m| {
+            status_code(m).is_some_and(|c| c >= 300)
+        })
+        .and_then(|m| status_code(&m));
+    (answer, heard)
+}
+
+#[test]
+fn proxy_py_relays_to_another_domain_only_for_those_it_trusts_or_who_authenticate() {
+    let auth = "auth:\n  realm: \"example.com\"\n  credentials: {alice: \"s3cret\"}";
+    let untrusted = RELAY_CONFIG.replace("@TRUSTED@", "");
+    // With auth: a proxy challenge, 407, whatever the From says.
+    let (answer, heard) = foreign_invite(&untrusted.replace("@AUTH@", auth), ATTACKER);
+    assert_eq!(answer, Some(407));
+    assert!(!heard);
+    // Without auth: nobody untrusted relays at all.
+    let (answer, heard) = foreign_invite(&untrusted.replace("@AUTH@", ""), ATTACKER);
+    assert_eq!(answer, Some(403));
+    assert!(!heard);
+    // A trusted peer (a PBX of ours) is relayed.
+    let trusted = RELAY_CONFIG
+        .replace("@TRUSTED@", "\"127.0.0.83\"")
+        .replace("@AUTH@", auth);
+    let (_, heard) = foreign_invite(&trusted, "127.0.0.83");
+    assert!(heard, "the trusted peer's INVITE reached its target");
+}
+
+// ---------------------------------------------------------------------------
+// Bounded INVITEs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_invite_held_by_a_ringing_callee_ends_at_max_invite_lifetime() {
+    let callee = UdpPeer::bind();
+    let config = LB_CONFIG
+        .replace("@B1@", &callee.local_addr().port().to_string())
+        .replace("@TRANSPORT@", "udp")
+        .replace(
+            "log:",
+            "transaction: {timer_c_secs: 180, max_invite_lifetime_secs: 3}\nlog:",
+        );
+    let lb = Siphon::start(&config, &seed_lb_script());
+    let caller = UdpPeer::bind();
+    let invite = RawRequest::new(
+        "INVITE",
+        &format!("sip:bob@{}", lb.addr()),
+        Transport::Udp,
+        caller.local_addr(),
+    );
+    let started = Instant::now();
+    caller.send_to(invite.render().as_bytes(), lb.addr());
+    // The callee rings, and rings again every second (each 180 would
+    // restart Timer C), until a CANCEL comes.
+    let (received, _) = callee.recv(Duration::from_secs(3)).expect("the INVITE");
+    let mut cancelled = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        callee.send_to(
+            common::response_to(&received, 180, "Ringing").as_bytes(),
+            lb.addr(),
+        );
+        if let Some((message, _)) = callee.recv(Duration::from_secs(1)) {
+            if message.starts_with("CANCEL ") {
+                cancelled = Some(started.elapsed());
+                callee.send_to(
+                    common::response_to(&message, 200, "OK").as_bytes(),
+                    lb.addr(),
+                );
+                let to_tag = common::response_to(&received, 487, "Request Terminated");
+                callee.send_to(to_tag.as_bytes(), lb.addr());
+                break;
+            }
+        }
+    }
+    let cancelled = cancelled.expect("the LB CANCELs the held INVITE");
+    assert!(
+        cancelled >= Duration::from_secs(3) && cancelled < Duration::from_secs(5),
+        "CANCEL after {cancelled:?}"
+    );
+    let answer = caller
+        .recv_final(Duration::from_secs(3), &mut Vec::new())
+        .expect("a final answer upstream");
+    assert_eq!(status_code(&answer), Some(408), "{answer}");
+}
+
+// ---------------------------------------------------------------------------
+// Redis with credentials and TLS
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` (or Sentinel) run with ARGS in DIR; killed on drop.
+struct RedisProcess(std::process::Child);
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_redis(program: &str, args: &[String], dir: &std::path::Path) -> RedisProcess {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::fs::File::create(dir.join(format!("{program}.log"))).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    RedisProcess(child)
+}
+
+/// `redis-cli ARGS` (with the password), its output.
+fn redis_cli(args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(args)
+        .env("REDISCLI_AUTH", "primary-password")
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits for redis-cli ARGS to print something with NEEDLE.
+fn wait_for_redis(args: &[&str], needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = redis_cli(args);
+        if out.contains(needle) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const REGISTRAR_CONFIG: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+domain:
+  local: ["example.com", "127.0.0.1"]
+script:
+  path: "script.py"
+registrar:
+  backend: redis
+  redis:
+@REDIS@
+log: {level: info, format: pretty}
+"#;
+
+/// A REGISTER for alice@example.com through SIPHON; its final status.
+fn register_alice(siphon: &Siphon) -> Option<u16> {
+    let peer = UdpPeer::bind();
+    let request = RawRequest::new(
+        "REGISTER",
+        &format!("sip:{}", siphon.addr()),
+        Transport::Udp,
+        peer.local_addr(),
+    )
+    .header("Expires", "600")
+    .render()
+    .replacen(
+        &format!("To: <sip:{}>", siphon.addr()),
+        "To: <sip:alice@example.com>",
+        1,
+    );
+    peer.send_to(request.as_bytes(), siphon.addr());
+    peer.recv_final(Duration::from_secs(3), &mut Vec::new())
+        .and_then(|m| status_code(&m))
+}
+
+#[test]
+fn a_register_is_stored_in_a_password_protected_tls_only_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::tls::TestCa::new();
+    let ca_file = ca.write(dir.path());
+    let server = ca.issue(dir.path(), "redis", &["127.0.0.1"]);
+    let port = free_port();
+    let _redis = spawn_redis(
+        "redis-server",
+        &[
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            server.cert.display().to_string(),
+            "--tls-key-file".into(),
+            server.key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca_file.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            "primary-password".into(),
+            "--save".into(),
+            "".into(),
+        ],
+        dir.path(),
+    );
+    let port_text = port.to_string();
+    let ca_text = ca_file.display().to_string();
+    let cli = [
+        "--tls",
+        "--cacert",
+        ca_text.as_str(),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port_text.as_str(),
+    ];
+    assert!(wait_for_redis(&[&cli[..], &["PING"]].concat(), "PONG").contains("PONG"));
+    let redis = format!(
+        "    url: \"rediss://:primary-password@127.0.0.1:{port}\"\n    tls_ca_file: \"{}\"",
+        ca_file.display()
+    );
+    let siphon = Siphon::start(
+        &REGISTRAR_CONFIG.replace("@REDIS@", &redis),
+        &example_script("proxy.py"),
+    );
+    assert_eq!(register_alice(&siphon), Some(200));
+    let keys = wait_for_redis(&[&cli[..], &["KEYS", "*"]].concat(), "alice@example.com");
+    assert!(
+        keys.contains("alice@example.com"),
+        "Redis holds: {keys:?}\n{}",
+        siphon.log_tail(20)
+    );
+}
+
+#[test]
+fn the_primary_found_through_sentinel_gets_its_own_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary_port = free_port();
+    let _primary = spawn_redis(
+        "redis-server",
+        &[
+            "--port".into(),
+            primary_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--requirepass".into(),
+            "primary-password".into(),
+            "--save".into(),
+            "".into(),
+        ],
+        dir.path(),
+    );
+    let sentinel_port = free_port();
+    std::fs::write(
+        dir.path().join("sentinel.conf"),
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor siphon 127.0.0.1 {primary_port} 1\n\
+             sentinel auth-pass siphon primary-password\n\
+             requirepass sentinel-password\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _sentinel = spawn_redis(
+        "redis-sentinel",
+        &[dir.path().join("sentinel.conf").display().to_string()],
+        dir.path(),
+    );
+    let primary_text = primary_port.to_string();
+    let primary_cli = ["-h", "127.0.0.1", "-p", primary_text.as_str()];
+    assert!(wait_for_redis(&[&primary_cli[..], &["PING"]].concat(), "PONG").contains("PONG"));
+    let sentinel_text = sentinel_port.to_string();
+    let sentinel_up = wait_for_redis(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            sentinel_text.as_str(),
+            "--pass",
+            "sentinel-password",
+            "PING",
+        ],
+        "PONG",
+    );
+    assert!(sentinel_up.contains("PONG"), "{sentinel_up}");
+    let redis = format!(
+        "    sentinels: [\"127.0.0.1:{sentinel_port}\"]\n    master_name: \"siphon\"\n    password: \"primary-password\"\n    sentinel_password: \"sentinel-password\""
+    );
+    let siphon = Siphon::start(
+        &REGISTRAR_CONFIG.replace("@REDIS@", &redis),
+        &example_script("proxy.py"),
+    );
+    assert_eq!(register_alice(&siphon), Some(200));
+    let keys = wait_for_redis(
+        &[&primary_cli[..], &["KEYS", "*"]].concat(),
+        "alice@example.com",
+    );
+    assert!(
+        keys.contains("alice@example.com"),
+        "Redis holds: {keys:?}\n{}",
+        siphon.log_tail(20)
+    );
 }

@@ -4,8 +4,10 @@
 #   1. svmap finds nothing while scanner User-Agents are filtered (default);
 #   2. with the filter emptied, svwar enumerates no user: alice (known) and
 #      unknown extensions get the same 401;
-#   3. svcrack guessing alice's password is banned (GET /admin/bans names it)
-#      and never finds it;
+#   3. svcrack guessing alice's password is banned after auth.max_failures
+#      wrong answers (GET /admin/bans names it, reason auth_failures) and
+#      never finds it; the number of guesses answered before the ban is
+#      printed;
 # and siphon is still running and answering after each.
 # Usage: deploy/sipvicious/run.sh [path/to/siphon]   (exit 0: all passed)
 set -euo pipefail
@@ -59,8 +61,12 @@ echo "$out" | grep -E "^\| (alice|bob|100|101|admin) " && fail "svwar enumerated
 echo "$out" | grep -q "authentication request for an unknown extension" || fail "svwar: $out"
 alive svwar
 echo "ok: svwar enumerated no user"
-curl -s -X DELETE "http://127.0.0.1:$ADMIN/admin/bans/$ATTACKER" >/dev/null || true
-curl -s -X DELETE "http://127.0.0.1:$ADMIN/admin/bans/127.0.0.1" >/dev/null || true
+users_found=$(echo "$out" | grep -cE "^\| (alice|bob|100|101|admin) " || true)
+echo "svwar: $users_found users enumerated"
+json='Content-Type: application/json'
+curl -s -X DELETE -H "$json" "http://127.0.0.1:$ADMIN/admin/bans/$ATTACKER" >/dev/null || true
+curl -s -X DELETE -H "$json" "http://127.0.0.1:$ADMIN/admin/bans/127.0.0.1" >/dev/null || true
+failed_before=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^siphon_auth_checks_total\{reason="failed"\}/ {print $2}')
 for n in $(seq 500); do echo "guess$n"; done > "$WORK/dict.txt"
 out=$(timeout 120 sipvicious_svcrack -b $ATTACKER -u alice -d "$WORK/dict.txt" -p $PORT 127.0.0.1 2>&1 || true)
 echo "$out" | grep -q "correct-horse" && fail "svcrack found the password"
@@ -68,6 +74,8 @@ alive svcrack
 bans=$(curl -s "http://127.0.0.1:$ADMIN/admin/bans")
 # svcrack 0.3.8 ignores -b and sends from 127.0.0.1.
 echo "$bans" | grep -q '"ip":"127.0.0.1"' || fail "svcrack was not banned: $bans"
+failed_after=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^siphon_auth_checks_total\{reason="failed"\}/ {print $2}')
+echo "svcrack: $(( ${failed_after:-0} - ${failed_before:-0} )) wrong passwords answered before the ban"
 echo "ok: svcrack banned ($bans)"
 grep -q correct-horse "$WORK/siphon.log" && fail "the password is in the log"
 stop

@@ -91,6 +91,9 @@ class Request:
     @property
     def source_port(self) -> int: ...
     @property
+    def source_trusted(self) -> bool:
+        """The source address is in `security.trusted`."""
+    @property
     def transport(self) -> str:
         """`udp`, `tcp`, `tls`, `ws` or `wss`."""
     @property

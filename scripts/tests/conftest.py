@@ -23,11 +23,14 @@ def lb() -> Iterator[Harness]:
 
 @pytest.fixture
 def backend_config(tmp_path: Path) -> Path:
-    """A backend node: scripts/proxy.py as registrar and proxy for example.com."""
+    """A backend node: scripts/proxy.py as registrar and proxy for
+    example.com, whose trusted peers (a PBX at 198.51.100.50) may relay
+    to other domains."""
     config = tmp_path / "backend.yaml"
     config.write_text(
         "listen: {udp: [\"127.0.0.1:5060\"], tcp: [\"127.0.0.1:5060\"]}\n"
         "domain: {local: [\"example.com\", \"backend1.example.com\"]}\n"
+        "security: {trusted: [\"198.51.100.50/32\"]}\n"
         f"script: {{path: \"{REPO / 'scripts' / 'proxy.py'}\"}}\n"
         "registrar: {backend: memory}\n"
         "log: {level: warn}\n"

@@ -56,14 +56,20 @@ def test_the_lb_probe_is_answered_here(backend: Harness) -> None:
     assert (d.action, d.code) == ("reply", 200)
 
 
-def test_other_domains_are_relayed_to_their_request_uri(backend: Harness) -> None:
-    d = backend.request("INVITE", ruri="sip:dave@192.0.2.99:5080")
+def test_other_domains_are_relayed_to_their_request_uri_for_a_trusted_peer(backend: Harness) -> None:
+    pbx = "198.51.100.50:5060"
+    d = backend.request("INVITE", ruri="sip:dave@192.0.2.99:5080", source=pbx)
     assert d.action == "relay"
     assert (d.uri, d.address) == ("sip:dave@192.0.2.99:5080", "192.0.2.99:5080")
     assert d.record_route
     # A name the dry run does not look up is named, not resolved.
-    named = backend.request("INVITE", ruri="sip:erin@pbx.example.org")
+    named = backend.request("INVITE", ruri="sip:erin@pbx.example.org", source=pbx)
     assert (named.address, named.fields.get("host")) == (None, "pbx.example.org")
+
+
+def test_no_one_else_relays_through_it_whatever_the_from(backend: Harness) -> None:
+    d = backend.request("INVITE", ruri="sip:dave@192.0.2.99:5080", from_="sip:boss@example.com")
+    assert (d.action, d.code, d.reason) == ("reply", 403, "Not relaying")
 
 
 def test_with_auth_a_register_is_challenged_then_refused_for_someone_else(

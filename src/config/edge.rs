@@ -237,6 +237,30 @@ pub struct AuthConfig {
     /// 3.6 among them) answer only the first challenge and know only MD5.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// Nonces are keyed by it when set, so that every node verifies the
+    /// others' (else a random key per run).
+    #[serde(default)]
+    pub nonce_secret: Option<String>,
+    /// Failed checks within `failure_window_secs` that ban the source (for
+    /// `ban_secs`) and lock the user (403 for one window).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window")]
+    pub failure_window_secs: u64,
+    #[serde(default = "default_auth_ban")]
+    pub ban_secs: u64,
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+fn default_failure_window() -> u64 {
+    60
+}
+
+fn default_auth_ban() -> u64 {
+    600
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -457,6 +481,43 @@ pub(super) fn check_auth(
         86_400,
         "seconds",
     )?;
+    check_range(
+        origin,
+        "auth.max_failures",
+        auth.max_failures,
+        1,
+        1_000_000,
+        "failed checks",
+    )?;
+    check_range(
+        origin,
+        "auth.failure_window_secs",
+        auth.failure_window_secs,
+        1,
+        86_400,
+        "seconds",
+    )?;
+    check_range(
+        origin,
+        "auth.ban_secs",
+        auth.ban_secs,
+        0,
+        86_400 * 30,
+        "seconds (0: no ban)",
+    )?;
+    // An empty value (`${SIPHON_NONCE_SECRET:-}` unset) is no secret.
+    auth.nonce_secret = auth.nonce_secret.take().filter(|s| !s.trim().is_empty());
+    if auth
+        .nonce_secret
+        .as_deref()
+        .is_some_and(|s| s.trim().len() < 16)
+    {
+        return Err(invalid(
+            origin,
+            "auth.nonce_secret",
+            "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 32`)",
+        ));
+    }
     if auth.algorithms.is_empty() {
         return Err(invalid(
             origin,

@@ -474,6 +474,18 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// How long a lookup that missed locally waits for Redis.
     pub lookup_timeout_ms: u64,
+    /// PEM roots the servers' certificates (`rediss://`) must chain to;
+    /// unset, the system's.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Credentials for the primary Sentinel names, or the Cluster nodes
+    /// (a single `url` carries its own: `redis://user:password@host`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The primary Sentinel names is reached over TLS.
+    pub tls: bool,
+    /// Credentials for the Sentinels themselves.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 impl RedisConfig {
@@ -508,6 +520,12 @@ impl Default for RedisConfig {
             cluster: Vec::new(),
             key_prefix: "siphon:reg:".to_string(),
             lookup_timeout_ms: 200,
+            tls_ca_file: None,
+            username: None,
+            password: None,
+            tls: false,
+            sentinel_username: None,
+            sentinel_password: None,
         }
     }
 }

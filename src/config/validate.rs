@@ -24,7 +24,7 @@ impl RawConfig {
         let domain = check_domain(self.domain, origin)?;
         let script = resolve_script(self.script, origin)?;
         let gateway = build_gateway(self.gateway, origin)?;
-        check_registrar(&self.registrar, origin)?;
+        check_registrar(&mut self.registrar, origin)?;
         check_server(&self.server, origin)?;
         check_share_health(&gateway, &self.server, origin)?;
         check_log(&self.log, origin)?;
@@ -281,7 +281,7 @@ fn check_share_health(
 }
 
 pub(super) fn check_registrar(
-    registrar: &RegistrarConfig,
+    registrar: &mut RegistrarConfig,
     origin: &Path,
 ) -> Result<(), ConfigError> {
     let (min, default, max) = (
@@ -319,10 +319,25 @@ pub(super) fn check_registrar(
         1000,
         "contacts per AoR",
     )?;
-    check_redis(&registrar.redis, origin)
+    check_redis(&mut registrar.redis, origin)
 }
 
-fn check_redis(redis: &RedisConfig, origin: &Path) -> Result<(), ConfigError> {
+fn check_redis(redis: &mut RedisConfig, origin: &Path) -> Result<(), ConfigError> {
+    if let Some(file) = &redis.tls_ca_file {
+        let file = if file.is_relative() {
+            origin.parent().unwrap_or(Path::new(".")).join(file)
+        } else {
+            file.clone()
+        };
+        if let Err(e) = std::fs::metadata(&file) {
+            return Err(invalid(
+                origin,
+                "registrar.redis.tls_ca_file",
+                format!("cannot read {}: {}", file.display(), io_reason(&e)),
+            ));
+        }
+        redis.tls_ca_file = Some(file);
+    }
     let given = [
         ("url", redis.url.is_some()),
         ("sentinels", !redis.sentinels.is_empty()),

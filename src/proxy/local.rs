@@ -76,6 +76,9 @@ pub fn split_host_port(text: &str) -> (&str, Option<u16>) {
 pub struct LocalIdentity {
     hosts: Vec<String>,
     ports: Vec<u16>,
+    /// `security.trusted`: peers that are as good as us (a script asks
+    /// `request.source_trusted`).
+    trusted: Vec<crate::security::Cidr>,
 }
 
 impl LocalIdentity {
@@ -101,7 +104,23 @@ impl LocalIdentity {
             add(listener.host().to_ascii_lowercase());
             add(host_text(&listener.local));
         }
-        LocalIdentity { hosts, ports }
+        LocalIdentity {
+            hosts,
+            ports,
+            trusted: Vec::new(),
+        }
+    }
+
+    /// With the networks of `security.trusted`.
+    pub fn with_trusted(mut self, trusted: Vec<crate::security::Cidr>) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// A source in one of the trusted networks.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::security::canonical(ip);
+        self.trusted.iter().any(|net| net.contains(ip))
     }
 
     /// A host (with its port, when the URI has one) that names this proxy.

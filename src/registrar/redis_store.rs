@@ -180,6 +180,8 @@ enum Target {
 /// configured, so a promoted primary is found.
 pub struct Link {
     target: Target,
+    /// `tls_ca_file`'s roots for `rediss://` nodes.
+    roots: Option<redis::TlsCertificates>,
     /// Names the store in logs, without passwords.
     pub name: String,
     /// The connection, with its generation (connections made so far), so
@@ -208,6 +210,78 @@ fn needs_reconnect(e: &redis::RedisError) -> bool {
         )
 }
 
+/// The roots of `registrar.redis.tls_ca_file` (checked at load), for
+/// `rediss://` nodes; None: the system's.
+fn tls_roots(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, String> {
+    let Some(path) = &config.tls_ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "registrar.redis.tls_ca_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// A client for `url`, verifying a `rediss://` server against `roots`.
+fn open_client(url: &str, roots: &Option<redis::TlsCertificates>) -> RedisResult<redis::Client> {
+    match roots {
+        Some(roots) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, roots.clone())
+        }
+        _ => redis::Client::open(url),
+    }
+}
+
+/// A Sentinel client: the Sentinels at `sentinels` (each with its own TLS
+/// when its URL says `rediss://`) with `sentinel_username`/`_password`, and
+/// the primary they name with `username`/`password` (over TLS with `tls`).
+fn sentinel_client(
+    config: &RedisConfig,
+    sentinels: &[String],
+    roots: &Option<redis::TlsCertificates>,
+) -> RedisResult<redis::sentinel::SentinelClient> {
+    use redis::IntoConnectionInfo;
+    let addrs = sentinels
+        .iter()
+        .map(|url| Ok(url.as_str().into_connection_info()?.addr().clone()))
+        .collect::<RedisResult<Vec<_>>>()?;
+    let mut builder = redis::sentinel::SentinelClientBuilder::new(
+        addrs,
+        &config.master_name,
+        redis::sentinel::SentinelServerType::Master,
+    )?;
+    if let Some(username) = &config.username {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = &config.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if config.tls {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    }
+    if let Some(username) = &config.sentinel_username {
+        builder = builder.set_client_to_sentinel_username(username);
+    }
+    if let Some(password) = &config.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if sentinels.iter().any(|url| url.starts_with("rediss://")) {
+        builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+    }
+    if let Some(roots) = roots {
+        builder = builder
+            .set_client_to_redis_certificates(roots.clone())
+            .set_client_to_sentinel_certificates(roots.clone());
+    }
+    builder.build()
+}
+
 impl Link {
     pub fn new(config: &RedisConfig) -> Result<Link, String> {
         let nodes = |key: &str, list: &[String]| -> Result<Vec<String>, String> {
@@ -219,6 +293,7 @@ impl Link {
                 })
                 .collect()
         };
+        let roots = tls_roots(config)?;
         let (target, name) = if !config.sentinels.is_empty() {
             let sentinels = nodes("sentinels", &config.sentinels)?;
             let name = format!(
@@ -230,13 +305,8 @@ impl Link {
                     .collect::<Vec<_>>()
                     .join(",")
             );
-            let client = redis::sentinel::SentinelClient::build(
-                sentinels,
-                config.master_name.clone(),
-                None,
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(|e| format!("registrar.redis.sentinels are not usable: {e}"))?;
+            let client = sentinel_client(config, &sentinels, &roots)
+                .map_err(|e| format!("registrar.redis.sentinels are not usable: {e}"))?;
             (Target::Sentinel(tokio::sync::Mutex::new(client)), name)
         } else if !config.cluster.is_empty() {
             let seeds = nodes("cluster", &config.cluster)?;
@@ -248,20 +318,31 @@ impl Link {
                     .collect::<Vec<_>>()
                     .join(",")
             );
-            let client = redis::cluster::ClusterClient::builder(seeds.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(seeds.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
-                .retries(2)
+                .retries(2);
+            if let Some(username) = &config.username {
+                builder = builder.username(username);
+            }
+            if let Some(password) = &config.password {
+                builder = builder.password(password);
+            }
+            if let Some(roots) = &roots {
+                builder = builder.certs(roots.clone());
+            }
+            let client = builder
                 .build()
                 .map_err(|e| format!("registrar.redis.cluster is not usable: {e}"))?;
             (Target::Cluster(client, seeds), name)
         } else {
             let url = config.url.as_deref().unwrap_or(RedisConfig::DEFAULT_URL);
-            let client = redis::Client::open(url)
+            let client = open_client(url, &roots)
                 .map_err(|e| format!("registrar.redis.url {:?} is not usable: {e}", redact(url)))?;
             (Target::Single(client), redact(url))
         };
         Ok(Link {
+            roots,
             target,
             name,
             current: Mutex::new(None),
@@ -363,7 +444,7 @@ impl Link {
             Target::Sentinel(client) => vec![client.lock().await.async_get_client().await?],
             Target::Cluster(_, seeds) => seeds
                 .iter()
-                .filter_map(|seed| redis::Client::open(seed.as_str()).ok())
+                .filter_map(|seed| open_client(seed, &self.roots).ok())
                 .collect(),
         };
         let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no node to subscribe on"));

@@ -8,6 +8,8 @@ use pyo3::prelude::*;
 
 use super::request::Request;
 use crate::security::digest::{DigestAuth, Outcome, Secret};
+use crate::security::guesses::AuthFailures;
+use crate::security::{BanReason, Channel};
 
 /// Digest authentication shared by every shard. Checks are rare (one per
 /// challenge answered) and short, so one lock is enough.
@@ -15,6 +17,12 @@ pub struct AuthService {
     digest: Mutex<DigestAuth>,
     credentials_file: Option<std::path::PathBuf>,
     configured: std::collections::HashMap<String, Secret>,
+    /// Failed checks by source and by user.
+    failures: Mutex<AuthFailures>,
+    ban: std::time::Duration,
+    /// Where a guesser's source is banned (set at boot; `siphon --check`
+    /// and the dry run have none).
+    edge: std::sync::OnceLock<Arc<crate::actors::edge::Edge>>,
 }
 
 impl AuthService {
@@ -29,7 +37,14 @@ impl AuthService {
                 configured.insert(user.clone(), secret);
             }
         }
-        let key: [u8; 32] = rand::random();
+        // A shared secret lets every node verify the others' nonces.
+        let key: [u8; 32] = match config.nonce_secret.as_deref() {
+            Some(secret) => {
+                use sha2::Digest;
+                sha2::Sha256::digest(secret.trim().as_bytes()).into()
+            }
+            None => rand::random(),
+        };
         let algorithms = config
             .algorithms
             .iter()
@@ -42,7 +57,44 @@ impl AuthService {
             ),
             credentials_file: config.credentials_file.clone(),
             configured,
+            failures: Mutex::new(AuthFailures::new(
+                config.max_failures,
+                config.failure_window_secs,
+            )),
+            ban: std::time::Duration::from_secs(config.ban_secs),
+            edge: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Where sources that fail too often are banned.
+    pub fn ban_at(&self, edge: Arc<crate::actors::edge::Edge>) {
+        let _ = self.edge.set(edge);
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, AuthFailures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a failed check of `user` from `source` over `channel`: the
+    /// source is banned and the user locked once they reach the limit.
+    fn failed(&self, now: u64, source: std::net::IpAddr, channel: Channel, user: &str) {
+        let verdict = self.failures().record(now, source, user);
+        let metrics = crate::metrics::get();
+        if verdict.ban_source {
+            metrics.auth_check("source_banned");
+            tracing::warn!(%source, failures = verdict.source_failures, "auth: too many failed checks; source banned");
+            if let Some(edge) = self.edge.get() {
+                edge.ban(source, channel, self.ban, BanReason::AuthFailures);
+            }
+        }
+        if verdict.user_locked {
+            metrics.auth_check("user_locked");
+            tracing::warn!(%user, "auth: too many failed checks; user locked (403) for a while");
+        }
+    }
+
+    fn is_locked(&self, now: u64, user: &str) -> bool {
+        self.failures().is_locked(now, user)
     }
 
     fn digest(&self) -> std::sync::MutexGuard<'_, DigestAuth> {
@@ -62,9 +114,11 @@ impl AuthService {
         Ok(count)
     }
 
-    /// Forgets the nonce counts of expired nonces (the bound on that table).
+    /// Forgets the nonce counts of expired nonces and the failures of
+    /// past windows (the bound on those tables).
     pub fn sweep(&self, now: u64) {
         self.digest().forget_expired(now);
+        self.failures().sweep(now);
     }
 
     fn check(&self, method: &str, ruri: &str, credentials: Vec<&str>) -> (Outcome, Vec<String>) {
@@ -74,6 +128,7 @@ impl AuthService {
         let challenges = match &outcome {
             Outcome::Authenticated(_) => Vec::new(),
             Outcome::Challenge { stale } => digest.challenges(now, *stale),
+            Outcome::Failed { .. } => digest.challenges(now, false),
         };
         (outcome, challenges)
     }
@@ -123,12 +178,19 @@ impl AuthApi {
             request.borrow_mut().set_auth_user(user)?;
             return Ok(true);
         }
-        let (outcome, proxy_auth) = {
+        let (outcome, proxy_auth, source, channel) = {
             let request = request.borrow();
             let msg = request.message()?;
             let ruri = msg.request_uri().unwrap_or("");
-            let to_registrar =
-                msg.method() == Some(crate::sip::Method::Register) || request.ruri_is_local()?;
+            // A registrar challenges with 401; anything else is relayed,
+            // and a proxy challenges with 407 (RFC 3261 §22.3).
+            let to_registrar = msg.method() == Some(crate::sip::Method::Register);
+            let (source, protocol) = request.source()?;
+            let channel = if protocol == crate::sip::Protocol::Udp {
+                Channel::Datagram
+            } else {
+                Channel::Stream
+            };
             let header = if to_registrar {
                 "Authorization"
             } else {
@@ -143,10 +205,28 @@ impl AuthApi {
             (
                 service.check(msg.method_str(), ruri, credentials),
                 !to_registrar,
+                source.ip(),
+                channel,
             )
         };
         let (outcome, challenges) = outcome;
         let metrics = crate::metrics::get();
+        let now = crate::registrar::unix_now();
+        let named = match &outcome {
+            Outcome::Authenticated(user) | Outcome::Failed { user } => Some(user.as_str()),
+            Outcome::Challenge { .. } => None,
+        };
+        if let Some(user) = named.filter(|user| service.is_locked(now, user)) {
+            metrics.auth_check("locked");
+            tracing::debug!(%user, %source, "auth: user locked after failed checks; 403");
+            request
+                .borrow_mut()
+                .reply_with(403, Some("Forbidden".to_string()), Vec::new())?;
+            return Ok(false);
+        }
+        if let Outcome::Failed { user } = &outcome {
+            service.failed(now, source, channel, user);
+        }
         match outcome {
             Outcome::Authenticated(user) => {
                 metrics.auth_check("ok");
@@ -154,8 +234,13 @@ impl AuthApi {
                 request.borrow_mut().set_auth_user(user)?;
                 Ok(true)
             }
-            Outcome::Challenge { stale } => {
-                metrics.auth_check(if stale { "stale" } else { "challenge" });
+            Outcome::Challenge { .. } | Outcome::Failed { .. } => {
+                let label = match outcome {
+                    Outcome::Challenge { stale: true } => "stale",
+                    Outcome::Failed { .. } => "failed",
+                    _ => "challenge",
+                };
+                metrics.auth_check(label);
                 let (code, reason, name) = if proxy_auth {
                     (407, "Proxy Authentication Required", "Proxy-Authenticate")
                 } else {

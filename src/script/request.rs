@@ -180,6 +180,13 @@ impl Request {
         Ok(self.state()?.input.source.port())
     }
 
+    /// The source is in `security.trusted` (a peer as good as us).
+    #[getter]
+    fn source_trusted(&self) -> PyResult<bool> {
+        let input = &self.state()?.input;
+        Ok(input.local.is_trusted(input.source.ip()))
+    }
+
     #[getter]
     fn transport(&self) -> PyResult<&'static str> {
         Ok(self.state()?.input.protocol.name())
@@ -321,6 +328,12 @@ impl Request {
         Ok(&*self.state()?.input.msg)
     }
 
+    /// Where the request came from, and over what.
+    pub(crate) fn source(&self) -> PyResult<(SocketAddr, Protocol)> {
+        let input = &self.state()?.input;
+        Ok((input.source, input.protocol))
+    }
+
     /// Records a reply with extra headers (used by `registrar.save`).
     pub(crate) fn reply_with(
         &mut self,
@@ -339,12 +352,6 @@ impl Request {
     pub(crate) fn set_auth_user(&mut self, user: String) -> PyResult<()> {
         self.state_mut()?.auth_user = Some(user);
         Ok(())
-    }
-
-    /// True when the Request-URI names this proxy or one of its domains.
-    pub(crate) fn ruri_is_local(&self) -> PyResult<bool> {
-        let state = self.state()?;
-        Ok(state.input.local.is_local_uri(state.ruri()))
     }
 
     fn addr_uri(&self, name: HeaderName) -> PyResult<Option<Uri>> {

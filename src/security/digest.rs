@@ -209,9 +209,18 @@ fn params(mut text: &str) -> Vec<(String, String)> {
 pub enum Outcome {
     /// Valid credentials for this user.
     Authenticated(String),
-    /// Challenge again; `stale` when only the nonce was too old.
+    /// Challenge (again): no credentials for our realm, credentials that
+    /// cannot be checked, or, with `stale`, a right answer to a nonce that
+    /// is too old or not ours (RFC 7616 §3.3: retry at once).
     Challenge { stale: bool },
+    /// A wrong answer (or an unknown user): challenged like any other, and
+    /// counted by the caller against the source and the user.
+    Failed { user: String },
 }
+
+/// Wrong answers after which a nonce is retired: a guesser must come back
+/// for a fresh one each few guesses.
+const NONCE_FAILURES: u8 = 3;
 
 /// The digest checker: realm, users, the nonce key and the nonce counts.
 pub struct DigestAuth {
@@ -226,6 +235,8 @@ pub struct DigestAuth {
     algorithms: Vec<Algorithm>,
     /// Makes every nonce unique, also within one second.
     issued: u64,
+    /// Wrong answers per live nonce (bounded like `counts`).
+    failures: HashMap<String, u8>,
 }
 
 impl DigestAuth {
@@ -243,6 +254,7 @@ impl DigestAuth {
             counts: HashMap::new(),
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             issued: 0,
+            failures: HashMap::new(),
         }
     }
 
@@ -328,9 +340,17 @@ impl DigestAuth {
         else {
             return Outcome::Challenge { stale: false };
         };
-        let Some(issued) = self.issued_at(&creds.nonce) else {
+        // A nonce not ours (another node's without a shared
+        // `nonce_secret`, or made up) is still checked: a right answer to
+        // it is only stale.
+        let issued = self.issued_at(&creds.nonce);
+        if self
+            .failures
+            .get(&creds.nonce)
+            .is_some_and(|n| *n >= NONCE_FAILURES)
+        {
             return Outcome::Challenge { stale: false };
-        };
+        }
         let algorithm = match creds.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(name) => match Algorithm::from_name(name) {
@@ -369,7 +389,7 @@ impl DigestAuth {
                     expected.as_bytes(),
                     creds.response.to_ascii_lowercase().as_bytes(),
                 ) {
-                    return Outcome::Challenge { stale: false };
+                    return self.failed(now, creds);
                 }
                 count
             }
@@ -380,15 +400,19 @@ impl DigestAuth {
                     expected.as_bytes(),
                     creds.response.to_ascii_lowercase().as_bytes(),
                 ) {
-                    return Outcome::Challenge { stale: false };
+                    return self.failed(now, creds);
                 }
                 u32::MAX
             }
         };
         if !valid_user {
-            return Outcome::Challenge { stale: false };
+            return self.failed(now, creds);
         }
-        // Right password, old nonce: the client may retry at once (§22.1).
+        // Right password, old or foreign nonce: the client may retry at
+        // once with a fresh one (§22.1, RFC 7616 §3.3).
+        let Some(issued) = issued else {
+            return Outcome::Challenge { stale: true };
+        };
         if now.saturating_sub(issued) > self.nonce_ttl_secs || issued > now + 60 {
             return Outcome::Challenge { stale: true };
         }
@@ -396,6 +420,25 @@ impl DigestAuth {
             return Outcome::Challenge { stale: false };
         }
         Outcome::Authenticated(creds.username)
+    }
+
+    /// A wrong answer: counted against its nonce (one of ours), which is
+    /// retired after [`NONCE_FAILURES`].
+    fn failed(&mut self, now: u64, creds: Credentials) -> Outcome {
+        if self.issued_at(&creds.nonce).is_some() {
+            if self.failures.len() >= MAX_TRACKED_NONCES
+                && !self.failures.contains_key(&creds.nonce)
+            {
+                self.forget_expired(now);
+            }
+            if self.failures.len() < MAX_TRACKED_NONCES || self.failures.contains_key(&creds.nonce)
+            {
+                *self.failures.entry(creds.nonce).or_insert(0) += 1;
+            }
+        }
+        Outcome::Failed {
+            user: creds.username,
+        }
     }
 
     /// Records `count` for `nonce`; false when it is not above the last one.
@@ -421,13 +464,19 @@ impl DigestAuth {
     /// Drops the counts of nonces that have expired anyway.
     pub fn forget_expired(&mut self, now: u64) {
         let ttl = self.nonce_ttl_secs;
+        let live = |auth: &Self, nonce: &str| {
+            auth.issued_at(nonce)
+                .is_some_and(|issued| now.saturating_sub(issued) <= ttl)
+        };
         let counts = std::mem::take(&mut self.counts);
         self.counts = counts
             .into_iter()
-            .filter(|(nonce, _)| {
-                self.issued_at(nonce)
-                    .is_some_and(|issued| now.saturating_sub(issued) <= ttl)
-            })
+            .filter(|(nonce, _)| live(self, nonce))
+            .collect();
+        let failures = std::mem::take(&mut self.failures);
+        self.failures = failures
+            .into_iter()
+            .filter(|(nonce, _)| live(self, nonce))
             .collect();
     }
 
@@ -531,7 +580,7 @@ mod tests {
         let md5 = answer(Algorithm::Md5, "bob", "hunter2", &nonce, 1, "REGISTER");
         assert_eq!(check(&mut a, &md5), Outcome::Authenticated("bob".into()));
         let sha = answer(Algorithm::Sha256, "bob", "hunter2", &nonce, 2, "REGISTER");
-        assert_eq!(check(&mut a, &sha), Outcome::Challenge { stale: false });
+        assert_eq!(check(&mut a, &sha), Outcome::Failed { user: "bob".into() });
     }
 
     #[test]
@@ -540,8 +589,47 @@ mod tests {
         let nonce = a.nonce(NOW);
         let wrong = answer(Algorithm::Md5, "alice", "guess", &nonce, 1, "REGISTER");
         let unknown = answer(Algorithm::Md5, "mallory", "guess", &nonce, 1, "REGISTER");
-        assert_eq!(check(&mut a, &wrong), Outcome::Challenge { stale: false });
-        assert_eq!(check(&mut a, &unknown), Outcome::Challenge { stale: false });
+        // Both are failures to count, and both get a fresh challenge.
+        assert_eq!(
+            check(&mut a, &wrong),
+            Outcome::Failed {
+                user: "alice".into()
+            }
+        );
+        assert_eq!(
+            check(&mut a, &unknown),
+            Outcome::Failed {
+                user: "mallory".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_nonce_that_failed_a_few_times_is_retired() {
+        let mut a = auth();
+        let nonce = a.nonce(NOW);
+        for n in 1..=u32::from(NONCE_FAILURES) {
+            let wrong = answer(
+                Algorithm::Md5,
+                "alice",
+                &format!("guess{n}"),
+                &nonce,
+                n,
+                "REGISTER",
+            );
+            assert_eq!(
+                check(&mut a, &wrong),
+                Outcome::Failed {
+                    user: "alice".into()
+                }
+            );
+        }
+        // Even the right password is no good on it now: a fresh nonce.
+        let right = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 9, "REGISTER");
+        assert_eq!(check(&mut a, &right), Outcome::Challenge { stale: false });
+        let fresh = a.nonce(NOW);
+        let right = answer(Algorithm::Md5, "alice", "s3cret", &fresh, 1, "REGISTER");
+        assert!(matches!(check(&mut a, &right), Outcome::Authenticated(_)));
     }
 
     #[test]
@@ -564,16 +652,31 @@ mod tests {
         assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: true });
         // With a wrong password it is not stale: stale=true means "only the nonce".
         let wrong = answer(Algorithm::Md5, "alice", "nope", &nonce, 1, "REGISTER");
-        assert_eq!(check(&mut a, &wrong), Outcome::Challenge { stale: false });
+        assert_eq!(
+            check(&mut a, &wrong),
+            Outcome::Failed {
+                user: "alice".into()
+            }
+        );
     }
 
     #[test]
     fn a_forged_nonce_a_foreign_realm_or_another_method_fails() {
         let mut a = auth();
+        // The right password on a nonce that is not ours is only stale
+        // (RFC 7616 §3.3); a wrong one on it is a failure.
         let forged = format!("{NOW:x}.00000000000000000000000000000000");
         let header = answer(Algorithm::Md5, "alice", "s3cret", &forged, 1, "REGISTER");
-        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: false });
-        // A nonce from another process (another key) is not ours either.
+        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: true });
+        let header = answer(Algorithm::Md5, "alice", "guess", &forged, 1, "REGISTER");
+        assert_eq!(
+            check(&mut a, &header),
+            Outcome::Failed {
+                user: "alice".into()
+            }
+        );
+        // A nonce from another process (another key) is not ours either,
+        // unless both share a nonce_secret.
         let mut other = DigestAuth::new("example.com".into(), HashMap::new(), 300, [9; 32]);
         let header = answer(
             Algorithm::Md5,
@@ -583,11 +686,26 @@ mod tests {
             1,
             "REGISTER",
         );
-        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: false });
+        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: true });
+        let mut twin = DigestAuth::new("example.com".into(), HashMap::new(), 300, a.key);
+        let header = answer(
+            Algorithm::Md5,
+            "alice",
+            "s3cret",
+            &twin.nonce(NOW),
+            1,
+            "REGISTER",
+        );
+        assert!(matches!(check(&mut a, &header), Outcome::Authenticated(_)));
         // Computed for INVITE, sent with REGISTER.
         let nonce = a.nonce(NOW);
         let header = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 1, "INVITE");
-        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: false });
+        assert_eq!(
+            check(&mut a, &header),
+            Outcome::Failed {
+                user: "alice".into()
+            }
+        );
         let foreign = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 1, "REGISTER")
             .replace("realm=\"example.com\"", "realm=\"evil.example\"");
         assert_eq!(check(&mut a, &foreign), Outcome::Challenge { stale: false });

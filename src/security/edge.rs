@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::Cidr;
+use super::{canonical, Cidr};
 
 /// Sources tracked at most; past it, idle buckets are swept and, failing
 /// that, every bucket starts afresh (bans are kept).
@@ -377,14 +377,6 @@ impl EdgeGuard {
     /// Sources tracked (for tests and the bound).
     pub fn tracked_sources(&self) -> usize {
         self.buckets.len()
-    }
-}
-
-/// An IPv4-mapped IPv6 address counts as the IPv4 address it carries.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

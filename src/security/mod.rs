@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod edge;
+pub mod guesses;
 pub mod relay;
 
 use std::fmt;
@@ -14,6 +15,15 @@ pub use edge::{
     BanEntry, BanReason, Channel, EdgeGuard, EdgePolicy, EdgeSummary, RateLimit, Verdict,
 };
 pub use relay::{RelayPolicy, RelayRefusal};
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) counts as the IPv4
+/// address it carries.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// An IP network, `192.0.2.0/24` or `2001:db8::/32`; a bare address is a
 /// network of one.

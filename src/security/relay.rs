@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::Cidr;
+use super::{canonical, Cidr};
 
 /// Why a hop is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,14 +104,6 @@ impl RelayPolicy {
                             || ip.is_unspecified()
                             || self.local_ips.contains(&ip))))
         })
-    }
-}
-
-/// An IPv4-mapped IPv6 address judged as the IPv4 address it carries.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -129,7 +129,9 @@ pub fn tail(text: &str, lines: usize) -> String {
 
 /// A config template for the proxy tests. `@PORT@` becomes the daemon's port
 /// (UDP and TCP), `@LEVEL@` the log level. Timers are short so the timeout
-/// tests finish quickly: T1 50 ms gives Timer B = 64*T1 = 3.2 s.
+/// tests finish quickly: T1 50 ms gives Timer B = 64*T1 = 3.2 s. The
+/// callers (sipp on 127.0.0.1) are trusted peers, so proxy.py relays their
+/// calls to the callee's address without asking them to authenticate.
 pub const PROXY_CONFIG: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]
   tcp: ["127.0.0.1:@PORT@"]
@@ -137,6 +139,8 @@ domain:
   local: ["127.0.0.1", "localhost"]
 script:
   path: "script.py"
+security:
+  trusted: ["127.0.0.1/32"]
 transaction:
   t1_ms: 50
   t2_ms: 4000

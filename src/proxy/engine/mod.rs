@@ -1484,6 +1484,13 @@ impl<F: Clone> Engine<F> {
         if code < 200 {
             if client.state == ClientState::Trying {
                 client.state = ClientState::Proceeding;
+                // Timer C only ends a Proceeding branch: one that fired
+                // while the branch was still Trying (a branch opened near
+                // its INVITE's end of life) must come again.
+                if client.invite && client.timer_c_due <= now {
+                    self.timers
+                        .arm(now, Duration::ZERO, TimerOwner::Client(token), TimerKind::C);
+                }
             }
             if client.state != ClientState::Proceeding {
                 return;
