@@ -17,10 +17,10 @@ credentials of the user it registers (401 challenge, 403 for someone
 else's AoR); a new request from one of our own users (From in a local
 domain) must carry proxy credentials (407), so nobody can call as someone
 else; and a request that would leave for another domain must carry them
-whatever its From says, unless its source is in `security.trusted`.
-Without `auth:`, only trusted sources may relay to other domains: anyone
-else gets 403 Not relaying, as from Kamailio's stock config. So this is
-never an open relay.
+whatever its From says and wherever it comes from. Without `auth:`, only
+sources in `security.trusted` may relay to other domains: anyone else gets
+403 Not relaying, as from Kamailio's stock config. So this is never an open
+relay.
 """
 from siphon import auth, proxy, registrar, log
 
@@ -61,14 +61,18 @@ def route(request):
         request.fork(contacts)
         return
 
-    # Leaving for another domain: the sender must prove who it is (or be a
-    # trusted peer), whatever its From says.
-    if not request.source_trusted and request.method != "ACK":
-        if not auth.enabled:
-            request.reply(403, "Not relaying")
-            return
+    # Leaving for another domain. An ACK out of a dialog is no one's: drop it.
+    if request.method == "ACK":
+        return
+    # With auth, the sender must prove who it is, whatever its From says
+    # (behind a front LB every request comes from a trusted address). Without
+    # it, only trusted peers relay.
+    if auth.enabled:
         if not auth.check(request):
             return  # challenged (407)
+    elif not request.source_trusted:
+        request.reply(403, "Not relaying")
+        return
     log.debug(f"relay {request.method} {request.ruri} from {request.source_ip}:{request.source_port}")
     request.record_route()
     request.relay()

@@ -56,6 +56,7 @@ async fn start(
         Transports::bind(&config.listen, config.advertise.as_deref())
             .map_err(|e| format!("cannot listen: {e}"))?;
     let edge = crate::actors::edge::Edge::new(config.security.policy());
+    edge.exempt_destinations(services.gateways.gateways());
     let transports = transports
         .with_limits(edge.clone(), config.limits.tcp.clone())
         .with_tls(tls.clone());

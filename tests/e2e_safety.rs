@@ -614,12 +614,15 @@ fn proxy_py_relays_to_another_domain_only_for_those_it_trusts_or_who_authenticat
     let (answer, heard) = foreign_invite(&untrusted.replace("@AUTH@", ""), ATTACKER);
     assert_eq!(answer, Some(403));
     assert!(!heard);
-    // A trusted peer (a PBX of ours) is relayed.
-    let trusted = RELAY_CONFIG
-        .replace("@TRUSTED@", "\"127.0.0.83\"")
-        .replace("@AUTH@", auth);
-    let (_, heard) = foreign_invite(&trusted, "127.0.0.83");
+    // Without auth, a trusted peer (a PBX of ours) is relayed; with auth,
+    // even it is challenged (behind an LB every request comes from a
+    // trusted address).
+    let trusted = RELAY_CONFIG.replace("@TRUSTED@", "\"127.0.0.83\"");
+    let (_, heard) = foreign_invite(&trusted.replace("@AUTH@", ""), "127.0.0.83");
     assert!(heard, "the trusted peer's INVITE reached its target");
+    let (answer, heard) = foreign_invite(&trusted.replace("@AUTH@", auth), "127.0.0.83");
+    assert_eq!(answer, Some(407));
+    assert!(!heard);
 }
 
 // ---------------------------------------------------------------------------
@@ -889,4 +892,45 @@ fn the_primary_found_through_sentinel_gets_its_own_credentials() {
         "Redis holds: {keys:?}\n{}",
         siphon.log_tail(20)
     );
+}
+
+#[test]
+fn a_gateway_destination_is_never_rate_limited_while_a_stranger_is() {
+    let backend = UdpPeer::bind_ip("127.0.0.84");
+    let config = format!(
+        r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+script:
+  path: "script.py"
+security:
+  rate_limit: {{requests_per_sec: 1, burst: 3, ban_secs: 60}}
+gateway:
+  groups:
+    - name: "backends"
+      destinations:
+        - uri: "sip:backend1.example.com"
+          address: "{}"
+log: {{level: info, format: pretty}}
+"#,
+        backend.local_addr()
+    );
+    let lb = Siphon::start(&config, ANSWER_200);
+    let stranger = UdpPeer::bind_ip("127.0.0.85");
+    let answered = |peer: &UdpPeer| {
+        (0..20)
+            .filter(|_| {
+                let request = RawRequest::new(
+                    "OPTIONS",
+                    &format!("sip:{}", lb.addr()),
+                    Transport::Udp,
+                    peer.local_addr(),
+                );
+                peer.send_to(request.render().as_bytes(), lb.addr());
+                peer.recv_final(Duration::from_millis(300), &mut Vec::new())
+                    .is_some()
+            })
+            .count()
+    };
+    assert_eq!(answered(&backend), 20, "the backend is never limited");
+    assert!(answered(&stranger) <= 5, "the stranger is");
 }

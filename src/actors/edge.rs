@@ -20,6 +20,8 @@ pub struct Edge {
     /// A ban was made without a rate limit (failed authentications): from
     /// then on sources are checked too.
     banning: AtomicBool,
+    /// Gateway destinations: exempt like trusted sources.
+    destinations: std::sync::OnceLock<Arc<crate::gateway::Gateways>>,
 }
 
 impl Edge {
@@ -27,6 +29,7 @@ impl Edge {
         Arc::new(Edge {
             limiting: policy.rate_limit.is_some(),
             banning: AtomicBool::new(false),
+            destinations: std::sync::OnceLock::new(),
             guard: Mutex::new(EdgeGuard::new(policy.clone())),
             policy,
         })
@@ -44,6 +47,9 @@ impl Edge {
     /// Checks a message from `ip`, come by `channel`, before it is parsed.
     pub fn admit(&self, ip: IpAddr, channel: Channel) -> Verdict {
         if !self.limiting && !self.banning.load(Ordering::Relaxed) {
+            return Verdict::Pass;
+        }
+        if self.is_exempt(ip) {
             return Verdict::Pass;
         }
         let verdict = self.guard().check(Instant::now(), ip, channel);
@@ -71,7 +77,6 @@ impl Edge {
             .ban(Instant::now(), ip, channel, length, reason)
         {
             self.banning.store(true, Ordering::Relaxed);
-            crate::metrics::get().edge_dropped(reason.as_str());
         }
     }
 
@@ -83,6 +88,21 @@ impl Edge {
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.policy.is_trusted(ip)
+    }
+
+    /// Never counted nor banned, and first in a full queue: a trusted peer
+    /// or a gateway destination's host.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.policy.is_trusted(ip)
+            || self
+                .destinations
+                .get()
+                .is_some_and(|gateways| gateways.is_destination_host(ip))
+    }
+
+    /// The gateway groups whose destinations are exempt.
+    pub fn exempt_destinations(&self, gateways: Arc<crate::gateway::Gateways>) {
+        let _ = self.destinations.set(gateways);
     }
 
     pub fn bans(&self) -> Vec<BanEntry> {

@@ -305,12 +305,11 @@ impl TransactionShard {
                 "cannot resolve {host} now (too many lookups, or too long a wait)"
             ))),
             Ok(hop) => {
-                let ip = hop.addr.ip();
-                let verdict = policy.verdict(hop.addr, gateways.is_destination_host(ip));
-                match verdict {
+                let configured = gateways.is_destination_address(hop.addr);
+                match policy.verdict(hop.addr, configured) {
                     Err(why)
                         if why.may_be_vouched()
-                            && registrar.has_contact_at(ip, crate::registrar::unix_now()) =>
+                            && registrar.has_contact_at(hop.addr, crate::registrar::unix_now()) =>
                     {
                         Ok(hop)
                     }

@@ -38,6 +38,9 @@ pub use crate::sip::Protocol;
 /// Messages waiting for one transaction shard, beyond which new ones are
 /// dropped (about a second of traffic at the measured peak rate).
 const MAX_QUEUED: i64 = 20_000;
+/// Places past [`MAX_QUEUED`] kept for trusted peers and gateway
+/// destinations, whose messages go first when strangers fill a queue.
+const PRIORITY_RESERVE: i64 = 5_000;
 
 /// Bounds the messages queued for each transaction shard. Each shard has
 /// its own count, taken when a message is sent to it and given back when it
@@ -62,16 +65,21 @@ impl IngressGate {
         }
     }
 
-    /// Takes a place in SHARD's queue; false when it is full.
-    pub fn admit(&self, shard: usize) -> bool {
+    /// Takes a place in SHARD's queue; false when it is full. A message
+    /// from a `priority` source (asked only then) may take one of the
+    /// places kept for them.
+    pub fn admit(&self, shard: usize, priority: impl FnOnce() -> bool) -> bool {
         let Some(queued) = self.queued.get(shard) else {
             return false;
         };
-        if queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
-            queued.fetch_sub(1, Ordering::Relaxed);
-            return false;
+        let before = queued.fetch_add(1, Ordering::Relaxed);
+        if before < self.limit
+            || (before < self.limit + self.limit.min(PRIORITY_RESERVE) && priority())
+        {
+            return true;
         }
-        true
+        queued.fetch_sub(1, Ordering::Relaxed);
+        false
     }
 
     /// SHARD handled a message it was admitted for.
@@ -150,7 +158,15 @@ impl Router {
         }
     }
 
-    pub fn dispatch(&self, msg: Message, source: SocketAddr, flow: Flow) {
+    /// Hands a message to its shard. `priority` says, when the shard's queue
+    /// is full, whether the source is one whose messages go first.
+    pub fn dispatch(
+        &self,
+        msg: Message,
+        source: SocketAddr,
+        flow: Flow,
+        priority: impl FnOnce() -> bool,
+    ) {
         let index = self.shard_of(msg.call_id().unwrap_or(""));
         let shard = &self.shards[index];
         if !shard.connected() {
@@ -160,7 +176,7 @@ impl Router {
         // do_send ignores mailbox capacity, so ingress is bounded here, per
         // shard: past the limit a burst is shed (UDP peers retransmit)
         // instead of growing memory without end.
-        if !self.ingress.admit(index) {
+        if !self.ingress.admit(index, priority) {
             crate::metrics::get().ingress_dropped.inc();
             tracing::debug!(%source, shard = index, "transaction shard overloaded; message dropped");
             return;
@@ -673,7 +689,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 fn accept_bytes(bytes: Bytes, source: SocketAddr, flow: Flow, transports: &Transports) {
     if let Some(msg) = parse_or_answer(bytes, source, &flow, transports) {
         match transports.router.get() {
-            Some(router) => router.dispatch(msg, source, flow),
+            Some(router) => {
+                router.dispatch(msg, source, flow, || transports.edge.is_exempt(source.ip()))
+            }
             None => tracing::warn!(%source, "message before start-up finished; dropped"),
         }
     }
@@ -1512,22 +1530,25 @@ impl Decoder for SipStreamCodec {
 
 #[cfg(test)]
 mod tests {
-    use super::IngressGate;
+    use super::{IngressGate, PRIORITY_RESERVE};
 
     #[test]
     fn a_shard_that_never_drains_does_not_block_the_others() {
         let gate = IngressGate::with_limit(2, 3);
         // Shard 0 is stuck: it takes messages and never handles them.
-        let admitted = (0..10).filter(|_| gate.admit(0)).count();
+        let admitted = (0..10).filter(|_| gate.admit(0, || false)).count();
         assert_eq!(admitted, 3, "shard 0 is bounded");
         // Shard 1 goes on for ever, taking and handling.
         for _ in 0..100_000 {
-            assert!(gate.admit(1), "shard 1 was starved by shard 0");
+            assert!(gate.admit(1, || false), "shard 1 was starved by shard 0");
             gate.release(1);
         }
         // Once shard 0 handles one message, it takes one more.
         gate.release(0);
-        assert!(gate.admit(0));
-        assert!(!gate.admit(0));
+        assert!(gate.admit(0, || false));
+        assert!(!gate.admit(0, || false));
+        // A trusted peer's message still gets in, up to the reserve.
+        let reserve = 3.min(PRIORITY_RESERVE) as usize;
+        assert_eq!((0..10).filter(|_| gate.admit(0, || true)).count(), reserve);
     }
 }

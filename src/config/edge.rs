@@ -21,7 +21,7 @@ pub struct SecurityConfig {
     /// on every node, so that each accepts the others' dialogs. Unset, a
     /// random key per run (dialogs then end with a restart).
     pub route_secret: Option<String>,
-    /// The secret in a file of its own (read at load and on SIGHUP).
+    /// The secret in a file of its own (read at start).
     pub route_secret_file: Option<PathBuf>,
     /// The key before a rotation: its seals are still accepted.
     pub route_secret_previous: Option<String>,
@@ -31,8 +31,9 @@ pub struct SecurityConfig {
     pub relay_to: RelayToConfig,
 }
 
-/// `security.relay_to`: networks a relay may always reach, and ones it may
-/// never reach, beyond the built-in rules of `security::relay`.
+/// `security.relay_to`: networks (or, in `allow`, `ip:port` addresses) a
+/// relay may always reach, and networks it may never reach, beyond the
+/// built-in rules of `security::relay`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayToConfig {
@@ -143,10 +144,15 @@ impl SecurityConfig {
         let cidrs = |list: &[String]| -> Vec<crate::security::Cidr> {
             list.iter().filter_map(|t| t.parse().ok()).collect()
         };
-        let mut allow = cidrs(&self.relay_to.allow);
-        allow.extend(cidrs(&self.trusted));
         crate::security::RelayPolicy {
-            allow,
+            allow: cidrs(&self.relay_to.allow),
+            allow_addresses: self
+                .relay_to
+                .allow
+                .iter()
+                .filter_map(|t| t.trim().parse().ok())
+                .collect(),
+            trusted: cidrs(&self.trusted),
             deny: cidrs(&self.relay_to.deny),
             listeners,
             local_ips,
@@ -345,8 +351,13 @@ pub(super) fn check_security(s: &mut SecurityConfig, origin: &Path) -> Result<()
         ("security.relay_to.deny", &s.relay_to.deny),
     ] {
         for (index, text) in list.iter().enumerate() {
-            text.parse::<crate::security::Cidr>()
-                .map_err(|message| invalid(origin, format!("{key}[{index}]"), message))?;
+            // relay_to.allow also takes one address with its port.
+            let exact = key == "security.relay_to.allow"
+                && text.trim().parse::<std::net::SocketAddr>().is_ok();
+            if !exact {
+                text.parse::<crate::security::Cidr>()
+                    .map_err(|message| invalid(origin, format!("{key}[{index}]"), message))?;
+            }
         }
     }
     if let Some(file) = &s.route_secret_file {

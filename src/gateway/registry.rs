@@ -125,9 +125,11 @@ pub struct Gateways {
     groups: RwLock<HashMap<String, Arc<SharedGroup>>>,
     /// Every destination uri: where it is, and the group it belongs to.
     addresses: RwLock<HashMap<String, (SocketAddr, Arc<SharedGroup>)>>,
-    /// Every destination's IP: a relay there (a backend's Contact in a
-    /// dialog) is to a host the operator named (`security::relay`).
-    hosts: RwLock<std::collections::HashSet<std::net::IpAddr>>,
+    /// Every destination's address: a relay there (a backend's Contact in
+    /// a dialog) goes where the operator pointed (`security::relay`).
+    hosts: RwLock<std::collections::HashSet<SocketAddr>>,
+    /// Their IPs: never limited at the edge.
+    host_ips: RwLock<std::collections::HashSet<std::net::IpAddr>>,
     /// Where each destination's selections, health and probe figures go.
     metrics: &'static Metrics,
 }
@@ -138,6 +140,7 @@ impl Gateways {
             groups: RwLock::default(),
             addresses: RwLock::default(),
             hosts: RwLock::default(),
+            host_ips: RwLock::default(),
             metrics,
         }
     }
@@ -209,19 +212,29 @@ impl Gateways {
                     .or_insert_with(|| (dest.address, shared.clone()));
             }
         }
-        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = addresses
+        *self.host_ips.write().unwrap_or_else(|p| p.into_inner()) = addresses
             .values()
-            .map(|(address, _)| address.ip())
+            .map(|(address, _)| crate::security::canonical(address.ip()))
             .collect();
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) =
+            addresses.values().map(|(address, _)| *address).collect();
         *self.addresses.write().unwrap_or_else(|p| p.into_inner()) = addresses;
     }
 
-    /// True when `ip` is some gateway destination's.
+    /// True when `ip` is some gateway destination's host.
     pub fn is_destination_host(&self, ip: std::net::IpAddr) -> bool {
+        self.host_ips
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&crate::security::canonical(ip))
+    }
+
+    /// True when `address` is exactly some gateway destination's.
+    pub fn is_destination_address(&self, address: SocketAddr) -> bool {
         self.hosts
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&ip)
+            .contains(&address)
     }
 
     /// Brings every destination's `up` gauge up to date (before a scrape).

@@ -475,18 +475,19 @@ impl Registrar {
         self.map().values().map(Vec::len).sum()
     }
 
-    /// True when a live binding's Contact is at `ip` (with or without a
-    /// port): a relay there goes to a registered phone (`security::relay`).
-    /// A walk over the bindings, asked only for a private or loopback
-    /// target that nothing else vouched for.
-    pub fn has_contact_at(&self, ip: std::net::IpAddr, now: u64) -> bool {
+    /// True when a live binding's Contact is exactly `address` (port 5060
+    /// when it names none): a relay there goes to a registered phone
+    /// (`security::relay`). A walk over the bindings, asked only for a
+    /// private target that nothing else vouched for.
+    pub fn has_contact_at(&self, address: std::net::SocketAddr, now: u64) -> bool {
         self.map().values().flatten().any(|binding| {
             binding.is_live(now)
                 && crate::sip::Uri::parse(&binding.uri).is_ok_and(|uri| {
+                    let port = uri.port.unwrap_or(5060);
                     uri.host
                         .trim_matches(['[', ']'])
                         .parse::<std::net::IpAddr>()
-                        .is_ok_and(|host| host == ip)
+                        .is_ok_and(|host| std::net::SocketAddr::new(host, port) == address)
                 })
         })
     }

@@ -182,6 +182,9 @@ pub struct Link {
     target: Target,
     /// `tls_ca_file`'s roots for `rediss://` nodes.
     roots: Option<redis::TlsCertificates>,
+    /// `username` and `password`, for the Cluster nodes' own connections.
+    username: Option<String>,
+    password: Option<String>,
     /// Names the store in logs, without passwords.
     pub name: String,
     /// The connection, with its generation (connections made so far), so
@@ -228,13 +231,28 @@ fn tls_roots(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, Str
     }))
 }
 
-/// A client for `url`, verifying a `rediss://` server against `roots`.
-fn open_client(url: &str, roots: &Option<redis::TlsCertificates>) -> RedisResult<redis::Client> {
+/// A client for `url`, verifying a `rediss://` server against `roots`,
+/// with the configured credentials when the URL carries none.
+fn open_client(
+    url: &str,
+    roots: &Option<redis::TlsCertificates>,
+    credentials: (Option<&str>, Option<&str>),
+) -> RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let mut info = url.into_connection_info()?;
+    let mut settings = info.redis_settings().clone();
+    if let (None, Some(username)) = (settings.username(), credentials.0) {
+        settings = settings.set_username(username);
+    }
+    if let (None, Some(password)) = (settings.password(), credentials.1) {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
     match roots {
         Some(roots) if url.starts_with("rediss://") => {
-            redis::Client::build_with_tls(url, roots.clone())
+            redis::Client::build_with_tls(info, roots.clone())
         }
-        _ => redis::Client::open(url),
+        _ => redis::Client::open(info),
     }
 }
 
@@ -247,10 +265,24 @@ fn sentinel_client(
     roots: &Option<redis::TlsCertificates>,
 ) -> RedisResult<redis::sentinel::SentinelClient> {
     use redis::IntoConnectionInfo;
-    let addrs = sentinels
+    let infos = sentinels
         .iter()
-        .map(|url| Ok(url.as_str().into_connection_info()?.addr().clone()))
+        .map(|url| url.as_str().into_connection_info())
         .collect::<RedisResult<Vec<_>>>()?;
+    let addrs: Vec<_> = infos.iter().map(|info| info.addr().clone()).collect();
+    // Credentials written in a Sentinel URL count as the Sentinels' own.
+    let written = infos
+        .iter()
+        .map(|info| info.redis_settings())
+        .find(|s| s.password().is_some());
+    let sentinel_username = config
+        .sentinel_username
+        .as_deref()
+        .or_else(|| written.and_then(|s| s.username()));
+    let sentinel_password = config
+        .sentinel_password
+        .as_deref()
+        .or_else(|| written.and_then(|s| s.password()));
     let mut builder = redis::sentinel::SentinelClientBuilder::new(
         addrs,
         &config.master_name,
@@ -265,10 +297,10 @@ fn sentinel_client(
     if config.tls {
         builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
     }
-    if let Some(username) = &config.sentinel_username {
+    if let Some(username) = sentinel_username {
         builder = builder.set_client_to_sentinel_username(username);
     }
-    if let Some(password) = &config.sentinel_password {
+    if let Some(password) = sentinel_password {
         builder = builder.set_client_to_sentinel_password(password);
     }
     if sentinels.iter().any(|url| url.starts_with("rediss://")) {
@@ -337,12 +369,14 @@ impl Link {
             (Target::Cluster(client, seeds), name)
         } else {
             let url = config.url.as_deref().unwrap_or(RedisConfig::DEFAULT_URL);
-            let client = open_client(url, &roots)
+            let client = open_client(url, &roots, (None, None))
                 .map_err(|e| format!("registrar.redis.url {:?} is not usable: {e}", redact(url)))?;
             (Target::Single(client), redact(url))
         };
         Ok(Link {
             roots,
+            username: config.username.clone(),
+            password: config.password.clone(),
             target,
             name,
             current: Mutex::new(None),
@@ -350,6 +384,10 @@ impl Link {
             generation: AtomicU64::new(0),
             retry_at: Mutex::new(None),
         })
+    }
+
+    fn credentials(&self) -> (Option<&str>, Option<&str>) {
+        (self.username.as_deref(), self.password.as_deref())
     }
 
     fn held(&self) -> Option<(Conn, u64)> {
@@ -444,7 +482,7 @@ impl Link {
             Target::Sentinel(client) => vec![client.lock().await.async_get_client().await?],
             Target::Cluster(_, seeds) => seeds
                 .iter()
-                .filter_map(|seed| open_client(seed, &self.roots).ok())
+                .filter_map(|seed| open_client(seed, &self.roots, self.credentials()).ok())
                 .collect(),
         };
         let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no node to subscribe on"));

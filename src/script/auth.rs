@@ -23,6 +23,8 @@ pub struct AuthService {
     /// Where a guesser's source is banned (set at boot; `siphon --check`
     /// and the dry run have none).
     edge: std::sync::OnceLock<Arc<crate::actors::edge::Edge>>,
+    /// Bans and locks are logged at most once a second.
+    warnings: crate::logging::Throttle,
 }
 
 impl AuthService {
@@ -63,6 +65,7 @@ impl AuthService {
             )),
             ban: std::time::Duration::from_secs(config.ban_secs),
             edge: std::sync::OnceLock::new(),
+            warnings: crate::logging::Throttle::new(std::time::Duration::from_secs(1)),
         }))
     }
 
@@ -77,19 +80,30 @@ impl AuthService {
 
     /// Counts a failed check of `user` from `source` over `channel`: the
     /// source is banned and the user locked once they reach the limit.
-    fn failed(&self, now: u64, source: std::net::IpAddr, channel: Channel, user: &str) {
-        let verdict = self.failures().record(now, source, user);
+    /// The warning lines are throttled: a botnet may cause one per source.
+    fn failed(
+        &self,
+        now: u64,
+        (source, channel): (std::net::IpAddr, Channel),
+        user: &str,
+        issued: bool,
+    ) {
+        let verdict = self.failures().record(now, source, user, issued);
         let metrics = crate::metrics::get();
         if verdict.ban_source {
             metrics.auth_check("source_banned");
-            tracing::warn!(%source, failures = verdict.source_failures, "auth: too many failed checks; source banned");
+            if let Some(held_back) = self.warnings.allow() {
+                tracing::warn!(%source, failures = verdict.source_failures, held_back, "auth: too many failed checks; source banned");
+            }
             if let Some(edge) = self.edge.get() {
                 edge.ban(source, channel, self.ban, BanReason::AuthFailures);
             }
         }
         if verdict.user_locked {
             metrics.auth_check("user_locked");
-            tracing::warn!(%user, "auth: too many failed checks; user locked (403) for a while");
+            if let Some(held_back) = self.warnings.allow() {
+                tracing::warn!(%user, held_back, "auth: too many failed checks; user locked (403) for a while");
+            }
         }
     }
 
@@ -213,7 +227,7 @@ impl AuthApi {
         let metrics = crate::metrics::get();
         let now = crate::registrar::unix_now();
         let named = match &outcome {
-            Outcome::Authenticated(user) | Outcome::Failed { user } => Some(user.as_str()),
+            Outcome::Authenticated(user) | Outcome::Failed { user, .. } => Some(user.as_str()),
             Outcome::Challenge { .. } => None,
         };
         if let Some(user) = named.filter(|user| service.is_locked(now, user)) {
@@ -224,8 +238,8 @@ impl AuthApi {
                 .reply_with(403, Some("Forbidden".to_string()), Vec::new())?;
             return Ok(false);
         }
-        if let Outcome::Failed { user } = &outcome {
-            service.failed(now, source, channel, user);
+        if let Outcome::Failed { user, issued } = &outcome {
+            service.failed(now, (source, channel), user, *issued);
         }
         match outcome {
             Outcome::Authenticated(user) => {

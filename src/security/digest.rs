@@ -214,8 +214,10 @@ pub enum Outcome {
     /// is too old or not ours (RFC 7616 §3.3: retry at once).
     Challenge { stale: bool },
     /// A wrong answer (or an unknown user): challenged like any other, and
-    /// counted by the caller against the source and the user.
-    Failed { user: String },
+    /// counted by the caller against the source and, when the nonce was
+    /// ours (`issued`: whoever answered it received our challenge, so its
+    /// source is not forged), against the user.
+    Failed { user: String, issued: bool },
 }
 
 /// Wrong answers after which a nonce is retired: a guesser must come back
@@ -425,7 +427,8 @@ impl DigestAuth {
     /// A wrong answer: counted against its nonce (one of ours), which is
     /// retired after [`NONCE_FAILURES`].
     fn failed(&mut self, now: u64, creds: Credentials) -> Outcome {
-        if self.issued_at(&creds.nonce).is_some() {
+        let issued = self.issued_at(&creds.nonce).is_some();
+        if issued {
             if self.failures.len() >= MAX_TRACKED_NONCES
                 && !self.failures.contains_key(&creds.nonce)
             {
@@ -438,6 +441,7 @@ impl DigestAuth {
         }
         Outcome::Failed {
             user: creds.username,
+            issued,
         }
     }
 
@@ -580,7 +584,13 @@ mod tests {
         let md5 = answer(Algorithm::Md5, "bob", "hunter2", &nonce, 1, "REGISTER");
         assert_eq!(check(&mut a, &md5), Outcome::Authenticated("bob".into()));
         let sha = answer(Algorithm::Sha256, "bob", "hunter2", &nonce, 2, "REGISTER");
-        assert_eq!(check(&mut a, &sha), Outcome::Failed { user: "bob".into() });
+        assert_eq!(
+            check(&mut a, &sha),
+            Outcome::Failed {
+                user: "bob".into(),
+                issued: true
+            }
+        );
     }
 
     #[test]
@@ -593,13 +603,15 @@ mod tests {
         assert_eq!(
             check(&mut a, &wrong),
             Outcome::Failed {
-                user: "alice".into()
+                user: "alice".into(),
+                issued: true,
             }
         );
         assert_eq!(
             check(&mut a, &unknown),
             Outcome::Failed {
-                user: "mallory".into()
+                user: "mallory".into(),
+                issued: true,
             }
         );
     }
@@ -620,7 +632,8 @@ mod tests {
             assert_eq!(
                 check(&mut a, &wrong),
                 Outcome::Failed {
-                    user: "alice".into()
+                    user: "alice".into(),
+                    issued: true,
                 }
             );
         }
@@ -655,7 +668,8 @@ mod tests {
         assert_eq!(
             check(&mut a, &wrong),
             Outcome::Failed {
-                user: "alice".into()
+                user: "alice".into(),
+                issued: true,
             }
         );
     }
@@ -672,7 +686,8 @@ mod tests {
         assert_eq!(
             check(&mut a, &header),
             Outcome::Failed {
-                user: "alice".into()
+                user: "alice".into(),
+                issued: false,
             }
         );
         // A nonce from another process (another key) is not ours either,
@@ -703,7 +718,8 @@ mod tests {
         assert_eq!(
             check(&mut a, &header),
             Outcome::Failed {
-                user: "alice".into()
+                user: "alice".into(),
+                issued: true,
             }
         );
         let foreign = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 1, "REGISTER")

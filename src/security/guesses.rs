@@ -52,8 +52,17 @@ impl AuthFailures {
         }
     }
 
-    /// Counts one failed check of `user` from `source`.
-    pub fn record(&mut self, now: u64, source: IpAddr, user: &str) -> FailureVerdict {
+    /// Counts one failed check of `user` from `source`. Only a failure on
+    /// a nonce we issued counts against the user (`against_user`): its
+    /// sender received our challenge, so it cannot be a forged datagram
+    /// sent to lock somebody out.
+    pub fn record(
+        &mut self,
+        now: u64,
+        source: IpAddr,
+        user: &str,
+        against_user: bool,
+    ) -> FailureVerdict {
         if self.by_source.len() >= MAX_ENTRIES
             || self.by_user.len() >= MAX_ENTRIES
             || self.locked.len() >= MAX_ENTRIES
@@ -68,11 +77,11 @@ impl AuthFailures {
                 true => bump(&mut self.by_source, network, now, window),
                 false => 0,
             };
-        let user_failures =
-            match self.by_user.len() < MAX_ENTRIES || self.by_user.contains_key(user) {
-                true => bump(&mut self.by_user, user.to_string(), now, window),
-                false => 0,
-            };
+        let countable = self.by_user.len() < MAX_ENTRIES || self.by_user.contains_key(user);
+        let user_failures = match against_user && countable {
+            true => bump(&mut self.by_user, user.to_string(), now, window),
+            false => 0,
+        };
         let user_locked = user_failures == max && self.locked.len() < MAX_ENTRIES;
         if user_locked {
             self.locked.insert(user.to_string(), now + window);
@@ -135,7 +144,7 @@ mod tests {
         let mut failures = AuthFailures::new(10, 60);
         let guesser = ip("198.51.100.9");
         let verdicts: Vec<_> = (0..12)
-            .map(|_| failures.record(100, guesser, "alice"))
+            .map(|_| failures.record(100, guesser, "alice", true))
             .collect();
         assert!(verdicts[..9]
             .iter()
@@ -158,7 +167,7 @@ mod tests {
         for n in 0..20u32 {
             // Another address of its /64 each time.
             let source = ip(&format!("2001:db8:5:6::{:x}", n + 1));
-            let verdict = failures.record(200, source, &format!("user{n}"));
+            let verdict = failures.record(200, source, &format!("user{n}"), true);
             assert!(!verdict.user_locked);
             if verdict.ban_source {
                 banned_at.get_or_insert(n + 1);
@@ -168,11 +177,21 @@ mod tests {
     }
 
     #[test]
+    fn failures_on_nonces_we_did_not_issue_never_lock_the_user() {
+        let mut failures = AuthFailures::new(3, 60);
+        for n in 0..10u8 {
+            let forged = IpAddr::from([203, 0, 113, n]);
+            assert!(!failures.record(5, forged, "alice", false).user_locked);
+        }
+        assert!(!failures.is_locked(5, "alice"));
+    }
+
+    #[test]
     fn failures_spread_over_more_than_a_window_never_add_up() {
         let mut failures = AuthFailures::new(3, 60);
         let phone = ip("192.0.2.5");
         for minute in 0..10u64 {
-            let v = failures.record(minute * 60, phone, "carol");
+            let v = failures.record(minute * 60, phone, "carol", true);
             assert!(!v.ban_source && !v.user_locked, "minute {minute}");
         }
     }
@@ -182,7 +201,7 @@ mod tests {
         let mut failures = AuthFailures::new(5, 60);
         for n in 0..(MAX_ENTRIES as u32 + 1000) {
             let source = IpAddr::from((0xC633_0000u32 + n).to_be_bytes());
-            failures.record(10, source, &format!("u{n}"));
+            failures.record(10, source, &format!("u{n}"), true);
         }
         assert!(failures.by_source.len() <= MAX_ENTRIES);
         assert!(failures.by_user.len() <= MAX_ENTRIES);

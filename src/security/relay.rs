@@ -5,10 +5,13 @@
 //! script's relay or fork picked by URI passes this policy:
 //! - never one of our own listeners (a loop through ourselves);
 //! - never a network the operator denied;
-//! - a destination the operator vouched for (a gateway destination, a
-//!   registered contact, an `allow` or trusted network) may be anywhere else;
-//! - otherwise not loopback, link-local, multicast or unspecified, and not a
-//!   private range (RFC 1918, CGNAT 100.64/10, ULA fc00::/7).
+//! - an address the operator wrote down (a gateway destination's exact
+//!   address, or a network in `relay_to.allow`) may be anywhere else;
+//! - otherwise not loopback, link-local, multicast or unspecified (this
+//!   host's own services stay out of reach, whoever asks);
+//! - and not a private range (RFC 1918, CGNAT 100.64/10, ULA fc00::/7)
+//!   unless it is in `security.trusted` or a registered contact's exact
+//!   address (both only vouch for a private address, never a host one).
 //!
 //! Hops over a flow token (a connection a peer opened to us) and gateway
 //! candidates never come here.
@@ -52,17 +55,22 @@ impl RelayRefusal {
         }
     }
 
-    /// A refusal that a registered contact's vouching lifts.
+    /// A refusal that a registered contact's vouching lifts: a phone may
+    /// sit on a private network, never on this host.
     pub fn may_be_vouched(self) -> bool {
-        matches!(self, RelayRefusal::HostScope | RelayRefusal::Private)
+        self == RelayRefusal::Private
     }
 }
 
 /// The policy, built once from the config.
 #[derive(Debug, Clone, Default)]
 pub struct RelayPolicy {
-    /// `relay_to.allow` and `security.trusted`.
+    /// `relay_to.allow`: anywhere but our own listeners; networks, and
+    /// exact addresses (one port of a host, say a front LB's listener).
     pub allow: Vec<Cidr>,
+    pub allow_addresses: Vec<SocketAddr>,
+    /// `security.trusted`: their private addresses may be reached.
+    pub trusted: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     /// Our listeners; an unspecified IP (0.0.0.0, ::) stands for every
     /// address of this host, which the policy cannot list: such a port is
@@ -73,23 +81,28 @@ pub struct RelayPolicy {
 }
 
 impl RelayPolicy {
-    /// May a relay go to `addr`? `known` says a gateway destination or
-    /// another vouched-for peer has this address.
-    pub fn verdict(&self, addr: SocketAddr, known: bool) -> Result<(), RelayRefusal> {
-        let ip = canonical(addr.ip());
+    /// May a relay go to `addr`? `configured` says it is exactly a
+    /// gateway destination's address.
+    pub fn verdict(&self, addr: SocketAddr, configured: bool) -> Result<(), RelayRefusal> {
+        let ip = embedded_v4(canonical(addr.ip()));
         if self.is_own_listener(ip, addr.port()) {
             return Err(RelayRefusal::OwnListener);
         }
         if self.deny.iter().any(|net| net.contains(ip)) {
             return Err(RelayRefusal::Denied);
         }
-        if known || self.allow.iter().any(|net| net.contains(ip)) {
+        let allowed = self.allow.iter().any(|net| net.contains(ip))
+            || self
+                .allow_addresses
+                .iter()
+                .any(|a| canonical(a.ip()) == ip && a.port() == addr.port());
+        if configured || allowed {
             return Ok(());
         }
         if is_host_scoped(ip) {
             return Err(RelayRefusal::HostScope);
         }
-        if is_private(ip) {
+        if is_private(ip) && !self.trusted.iter().any(|net| net.contains(ip)) {
             return Err(RelayRefusal::Private);
         }
         Ok(())
@@ -110,7 +123,8 @@ impl RelayPolicy {
 fn is_host_scoped(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback()
+            v4.octets()[0] == 0
+                || v4.is_loopback()
                 || v4.is_link_local()
                 || v4.is_multicast()
                 || v4.is_unspecified()
@@ -122,6 +136,25 @@ fn is_host_scoped(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
+    }
+}
+
+/// An IPv6 address that carries an IPv4 one a host would reach through it:
+/// NAT64's well-known prefix 64:ff9b::/96 and the old IPv4-compatible
+/// `::a.b.c.d`. Judged as that IPv4 address.
+fn embedded_v4(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    let s = v6.segments();
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    let compatible = s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1);
+    if nat64 || compatible {
+        let [a, b] = s[6].to_be_bytes();
+        let [c, d] = s[7].to_be_bytes();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    } else {
+        ip
     }
 }
 
@@ -153,6 +186,11 @@ mod tests {
     fn policy() -> RelayPolicy {
         RelayPolicy {
             allow: vec!["198.51.100.128/25".parse().unwrap()],
+            trusted: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ],
+            allow_addresses: vec![addr("127.0.0.1:5070")],
             deny: vec!["203.0.113.0/24".parse().unwrap()],
             listeners: vec![addr("192.0.2.10:5060"), addr("0.0.0.0:5080")],
             local_ips: vec!["192.0.2.11".parse().unwrap()],
@@ -172,6 +210,10 @@ mod tests {
             ("224.0.0.1:5060", RelayRefusal::HostScope),
             ("0.0.0.0:5060", RelayRefusal::HostScope),
             ("[::ffff:127.0.0.1]:6379", RelayRefusal::HostScope),
+            ("[64:ff9b::7f00:1]:6379", RelayRefusal::HostScope),
+            ("[::127.0.0.1]:6379", RelayRefusal::HostScope),
+            ("0.1.2.3:6379", RelayRefusal::HostScope),
+            ("[64:ff9b::a00:5]:6379", RelayRefusal::Private),
             ("10.0.0.5:6379", RelayRefusal::Private),
             ("172.16.3.4:5060", RelayRefusal::Private),
             ("192.168.1.1:5060", RelayRefusal::Private),
@@ -184,10 +226,18 @@ mod tests {
     }
 
     #[test]
-    fn a_vouched_or_allowed_address_passes_but_never_our_own_listener() {
+    fn a_configured_or_allowed_address_passes_but_never_our_own_listener() {
         let p = policy();
         assert_eq!(p.verdict(addr("10.0.0.5:5060"), true), Ok(()));
         assert_eq!(p.verdict(addr("127.0.0.1:5071"), true), Ok(()));
+        // Trusted networks open their private addresses, not this host.
+        assert_eq!(p.verdict(addr("10.1.2.3:5060"), false), Ok(()));
+        assert_eq!(
+            p.verdict(addr("127.0.0.1:6379"), false),
+            Err(RelayRefusal::HostScope)
+        );
+        // An allowed address is that port only.
+        assert_eq!(p.verdict(addr("127.0.0.1:5070"), false), Ok(()));
         assert_eq!(p.verdict(addr("198.51.100.200:5060"), false), Ok(()));
         // Denied stays denied, whoever vouches.
         assert_eq!(
@@ -209,6 +259,7 @@ mod tests {
         // Another port of ours is not a listener.
         assert_eq!(p.verdict(addr("192.0.2.10:5061"), false), Ok(()));
         assert!(RelayRefusal::Private.may_be_vouched());
+        assert!(!RelayRefusal::HostScope.may_be_vouched());
         assert!(!RelayRefusal::OwnListener.may_be_vouched());
     }
 }

@@ -1050,7 +1050,9 @@ impl<F: Clone> Engine<F> {
                 failure: Some((failure, retry_after)),
             }));
         }
-        let may_fail_over = !tx.final_sent && !tx.cancelled;
+        // Never past an INVITE's end of life: its caller is owed a 408.
+        let alive = !tx.invite || now < tx.started + self.config.timers.max_invite_lifetime;
+        let may_fail_over = !tx.final_sent && !tx.cancelled && alive;
         let request = tx.request.clone();
         let (Some(msg), Some(failed), true, Some(_)) =
             (request, failed, may_fail_over, failover.next_candidate())
@@ -2149,10 +2151,6 @@ fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
     hop.protocol.is_reliable() || hop.addr == source
 }
 
-/// Where responses to a request go. Over UDP: the source IP, and the source
-/// port when the Via asked for rport (RFC 3581) or its sent-by port. Over
-/// TCP responses use the request's connection; this is where to open a new
-/// one if that is gone: the source IP and the sent-by port (§18.2.2).
 /// Logs and counts a relay `security.relay_to` refused (a debug line: any
 /// sender can cause one per packet).
 fn relay_refused(target: &str, hop: &Hop, why: crate::security::RelayRefusal) {
@@ -2160,6 +2158,10 @@ fn relay_refused(target: &str, hop: &Hop, why: crate::security::RelayRefusal) {
     crate::metrics::get().relay_refused(why.label());
 }
 
+/// Where responses to a request go. Over UDP: the source IP, and the source
+/// port when the Via asked for rport (RFC 3581) or its sent-by port. Over
+/// TCP responses use the request's connection; this is where to open a new
+/// one if that is gone: the source IP and the sent-by port (§18.2.2).
 fn reply_destination(msg: &Message, source: SocketAddr, protocol: Protocol) -> SocketAddr {
     match protocol {
         Protocol::Udp => forward::reply_address(msg, source),
