@@ -1293,9 +1293,7 @@ impl TcpConnection {
             None
         };
         if let Some(reason) = reason {
-            crate::metrics::get().tcp_refused(reason);
-            tracing::debug!(peer = %self.peer, reason, "closing TCP connection");
-            ctx.stop();
+            self.close(reason, ctx);
             return;
         }
         if keepalives.pings > 0 {
@@ -1319,10 +1317,15 @@ impl TcpConnection {
             None
         };
         if let Some(reason) = reason {
-            crate::metrics::get().tcp_refused(reason);
-            tracing::debug!(peer = %self.peer, reason, "closing TCP connection");
-            ctx.stop();
+            self.close(reason, ctx);
         }
+    }
+
+    /// Closes the connection for `reason`, counted and logged at debug.
+    fn close(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
+        crate::metrics::get().tcp_refused(reason);
+        tracing::debug!(peer = %self.peer, reason, "closing TCP connection");
+        ctx.stop();
     }
 }
 

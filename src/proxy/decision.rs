@@ -149,4 +149,7 @@ pub struct Preroute {
     /// The Request-URI was a URI we Record-Routed (a strict router sent
     /// it): it is replaced by the last Route value, which is removed.
     pub strict_ruri: Option<String>,
+    /// The address the dialog's caller sent its first request from, as
+    /// our sealed Route proves: relays there are the dialog's own.
+    pub dialog_caller: Option<std::net::IpAddr>,
 }

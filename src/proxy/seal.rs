@@ -1,13 +1,20 @@
-//! Dialog seals: our Record-Route URIs carry `;dlg=<16 hex>`, a keyed MAC
-//! (SipHash-2-4) over the dialog's Call-ID and the tag of the side that
-//! started it. An in-dialog request that pops our Route must present it:
-//! the From tag is the initiator's in the caller's requests, the To tag in
-//! the callee's, so either tag may match. Nothing about the dialog is
-//! stored, and every node configured with the same `security.route_secret`
-//! verifies every other node's seals; `route_secret_previous` keeps the
-//! dialogs of a rotated key alive.
+//! Dialog seals: our Record-Route URIs carry `;dlg=<16 hex><caller>`, a
+//! keyed MAC (SipHash-2-4) over the dialog's Call-ID, the tag of the side
+//! that started it and the address that side sent it from, followed by
+//! that address in hex. An in-dialog request that pops our Route must
+//! present it: the From tag is the initiator's in the caller's requests,
+//! the To tag in the callee's, so either tag may match. The caller's
+//! address, proven by the MAC, lets the callee's requests reach it even on
+//! a private or loopback network (`security::relay`): it is where the
+//! dialog came from. Nothing about the dialog is stored, and every node
+//! configured with the same `security.route_secret` verifies every other
+//! node's seals; `route_secret_previous` keeps the dialogs of a rotated key
+//! alive.
 
-use crate::sip::{HeaderName, Message, NameAddr, Uri};
+use std::net::IpAddr;
+
+use crate::proxy::engine::branch::{parse_hex16, push_hex16};
+use crate::sip::{HeaderName, Message};
 
 /// The URI parameter that carries the seal.
 pub const SEAL_PARAM: &str = "dlg";
@@ -15,8 +22,9 @@ pub const SEAL_PARAM: &str = "dlg";
 /// What an in-dialog request's popped Routes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealCheck {
-    /// A seal of ours matches the Call-ID and a tag.
-    Valid,
+    /// A seal of ours matches the Call-ID and a tag; the dialog's caller
+    /// sent its first request from this address.
+    Valid(IpAddr),
     /// None of our popped Routes carries a seal (a dialog older than seals,
     /// or a forged Route).
     Missing,
@@ -39,25 +47,32 @@ impl DialogSeals {
         }
     }
 
-    /// The seal for a dialog started with `tag` (the initial request's From tag).
-    pub fn seal(&self, call_id: &str, tag: &str) -> u64 {
-        mac(self.current, call_id, tag)
+    /// The seal for a dialog started with `tag` (the initial request's
+    /// From tag) by a caller at `caller`.
+    pub fn seal(&self, call_id: &str, tag: &str, caller: IpAddr) -> Seal {
+        let caller = crate::security::canonical(caller);
+        Seal {
+            mac: mac(self.current, call_id, tag, caller),
+            caller,
+        }
     }
 
-    /// Does `seal` (hex) match this Call-ID and one of the tags, under the
-    /// current or the previous key?
-    pub fn verify(&self, call_id: &str, tags: [Option<&str>; 2], seal: &str) -> bool {
-        let Some(seal) = parse_hex16(seal) else {
-            return false;
-        };
-        [Some(self.current), self.previous]
+    /// The caller's address when `seal` (the parameter's text) matches
+    /// this Call-ID and one of the tags, under the current or the previous
+    /// key.
+    pub fn verify(&self, call_id: &str, tags: [Option<&str>; 2], seal: &str) -> Option<IpAddr> {
+        let text = seal.as_bytes();
+        let seal = parse_hex16(text.get(..16)?)?;
+        let caller = parse_ip(text.get(16..)?)?;
+        let matches = [Some(self.current), self.previous]
             .into_iter()
             .flatten()
             .any(|keys| {
                 tags.iter()
                     .flatten()
-                    .any(|tag| mac(keys, call_id, tag) == seal)
-            })
+                    .any(|tag| mac(keys, call_id, tag, caller) == seal)
+            });
+        matches.then_some(caller)
     }
 
     /// Checks an in-dialog request whose top `popped` Route values (and,
@@ -66,17 +81,19 @@ impl DialogSeals {
         let ours = msg
             .header_values(HeaderName::Route)
             .take(popped)
-            .filter_map(|value| NameAddr::parse(value).ok().map(|a| a.uri))
             .chain(strict_ruri.then(|| msg.request_uri()).flatten());
         let call_id = msg.call_id().unwrap_or("");
         let tags = [msg.from_tag(), msg.to_tag()];
         let mut seen = false;
-        for uri in ours {
-            let Some(seal) = Uri::parse(uri).ok().and_then(|u| u.param(SEAL_PARAM)) else {
+        // The values are ours (they named us), written as `sealed_entry`
+        // does: the parameter is found without parsing the URI, and a
+        // value shaped otherwise simply fails the MAC.
+        for value in ours {
+            let Some(seal) = seal_param(value) else {
                 continue;
             };
-            if self.verify(call_id, tags, seal.unwrap_or("")) {
-                return SealCheck::Valid;
+            if let Some(caller) = self.verify(call_id, tags, seal) {
+                return SealCheck::Valid(caller);
             }
             seen = true;
         }
@@ -88,17 +105,65 @@ impl DialogSeals {
     }
 }
 
+/// One dialog's seal: the MAC, and the caller's address it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    mac: u64,
+    caller: IpAddr,
+}
+
 /// `entry` (`<sip:host;lr>`, ours) with the seal as its last parameter.
-pub fn sealed_entry(entry: &str, seal: u64) -> String {
+pub fn sealed_entry(entry: &str, seal: &Seal) -> String {
     let open = entry.strip_suffix('>').unwrap_or(entry);
-    let mut out = String::with_capacity(open.len() + SEAL_PARAM.len() + 19);
+    let mut out = String::with_capacity(open.len() + SEAL_PARAM.len() + 51);
     out.push_str(open);
     out.push(';');
     out.push_str(SEAL_PARAM);
     out.push('=');
-    out.push_str(&format!("{seal:016x}"));
+    push_hex16(&mut out, seal.mac);
+    match seal.caller {
+        IpAddr::V4(v4) => push_hex(&mut out, &v4.octets()),
+        IpAddr::V6(v6) => push_hex(&mut out, &v6.octets()),
+    }
     out.push('>');
     out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// An IPv4 (8 hex digits) or IPv6 (32) address.
+fn parse_ip(hex: &[u8]) -> Option<IpAddr> {
+    let byte = |i: usize| -> Option<u8> {
+        let pair = std::str::from_utf8(hex.get(2 * i..2 * i + 2)?).ok()?;
+        u8::from_str_radix(pair, 16).ok()
+    };
+    match hex.len() {
+        8 => Some(IpAddr::from([byte(0)?, byte(1)?, byte(2)?, byte(3)?])),
+        32 => {
+            let mut octets = [0u8; 16];
+            for (i, octet) in octets.iter_mut().enumerate() {
+                *octet = byte(i)?;
+            }
+            Some(IpAddr::from(octets))
+        }
+        _ => None,
+    }
+}
+
+/// The seal's text in a Route value or URI of ours, if it has one: up to
+/// the next parameter or the end of the URI.
+fn seal_param(value: &str) -> Option<&str> {
+    const NEEDLE: &str = ";dlg=";
+    let at = value.find(NEEDLE)? + NEEDLE.len();
+    let rest = &value[at..];
+    let end = rest.find([';', '>', ',', '?']).unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 fn derive_keys(secret: &[u8]) -> [u64; 2] {
@@ -112,7 +177,7 @@ fn derive_keys(secret: &[u8]) -> [u64; 2] {
     [word(0), word(8)]
 }
 
-fn mac(keys: [u64; 2], call_id: &str, tag: &str) -> u64 {
+fn mac(keys: [u64; 2], call_id: &str, tag: &str, caller: IpAddr) -> u64 {
     use std::hash::Hasher;
     // SipHash-2-4 with a secret key is a MAC for short inputs (see branch.rs).
     #[allow(deprecated)]
@@ -120,19 +185,20 @@ fn mac(keys: [u64; 2], call_id: &str, tag: &str) -> u64 {
     hasher.write(call_id.as_bytes());
     hasher.write_u8(0);
     hasher.write(tag.as_bytes());
+    hasher.write_u8(0);
+    match caller {
+        IpAddr::V4(v4) => hasher.write(&v4.octets()),
+        IpAddr::V6(v6) => hasher.write(&v6.octets()),
+    }
     hasher.finish()
-}
-
-fn parse_hex16(text: &str) -> Option<u64> {
-    (text.len() == 16)
-        .then(|| u64::from_str_radix(text, 16).ok())
-        .flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    const CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
 
     fn bye(route: &str, from_tag: &str, to_tag: &str) -> Message {
         let raw = format!(
@@ -147,15 +213,18 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn a_seal_holds_for_both_directions_of_its_dialog_only() {
         let seals = DialogSeals::new(b"secret", None);
-        let entry = sealed_entry("<sip:192.0.2.1;lr>", seals.seal("call-1", "caller"));
+        let entry = sealed_entry(
+            "<sip:192.0.2.1;lr>",
+            &seals.seal("call-1", "caller", CALLER),
+        );
         // The caller hangs up (its tag in From), then the callee (in To).
         assert_eq!(
             seals.check(&bye(&entry, "caller", "callee"), 1, false),
-            SealCheck::Valid
+            SealCheck::Valid(CALLER)
         );
         assert_eq!(
             seals.check(&bye(&entry, "callee", "caller"), 1, false),
-            SealCheck::Valid
+            SealCheck::Valid(CALLER)
         );
         // Another dialog's tags, or no seal at all.
         assert_eq!(
@@ -167,7 +236,7 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             seals.check(&bye(plain, "caller", "callee"), 1, false),
             SealCheck::Missing
         );
-        let forged = "<sip:192.0.2.1;lr;dlg=0123456789abcdef>";
+        let forged = "<sip:192.0.2.1;lr;dlg=0123456789abcdefc6336407>";
         assert_eq!(
             seals.check(&bye(forged, "caller", "callee"), 1, false),
             SealCheck::Forged
@@ -180,18 +249,40 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     }
 
     #[test]
+    fn the_caller_s_address_is_under_the_mac() {
+        let seals = DialogSeals::new(b"secret", None);
+        let entry = sealed_entry(
+            "<sip:192.0.2.1;lr>",
+            &seals.seal("call-1", "caller", CALLER),
+        );
+        assert!(entry.ends_with("c6336407>"), "{entry}");
+        // Another address written in its place breaks the seal.
+        let moved = entry.replace("c6336407>", "7f000001>");
+        assert_eq!(
+            seals.check(&bye(&moved, "caller", "callee"), 1, false),
+            SealCheck::Forged
+        );
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let entry = sealed_entry("<sip:192.0.2.1;lr>", &seals.seal("call-1", "caller", v6));
+        assert_eq!(
+            seals.check(&bye(&entry, "caller", "callee"), 1, false),
+            SealCheck::Valid(v6)
+        );
+    }
+
+    #[test]
     fn another_node_with_the_secret_and_a_rotated_key_verify_the_seal() {
         let old = DialogSeals::new(b"old", None);
-        let entry = sealed_entry("<sip:192.0.2.1;lr>", old.seal("call-1", "caller"));
+        let entry = sealed_entry("<sip:192.0.2.1;lr>", &old.seal("call-1", "caller", CALLER));
         let twin = DialogSeals::new(b"old", None);
         assert_eq!(
             twin.check(&bye(&entry, "caller", "callee"), 1, false),
-            SealCheck::Valid
+            SealCheck::Valid(CALLER)
         );
         let rotated = DialogSeals::new(b"new", Some(b"old"));
         assert_eq!(
             rotated.check(&bye(&entry, "caller", "callee"), 1, false),
-            SealCheck::Valid
+            SealCheck::Valid(CALLER)
         );
         let stranger = DialogSeals::new(b"new", None);
         assert_eq!(

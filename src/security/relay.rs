@@ -55,6 +55,12 @@ impl RelayRefusal {
         }
     }
 
+    /// A refusal that a sealed dialog lifts for its own caller's address:
+    /// the caller sent us the dialog's first request from there.
+    pub fn may_be_vouched_by_dialog(self) -> bool {
+        matches!(self, RelayRefusal::HostScope | RelayRefusal::Private)
+    }
+
     /// A refusal that a registered contact's vouching lifts: a phone may
     /// sit on a private network, never on this host.
     pub fn may_be_vouched(self) -> bool {

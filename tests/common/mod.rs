@@ -178,11 +178,11 @@ pub fn allow_loopback_relays(config: &str) -> String {
 /// hex digits), for tests that compare the rest of it.
 pub fn unsealed(value: &str) -> String {
     match value.find(";dlg=") {
-        Some(at) => format!(
-            "{}{}",
-            &value[..at],
-            &value[(at + 5 + 16).min(value.len())..]
-        ),
+        Some(at) => {
+            let rest = &value[at + 5..];
+            let end = rest.find([';', '>']).unwrap_or(rest.len());
+            format!("{}{}", &value[..at], &rest[end..])
+        }
         None => value.to_string(),
     }
 }

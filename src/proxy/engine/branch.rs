@@ -67,7 +67,7 @@ pub fn push_stateless_branch(out: &mut String, loop_hash: u64, upstream_branch: 
 
 /// Sixteen lower-case hex digits, leading zeros kept (this runs for every
 /// branch we write, so it avoids the formatting machinery).
-fn push_hex16(out: &mut String, value: u64) {
+pub(crate) fn push_hex16(out: &mut String, value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 16];
     for (i, digit) in text.iter_mut().enumerate() {
@@ -94,7 +94,7 @@ const HEX_VALUE: [u8; 256] = {
 };
 
 /// Sixteen hex digits (either case) as a number.
-fn parse_hex16(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_hex16(digits: &[u8]) -> Option<u64> {
     if digits.len() != 16 {
         return None;
     }

@@ -15,7 +15,7 @@
 //! `F` is the caller's handle for the way back to a peer (the UDP socket or
 //! TCP connection a request came in on); the engine only hands it back.
 
-mod branch;
+pub(crate) mod branch;
 mod client;
 mod context;
 #[cfg(test)]
@@ -414,11 +414,13 @@ impl<F: Clone> Engine<F> {
             }
         }
 
-        let preroute = route::preroute(&msg, &self.config.local);
-        if let Some(refused) = msg
-            .to_tag()
-            .and_then(|_| self.dialog_route_refusal(&msg, &preroute))
-        {
+        let mut preroute = route::preroute(&msg, &self.config.local);
+        let checked = match msg.to_tag() {
+            Some(_) => self.check_dialog_route(&msg, &preroute),
+            None => Ok(None),
+        };
+        preroute.dialog_caller = checked.unwrap_or(None);
+        if let Err(refused) = checked {
             crate::metrics::get().relay_refused(refused);
             if is_ack {
                 tracing::debug!(
@@ -515,17 +517,22 @@ impl<F: Clone> Engine<F> {
     /// its dialog (see `proxy::seal`): a Route of ours copied into another
     /// dialog, or written by hand, is refused. One that pops nothing of
     /// ours is the script's to judge (`loose_route()` is then False).
-    /// Returns why it is refused, as the metric's reason.
-    fn dialog_route_refusal(&self, msg: &Message, preroute: &Preroute) -> Option<&'static str> {
+    /// Returns the dialog's caller the seal proves, or why the request is
+    /// refused (the metric's reason).
+    fn check_dialog_route(
+        &self,
+        msg: &Message,
+        preroute: &Preroute,
+    ) -> Result<Option<IpAddr>, &'static str> {
         let strict = preroute.strict_ruri.is_some();
         if preroute.routes_popped == 0 && !strict {
-            return None;
+            return Ok(None);
         }
         match self.config.seals.check(msg, preroute.routes_popped, strict) {
-            SealCheck::Valid => None,
-            SealCheck::Missing if self.config.accept_unsealed => None,
-            SealCheck::Missing => Some("dialog_seal_missing"),
-            SealCheck::Forged => Some("dialog_seal_forged"),
+            SealCheck::Valid(caller) => Ok(Some(caller)),
+            SealCheck::Missing if self.config.accept_unsealed => Ok(None),
+            SealCheck::Missing => Err("dialog_seal_missing"),
+            SealCheck::Forged => Err("dialog_seal_forged"),
         }
     }
 
@@ -883,7 +890,19 @@ impl<F: Clone> Engine<F> {
                 .map(|(_, hop)| hop),
             _ => None,
         };
-        match flow.map_or_else(|| next_hop(&target), Ok) {
+        // The dialog's own caller may be reached wherever it sits: its
+        // address is under our seal.
+        let hop = match flow.map_or_else(|| next_hop(&target), Ok) {
+            Err(HopError::Refused(hop, why))
+                if why.may_be_vouched_by_dialog()
+                    && pending.preroute.dialog_caller
+                        == Some(crate::security::canonical(hop.addr.ip())) =>
+            {
+                Ok(hop)
+            }
+            hop => hop,
+        };
+        match hop {
             Ok(hop) => {
                 let plan = BranchPlan {
                     hop,
@@ -1308,11 +1327,12 @@ impl<F: Clone> Engine<F> {
         let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
         // Every entry of ours carries the dialog's seal (`proxy::seal`).
         let msg = &pending.msg;
-        let seal = self
-            .config
-            .seals
-            .seal(msg.call_id().unwrap_or(""), msg.from_tag().unwrap_or(""));
-        let sealed = |entry: &str| sealed_entry(entry, seal);
+        let seal = self.config.seals.seal(
+            msg.call_id().unwrap_or(""),
+            msg.from_tag().unwrap_or(""),
+            pending.source.ip(),
+        );
+        let sealed = |entry: &str| sealed_entry(entry, &seal);
         let record_route = match (pending.listener == out_listener, callee_side, caller_side) {
             (true, None, None) => sealed(name(out_listener)),
             (true, Some(one), None) | (true, None, Some(one)) => sealed(&one),

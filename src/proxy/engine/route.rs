@@ -85,6 +85,7 @@ pub fn preroute(msg: &Message, local: &LocalIdentity) -> Preroute {
         had_routes: true,
         routes_popped,
         strict_ruri,
+        dialog_caller: None,
     }
 }
 

@@ -76,16 +76,22 @@ fn request(method: &str, ruri: &str, branch: &str, call_id: &str, extra: &str) -
 /// A Record-Route value of ours without its dialog seal.
 fn unsealed(value: &str) -> String {
     match value.find(";dlg=") {
-        Some(at) => format!("{}{}", &value[..at], &value[at + 5 + 16..]),
+        Some(at) => {
+            let rest = &value[at + 5..];
+            let end = rest.find([';', '>']).unwrap_or(rest.len());
+            format!("{}{}", &value[..at], &rest[end..])
+        }
         None => value.to_string(),
     }
 }
 
 /// The `;dlg=` parameter the harness's engine writes for a dialog started
-/// with TAG.
-fn sealed_for(call_id: &str, tag: &str) -> String {
-    let seal = crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None).seal(call_id, tag);
-    format!(";dlg={seal:016x}")
+/// with TAG by a caller at CALLER.
+fn sealed_for(call_id: &str, tag: &str, caller: &str) -> String {
+    let seals = crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None);
+    let seal = seals.seal(call_id, tag, caller.parse().expect("caller IP"));
+    let entry = crate::proxy::seal::sealed_entry("<sip:x>", &seal);
+    entry["<sip:x".len()..entry.len() - 1].to_string()
 }
 
 const HARNESS_ROUTE_SECRET: &[u8] = b"test";

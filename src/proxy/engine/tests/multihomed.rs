@@ -182,7 +182,7 @@ fn a_request_in_the_dialog_pops_both_entries_and_leaves_by_the_other_side() {
     // The callee's BYE comes back through the backends' interface with
     // both our entries on top of its route set.
     let mut h = multihomed();
-    let seal = sealed_for("bye-back", "a1");
+    let seal = sealed_for("bye-back", "a1", "192.0.2.10");
     let bye = parse(&format!(
         "BYE sip:alice@192.0.2.10:5060 SIP/2.0\n\
          Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-bye;rport\n\

@@ -63,7 +63,7 @@ fn a_route_of_ours_without_a_seal_or_with_another_dialogs_is_refused_403() {
     let other_dialogs = our_record_route(&mut h, "other");
     for route in [
         "<sip:192.0.2.1:5060;lr>",
-        "<sip:192.0.2.1:5060;lr;dlg=0123456789abcdef>",
+        "<sip:192.0.2.1:5060;lr;dlg=0123456789abcdefc6336407>",
         other_dialogs.as_str(),
     ] {
         let run = h.receive(in_dialog("BYE", "victim", &[route]), UAC, Protocol::Udp);
@@ -100,7 +100,7 @@ fn during_a_rolling_upgrade_an_unsealed_route_of_ours_may_be_accepted() {
     let bye = in_dialog(
         "BYE",
         "old",
-        &["<sip:192.0.2.1:5060;lr;dlg=0123456789abcdef>"],
+        &["<sip:192.0.2.1:5060;lr;dlg=0123456789abcdefc6336407>"],
     );
     assert!(h.receive(bye, UAC, Protocol::Udp).is_none());
     assert_eq!(h.reply_codes(), [403]);
