@@ -139,31 +139,40 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 
 /// An IPv4 (8 hex digits) or IPv6 (32) address.
 fn parse_ip(hex: &[u8]) -> Option<IpAddr> {
-    let byte = |i: usize| -> Option<u8> {
-        let pair = std::str::from_utf8(hex.get(2 * i..2 * i + 2)?).ok()?;
-        u8::from_str_radix(pair, 16).ok()
-    };
-    match hex.len() {
-        8 => Some(IpAddr::from([byte(0)?, byte(1)?, byte(2)?, byte(3)?])),
-        32 => {
-            let mut octets = [0u8; 16];
-            for (i, octet) in octets.iter_mut().enumerate() {
-                *octet = byte(i)?;
-            }
-            Some(IpAddr::from(octets))
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
         }
-        _ => None,
     }
+    let mut octets = [0u8; 16];
+    let len = match hex.len() {
+        8 => 4,
+        32 => 16,
+        _ => return None,
+    };
+    for (octet, pair) in octets.iter_mut().zip(hex.chunks_exact(2)) {
+        *octet = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(match len {
+        4 => IpAddr::from([octets[0], octets[1], octets[2], octets[3]]),
+        _ => IpAddr::from(octets),
+    })
 }
 
 /// The seal's text in a Route value or URI of ours, if it has one: up to
 /// the next parameter or the end of the URI.
 fn seal_param(value: &str) -> Option<&str> {
-    const NEEDLE: &str = ";dlg=";
-    let at = value.find(NEEDLE)? + NEEDLE.len();
-    let rest = &value[at..];
-    let end = rest.find([';', '>', ',', '?']).unwrap_or(rest.len());
-    Some(&rest[..end])
+    const NEEDLE: &[u8] = b";dlg=";
+    let at = memchr::memmem::find(value.as_bytes(), NEEDLE)? + NEEDLE.len();
+    let rest = value.as_bytes().get(at..)?;
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b';' | b'>' | b',' | b'?'))
+        .unwrap_or(rest.len());
+    value.get(at..at + end)
 }
 
 fn derive_keys(secret: &[u8]) -> [u64; 2] {
