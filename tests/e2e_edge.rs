@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{seed_lb_script, Backend};
 use common::{
     free_port, get_json, header, header_values, http, metric, status_code, RawRequest, Siphon,
-    SippSpec, Transport, UdpPeer,
+    SippSpec, Transport, UdpPeer, ANSWER_200,
 };
 
 const ATTACKER: &str = "127.0.0.66";
@@ -240,9 +240,6 @@ limits:
   tcp: {max_connections: 40, max_per_ip: 8, idle_secs: 30, first_message_secs: 2}
 log: {level: info, format: pretty}
 "#;
-
-const ANSWER_200: &str =
-    "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.reply(200)\n";
 
 fn tcp_options(stream: &mut TcpStream) -> Option<u16> {
     let local = stream.local_addr().unwrap();

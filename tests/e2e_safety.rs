@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::gateway::seed_lb_script;
 use common::{
     example_script, free_port, header, status_code, RawRequest, Siphon, SippSpec, Transport,
-    UdpPeer,
+    UdpPeer, ANSWER_200,
 };
 
 const ATTACKER: &str = "127.0.0.66";
@@ -283,9 +283,6 @@ fn read_message(stream: &mut TcpStream) -> String {
 // ---------------------------------------------------------------------------
 // CR/LF keepalives on streams (RFC 5626 §4.4.1)
 // ---------------------------------------------------------------------------
-
-const ANSWER_200: &str =
-    "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.reply(200)\n";
 
 const STREAM_CONFIG: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]

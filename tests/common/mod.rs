@@ -156,6 +156,10 @@ pub fn proxy_config(level: &str) -> String {
     PROXY_CONFIG.replace("@LEVEL@", level)
 }
 
+/// A routing script that answers every request 200 itself.
+pub const ANSWER_200: &str =
+    "from siphon import proxy\n\n@proxy.on_request\ndef route(request):\n    request.reply(200)\n";
+
 /// Every peer of these tests lives on loopback, which `security.relay_to`
 /// refuses by default (a front proxy must not relay into its own host). A
 /// config that says nothing of `relay_to` gets loopback allowed, as an
