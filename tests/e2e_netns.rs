@@ -120,7 +120,7 @@ fn check_what_the_backend_saw(
     let routes: Vec<String> = header_values(invite, "Record-Route")
         .iter()
         .flat_map(|v| v.split(','))
-        .map(|v| common::unsealed(v.trim()))
+        .map(|v| siphon::proxy::seal::unsealed(v.trim()))
         .collect();
     let tcp_param = |t: Transport| {
         if t == Transport::Tcp {

@@ -61,7 +61,7 @@ fn a_tls_caller_reaches_a_udp_backend_with_a_record_route_for_each_side() {
     let routes: Vec<String> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("RR "))
-        .map(common::unsealed)
+        .map(siphon::proxy::seal::unsealed)
         .collect();
     assert_eq!(routes.len(), 2, "{routes:?}");
     assert_eq!(routes[0], format!("<sip:127.0.0.1:{};lr>", lb.port));

@@ -280,13 +280,14 @@ fn a_websocket_caller_reaches_a_udp_backend_and_hangs_up() {
         // The UDP side toward the backend, then the WS side back to us.
         assert_eq!(record_route.len(), 2, "{record_route:?}");
         assert_eq!(
-            common::unsealed(&record_route[0]),
+            siphon::proxy::seal::unsealed(&record_route[0]),
             format!("<sip:127.0.0.1:{};lr>", lb.siphon.port)
         );
         // With a flow token naming this socket as its user part.
         assert!(record_route[1].starts_with("<sip:f"), "{record_route:?}");
         assert!(
-            common::unsealed(&record_route[1]).ends_with(&format!("@{};transport=ws;lr>", lb.ws)),
+            siphon::proxy::seal::unsealed(&record_route[1])
+                .ends_with(&format!("@{};transport=ws;lr>", lb.ws)),
             "{record_route:?}"
         );
         assert_eq!(metric(lb.admin, "siphon_connections", "\"WS\""), 1.0);
@@ -333,7 +334,8 @@ fn a_secure_websocket_caller_gets_through_too() {
         let (record_route, bye) = call(&mut ws, "WSS", "wss-call-1").await;
         assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
         assert!(
-            common::unsealed(&record_route[1]).ends_with(&format!("@{};transport=wss;lr>", lb.wss)),
+            siphon::proxy::seal::unsealed(&record_route[1])
+                .ends_with(&format!("@{};transport=wss;lr>", lb.wss)),
             "{record_route:?}"
         );
     });
@@ -393,7 +395,7 @@ fn the_callee_hangs_up_and_its_bye_reaches_the_browser_over_its_socket() {
         let dialog = set_up(&mut ws, "WS", "ws-bye", &mut seen).await;
         let routes = &dialog.routes;
         assert!(
-            common::unsealed(&routes[0]).ends_with(";transport=ws;lr>")
+            siphon::proxy::seal::unsealed(&routes[0]).ends_with(";transport=ws;lr>")
                 && routes[0].starts_with("<sip:f"),
             "{routes:?}"
         );

@@ -162,6 +162,19 @@ fn parse_ip(hex: &[u8]) -> Option<IpAddr> {
     })
 }
 
+/// `value` (one of our Route or Record-Route entries) without its seal,
+/// for comparing the rest of it.
+pub fn unsealed(value: &str) -> String {
+    match value.find(";dlg=") {
+        Some(at) => {
+            let rest = &value[at + 5..];
+            let end = rest.find([';', '>']).unwrap_or(rest.len());
+            format!("{}{}", &value[..at], &rest[end..])
+        }
+        None => value.to_string(),
+    }
+}
+
 /// The seal's text in a Route value or URI of ours, if it has one: up to
 /// the next parameter or the end of the URI.
 fn seal_param(value: &str) -> Option<&str> {

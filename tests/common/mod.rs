@@ -178,19 +178,6 @@ pub fn allow_loopback_relays(config: &str) -> String {
     }
 }
 
-/// A Record-Route value of ours without its dialog seal (`;dlg=` and 16
-/// hex digits), for tests that compare the rest of it.
-pub fn unsealed(value: &str) -> String {
-    match value.find(";dlg=") {
-        Some(at) => {
-            let rest = &value[at + 5..];
-            let end = rest.find([';', '>']).unwrap_or(rest.len());
-            format!("{}{}", &value[..at], &rest[end..])
-        }
-        None => value.to_string(),
-    }
-}
-
 /// A running `siphon` daemon in its own temp directory (config, script, log).
 /// Dropping it sends SIGTERM, then SIGKILL after 3 s; if the test is
 /// panicking the log tail is printed to help diagnose it.

@@ -73,17 +73,7 @@ fn request(method: &str, ruri: &str, branch: &str, call_id: &str, extra: &str) -
     parse(&text)
 }
 
-/// A Record-Route value of ours without its dialog seal.
-fn unsealed(value: &str) -> String {
-    match value.find(";dlg=") {
-        Some(at) => {
-            let rest = &value[at + 5..];
-            let end = rest.find([';', '>']).unwrap_or(rest.len());
-            format!("{}{}", &value[..at], &rest[end..])
-        }
-        None => value.to_string(),
-    }
-}
+use crate::proxy::seal::unsealed;
 
 /// The `;dlg=` parameter the harness's engine writes for a dialog started
 /// with TAG by a caller at CALLER.
