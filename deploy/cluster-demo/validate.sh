@@ -252,8 +252,13 @@ $same_backend routed by lb2 to the backend lb1 registered them on;$spread"
 [ "$status" = 0 ] || { failed_calls "$WORK/call-30.out"; show_tail "$WORK/lb2.log"; }
 
 # ---------------------------------------------------------------------------
-# 2. A backend killed under load: its subscribers are reached through the
-#    others (their lookup reads Redis), no re-REGISTER, no failed call
+# 2. A backend killed under load: the calls on the others go on, its
+#    subscribers are reached through the others (their lookup reads Redis)
+#    at once, failing over inside the transaction; no re-REGISTER
+#
+#    The load runs on the other backends' users. A call already ringing
+#    through the killed backend is tied to it (the callee answers to its Via),
+#    so no proxy can save it; its users are called right after the kill.
 # ---------------------------------------------------------------------------
 status=0
 detail=""
@@ -261,26 +266,31 @@ X=$(python3 "$CHECK" lb-dest "$WORK/lb1.log" REGISTER user01 2>/dev/null)
 X=${X#backend}
 [ -n "$X" ] || fail_now "cannot tell user01's backend"
 USERS_X=$(users_on "backend$X")
+USERS_KEPT=$(printf '%s' "$FIRST_30" | tr ',' '\n' | grep -vxF -f <(printf '%s' "$USERS_X" | tr ',' '\n') | paste -sd, -)
 registers_before=$(registers)
 failovers_before=$(count_matching "$WORK/lb2.log" " failover ")
-# The load: every user called through lb2, pass after pass, LOAD_PASSES times.
+# The load: the others' users called through lb2, pass after pass.
 LOAD_PASSES=10
 (
     failed=0
-    for _ in $(seq 1 "$LOAD_PASSES"); do ua_call 2 "$FIRST_30" || failed=1; done
+    for _ in $(seq 1 "$LOAD_PASSES"); do ua_call 2 "$USERS_KEPT" || failed=1; done
     exit $failed
 ) >"$WORK/call-load.out" 2>&1 &
 load=$!
 PIDS+=("$load")
-sleep 0.3
+# Kill once the load is flowing.
+wait_for 10 grep -q 'final=200' "$WORK/call-load.out" || fail_now "the load got no call answered"
 kill -KILL "${BACKEND_PID[$X]}" 2>/dev/null
 wait "${BACKEND_PID[$X]}" 2>/dev/null
 forget_pid "${BACKEND_PID[$X]}"
+# Before the probes notice: each call tries the dead backend, then another.
+ua_call 2 "$USERS_X" >"$WORK/call-failover.out" 2>&1 || { status=1; detail="$(failed_calls "$WORK/call-failover.out"); "; }
+failed_over=$(count_matching "$WORK/call-failover.out" 'final=200 .*bye=200')
 wait "$load" || status=1
 forget_pid "$load"
 answered=$(count_matching "$WORK/call-load.out" 'final=200 .*bye=200')
-load_calls=$((30 * LOAD_PASSES))
-[ "$answered" = "$load_calls" ] || { status=1; detail="lost: $(failed_calls "$WORK/call-load.out"); "; }
+load_calls=$(($(printf '%s' "$USERS_KEPT" | tr ',' '\n' | grep -c .) * LOAD_PASSES))
+[ "$answered" = "$load_calls" ] || { status=1; detail="${detail}lost: $(failed_calls "$WORK/call-load.out"); "; }
 failovers=$(($(count_matching "$WORK/lb2.log" " failover ") - failovers_before))
 [ "$failovers" -gt 0 ] || status=1
 # Once both LBs' probes call it down, its users go straight to the others.
@@ -297,9 +307,11 @@ done
 [ "$elsewhere" = "$(printf '%s' "$USERS_X" | tr ',' '\n' | grep -c .)" ] || status=1
 [ "$(registers)" = "$registers_before" ] || { status=1; detail="${detail}something re-REGISTERed; "; }
 result 2 "backend$X killed under load: no call lost, its users reached through the others from Redis" \
-    $status "${detail}$answered of $load_calls calls of the load answered, $failovers failovers on lb2; \
-$moved calls to backend$X's users ($USERS_X) answered by $elsewhere other backends; no re-REGISTER"
+    $status "${detail}$answered of $load_calls calls of the load answered; $failed_over calls to backend$X's users \
+($USERS_X) right after the kill answered, $failovers failovers on lb2; then $moved answered by $elsewhere other \
+backends; no re-REGISTER"
 [ "$status" = 0 ] || show_tail "$WORK/lb2.log" 20
+
 # Back for what follows: it restores its bindings from Redis.
 start_backend "$X" "$WORK/backend$X-restarted.log"
 for lb in 1 2; do
