@@ -772,6 +772,10 @@ gateway:
       algorithm: hash
       probe: {enabled: @PROBE@, interval_secs: 1, failure_threshold: 1, timeout_ms: 400}
       passive: {failure_threshold: 100, eject_secs: 1}
+      # The backend answers from the address it is reached at, so the LB
+      # may insist on it: an on-path attacker who saw the branch then
+      # cannot answer from elsewhere.
+      strict_source: true
       destinations:
         - uri: "sip:backend1.example.com:5060"
           address: "@BACKEND@"

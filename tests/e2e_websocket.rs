@@ -455,3 +455,43 @@ fn answer_200(request: &str) -> String {
     reply.push_str("Content-Length: 0\r\n\r\n");
     reply
 }
+
+#[test]
+fn a_caller_whose_websocket_reconnected_hangs_up_through_its_new_socket() {
+    // A browser's WebSocket drops mid-call and it reconnects (a new source
+    // port): its BYE, sent on the new socket with the dialog's Route set,
+    // must reach the backend, not the old socket its token names.
+    let lb = start_lb();
+    let url = format!("ws://{}/", lb.ws);
+    runtime().block_on(async {
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(lb.ws).await.unwrap();
+            let (ws, _) = tokio_tungstenite::client_async(request(&url, Some("sip"), ORIGIN), tcp)
+                .await
+                .unwrap_or_else(|e| panic!("handshake: {e}\n{}", lb.siphon.log_tail(20)));
+            ws
+        };
+        let mut first = connect().await;
+        let mut seen = Vec::new();
+        let dialog = set_up(&mut first, "WS", "ws-moved-1", &mut seen).await;
+        first.close(None).await.unwrap();
+        drop(first);
+        let mut second = connect().await;
+        let bye = sip_request(
+            "BYE",
+            &dialog.contact,
+            "WS",
+            "ws-moved-1",
+            2,
+            Some(&dialog.to_tag),
+            &dialog.routes,
+        );
+        second.send(Message::text(bye)).await.unwrap();
+        let answer = final_response(&mut second, "BYE", &mut seen).await;
+        assert!(
+            answer.starts_with("SIP/2.0 200"),
+            "the backend's answer to the BYE: {answer}\n{}",
+            lb.siphon.log_tail(20)
+        );
+    });
+}

@@ -105,7 +105,11 @@ impl GatewayService {
     pub fn add_group(&self, config: &GroupConfig) {
         let group = config.to_group();
         let probe = config.probe.enabled.then(|| config.probe.clone());
-        let (shared, _) = self.gateways.insert(group, config.failover.policy());
+        let policy = crate::proxy::decision::FailoverPolicy {
+            strict_source: config.strict_source,
+            ..config.failover.policy()
+        };
+        let (shared, _) = self.gateways.insert(group, policy);
         let actor = self.start_actor(&config.name, &shared, probe.as_ref());
         let previous = self.entries().insert(
             config.name.clone(),
@@ -407,7 +411,7 @@ impl Actor for GroupActor {
                 self.name.clone(),
                 index,
                 uri,
-                hop,
+                (hop, self.shared.policy().strict_source),
                 &probe,
                 self.transports.clone(),
                 group.clone(),
@@ -628,6 +632,8 @@ pub struct Prober {
     index: usize,
     uri: String,
     hop: Hop,
+    /// Answers count only from the probed address (`strict_source`).
+    strict_source: bool,
     interval: Duration,
     timeout: Duration,
     transports: Transports,
@@ -644,7 +650,7 @@ impl Prober {
         group_name: String,
         index: usize,
         uri: String,
-        hop: Hop,
+        (hop, strict_source): (Hop, bool),
         probe: &ProbeConfig,
         transports: Transports,
         group: Addr<GroupActor>,
@@ -654,6 +660,7 @@ impl Prober {
             index,
             uri,
             hop,
+            strict_source,
             interval: probe.interval(),
             timeout: probe.timeout(),
             transports,
@@ -692,6 +699,7 @@ impl Prober {
         router.dispatch_probe(SendProbe {
             uri: self.uri.clone(),
             hop: self.hop.clone(),
+            strict_source: self.strict_source,
             call_id: format!("{}-{sequence}@siphon", self.call_id_base),
             reply_to: ctx.address().recipient(),
         });
@@ -830,6 +838,7 @@ mod tests {
             failover: Default::default(),
             passive: Default::default(),
             max_retry_after_secs: crate::config::DEFAULT_MAX_RETRY_AFTER_SECS,
+            strict_source: false,
         }
     }
 

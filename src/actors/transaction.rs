@@ -357,6 +357,8 @@ impl TransactionShard {
 pub struct SendProbe {
     pub uri: String,
     pub hop: forward::Hop,
+    /// Its answer counts only from the probed address.
+    pub strict_source: bool,
     pub call_id: String,
     pub reply_to: Recipient<ProbeOutcome>,
 }
@@ -451,8 +453,9 @@ impl Handler<SendProbe> for TransactionShard {
         let now = Instant::now();
         self.next_probe += 1;
         self.probes.insert(self.next_probe, probe.reply_to);
+        let target = (probe.hop, probe.strict_source);
         self.engine
-            .start_probe(now, self.next_probe, &probe.uri, probe.hop, &probe.call_id);
+            .start_probe(now, self.next_probe, &probe.uri, target, &probe.call_id);
         self.carry_out(now);
     }
 }

@@ -121,6 +121,8 @@ pub struct GroupConfig {
     pub passive: PassiveConfig,
     /// Retry-After holds (from probes or relays) are cut to this.
     pub max_retry_after_secs: u64,
+    /// UDP answers count only from the address they were sent to.
+    pub strict_source: bool,
 }
 
 /// The default of `max_retry_after_secs`.
@@ -180,6 +182,7 @@ impl FailoverConfig {
             no_response: Duration::from_millis(self.no_response_ms),
             on_codes: self.on_codes.clone(),
             max_attempts: self.max_attempts.unwrap_or(usize::MAX),
+            strict_source: false,
         }
     }
 }
@@ -677,8 +680,8 @@ impl Default for TransactionConfig {
             t1_ms: 500,
             t2_ms: 4000,
             t4_ms: 5000,
-            timer_c_secs: 180,
-            max_invite_lifetime_secs: 180,
+            timer_c_secs: 185,
+            max_invite_lifetime_secs: 300,
         }
     }
 }

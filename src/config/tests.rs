@@ -111,7 +111,7 @@ fn defaults_fill_in_every_optional_section() {
     assert_eq!(config.transaction.t1(), Duration::from_millis(500));
     assert_eq!(config.transaction.t2(), Duration::from_millis(4000));
     assert_eq!(config.transaction.t4(), Duration::from_millis(5000));
-    assert_eq!(config.transaction.timer_c(), Duration::from_secs(180));
+    assert_eq!(config.transaction.timer_c(), Duration::from_secs(185));
     assert!(config.dns.servers.is_empty(), "the system's name servers");
     assert_eq!(config.dns.timeout(), Duration::from_secs(2));
     assert_eq!(config.dns.cache_size, 4096);

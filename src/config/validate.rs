@@ -250,6 +250,7 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
             failover: raw_group.failover,
             passive: raw_group.passive,
             max_retry_after_secs: raw_group.max_retry_after_secs,
+            strict_source: raw_group.strict_source,
         };
         group.check().map_err(at)?;
         groups.push(group);

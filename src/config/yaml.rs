@@ -64,6 +64,8 @@ pub(super) struct RawGroup {
     pub(super) passive: PassiveConfig,
     #[serde(default = "default_max_retry_after")]
     pub(super) max_retry_after_secs: u64,
+    #[serde(default)]
+    pub(super) strict_source: bool,
 }
 
 pub(super) fn default_max_retry_after() -> u64 {

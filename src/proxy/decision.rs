@@ -83,6 +83,10 @@ pub struct FailoverPolicy {
     pub on_codes: Vec<u16>,
     /// Branches per request at most, the first included.
     pub max_attempts: usize,
+    /// Take UDP responses (and probe answers) only from the address the
+    /// request went to (`strict_source`): off by default, since a backend
+    /// behind a VIP or bound to every address answers from another one.
+    pub strict_source: bool,
 }
 
 impl Default for FailoverPolicy {
@@ -92,6 +96,7 @@ impl Default for FailoverPolicy {
             no_response: Duration::from_millis(1000),
             on_codes: vec![503],
             max_attempts: usize::MAX,
+            strict_source: false,
         }
     }
 }

@@ -116,6 +116,17 @@ impl FlowTokens {
     }
 }
 
+/// Whether `user` has the shape of a token of `kind` (its letter, then the
+/// hex of an IPv4 or IPv6 flow and its MAC), whatever its MAC says.
+pub fn is_token_shaped(kind: TokenKind, user: &str) -> bool {
+    let Some(hex) = user.strip_prefix(kind.prefix()) else {
+        return false;
+    };
+    let written = |ip_len: usize| 2 * (1 + ip_len + 2 + MAC_LEN);
+    (hex.len() == written(4) || hex.len() == written(16))
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// What the MAC covers: the kind, then the flow written in the token.
 fn flow_bytes(kind: TokenKind, protocol: Protocol, peer: SocketAddr) -> Vec<u8> {
     let mut flow = vec![kind as u8, protocol.index() as u8];

@@ -199,6 +199,8 @@ pub struct ForwardEdits<'a> {
     pub path: Option<&'a str>,
     /// Routes to put on top of the Route set (a fork target's Path).
     pub push_routes: &'a [String],
+    /// Max-Breadth to write, replacing the request's (RFC 5393; forks only).
+    pub max_breadth: Option<u32>,
     pub via: &'a str,
     /// `received`/`rport` to stamp on the previous hop's Via (RFC 3581).
     pub source: SocketAddr,
@@ -256,6 +258,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
             }
             _ => {}
         }
+        if edits.max_breadth.is_some() && header.name_str(msg).eq_ignore_ascii_case("Max-Breadth") {
+            rw.remove_header(index);
+        }
         if !edits.header_edits.is_empty()
             && edits
                 .header_edits
@@ -267,6 +272,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
     }
     if !max_forwards_seen {
         rw.append_header("Max-Forwards", "70");
+    }
+    if let Some(breadth) = edits.max_breadth {
+        rw.append_header("Max-Breadth", itoa::Buffer::new().format(breadth));
     }
     // Only the last edit of each name is kept: set after remove wins and vice versa.
     for (i, (name, value)) in edits.header_edits.iter().enumerate() {
@@ -458,6 +466,7 @@ body";
                 push_routes: &[],
                 routes_dropped: 0,
                 append_route: None,
+                max_breadth: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },
@@ -497,6 +506,7 @@ body";
                 push_routes: &["<sip:edge.example;lr>".to_string()],
                 routes_dropped: 0,
                 append_route: None,
+                max_breadth: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.2",
                 source: "10.0.0.9:5061".parse().unwrap(),
             },

@@ -25,8 +25,8 @@ impl Default for TimerSettings {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
-            timer_c: Duration::from_secs(180),
-            max_invite_lifetime: Duration::from_secs(180),
+            timer_c: Duration::from_secs(185),
+            max_invite_lifetime: Duration::from_secs(300),
         }
     }
 }

@@ -467,6 +467,7 @@ fn group_config(
         max_retry_after_secs: policies
             .max_retry_after_secs
             .unwrap_or(DEFAULT_MAX_RETRY_AFTER_SECS),
+        strict_source: false,
     };
     config.check().map_err(|e| e.to_string())?;
     Ok(config)

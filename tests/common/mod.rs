@@ -1160,6 +1160,23 @@ impl TcpPeer {
         }
     }
 
+    /// A connection from LOCAL_IP (another 127.0.0.x: the same client
+    /// after it moved networks).
+    pub fn connect_from(local_ip: &str, target: SocketAddr) -> TcpPeer {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let local: SocketAddr = format!("{local_ip}:0").parse().expect("local address");
+        socket.bind(&local.into()).expect("bind");
+        socket
+            .connect_timeout(&target.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {target} from {local_ip}: {e}"));
+        TcpPeer {
+            stream: socket.into(),
+            buffer: Vec::new(),
+            closed: false,
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().expect("local addr")
     }

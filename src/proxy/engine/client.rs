@@ -59,6 +59,9 @@ pub struct ClientTx {
     pub abandoned: bool,
     /// Its failure went to its destination's passive health already.
     pub failure_reported: bool,
+    /// Over UDP, responses count only from `hop` (a group's
+    /// `strict_source`); otherwise the branch's keyed token is the proof.
+    pub strict_source: bool,
 }
 
 impl ClientTx {
@@ -92,6 +95,7 @@ impl ClientTx {
             accepted: false,
             abandoned: false,
             failure_reported: false,
+            strict_source: false,
         }
     }
 }
@@ -100,6 +104,12 @@ impl ClientTx {
     /// Moves Timer C to `due`, or to the INVITE's end of life if sooner.
     pub fn push_timer_c(&mut self, due: Instant) {
         self.timer_c_due = self.lifetime_end.map_or(due, |end| due.min(end));
+    }
+
+    /// Whether a response from `source` may be this branch's (§17.1.3
+    /// matches on branch and method; `strict_source` adds the address).
+    pub fn accepts_from(&self, source: std::net::SocketAddr) -> bool {
+        !self.strict_source || self.hop.protocol.is_reliable() || self.hop.addr == source
     }
 
     /// The INVITE has reached its end of life.

@@ -73,6 +73,11 @@ impl ResponseContext {
         self.pending
     }
 
+    /// A branch returned a 6xx (a global failure, §21.6).
+    pub fn has_global_failure(&self) -> bool {
+        self.finals.iter().any(|c| c.code() >= 600)
+    }
+
     /// A copy of the response [`ResponseContext::take_best`] would choose
     /// (None when that is a timeout or there is none), for the script.
     pub fn best_response(&self) -> Option<Message> {

@@ -296,6 +296,7 @@ impl Run {
                             no_response: Duration::from_millis(*self.rng.pick(&[1, 500, 1000])),
                             on_codes: vec![503, 500],
                             max_attempts: 1 + self.rng.below(4),
+                            strict_source: self.rng.chance(50),
                         }),
                         candidates,
                     });
@@ -424,8 +425,13 @@ impl Run {
     fn probe(&mut self) {
         let hop = hop_of("sip:backend1.example").expect("known host");
         let id = self.rng.next();
-        self.engine
-            .start_probe(self.now, id, "sip:backend1.example", hop, "probe-call");
+        self.engine.start_probe(
+            self.now,
+            id,
+            "sip:backend1.example",
+            (hop, false),
+            "probe-call",
+        );
     }
 
     fn advance(&mut self) {

@@ -199,8 +199,11 @@ struct BranchPlan<'a> {
     push_routes: &'a [String],
     routes_popped: usize,
     append_route: Option<&'a str>,
-    /// A gateway candidate: its index and how long it may stay silent.
-    candidate: Option<(usize, Duration)>,
+    /// A gateway candidate: its index, how long it may stay silent, and
+    /// whether its answers count only from its address.
+    candidate: Option<(usize, Duration, bool)>,
+    /// The branch's share of Max-Breadth (RFC 5393), when forking.
+    max_breadth: Option<u32>,
 }
 
 /// The transaction engine of one shard.
@@ -349,6 +352,10 @@ impl<F: Clone> Engine<F> {
                     }
                     // An ACK for a 2xx (an RFC 2543 one shares the INVITE's
                     // key): end to end, so the script routes it.
+                } else if msg.to_tag().is_some_and(|tag| key.is_stateless_tag(tag)) {
+                    // The ACK of a refusal we sent statelessly (483, 482,
+                    // 420, 503): it ends here.
+                    return;
                 }
             }
             Some(Method::Cancel) => {
@@ -482,7 +489,7 @@ impl<F: Clone> Engine<F> {
                 failure_run: false,
             },
         );
-        match self.path_route(&msg, (source, protocol), &preroute) {
+        match self.path_route(&msg, &preroute) {
             Some(PathRoute::Flow) => {
                 // Toward a client registered through us: over its flow,
                 // and we stay in the dialog (both sides named).
@@ -758,8 +765,14 @@ impl<F: Clone> Engine<F> {
                     decision.action = Some(Action::Fork { targets });
                     return Some(self.defer(ticket, pending, decision, hosts));
                 }
+                // RFC 5393: the branches share the request's Max-Breadth.
+                let parallel = targets.len();
+                let Some(shares) = breadth_shares(&msg, parallel) else {
+                    self.reply_local(slot, 440, "Max-Breadth Exceeded", &[], now);
+                    return None;
+                };
                 let mut refused = 0;
-                for (target, hop) in targets.iter().zip(hops) {
+                for ((target, hop), breadth) in targets.iter().zip(hops).zip(shares) {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
                         tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
                         continue;
@@ -786,6 +799,7 @@ impl<F: Clone> Engine<F> {
                                 routes_popped: decision.routes_popped,
                                 append_route: None,
                                 candidate: None,
+                                max_breadth: Some(breadth),
                             };
                             self.open_branch(now, &pending, &decision, plan);
                         }
@@ -848,8 +862,30 @@ impl<F: Clone> Engine<F> {
                 call_id = msg.call_id().unwrap_or(""),
                 "script took no action; request dropped"
             );
-            self.remove_server(slot);
+            self.absorb_retransmissions(slot, now);
         }
+    }
+
+    /// A non-INVITE dropped without an answer: its transaction stays, with
+    /// nothing to replay, until Timer J, so its retransmissions end here
+    /// rather than run the script again.
+    fn absorb_retransmissions(&mut self, slot: u64, now: Instant) {
+        let timeout = self.settings().timeout();
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        tx.final_sent = true;
+        tx.state = ServerState::Completed;
+        tx.request = None;
+        tx.failover = None;
+        tx.last_response = None;
+        let linger = if tx.protocol.is_reliable() {
+            Duration::ZERO
+        } else {
+            timeout
+        };
+        self.timers
+            .arm(now, linger, TimerOwner::Server(slot), TimerKind::J);
     }
 
     /// `relay(uri)`: to `uri` as the next hop, else along the Route set
@@ -883,11 +919,8 @@ impl<F: Clone> Engine<F> {
         } = route::relay_target(msg, &decision, uri, dropped);
         // Toward a caller on a connection: over that connection, whatever
         // its Contact says (a browser's does not resolve).
-        let arrived = (pending.source, pending.protocol);
         let flow = match (uri, &first_remaining) {
-            (None, false) => self
-                .popped_flow(msg, arrived, routes_popped)
-                .map(|(_, hop)| hop),
+            (None, false) => self.popped_flow(msg, routes_popped).map(|(_, hop)| hop),
             _ => None,
         };
         // The dialog's own caller may be reached wherever it sits: its
@@ -911,6 +944,7 @@ impl<F: Clone> Engine<F> {
                     routes_popped,
                     append_route: append_route.as_deref(),
                     candidate: None,
+                    max_breadth: None,
                 };
                 self.open_branch(now, pending, &decision, plan);
             }
@@ -922,9 +956,14 @@ impl<F: Clone> Engine<F> {
                 }
             }
             Err(e) => {
-                tracing::warn!(target = %target, error = %e, "cannot relay");
+                tracing::debug!(target = %target, error = %e, "cannot relay");
                 if let Some(slot) = pending.slot {
-                    self.reply_local(slot, 478, "Unresolvable Destination", &[], now)
+                    if routable_scheme(&target) {
+                        self.reply_local(slot, 478, "Unresolvable Destination", &[], now)
+                    } else {
+                        // §16.3 step 1 / §21.4.16.
+                        self.reply_local(slot, 416, "Unsupported URI Scheme", &[], now)
+                    }
                 }
             }
         }
@@ -947,29 +986,24 @@ impl<F: Clone> Engine<F> {
         format!("<sip:{token}@{host_and_params}")
     }
 
-    /// The flow token in a Route value we popped, and the connection it
-    /// names, unless that is the connection the request came in on (then
-    /// it is going the other way).
-    fn popped_flow(
-        &self,
-        msg: &Message,
-        (source, protocol): (SocketAddr, Protocol),
-        popped: usize,
-    ) -> Option<(TokenKind, Hop)> {
-        popped_users(msg, popped)
-            .filter_map(|user| self.config.flow_tokens.decode(user))
-            .find(|(_, hop)| !(hop.protocol == protocol && hop.addr == source))
+    /// The connection a request that popped our Route goes on: the one
+    /// the flow token in the *last* entry we popped names. Where a token is
+    /// involved we write one entry for each side (see `route_entries`), and
+    /// a request pops the sender's side first, so the last names the other
+    /// side, whatever address the sender now has (a browser whose
+    /// WebSocket reconnected, a phone that moved networks). A Record-Route
+    /// token counts only within a dialog: an initial request must not reach
+    /// a client through a token some dialog peer has seen.
+    fn popped_flow(&self, msg: &Message, popped: usize) -> Option<(TokenKind, Hop)> {
+        let last = msg.header_values(HeaderName::Route).take(popped).last()?;
+        let (kind, hop) = self.config.flow_tokens.decode(route_user(last)?)?;
+        (kind == TokenKind::Path || msg.to_tag().is_some()).then_some((kind, hop))
     }
 
     /// How the core routes an initial request that our Path sent here
     /// (RFC 3327), without the script: its popped Route names a client's
     /// flow by a Path token. None for any other request.
-    fn path_route(
-        &self,
-        msg: &Message,
-        arrived: (SocketAddr, Protocol),
-        preroute: &Preroute,
-    ) -> Option<PathRoute> {
+    fn path_route(&self, msg: &Message, preroute: &Preroute) -> Option<PathRoute> {
         let popped = preroute.routes_popped;
         if popped == 0 || msg.to_tag().is_some() || msg.method() == Some(Method::Ack) {
             return None;
@@ -978,13 +1012,19 @@ impl<F: Clone> Engine<F> {
         if route::first_remaining_route(msg, popped, dropped).is_some() {
             return None;
         }
-        if let Some((TokenKind::Path, _)) = self.popped_flow(msg, arrived, popped) {
+        if let Some((TokenKind::Path, _)) = self.popped_flow(msg, popped) {
             return Some(PathRoute::Flow);
         }
         // A Path token that does not verify is one of an earlier run's
-        // (connections do not outlive us): the flow is gone.
-        popped_users(msg, popped)
-            .any(|user| user.starts_with('p') && self.config.flow_tokens.decode(user).is_none())
+        // (connections do not outlive us): the flow is gone. Only the
+        // token's shape says so: `sip:proxy@...` is no token.
+        msg.header_values(HeaderName::Route)
+            .take(popped)
+            .filter_map(route_user)
+            .any(|user| {
+                crate::proxy::flow::is_token_shaped(TokenKind::Path, user)
+                    && self.config.flow_tokens.decode(user).is_none()
+            })
             .then_some(PathRoute::Stale)
     }
 
@@ -1028,7 +1068,12 @@ impl<F: Clone> Engine<F> {
             push_routes: &[],
             routes_popped: decision.routes_popped,
             append_route: None,
-            candidate: Some((index, failover.relay.policy.no_response)),
+            candidate: Some((
+                index,
+                failover.relay.policy.no_response,
+                failover.relay.policy.strict_source,
+            )),
+            max_breadth: None,
         };
         self.open_branch(now, pending, decision, plan);
         if let Some(tx) = self.servers.get_mut(&slot) {
@@ -1050,10 +1095,17 @@ impl<F: Clone> Engine<F> {
     ) -> bool {
         // A branch counts once for its destination's health, whatever else
         // befalls it (silence, then Timer B; a link failure, then silence).
-        let first_report = self
-            .clients
-            .get_mut(&token)
-            .is_some_and(|client| !std::mem::replace(&mut client.failure_reported, true));
+        // A destination that answered 100 is up: silence after it, or a 408,
+        // is its callee's timeout, which any caller can provoke by calling
+        // a number that never answers.
+        let first_report = self.clients.get_mut(&token).is_some_and(|client| {
+            let callee_timeout = client.got_provisional
+                && matches!(
+                    failure,
+                    RelayFailure::NoResponse | RelayFailure::Status(408)
+                );
+            !std::mem::replace(&mut client.failure_reported, true) && !callee_timeout
+        });
         let Some(tx) = self.servers.get_mut(&slot) else {
             return false;
         };
@@ -1097,7 +1149,9 @@ impl<F: Clone> Engine<F> {
     /// A candidate branch answered `code`: a success for its destination's
     /// passive health when from 101 to 499 (a 100 proves only that the
     /// host is up), and a 101–299 takes the call, unless the branch was
-    /// given up for another already.
+    /// given up for another already. A given-up branch's late answer is no
+    /// success: it came too late for its caller, and it would wipe out the
+    /// failure its silence counted.
     fn gateway_answered(&mut self, slot: u64, index: usize, code: u16, abandoned: bool) {
         let Some(failover) = self
             .servers
@@ -1113,7 +1167,8 @@ impl<F: Clone> Engine<F> {
         let Some(candidate) = failover.relay.candidates.get_mut(index) else {
             return;
         };
-        if (101..500).contains(&code) && std::mem::take(&mut candidate.report_success) {
+        if (101..500).contains(&code) && !abandoned && std::mem::take(&mut candidate.report_success)
+        {
             self.out.push_back(Output::Health(HealthReport {
                 group: group.clone(),
                 uri: candidate.uri.clone(),
@@ -1189,8 +1244,11 @@ impl<F: Clone> Engine<F> {
         if !self.gateway_failed(now, (slot, token, index), failure, None) {
             if failure == RelayFailure::Transport {
                 // Nowhere left to go, and nothing will come over a dead
-                // link: the branch ends now rather than at Timer B.
-                self.branch_timeout(token, now, "transport error");
+                // link: the branch ends now rather than at Timer B, as if
+                // it had answered 503 (§16.9).
+                self.end_branch(token, now, "transport error", |_| {
+                    Some(Candidate::TRANSPORT_ERROR)
+                });
             }
             return;
         }
@@ -1252,6 +1310,7 @@ impl<F: Clone> Engine<F> {
                 record_route: record_route.as_deref(),
                 path: path.as_deref(),
                 push_routes: plan.push_routes,
+                max_breadth: plan.max_breadth,
                 via: &via,
                 source: pending.source,
             },
@@ -1274,8 +1333,9 @@ impl<F: Clone> Engine<F> {
             client.lifetime_end = Some(started + settings.max_invite_lifetime);
             client.push_timer_c(now + settings.timer_c);
         }
-        if let Some((index, silence)) = plan.candidate {
+        if let Some((index, silence, strict_source)) = plan.candidate {
             client.candidate = Some(index);
+            client.strict_source = strict_source;
             let owner = TimerOwner::Client(token);
             self.timers.arm(now, silence, owner, TimerKind::NoResponse);
         }
@@ -1333,9 +1393,11 @@ impl<F: Clone> Engine<F> {
             pending.source.ip(),
         );
         let sealed = |entry: &str| sealed_entry(entry, &seal);
+        // Where a token is involved both sides get an entry, even on one
+        // listener: a request pops its sender's side first, and goes on by
+        // the other (see `popped_flow`).
         let record_route = match (pending.listener == out_listener, callee_side, caller_side) {
             (true, None, None) => sealed(name(out_listener)),
-            (true, Some(one), None) | (true, None, Some(one)) => sealed(&one),
             (_, callee_side, caller_side) => format!(
                 "{}, {}",
                 sealed(callee_side.as_deref().unwrap_or(name(out_listener))),
@@ -1444,9 +1506,10 @@ impl<F: Clone> Engine<F> {
         };
         let method = msg.cseq().map_or("", |(_, method)| method);
         if method == "CANCEL" {
-            let matches = self.cancels.get(&token).is_some_and(|cancel| {
-                cancel.loop_hash == loop_hash && from_hop(&cancel.hop, source)
-            });
+            let matches = self
+                .cancels
+                .get(&token)
+                .is_some_and(|cancel| cancel.loop_hash == loop_hash);
             if matches && msg.status().unwrap_or(0) >= 200 {
                 self.cancels.remove(&token);
             }
@@ -1454,9 +1517,13 @@ impl<F: Clone> Engine<F> {
         }
         match self.clients.get(&token) {
             Some(client) => {
+                // §17.1.3 matches on branch and method only: a hop behind
+                // a VIP, or bound to every address of a multi-homed host,
+                // answers from another address than we sent to. The
+                // branch's token is keyed, so it cannot be guessed.
                 if client.loop_hash != loop_hash
                     || !client.method.matches(method)
-                    || !from_hop(&client.hop, source)
+                    || !client.accepts_from(source)
                 {
                     tracing::debug!(
                         %source,
@@ -1668,8 +1735,12 @@ impl<F: Clone> Engine<F> {
             return;
         }
         if tx.invite && six_hundred {
+            // §16.7: CANCEL the others; those that never answered are given
+            // up at once, as after the caller's CANCEL, so the 6xx need not
+            // wait for Timer B.
             for token in tx.branches.clone() {
                 self.cancel_branch(token, now);
+                self.give_up_if_unanswered(slot, token, now);
             }
         }
         let Some(tx) = self.servers.get_mut(&slot) else {
@@ -1678,8 +1749,11 @@ impl<F: Clone> Engine<F> {
         if tx.context.branches_pending() > 0 {
             return;
         }
-        if let (false, FailureHook::NotRun, Some(request)) =
-            (tx.cancelled, tx.failure_hook, tx.request.clone())
+        // §16.7: after a 6xx no new branch may open, so the failure hook
+        // (which may relay or fork) does not run.
+        let declined = tx.context.has_global_failure();
+        if let (false, false, FailureHook::NotRun, Some(request)) =
+            (tx.cancelled, declined, tx.failure_hook, tx.request.clone())
         {
             // Failover (if any) has run out: the script may try elsewhere.
             self.next_slot += 1;
@@ -1948,7 +2022,10 @@ impl<F: Clone> Engine<F> {
         };
         let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
         match kind {
-            TimerKind::A if client.state == ClientState::Trying && !client.abandoned => {
+            // A branch given up for another goes on until it answers
+            // provisionally (and is CANCELed) or Timer B: its 1xx may have
+            // been lost, and §9.1 allows no CANCEL before one.
+            TimerKind::A if client.state == ClientState::Trying => {
                 client.retransmit = settings.backoff(client.retransmit, false);
                 let (hop, bytes) = (client.hop.clone(), client.request.clone());
                 let next = (client.retransmit, TimerOwner::Client(token), TimerKind::A);
@@ -2096,7 +2173,14 @@ impl<F: Clone> Engine<F> {
     /// Sends an OPTIONS probe to `uri` at `hop` as a non-INVITE client
     /// transaction; its outcome comes back as [`Output::ProbeDone`] with
     /// `probe`.
-    pub fn start_probe(&mut self, now: Instant, probe: u64, uri: &str, hop: Hop, call_id: &str) {
+    pub fn start_probe(
+        &mut self,
+        now: Instant,
+        probe: u64,
+        uri: &str,
+        (hop, strict_source): (Hop, bool),
+        call_id: &str,
+    ) {
         let token = self.fresh_token();
         let out_listener = self.listener_for(&hop);
         let via = self.via_value(out_listener, |out| push_client_branch(out, 0, token));
@@ -2118,7 +2202,7 @@ impl<F: Clone> Engine<F> {
             &[],
         ));
         self.send(hop.clone(), bytes.clone());
-        let client = ClientTx::new(
+        let mut client = ClientTx::new(
             Owner::Probe { probe, sent: now },
             0,
             SentMethod::Known(Method::Options),
@@ -2127,6 +2211,7 @@ impl<F: Clone> Engine<F> {
             self.settings().t1,
             now,
         );
+        client.strict_source = strict_source;
         self.add_client(now, token, client);
     }
 }
@@ -2134,16 +2219,39 @@ impl<F: Clone> Engine<F> {
 /// A response made here to `request` from `source`: its top Via stamped
 /// with `received`/`rport` as a forwarded request's would be (RFC 3581),
 /// so a UA behind NAT learns its public address from our answers too.
-/// The user parts of the first `popped` Route values: ours that carry one
-/// hold a flow token. A value without `@` costs no parsing.
-fn popped_users(msg: &Message, popped: usize) -> impl Iterator<Item = &str> {
-    msg.header_values(HeaderName::Route)
-        .take(popped)
-        .filter(|value| value.contains('@'))
-        .filter_map(|value| {
-            let addr = sip::NameAddr::parse(value).ok()?;
-            sip::Uri::parse(addr.uri).ok()?.user
-        })
+/// The user part of a Route value: ours that carry one hold a flow token.
+/// A value without `@` costs no parsing.
+fn route_user(value: &str) -> Option<&str> {
+    if !value.contains('@') {
+        return None;
+    }
+    let addr = sip::NameAddr::parse(value).ok()?;
+    sip::Uri::parse(addr.uri).ok()?.user
+}
+
+/// RFC 5393 §5.3: the Max-Breadth we hold for a request (60 when it has
+/// none, and never more).
+const MAX_BREADTH: u32 = 60;
+
+/// Each of `parallel` branches' share of the request's Max-Breadth, or
+/// None when there is not one unit for each (440 Max-Breadth Exceeded).
+/// A single branch is forwarding, not forking: it keeps the whole.
+fn breadth_shares(msg: &Message, parallel: usize) -> Option<impl Iterator<Item = u32>> {
+    let received = msg
+        .header_named("Max-Breadth")
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let breadth = received.map_or(MAX_BREADTH, |b| b.min(MAX_BREADTH));
+    let n = u32::try_from(parallel.max(1)).unwrap_or(u32::MAX);
+    if n > 1 && n > breadth {
+        return None;
+    }
+    Some((0..n).map(move |i| breadth / n + u32::from(i < breadth % n)))
+}
+
+/// Whether a URI's scheme is one we route (sip, sips).
+fn routable_scheme(uri: &str) -> bool {
+    let scheme = uri.split(':').next().unwrap_or("");
+    scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")
 }
 
 /// An initial request our Path routed here (see [`Engine::path_route`]).
@@ -2164,11 +2272,6 @@ fn local_response(
 ) -> Vec<u8> {
     let top_via = forward::stamped_top_via(request, source);
     build::response_with_top_via(request, code, reason, to_tag, extra, top_via.as_deref())
-}
-
-/// Over UDP a response must come from the hop its request went to.
-fn from_hop(hop: &Hop, source: SocketAddr) -> bool {
-    hop.protocol.is_reliable() || hop.addr == source
 }
 
 /// Logs and counts a relay `security.relay_to` refused (a debug line: any

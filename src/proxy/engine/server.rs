@@ -85,6 +85,12 @@ impl ServerKey {
         format!("{:016x}", self.id as u64)
     }
 
+    /// Whether `tag` is [`ServerKey::stateless_tag`] (without formatting
+    /// one: this runs for the ACK of every answered call).
+    pub fn is_stateless_tag(&self, tag: &str) -> bool {
+        super::branch::parse_hex16(tag.as_bytes()) == Some(self.id as u64)
+    }
+
     /// The key of the INVITE a CANCEL with this key cancels.
     pub fn invite_of_cancel(&self) -> ServerKey {
         ServerKey {

@@ -243,11 +243,11 @@ fn the_registrars_invite_goes_over_the_clients_connection_without_the_script() {
         "{routes:?}"
     );
     // The backend's BYE in that dialog, with the route set the client's
-    // 200 gave it.
+    // 200 gave it (the Record-Route reversed, §12.1.2).
     let bye = toward_caller(
         "BYE",
         "sip:alice@df7jal23ls0d.invalid;transport=tcp",
-        &routes[..2],
+        &[routes[1].clone(), routes[0].clone()],
     );
     let bye = String::from_utf8_lossy(bye.as_bytes())
         .replace("Call-ID: flow", "Call-ID: z9hG4bK-in1")
@@ -328,4 +328,99 @@ fn a_plain_branch_whose_connection_fails_ends_at_once_as_a_503_would() {
     h.collect();
     // §16.9 and §16.7 step 6: a 503 from the hop, a 500 from us.
     assert_eq!(h.reply_codes(), [100, 500]);
+}
+
+/// A BYE from the caller of a `record_routes_of_a_tcp_call` dialog, with
+/// its route set (the Record-Route reversed), over TCP from `source`.
+fn callers_bye(routes: &[String], source: &str) -> Message {
+    let reversed: Vec<String> = routes.iter().rev().cloned().collect();
+    let bye = String::from_utf8_lossy(
+        toward_caller("BYE", "sip:bob@backend1.example", &reversed).as_bytes(),
+    )
+    .replace(
+        "Via: SIP/2.0/UDP 198.51.100.21:5060;branch=z9hG4bK-back-BYE",
+        &format!("Via: SIP/2.0/TCP {source};branch=z9hG4bK-caller-bye"),
+    );
+    parse(&bye.replace("\r\n", "\n"))
+}
+
+#[test]
+fn a_reconnected_callers_bye_goes_to_the_callee_not_to_its_old_connection() {
+    // A browser whose WebSocket reconnected, or a phone that moved from
+    // Wi-Fi to LTE, sends its BYE from a new address: the token of its own
+    // side (the first entry it pops) names the old, dead connection.
+    for moved_to in ["198.51.100.10:40001", "203.0.113.77:5060"] {
+        let mut h = Harness::new();
+        let routes = record_routes_of_a_tcp_call(&mut h);
+        let bye = callers_bye(&routes, moved_to);
+        let hops = relay_in_dialog(&mut h, bye, moved_to, Protocol::Tcp);
+        assert_eq!(
+            hops,
+            [Hop::new(addr(BACKEND1), Protocol::Udp)],
+            "{moved_to}"
+        );
+    }
+}
+
+#[test]
+fn on_one_listener_both_sides_are_named_so_either_may_reconnect() {
+    // TCP in and TCP out through the same listener.
+    let mut h = Harness::new();
+    let run = h.receive(invite("flow"), UAC, Protocol::Tcp).unwrap();
+    let relay = Action::Relay {
+        uri: Some("sip:backend1.example;transport=tcp".into()),
+    };
+    h.decide(&run, script_decision(&run, relay));
+    let sent = h.sent_to(BACKEND1);
+    h.take();
+    let routes: Vec<String> = sent[0]
+        .header_values(HeaderName::RecordRoute)
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes[0].starts_with("<sip:192.0.2.1:5060;transport=tcp;lr;dlg="));
+    assert!(routes[1].starts_with("<sip:f"), "{routes:?}");
+    // The callee's BYE reaches the caller's connection...
+    let bye = toward_caller("BYE", "sip:alice@df7jal23ls0d.invalid", &routes);
+    let hops = relay_in_dialog(&mut h, bye, BACKEND1, Protocol::Tcp);
+    assert_eq!(hops, [Hop::flow(addr(UAC), Protocol::Tcp)]);
+    // ...and the reconnected caller's BYE reaches the callee (at its
+    // Request-URI), not the caller's old connection.
+    let bye = callers_bye(&routes, "198.51.100.10:40002");
+    let hops = relay_in_dialog(&mut h, bye, "198.51.100.10:40002", Protocol::Tcp);
+    assert_eq!(hops.len(), 1);
+    assert!(hops[0].addr == addr(BACKEND1) && !hops[0].flow, "{hops:?}");
+}
+
+#[test]
+fn a_record_route_token_does_not_route_an_initial_request() {
+    // A dialog peer aims the client's Record-Route token at it in a new
+    // INVITE, and the script relays along the Route: the token is not
+    // followed (the Request-URI does not resolve, so nothing is sent).
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    let hops = relay_in_dialog(
+        &mut h,
+        from_the_registrar(&routes[1], "z9hG4bK-peer2"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(hops.is_empty(), "{hops:?}");
+}
+
+#[test]
+fn a_route_user_that_starts_with_p_is_no_path_token() {
+    // A UA configured with `sip:proxy@<us>` as its outbound proxy.
+    let mut h = Harness::new();
+    let msg = request(
+        "INVITE",
+        "sip:bob@example.com",
+        "z9hG4bK-outbound",
+        "outbound",
+        "Route: <sip:proxy@192.0.2.1:5060;lr>\n",
+    );
+    let run = h.receive(msg, UAC, Protocol::Udp);
+    assert!(run.is_some(), "the script runs: no 430");
+    assert_eq!(run.unwrap().preroute.routes_popped, 1);
 }

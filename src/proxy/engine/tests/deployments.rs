@@ -1,0 +1,417 @@
+//! What real deployments show and loopback peers do not (issue 27): hops
+//! that answer from another address, lost provisionals, late answers,
+//! 6xx, and the ACKs of our stateless refusals.
+
+use super::*;
+use crate::proxy::decision::{FailoverPolicy, GatewayRelay, RelayCandidate, RelayFailure};
+
+/// Another address of BACKEND1's host (a VIP's real address, or the
+/// primary address of a host bound to 0.0.0.0).
+const BACKEND1_OTHER: &str = "198.51.100.121:5060";
+
+fn pool(first_report_success: bool, on_codes: &[u16]) -> GatewayRelay {
+    let candidate = |uri: &str, at: &str, report_success| RelayCandidate {
+        uri: Arc::from(uri),
+        hop: Hop::new(addr(at), Protocol::Udp),
+        report_success,
+    };
+    GatewayRelay {
+        group: Arc::from("pool"),
+        policy: Arc::new(FailoverPolicy {
+            on_codes: on_codes.to_vec(),
+            ..FailoverPolicy::default()
+        }),
+        candidates: vec![
+            candidate("sip:backend1.example", BACKEND1, first_report_success),
+            candidate("sip:backend2.example", BACKEND2, false),
+        ],
+    }
+}
+
+impl Harness {
+    fn relay_to_pool(&mut self, msg: Message, relay: GatewayRelay) {
+        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
+        let uri = relay.candidates[0].uri.to_string();
+        let decision = Decision {
+            gateway: Some(relay),
+            ..script_decision(&run, Action::Relay { uri: Some(uri) })
+        };
+        self.decide(&run, decision);
+    }
+}
+
+fn methods(sent: &[Message]) -> Vec<String> {
+    sent.iter().map(|m| m.method_str().to_string()).collect()
+}
+
+#[test]
+fn responses_from_another_address_of_the_hop_are_taken() {
+    let mut h = Harness::new();
+    h.relay(invite("vip"), Some("sip:backend1.example"));
+    let sent = h.sent_to_after_relay();
+    h.respond(answer(&sent, 180, &[]), BACKEND1_OTHER);
+    h.respond(answer(&sent, 200, &[]), BACKEND1_OTHER);
+    assert_eq!(h.reply_codes(), [100, 180, 200]);
+    // Nor does a probe's answer have to come from the probed address.
+    let hop = hop_of("sip:backend1.example").unwrap();
+    h.engine
+        .start_probe(h.now, 3, "sip:backend1.example", (hop, false), "probe-vip");
+    h.collect();
+    let options = h.sent_to(BACKEND1);
+    h.respond(answer(&options[0], 200, &[]), BACKEND1_OTHER);
+    let statuses: Vec<Option<u16>> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ProbeDone { outcome, .. } => Some(outcome.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, [Some(200)]);
+}
+
+#[test]
+fn a_cancelled_branch_whose_1xx_was_lost_is_retransmitted_then_cancelled() {
+    let mut h = Harness::new();
+    h.relay(invite("lost-1xx"), Some("sip:backend1.example"));
+    let sent = h.sent_to_after_relay();
+    let cancel = request(
+        "CANCEL",
+        "sip:bob@example.com",
+        "z9hG4bK-lost-1xx",
+        "lost-1xx",
+        "",
+    );
+    assert!(h.receive(cancel, UAC, Protocol::Udp).is_none());
+    // The caller hears 487 at once.
+    assert_eq!(h.distinct_reply_codes(), [100, 200, 487]);
+    // The backend's 100 and 180 were lost: the INVITE goes on asking.
+    h.run_for(Duration::from_millis(600), Duration::from_millis(10));
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["INVITE"]);
+    // Its retransmitted 180 arrives: now it is CANCELed.
+    h.respond(answer(&sent, 180, &[]), BACKEND1);
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["CANCEL"]);
+    h.run_for(Duration::from_secs(2), Duration::from_millis(10));
+    assert!(
+        h.sent_to(BACKEND1)
+            .iter()
+            .all(|m| m.method_str() == "CANCEL"),
+        "no INVITE once it answered"
+    );
+    assert!(h.replies().iter().all(|r| r.status() == Some(487)));
+}
+
+#[test]
+fn a_failed_over_branch_is_retransmitted_until_it_answers_then_cancelled() {
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("two-ring"), pool(false, &[503]));
+    let first = h.one_sent_to(BACKEND1);
+    h.advance(Duration::from_secs(1));
+    h.one_sent_to(BACKEND2);
+    h.run_for(Duration::from_millis(600), Duration::from_millis(10));
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["INVITE"], "Timer A goes on");
+    h.respond(answer(&first, 180, &[]), BACKEND1);
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["CANCEL"]);
+    assert!(
+        !h.reply_codes().contains(&180),
+        "the given-up branch's ringing is not the caller's"
+    );
+    // Never answering, it stops at Timer B.
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("dead"), pool(false, &[503]));
+    h.advance(Duration::from_secs(1));
+    h.run_for(Duration::from_secs(40), Duration::from_millis(100));
+    let last = h.sent_to(BACKEND1);
+    assert!(invites_in(&last) >= 4, "retransmitted until Timer B");
+    h.run_for(Duration::from_secs(20), Duration::from_millis(100));
+    assert!(h.sent_to(BACKEND1).is_empty());
+}
+
+fn invites_in(sent: &[Message]) -> usize {
+    sent.iter()
+        .filter(|m| m.method() == Some(Method::Invite))
+        .count()
+}
+
+#[test]
+fn a_late_answer_on_a_failed_over_branch_is_no_success() {
+    let mut h = Harness::new();
+    // backend1 had failures: an answer from it would be reported.
+    h.relay_to_pool(invite("late"), pool(true, &[503]));
+    let first = h.one_sent_to(BACKEND1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.health(),
+        [(
+            "sip:backend1.example".to_string(),
+            Some(RelayFailure::NoResponse)
+        )]
+    );
+    // It answers 1.5 s in: too late for this call, so no success either.
+    h.advance(Duration::from_millis(500));
+    h.respond(answer(&first, 180, &[]), BACKEND1);
+    assert_eq!(h.health(), []);
+}
+
+#[test]
+fn a_backend_that_sent_100_is_not_blamed_for_its_callees_timeout() {
+    // Silence after a 100 until Timer B: the request fails over, but the
+    // backend is up.
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("after-100"), pool(false, &[503, 408]));
+    let first = h.one_sent_to(BACKEND1);
+    h.respond(answer(&first, 100, &[]), BACKEND1);
+    h.run_for(Duration::from_secs(32), Duration::from_millis(100));
+    assert_eq!(
+        invites_in(&h.sent_to(BACKEND2)),
+        1,
+        "failed over at Timer B"
+    );
+    assert_eq!(h.health(), []);
+    // Its own 408 after a 100 (an operator listing 408 in on_codes).
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("408-after-100"), pool(false, &[503, 408]));
+    let first = h.one_sent_to(BACKEND1);
+    h.respond(answer(&first, 100, &[]), BACKEND1);
+    h.respond(answer(&first, 408, &[]), BACKEND1);
+    assert_eq!(invites_in(&h.sent_to(BACKEND2)), 1);
+    assert_eq!(h.health(), []);
+    // Without the 100, a 408 in on_codes is the backend's failure.
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("408-cold"), pool(false, &[503, 408]));
+    let first = h.one_sent_to(BACKEND1);
+    h.respond(answer(&first, 408, &[]), BACKEND1);
+    assert_eq!(
+        h.health(),
+        [(
+            "sip:backend1.example".to_string(),
+            Some(RelayFailure::Status(408))
+        )]
+    );
+}
+
+#[test]
+fn a_6xx_is_sent_at_once_and_the_failure_hook_does_not_run() {
+    let mut h = Harness::new();
+    h.hold_failures = true;
+    let run = h
+        .receive(invite("decline-now"), UAC, Protocol::Udp)
+        .unwrap();
+    h.decide(
+        &run,
+        script_decision(
+            &run,
+            fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
+        ),
+    );
+    let one = h.sent_to(BACKEND1);
+    h.sent_to(BACKEND2);
+    // backend2 never answers; backend1 declines.
+    h.respond(answer(&one[0], 603, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [100, 603], "not after Timer B");
+    assert!(
+        h.failure_runs.is_empty(),
+        "§16.7: no new branch after a 6xx"
+    );
+    // A 486 alone does run it.
+    let mut h = Harness::new();
+    h.hold_failures = true;
+    h.relay(invite("busy"), Some("sip:backend1.example"));
+    let sent = h.sent_to_after_relay();
+    h.respond(answer(&sent, 486, &[]), BACKEND1);
+    assert_eq!(h.failure_runs.len(), 1);
+}
+
+#[test]
+fn the_ack_of_a_stateless_refusal_ends_here() {
+    let mut h = Harness::new();
+    let looped = out_of_hops(&invite("mf0"));
+    assert!(h.receive(looped, UAC, Protocol::Udp).is_none());
+    let refusal = h.replies().remove(0);
+    assert_eq!(refusal.status(), Some(483));
+    let tag = refusal.to_tag().unwrap().to_string();
+    let ack = with_to_tag(
+        request("ACK", "sip:bob@example.com", "z9hG4bK-mf0", "mf0", ""),
+        &tag,
+    );
+    assert!(h.receive(ack, UAC, Protocol::Udp).is_none(), "not routed");
+    assert!(h.take().is_empty());
+    // An ACK with another To tag (a 2xx's) goes to the script.
+    let ack = with_to_tag(
+        request("ACK", "sip:bob@example.com", "z9hG4bK-mf0", "mf0", ""),
+        "0123456789abcdef",
+    );
+    assert!(h.receive(ack, UAC, Protocol::Udp).is_some());
+}
+
+fn with_to_tag(msg: Message, tag: &str) -> Message {
+    let to = "To: <sip:bob@example.com>";
+    edited(&msg, to, &format!("{to};tag={tag}"))
+}
+
+#[test]
+fn timer_c_defaults_to_more_than_three_minutes() {
+    // §16.6 step 11; and an INVITE's whole life is longer still.
+    let timers = TimerSettings::default();
+    assert!(timers.timer_c > Duration::from_secs(180));
+    assert!(timers.max_invite_lifetime > timers.timer_c);
+    let config = crate::config::TransactionConfig::default();
+    assert_eq!(config.timer_c(), timers.timer_c);
+    assert_eq!(config.max_invite_lifetime(), timers.max_invite_lifetime);
+}
+
+#[test]
+fn a_non_invite_the_script_ignores_is_not_run_again_on_retransmission() {
+    let mut h = Harness::new();
+    let message = || request("MESSAGE", "sip:bob@example.com", "z9hG4bK-msg", "msg", "");
+    let run = h.receive(message(), UAC, Protocol::Udp).unwrap();
+    h.decide(&run, Decision::default());
+    assert!(h.take().is_empty(), "dropped, unanswered");
+    h.advance(Duration::from_secs(1));
+    assert!(h.receive(message(), UAC, Protocol::Udp).is_none());
+    assert!(h.take().is_empty());
+    // Timer J (64·T1) ends it; a request with that branch is new again.
+    h.advance(Duration::from_secs(32));
+    assert!(h.receive(message(), UAC, Protocol::Udp).is_some());
+}
+
+#[test]
+fn an_unknown_uri_scheme_gets_416() {
+    let mut h = Harness::new();
+    let msg = request(
+        "INVITE",
+        "nope:bob@example.com",
+        "z9hG4bK-scheme",
+        "scheme",
+        "",
+    );
+    h.relay(msg, None);
+    assert_eq!(h.reply_codes(), [100, 416]);
+    // A sip: URI that does not resolve is still 478.
+    let msg = request(
+        "INVITE",
+        "sip:bob@unknown.invalid",
+        "z9hG4bK-478",
+        "478",
+        "",
+    );
+    h.relay(msg, None);
+    assert_eq!(h.reply_codes(), [100, 478]);
+}
+
+/// The Max-Breadth of each request sent, in order.
+fn breadths(h: &mut Harness, hops: &[&str]) -> Vec<Option<u32>> {
+    hops.iter()
+        .flat_map(|hop| h.sent_to(hop))
+        .map(|m| {
+            m.header_named("Max-Breadth")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+fn fork_of(h: &mut Harness, call_id: &str, extra: &str, targets: &[&str]) {
+    let msg = request(
+        "INVITE",
+        "sip:bob@example.com",
+        &format!("z9hG4bK-{call_id}"),
+        call_id,
+        extra,
+    );
+    let run = h.receive(msg, UAC, Protocol::Udp).unwrap();
+    h.decide(&run, script_decision(&run, fork(targets)));
+}
+
+#[test]
+fn forks_share_max_breadth_and_too_many_branches_get_440() {
+    let three = [
+        "sip:bob@backend1.example",
+        "sip:bob@backend2.example",
+        "sip:bob@backend3.example",
+    ];
+    // None received: 60, shared out.
+    let mut h = Harness::new();
+    fork_of(&mut h, "mb-default", "", &three);
+    assert_eq!(
+        breadths(&mut h, &[BACKEND1, BACKEND2, BACKEND3]),
+        [Some(20), Some(20), Some(20)]
+    );
+    // 5 over two branches; more than 60 is held to 60.
+    let mut h = Harness::new();
+    fork_of(&mut h, "mb-5", "Max-Breadth: 5\n", &three[..2]);
+    assert_eq!(breadths(&mut h, &[BACKEND1, BACKEND2]), [Some(3), Some(2)]);
+    let mut h = Harness::new();
+    fork_of(&mut h, "mb-big", "Max-Breadth: 1000\n", &three[..2]);
+    assert_eq!(
+        breadths(&mut h, &[BACKEND1, BACKEND2]),
+        [Some(30), Some(30)]
+    );
+    // Fewer units than branches: 440, and nothing is sent.
+    let mut h = Harness::new();
+    fork_of(&mut h, "mb-2", "Max-Breadth: 2\n", &three);
+    assert_eq!(h.reply_codes(), [100, 440]);
+    assert!(breadths(&mut h, &[BACKEND1, BACKEND2, BACKEND3]).is_empty());
+    // One target is forwarding, not forking: even Max-Breadth 0 passes.
+    let mut h = Harness::new();
+    fork_of(&mut h, "mb-0", "Max-Breadth: 0\n", &three[..1]);
+    assert_eq!(breadths(&mut h, &[BACKEND1]), [Some(0)]);
+}
+
+#[test]
+fn a_fork_spiralling_back_through_us_runs_out_of_breadth() {
+    // Ten contacts that each lead back here: the first fork gives each
+    // branch 6, so the spiral's second fork of ten is refused.
+    let ten: Vec<String> = (0..10)
+        .map(|i| format!("sip:bob@backend1.example;x={i}"))
+        .collect();
+    let targets: Vec<&str> = ten.iter().map(String::as_str).collect();
+    let mut h = Harness::new();
+    fork_of(&mut h, "spiral", "", &targets);
+    let sent = h.sent_to(BACKEND1);
+    assert_eq!(sent.len(), 10);
+    let back = &sent[0];
+    assert_eq!(back.header_named("Max-Breadth"), Some("6"));
+    let run = h.receive(back.clone(), BACKEND1, Protocol::Udp).unwrap();
+    h.decide(&run, script_decision(&run, fork(&targets)));
+    assert!(h.sent_to(BACKEND1).is_empty(), "no second fork");
+    assert!(h.reply_codes().contains(&440));
+}
+
+#[test]
+fn a_strict_source_group_takes_answers_only_from_the_address_it_sent_to() {
+    let mut relay = pool(false, &[503]);
+    Arc::make_mut(&mut relay.policy).strict_source = true;
+    let mut h = Harness::new();
+    h.relay_to_pool(invite("strict"), relay);
+    let sent = h.one_sent_to(BACKEND1);
+    h.respond(answer(&sent, 486, &[]), BACKEND1_OTHER);
+    assert_eq!(
+        h.reply_codes(),
+        [100],
+        "an answer from elsewhere is dropped"
+    );
+    h.respond(answer(&sent, 180, &[]), BACKEND1);
+    h.respond(answer(&sent, 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [180, 200]);
+    // A strict probe likewise.
+    let hop = hop_of("sip:backend1.example").unwrap();
+    h.engine.start_probe(
+        h.now,
+        4,
+        "sip:backend1.example",
+        (hop, true),
+        "probe-strict",
+    );
+    h.collect();
+    let options = h.sent_to(BACKEND1);
+    h.respond(answer(&options[0], 200, &[]), BACKEND1_OTHER);
+    assert!(!h
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::ProbeDone { .. })));
+    h.respond(answer(&options[0], 200, &[]), BACKEND1);
+    assert!(h
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::ProbeDone { .. })));
+}
