@@ -2,7 +2,7 @@
 # Run siphon's whole test suite: unit tests plus the end-to-end tests that
 # drive the daemon with sipp, redis-server, redis-sentinel and a Redis
 # Cluster (the registrar store), baresip
-# (real softphones), headless Chromium running JsSIP (a WebRTC phone, from
+# (real softphones), Kamailio (a registrar behind the LB), headless Chromium running JsSIP (a WebRTC phone, from
 # npm) and, as root, network namespaces (ip netns) for separate caller,
 # proxy and backend hosts.
 #
@@ -34,6 +34,7 @@ need redis-server redis-server
 need redis-sentinel redis-sentinel # the Sentinel failover test and the cluster demo
 need redis-cli redis-tools # redis-cli --cluster create
 need baresip baresip-core
+need kamailio kamailio # a registrar behind the LB (tests/e2e_kamailio.rs)
 need ip iproute2 # network namespaces for the multi-host tests (as root)
 need chromium chromium # the WebRTC browser test (tests/e2e_browser.rs)
 need npm npm

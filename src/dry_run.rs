@@ -328,7 +328,10 @@ impl DryRun {
                 entry["transport"] = json!(hop.protocol.as_str().to_ascii_lowercase());
                 Ok(())
             }
-            Err(HopError::Lookup(host)) => {
+            Err(HopError::Lookup(key)) => {
+                // The name, whether its address or its RFC 3263 records
+                // are what a live node would look up.
+                let host = crate::proxy::dns::sip_lookup_name(&key).unwrap_or(&key);
                 entry["address"] = Value::Null;
                 entry["host"] = json!(host);
                 Ok(())

@@ -145,6 +145,7 @@ async fn start(
         gateway_service: gateway_service.clone(),
         drain_secs: config.server.drain_secs,
         max_transactions: (config.limits.max_transactions / shards_wanted).max(1),
+        udp_max_request_bytes: config.limits.udp_max_request_bytes,
     });
 
     let mut shards = Vec::new();

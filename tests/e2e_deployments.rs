@@ -267,3 +267,68 @@ fn a_tcp_caller_that_moved_to_another_address_hangs_up_through_the_lb() {
     );
     assert!(backend.wait_for("BYE", 1, Duration::from_secs(1)));
 }
+
+/// An INVITE with a WebRTC-sized offer (4 KB of SDP).
+fn large_invite(caller: &UdpPeer) -> RawRequest {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{}",
+        "a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host generation 0\r\n".repeat(60)
+    );
+    RawRequest::new(
+        "INVITE",
+        "sip:bob@example.com",
+        Transport::Udp,
+        caller.local_addr(),
+    )
+    .header("Content-Type", "application/sdp")
+    .body(&sdp)
+}
+
+#[test]
+fn a_large_invite_leaves_the_lb_over_tcp() {
+    // §18.1.1: 4 KB over UDP would be IP-fragmented, which cloud NATs drop.
+    let backend = std::net::TcpListener::bind("127.0.0.67:0").unwrap();
+    let lb = start_lb(backend.local_addr().unwrap());
+    let caller = UdpPeer::bind();
+    let invite = large_invite(&caller);
+    caller.send_to(invite.render().as_bytes(), lb.addr());
+    backend.set_nonblocking(false).unwrap();
+    let (stream, _) = backend.accept().expect("the LB connects over TCP");
+    let mut connection = TcpPeer::from_stream(stream);
+    let relayed = connection
+        .recv(Duration::from_secs(3))
+        .expect("the INVITE over TCP");
+    assert_eq!(method(&relayed), Some("INVITE"));
+    let via = header(&relayed, "Via").unwrap();
+    assert!(via.starts_with("SIP/2.0/TCP "), "our Via says TCP: {via}");
+    let contact: SocketAddr = "127.0.0.67:5060".parse().unwrap();
+    for (code, reason) in [(180, "Ringing"), (200, "OK")] {
+        assert!(connection.send(answer(&relayed, code, reason, contact).as_bytes()));
+    }
+    let last = caller.recv_final(Duration::from_secs(3), &mut Vec::new());
+    assert_eq!(last.as_deref().and_then(status_code), Some(200));
+}
+
+#[test]
+fn a_large_invite_to_a_backend_without_tcp_goes_over_udp_after_all() {
+    // Nothing listens on TCP there: the connection is refused, and the
+    // INVITE goes over UDP (§18.1.1), without a failover.
+    let backend = RawBackend::start("127.0.0.68", None, Box::new(answering));
+    let lb = start_lb(backend.addr);
+    let caller = UdpPeer::bind();
+    let invite = large_invite(&caller);
+    caller.send_to(invite.render().as_bytes(), lb.addr());
+    let last = caller.recv_final(Duration::from_secs(3), &mut Vec::new());
+    assert_eq!(
+        last.as_deref().and_then(status_code),
+        Some(200),
+        "{}",
+        lb.log_tail(20)
+    );
+    assert_eq!(backend.count("INVITE"), 1);
+    let received = backend.received.lock().unwrap();
+    let via = header(&received[0], "Via").unwrap();
+    assert!(via.starts_with("SIP/2.0/UDP "), "{via}");
+    assert!(lb.log_lines("failover").is_empty());
+}

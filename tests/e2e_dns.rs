@@ -207,3 +207,161 @@ fn unknown_and_silent_names_get_478_and_a_failure_is_remembered() {
     // Names with an address still work beside them.
     assert_eq!(ask(&peer, "fast", lb.addr()).0, Some(200));
 }
+
+/// Relays every new request to its Request-URI, whose host is a domain
+/// without a port: RFC 3263 finds where it goes.
+const SIP_DOMAIN_LB: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+  tcp: ["127.0.0.1:@PORT@"]
+script:
+  path: "script.py"
+dns:
+  servers: ["@DNS@"]
+  timeout_ms: 1000
+log: {level: debug, format: pretty}
+"#;
+
+const TO_THE_DOMAIN: &str = r#"from siphon import proxy
+
+@proxy.on_request
+def route(request):
+    if request.in_dialog:
+        if request.loose_route():
+            request.relay()
+        else:
+            request.reply(404, "Not Here")
+        return
+    request.record_route()
+    request.relay()
+"#;
+
+/// An INVITE to RURI through LB, from a caller of its own.
+fn call(lb: &Siphon, ruri: &str) -> UdpPeer {
+    let caller = UdpPeer::bind();
+    let invite = RawRequest::new("INVITE", ruri, Transport::Udp, caller.local_addr());
+    caller.send_to(invite.render().as_bytes(), lb.addr());
+    caller
+}
+
+#[test]
+fn a_domain_is_reached_through_its_srv_records_and_fails_over_to_the_next() {
+    // _sip._udp.carrier.test names two servers: priority 10 is dead (it
+    // reads and never answers), priority 20 answers. The INVITE goes to
+    // the first, then fails over to the second inside the transaction.
+    let dead = UdpPeer::bind();
+    let dead_port = dead.local_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let live_port = free_port();
+    let _live = Backend::start(dir.path(), "live", live_port);
+    let local: std::net::Ipv4Addr = "127.0.0.1".parse().unwrap();
+    let a = |ip| Record::A {
+        ip,
+        ttl: 60,
+        delay: Duration::ZERO,
+    };
+    let dns = DnsServer::start(&[
+        (
+            "_sip._udp.carrier.test",
+            Record::Srv {
+                priority: 10,
+                weight: 1,
+                port: dead_port,
+                target: "dead-sbc.carrier.test",
+            },
+        ),
+        (
+            "_sip._udp.carrier.test",
+            Record::Srv {
+                priority: 20,
+                weight: 1,
+                port: live_port,
+                target: "live-sbc.carrier.test",
+            },
+        ),
+        ("dead-sbc.carrier.test", a(local)),
+        ("live-sbc.carrier.test", a(local)),
+        ("carrier.test", a(local)),
+    ]);
+    let lb = Siphon::start(
+        &SIP_DOMAIN_LB.replace("@DNS@", &dns.addr().to_string()),
+        TO_THE_DOMAIN,
+    );
+    let caller = call(&lb, "sip:+15551234@carrier.test");
+    let (first, _) = dead
+        .recv(Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("the priority-10 server got nothing\n{}", lb.log_tail(30)));
+    assert!(
+        first.starts_with("INVITE sip:+15551234@carrier.test "),
+        "{first}"
+    );
+    let answer = caller.recv_final(Duration::from_secs(5), &mut Vec::new());
+    assert_eq!(
+        answer.as_deref().and_then(status_code),
+        Some(200),
+        "the priority-20 server did not answer\n{}",
+        lb.log_tail(30)
+    );
+    assert!(lb.wait_for_log("failover", Duration::from_secs(1)));
+}
+
+#[test]
+fn a_naptr_record_picks_tcp_and_its_srv_target() {
+    // carrier.test's NAPTR offers SIP over TCP only.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let local: std::net::Ipv4Addr = "127.0.0.1".parse().unwrap();
+    let dns = DnsServer::start(&[
+        (
+            "naptr.test",
+            Record::Naptr {
+                order: 10,
+                preference: 10,
+                service: "SIP+D2T",
+                replacement: "_sip._tcp.naptr.test",
+            },
+        ),
+        (
+            "_sip._tcp.naptr.test",
+            Record::Srv {
+                priority: 10,
+                weight: 1,
+                port,
+                target: "sbc.naptr.test",
+            },
+        ),
+        (
+            "sbc.naptr.test",
+            Record::A {
+                ip: local,
+                ttl: 60,
+                delay: Duration::ZERO,
+            },
+        ),
+    ]);
+    let lb = Siphon::start(
+        &SIP_DOMAIN_LB.replace("@DNS@", &dns.addr().to_string()),
+        TO_THE_DOMAIN,
+    );
+    let _caller = call(&lb, "sip:+15551234@naptr.test");
+    server.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stream = loop {
+        match server.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!(
+                "no TCP connection to the NAPTR's server ({e})\n{}",
+                lb.log_tail(30)
+            ),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let mut connection = common::TcpPeer::from_stream(stream);
+    let relayed = connection.recv(Duration::from_secs(3)).expect("the INVITE");
+    assert!(
+        relayed.starts_with("INVITE sip:+15551234@naptr.test "),
+        "{relayed}"
+    );
+    let via = common::header(&relayed, "Via").unwrap();
+    assert!(via.starts_with("SIP/2.0/TCP "), "{via}");
+}

@@ -128,6 +128,8 @@ def route(request):
 
 const LB_TO_TLS: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]
+  # Our Via and Record-Route toward a TLS destination name a TLS listener.
+  tls: [{address: "127.0.0.1:@LBTLS@", cert: "@LBCERT@", key: "@LBKEY@"}]
 script:
   path: "script.py"
 tls:
@@ -170,7 +172,8 @@ fn a_tls_destination_is_probed_and_called_over_tls_and_a_wrong_certificate_is_re
     let _bad = start_tls_backend(uas_port, bad_port, &bad_cert);
 
     let admin = free_port();
-    let config = LB_TO_TLS
+    let lb_cert = ca.issue(dir.path(), "lb", &["lb.test"]);
+    let config = with_lb_listener(LB_TO_TLS, &lb_cert)
         .replace("@CA@", &ca_file.display().to_string())
         .replace("@GOOD@", &good_port.to_string())
         .replace("@BAD@", &bad_port.to_string())
@@ -238,6 +241,8 @@ fn a_tls_destination_is_probed_and_called_over_tls_and_a_wrong_certificate_is_re
 
 const LB_MTLS: &str = r#"listen:
   udp: ["127.0.0.1:@PORT@"]
+  # Our Via and Record-Route toward a TLS destination name a TLS listener.
+  tls: [{address: "127.0.0.1:@LBTLS@", cert: "@LBCERT@", key: "@LBKEY@"}]
 script:
   path: "script.py"
 tls:
@@ -253,10 +258,19 @@ admin: {listen: "127.0.0.1:@ADMIN@"}
 log: {level: info, format: pretty}
 "#;
 
+/// CONFIG with `@LBTLS@`, `@LBCERT@` and `@LBKEY@` filled: a TLS listener
+/// of the LB's own on a free port, with CERT.
+fn with_lb_listener(config: &str, cert: &common::tls::Issued) -> String {
+    config
+        .replace("@LBTLS@", &free_port().to_string())
+        .replace("@LBCERT@", &cert.cert.display().to_string())
+        .replace("@LBKEY@", &cert.key.display().to_string())
+}
+
 fn start_mtls_lb(
     ca: &std::path::Path,
     trunk: u16,
-    client: Option<&common::tls::Issued>,
+    (listener, client): (&common::tls::Issued, Option<&common::tls::Issued>),
 ) -> (Siphon, SocketAddr) {
     let admin = free_port();
     let client = client.map_or(String::new(), |c| {
@@ -266,7 +280,7 @@ fn start_mtls_lb(
             c.key.display()
         )
     });
-    let config = LB_MTLS
+    let config = with_lb_listener(LB_MTLS, listener)
         .replace("@CA@", &ca.display().to_string())
         .replace("@CLIENT@", &client)
         .replace("@TRUNK@", &trunk.to_string())
@@ -300,7 +314,8 @@ fn a_trunk_that_wants_mutual_tls_gets_the_client_certificate_and_an_address_is_v
     let trunk_uri = format!("sip:127.0.0.1:{trunk_port};transport=tls");
 
     // With its client certificate the LB's probes are answered.
-    let (with_cert, admin) = start_mtls_lb(&ca_file, trunk_port, Some(&client_cert));
+    let (with_cert, admin) =
+        start_mtls_lb(&ca_file, trunk_port, (&client_cert, Some(&client_cert)));
     let healthy = || {
         let gateways = get_json(admin, "/admin/gateways");
         let destination = &gateways["groups"][0]["destinations"][0];
@@ -318,7 +333,7 @@ fn a_trunk_that_wants_mutual_tls_gets_the_client_certificate_and_an_address_is_v
     drop(with_cert);
 
     // Without one the trunk refuses the handshake and the probe marks it down.
-    let (without, _admin) = start_mtls_lb(&ca_file, trunk_port, None);
+    let (without, _admin) = start_mtls_lb(&ca_file, trunk_port, (&client_cert, None));
     wait_for_transition(&without, &trunk_uri, "down", Duration::from_secs(10));
     assert!(
         trunk.lines().iter().any(|l| l.starts_with("REFUSED")),

@@ -1,9 +1,14 @@
 //! RFC 4475 torture messages: valid ones parse with the right fields, invalid
 //! ones are rejected with an error the proxy turns into 400 (or 505), and the
 //! ones a proxy may legitimately forward parse so that the layer that cares
-//! (registrar, UAS) can decide. Nothing panics.
+//! (registrar, UAS) can decide. Nothing panics. Then every message goes
+//! over UDP to `config/proxy.yaml` and gets the answer the table at the
+//! end names.
+
+mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siphon::sip::{
@@ -550,3 +555,224 @@ const CLASSIFIED: &[&str] = &[
     "sdp01",
     "inv2543",
 ];
+
+// ---- over the wire ---------------------------------------------------------
+
+/// What `config/proxy.yaml` (with `scripts/proxy.py`) answers each RFC 4475
+/// message sent over UDP from a host it does not trust, and why. Every
+/// request in the set names a domain that is not ours, so a valid one is
+/// processed and refused by policy (`403 Not relaying`: this is no open
+/// relay); what matters is that it is not refused as malformed. A response
+/// that is not to a request of ours is dropped (None).
+const OVER_THE_WIRE: &[(&str, Option<u16>, &str)] = &[
+    // §3.1.1 valid messages
+    (
+        "wsinv",
+        Some(404),
+        "valid; its To tag makes it in-dialog, not along our Route",
+    ),
+    ("intmeth", Some(403), "valid extension method: processed"),
+    ("esc01", Some(403), "valid escapes: processed"),
+    ("escnull", Some(403), "escaped nulls are valid: processed"),
+    (
+        "esc02",
+        Some(403),
+        "escaped method is an extension method: processed",
+    ),
+    ("lwsdisp", Some(403), "valid: processed"),
+    ("longreq", Some(403), "long values are valid: processed"),
+    ("dblreq", Some(403), "the first request of the datagram"),
+    ("semiuri", Some(403), "valid: processed"),
+    (
+        "transports",
+        Some(403),
+        "unknown transports in lower Vias: processed",
+    ),
+    ("mpart01", Some(403), "binary multipart body: processed"),
+    ("unreason", None, "a response to nothing of ours: dropped"),
+    ("noreason", None, "a response to nothing of ours: dropped"),
+    // §3.1.2 invalid messages
+    ("badinv01", Some(400), "extraneous separators in Via"),
+    ("clerr", Some(400), "Content-Length larger than the message"),
+    ("ncl", Some(400), "negative Content-Length"),
+    ("scalar02", Some(400), "overlarge scalars"),
+    ("scalarlg", None, "a response: dropped"),
+    ("quotbal", Some(400), "unterminated quote"),
+    ("ltgtruri", Some(400), "<> around the Request-URI"),
+    ("lwsruri", Some(400), "whitespace in the Request-URI"),
+    ("lwsstart", Some(400), "extra spaces in the request line"),
+    ("trws", Some(400), "trailing spaces after the version"),
+    ("escruri", Some(400), "escaped headers in the Request-URI"),
+    (
+        "baddate",
+        Some(403),
+        "a bad Date is not a proxy's concern: processed",
+    ),
+    (
+        "regbadct",
+        Some(403),
+        "the registrar's concern; not our domain: processed",
+    ),
+    ("badaspec", Some(400), "spaces inside an addr-spec"),
+    ("baddn", Some(400), "unquoted non-token display name"),
+    ("badvers", Some(505), "SIP/7.0"),
+    (
+        "mismatch01",
+        Some(400),
+        "CSeq method differs from the request line",
+    ),
+    (
+        "mismatch02",
+        Some(400),
+        "CSeq method differs from the request line",
+    ),
+    ("bigcode", None, "a response: dropped"),
+    // §3.2 transaction layer
+    (
+        "badbranch",
+        Some(403),
+        "a branch without the cookie is valid: processed",
+    ),
+    // §3.3 application layer
+    ("insuf", Some(400), "missing required headers"),
+    (
+        "unkscm",
+        Some(416),
+        "§16.3 step 1: a scheme we cannot route",
+    ),
+    (
+        "novelsc",
+        Some(416),
+        "§16.3 step 1: a scheme we cannot route",
+    ),
+    (
+        "unksm2",
+        Some(403),
+        "unknown schemes in To/From are not ours to judge",
+    ),
+    ("bext01", Some(420), "Proxy-Require of an unknown extension"),
+    (
+        "invut",
+        Some(403),
+        "an unknown Content-Type is the UAS's concern",
+    ),
+    (
+        "regaut01",
+        Some(403),
+        "an unknown auth scheme is the registrar's concern",
+    ),
+    ("multi01", Some(400), "several single-value headers"),
+    ("mcl01", Some(400), "several Content-Lengths"),
+    ("bcast", None, "a response: dropped"),
+    ("zeromf", Some(483), "Max-Forwards 0"),
+    ("cparam01", Some(403), "valid: processed"),
+    ("cparam02", Some(403), "valid: processed"),
+    ("regescrt", Some(403), "valid: processed"),
+    ("sdp01", Some(403), "an unknown SDP is the UAS's concern"),
+    ("inv2543", Some(403), "an RFC 2543 request: processed"),
+];
+
+/// The Call-ID of a message by a plain scan of its header lines (long or
+/// compact name), so that an answer that echoes a malformed header, and a
+/// message that does not parse, still have one.
+fn call_id_in(bytes: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(bytes)
+        .split("\r\n")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.trim();
+            (name.eq_ignore_ascii_case("call-id") || name.eq_ignore_ascii_case("i"))
+                .then(|| value.trim().to_string())
+        })
+}
+
+/// `config/proxy.yaml` with its script, on a port of its own.
+fn shipped_proxy() -> common::Siphon {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(root.join("config/proxy.yaml")).unwrap();
+    let script = std::fs::read_to_string(root.join("scripts/proxy.py")).unwrap();
+    let yaml = yaml
+        .replace("127.0.0.1:5060", "127.0.0.1:@PORT@")
+        .replace("../scripts/proxy.py", "script.py");
+    common::Siphon::start(&yaml, &script)
+}
+
+#[test]
+fn every_message_over_udp_gets_the_answer_a_proxy_should_give() {
+    let mut proxy = shipped_proxy();
+    let mut transactions = std::collections::HashSet::new();
+    let mut wrong = Vec::new();
+    for (name, expected, why) in OVER_THE_WIRE {
+        // From an address the proxy does not trust, on the port its top
+        // Via names: the answer goes to the source address and that port
+        // (§18.2.2; these Vias ask for no rport).
+        let bytes = load(name);
+        let framed = match parse(bytes.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => e.partial.map(|m| *m),
+        };
+        let via_port = framed
+            .as_ref()
+            .and_then(|m| m.top_via().and_then(|v| v.port));
+        // Earlier messages' finals are retransmitted to the same port:
+        // only an answer with this message's Call-ID counts.
+        let call_id = call_id_in(&bytes);
+        // Some messages share a branch and sent-by (`z9hG4bKkdjuw` from
+        // `saturn.example.com`): by §17.2.3 a second one is a retransmission
+        // of the first, so it goes to a proxy of its own.
+        let transaction = framed.as_ref().and_then(|m| {
+            let via = m.top_via()?;
+            Some(format!(
+                "{}|{}|{:?}|{}",
+                via.branch()?,
+                via.host,
+                via.port,
+                m.method_str()
+            ))
+        });
+        if transaction.is_some_and(|key| !transactions.insert(key)) {
+            proxy = shipped_proxy();
+            transactions.clear();
+        }
+        let socket = std::net::UdpSocket::bind(("127.0.0.2", via_port.unwrap_or(5060)))
+            .unwrap_or_else(|e| panic!("{name}: bind 127.0.0.2: {e}"));
+        let sender = common::UdpPeer { socket };
+        sender.send_to(&bytes, proxy.addr());
+        let deadline = Instant::now() + Duration::from_millis(700);
+        let mut answer = None;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some((reply, _)) = sender.recv(left) else {
+                break;
+            };
+            let same_call = call_id.is_none() || call_id_in(reply.as_bytes()) == call_id;
+            if !same_call {
+                continue;
+            }
+            match common::status_code(&reply) {
+                Some(code) if code >= 200 => {
+                    answer = Some(code);
+                    break;
+                }
+                _ => continue, // 100 Trying
+            }
+        }
+        if answer != *expected {
+            wrong.push(format!("{name}: {answer:?}, expected {expected:?} ({why})"));
+        }
+    }
+    assert_eq!(
+        OVER_THE_WIRE.len(),
+        CLASSIFIED.len(),
+        "every message has a row"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answered otherwise:\n{}\n{}",
+        wrong.len(),
+        OVER_THE_WIRE.len(),
+        wrong.join("\n"),
+        proxy.log_tail(20)
+    );
+}

@@ -13,7 +13,11 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
 use crate::config::DnsConfig;
-use crate::proxy::dns::{Answer, HostCache, MAX_TTL};
+use crate::proxy::dns::{
+    naptr_protocol, sip_lookup_name, srv_name, srv_order, Answer, HostCache, SipTarget, MAX_TTL,
+};
+use crate::sip::Protocol;
+use hickory_resolver::proto::rr::{RData, RecordType};
 
 /// Names one shard may be looking up at once; past it a relay to yet
 /// another unknown name fails at once (478) rather than queue.
@@ -82,6 +86,40 @@ impl Dns {
         HostCache::new(self.cache_size, MAX_IN_FLIGHT, self.negative_ttl)
     }
 
+    /// Looks up a key of the shard's cache: a host's address, or (for a
+    /// [`crate::proxy::dns::sip_lookup_key`]) a SIP domain by RFC 3263.
+    pub fn lookup_key(&self, key: String) -> std::pin::Pin<Box<dyn Future<Output = Answer>>> {
+        match sip_lookup_name(&key) {
+            Some(name) => Box::pin(self.lookup_sip(name.to_string())),
+            None => Box::pin(self.lookup(key)),
+        }
+    }
+
+    /// RFC 3263 §4 for a domain: NAPTR records for the SIP services we can
+    /// reach (else the SRV names of each transport), SRV records in RFC 2782
+    /// order, then each target's addresses. No SRV at all is an empty list:
+    /// the caller then looks the host's own address up, as §4.2 says.
+    pub fn lookup_sip(&self, host: String) -> impl Future<Output = Answer> + 'static {
+        let (answer_to, answer) = tokio::sync::oneshot::channel();
+        let resolver = self.resolver.clone();
+        let timeout = self.timeout;
+        self.thread.spawn(async move {
+            let lookup = sip_targets(&resolver, &host);
+            let found = match tokio::time::timeout(timeout * 4, lookup).await {
+                Ok(answer) => answer,
+                Err(_) => Answer::Unreachable,
+            };
+            let result = match &found {
+                Answer::FoundTargets(targets, _) if !targets.is_empty() => "found",
+                Answer::FoundTargets(..) => "not_found",
+                _ => "timeout",
+            };
+            crate::metrics::get().dns_lookup(result);
+            let _ = answer_to.send(found);
+        });
+        async move { answer.await.unwrap_or(Answer::Unreachable) }
+    }
+
     /// Looks `host` up on the DNS thread. A timeout or a server error is
     /// [`Answer::Unreachable`].
     pub fn lookup(&self, host: String) -> impl Future<Output = Answer> + 'static {
@@ -115,4 +153,77 @@ impl Dns {
         });
         async move { answer.await.unwrap_or(Answer::Unreachable) }
     }
+}
+
+/// The records of `rtype` at `name` (an FQDN), and how long they may be
+/// kept; nothing on any error.
+async fn records(
+    resolver: &TokioResolver,
+    name: &str,
+    rtype: RecordType,
+) -> (Vec<RData>, Duration) {
+    match resolver.lookup(name, rtype).await {
+        Ok(lookup) => {
+            let ttl = lookup
+                .valid_until()
+                .saturating_duration_since(Instant::now());
+            let found = lookup.answers().iter().map(|r| r.data.clone()).collect();
+            (found, ttl)
+        }
+        Err(_) => (Vec::new(), MAX_TTL),
+    }
+}
+
+/// RFC 3263 §4.1–4.2 for `host`: see [`Dns::lookup_sip`].
+async fn sip_targets(resolver: &TokioResolver, host: &str) -> Answer {
+    let fqdn = |name: &str| format!("{}.", name.trim_end_matches('.'));
+    let (naptrs, mut ttl) = records(resolver, &fqdn(host), RecordType::NAPTR).await;
+    let mut services: Vec<(u16, u16, String, Protocol)> = naptrs
+        .iter()
+        .filter_map(|data| match data {
+            RData::NAPTR(naptr) if naptr.flags.eq_ignore_ascii_case(b"s") => {
+                let service = std::str::from_utf8(&naptr.services).ok()?;
+                let protocol = naptr_protocol(service)?;
+                let replacement = naptr.replacement.to_utf8();
+                Some((naptr.order, naptr.preference, replacement, protocol))
+            }
+            _ => None,
+        })
+        .collect();
+    services.sort_by_key(|(order, preference, ..)| (*order, *preference));
+    let srv_names: Vec<(String, Protocol)> = if services.is_empty() {
+        [Protocol::Udp, Protocol::Tcp, Protocol::Tls]
+            .into_iter()
+            .filter_map(|p| Some((srv_name(p, host)?, p)))
+            .collect()
+    } else {
+        services
+            .into_iter()
+            .map(|(.., name, p)| (name, p))
+            .collect()
+    };
+    let mut targets = Vec::new();
+    for (name, protocol) in srv_names {
+        let (srvs, srv_ttl) = records(resolver, &fqdn(&name), RecordType::SRV).await;
+        ttl = ttl.min(srv_ttl);
+        let found: Vec<(u16, u16, (String, u16))> = srvs
+            .iter()
+            .filter_map(|data| match data {
+                RData::SRV(srv) => {
+                    Some((srv.priority, srv.weight, (srv.target.to_utf8(), srv.port)))
+                }
+                _ => None,
+            })
+            .collect();
+        for (target, port) in srv_order(found, |total| rand::random_range(0..=total)) {
+            if let Ok(ips) = resolver.lookup_ip(fqdn(&target).as_str()).await {
+                ttl = ttl.min(ips.valid_until().saturating_duration_since(Instant::now()));
+                targets.extend(ips.iter().map(|ip| SipTarget {
+                    addr: std::net::SocketAddr::new(ip, port),
+                    protocol,
+                }));
+            }
+        }
+    }
+    Answer::FoundTargets(targets, ttl)
 }

@@ -700,6 +700,7 @@ impl Prober {
             uri: self.uri.clone(),
             hop: self.hop.clone(),
             strict_source: self.strict_source,
+            give_up: self.timeout,
             call_id: format!("{}-{sequence}@siphon", self.call_id_base),
             reply_to: ctx.address().recipient(),
         });

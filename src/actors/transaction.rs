@@ -18,7 +18,7 @@ use crate::proxy::dns::{Answer, HostCache, Wait};
 use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output, ScriptRun};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward;
-use crate::proxy::{next_hop, Decision, HopError, TimerSettings};
+use crate::proxy::{Decision, HopError, TimerSettings};
 use crate::script::{LocalIdentity, Replay, RequestInput, Run, ScriptCache, ScriptEngine};
 use crate::sip::Message;
 
@@ -51,6 +51,8 @@ pub struct ShardConfig {
     pub drain_secs: u64,
     /// Each shard's share of `limits.max_transactions`.
     pub max_transactions: usize,
+    /// `limits.udp_max_request_bytes`.
+    pub udp_max_request_bytes: usize,
     /// The bound on each shard's queue, given back as messages are handled.
     pub ingress: Arc<crate::actors::transport::IngressGate>,
     /// Looks up the names a relay meets, off this thread.
@@ -102,6 +104,7 @@ impl TransactionShard {
             flow_tokens: config.flow_tokens.clone(),
             seals: config.seals.clone(),
             accept_unsealed: config.accept_unsealed,
+            udp_max_request_bytes: config.udp_max_request_bytes,
         });
         TransactionShard {
             id,
@@ -295,32 +298,14 @@ impl TransactionShard {
         decision: Decision,
         may_wait: bool,
     ) -> Option<Deferred> {
-        let gateways = &self.config.gateways;
-        let policy = &self.config.relay_policy;
-        let registrar = &self.config.registrar;
-        let hosts = &self.hosts;
-        let mut hop_of = |uri: &str| match next_hop(uri, now, hosts, |uri| gateways.address_of(uri))
-        {
-            Err(HopError::Lookup(host)) if !may_wait => Err(HopError::Unresolvable(format!(
-                "cannot resolve {host} now (too many lookups, or too long a wait)"
-            ))),
-            Ok(hop) => {
-                let configured = gateways.is_destination_address(hop.addr);
-                match policy.verdict(hop.addr, configured) {
-                    Err(why)
-                        if why.may_be_vouched()
-                            && registrar.has_contact_at(hop.addr, crate::registrar::unix_now()) =>
-                    {
-                        Ok(hop)
-                    }
-                    Err(why) => Err(HopError::Refused(hop, why)),
-                    Ok(()) => Ok(hop),
-                }
-            }
-            hop => hop,
+        let mut hops = ShardHops {
+            config: &self.config,
+            hosts: &self.hosts,
+            now,
+            may_wait,
         };
         self.engine
-            .handle_decision(now, ticket, decision, &mut hop_of)
+            .handle_decision(now, ticket, decision, &mut hops)
     }
 
     /// Starts a lookup of `host`; its answer comes back as [`Resolved`].
@@ -331,7 +316,7 @@ impl TransactionShard {
             self.hosts.complete(now, &host, Answer::Unreachable);
             return;
         };
-        let answer = self.config.dns.lookup(host.clone());
+        let answer = self.config.dns.lookup_key(host.clone());
         actix::spawn(async move {
             let answer = answer.await;
             myself.do_send(Resolved { host, answer });
@@ -350,6 +335,63 @@ impl TransactionShard {
     }
 }
 
+/// Where a shard's decisions lead: gateway addresses, its DNS cache (RFC
+/// 3263 included), and `security.relay_to`.
+struct ShardHops<'a> {
+    config: &'a ShardConfig,
+    hosts: &'a crate::proxy::dns::HostCache,
+    now: Instant,
+    /// Without it, a name not in the cache counts as unresolvable.
+    may_wait: bool,
+}
+
+impl ShardHops<'_> {
+    fn hops(&self, uri: &str) -> Result<Vec<forward::Hop>, HopError> {
+        let gateways = &self.config.gateways;
+        match forward::next_hops(uri, self.now, self.hosts, |uri| gateways.address_of(uri)) {
+            Err(HopError::Lookup(host)) if !self.may_wait => Err(HopError::Unresolvable(format!(
+                "cannot resolve {host} now (too many lookups, or too long a wait)"
+            ))),
+            hops => hops,
+        }
+    }
+
+    /// `security.relay_to`'s verdict on a hop.
+    fn allowed(&self, hop: forward::Hop) -> Result<forward::Hop, HopError> {
+        let configured = self.config.gateways.is_destination_address(hop.addr);
+        match self.config.relay_policy.verdict(hop.addr, configured) {
+            Err(why)
+                if why.may_be_vouched()
+                    && self
+                        .config
+                        .registrar
+                        .has_contact_at(hop.addr, crate::registrar::unix_now()) =>
+            {
+                Ok(hop)
+            }
+            Err(why) => Err(HopError::Refused(hop, why)),
+            Ok(()) => Ok(hop),
+        }
+    }
+}
+
+impl crate::proxy::engine::NextHops for ShardHops<'_> {
+    fn next_hop(&mut self, uri: &str) -> Result<forward::Hop, HopError> {
+        let mut hops = self.hops(uri)?;
+        self.allowed(hops.swap_remove(0))
+    }
+
+    fn alternates(&mut self, uri: &str) -> Vec<forward::Hop> {
+        let Ok(hops) = self.hops(uri) else {
+            return Vec::new();
+        };
+        hops.into_iter()
+            .skip(1)
+            .filter_map(|hop| self.allowed(hop).ok())
+            .collect()
+    }
+}
+
 /// Ask a shard to probe a destination with OPTIONS. Route it with
 /// `Router::dispatch_probe` so that the shard owning `call_id` sends it.
 #[derive(Message)]
@@ -359,6 +401,8 @@ pub struct SendProbe {
     pub hop: forward::Hop,
     /// Its answer counts only from the probed address.
     pub strict_source: bool,
+    /// How long the prober waits for the answer.
+    pub give_up: std::time::Duration,
     pub call_id: String,
     pub reply_to: Recipient<ProbeOutcome>,
 }
@@ -453,7 +497,11 @@ impl Handler<SendProbe> for TransactionShard {
         let now = Instant::now();
         self.next_probe += 1;
         self.probes.insert(self.next_probe, probe.reply_to);
-        let target = (probe.hop, probe.strict_source);
+        let target = crate::proxy::engine::ProbeTarget {
+            hop: probe.hop,
+            strict_source: probe.strict_source,
+            give_up: probe.give_up,
+        };
         self.engine
             .start_probe(now, self.next_probe, &probe.uri, target, &probe.call_id);
         self.carry_out(now);

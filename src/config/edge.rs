@@ -189,6 +189,10 @@ pub struct LimitsConfig {
     /// Above it, new INVITEs get 503 + Retry-After and other new requests
     /// are dropped.
     pub max_transactions: usize,
+    /// RFC 3261 §18.1.1: a request larger than this (the path MTU minus
+    /// 200) whose next hop does not pin `transport=udp` goes over TCP; 0
+    /// never switches.
+    pub udp_max_request_bytes: usize,
     pub tcp: TcpLimits,
 }
 
@@ -196,6 +200,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_transactions: 100_000,
+            udp_max_request_bytes: 1300,
             tcp: TcpLimits::default(),
         }
     }
@@ -426,6 +431,14 @@ pub(super) fn check_limits(l: &LimitsConfig, origin: &Path) -> Result<(), Config
         1,
         10_000_000,
         "transactions",
+    )?;
+    check_range(
+        origin,
+        "limits.udp_max_request_bytes",
+        l.udp_max_request_bytes,
+        0,
+        65_000,
+        "bytes (0: never switch to TCP)",
     )?;
     let tcp = &l.tcp;
     check_range(

@@ -183,6 +183,7 @@ impl FailoverConfig {
             on_codes: self.on_codes.clone(),
             max_attempts: self.max_attempts.unwrap_or(usize::MAX),
             strict_source: false,
+            passive_health: true,
         }
     }
 }

@@ -158,16 +158,35 @@ fn websocket_listeners_take_an_address_or_a_map_with_origins() {
 
 #[test]
 fn a_destination_may_name_its_transport() {
-    let config = parse(&with_group(
-        "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com\", address: \"192.0.2.5:5061\", transport: TLS}]\n",
+    let listening = "listen: {udp: [\"127.0.0.1:5060\"], tcp: [\"127.0.0.1:5060\"]}\n";
+    let config = parse(&format!(
+        "{listening}{}",
+        with_group(
+            "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com\", address: \"192.0.2.5:5061\", transport: TCP}]\n",
+        )
     ))
     .expect("transport key");
     let destination = &config.gateway.groups[0].destinations[0];
-    assert_eq!(destination.transport, Some(crate::sip::Protocol::Tls));
+    assert_eq!(destination.transport, Some(crate::sip::Protocol::Tcp));
     let group = config.gateway.groups[0].to_group();
     assert_eq!(
         group.destinations()[0].protocol(),
-        crate::sip::Protocol::Tls
+        crate::sip::Protocol::Tcp
+    );
+    // Without a listener of that protocol no Via could name it.
+    let refused = error_of(&with_group(
+        "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com\", address: \"192.0.2.5:5061\", transport: tls}]\n",
+    ));
+    assert!(
+        refused.contains("gateway.groups[0].destinations[0].transport: tls needs a listener of its own for our Via: add an ip:port to listen.tls"),
+        "{refused}"
+    );
+    let refused = error_of(&with_group(
+        "    - name: g\n      destinations: [{uri: \"sip:trunk.example.com;transport=tcp\", address: \"192.0.2.5:5060\"}]\n",
+    ));
+    assert!(
+        refused.contains("gateway.groups[0].destinations[0].uri: tcp needs a listener"),
+        "{refused}"
     );
     assert!(error_of(&with_group(
         "    - name: g\n      destinations: [{uri: \"sip:a.example.com\", address: \"192.0.2.5\", transport: sctp}]\n"
@@ -599,9 +618,10 @@ fn probe_timeout_defaults_to_interval_capped_at_five_seconds() {
 
 #[test]
 fn destination_address_defaults_to_the_uri_host_and_port() {
-    let config = parse(&with_group(
+    let listening = "listen: {udp: [\"127.0.0.1:5060\"], tcp: [\"127.0.0.1:5060\"], tls: [{address: \"127.0.0.1:5061\", cert: c.pem, key: k.pem}]}\n";
+    let config = parse(&format!("{listening}{}", with_group(
             "    - name: a\n      destinations:\n        - uri: \"sip:127.0.0.1:5080\"\n        - uri: \"sip:alice@127.0.0.2;transport=tcp\"\n        - uri: \"sips:127.0.0.3\"\n        - uri: \"sip:[::1]:5099\"\n        - {uri: \"sip:backend.example.com:5077\", address: \"127.0.0.4\"}\n        - {uri: \"sip:localhost\"}\n",
-        ))
+        )))
         .expect("destinations");
     let addresses: Vec<SocketAddr> = config.gateway.groups[0]
         .destinations

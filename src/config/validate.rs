@@ -24,6 +24,7 @@ impl RawConfig {
         let domain = check_domain(self.domain, origin)?;
         let script = resolve_script(self.script, origin)?;
         let gateway = build_gateway(self.gateway, origin)?;
+        check_gateway_transports(&gateway, &self.listen, origin)?;
         check_registrar(&mut self.registrar, origin)?;
         check_server(&self.server, origin)?;
         check_share_health(&gateway, &self.server, origin)?;
@@ -54,6 +55,45 @@ impl RawConfig {
             tls: self.tls,
         })
     }
+}
+
+/// Our Via and Record-Route must name a listener of the protocol a request
+/// leaves by (RFC 3261 §18.1.1): a destination reached over a protocol we
+/// do not listen on cannot be relayed to.
+fn check_gateway_transports(
+    gateway: &GatewayConfig,
+    listen: &Listen,
+    origin: &Path,
+) -> Result<(), ConfigError> {
+    use crate::sip::Protocol;
+    for (g, group) in gateway.groups.iter().enumerate() {
+        for (d, destination) in group.destinations.iter().enumerate() {
+            let from_uri = crate::sip::Uri::parse(&destination.uri)
+                .ok()
+                .and_then(|uri| crate::proxy::forward::uri_protocol(&uri).ok());
+            let protocol = destination.transport.or(from_uri).unwrap_or(Protocol::Udp);
+            let listening = match protocol {
+                Protocol::Udp => !listen.udp.is_empty(),
+                Protocol::Tcp => !listen.tcp.is_empty(),
+                Protocol::Tls => !listen.tls.is_empty(),
+                Protocol::Ws | Protocol::Wss => true,
+            };
+            if !listening {
+                let field = if destination.transport.is_some() {
+                    "transport"
+                } else {
+                    "uri"
+                };
+                let name = protocol.as_str().to_ascii_lowercase();
+                return Err(invalid(
+                    origin,
+                    format!("gateway.groups[{g}].destinations[{d}].{field}"),
+                    format!("{name} needs a listener of its own for our Via: add an ip:port to listen.{name}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn check_listen(listen: &Listen, origin: &Path) -> Result<(), ConfigError> {

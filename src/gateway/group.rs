@@ -77,6 +77,9 @@ impl GroupView {
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// One gateway group.
+/// The selectors of the attrs filters a group has been asked for.
+type FilteredSelectors = Vec<(BTreeMap<String, String>, AnySelector)>;
+
 #[derive(Debug, Clone)]
 pub struct Group {
     name: String,
@@ -84,6 +87,10 @@ pub struct Group {
     destinations: std::sync::Arc<[Destination]>,
     health: Vec<Health>,
     selector: AnySelector,
+    /// A selector per attrs filter: rotating state shared between filters
+    /// would skew each filter's shares (a request for `a` advancing the
+    /// turn of one for `b`). Bounded; further filters share `selector`.
+    filtered: FilteredSelectors,
     /// Scratch: indexes that are up and match the current request's attrs.
     eligible: Vec<usize>,
     /// Scratch: the last ranking, handed out by reference from [`Group::ranked`].
@@ -115,6 +122,7 @@ impl Group {
             destinations: destinations.into(),
             health,
             selector,
+            filtered: Vec::new(),
             eligible: Vec::with_capacity(capacity),
             ranking: Vec::with_capacity(capacity),
             passive: PassivePolicy::default(),
@@ -224,9 +232,12 @@ impl Group {
         now: Instant,
     ) -> Option<usize> {
         self.fill_eligible(attrs, now);
-        let chosen = self
-            .selector
-            .pick(&self.destinations, &self.eligible, key)?;
+        let selector = Self::selector_in(
+            (&mut self.selector, &mut self.filtered),
+            (self.algorithm, &self.destinations),
+            attrs,
+        );
+        let chosen = selector.pick(&self.destinations, &self.eligible, key)?;
         if let Some(health) = self.health.get_mut(chosen) {
             health.record_selection();
         }
@@ -243,8 +254,12 @@ impl Group {
         now: Instant,
     ) -> &[usize] {
         self.fill_eligible(attrs, now);
-        self.selector
-            .rank(&self.destinations, &self.eligible, key, &mut self.ranking);
+        let selector = Self::selector_in(
+            (&mut self.selector, &mut self.filtered),
+            (self.algorithm, &self.destinations),
+            attrs,
+        );
+        selector.rank(&self.destinations, &self.eligible, key, &mut self.ranking);
         if let Some(health) = self
             .ranking
             .first()
@@ -394,6 +409,31 @@ impl Group {
         self.health.get_mut(index)
     }
 
+    /// The selector of `attrs`' filter (the group's own without one), made
+    /// on first use while there is room.
+    fn selector_in<'a>(
+        (shared, filtered): (&'a mut AnySelector, &'a mut FilteredSelectors),
+        (algorithm, destinations): (Algorithm, &[Destination]),
+        attrs: Option<&BTreeMap<String, String>>,
+    ) -> &'a mut AnySelector {
+        const MAX_FILTERS: usize = 32;
+        let Some(filter) = attrs.filter(|f| !f.is_empty()) else {
+            return shared;
+        };
+        let found = filtered.iter().position(|(known, _)| known == filter);
+        let index = match found {
+            Some(index) => index,
+            None if filtered.len() < MAX_FILTERS => {
+                let mut selector = AnySelector::new(algorithm);
+                selector.prepare(destinations);
+                filtered.push((filter.clone(), selector));
+                filtered.len() - 1
+            }
+            None => return shared,
+        };
+        &mut filtered[index].1
+    }
+
     fn fill_eligible(&mut self, attrs: Option<&BTreeMap<String, String>>, now: Instant) {
         self.eligible.clear();
         let health = &self.health;
@@ -479,6 +519,44 @@ mod tests {
         assert_eq!(group.select(None, Some(&region("eu")), now), None);
         // An empty filter matches everything.
         assert!(group.select(None, Some(&BTreeMap::new()), now).is_some());
+    }
+
+    #[test]
+    fn each_attrs_filter_keeps_its_own_weighted_turn() {
+        // A (3, east, x), B (1, east), C (2, x): requests for `east` and for
+        // `x` interleave; each filter's picks are what they would be alone.
+        let now = Instant::now();
+        let at = |n: u8| SocketAddr::from(([10, 0, 0, n], 5060));
+        let members = || {
+            vec![
+                Destination::new("sip:a.example.com", at(1))
+                    .with_weight(3)
+                    .with_attr("region", "east")
+                    .with_attr("kind", "x"),
+                Destination::new("sip:b.example.com", at(2))
+                    .with_weight(1)
+                    .with_attr("region", "east"),
+                Destination::new("sip:c.example.com", at(3))
+                    .with_weight(2)
+                    .with_attr("kind", "x"),
+            ]
+        };
+        let east = region("east");
+        let x = BTreeMap::from([("kind".to_string(), "x".to_string())]);
+        let mut alone = Group::new("g", Algorithm::Weighted, members(), 3);
+        let expected: Vec<usize> = (0..12)
+            .map(|_| alone.select(None, Some(&east), now).unwrap())
+            .collect();
+        let mut mixed = Group::new("g", Algorithm::Weighted, members(), 3);
+        let picked: Vec<usize> = (0..12)
+            .map(|_| {
+                let chosen = mixed.select(None, Some(&east), now).unwrap();
+                mixed.select(None, Some(&x), now).unwrap();
+                chosen
+            })
+            .collect();
+        assert_eq!(picked, expected);
+        assert_eq!(picked.iter().filter(|&&i| i == 0).count(), 9, "3:1");
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct FailoverPolicy {
     /// request went to (`strict_source`): off by default, since a backend
     /// behind a VIP or bound to every address answers from another one.
     pub strict_source: bool,
+    /// Relay outcomes feed the destinations' passive health (not for the
+    /// places RFC 3263 finds for a name, which belong to no group).
+    pub passive_health: bool,
 }
 
 impl Default for FailoverPolicy {
@@ -97,6 +100,7 @@ impl Default for FailoverPolicy {
             on_codes: vec![503],
             max_attempts: usize::MAX,
             strict_source: false,
+            passive_health: true,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! [`HostCache::complete`]; nothing here blocks or reads the clock.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proxy::fast_hash::FastMap;
+use crate::sip::Protocol;
 
 /// An answer is kept at least this long, so a zero TTL does not send every
 /// call to the resolver, and at most this long, so a moved backend is seen
@@ -17,10 +19,78 @@ use crate::proxy::fast_hash::FastMap;
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(300);
 
-/// What the cache says of a name.
+/// One place RFC 3263 found for a name's SIP server, in the order to try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SipTarget {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// The cache key of a name's RFC 3263 lookup (NAPTR, SRV, then A): it
+/// cannot clash with a host name, which has no `:`.
+pub fn sip_lookup_key(host: &str) -> String {
+    format!("sip:{host}")
+}
+
+/// The name a key from [`sip_lookup_key`] looks up, or None for a plain
+/// address lookup.
+pub fn sip_lookup_name(key: &str) -> Option<&str> {
+    key.strip_prefix("sip:")
+}
+
+/// The transport of a NAPTR service field (RFC 3263 §4.1), for those we
+/// can reach.
+pub fn naptr_protocol(service: &str) -> Option<Protocol> {
+    match service.to_ascii_uppercase().as_str() {
+        "SIP+D2U" => Some(Protocol::Udp),
+        "SIP+D2T" => Some(Protocol::Tcp),
+        "SIPS+D2T" => Some(Protocol::Tls),
+        _ => None,
+    }
+}
+
+/// The SRV owner name for a transport without NAPTR (RFC 3263 §4.1).
+pub fn srv_name(protocol: Protocol, host: &str) -> Option<String> {
+    match protocol {
+        Protocol::Udp => Some(format!("_sip._udp.{host}")),
+        Protocol::Tcp => Some(format!("_sip._tcp.{host}")),
+        Protocol::Tls => Some(format!("_sips._tcp.{host}")),
+        Protocol::Ws | Protocol::Wss => None,
+    }
+}
+
+/// SRV records `(priority, weight, item)` in the order RFC 2782 says to
+/// try them: by priority, and within one, each next pick drawn at random
+/// in proportion to weight (`draw(total)` gives a number below `total + 1`).
+pub fn srv_order<T>(mut records: Vec<(u16, u16, T)>, mut draw: impl FnMut(u32) -> u32) -> Vec<T> {
+    records.sort_by_key(|(priority, weight, _)| (*priority, *weight));
+    let mut ordered = Vec::with_capacity(records.len());
+    while !records.is_empty() {
+        let priority = records[0].0;
+        let same = records.iter().take_while(|r| r.0 == priority).count();
+        let total: u32 = records[..same].iter().map(|r| u32::from(r.1)).sum();
+        let mut pick = draw(total).min(total);
+        let mut chosen = same - 1;
+        for (index, record) in records[..same].iter().enumerate() {
+            let weight = u32::from(record.1);
+            // Weight 0 is only picked when nothing heavier is left.
+            if pick <= weight && (weight > 0 || total == 0) {
+                chosen = index;
+                break;
+            }
+            pick = pick.saturating_sub(weight);
+        }
+        ordered.push(records.remove(chosen).2);
+    }
+    ordered
+}
+
+/// What the cache says of a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cached {
     Addr(IpAddr),
+    /// An RFC 3263 lookup: where to try, in order.
+    Targets(Arc<[SipTarget]>),
     /// Looked up lately and not found (or the lookup timed out).
     Failed,
     /// Not known: it needs a lookup.
@@ -28,10 +98,12 @@ pub enum Cached {
 }
 
 /// The outcome of a lookup, as the resolver reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// The first address, and how long the answer may be kept.
     Found(IpAddr, Duration),
+    /// An RFC 3263 lookup's targets, in order, and how long to keep them.
+    FoundTargets(Vec<SipTarget>, Duration),
     /// The name does not exist, or has no address.
     NotFound,
     /// No answer in time, or a server error: tried again soon.
@@ -49,10 +121,16 @@ pub enum Wait {
     Full,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Entry {
-    answer: Option<IpAddr>,
+    answer: Option<Known>,
     expires: Instant,
+}
+
+#[derive(Clone)]
+enum Known {
+    Addr(IpAddr),
+    Targets(Arc<[SipTarget]>),
 }
 
 pub struct HostCache {
@@ -87,7 +165,11 @@ impl HostCache {
 
     pub fn get(&self, now: Instant, host: &str) -> Cached {
         match self.entries.get(key(host).as_ref()) {
-            Some(entry) if entry.expires > now => entry.answer.map_or(Cached::Failed, Cached::Addr),
+            Some(entry) if entry.expires > now => match &entry.answer {
+                Some(Known::Addr(ip)) => Cached::Addr(*ip),
+                Some(Known::Targets(targets)) => Cached::Targets(targets.clone()),
+                None => Cached::Failed,
+            },
             _ => Cached::Missing,
         }
     }
@@ -113,7 +195,15 @@ impl HostCache {
         let host = key(host);
         let entry = match answer {
             Answer::Found(ip, ttl) => Entry {
-                answer: Some(ip),
+                answer: Some(Known::Addr(ip)),
+                expires: now + ttl.clamp(MIN_TTL, MAX_TTL),
+            },
+            Answer::FoundTargets(targets, _) if targets.is_empty() => Entry {
+                answer: None,
+                expires: now + self.negative_ttl,
+            },
+            Answer::FoundTargets(targets, ttl) => Entry {
+                answer: Some(Known::Targets(targets.into())),
                 expires: now + ttl.clamp(MIN_TTL, MAX_TTL),
             },
             Answer::NotFound => Entry {
@@ -168,6 +258,54 @@ impl HostCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srv_records_go_by_priority_then_by_weight_drawn() {
+        let records = vec![
+            (20, 0, "backup"),
+            (10, 60, "big"),
+            (10, 20, "small"),
+            (10, 0, "zero"),
+        ];
+        // Drawing 0 each time: the lightest non-zero first within a priority.
+        assert_eq!(
+            srv_order(records.clone(), |_| 0),
+            ["small", "big", "zero", "backup"]
+        );
+        // Drawing the top each time: the heaviest first.
+        assert_eq!(
+            srv_order(records.clone(), |total| total),
+            ["big", "small", "zero", "backup"]
+        );
+        // Over many draws the shares follow the weights (60:20).
+        let mut seed = 7u32;
+        let mut first_big = 0;
+        for _ in 0..8000 {
+            let order = srv_order(records.clone(), |total| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (seed >> 8) % (total + 1)
+            });
+            first_big += usize::from(order[0] == "big");
+        }
+        assert!((5600..6400).contains(&first_big), "{first_big}");
+    }
+
+    #[test]
+    fn naptr_services_and_srv_names_follow_rfc_3263() {
+        assert_eq!(naptr_protocol("SIP+D2U"), Some(Protocol::Udp));
+        assert_eq!(naptr_protocol("sip+d2t"), Some(Protocol::Tcp));
+        assert_eq!(naptr_protocol("SIPS+D2T"), Some(Protocol::Tls));
+        assert_eq!(naptr_protocol("SIP+D2S"), None, "SCTP: not ours");
+        assert_eq!(
+            srv_name(Protocol::Tls, "example.com").as_deref(),
+            Some("_sips._tcp.example.com")
+        );
+        assert_eq!(
+            sip_lookup_name(&sip_lookup_key("example.com")),
+            Some("example.com")
+        );
+        assert_eq!(sip_lookup_name("example.com"), None);
+    }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 

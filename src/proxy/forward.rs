@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::proxy::dns::{Cached, HostCache};
+use crate::proxy::dns::{sip_lookup_key, Cached, HostCache, SipTarget};
 
 use crate::sip::{self, split_values, HeaderName, Message, NameAddr, Protocol, Rewriter, Uri, Via};
 
@@ -102,17 +102,33 @@ pub fn uri_protocol(uri: &Uri) -> Result<Protocol, String> {
     }
 }
 
-/// The next hop for a URI: its host and port, with `;transport=` (or
-/// `sips:`) choosing the protocol.
-/// `known` gives a fixed address for some URIs (gateway destinations), which
-/// then need no DNS; other host names come from `hosts`, and one it does not
-/// hold is a [`HopError::Lookup`].
+/// The next hop for a URI: the first of [`next_hops`].
 pub fn next_hop(
     uri: &str,
     now: Instant,
     hosts: &HostCache,
     known: impl Fn(&str) -> Option<SocketAddr>,
 ) -> Result<Hop, HopError> {
+    let mut hops = next_hops(uri, now, hosts, known)?;
+    Ok(hops.swap_remove(0))
+}
+
+/// Where a URI's requests go, in the order to try (never empty):
+/// - a gateway destination's fixed address (`known`), or an IP address, or
+///   a name with a port: that one place, `;transport=` (or `sips:`)
+///   choosing the protocol;
+/// - a name without a port: RFC 3263, the targets its NAPTR and SRV
+///   records give (those of the URI's transport, when it names one), or,
+///   without any, the name's own address.
+///
+/// A name `hosts` does not hold yet is a [`HopError::Lookup`] of the key
+/// to look up.
+pub fn next_hops(
+    uri: &str,
+    now: Instant,
+    hosts: &HostCache,
+    known: impl Fn(&str) -> Option<SocketAddr>,
+) -> Result<Vec<Hop>, HopError> {
     let parsed =
         Uri::parse(uri).map_err(|e| HopError::Unsupported(format!("bad uri {uri}: {e}")))?;
     let protocol = uri_protocol(&parsed)
@@ -125,19 +141,50 @@ pub fn next_hop(
         )));
     }
     if let Some(addr) = known(uri) {
-        return Ok(Hop::to_host(addr, protocol, parsed.host));
+        return Ok(vec![Hop::to_host(addr, protocol, parsed.host)]);
     }
     let port = parsed.port.unwrap_or(protocol.default_port());
     let bare = parsed.host.trim_start_matches('[').trim_end_matches(']');
+    let is_name = bare.parse::<IpAddr>().is_err();
+    if is_name && parsed.port.is_none() {
+        let secure = parsed.scheme.eq_ignore_ascii_case("sips");
+        let pinned = parsed.param("transport").is_some();
+        match hosts.get(now, &sip_lookup_key(bare)) {
+            Cached::Missing => return Err(HopError::Lookup(sip_lookup_key(bare))),
+            Cached::Targets(targets) => {
+                let wanted = |t: &&SipTarget| match (secure, pinned) {
+                    (true, _) => t.protocol == Protocol::Tls,
+                    (false, true) => t.protocol == protocol,
+                    (false, false) => true,
+                };
+                let hops: Vec<Hop> = targets
+                    .iter()
+                    .filter(wanted)
+                    .map(|t| Hop::to_host(t.addr, t.protocol, bare))
+                    .collect();
+                if !hops.is_empty() {
+                    return Ok(hops);
+                }
+            }
+            // No SRV for it: the name's own address (§4.2).
+            Cached::Failed | Cached::Addr(_) => {}
+        }
+    }
     let ip = match bare.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => match hosts.get(now, bare) {
             Cached::Addr(ip) => ip,
-            Cached::Failed => return Err(HopError::Unresolvable(format!("cannot resolve {bare}"))),
+            Cached::Failed | Cached::Targets(_) => {
+                return Err(HopError::Unresolvable(format!("cannot resolve {bare}")))
+            }
             Cached::Missing => return Err(HopError::Lookup(bare.to_string())),
         },
     };
-    Ok(Hop::to_host(SocketAddr::new(ip, port), protocol, bare))
+    Ok(vec![Hop::to_host(
+        SocketAddr::new(ip, port),
+        protocol,
+        bare,
+    )])
 }
 
 /// A hash of what identifies a request for loop detection (RFC 3261 §16.3
@@ -204,6 +251,13 @@ pub struct ForwardEdits<'a> {
     pub via: &'a str,
     /// `received`/`rport` to stamp on the previous hop's Via (RFC 3581).
     pub source: SocketAddr,
+}
+
+/// Whether a header of option tags (Supported, Require) lists `tag`.
+fn lists_option(msg: &Message, name: HeaderName, tag: &str) -> bool {
+    msg.header_values(name)
+        .flat_map(|value| value.split(','))
+        .any(|option| option.trim().eq_ignore_ascii_case(tag))
 }
 
 /// Builds the forwarded request: our Via on top, Max-Forwards decremented,
@@ -296,6 +350,18 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
     }
     if let Some(path) = edits.path {
         rw.push_top_header("Path", path);
+        // RFC 3327 §5.2: the client is reached only through us, so the
+        // registrar must keep the Path (`Require`). A phone that does not
+        // say it supports Path gets it said for it, as Kamailio's path
+        // module advises, so that a registrar that insists on
+        // `Supported: path` (Kamailio's `path_mode` 2) keeps it rather than
+        // answering 420; the phone itself never sees Path.
+        if !lists_option(msg, HeaderName::Supported, "path") {
+            rw.append_header("Supported", "path");
+        }
+        if !lists_option(msg, HeaderName::Require, "path") {
+            rw.append_header("Require", "path");
+        }
     }
     rw.push_top_header("Via", edits.via);
     rw.finish()
@@ -641,6 +707,10 @@ body";
             "trunk.example",
             crate::proxy::dns::Answer::Found(ip, std::time::Duration::from_secs(60)),
         );
+        // It publishes no SRV (RFC 3263 §4.2: then its own address).
+        let no_srv =
+            crate::proxy::dns::Answer::FoundTargets(Vec::new(), std::time::Duration::from_secs(60));
+        hosts.complete(now, "sip:trunk.example", no_srv);
         for uri in [
             "sips:bob@Trunk.Example",
             "sip:bob@trunk.example;transport=TLS",
@@ -658,6 +728,64 @@ body";
         // Over UDP and TCP there is nothing to verify.
         let hop = next_hop("sip:trunk.example;transport=tcp", now, &hosts, |_| None).unwrap();
         assert_eq!(hop.tls_name, None);
+    }
+
+    #[test]
+    fn a_name_without_a_port_goes_where_its_srv_records_say() {
+        use crate::proxy::dns::{Answer, SipTarget};
+        let mut hosts = HostCache::new(16, 4, std::time::Duration::from_secs(30));
+        let now = Instant::now();
+        let at = |text: &str| -> SocketAddr { text.parse().unwrap() };
+        let targets = vec![
+            SipTarget {
+                addr: at("192.0.2.31:5070"),
+                protocol: Protocol::Udp,
+            },
+            SipTarget {
+                addr: at("192.0.2.32:5071"),
+                protocol: Protocol::Tcp,
+            },
+            SipTarget {
+                addr: at("192.0.2.33:5072"),
+                protocol: Protocol::Tls,
+            },
+        ];
+        hosts.complete(
+            now,
+            "sip:carrier.example",
+            Answer::FoundTargets(targets, std::time::Duration::from_secs(60)),
+        );
+        let places = |uri: &str| -> Vec<(SocketAddr, Protocol)> {
+            next_hops(uri, now, &hosts, |_| None)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.addr, h.protocol))
+                .collect()
+        };
+        assert_eq!(
+            places("sip:+15551234@carrier.example"),
+            [
+                (at("192.0.2.31:5070"), Protocol::Udp),
+                (at("192.0.2.32:5071"), Protocol::Tcp),
+                (at("192.0.2.33:5072"), Protocol::Tls)
+            ]
+        );
+        assert_eq!(
+            places("sip:+15551234@carrier.example;transport=tcp"),
+            [(at("192.0.2.32:5071"), Protocol::Tcp)]
+        );
+        assert_eq!(
+            places("sips:+15551234@carrier.example"),
+            [(at("192.0.2.33:5072"), Protocol::Tls)]
+        );
+        // The TLS name to verify is the domain, not the SRV target (RFC 5922).
+        let hop = next_hop("sips:+15551234@carrier.example", now, &hosts, |_| None).unwrap();
+        assert_eq!(hop.tls_name.as_deref(), Some("carrier.example"));
+        // A port in the URI skips SRV: the name's own address.
+        assert_eq!(
+            next_hop("sip:carrier.example:5060", now, &hosts, |_| None),
+            Err(HopError::Lookup("carrier.example".into()))
+        );
     }
 
     #[test]
@@ -681,10 +809,16 @@ body";
             Ok(SocketAddr::new(ip, 5080))
         );
         hosts.complete(now, "gone.example", Answer::NotFound);
+        hosts.complete(now, "sip:gone.example", Answer::NotFound);
         assert!(matches!(
             next_hop("sip:gone.example", now, &hosts, |_| None),
             Err(HopError::Unresolvable(_))
         ));
+        // A name without a port asks for its RFC 3263 lookup first.
+        assert_eq!(
+            next_hop("sip:bob@srv.example", now, &hosts, |_| None),
+            Err(HopError::Lookup("sip:srv.example".into()))
+        );
         // A gateway destination's own address needs no DNS at all.
         let fixed: SocketAddr = "198.51.100.4:5060".parse().unwrap();
         assert_eq!(

@@ -1,8 +1,8 @@
 //! A small authoritative DNS server on a real UDP socket, for the tests of
 //! siphon's resolver: A records answered after a delay of the test's
-//! choosing, names that do not exist (NXDOMAIN with an SOA, so that the
-//! answer may be cached), names it never answers, and a count of the
-//! queries it got for each name.
+//! choosing, SRV and NAPTR records (RFC 3263), names that do not exist
+//! (NXDOMAIN with an SOA, so that the answer may be cached), names it never
+//! answers, and a count of the queries it got for each name.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -21,6 +21,20 @@ pub enum Record {
     },
     /// No answer at all: the query times out.
     Silent,
+    /// An SRV record (RFC 2782).
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: &'static str,
+    },
+    /// A NAPTR record (RFC 3403) with the "s" flag, as RFC 3263 uses them.
+    Naptr {
+        order: u16,
+        preference: u16,
+        service: &'static str,
+        replacement: &'static str,
+    },
 }
 
 pub struct DnsServer {
@@ -30,21 +44,22 @@ pub struct DnsServer {
 
 const TYPE_A: u16 = 1;
 const TYPE_SOA: u16 = 6;
+const TYPE_SRV: u16 = 33;
+const TYPE_NAPTR: u16 = 35;
 const RCODE_NXDOMAIN: u8 = 3;
 
 impl DnsServer {
-    /// Serves RECORDS (names without the final dot, lower case); any other
-    /// name gets NXDOMAIN at once, and a name with a record gets NOERROR
-    /// with no answer for other types (AAAA).
+    /// Serves RECORDS (names without the final dot, lower case; a name may
+    /// have several); any other name gets NXDOMAIN at once, and a name with
+    /// records gets NOERROR with no answer for the types it lacks (AAAA).
     pub fn start(records: &[(&str, Record)]) -> DnsServer {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the test DNS server");
         let addr = socket.local_addr().expect("dns addr");
-        let records: Arc<HashMap<String, Record>> = Arc::new(
-            records
-                .iter()
-                .map(|(name, record)| (name.to_string(), *record))
-                .collect(),
-        );
+        let mut by_name: HashMap<String, Vec<Record>> = HashMap::new();
+        for (name, record) in records {
+            by_name.entry(name.to_string()).or_default().push(*record);
+        }
+        let records = Arc::new(by_name);
         let queries = Arc::new(Mutex::new(HashMap::new()));
         let counted = queries.clone();
         thread::spawn(move || {
@@ -58,20 +73,60 @@ impl DnsServer {
                     .unwrap()
                     .entry(format!("{}/{}", query.name, query.qtype))
                     .or_insert(0) += 1;
-                let record = records.get(&query.name).copied();
+                let found = records.get(&query.name).cloned();
                 let reply = socket.try_clone().expect("clone dns socket");
                 // Each answer on its own thread: a slow name holds up no other.
                 thread::spawn(move || {
-                    let (delay, bytes) = match record {
-                        Some(Record::Silent) => return,
-                        Some(Record::A { ip, ttl, delay }) if query.qtype == TYPE_A => {
-                            (delay, query.answer(0, Some((ip, ttl))))
-                        }
-                        Some(Record::A { delay, .. }) => (delay, query.answer(0, None)),
-                        None => (Duration::ZERO, query.answer(RCODE_NXDOMAIN, None)),
+                    let Some(found) = found else {
+                        let bytes = query.answer(RCODE_NXDOMAIN, &[]);
+                        let _ = reply.send_to(&bytes, from);
+                        return;
                     };
+                    if found.iter().any(|r| matches!(r, Record::Silent)) {
+                        return;
+                    }
+                    let mut delay = Duration::ZERO;
+                    let answers: Vec<(u16, u32, Vec<u8>)> = found
+                        .iter()
+                        .filter_map(|record| match *record {
+                            Record::A { ip, ttl, delay: d } => {
+                                delay = delay.max(d);
+                                (query.qtype == TYPE_A).then(|| (TYPE_A, ttl, ip.octets().to_vec()))
+                            }
+                            Record::Srv {
+                                priority,
+                                weight,
+                                port,
+                                target,
+                            } => (query.qtype == TYPE_SRV).then(|| {
+                                let mut rdata = Vec::new();
+                                for value in [priority, weight, port] {
+                                    rdata.extend_from_slice(&value.to_be_bytes());
+                                }
+                                rdata.extend_from_slice(&wire_name(target));
+                                (TYPE_SRV, 60, rdata)
+                            }),
+                            Record::Naptr {
+                                order,
+                                preference,
+                                service,
+                                replacement,
+                            } => (query.qtype == TYPE_NAPTR).then(|| {
+                                let mut rdata = Vec::new();
+                                rdata.extend_from_slice(&order.to_be_bytes());
+                                rdata.extend_from_slice(&preference.to_be_bytes());
+                                for text in ["s", service, ""] {
+                                    rdata.push(text.len() as u8);
+                                    rdata.extend_from_slice(text.as_bytes());
+                                }
+                                rdata.extend_from_slice(&wire_name(replacement));
+                                (TYPE_NAPTR, 60, rdata)
+                            }),
+                            Record::Silent => None,
+                        })
+                        .collect();
                     thread::sleep(delay);
-                    let _ = reply.send_to(&bytes, from);
+                    let _ = reply.send_to(&query.answer(0, &answers), from);
                 });
             }
         });
@@ -87,6 +142,17 @@ impl DnsServer {
         let key = format!("{name}/{TYPE_A}");
         self.queries.lock().unwrap().get(&key).copied().unwrap_or(0)
     }
+}
+
+/// NAME in DNS wire form (labels, then the root).
+fn wire_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
 }
 
 struct Query {
@@ -123,28 +189,30 @@ impl Query {
         })
     }
 
-    /// The response: RCODE, with one A record or (for NXDOMAIN and empty
-    /// answers) an SOA whose minimum is 30 s in the authority section.
-    fn answer(&self, rcode: u8, a: Option<(Ipv4Addr, u32)>) -> Vec<u8> {
+    /// The response: RCODE, with ANSWERS (type, TTL, rdata) or (for
+    /// NXDOMAIN and empty answers) an SOA whose minimum is 30 s in the
+    /// authority section.
+    fn answer(&self, rcode: u8, answers: &[(u16, u32, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&self.id);
         out.push(0x84); // response, authoritative
         out.push(rcode);
         out.extend_from_slice(&1u16.to_be_bytes()); // questions
-        out.extend_from_slice(&u16::from(a.is_some()).to_be_bytes()); // answers
-        out.extend_from_slice(&u16::from(a.is_none()).to_be_bytes()); // authority
+        out.extend_from_slice(&(answers.len() as u16).to_be_bytes()); // answers
+        out.extend_from_slice(&u16::from(answers.is_empty()).to_be_bytes()); // authority
         out.extend_from_slice(&0u16.to_be_bytes()); // additional
         out.extend_from_slice(&self.question);
-        match a {
-            Some((ip, ttl)) => {
-                out.extend_from_slice(&[0xc0, 12]); // the question's name
-                out.extend_from_slice(&TYPE_A.to_be_bytes());
-                out.extend_from_slice(&1u16.to_be_bytes());
-                out.extend_from_slice(&ttl.to_be_bytes());
-                out.extend_from_slice(&4u16.to_be_bytes());
-                out.extend_from_slice(&ip.octets());
-            }
-            None => {
+        for (rtype, ttl, rdata) in answers {
+            out.extend_from_slice(&[0xc0, 12]); // the question's name
+            out.extend_from_slice(&rtype.to_be_bytes());
+            out.extend_from_slice(&1u16.to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+            out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            out.extend_from_slice(rdata);
+        }
+        match answers.is_empty() {
+            false => {}
+            true => {
                 // The zone is the name's last label ("test").
                 let zone = self.name.rsplit('.').next().unwrap_or("test");
                 let mut zone_name = vec![zone.len() as u8];

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod baresip;
 pub mod dns;
 pub mod gateway;
 pub mod netns;
@@ -1153,6 +1154,15 @@ impl TcpPeer {
     pub fn connect(target: SocketAddr) -> TcpPeer {
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {target}: {e}"));
+        TcpPeer {
+            stream,
+            buffer: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// A connection the test accepted (the peer is the daemon).
+    pub fn from_stream(stream: TcpStream) -> TcpPeer {
         TcpPeer {
             stream,
             buffer: Vec::new(),

@@ -62,6 +62,12 @@ pub struct ClientTx {
     /// Over UDP, responses count only from `hop` (a group's
     /// `strict_source`); otherwise the branch's keyed token is the proof.
     pub strict_source: bool,
+    /// The request as it would have gone over UDP, had it not been too
+    /// large (§18.1.1): sent instead if the TCP connection is refused.
+    pub udp_fallback: Option<Bytes>,
+    /// The caller's connection (TCP, TLS, WS), for a 2xx retransmission
+    /// that outlives the server transaction: its Via does not lead back.
+    pub caller_flow: Option<Hop>,
 }
 
 impl ClientTx {
@@ -96,6 +102,8 @@ impl ClientTx {
             abandoned: false,
             failure_reported: false,
             strict_source: false,
+            udp_fallback: None,
+            caller_flow: None,
         }
     }
 }

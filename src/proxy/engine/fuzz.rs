@@ -121,6 +121,7 @@ impl Run {
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
                 seals: crate::proxy::seal::DialogSeals::new(b"fuzz", None),
                 accept_unsealed: false,
+                udp_max_request_bytes: 1300,
             }),
             now: Instant::now(),
             pending: Vec::new(),
@@ -297,6 +298,7 @@ impl Run {
                             on_codes: vec![503, 500],
                             max_attempts: 1 + self.rng.below(4),
                             strict_source: self.rng.chance(50),
+                            passive_health: self.rng.chance(80),
                         }),
                         candidates,
                     });
@@ -425,13 +427,13 @@ impl Run {
     fn probe(&mut self) {
         let hop = hop_of("sip:backend1.example").expect("known host");
         let id = self.rng.next();
-        self.engine.start_probe(
-            self.now,
-            id,
-            "sip:backend1.example",
-            (hop, false),
-            "probe-call",
-        );
+        let target = ProbeTarget {
+            hop,
+            strict_source: self.rng.chance(50),
+            give_up: Duration::from_millis(*self.rng.pick(&[100, 2_000, 60_000])),
+        };
+        self.engine
+            .start_probe(self.now, id, "sip:backend1.example", target, "probe-call");
     }
 
     fn advance(&mut self) {

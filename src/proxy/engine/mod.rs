@@ -55,6 +55,48 @@ pub use self::branch::MAGIC_COOKIE;
 /// could send a message; the caller keeps the answers.
 pub type RouteLookup = Arc<dyn Fn(IpAddr) -> Option<IpAddr> + Send + Sync>;
 
+/// Where the URIs of a decision lead: the caller's DNS cache and relay
+/// policy. Any `FnMut(&str) -> Result<Hop, HopError>` is one (with no
+/// alternates).
+pub trait NextHops {
+    /// The first place to send a request for `uri`.
+    fn next_hop(&mut self, uri: &str) -> Result<Hop, HopError>;
+
+    /// The other places RFC 3263 found for `uri`'s name, in order, to fail
+    /// over to.
+    fn alternates(&mut self, _uri: &str) -> Vec<Hop> {
+        Vec::new()
+    }
+}
+
+impl<F: FnMut(&str) -> Result<Hop, HopError>> NextHops for F {
+    fn next_hop(&mut self, uri: &str) -> Result<Hop, HopError> {
+        self(uri)
+    }
+}
+
+/// The failover of a relay to a name RFC 3263 found several places for:
+/// a group of its own (`dns`) whose candidates share the URI and report
+/// no health.
+fn dns_failover(target: &str, first: Hop, alternates: Vec<Hop>) -> GatewayRelay {
+    let uri: Arc<str> = Arc::from(target);
+    GatewayRelay {
+        group: Arc::from("dns"),
+        policy: Arc::new(crate::proxy::decision::FailoverPolicy {
+            passive_health: false,
+            ..Default::default()
+        }),
+        candidates: std::iter::once(first)
+            .chain(alternates)
+            .map(|hop| crate::proxy::decision::RelayCandidate {
+                uri: uri.clone(),
+                hop,
+                report_success: false,
+            })
+            .collect(),
+    }
+}
+
 /// What the engine needs to know about the node it runs in.
 pub struct EngineConfig {
     pub timers: TimerSettings,
@@ -78,6 +120,8 @@ pub struct EngineConfig {
     /// An in-dialog request through our Route without a seal is relayed
     /// (a rolling upgrade from a build without seals), not refused.
     pub accept_unsealed: bool,
+    /// `limits.udp_max_request_bytes` (0: never leave UDP for size).
+    pub udp_max_request_bytes: usize,
 }
 
 /// The Retry-After of a 503 sent because the transaction table is full.
@@ -169,6 +213,16 @@ pub struct Deferred {
     pub hosts: Vec<String>,
 }
 
+/// Where a probe goes and how its answer is judged.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub hop: Hop,
+    /// Its answer counts only from the probed address (`strict_source`).
+    pub strict_source: bool,
+    /// How long the prober waits for it.
+    pub give_up: Duration,
+}
+
 /// The result of one probe: the final status, or None when it timed out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOutcome {
@@ -204,6 +258,9 @@ struct BranchPlan<'a> {
     candidate: Option<(usize, Duration, bool)>,
     /// The branch's share of Max-Breadth (RFC 5393), when forking.
     max_breadth: Option<u32>,
+    /// The next hop's URI does not pin `transport=udp`: a request too
+    /// large for UDP may go over TCP instead (§18.1.1).
+    may_leave_udp: bool,
 }
 
 /// The transaction engine of one shard.
@@ -215,6 +272,9 @@ pub struct Engine<F> {
     clients: FastMap<u64, ClientTx>,
     /// CANCELs by the token of the branch they cancel.
     cancels: FastMap<u64, CancelTx>,
+    /// Server transactions whose own 2xx waits for its ACK, by
+    /// [`ack_key`].
+    awaiting_ack: FastMap<u64, u64>,
     pending: FastMap<u64, Pending>,
     timers: TimerQueue,
     tokens: BranchTokens,
@@ -223,9 +283,15 @@ pub struct Engine<F> {
     /// Our Via prefix and Record-Route value, by listener.
     via_prefix: Vec<String>,
     record_route: Vec<String>,
+    /// The Record-Route value of a TLS or WSS listener for a `sips:`
+    /// request (§16.6 step 4), by listener; None for the others.
+    record_route_sips: Vec<Option<String>>,
     /// The listener of each protocol when it has only one (no route to
     /// look up), by `Protocol as usize`.
     only_listener: [Option<usize>; Protocol::ALL.len()],
+    /// Whether we listen on each protocol at all: our Via must name a
+    /// listener of the protocol a request leaves by.
+    listening: [bool; Protocol::ALL.len()],
 }
 
 impl<F: Clone> Engine<F> {
@@ -253,13 +319,24 @@ impl<F: Clone> Engine<F> {
                     Some(transport) => format!("<sip:{};transport={transport};lr>", l.sent_by),
                 })
                 .collect(),
+            record_route_sips: listeners
+                .iter()
+                .map(|l| match l.protocol {
+                    Protocol::Tls => Some(format!("<sips:{};lr>", l.sent_by)),
+                    // RFC 7118: a secure WebSocket is `sips:` with `ws`.
+                    Protocol::Wss => Some(format!("<sips:{};transport=ws;lr>", l.sent_by)),
+                    _ => None,
+                })
+                .collect(),
             only_listener: Protocol::ALL.map(only),
+            listening: Protocol::ALL.map(|p| listeners.iter().any(|l| l.protocol == p)),
             tokens: BranchTokens::new(config.branch_secret),
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),
             clients: FastMap::default(),
             cancels: FastMap::default(),
+            awaiting_ack: FastMap::default(),
             pending: FastMap::default(),
             timers: TimerQueue::default(),
             next_slot: 0,
@@ -346,6 +423,9 @@ impl<F: Clone> Engine<F> {
         let key = ServerKey::of(&msg, self.config.branch_secret[0]);
         match method {
             Some(Method::Ack) => {
+                if self.absorb_ack_of_our_2xx(&msg) {
+                    return;
+                }
                 if let Some(&slot) = self.server_index.get(&key) {
                     if self.absorb_ack(slot, now) {
                         return;
@@ -466,6 +546,7 @@ impl<F: Clone> Engine<F> {
                 preroute: preroute.clone(),
                 failover: None,
                 failure_hook: FailureHook::NotRun,
+                ack_key: None,
             };
             if invite {
                 let trying = Bytes::from(local_response(&msg, source, 100, "Trying", None, &[]));
@@ -609,12 +690,21 @@ impl<F: Clone> Engine<F> {
         };
         let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
         let ok = local_response(msg, source, 200, "OK", Some(&to_tag), &[]);
+        self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
+        self.cancel_request(slot, now);
+    }
+
+    /// The caller gave the request up (its CANCEL, or its connection
+    /// closed): every branch is CANCELed, and the caller gets 487.
+    fn cancel_request(&mut self, slot: u64, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
         let done = tx.final_sent || tx.cancelled;
         tx.cancelled = true;
         let branches = tx.branches.clone();
         let hook_running = matches!(tx.failure_hook, FailureHook::Running(_));
         let nothing_pending = tx.context.branches_pending() == 0;
-        self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
         if done {
             return;
         }
@@ -665,7 +755,7 @@ impl<F: Clone> Engine<F> {
         now: Instant,
         ticket: u64,
         mut decision: Decision,
-        next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
+        next_hop: &mut dyn NextHops,
     ) -> Option<Deferred> {
         let pending = self.pending.remove(&ticket)?;
         let slot = pending.slot;
@@ -748,7 +838,7 @@ impl<F: Clone> Engine<F> {
                                     .map_or_else(|_| route.clone(), |a| a.uri.to_string())
                             },
                         );
-                        next_hop(&first_hop)
+                        next_hop.next_hop(&first_hop)
                     })
                     .collect();
                 // Every branch's hop is known before the first opens, so a
@@ -791,6 +881,9 @@ impl<F: Clone> Engine<F> {
                         hop => hop,
                     };
                     match hop {
+                        Ok(hop) if !self.listening[hop.protocol.index()] => {
+                            tracing::debug!(target = %target.uri, protocol = hop.protocol.as_str(), "fork branch skipped: no listener of its protocol")
+                        }
                         Ok(hop) => {
                             let plan = BranchPlan {
                                 hop,
@@ -800,6 +893,9 @@ impl<F: Clone> Engine<F> {
                                 append_route: None,
                                 candidate: None,
                                 max_breadth: Some(breadth),
+                                may_leave_udp: !pins_udp(
+                                    target.path.first().unwrap_or(&target.uri),
+                                ),
                             };
                             self.open_branch(now, &pending, &decision, plan);
                         }
@@ -898,7 +994,7 @@ impl<F: Clone> Engine<F> {
         pending: &Pending,
         mut decision: Decision,
         uri: Option<&str>,
-        next_hop: &mut dyn FnMut(&str) -> Result<Hop, HopError>,
+        next_hop: &mut dyn NextHops,
     ) -> Option<(Decision, String)> {
         let gateway = decision.gateway.take();
         if let (Some(slot), Some(relay), Some(uri)) = (pending.slot, gateway, uri) {
@@ -920,12 +1016,15 @@ impl<F: Clone> Engine<F> {
         // Toward a caller on a connection: over that connection, whatever
         // its Contact says (a browser's does not resolve).
         let flow = match (uri, &first_remaining) {
-            (None, false) => self.popped_flow(msg, routes_popped).map(|(_, hop)| hop),
+            (None, false) => self
+                .popped_flow(msg, routes_popped)
+                .map(|(_, hop)| udp_flow_or_contact(hop, &target)),
             _ => None,
         };
         // The dialog's own caller may be reached wherever it sits: its
         // address is under our seal.
-        let hop = match flow.map_or_else(|| next_hop(&target), Ok) {
+        let from_flow = flow.is_some();
+        let hop = match flow.map_or_else(|| next_hop.next_hop(&target), Ok) {
             Err(HopError::Refused(hop, why))
                 if why.may_be_vouched_by_dialog()
                     && pending.preroute.dialog_caller
@@ -936,7 +1035,31 @@ impl<F: Clone> Engine<F> {
             hop => hop,
         };
         match hop {
+            Ok(hop) if !self.listening[hop.protocol.index()] => {
+                // §18.1.1: no Via could name how it left.
+                tracing::debug!(%target, protocol = hop.protocol.as_str(), "no listener of the next hop's protocol");
+                if let Some(slot) = pending.slot {
+                    self.reply_local(slot, 503, "Service Unavailable", &[], now)
+                }
+            }
             Ok(hop) => {
+                // RFC 3263: a name with more than one place to try fails
+                // over to the next on a timeout or a 503, as a gateway
+                // group's candidates do (without their health).
+                let alternates = match (pending.slot, &append_route, from_flow) {
+                    (Some(_), None, false) => next_hop.alternates(&target),
+                    _ => Vec::new(),
+                };
+                if let (Some(slot), false) = (pending.slot, alternates.is_empty()) {
+                    let decision = Decision {
+                        new_ruri: new_ruri.clone(),
+                        routes_popped,
+                        ..decision
+                    };
+                    let relay = dns_failover(&target, hop, alternates);
+                    self.relay_to_gateway(now, pending, slot, decision, relay);
+                    return None;
+                }
                 let plan = BranchPlan {
                     hop,
                     new_ruri: new_ruri.as_deref(),
@@ -945,6 +1068,7 @@ impl<F: Clone> Engine<F> {
                     append_route: append_route.as_deref(),
                     candidate: None,
                     max_breadth: None,
+                    may_leave_udp: !pins_udp(&target),
                 };
                 self.open_branch(now, pending, &decision, plan);
             }
@@ -978,12 +1102,28 @@ impl<F: Clone> Engine<F> {
         kind: TokenKind,
         protocol: Protocol,
         peer: SocketAddr,
-        listener: usize,
+        (listener, sips): (usize, bool),
     ) -> String {
         let token = self.config.flow_tokens.encode(kind, protocol, peer);
-        let name = self.record_route.get(listener).map_or("", String::as_str);
-        let host_and_params = name.strip_prefix("<sip:").unwrap_or(name);
-        format!("<sip:{token}@{host_and_params}")
+        let name = self.route_name(listener, sips);
+        let (scheme, host_and_params) = name
+            .strip_prefix("<sips:")
+            .map(|rest| ("sips", rest))
+            .unwrap_or(("sip", name.strip_prefix("<sip:").unwrap_or(name)));
+        format!("<{scheme}:{token}@{host_and_params}")
+    }
+
+    /// Our Record-Route value on `listener`: `sips:` on a TLS or WSS
+    /// listener when the request is a `sips:` one.
+    fn route_name(&self, listener: usize, sips: bool) -> &str {
+        let secure = sips
+            .then(|| {
+                self.record_route_sips
+                    .get(listener)
+                    .and_then(Option::as_deref)
+            })
+            .flatten();
+        secure.unwrap_or_else(|| self.record_route.get(listener).map_or("", String::as_str))
     }
 
     /// The connection a request that popped our Route goes on: the one
@@ -1074,6 +1214,7 @@ impl<F: Clone> Engine<F> {
                 failover.relay.policy.strict_source,
             )),
             max_breadth: None,
+            may_leave_udp: !pins_udp(&candidate.uri),
         };
         self.open_branch(now, pending, decision, plan);
         if let Some(tx) = self.servers.get_mut(&slot) {
@@ -1114,7 +1255,8 @@ impl<F: Clone> Engine<F> {
         };
         let group = failover.relay.group.clone();
         let failed = failover.relay.candidates.get(index).map(|c| c.uri.clone());
-        if let (Some(uri), true) = (&failed, first_report) {
+        let passive_health = failover.relay.policy.passive_health;
+        if let (Some(uri), true, true) = (&failed, first_report, passive_health) {
             self.out.push_back(Output::Health(HealthReport {
                 group: group.clone(),
                 uri: uri.clone(),
@@ -1200,6 +1342,29 @@ impl<F: Clone> Engine<F> {
     ///   Failed (RFC 5626 §5.3), ringing or not: no answer can come, and
     ///   nothing can be sent to it any more.
     pub fn handle_link_failure(&mut self, now: Instant, hop: &Hop) {
+        if hop.flow {
+            // A caller's own connection closed (a browser tab, a phone
+            // gone): when no new connection can reach it (§18.2.2 would
+            // open one to its Via), nobody is left to answer its pending
+            // INVITEs, so they are CANCELed rather than left ringing until
+            // Timer C.
+            let orphaned: Vec<u64> = self
+                .servers
+                .iter()
+                .filter(|(_, tx)| {
+                    tx.invite
+                        && !tx.final_sent
+                        && tx.protocol == hop.protocol
+                        && tx.source == hop.addr
+                        && !reachable_anew(tx)
+                })
+                .map(|(&slot, _)| slot)
+                .collect();
+            for slot in orphaned {
+                tracing::debug!(caller = %hop.addr, "the caller's connection closed; CANCELing its INVITE");
+                self.cancel_request(slot, now);
+            }
+        }
         let waiting: Vec<(u64, bool, bool)> = self
             .clients
             .iter()
@@ -1211,6 +1376,9 @@ impl<F: Clone> Engine<F> {
             .map(|(&token, c)| (token, c.hop.flow, c.candidate.is_some()))
             .collect();
         for (token, flow, candidate) in waiting {
+            if self.fall_back_to_udp(token, now) {
+                continue;
+            }
             match (flow, candidate) {
                 (true, _) => {
                     self.end_branch(token, now, "flow failed", |_| Some(Candidate::FLOW_FAILED))
@@ -1288,33 +1456,20 @@ impl<F: Clone> Engine<F> {
         plan: BranchPlan<'_>,
     ) {
         let msg = &pending.msg;
-        let hop = plan.hop;
+        let mut hop = plan.hop.clone();
         let token = pending.slot.map(|_| self.fresh_token());
-        let out_listener = self.listener_for(&hop);
-        let via = self.via_value(out_listener, |out| match token {
-            Some(token) => push_client_branch(out, pending.loop_hash, token),
-            None => {
-                let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
-                push_stateless_branch(out, pending.loop_hash, upstream)
-            }
-        });
-        let (record_route, path) = self.route_entries(pending, decision, &hop, out_listener);
-        let bytes = Bytes::from(forward::forward_request(
-            msg,
-            &ForwardEdits {
-                new_ruri: plan.new_ruri,
-                routes_popped: plan.routes_popped,
-                routes_dropped: usize::from(pending.preroute.strict_ruri.is_some()),
-                append_route: plan.append_route,
-                header_edits: &decision.header_edits,
-                record_route: record_route.as_deref(),
-                path: path.as_deref(),
-                push_routes: plan.push_routes,
-                max_breadth: plan.max_breadth,
-                via: &via,
-                source: pending.source,
-            },
-        ));
+        let mut bytes = self.branch_bytes(pending, decision, &plan, &hop, token);
+        let mut udp_fallback = None;
+        if token.is_some() && plan.may_leave_udp && self.too_large_for_udp(&hop, bytes.len()) {
+            // §18.1.1: IP fragments are what cloud NATs drop first.
+            let over_tcp = Hop {
+                protocol: Protocol::Tcp,
+                ..hop.clone()
+            };
+            let tcp_bytes = self.branch_bytes(pending, decision, &plan, &over_tcp, token);
+            udp_fallback = Some(std::mem::replace(&mut bytes, tcp_bytes));
+            hop = over_tcp;
+        }
         self.send(hop.clone(), bytes.clone());
         let (Some(slot), Some(token)) = (pending.slot, token) else {
             return;
@@ -1333,6 +1488,9 @@ impl<F: Clone> Engine<F> {
             client.lifetime_end = Some(started + settings.max_invite_lifetime);
             client.push_timer_c(now + settings.timer_c);
         }
+        client.udp_fallback = udp_fallback;
+        client.caller_flow = (pending.protocol != Protocol::Udp)
+            .then(|| Hop::flow(pending.source, pending.protocol));
         if let Some((index, silence, strict_source)) = plan.candidate {
             client.candidate = Some(index);
             client.strict_source = strict_source;
@@ -1346,13 +1504,92 @@ impl<F: Clone> Engine<F> {
         }
     }
 
+    /// The copy of the request one branch sends to `hop`: our Via (with
+    /// the branch of `token`, or a stateless one for an ACK) from the
+    /// listener that reaches it, and the plan's edits.
+    fn branch_bytes(
+        &self,
+        pending: &Pending,
+        decision: &Decision,
+        plan: &BranchPlan<'_>,
+        hop: &Hop,
+        token: Option<u64>,
+    ) -> Bytes {
+        let msg = &pending.msg;
+        let out_listener = self.listener_for(hop);
+        let via = self.via_value(out_listener, |out| match token {
+            Some(token) => push_client_branch(out, pending.loop_hash, token),
+            None => {
+                let upstream = msg.top_via().and_then(|v| v.branch()).unwrap_or("");
+                push_stateless_branch(out, pending.loop_hash, upstream)
+            }
+        });
+        let (record_route, path) = self.route_entries(pending, decision, hop, out_listener);
+        Bytes::from(forward::forward_request(
+            msg,
+            &ForwardEdits {
+                new_ruri: plan.new_ruri,
+                routes_popped: plan.routes_popped,
+                routes_dropped: usize::from(pending.preroute.strict_ruri.is_some()),
+                append_route: plan.append_route,
+                header_edits: &decision.header_edits,
+                record_route: record_route.as_deref(),
+                path: path.as_deref(),
+                push_routes: plan.push_routes,
+                max_breadth: plan.max_breadth,
+                via: &via,
+                source: pending.source,
+            },
+        ))
+    }
+
+    /// A request of `len` bytes to `hop` is over `limits.udp_max_request_bytes`
+    /// and could go over TCP instead (we have a TCP listener to name).
+    fn too_large_for_udp(&self, hop: &Hop, len: usize) -> bool {
+        let limit = self.config.udp_max_request_bytes;
+        limit > 0
+            && len > limit
+            && hop.protocol == Protocol::Udp
+            && !hop.flow
+            && self
+                .config
+                .listeners
+                .iter()
+                .any(|l| l.protocol == Protocol::Tcp)
+    }
+
+    /// A branch that left UDP for its size and whose TCP connection
+    /// failed is sent over UDP after all (§18.1.1). False when the branch
+    /// did not switch.
+    fn fall_back_to_udp(&mut self, token: u64, now: Instant) -> bool {
+        let t1 = self.settings().t1;
+        let Some(client) = self.clients.get_mut(&token) else {
+            return false;
+        };
+        let Some(udp) = client.udp_fallback.take() else {
+            return false;
+        };
+        client.hop.protocol = Protocol::Udp;
+        client.request = udp.clone();
+        client.retransmit = t1;
+        let kind = if client.invite {
+            TimerKind::A
+        } else {
+            TimerKind::E
+        };
+        let hop = client.hop.clone();
+        self.timers.arm(now, t1, TimerOwner::Client(token), kind);
+        self.send(hop, udp);
+        true
+    }
+
     /// What we add to a request we forward when the script asked for
     /// record_route(): the Record-Route (RFC 5658: leaving by another
     /// interface, address family or transport, it names us once for each
     /// side, the outbound one on top, as the callee's first hop), or for a
-    /// REGISTER from a client on a connection, a Path (RFC 3327) instead, so
-    /// that the registrar's requests for the client come back through us and
-    /// over its connection. A peer on a connection is named by a flow token
+    /// REGISTER, a Path (RFC 3327) instead, so that the registrar's requests
+    /// for the client come back through us and over its connection (or to
+    /// the address its UDP REGISTER came from). A peer on a connection is named by a flow token
     /// in the entry for its side (see `proxy::flow`).
     fn route_entries(
         &self,
@@ -1365,12 +1602,18 @@ impl<F: Clone> Engine<F> {
             return (None, None);
         }
         let caller_on_connection = pending.protocol != Protocol::Udp;
-        if caller_on_connection && pending.msg.method() == Some(Method::Register) {
+        let sips = pending.msg.request_uri().is_some_and(|uri| {
+            uri.get(..5)
+                .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+        });
+        if pending.msg.method() == Some(Method::Register) {
+            // Whatever the transport: a UDP phone behind NAT is reached
+            // only at the address its REGISTER came from, through us.
             let path = self.flow_entry(
                 TokenKind::Path,
                 pending.protocol,
                 pending.source,
-                out_listener,
+                (out_listener, sips),
             );
             return (None, Some(path));
         }
@@ -1379,12 +1622,18 @@ impl<F: Clone> Engine<F> {
                 TokenKind::RecordRoute,
                 pending.protocol,
                 pending.source,
-                pending.listener,
+                (pending.listener, sips),
             )
         });
-        let callee_side = (hop.flow && hop.protocol != Protocol::Udp)
-            .then(|| self.flow_entry(TokenKind::RecordRoute, hop.protocol, hop.addr, out_listener));
-        let name = |index: usize| self.record_route.get(index).map_or("", String::as_str);
+        let callee_side = (hop.flow && hop.protocol != Protocol::Udp).then(|| {
+            self.flow_entry(
+                TokenKind::RecordRoute,
+                hop.protocol,
+                hop.addr,
+                (out_listener, sips),
+            )
+        });
+        let name = |index: usize| self.route_name(index, sips);
         // Every entry of ours carries the dialog's seal (`proxy::seal`).
         let msg = &pending.msg;
         let seal = self.config.seals.seal(
@@ -1622,7 +1871,8 @@ impl<F: Clone> Engine<F> {
                     tx.context.settle(None);
                 }
             }
-            self.forward_2xx(slot, &msg, now);
+            let caller_flow = client.caller_flow.clone();
+            self.forward_2xx(slot, &msg, caller_flow, now);
             return;
         }
         if matches!(client.state, ClientState::Completed | ClientState::Accepted) {
@@ -1707,10 +1957,10 @@ impl<F: Clone> Engine<F> {
     /// Every 2xx goes upstream, even after another branch's (§16.7 step 5);
     /// the first one also settles the server transaction. Once the server
     /// transaction is gone, a retransmitted 2xx still goes on, by its Via.
-    fn forward_2xx(&mut self, slot: u64, msg: &Message, now: Instant) {
+    fn forward_2xx(&mut self, slot: u64, msg: &Message, caller_flow: Option<Hop>, now: Instant) {
         let code = msg.status().unwrap_or(200);
         let Some(tx) = self.servers.get(&slot) else {
-            self.forward_stray(msg);
+            self.forward_stray(msg, caller_flow);
             return;
         };
         let bytes = Bytes::from(forward::strip_top_via(msg));
@@ -1813,13 +2063,20 @@ impl<F: Clone> Engine<F> {
     }
 
     /// A 2xx whose server transaction is gone while its client transaction
-    /// is still Accepted: it goes on by the next Via, statelessly (the UAs
-    /// retransmit it end to end until the ACK). Only a 2xx to an INVITE.
-    fn forward_stray(&mut self, msg: &Message) {
+    /// is still Accepted: it goes on statelessly (the UAs retransmit it end
+    /// to end until the ACK), over the caller's connection when it came on
+    /// one (a browser's Via names no reachable host), else by the next Via.
+    /// Only a 2xx to an INVITE.
+    fn forward_stray(&mut self, msg: &Message, caller_flow: Option<Hop>) {
         let is_2xx = msg.status().is_some_and(|c| (200..300).contains(&c));
         let to_invite = msg.cseq().is_some_and(|(_, method)| method == "INVITE");
         if !(is_2xx && to_invite) {
             tracing::debug!("response for no transaction; dropped");
+            return;
+        }
+        if let Some(flow) = caller_flow {
+            let bytes = Bytes::from(forward::strip_top_via(msg));
+            self.send(flow, bytes);
             return;
         }
         let Some(next) = msg.header_values(HeaderName::Via).nth(1) else {
@@ -1879,7 +2136,26 @@ impl<F: Clone> Engine<F> {
             self.reply(&flow, dest, bytes, Some(code));
             return;
         }
-        self.send_final(slot, code, bytes, now);
+        // §13.3.1.4: our own 2xx to an INVITE is retransmitted until its
+        // ACK, which a stateless UDP network may lose.
+        let ack = (tx.invite && code < 300).then(|| {
+            let tag = to_tag.as_deref().or(request.to_tag()).unwrap_or("");
+            ack_key(request.call_id().unwrap_or(""), tag)
+        });
+        self.send_final(slot, code, bytes.clone(), now);
+        if let Some(key) = ack {
+            let t1 = self.settings().t1;
+            if let Some(tx) = self.servers.get_mut(&slot) {
+                tx.ack_key = Some(key);
+                tx.last_response = Some(bytes);
+                tx.retransmit = t1;
+                if !tx.protocol.is_reliable() {
+                    self.timers
+                        .arm(now, t1, TimerOwner::Server(slot), TimerKind::G);
+                }
+                self.awaiting_ack.insert(key, slot);
+            }
+        }
     }
 
     /// Sends a final response upstream and moves the server transaction on.
@@ -1952,7 +2228,29 @@ impl<F: Clone> Engine<F> {
     fn remove_server(&mut self, slot: u64) {
         if let Some(tx) = self.servers.remove(&slot) {
             self.server_index.remove(&tx.key);
+            if let Some(key) = tx.ack_key {
+                self.awaiting_ack.remove(&key);
+            }
         }
+    }
+
+    /// The ACK of a 2xx the script sent itself ends its retransmissions
+    /// here (the script answered as the UAS: the ACK is ours).
+    fn absorb_ack_of_our_2xx(&mut self, ack: &Message) -> bool {
+        if self.awaiting_ack.is_empty() {
+            return false;
+        }
+        let (Some(call_id), Some(tag)) = (ack.call_id(), ack.to_tag()) else {
+            return false;
+        };
+        let Some(slot) = self.awaiting_ack.remove(&ack_key(call_id, tag)) else {
+            return false;
+        };
+        if let Some(tx) = self.servers.get_mut(&slot) {
+            tx.ack_key = None;
+            tx.last_response = None;
+        }
+        true
     }
 
     // ----- timers -----------------------------------------------------------
@@ -1990,6 +2288,16 @@ impl<F: Clone> Engine<F> {
         };
         match kind {
             TimerKind::G if tx.state == ServerState::Completed => {
+                tx.retransmit = settings.backoff(tx.retransmit, true);
+                self.timers
+                    .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
+                if let Some(response) = tx.last_response.clone() {
+                    let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+                    self.reply(&flow, dest, response, None);
+                }
+            }
+            // Our own 2xx, until its ACK or Timer L.
+            TimerKind::G if tx.state == ServerState::Accepted && tx.ack_key.is_some() => {
                 tx.retransmit = settings.backoff(tx.retransmit, true);
                 self.timers
                     .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
@@ -2052,6 +2360,9 @@ impl<F: Clone> Engine<F> {
                     && !client.accepted =>
             {
                 self.candidate_silent(now, token)
+            }
+            TimerKind::NoResponse if matches!(client.owner, Owner::Probe { .. }) && live => {
+                self.end_branch(token, now, "probe given up", |_| None)
             }
             TimerKind::NoResponse if client.state == ClientState::Trying => {
                 self.candidate_silent(now, token)
@@ -2170,17 +2481,23 @@ impl<F: Clone> Engine<F> {
 
     // ----- probes -----------------------------------------------------------
 
-    /// Sends an OPTIONS probe to `uri` at `hop` as a non-INVITE client
+    /// Sends an OPTIONS probe to `uri` at `target` as a non-INVITE client
     /// transaction; its outcome comes back as [`Output::ProbeDone`] with
-    /// `probe`.
+    /// `probe`, a timeout once the prober gives up on it (the transaction
+    /// then ends, rather than retransmit until Timer F for nobody).
     pub fn start_probe(
         &mut self,
         now: Instant,
         probe: u64,
         uri: &str,
-        (hop, strict_source): (Hop, bool),
+        target: ProbeTarget,
         call_id: &str,
     ) {
+        let ProbeTarget {
+            hop,
+            strict_source,
+            give_up,
+        } = target;
         let token = self.fresh_token();
         let out_listener = self.listener_for(&hop);
         let via = self.via_value(out_listener, |out| push_client_branch(out, 0, token));
@@ -2213,6 +2530,12 @@ impl<F: Clone> Engine<F> {
         );
         client.strict_source = strict_source;
         self.add_client(now, token, client);
+        self.timers.arm(
+            now,
+            give_up,
+            TimerOwner::Client(token),
+            TimerKind::NoResponse,
+        );
     }
 }
 
@@ -2227,6 +2550,30 @@ fn route_user(value: &str) -> Option<&str> {
     }
     let addr = sip::NameAddr::parse(value).ok()?;
     sip::Uri::parse(addr.uri).ok()?.user
+}
+
+/// Whether a caller whose connection closed can be reached by a new one
+/// (RFC 3261 §18.2.2): a TCP or TLS caller whose Via names the address it
+/// connected from. Not a WebSocket client, nor one behind NAT or with a
+/// `.invalid` Via.
+fn reachable_anew<F>(tx: &ServerTx<F>) -> bool {
+    let via_host = tx
+        .request
+        .as_ref()
+        .and_then(|r| r.top_via().map(|v| v.host.to_string()));
+    matches!(tx.protocol, Protocol::Tcp | Protocol::Tls)
+        && via_host.is_some_and(|host| {
+            host.trim_matches(['[', ']']).parse::<IpAddr>().ok() == Some(tx.source.ip())
+        })
+}
+
+/// Finds the ACK of a 2xx we made: the dialog's Call-ID and our To tag.
+fn ack_key(call_id: &str, to_tag: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(call_id.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(to_tag.as_bytes());
+    hasher.digest()
 }
 
 /// RFC 5393 §5.3: the Max-Breadth we hold for a request (60 when it has
@@ -2246,6 +2593,37 @@ fn breadth_shares(msg: &Message, parallel: usize) -> Option<impl Iterator<Item =
         return None;
     }
     Some((0..n).map(move |i| breadth / n + u32::from(i < breadth % n)))
+}
+
+/// Where a request our UDP Path token routes goes: the address the phone's
+/// REGISTER came from, which is the only way to a phone behind NAT; but a
+/// Request-URI (its Contact) on that same host names the phone's own SIP
+/// port there, which a client that registers from another socket listens
+/// on.
+fn udp_flow_or_contact(hop: Hop, target: &str) -> Hop {
+    if hop.protocol != Protocol::Udp {
+        return hop;
+    }
+    let Ok(uri) = sip::Uri::parse(target) else {
+        return hop;
+    };
+    match uri.host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(ip) if ip == hop.addr.ip() => Hop::flow(
+            SocketAddr::new(ip, uri.port.unwrap_or(Protocol::Udp.default_port())),
+            Protocol::Udp,
+        ),
+        _ => hop,
+    }
+}
+
+/// Whether a URI asks for UDP by name (`;transport=udp`), which keeps
+/// even a large request on UDP.
+fn pins_udp(uri: &str) -> bool {
+    let params = uri.split('?').next().unwrap_or(uri);
+    params.split(';').skip(1).any(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        name.trim().eq_ignore_ascii_case("transport") && value.trim().eq_ignore_ascii_case("udp")
+    })
 }
 
 /// Whether a URI's scheme is one we route (sip, sips).

@@ -22,9 +22,11 @@ pub struct Refusal {
     pub unsupported: Option<String>,
 }
 
-/// §16.3's checks of a request that is not an ACK: Max-Forwards 0 (483), a
-/// loop (482, `looping` is asked only when needed), a Proxy-Require (420:
-/// this proxy supports no extension a proxy must know).
+/// §16.3's checks of a request that is not an ACK: a Request-URI scheme we
+/// cannot route (416; `tel:` is left to the script, which may send it to a
+/// gateway), Max-Forwards 0 (483), a loop (482, `looping` is asked only
+/// when needed), a Proxy-Require (420: this proxy supports no extension a
+/// proxy must know).
 pub fn refusal(msg: &Message, looping: impl FnOnce() -> bool) -> Option<Refusal> {
     let refuse = |code, reason, unsupported| {
         Some(Refusal {
@@ -33,6 +35,16 @@ pub fn refusal(msg: &Message, looping: impl FnOnce() -> bool) -> Option<Refusal>
             unsupported,
         })
     };
+    let scheme = msg
+        .request_uri()
+        .and_then(|uri| uri.split_once(':'))
+        .map_or("", |(scheme, _)| scheme);
+    if !["sip", "sips", "tel"]
+        .iter()
+        .any(|known| scheme.eq_ignore_ascii_case(known))
+    {
+        return refuse(416, "Unsupported URI Scheme", None);
+    }
     if msg.max_forwards() == Some(0) {
         return refuse(483, "Too Many Hops", None);
     }

@@ -145,6 +145,9 @@ pub struct ServerTx<F> {
     /// A relay to a gateway destination: the candidates left to fail over to.
     pub failover: Option<Box<Failover>>,
     pub failure_hook: FailureHook,
+    /// A 2xx this proxy made itself (the script's), retransmitted until
+    /// its ACK (§13.3.1.4): the key the ACK is found by.
+    pub ack_key: Option<u64>,
 }
 
 /// The failover state of a relay to a gateway destination (DESIGN.md §4.3).

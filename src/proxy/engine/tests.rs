@@ -46,10 +46,21 @@ fn hop_of(uri: &str) -> Result<Hop, HopError> {
         other => return Err(HopError::Unresolvable(other.to_string())),
     };
     let protocol = match parsed.param("transport").flatten() {
+        _ if parsed.scheme.eq_ignore_ascii_case("sips") => Protocol::Tls,
         Some(t) if t.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+        Some(t) if t.eq_ignore_ascii_case("tls") => Protocol::Tls,
         _ => Protocol::Udp,
     };
     Ok(Hop::new(addr.parse().expect("hop"), protocol))
+}
+
+/// A probe to HOP that its prober gives up on after 2 s.
+fn probe_target(hop: Hop, strict_source: bool) -> ProbeTarget {
+    ProbeTarget {
+        hop,
+        strict_source,
+        give_up: Duration::from_secs(2),
+    }
 }
 
 fn parse(text: &str) -> Message {
@@ -126,6 +137,7 @@ impl Harness {
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
                 seals: crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None),
                 accept_unsealed: false,
+                udp_max_request_bytes: 1300,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -769,7 +781,18 @@ fn a_cancelled_branch_that_never_answers_ends_within_64_t1() {
 #[test]
 fn a_late_2xx_retransmission_of_a_forked_call_is_forwarded() {
     let mut h = Harness::new();
-    let run = h.receive(invite("two-2xx"), UAC, Protocol::Udp).unwrap();
+    late_2xx_retransmission(&mut h, Protocol::Udp);
+    let forwarded = h.sent_to(UAC);
+    assert_eq!(forwarded.len(), 1, "the 2xx retransmission was dropped");
+    assert_eq!(forwarded[0].status(), Some(200));
+}
+
+/// A call from the UAC over PROTOCOL forks to two backends; both answer
+/// 200, and backend 2 retransmits its 200 once the server transaction is
+/// gone (Timer L, 64·T1 after the first 2xx) while its client transaction
+/// (Timer M) lives on for 2 s more. Leaves what that retransmission sent.
+fn late_2xx_retransmission(h: &mut Harness, protocol: Protocol) {
+    let run = h.receive(invite("two-2xx"), UAC, protocol).unwrap();
     let decision = script_decision(
         &run,
         fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
@@ -782,14 +805,9 @@ fn a_late_2xx_retransmission_of_a_forked_call_is_forwarded() {
     let late_ok = answer(&second[0], 200, &[]);
     h.respond(late_ok.clone(), BACKEND2);
     assert_eq!(h.reply_codes(), [100, 200, 200], "every 2xx goes upstream");
-    // Timer L (64·T1 after the first 2xx) ends the server transaction;
-    // backend 2's client transaction (Timer M) lives on for 2 s more.
     h.advance(Duration::from_millis(30_500));
     h.take();
     h.respond(late_ok, BACKEND2);
-    let forwarded = h.sent_to(UAC);
-    assert_eq!(forwarded.len(), 1, "the 2xx retransmission was dropped");
-    assert_eq!(forwarded[0].status(), Some(200));
 }
 
 // ---------------------------------------------------------------------------
@@ -1006,7 +1024,7 @@ fn a_probe_reports_its_status_or_its_timeout() {
         h.now,
         7,
         "sip:backend1.example",
-        (hop.clone(), false),
+        probe_target(hop.clone(), false),
         "probe-1",
     );
     h.collect();
@@ -1023,8 +1041,13 @@ fn a_probe_reports_its_status_or_its_timeout() {
         .collect();
     assert_eq!(outcomes, [(7, Some(200))]);
 
-    h.engine
-        .start_probe(h.now, 8, "sip:backend1.example", (hop, false), "probe-2");
+    h.engine.start_probe(
+        h.now,
+        8,
+        "sip:backend1.example",
+        probe_target(hop, false),
+        "probe-2",
+    );
     h.collect();
     h.run_for(Duration::from_secs(33), Duration::from_millis(500));
     let timed_out = h

@@ -54,8 +54,13 @@ fn responses_from_another_address_of_the_hop_are_taken() {
     assert_eq!(h.reply_codes(), [100, 180, 200]);
     // Nor does a probe's answer have to come from the probed address.
     let hop = hop_of("sip:backend1.example").unwrap();
-    h.engine
-        .start_probe(h.now, 3, "sip:backend1.example", (hop, false), "probe-vip");
+    h.engine.start_probe(
+        h.now,
+        3,
+        "sip:backend1.example",
+        probe_target(hop, false),
+        "probe-vip",
+    );
     h.collect();
     let options = h.sent_to(BACKEND1);
     h.respond(answer(&options[0], 200, &[]), BACKEND1_OTHER);
@@ -277,6 +282,7 @@ fn a_non_invite_the_script_ignores_is_not_run_again_on_retransmission() {
 
 #[test]
 fn an_unknown_uri_scheme_gets_416() {
+    // §16.3 step 1, before the script: RFC 4475's unkscm and novelsc.
     let mut h = Harness::new();
     let msg = request(
         "INVITE",
@@ -285,7 +291,18 @@ fn an_unknown_uri_scheme_gets_416() {
         "scheme",
         "",
     );
-    h.relay(msg, None);
+    assert!(
+        h.receive(msg, UAC, Protocol::Udp).is_none(),
+        "no script run"
+    );
+    assert_eq!(h.reply_codes(), [416]);
+    // tel: is the script's to route (to a gateway, say).
+    let msg = request("INVITE", "tel:+15551234", "z9hG4bK-tel", "tel", "");
+    assert!(h.receive(msg, UAC, Protocol::Udp).is_some());
+    h.take();
+    // A relay the script aims at a scheme we cannot reach.
+    let msg = request("INVITE", "sip:bob@example.com", "z9hG4bK-aim", "aim", "");
+    h.relay(msg, Some("nope:bob@example.com"));
     assert_eq!(h.reply_codes(), [100, 416]);
     // A sip: URI that does not resolve is still 478.
     let msg = request(
@@ -399,7 +416,7 @@ fn a_strict_source_group_takes_answers_only_from_the_address_it_sent_to() {
         h.now,
         4,
         "sip:backend1.example",
-        (hop, true),
+        probe_target(hop, true),
         "probe-strict",
     );
     h.collect();
@@ -414,4 +431,306 @@ fn a_strict_source_group_takes_answers_only_from_the_address_it_sent_to() {
         .take()
         .iter()
         .any(|o| matches!(o, Output::ProbeDone { .. })));
+}
+
+/// An INVITE with a body of `size` bytes (a WebRTC offer is 3–6 KB).
+fn invite_with_body(call_id: &str, size: usize) -> Message {
+    let body = "a".repeat(size);
+    edited(
+        &invite(call_id),
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: {size}\r\n\r\n{body}"),
+    )
+}
+
+/// Where the one request to BACKEND1 went, and its top Via's transport.
+fn sent_over(h: &mut Harness) -> (Protocol, String) {
+    let (mine, rest): (Vec<_>, Vec<_>) = h
+        .take()
+        .into_iter()
+        .partition(|o| matches!(o, Output::Send { hop, .. } if hop.addr == addr(BACKEND1)));
+    h.out = rest;
+    assert_eq!(mine.len(), 1);
+    match mine.into_iter().next() {
+        Some(Output::Send { hop, bytes, .. }) => {
+            let msg = sip::parse(bytes).unwrap();
+            (hop.protocol, msg.top_via().unwrap().transport.to_string())
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_request_too_large_for_udp_goes_over_tcp_unless_the_uri_pins_udp() {
+    let mut h = Harness::new();
+    h.relay(invite_with_body("small", 600), Some("sip:backend1.example"));
+    assert_eq!(sent_over(&mut h), (Protocol::Udp, "UDP".to_string()));
+    h.relay(
+        invite_with_body("large", 3000),
+        Some("sip:backend1.example"),
+    );
+    assert_eq!(sent_over(&mut h), (Protocol::Tcp, "TCP".to_string()));
+    h.relay(
+        invite_with_body("pinned", 3000),
+        Some("sip:backend1.example;transport=udp"),
+    );
+    assert_eq!(sent_over(&mut h), (Protocol::Udp, "UDP".to_string()));
+    // 0 turns it off.
+    let mut h = Harness::new();
+    h.engine.config.udp_max_request_bytes = 0;
+    h.relay(invite_with_body("off", 3000), Some("sip:backend1.example"));
+    assert_eq!(sent_over(&mut h), (Protocol::Udp, "UDP".to_string()));
+}
+
+#[test]
+fn a_large_request_whose_tcp_connection_is_refused_goes_over_udp_after_all() {
+    let mut h = Harness::new();
+    h.relay(
+        invite_with_body("refused", 3000),
+        Some("sip:backend1.example"),
+    );
+    let (_, via) = sent_over(&mut h);
+    assert_eq!(via, "TCP");
+    h.engine
+        .handle_link_failure(h.now, &Hop::new(addr(BACKEND1), Protocol::Tcp));
+    h.collect();
+    let (protocol, via) = sent_over(&mut h);
+    assert_eq!((protocol, via.as_str()), (Protocol::Udp, "UDP"));
+    assert!(!h.reply_codes().iter().any(|&c| c >= 200), "no final yet");
+    // Timer A now runs over UDP, and the answer is taken.
+    h.advance(Duration::from_millis(500));
+    let again = h.sent_to(BACKEND1);
+    assert_eq!(again.len(), 1);
+    h.respond(answer(&again[0], 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [200]);
+}
+
+/// A harness where MSG came over TCP from the UAC, was relayed to
+/// backend1 and rings there; and what backend1 got.
+fn ringing_over_tcp(msg: Message) -> (Harness, Message) {
+    let mut h = Harness::new();
+    let run = h.receive(msg, UAC, Protocol::Tcp).unwrap();
+    let relay = Action::Relay {
+        uri: Some("sip:backend1.example".into()),
+    };
+    h.decide(&run, script_decision(&run, relay));
+    let sent = h.one_sent_to(BACKEND1);
+    h.respond(answer(&sent, 180, &[]), BACKEND1);
+    h.take();
+    (h, sent)
+}
+
+/// The TCP connection from PEER closed.
+fn connection_closed(h: &mut Harness, peer: &str) {
+    h.engine
+        .handle_link_failure(h.now, &Hop::flow(addr(peer), Protocol::Tcp));
+    h.collect();
+}
+
+#[test]
+fn a_callers_closed_connection_cancels_its_ringing_invite() {
+    // A phone behind NAT (its Via names its private address) gone while
+    // the callee rings: no new connection can reach it (§18.2.2), so
+    // nobody can answer it.
+    let behind_nat = edited(
+        &invite("tab-closed"),
+        "SIP/2.0/UDP 198.51.100.10:5060",
+        "SIP/2.0/TCP 192.168.1.20:5060",
+    );
+    let (mut h, sent) = ringing_over_tcp(behind_nat);
+    connection_closed(&mut h, UAC);
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["CANCEL"]);
+    h.respond(answer(&sent, 487, &[]), BACKEND1);
+    assert_eq!(methods(&h.sent_to(BACKEND1)), ["ACK"]);
+    // A caller that §18.2.2 can reach anew (its Via names its address)
+    // keeps its call: the answer will go over a new connection.
+    let reachable = edited(&invite("reachable"), "SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (mut h, _) = ringing_over_tcp(reachable);
+    connection_closed(&mut h, UAC);
+    assert!(h.sent_to(BACKEND1).is_empty(), "no CANCEL");
+    // Another caller's connection closing touches nothing.
+    let (mut h, _) = ringing_over_tcp(invite("other"));
+    connection_closed(&mut h, "198.51.100.99:5060");
+    assert!(h.sent_to(BACKEND1).is_empty());
+}
+
+#[test]
+fn a_probe_ends_when_its_prober_gives_up() {
+    let mut h = Harness::new();
+    let hop = hop_of("sip:backend1.example").unwrap();
+    h.engine.start_probe(
+        h.now,
+        9,
+        "sip:backend1.example",
+        probe_target(hop, false),
+        "probe-gone",
+    );
+    h.collect();
+    h.run_for(Duration::from_secs(2), Duration::from_millis(100));
+    let done: Vec<Option<u16>> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ProbeDone { probe: 9, outcome } => Some(outcome.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, [None], "a timeout, when the prober gives up");
+    assert_eq!(h.engine.active(), 0);
+    h.run_for(Duration::from_secs(10), Duration::from_millis(500));
+    assert!(
+        h.sent_to(BACKEND1).is_empty(),
+        "no retransmission for nobody"
+    );
+}
+
+#[test]
+fn a_sips_request_over_tls_is_record_routed_with_sips() {
+    // §16.6 step 4: a SIPS Request-URI makes our Record-Route SIPS.
+    let listeners = vec![
+        Listener::new(Protocol::Udp, addr(PROXY), None),
+        Listener::new(Protocol::Tcp, addr(PROXY), None),
+        Listener::new(Protocol::Tls, addr("192.0.2.1:5061"), None),
+    ];
+    let routes_of = |ruri: &str, relay_to: &str| -> Vec<String> {
+        let mut h = Harness::with_listeners(listeners.clone(), Arc::new(|_| None));
+        let msg = request("INVITE", ruri, "z9hG4bK-sips", "sips", "");
+        let run = h.receive_on(msg, UAC, 2).unwrap();
+        let relay = Action::Relay {
+            uri: Some(relay_to.into()),
+        };
+        h.decide(&run, script_decision(&run, relay));
+        let sent = h.one_sent_to(BACKEND1);
+        sent.header_values(HeaderName::RecordRoute)
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let routes = routes_of("sips:bob@example.com", "sips:backend1.example");
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(
+        routes[0].starts_with("<sips:192.0.2.1:5061;lr;dlg="),
+        "{routes:?}"
+    );
+    assert!(routes[1].starts_with("<sips:f"), "{routes:?}");
+    assert!(routes[1].contains("@192.0.2.1:5061;lr;dlg="), "{routes:?}");
+    // A sip: request over the same TLS listener keeps sip: with the transport.
+    let routes = routes_of("sip:bob@example.com", "sip:backend1.example;transport=tls");
+    assert!(
+        routes[0].starts_with("<sip:192.0.2.1:5061;transport=tls;lr;dlg="),
+        "{routes:?}"
+    );
+}
+
+#[test]
+fn the_scripts_own_2xx_to_an_invite_is_retransmitted_until_its_ack() {
+    let mut h = Harness::new();
+    let run = h.receive(invite("self-200"), UAC, Protocol::Udp).unwrap();
+    let reply = Action::Reply {
+        code: 200,
+        reason: None,
+        headers: Vec::new(),
+    };
+    h.decide(&run, script_decision(&run, reply));
+    let ok = h.replies().pop().unwrap();
+    assert_eq!(ok.status(), Some(200));
+    h.advance(Duration::from_millis(500));
+    assert_eq!(h.reply_codes(), [200], "T1 later, again");
+    h.advance(Duration::from_millis(1000));
+    assert_eq!(h.reply_codes(), [200], "2·T1 later, again");
+    // The ACK ends it, and is not the script's to route.
+    let tag = ok.to_tag().unwrap().to_string();
+    let ack = with_to_tag(
+        request(
+            "ACK",
+            "sip:bob@example.com",
+            "z9hG4bK-ack-self",
+            "self-200",
+            "",
+        ),
+        &tag,
+    );
+    assert!(h.receive(ack, UAC, Protocol::Udp).is_none());
+    h.run_for(Duration::from_secs(10), Duration::from_millis(250));
+    assert!(h.reply_codes().is_empty());
+}
+
+#[test]
+fn a_relay_over_a_protocol_we_do_not_listen_on_gets_503() {
+    // UDP and TCP listeners only: no Via could say TLS.
+    let mut h = Harness::new();
+    h.relay(invite("no-tls"), Some("sip:backend1.example;transport=tls"));
+    assert!(h.sent_to(BACKEND1).is_empty());
+    assert_eq!(h.reply_codes(), [100, 503]);
+}
+
+#[test]
+fn a_late_2xx_retransmission_reaches_a_tcp_caller_over_its_connection() {
+    // As `a_late_2xx_retransmission_of_a_forked_call_is_forwarded`, with
+    // the caller on TCP: the stray goes over its connection, never dialled.
+    let mut h = Harness::new();
+    late_2xx_retransmission(&mut h, Protocol::Tcp);
+    let hops: Vec<Hop> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { hop, .. } => Some(hop),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hops, [Hop::flow(addr(UAC), Protocol::Tcp)]);
+    assert!(hops[0].flow);
+}
+
+/// A name with three places to try (RFC 3263), as the shard's DNS cache
+/// would give them: backend1, backend2, backend3.
+struct ThreePlaces;
+
+impl NextHops for ThreePlaces {
+    fn next_hop(&mut self, uri: &str) -> Result<Hop, HopError> {
+        match uri {
+            "sip:bob@srv.example" => Ok(Hop::new(addr(BACKEND1), Protocol::Udp)),
+            other => hop_of(other),
+        }
+    }
+
+    fn alternates(&mut self, uri: &str) -> Vec<Hop> {
+        match uri {
+            "sip:bob@srv.example" => vec![
+                Hop::new(addr(BACKEND2), Protocol::Udp),
+                Hop::new(addr(BACKEND3), Protocol::Udp),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn a_name_with_several_places_fails_over_on_silence_and_503_without_health() {
+    let mut h = Harness::new();
+    let msg = request("INVITE", "sip:bob@srv.example", "z9hG4bK-srv", "srv", "");
+    let run = h.receive(msg, UAC, Protocol::Udp).unwrap();
+    let decision = script_decision(&run, Action::Relay { uri: None });
+    h.engine
+        .handle_decision(h.now, run.ticket, decision, &mut ThreePlaces);
+    h.collect();
+    let first = h.one_sent_to(BACKEND1);
+    assert_eq!(first.request_uri(), Some("sip:bob@srv.example"));
+    // The first is silent: the next address of the name gets it.
+    h.advance(Duration::from_secs(1));
+    let second = h.one_sent_to(BACKEND2);
+    assert_eq!(second.request_uri(), Some("sip:bob@srv.example"));
+    // It answers 503: the third.
+    h.respond(answer(&second, 503, &[]), BACKEND2);
+    let third = h.one_sent_to(BACKEND3);
+    h.respond(answer(&third, 200, &[]), BACKEND3);
+    assert!(h.reply_codes().contains(&200));
+    assert_eq!(h.health(), [], "the places of a name belong to no group");
+    // An in-dialog request (to a flow) or an ACK takes no such detour; a
+    // name with one place relays as before.
+    let mut h = Harness::new();
+    h.relay(invite("one-place"), Some("sip:backend1.example"));
+    h.one_sent_to(BACKEND1);
+    h.advance(Duration::from_secs(1));
+    assert!(h.sent_to(BACKEND2).is_empty());
 }

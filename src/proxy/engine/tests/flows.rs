@@ -191,15 +191,96 @@ fn a_register_from_a_connection_carries_a_path_token_facing_the_registrar() {
     // client's TCP flow.
     assert!(path.starts_with("<sip:p"), "{path}");
     assert!(path.ends_with("@192.0.2.1:5060;lr>"), "{path}");
-    // A UDP client's REGISTER keeps the plain Record-Route: it is
-    // reached at its address.
+}
+
+#[test]
+fn a_udp_phones_register_carries_a_path_and_its_calls_come_back_to_its_address() {
+    // A UDP phone behind NAT: its pinhole is with us, so the registrar's
+    // INVITE must come through us, to the address its REGISTER came from.
     let mut h = Harness::new();
     h.relay(
         request("REGISTER", "sip:example.com", "z9hG4bK-u", "u", ""),
         Some("sip:backend1.example"),
     );
     let sent = h.sent_to(BACKEND1);
-    assert_eq!(sent[0].header(HeaderName::Path), None);
+    assert_eq!(sent[0].header(HeaderName::RecordRoute), None);
+    let path = sent[0]
+        .header(HeaderName::Path)
+        .expect("a Path")
+        .to_string();
+    assert!(
+        path.starts_with("<sip:p") && path.ends_with("@192.0.2.1:5060;lr>"),
+        "{path}"
+    );
+    let run = h.receive(
+        from_the_registrar(&path, "z9hG4bK-udp-in"),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(run.is_none(), "the core routes it");
+    let hops: Vec<Hop> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { hop, .. } => Some(hop),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hops.len(), 1);
+    // The registrar's INVITE names a Contact behind NAT (a .invalid host
+    // here): it goes to the address the REGISTER came from.
+    assert_eq!((hops[0].addr, hops[0].protocol), (addr(UAC), Protocol::Udp));
+    // A Contact on the REGISTER's own host names the phone's SIP port
+    // there (it registered from another socket): that port gets it.
+    let to_contact = from_the_registrar(&path, "z9hG4bK-udp-in2")
+        .as_bytes()
+        .to_vec();
+    let to_contact = String::from_utf8(to_contact)
+        .unwrap()
+        .replace(
+            "INVITE sip:alice@df7jal23ls0d.invalid;transport=tcp SIP/2.0",
+            "INVITE sip:alice@198.51.100.10:5070 SIP/2.0",
+        )
+        .replace("\r\n", "\n");
+    assert!(h
+        .receive(parse(&to_contact), BACKEND1, Protocol::Udp)
+        .is_none());
+    let hops: Vec<Hop> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { hop, .. } => Some(hop),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hops.len(), 1);
+    assert_eq!(hops[0].addr, addr("198.51.100.10:5070"));
+}
+
+#[test]
+fn path_is_required_of_the_registrar_and_supported_for_a_phone_that_did_not_say() {
+    // RFC 3327 §5.2: Require: path, so a registrar without Path fails
+    // loudly (420) rather than calling the phone past us; a phone that
+    // does not announce Path gets `Supported: path` said for it, so a
+    // registrar that insists on it (Kamailio's path_mode 2) keeps the Path.
+    let options = |msg: &Message, name: HeaderName| -> Vec<String> {
+        msg.header_values(name)
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_ascii_lowercase())
+            .collect()
+    };
+    for (extra, supported) in [
+        ("", vec!["path"]),
+        ("Supported: outbound, path\n", vec!["outbound", "path"]),
+        ("Supported: gruu\n", vec!["gruu", "path"]),
+    ] {
+        let mut h = Harness::new();
+        let register = request("REGISTER", "sip:example.com", "z9hG4bK-s", "s", extra);
+        h.relay(register, Some("sip:backend1.example"));
+        let sent = h.sent_to(BACKEND1).remove(0);
+        assert_eq!(options(&sent, HeaderName::Supported), supported, "{extra}");
+        assert_eq!(options(&sent, HeaderName::Require), ["path"], "{extra}");
+    }
 }
 
 #[test]
