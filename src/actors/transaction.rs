@@ -15,6 +15,7 @@ use actix::prelude::*;
 
 use crate::actors::transport::{parse_or_answer, Flow, Inbound, Protocol, Received, Transports};
 use crate::proxy::dns::{Answer, HostCache, Wait};
+use crate::proxy::engine::NextHops;
 use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output, ScriptRun};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward;
@@ -303,6 +304,7 @@ impl TransactionShard {
             hosts: &self.hosts,
             now,
             may_wait,
+            rest: None,
         };
         self.engine
             .handle_decision(now, ticket, decision, &mut hops)
@@ -343,19 +345,12 @@ struct ShardHops<'a> {
     now: Instant,
     /// Without it, a name not in the cache counts as unresolvable.
     may_wait: bool,
+    /// The other places of the last URI asked for, when it had several,
+    /// for [`NextHops::alternates`] (which asks right after).
+    rest: Option<(String, Vec<forward::Hop>)>,
 }
 
 impl ShardHops<'_> {
-    fn hops(&self, uri: &str) -> Result<Vec<forward::Hop>, HopError> {
-        let gateways = &self.config.gateways;
-        match forward::next_hops(uri, self.now, self.hosts, |uri| gateways.address_of(uri)) {
-            Err(HopError::Lookup(host)) if !self.may_wait => Err(HopError::Unresolvable(format!(
-                "cannot resolve {host} now (too many lookups, or too long a wait)"
-            ))),
-            hops => hops,
-        }
-    }
-
     /// `security.relay_to`'s verdict on a hop.
     fn allowed(&self, hop: forward::Hop) -> Result<forward::Hop, HopError> {
         let configured = self.config.gateways.is_destination_address(hop.addr);
@@ -375,20 +370,35 @@ impl ShardHops<'_> {
     }
 }
 
-impl crate::proxy::engine::NextHops for ShardHops<'_> {
+impl NextHops for ShardHops<'_> {
     fn next_hop(&mut self, uri: &str) -> Result<forward::Hop, HopError> {
-        let mut hops = self.hops(uri)?;
-        self.allowed(hops.swap_remove(0))
+        let gateways = &self.config.gateways;
+        let places = forward::places(uri, self.now, self.hosts, |uri| gateways.address_of(uri));
+        let first = match places {
+            Err(HopError::Lookup(host)) if !self.may_wait => {
+                return Err(HopError::Unresolvable(format!(
+                    "cannot resolve {host} now (too many lookups, or too long a wait)"
+                )))
+            }
+            Err(e) => return Err(e),
+            Ok(forward::Places::One(hop)) => hop,
+            Ok(forward::Places::Many(mut hops)) => {
+                let first = hops.remove(0);
+                self.rest = Some((uri.to_string(), hops));
+                first
+            }
+        };
+        self.allowed(first)
     }
 
     fn alternates(&mut self, uri: &str) -> Vec<forward::Hop> {
-        let Ok(hops) = self.hops(uri) else {
-            return Vec::new();
-        };
-        hops.into_iter()
-            .skip(1)
-            .filter_map(|hop| self.allowed(hop).ok())
-            .collect()
+        match self.rest.take() {
+            Some((asked, hops)) if asked == uri => hops
+                .into_iter()
+                .filter_map(|hop| self.allowed(hop).ok())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

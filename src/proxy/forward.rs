@@ -109,8 +109,30 @@ pub fn next_hop(
     hosts: &HostCache,
     known: impl Fn(&str) -> Option<SocketAddr>,
 ) -> Result<Hop, HopError> {
-    let mut hops = next_hops(uri, now, hosts, known)?;
-    Ok(hops.swap_remove(0))
+    Ok(match places(uri, now, hosts, known)? {
+        Places::One(hop) => hop,
+        Places::Many(mut hops) => hops.swap_remove(0),
+    })
+}
+
+/// Where a URI's requests go: one place (the common case, with no
+/// allocation), or several in order.
+pub enum Places {
+    One(Hop),
+    Many(Vec<Hop>),
+}
+
+/// Every place of [`places`], in order.
+pub fn next_hops(
+    uri: &str,
+    now: Instant,
+    hosts: &HostCache,
+    known: impl Fn(&str) -> Option<SocketAddr>,
+) -> Result<Vec<Hop>, HopError> {
+    Ok(match places(uri, now, hosts, known)? {
+        Places::One(hop) => vec![hop],
+        Places::Many(hops) => hops,
+    })
 }
 
 /// Where a URI's requests go, in the order to try (never empty):
@@ -123,12 +145,12 @@ pub fn next_hop(
 ///
 /// A name `hosts` does not hold yet is a [`HopError::Lookup`] of the key
 /// to look up.
-pub fn next_hops(
+pub fn places(
     uri: &str,
     now: Instant,
     hosts: &HostCache,
     known: impl Fn(&str) -> Option<SocketAddr>,
-) -> Result<Vec<Hop>, HopError> {
+) -> Result<Places, HopError> {
     let parsed =
         Uri::parse(uri).map_err(|e| HopError::Unsupported(format!("bad uri {uri}: {e}")))?;
     let protocol = uri_protocol(&parsed)
@@ -141,7 +163,7 @@ pub fn next_hops(
         )));
     }
     if let Some(addr) = known(uri) {
-        return Ok(vec![Hop::to_host(addr, protocol, parsed.host)]);
+        return Ok(Places::One(Hop::to_host(addr, protocol, parsed.host)));
     }
     let port = parsed.port.unwrap_or(protocol.default_port());
     let bare = parsed.host.trim_start_matches('[').trim_end_matches(']');
@@ -157,13 +179,15 @@ pub fn next_hops(
                     (false, true) => t.protocol == protocol,
                     (false, false) => true,
                 };
-                let hops: Vec<Hop> = targets
+                let mut hops: Vec<Hop> = targets
                     .iter()
                     .filter(wanted)
                     .map(|t| Hop::to_host(t.addr, t.protocol, bare))
                     .collect();
-                if !hops.is_empty() {
-                    return Ok(hops);
+                match hops.len() {
+                    0 => {}
+                    1 => return Ok(Places::One(hops.swap_remove(0))),
+                    _ => return Ok(Places::Many(hops)),
                 }
             }
             // No SRV for it: the name's own address (§4.2).
@@ -180,11 +204,11 @@ pub fn next_hops(
             Cached::Missing => return Err(HopError::Lookup(bare.to_string())),
         },
     };
-    Ok(vec![Hop::to_host(
+    Ok(Places::One(Hop::to_host(
         SocketAddr::new(ip, port),
         protocol,
         bare,
-    )])
+    )))
 }
 
 /// A hash of what identifies a request for loop detection (RFC 3261 §16.3
