@@ -242,6 +242,17 @@ impl Harness {
             .collect()
     }
 
+    /// Where every message sent so far went, taken with the outputs.
+    fn sent_hops(&mut self) -> Vec<Hop> {
+        self.take()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { hop, .. } => Some(hop),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The responses sent upstream on the request's flow, taken.
     fn replies(&mut self) -> Vec<Message> {
         let (mine, rest): (Vec<_>, Vec<_>) = self

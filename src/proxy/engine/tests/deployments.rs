@@ -670,14 +670,7 @@ fn a_late_2xx_retransmission_reaches_a_tcp_caller_over_its_connection() {
     // the caller on TCP: the stray goes over its connection, never dialled.
     let mut h = Harness::new();
     late_2xx_retransmission(&mut h, Protocol::Tcp);
-    let hops: Vec<Hop> = h
-        .take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Send { hop, .. } => Some(hop),
-            _ => None,
-        })
-        .collect();
+    let hops: Vec<Hop> = h.sent_hops();
     assert_eq!(hops, [Hop::flow(addr(UAC), Protocol::Tcp)]);
     assert!(hops[0].flow);
 }

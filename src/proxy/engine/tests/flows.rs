@@ -45,13 +45,7 @@ fn record_routes_of_a_tcp_call(h: &mut Harness) -> Vec<String> {
 fn relay_in_dialog(h: &mut Harness, msg: Message, source: &str, protocol: Protocol) -> Vec<Hop> {
     let run = h.receive(msg, source, protocol).expect("script runs");
     h.decide(&run, script_decision(&run, Action::Relay { uri: None }));
-    h.take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Send { hop, .. } => Some(hop),
-            _ => None,
-        })
-        .collect()
+    h.sent_hops()
 }
 
 #[test]
@@ -218,14 +212,7 @@ fn a_udp_phones_register_carries_a_path_and_its_calls_come_back_to_its_address()
         Protocol::Udp,
     );
     assert!(run.is_none(), "the core routes it");
-    let hops: Vec<Hop> = h
-        .take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Send { hop, .. } => Some(hop),
-            _ => None,
-        })
-        .collect();
+    let hops: Vec<Hop> = h.sent_hops();
     assert_eq!(hops.len(), 1);
     // The registrar's INVITE names a Contact behind NAT (a .invalid host
     // here): it goes to the address the REGISTER came from.
@@ -245,14 +232,7 @@ fn a_udp_phones_register_carries_a_path_and_its_calls_come_back_to_its_address()
     assert!(h
         .receive(parse(&to_contact), BACKEND1, Protocol::Udp)
         .is_none());
-    let hops: Vec<Hop> = h
-        .take()
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Send { hop, .. } => Some(hop),
-            _ => None,
-        })
-        .collect();
+    let hops: Vec<Hop> = h.sent_hops();
     assert_eq!(hops.len(), 1);
     assert_eq!(hops[0].addr, addr("198.51.100.10:5070"));
 }
