@@ -218,6 +218,8 @@ script:
 dns:
   servers: ["@DNS@"]
   timeout_ms: 1000
+# A dead server is given up at 63·T1 (§4.3): 3.15 s here.
+transaction: {t1_ms: 50}
 log: {level: debug, format: pretty}
 "#;
 

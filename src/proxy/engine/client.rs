@@ -65,6 +65,8 @@ pub struct ClientTx {
     /// The request as it would have gone over UDP, had it not been too
     /// large (§18.1.1): sent instead if the TCP connection is refused.
     pub udp_fallback: Option<Bytes>,
+    /// A gateway candidate's silence limit (its `no_response`).
+    pub no_response: Option<Duration>,
     /// The caller's connection (TCP, TLS, WS), for a 2xx retransmission
     /// that outlives the server transaction: its Via does not lead back.
     pub caller_flow: Option<Hop>,
@@ -104,6 +106,7 @@ impl ClientTx {
             strict_source: false,
             udp_fallback: None,
             caller_flow: None,
+            no_response: None,
         }
     }
 }

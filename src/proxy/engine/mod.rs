@@ -77,13 +77,16 @@ impl<F: FnMut(&str) -> Result<Hop, HopError>> NextHops for F {
 
 /// The failover of a relay to a name RFC 3263 found several places for:
 /// a group of its own (`dns`) whose candidates share the URI and report
-/// no health.
-fn dns_failover(target: &str, first: Hop, alternates: Vec<Hop>) -> GatewayRelay {
+/// no health. §4.3: the next place after a transaction timeout (`timeout`,
+/// 63·T1, just before Timer B or F would end the branch: a slow answer to
+/// a MESSAGE must not deliver it twice) or a 503.
+fn dns_failover(target: &str, first: Hop, alternates: Vec<Hop>, timeout: Duration) -> GatewayRelay {
     let uri: Arc<str> = Arc::from(target);
     GatewayRelay {
         group: Arc::from("dns"),
         policy: Arc::new(crate::proxy::decision::FailoverPolicy {
             passive_health: false,
+            no_response: timeout,
             ..Default::default()
         }),
         candidates: std::iter::once(first)
@@ -570,7 +573,7 @@ impl<F: Clone> Engine<F> {
                 failure_run: false,
             },
         );
-        match self.path_route(&msg, &preroute) {
+        match self.path_route(&msg, &preroute, (source, protocol)) {
             Some(PathRoute::Flow) => {
                 // Toward a client registered through us: over its flow,
                 // and we stay in the dialog (both sides named).
@@ -1017,7 +1020,7 @@ impl<F: Clone> Engine<F> {
         // its Contact says (a browser's does not resolve).
         let flow = match (uri, &first_remaining) {
             (None, false) => self
-                .popped_flow(msg, routes_popped)
+                .popped_flow(msg, routes_popped, (pending.source, pending.protocol))
                 .map(|(_, hop)| udp_flow_or_contact(hop, &target)),
             _ => None,
         };
@@ -1035,20 +1038,27 @@ impl<F: Clone> Engine<F> {
             hop => hop,
         };
         match hop {
-            Ok(hop) if !self.listening[hop.protocol.index()] => {
-                // §18.1.1: no Via could name how it left.
-                tracing::debug!(%target, protocol = hop.protocol.as_str(), "no listener of the next hop's protocol");
-                if let Some(slot) = pending.slot {
-                    self.reply_local(slot, 503, "Service Unavailable", &[], now)
-                }
-            }
             Ok(hop) => {
                 // RFC 3263: a name with more than one place to try fails
-                // over to the next on a timeout or a 503, as a gateway
-                // group's candidates do (without their health).
-                let alternates = match (pending.slot, &append_route, from_flow) {
+                // over to the next on a timeout or a 503 (§4.3), as a
+                // gateway group's candidates do (without their health).
+                // Places over a protocol we do not listen on are dropped:
+                // no Via could name how the request left (§18.1.1).
+                let mut alternates = match (pending.slot, &append_route, from_flow) {
                     (Some(_), None, false) => next_hop.alternates(&target),
                     _ => Vec::new(),
+                };
+                alternates.retain(|alternate| self.listening[alternate.protocol.index()]);
+                let hop = match (self.listening[hop.protocol.index()], alternates.is_empty()) {
+                    (true, _) => hop,
+                    (false, false) => alternates.remove(0),
+                    (false, true) => {
+                        tracing::debug!(%target, protocol = hop.protocol.as_str(), "no listener of the next hop's protocol");
+                        if let Some(slot) = pending.slot {
+                            self.reply_local(slot, 503, "Service Unavailable", &[], now)
+                        }
+                        return None;
+                    }
                 };
                 if let (Some(slot), false) = (pending.slot, alternates.is_empty()) {
                     let decision = Decision {
@@ -1056,7 +1066,7 @@ impl<F: Clone> Engine<F> {
                         routes_popped,
                         ..decision
                     };
-                    let relay = dns_failover(&target, hop, alternates);
+                    let relay = dns_failover(&target, hop, alternates, self.settings().t1 * 63);
                     self.relay_to_gateway(now, pending, slot, decision, relay);
                     return None;
                 }
@@ -1134,16 +1144,29 @@ impl<F: Clone> Engine<F> {
     /// WebSocket reconnected, a phone that moved networks). A Record-Route
     /// token counts only within a dialog: an initial request must not reach
     /// a client through a token some dialog peer has seen.
-    fn popped_flow(&self, msg: &Message, popped: usize) -> Option<(TokenKind, Hop)> {
+    fn popped_flow(
+        &self,
+        msg: &Message,
+        popped: usize,
+        (source, protocol): (SocketAddr, Protocol),
+    ) -> Option<(TokenKind, Hop)> {
         let last = msg.header_values(HeaderName::Route).take(popped).last()?;
         let (kind, hop) = self.config.flow_tokens.decode(route_user(last)?)?;
-        (kind == TokenKind::Path || msg.to_tag().is_some()).then_some((kind, hop))
+        // A dialog from an earlier build, which wrote one entry only: a
+        // token naming the sender's own flow is going the other way.
+        let own_flow = popped == 1 && hop.addr == source && hop.protocol == protocol;
+        (!own_flow && (kind == TokenKind::Path || msg.to_tag().is_some())).then_some((kind, hop))
     }
 
     /// How the core routes an initial request that our Path sent here
     /// (RFC 3327), without the script: its popped Route names a client's
     /// flow by a Path token. None for any other request.
-    fn path_route(&self, msg: &Message, preroute: &Preroute) -> Option<PathRoute> {
+    fn path_route(
+        &self,
+        msg: &Message,
+        preroute: &Preroute,
+        arrived: (SocketAddr, Protocol),
+    ) -> Option<PathRoute> {
         let popped = preroute.routes_popped;
         if popped == 0 || msg.to_tag().is_some() || msg.method() == Some(Method::Ack) {
             return None;
@@ -1152,7 +1175,7 @@ impl<F: Clone> Engine<F> {
         if route::first_remaining_route(msg, popped, dropped).is_some() {
             return None;
         }
-        if let Some((TokenKind::Path, _)) = self.popped_flow(msg, popped) {
+        if let Some((TokenKind::Path, _)) = self.popped_flow(msg, popped, arrived) {
             return Some(PathRoute::Flow);
         }
         // A Path token that does not verify is one of an earlier run's
@@ -1494,6 +1517,7 @@ impl<F: Clone> Engine<F> {
         if let Some((index, silence, strict_source)) = plan.candidate {
             client.candidate = Some(index);
             client.strict_source = strict_source;
+            client.no_response = Some(silence);
             let owner = TimerOwner::Client(token);
             self.timers.arm(now, silence, owner, TimerKind::NoResponse);
         }
@@ -1625,7 +1649,9 @@ impl<F: Clone> Engine<F> {
                 (pending.listener, sips),
             )
         });
-        let callee_side = (hop.flow && hop.protocol != Protocol::Udp).then(|| {
+        // A callee on a flow: its connection, or (UDP) the address a Path
+        // token sent us to, which its dialog's requests must use too.
+        let callee_side = hop.flow.then(|| {
             self.flow_entry(
                 TokenKind::RecordRoute,
                 hop.protocol,
@@ -2140,7 +2166,8 @@ impl<F: Clone> Engine<F> {
         // ACK, which a stateless UDP network may lose.
         let ack = (tx.invite && code < 300).then(|| {
             let tag = to_tag.as_deref().or(request.to_tag()).unwrap_or("");
-            ack_key(request.call_id().unwrap_or(""), tag)
+            let cseq = request.cseq().map_or(0, |(n, _)| n);
+            ack_key(request.call_id().unwrap_or(""), tag, cseq)
         });
         self.send_final(slot, code, bytes.clone(), now);
         if let Some(key) = ack {
@@ -2240,10 +2267,11 @@ impl<F: Clone> Engine<F> {
         if self.awaiting_ack.is_empty() {
             return false;
         }
-        let (Some(call_id), Some(tag)) = (ack.call_id(), ack.to_tag()) else {
+        let (Some(call_id), Some(tag), Some((cseq, _))) = (ack.call_id(), ack.to_tag(), ack.cseq())
+        else {
             return false;
         };
-        let Some(slot) = self.awaiting_ack.remove(&ack_key(call_id, tag)) else {
+        let Some(slot) = self.awaiting_ack.remove(&ack_key(call_id, tag, cseq)) else {
             return false;
         };
         if let Some(tx) = self.servers.get_mut(&slot) {
@@ -2363,6 +2391,21 @@ impl<F: Clone> Engine<F> {
             }
             TimerKind::NoResponse if matches!(client.owner, Owner::Probe { .. }) && live => {
                 self.end_branch(token, now, "probe given up", |_| None)
+            }
+            // A branch that left UDP for its size and heard nothing (a
+            // firewall that drops the SYN) tries UDP before failing over.
+            TimerKind::NoResponse
+                if client.state == ClientState::Trying && client.udp_fallback.is_some() =>
+            {
+                let silence = client.no_response.unwrap_or(settings.t1);
+                if self.fall_back_to_udp(token, now) {
+                    self.timers.arm(
+                        now,
+                        silence,
+                        TimerOwner::Client(token),
+                        TimerKind::NoResponse,
+                    );
+                }
             }
             TimerKind::NoResponse if client.state == ClientState::Trying => {
                 self.candidate_silent(now, token)
@@ -2553,26 +2596,29 @@ fn route_user(value: &str) -> Option<&str> {
 }
 
 /// Whether a caller whose connection closed can be reached by a new one
-/// (RFC 3261 §18.2.2): a TCP or TLS caller whose Via names the address it
-/// connected from. Not a WebSocket client, nor one behind NAT or with a
-/// `.invalid` Via.
+/// (RFC 3261 §18.2.2): a TCP or TLS caller whose Via names a host (its
+/// name, or the address it connected from). Not a WebSocket client, nor
+/// one whose Via is `.invalid` or another address than its own (behind NAT).
 fn reachable_anew<F>(tx: &ServerTx<F>) -> bool {
-    let via_host = tx
-        .request
-        .as_ref()
-        .and_then(|r| r.top_via().map(|v| v.host.to_string()));
-    matches!(tx.protocol, Protocol::Tcp | Protocol::Tls)
-        && via_host.is_some_and(|host| {
-            host.trim_matches(['[', ']']).parse::<IpAddr>().ok() == Some(tx.source.ip())
-        })
+    let Some(via) = tx.request.as_ref().and_then(|r| r.top_via()) else {
+        return false;
+    };
+    let host = via.host.trim_matches(['[', ']']);
+    let reachable = match host.parse::<IpAddr>() {
+        Ok(ip) => crate::security::canonical(ip) == crate::security::canonical(tx.source.ip()),
+        Err(_) => !host.to_ascii_lowercase().ends_with(".invalid"),
+    };
+    matches!(tx.protocol, Protocol::Tcp | Protocol::Tls) && reachable
 }
 
-/// Finds the ACK of a 2xx we made: the dialog's Call-ID and our To tag.
-fn ack_key(call_id: &str, to_tag: &str) -> u64 {
+/// Finds the ACK of a 2xx we made: the dialog's Call-ID, our To tag and
+/// the INVITE's CSeq number (a re-INVITE's 2xx is another).
+fn ack_key(call_id: &str, to_tag: &str, cseq: u32) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(call_id.as_bytes());
     hasher.update(&[0]);
     hasher.update(to_tag.as_bytes());
+    hasher.update(&cseq.to_be_bytes());
     hasher.digest()
 }
 
@@ -2619,6 +2665,9 @@ fn udp_flow_or_contact(hop: Hop, target: &str) -> Hop {
 /// Whether a URI asks for UDP by name (`;transport=udp`), which keeps
 /// even a large request on UDP.
 fn pins_udp(uri: &str) -> bool {
+    // A Route or Path value is a name-addr: only what is inside `<>`.
+    let uri = uri.split_once('<').map_or(uri, |(_, inner)| inner);
+    let uri = uri.split('>').next().unwrap_or(uri);
     let params = uri.split('?').next().unwrap_or(uri);
     params.split(';').skip(1).any(|param| {
         let (name, value) = param.split_once('=').unwrap_or((param, ""));

@@ -709,8 +709,12 @@ fn a_name_with_several_places_fails_over_on_silence_and_503_without_health() {
     h.collect();
     let first = h.one_sent_to(BACKEND1);
     assert_eq!(first.request_uri(), Some("sip:bob@srv.example"));
-    // The first is silent: the next address of the name gets it.
-    h.advance(Duration::from_secs(1));
+    // The first stays silent until the transaction would time out
+    // (§4.3): only then does the next address of the name get it.
+    h.run_for(Duration::from_millis(31_000), Duration::from_millis(500));
+    assert!(h.sent_to(BACKEND2).is_empty(), "not on a mere slow answer");
+    h.take();
+    h.advance(Duration::from_millis(500));
     let second = h.one_sent_to(BACKEND2);
     assert_eq!(second.request_uri(), Some("sip:bob@srv.example"));
     // It answers 503: the third.
@@ -726,4 +730,84 @@ fn a_name_with_several_places_fails_over_on_silence_and_503_without_health() {
     h.one_sent_to(BACKEND1);
     h.advance(Duration::from_secs(1));
     assert!(h.sent_to(BACKEND2).is_empty());
+}
+
+#[test]
+fn a_large_invite_whose_tcp_attempt_stays_silent_tries_udp_before_failing_over() {
+    // A firewall drops the SYN: no link failure for seconds. The silence
+    // limit sends it over UDP first, to the same backend, uncounted.
+    let mut h = Harness::new();
+    let run = h
+        .receive(invite_with_body("syn-dropped", 3000), UAC, Protocol::Udp)
+        .unwrap();
+    let relay = pool(false, &[503]);
+    let uri = relay.candidates[0].uri.to_string();
+    let decision = Decision {
+        gateway: Some(relay),
+        ..script_decision(&run, Action::Relay { uri: Some(uri) })
+    };
+    h.decide(&run, decision);
+    assert_eq!(sent_over(&mut h).0, Protocol::Tcp);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(sent_over(&mut h), (Protocol::Udp, "UDP".to_string()));
+    assert!(h.sent_to(BACKEND2).is_empty(), "no failover yet");
+    assert_eq!(h.health(), []);
+    // Silent over UDP too: now the next backend, and a failure counted.
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.sent_to(BACKEND2).len(), 1);
+    assert_eq!(h.health().len(), 1);
+}
+
+/// A name whose first place is over TLS, which the harness does not
+/// listen on, then one over UDP.
+struct TlsThenUdp;
+
+impl NextHops for TlsThenUdp {
+    fn next_hop(&mut self, _uri: &str) -> Result<Hop, HopError> {
+        Ok(Hop::new(addr(BACKEND1), Protocol::Tls))
+    }
+
+    fn alternates(&mut self, _uri: &str) -> Vec<Hop> {
+        vec![Hop::new(addr(BACKEND2), Protocol::Udp)]
+    }
+}
+
+#[test]
+fn places_over_a_transport_we_do_not_listen_on_are_skipped() {
+    let mut h = Harness::new();
+    let msg = request(
+        "INVITE",
+        "sip:bob@tls-first.example",
+        "z9hG4bK-tf",
+        "tf",
+        "",
+    );
+    let run = h.receive(msg, UAC, Protocol::Udp).unwrap();
+    let decision = script_decision(&run, Action::Relay { uri: None });
+    h.engine
+        .handle_decision(h.now, run.ticket, decision, &mut TlsThenUdp);
+    h.collect();
+    assert!(h.sent_to(BACKEND1).is_empty());
+    assert_eq!(h.one_sent_to(BACKEND2).method(), Some(Method::Invite));
+}
+
+#[test]
+fn a_caller_whose_via_names_its_host_is_reached_anew_not_cancelled() {
+    // A TLS trunk's Via carries its name: §18.2.2 reconnects to it.
+    let named = edited(
+        &invite("named"),
+        "SIP/2.0/UDP 198.51.100.10:5060",
+        "SIP/2.0/TCP trunk.example.net:5060",
+    );
+    let (mut h, _) = ringing_over_tcp(named);
+    connection_closed(&mut h, UAC);
+    assert!(h.sent_to(BACKEND1).is_empty(), "no CANCEL");
+}
+
+#[test]
+fn a_udp_uri_pin_is_seen_inside_a_name_addr() {
+    assert!(pins_udp("sip:gw.example;transport=udp"));
+    assert!(pins_udp("<sip:edge.example;lr;transport=UDP>"));
+    assert!(!pins_udp("<sip:edge.example;lr>;transport=udp"));
+    assert!(!pins_udp("sip:gw.example;transport=tcp"));
 }

@@ -485,3 +485,45 @@ fn a_route_user_that_starts_with_p_is_no_path_token() {
     assert!(run.is_some(), "the script runs: no 430");
     assert_eq!(run.unwrap().preroute.routes_popped, 1);
 }
+
+#[test]
+fn a_dialog_of_an_earlier_build_with_one_token_entry_still_ends() {
+    // Builds before both sides were always named wrote one entry through
+    // one listener: the caller's own token. Its BYE goes the other way.
+    let mut h = Harness::new();
+    let routes = record_routes_of_a_tcp_call(&mut h);
+    let caller_side = routes[1].clone();
+    let bye = callers_bye(&[caller_side], "198.51.100.10:5060");
+    let hops = relay_in_dialog(&mut h, bye, UAC, Protocol::Tcp);
+    assert_eq!(hops.len(), 1);
+    assert!(hops[0].addr == addr(BACKEND1) && !hops[0].flow, "{hops:?}");
+}
+
+#[test]
+fn a_udp_phone_called_through_its_path_gets_a_token_for_its_dialog() {
+    // Its later BYE or re-INVITE must reach the NAT pinhole too, not the
+    // private Contact.
+    let mut h = Harness::new();
+    h.relay(
+        request("REGISTER", "sip:example.com", "z9hG4bK-u2", "u2", ""),
+        Some("sip:backend1.example"),
+    );
+    let path = h.sent_to(BACKEND1)[0]
+        .header(HeaderName::Path)
+        .unwrap()
+        .to_string();
+    assert!(h
+        .receive(
+            from_the_registrar(&path, "z9hG4bK-udp-rr"),
+            BACKEND1,
+            Protocol::Udp
+        )
+        .is_none());
+    let sent = h.sent_to(UAC);
+    let routes: Vec<String> = sent[0]
+        .header_values(HeaderName::RecordRoute)
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    assert!(routes[0].starts_with("<sip:f"), "{routes:?}");
+}
