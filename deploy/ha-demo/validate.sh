@@ -194,12 +194,14 @@ status=0
 ua_call alice >"$WORK/call-alice.out" 2>&1 || status=1
 line=$(cat "$WORK/call-alice.out")
 call_id=$(sed -n 's/.*call_id=\([^ ]*\).*/\1/p' "$WORK/call-alice.out")
-case "$line" in *"final=200 "*"routes=3 bye=200"*) ;; *) status=1 ;; esac
+case "$line" in *"final=200 "*"routes=4 bye=200"*) ;; *) status=1 ;; esac
 case "$line" in *"provisional=[100"*) ;; *) status=1 ;; esac
 # alice's UA saw the INVITE, the ACK and the BYE, each through the LB, her
 # backend, and the LB again: her REGISTER left a Path through the LB (RFC
 # 3327), the only way to a phone behind NAT (4 Vias: the caller's, the LB's,
-# the backend's, the LB's; 3 Record-Routes).
+# the backend's, the LB's; 4 Record-Routes: the backend's, the LB's toward
+# the caller, and on the way to alice both sides of the LB, hers with a
+# token for the address her REGISTER came from).
 for method in INVITE ACK BYE; do
     if [ -z "$call_id" ] || ! grep -q "RECV $method user=alice call_id=$call_id vias=4" "$WORK/ua.log"; then
         status=1
