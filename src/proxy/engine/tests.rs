@@ -320,6 +320,18 @@ fn invite(call_id: &str) -> Message {
     )
 }
 
+/// The caller's CANCEL of `invite(call_id)` (§9.1: its branch, Call-ID,
+/// From and CSeq number).
+fn cancel_of(call_id: &str) -> Message {
+    request(
+        "CANCEL",
+        "sip:bob@example.com",
+        &format!("z9hG4bK-{call_id}"),
+        call_id,
+        "",
+    )
+}
+
 fn fork(targets: &[&str]) -> Action {
     Action::Fork {
         targets: targets
@@ -452,6 +464,15 @@ impl Harness {
         sent.remove(0)
     }
 
+    /// Receives MSG from the UAC over PROTOCOL and has the script fork it
+    /// to backends 1 and 2; what each got, taken.
+    fn fork_to_both(&mut self, msg: Message, protocol: Protocol) -> (Vec<Message>, Vec<Message>) {
+        let run = self.receive(msg, UAC, protocol).expect("script runs");
+        let targets = fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]);
+        self.decide(&run, script_decision(&run, targets));
+        (self.sent_to(BACKEND1), self.sent_to(BACKEND2))
+    }
+
     fn sent_to_after_relay(&mut self) -> Message {
         let mut sent = self.sent_to(BACKEND1);
         assert_eq!(sent.len(), 1, "one request to the backend");
@@ -467,14 +488,8 @@ impl Harness {
 fn a_non_invite_2xx_is_forwarded_without_waiting_for_other_branches() {
     let mut h = Harness::new();
     let message = request("MESSAGE", "sip:bob@example.com", "z9hG4bK-msg", "msg", "");
-    let run = h.receive(message, UAC, Protocol::Udp).unwrap();
-    let decision = script_decision(
-        &run,
-        fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
-    );
-    h.decide(&run, decision);
-    let first = h.sent_to(BACKEND1);
-    assert_eq!(h.sent_to(BACKEND2).len(), 1);
+    let (first, second) = h.fork_to_both(message, Protocol::Udp);
+    assert_eq!(second.len(), 1);
     h.respond(answer(&first[0], 200, &[]), BACKEND1);
     assert_eq!(h.reply_codes(), [200], "the 2xx did not wait for backend 2");
 }
@@ -708,24 +723,12 @@ fn a_cancel_from_another_sender_does_not_cancel_the_call() {
     h.receive(cancel, "203.0.113.66:5060", Protocol::Udp);
     assert_eq!(h.reply_codes(), [481]);
     // The same branch and sent-by, from another host.
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-victim",
-        "victim",
-        "",
-    );
+    let cancel = cancel_of("victim");
     h.receive(cancel, "203.0.113.66:5060", Protocol::Udp);
     assert_eq!(h.reply_codes(), [481]);
     assert!(h.sent_to(BACKEND1).is_empty(), "the branch was CANCELed");
     // The caller itself can.
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-victim",
-        "victim",
-        "",
-    );
+    let cancel = cancel_of("victim");
     h.receive(cancel, UAC, Protocol::Udp);
     assert_eq!(h.reply_codes(), [200]);
     let cancels = h.sent_to(BACKEND1);
@@ -774,7 +777,7 @@ fn a_cancelled_branch_that_never_answers_ends_within_64_t1() {
     h.relay(invite("deaf"), Some("sip:backend1.example"));
     let sent = h.sent_to(BACKEND1);
     h.respond(answer(&sent[0], 180, &[]), BACKEND1);
-    let cancel = request("CANCEL", "sip:bob@example.com", "z9hG4bK-deaf", "deaf", "");
+    let cancel = cancel_of("deaf");
     h.receive(cancel, UAC, Protocol::Udp);
     assert_eq!(h.reply_codes(), [100, 180, 200]);
     h.run_for(Duration::from_secs(33), Duration::from_millis(500));
@@ -803,14 +806,7 @@ fn a_late_2xx_retransmission_of_a_forked_call_is_forwarded() {
 /// gone (Timer L, 64·T1 after the first 2xx) while its client transaction
 /// (Timer M) lives on for 2 s more. Leaves what that retransmission sent.
 fn late_2xx_retransmission(h: &mut Harness, protocol: Protocol) {
-    let run = h.receive(invite("two-2xx"), UAC, protocol).unwrap();
-    let decision = script_decision(
-        &run,
-        fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
-    );
-    h.decide(&run, decision);
-    let first = h.sent_to(BACKEND1);
-    let second = h.sent_to(BACKEND2);
+    let (first, second) = h.fork_to_both(invite("two-2xx"), protocol);
     h.respond(answer(&first[0], 200, &[]), BACKEND1);
     h.advance(Duration::from_secs(2));
     let late_ok = answer(&second[0], 200, &[]);
@@ -947,16 +943,7 @@ fn an_invite_held_by_180s_ends_at_its_max_lifetime_with_408_and_cancel() {
 #[test]
 fn a_6xx_cancels_the_other_branches_and_wins() {
     let mut h = Harness::new();
-    let run = h.receive(invite("decline"), UAC, Protocol::Udp).unwrap();
-    h.decide(
-        &run,
-        script_decision(
-            &run,
-            fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
-        ),
-    );
-    let one = h.sent_to(BACKEND1);
-    let two = h.sent_to(BACKEND2);
+    let (one, two) = h.fork_to_both(invite("decline"), Protocol::Udp);
     h.respond(answer(&two[0], 180, &[]), BACKEND2);
     h.respond(answer(&one[0], 603, &[]), BACKEND1);
     let to_two = h.sent_to(BACKEND2);
@@ -1166,7 +1153,7 @@ fn stateless_replies_repeat_their_to_tag() {
 fn a_decision_after_the_cancel_forwards_nothing() {
     let mut h = Harness::new();
     let run = h.receive(invite("late"), UAC, Protocol::Udp).unwrap();
-    let cancel = request("CANCEL", "sip:bob@example.com", "z9hG4bK-late", "late", "");
+    let cancel = cancel_of("late");
     h.receive(cancel, UAC, Protocol::Udp);
     assert_eq!(h.reply_codes(), [100, 200, 487]);
     let decision = script_decision(

@@ -80,13 +80,7 @@ fn a_cancelled_branch_whose_1xx_was_lost_is_retransmitted_then_cancelled() {
     let mut h = Harness::new();
     h.relay(invite("lost-1xx"), Some("sip:backend1.example"));
     let sent = h.sent_to_after_relay();
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-lost-1xx",
-        "lost-1xx",
-        "",
-    );
+    let cancel = cancel_of("lost-1xx");
     assert!(h.receive(cancel, UAC, Protocol::Udp).is_none());
     // The caller hears 487 at once.
     assert_eq!(h.distinct_reply_codes(), [100, 200, 487]);
@@ -199,18 +193,7 @@ fn a_backend_that_sent_100_is_not_blamed_for_its_callees_timeout() {
 fn a_6xx_is_sent_at_once_and_the_failure_hook_does_not_run() {
     let mut h = Harness::new();
     h.hold_failures = true;
-    let run = h
-        .receive(invite("decline-now"), UAC, Protocol::Udp)
-        .unwrap();
-    h.decide(
-        &run,
-        script_decision(
-            &run,
-            fork(&["sip:bob@backend1.example", "sip:bob@backend2.example"]),
-        ),
-    );
-    let one = h.sent_to(BACKEND1);
-    h.sent_to(BACKEND2);
+    let (one, _) = h.fork_to_both(invite("decline-now"), Protocol::Udp);
     // backend2 never answers; backend1 declines.
     h.respond(answer(&one[0], 603, &[]), BACKEND1);
     assert_eq!(h.reply_codes(), [100, 603], "not after Timer B");

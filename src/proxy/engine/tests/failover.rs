@@ -229,13 +229,7 @@ fn no_failover_after_the_callers_cancel() {
         gateway(&[0, 1], FailoverPolicy::default()),
     );
     let first = h.one_sent_to(BACKEND1);
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-cancelled",
-        "cancelled",
-        "",
-    );
+    let cancel = cancel_of("cancelled");
     assert!(h.receive(cancel, UAC, Protocol::Udp).is_none());
     // The CANCEL gets its 200 and, the branch never having answered, the
     // INVITE its 487 at once rather than after Timer B.
@@ -536,13 +530,7 @@ fn a_cancel_after_a_provisional_answer_from_on_failure_gets_487() {
         .handle_decision(h.now, run.ticket, ringing, &mut hop_of);
     h.collect();
     h.take();
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-hook-1xx",
-        "hook-1xx",
-        "",
-    );
+    let cancel = cancel_of("hook-1xx");
     assert!(h.receive(cancel, UAC, Protocol::Udp).is_none());
     assert_eq!(h.distinct_reply_codes(), [200, 487]);
 }

@@ -104,13 +104,7 @@ fn a_call_cancelled_while_its_lookup_runs_is_not_relayed_afterwards() {
     let mut h = Harness::new();
     let deferred = h.relay_waiting("cancelled", relay_to("sip:bob@slow.example"));
     h.take();
-    let cancel = request(
-        "CANCEL",
-        "sip:bob@example.com",
-        "z9hG4bK-cancelled",
-        "cancelled",
-        "",
-    );
+    let cancel = cancel_of("cancelled");
     h.receive(cancel, UAC, Protocol::Udp);
     let mut codes = h.reply_codes();
     codes.sort_unstable();
