@@ -40,6 +40,8 @@ pub trait GatewayAdmin: Send + Sync {
     fn snapshot(&self) -> Value;
     /// `Some(changed)` when the group and destination exist, else `None`.
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
+    /// Starts or ends a drain; `Some(changed)`, or None when unknown.
+    fn set_draining(&self, group: &str, uri: &str, draining: bool) -> Option<bool>;
     /// How many destinations of `group` other than `uri` are healthy now;
     /// None when the group has no such destination.
     fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize>;
@@ -154,6 +156,8 @@ pub fn router(ctx: Shared) -> Router {
         .route("/admin/gateways/{group}/select", get(select))
         .route("/admin/gateways/{group}/down", post(mark_down))
         .route("/admin/gateways/{group}/up", post(mark_up))
+        .route("/admin/gateways/{group}/drain", post(drain))
+        .route("/admin/gateways/{group}/undrain", post(undrain))
         .route(
             "/admin/registrations/{*aor}",
             get(registrations).delete(delete_registrations),
@@ -273,6 +277,79 @@ async fn mark_up(
     set_health(state, group, query, body, false)
 }
 
+async fn drain(
+    state: State<Shared>,
+    group: Path<String>,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    set_drain(state, group, query, body, true)
+}
+
+async fn undrain(
+    state: State<Shared>,
+    group: Path<String>,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    set_drain(state, group, query, body, false)
+}
+
+/// The destination is named by `{"uri": "sip:..."}` or `?uri=`. Answers the
+/// destination as `/admin/gateways` shows it.
+fn set_drain(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+    draining: bool,
+) -> Response {
+    let in_query = query.as_deref().and_then(|q| query_value(q, "uri"));
+    let uri = match in_query {
+        Some(uri) => uri,
+        None => match body_uri(&body) {
+            Ok(uri) => uri,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+    };
+    match ctx.gateways.set_draining(&group, &uri, draining) {
+        Some(changed) => {
+            let snapshot = ctx.gateways.snapshot();
+            let shown = snapshot["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["name"] == group.as_str())
+                .flat_map(|g| g["destinations"].as_array().cloned().unwrap_or_default())
+                .find(|d| d["uri"] == uri.as_str())
+                .unwrap_or(Value::Null);
+            Json(json!({
+                "group": group,
+                "uri": uri,
+                "changed": changed,
+                "destination": shown,
+            }))
+            .into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no destination {uri} in group {group}"),
+        ),
+    }
+}
+
+/// The `uri` of a JSON body like `{"uri": "sip:..."}`, or what is wrong.
+fn body_uri(body: &[u8]) -> Result<String, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => match map.get("uri").and_then(Value::as_str) {
+            Some(uri) => Ok(uri.to_string()),
+            None => Err("body needs a string field \"uri\" (or give ?uri=)".to_string()),
+        },
+        Ok(_) => Err("body must be a JSON object like {\"uri\": \"sip:...\"}".to_string()),
+        Err(e) => Err(format!("body is not JSON: {e}")),
+    }
+}
+
 /// The body names the destination: `{"uri": "sip:..."}`. Marking down the
 /// last healthy destination of a group takes `"force": true` (or
 /// `?force=true`): one typo must not take the whole service down.
@@ -283,26 +360,17 @@ fn set_health(
     body: Bytes,
     down: bool,
 ) -> Response {
-    let (uri, forced) = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => match map.get("uri").and_then(Value::as_str) {
-            Some(uri) => {
-                let in_body = map.get("force").and_then(Value::as_bool) == Some(true);
-                let in_query = query
-                    .as_deref()
-                    .and_then(|q| query_value(q, "force"))
-                    .is_some_and(|v| v == "true" || v == "1");
-                (uri.to_string(), in_body || in_query)
-            }
-            None => return error(StatusCode::BAD_REQUEST, "body needs a string field \"uri\""),
-        },
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "body must be a JSON object like {\"uri\": \"sip:...\"}",
-            )
-        }
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    let uri = match body_uri(&body) {
+        Ok(uri) => uri,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let in_body = serde_json::from_slice::<Value>(&body)
+        .is_ok_and(|v| v.get("force").and_then(Value::as_bool) == Some(true));
+    let in_query = query
+        .as_deref()
+        .and_then(|q| query_value(q, "force"))
+        .is_some_and(|v| v == "true" || v == "1");
+    let forced = in_body || in_query;
     if down && !forced && ctx.gateways.healthy_besides(&group, &uri) == Some(0) {
         return error(
             StatusCode::CONFLICT,
@@ -433,6 +501,9 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                     .iter()
                     .enumerate()
                     .map(|(index, (dest, health))| {
+                        let capacity = dest.capacity();
+                        let in_use = capacity.calls_in_use();
+                        let draining = capacity.is_draining();
                         json!({
                             "uri": dest.uri,
                             "address": dest.address.to_string(),
@@ -450,6 +521,14 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                                 .last_latency()
                                 .map(|l| l.as_secs_f64() * 1000.0),
                             "selections": shared.selections(index),
+                            "priority": dest.priority,
+                            "max_calls": capacity.max_calls(),
+                            "max_cps": capacity.max_cps(),
+                            "active_calls": capacity.active_calls(),
+                            "calls_in_setup": in_use.saturating_sub(capacity.active_calls()),
+                            "full": capacity.max_calls().is_some_and(|max| in_use >= max),
+                            "draining": draining,
+                            "drained": draining && in_use == 0,
                         })
                     })
                     .collect();
@@ -484,6 +563,10 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             return None;
         }
         self.mark(group, uri, down, "admin")
+    }
+
+    fn set_draining(&self, group: &str, uri: &str, draining: bool) -> Option<bool> {
+        self.drain(group, uri, draining, "admin")
     }
 
     fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize> {

@@ -40,6 +40,18 @@ pub struct FailoverLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+/// A destination by group and uri (the capacity metrics' labels).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UriLabels {
+    pub group: String,
+    pub uri: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
     pub transport: &'static str,
 }
@@ -59,6 +71,9 @@ pub struct Metrics {
     pub probe_failures: Family<DestinationLabels, Counter>,
     pub passive_failures: Family<DestinationLabels, Counter>,
     pub failovers: Family<FailoverLabels, Counter>,
+    pub gateway_full: Family<GroupLabels, Counter>,
+    pub calls_collected: Family<GroupLabels, Counter>,
+    pub active_calls: Family<UriLabels, Gauge>,
     pub registrations_active: Gauge,
     pub malformed: Family<TransportLabels, Counter>,
     pub ingress_dropped: Counter,
@@ -88,6 +103,7 @@ pub struct DestinationMetrics {
     pub probe_latency: Histogram,
     pub probe_failures: Counter,
     pub passive_failures: Counter,
+    pub active_calls: Gauge,
 }
 
 impl Metrics {
@@ -115,6 +131,9 @@ impl Metrics {
             probe_failures: Family::default(),
             passive_failures: Family::default(),
             failovers: Family::default(),
+            gateway_full: Family::default(),
+            calls_collected: Family::default(),
+            active_calls: Family::default(),
             registrations_active: Gauge::default(),
             malformed: Family::default(),
             ingress_dropped: Counter::default(),
@@ -190,6 +209,21 @@ impl Metrics {
             "failovers",
             "Requests moved to the next destination of their group, by reason",
             m.failovers.clone(),
+        );
+        registry.register(
+            "gateway_full",
+            "Requests no destination of the group could take (every one left full, paced or drained)",
+            m.gateway_full.clone(),
+        );
+        registry.register(
+            "gateway_calls_collected",
+            "Calls that stopped counting at gateway.call_max_secs because no BYE ended them",
+            m.calls_collected.clone(),
+        );
+        registry.register(
+            "gateway_active_calls",
+            "Calls established through a gateway destination (2xx seen, no BYE yet)",
+            m.active_calls.clone(),
         );
         registry.register(
             "registrations_active",
@@ -296,6 +330,13 @@ impl Metrics {
             probe_latency: self.probe_latency.get_or_create(&labels).clone(),
             probe_failures: self.probe_failures.get_or_create(&labels).clone(),
             passive_failures: self.passive_failures.get_or_create(&labels).clone(),
+            active_calls: self
+                .active_calls
+                .get_or_create(&UriLabels {
+                    group: group.to_string(),
+                    uri: uri.to_string(),
+                })
+                .clone(),
         }
     }
 
@@ -310,6 +351,10 @@ impl Metrics {
         self.probe_latency.remove(&labels);
         self.probe_failures.remove(&labels);
         self.passive_failures.remove(&labels);
+        self.active_calls.remove(&UriLabels {
+            group: group.to_string(),
+            uri: uri.to_string(),
+        });
     }
 
     pub fn edge_dropped(&self, reason: &'static str) {
@@ -350,6 +395,22 @@ impl Metrics {
                 transport: protocol.as_str(),
             })
             .clone()
+    }
+
+    /// A request no destination of `group` could take.
+    pub fn gateway_full(&self, group: &str) {
+        let labels = GroupLabels {
+            group: group.to_string(),
+        };
+        self.gateway_full.get_or_create(&labels).inc();
+    }
+
+    /// A call of `group` collected at `gateway.call_max_secs`.
+    pub fn call_collected(&self, group: &str) {
+        let labels = GroupLabels {
+            group: group.to_string(),
+        };
+        self.calls_collected.get_or_create(&labels).inc();
     }
 
     pub fn failover(&self, group: &str, reason: &'static str) {

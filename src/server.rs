@@ -146,6 +146,8 @@ async fn start(
         drain_secs: config.server.drain_secs,
         max_transactions: (config.limits.max_transactions / shards_wanted).max(1),
         udp_max_request_bytes: config.limits.udp_max_request_bytes,
+        call_max: Duration::from_secs(config.gateway.call_max_secs),
+        max_tracked_calls: (crate::proxy::capacity::MAX_TRACKED_CALLS / shards_wanted).max(1),
     });
 
     let mut shards = Vec::new();

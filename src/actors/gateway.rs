@@ -208,6 +208,27 @@ impl GatewayService {
         Some(true)
     }
 
+    /// Starts (`draining`) or ends the drain of `uri` in `group`: it takes
+    /// no new requests while its calls go on. `Some(changed)` when the
+    /// destination exists; None for an unknown group or uri.
+    pub fn drain(&self, group: &str, uri: &str, draining: bool, source: &str) -> Option<bool> {
+        let view = self.gateways.get(group)?.view();
+        let destination = &view.destinations[view.find(uri)?];
+        let capacity = destination.capacity();
+        let changed = capacity.set_draining(draining);
+        if changed {
+            let verb = if draining { "draining" } else { "drain ended" };
+            tracing::info!(
+                group = %group,
+                destination = %uri,
+                active_calls = capacity.active_calls(),
+                source,
+                "destination {verb}"
+            );
+        }
+        Some(changed)
+    }
+
     /// A relay outcome for passive health, handed to the group's actor (the
     /// writer of its health). Only failures, and successes after failures,
     /// come here, so the usual call sends nothing.
@@ -636,6 +657,10 @@ pub struct Prober {
     strict_source: bool,
     interval: Duration,
     timeout: Duration,
+    /// `probe.reply_codes`: what proves the destination alive.
+    reply_codes: Option<Arc<[u16]>>,
+    /// `probe.from`.
+    from: Option<Arc<str>>,
     transports: Transports,
     group: Addr<GroupActor>,
     /// The probe in flight: its number and when it was handed to a shard.
@@ -663,6 +688,8 @@ impl Prober {
             strict_source,
             interval: probe.interval(),
             timeout: probe.timeout(),
+            reply_codes: probe.reply_codes.as_deref().map(Arc::from),
+            from: probe.from.as_deref().map(|from| Arc::from(from.trim())),
             transports,
             group,
             pending: None,
@@ -701,6 +728,7 @@ impl Prober {
             hop: self.hop.clone(),
             strict_source: self.strict_source,
             give_up: self.timeout,
+            from: self.from.clone(),
             call_id: format!("{}-{sequence}@siphon", self.call_id_base),
             reply_to: ctx.address().recipient(),
         });
@@ -746,7 +774,7 @@ impl Handler<ProbeOutcome> for Prober {
             return; // the late answer of an earlier probe
         }
         self.pending = None;
-        self.report(verdict_of(&outcome));
+        self.report(verdict_of(&outcome, self.reply_codes.as_deref()));
     }
 }
 
@@ -763,11 +791,16 @@ impl Handler<StopProbing> for Prober {
     }
 }
 
-/// A probe outcome as a verdict: a final response below 500 is alive; 5xx,
-/// 6xx and a timeout are failures; Retry-After only counts on a 503.
-pub fn verdict_of(outcome: &ProbeOutcome) -> ProbeVerdict {
+/// A probe outcome as a verdict: a final response below 500 is alive
+/// (or one of `reply_codes`, when the group lists them); anything else and
+/// a timeout are failures; Retry-After only counts on a 503.
+pub fn verdict_of(outcome: &ProbeOutcome, reply_codes: Option<&[u16]>) -> ProbeVerdict {
+    let alive = |code: u16| match reply_codes {
+        Some(codes) => codes.contains(&code),
+        None => code < 500,
+    };
     match outcome.status {
-        Some(code) if code < 500 => ProbeVerdict::Alive {
+        Some(code) if alive(code) => ProbeVerdict::Alive {
             latency: outcome.latency,
         },
         Some(code) => ProbeVerdict::Failed {
@@ -825,6 +858,9 @@ mod tests {
             weight: 1,
             attrs: BTreeMap::new(),
             transport: None,
+            priority: 0,
+            max_calls: None,
+            max_cps: None,
         };
         GroupConfig {
             name: name.to_string(),
@@ -834,11 +870,14 @@ mod tests {
                 interval_secs: 60,
                 failure_threshold: 1,
                 timeout_ms: Some(100),
+                ..ProbeConfig::default()
             },
             destinations: vec![destination(1), destination(2)],
             failover: Default::default(),
             passive: Default::default(),
             max_retry_after_secs: crate::config::DEFAULT_MAX_RETRY_AFTER_SECS,
+            spill_threshold: 1,
+            hash_bound: None,
             strict_source: false,
         }
     }
@@ -879,14 +918,14 @@ mod tests {
         let hold = Some(Duration::from_secs(30));
         for code in [200, 404, 481, 499] {
             assert_eq!(
-                verdict_of(&outcome(Some(code), hold)),
+                verdict_of(&outcome(Some(code), hold), None),
                 ProbeVerdict::Alive {
                     latency: Duration::from_millis(7)
                 }
             );
         }
         assert_eq!(
-            verdict_of(&outcome(Some(503), hold)),
+            verdict_of(&outcome(Some(503), hold), None),
             ProbeVerdict::Failed {
                 reason: FailureReason::Status(503),
                 retry_after: hold
@@ -895,15 +934,28 @@ mod tests {
         // Retry-After only holds a destination down on a 503.
         for code in [500, 502, 600, 603] {
             assert_eq!(
-                verdict_of(&outcome(Some(code), hold)),
+                verdict_of(&outcome(Some(code), hold), None),
                 ProbeVerdict::Failed {
                     reason: FailureReason::Status(code),
                     retry_after: None
                 }
             );
         }
+        // `probe.reply_codes`: only the codes listed prove it alive.
+        let only_200 = Some(&[200u16][..]);
+        assert!(matches!(
+            verdict_of(&outcome(Some(200), None), only_200),
+            ProbeVerdict::Alive { .. }
+        ));
         assert_eq!(
-            verdict_of(&outcome(None, None)),
+            verdict_of(&outcome(Some(404), None), only_200),
+            ProbeVerdict::Failed {
+                reason: FailureReason::Status(404),
+                retry_after: None
+            }
+        );
+        assert_eq!(
+            verdict_of(&outcome(None, None), None),
             ProbeVerdict::Failed {
                 reason: FailureReason::Timeout,
                 retry_after: None

@@ -54,6 +54,10 @@ pub struct ShardConfig {
     pub max_transactions: usize,
     /// `limits.udp_max_request_bytes`.
     pub udp_max_request_bytes: usize,
+    /// `gateway.call_max_secs`.
+    pub call_max: Duration,
+    /// Each shard's share of the calls counted at once.
+    pub max_tracked_calls: usize,
     /// The bound on each shard's queue, given back as messages are handled.
     pub ingress: Arc<crate::actors::transport::IngressGate>,
     /// Looks up the names a relay meets, off this thread.
@@ -106,6 +110,8 @@ impl TransactionShard {
             seals: config.seals.clone(),
             accept_unsealed: config.accept_unsealed,
             udp_max_request_bytes: config.udp_max_request_bytes,
+            call_max: config.call_max,
+            max_tracked_calls: config.max_tracked_calls,
         });
         TransactionShard {
             id,
@@ -172,6 +178,20 @@ impl TransactionShard {
                         next = %event.next,
                         reason = %event.failure,
                         "failover"
+                    );
+                }
+                Output::GatewayFull { group } => {
+                    crate::metrics::get().gateway_full(&group);
+                    tracing::debug!(group = %group, "every destination full; 503");
+                }
+                Output::CallCollected(call) => {
+                    crate::metrics::get().call_collected(&call.group);
+                    tracing::warn!(
+                        call_id = %call.call_id,
+                        group = %call.group,
+                        destination = %call.uri,
+                        lasted_secs = call.lasted.as_secs(),
+                        "call no BYE ended stopped counting at gateway.call_max_secs"
                     );
                 }
                 Output::ProbeDone { probe, outcome } => {
@@ -413,6 +433,8 @@ pub struct SendProbe {
     pub strict_source: bool,
     /// How long the prober waits for the answer.
     pub give_up: std::time::Duration,
+    /// `probe.from`.
+    pub from: Option<Arc<str>>,
     pub call_id: String,
     pub reply_to: Recipient<ProbeOutcome>,
 }
@@ -511,6 +533,7 @@ impl Handler<SendProbe> for TransactionShard {
             hop: probe.hop,
             strict_source: probe.strict_source,
             give_up: probe.give_up,
+            from: probe.from,
         };
         self.engine
             .start_probe(now, self.next_probe, &probe.uri, target, &probe.call_id);

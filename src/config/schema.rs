@@ -3,7 +3,7 @@
 use super::*;
 
 /// The whole validated configuration of one siphon process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: Listen,
     /// Host (optionally `host:port`) to put in Via / Record-Route instead of
@@ -92,11 +92,27 @@ fn default_script_timeout() -> u64 {
 }
 
 /// Statically configured gateway groups; scripts may add more at run time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     pub groups: Vec<GroupConfig>,
     /// Whether destination health is shared with other nodes.
     pub share_health: ShareHealth,
+    /// A call no BYE ends stops counting against its destination after
+    /// this long (`gateway.call_max_secs`).
+    pub call_max_secs: u64,
+}
+
+/// The default of `gateway.call_max_secs`: four hours.
+pub const DEFAULT_CALL_MAX_SECS: u64 = 4 * 3600;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            groups: Vec::new(),
+            share_health: ShareHealth::default(),
+            call_max_secs: DEFAULT_CALL_MAX_SECS,
+        }
+    }
 }
 
 /// `gateway.share_health`: `off`, or `redis` (a channel on the Redis that
@@ -111,7 +127,7 @@ pub enum ShareHealth {
 }
 
 /// One named pool of destinations with its balancing algorithm and probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GroupConfig {
     pub name: String,
     pub algorithm: Algorithm,
@@ -123,6 +139,12 @@ pub struct GroupConfig {
     pub max_retry_after_secs: u64,
     /// UDP answers count only from the address they were sent to.
     pub strict_source: bool,
+    /// A priority tier is chosen from while at least this many of its
+    /// destinations are up and not full (or all of them, if fewer).
+    pub spill_threshold: u32,
+    /// `hash` only: a key skips a first choice loaded past this many times
+    /// the group's mean calls per weight.
+    pub hash_bound: Option<f64>,
 }
 
 /// The default of `max_retry_after_secs`.
@@ -233,7 +255,9 @@ impl GroupConfig {
             .map(|d| {
                 let destination = Destination::new(d.uri.clone(), d.address)
                     .with_weight(d.weight)
-                    .with_attrs(d.attrs.clone());
+                    .with_attrs(d.attrs.clone())
+                    .with_priority(d.priority)
+                    .with_limits(d.max_calls, d.max_cps);
                 match d.transport {
                     Some(protocol) => destination.with_protocol(protocol),
                     None => destination,
@@ -252,6 +276,8 @@ impl GroupConfig {
             self.probe.failure_threshold,
         )
         .with_health_policy(passive, Duration::from_secs(self.max_retry_after_secs))
+        .with_capacity_policy(self.spill_threshold, self.hash_bound)
+        .with_probe_policy(self.probe.success_threshold)
     }
 }
 
@@ -268,6 +294,13 @@ pub struct ProbeConfig {
     pub failure_threshold: u32,
     /// Per-probe timeout; when absent see [`ProbeConfig::timeout`].
     pub timeout_ms: Option<u64>,
+    /// The final responses that prove a destination alive; absent: any
+    /// below 500.
+    pub reply_codes: Option<Vec<u16>>,
+    /// Successes in a row that bring a destination back.
+    pub success_threshold: u32,
+    /// The probe's From URI (default `sip:siphon@` our address).
+    pub from: Option<String>,
 }
 
 impl Default for ProbeConfig {
@@ -277,6 +310,9 @@ impl Default for ProbeConfig {
             interval_secs: 5,
             failure_threshold: 3,
             timeout_ms: None,
+            reply_codes: None,
+            success_threshold: 1,
+            from: None,
         }
     }
 }
@@ -322,13 +358,47 @@ impl ProbeConfig {
                 "must be from 1 to 60000, or left out for the default",
             ));
         }
+        if !(1..=1000).contains(&self.success_threshold) {
+            return Err(FieldError::new(
+                "success_threshold",
+                "must be from 1 to 1000 (successful probes in a row that bring a destination back)",
+            ));
+        }
+        if let Some(code) = self
+            .reply_codes
+            .iter()
+            .flatten()
+            .find(|c| !(100..700).contains(*c))
+        {
+            return Err(FieldError::new(
+                "reply_codes",
+                format!("{code} is not a SIP status code (100 to 699)"),
+            ));
+        }
+        if self.reply_codes.as_ref().is_some_and(Vec::is_empty) {
+            return Err(FieldError::new(
+                "reply_codes",
+                "lists no code, so no probe could succeed; leave it out for any final response below 500",
+            ));
+        }
+        if let Some(from) = &self.from {
+            let parsed = crate::sip::Uri::parse(from.trim());
+            if !parsed.is_ok_and(|uri| matches!(uri.scheme, "sip" | "sips")) {
+                return Err(FieldError::new(
+                    "from",
+                    format!(
+                        "`{from}` is not a sip: URI; write it like \"sip:ping@lb.example.com\""
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
 
 /// One backend of a group: its stable identity (`uri`) and where packets go
 /// (`address`, resolved once when the config is loaded).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
     pub uri: String,
     pub address: SocketAddr,
@@ -336,6 +406,12 @@ pub struct DestinationConfig {
     pub attrs: BTreeMap<String, String>,
     /// `transport:`, over what the uri says (`udp`, `tcp`, `tls`).
     pub transport: Option<crate::sip::Protocol>,
+    /// Its tier, lower first.
+    pub priority: i32,
+    /// Calls set up or established at most.
+    pub max_calls: Option<u32>,
+    /// New INVITEs per second at most.
+    pub max_cps: Option<f64>,
 }
 
 impl DestinationConfig {
@@ -367,7 +443,35 @@ impl DestinationConfig {
             weight,
             attrs,
             transport: None,
+            priority: 0,
+            max_calls: None,
+            max_cps: None,
         })
+    }
+
+    /// Its capacity keys (`priority`, `max_calls`, `max_cps`), checked.
+    pub fn with_capacity(
+        mut self,
+        priority: i32,
+        max_calls: Option<u32>,
+        max_cps: Option<f64>,
+    ) -> Result<Self, FieldError> {
+        if max_calls.is_some_and(|max| !(1..=10_000_000).contains(&max)) {
+            return Err(FieldError::new(
+                "max_calls",
+                "must be from 1 to 10000000 (calls at once), or left out for no limit",
+            ));
+        }
+        if max_cps.is_some_and(|cps| !(cps.is_finite() && cps > 0.0 && cps <= 100_000.0)) {
+            return Err(FieldError::new(
+                "max_cps",
+                "must be above 0 and at most 100000 (new calls per second, e.g. 1 or 0.5), or left out for no limit",
+            ));
+        }
+        self.priority = priority;
+        self.max_calls = max_calls;
+        self.max_cps = max_cps;
+        Ok(self)
     }
 
     /// The `transport:` key, when set.
@@ -415,6 +519,29 @@ impl GroupConfig {
                         "`{}` is already used by destinations[{first}]; a uri identifies one destination",
                         destination.uri
                     ),
+                ));
+            }
+        }
+        if self.spill_threshold == 0 {
+            return Err(FieldError::new(
+                "spill_threshold",
+                "must be at least 1 (destinations of a tier up and not full for it to be chosen)",
+            ));
+        }
+        if let Some(bound) = self.hash_bound {
+            if self.algorithm != Algorithm::Hash {
+                return Err(FieldError::new(
+                    "hash_bound",
+                    format!(
+                        "bounds the load of a `hash` group; this group's algorithm is {}",
+                        self.algorithm
+                    ),
+                ));
+            }
+            if !(bound.is_finite() && bound > 1.0 && bound <= 100.0) {
+                return Err(FieldError::new(
+                    "hash_bound",
+                    "must be above 1 and at most 100 (e.g. 1.25: a key moves only past 1.25 times the mean load)",
                 ));
             }
         }

@@ -444,7 +444,7 @@ fn unknown_variant_names_key_line_and_choices() {
         );
     assert_eq!(
             error_of(&text),
-            "config/test.yaml: gateway.groups[0].algorithm: unknown variant `hashh`, expected one of `weighted`, `round_robin`, `hash` (line 5)"
+            "config/test.yaml: gateway.groups[0].algorithm: unknown variant `hashh`, expected one of `weighted`, `round_robin`, `hash`, `least_calls` (line 5)"
         );
 }
 
@@ -610,6 +610,7 @@ fn probe_timeout_defaults_to_interval_capped_at_five_seconds() {
         interval_secs,
         failure_threshold: 3,
         timeout_ms,
+        ..ProbeConfig::default()
     };
     assert_eq!(probe(2, None).timeout(), Duration::from_secs(2));
     assert_eq!(probe(30, None).timeout(), Duration::from_secs(5));
@@ -900,14 +901,14 @@ fn errors_are_one_line_and_expose_their_key() {
 
 #[test]
 fn algorithm_names_round_trip() {
-    for algorithm in [Algorithm::Weighted, Algorithm::RoundRobin, Algorithm::Hash] {
+    for algorithm in Algorithm::ALL {
         assert_eq!(algorithm.as_str().parse::<Algorithm>(), Ok(algorithm));
     }
     assert!("roundrobin"
         .parse::<Algorithm>()
         .unwrap_err()
         .to_string()
-        .contains("expected weighted, round_robin or hash"));
+        .contains("expected weighted, round_robin, hash or least_calls"));
 }
 
 #[test]
@@ -1174,4 +1175,101 @@ fn a_credentials_file_is_read_beside_the_config() {
     .expect("relative credentials file");
     let users = config.auth.unwrap().users().unwrap();
     assert!(users.contains_key("carol"));
+}
+
+#[test]
+fn capacity_keys_load_with_defaults_and_errors_name_the_key() {
+    let config = parse(&with_group(
+        "    - name: a\n      destinations: [{uri: \"sip:127.0.0.1\"}]\n",
+    ))
+    .expect("defaults load");
+    let group = &config.gateway.groups[0];
+    assert_eq!((group.spill_threshold, group.hash_bound), (1, None));
+    let destination = &group.destinations[0];
+    assert_eq!(destination.priority, 0);
+    assert_eq!((destination.max_calls, destination.max_cps), (None, None));
+    assert_eq!(config.gateway.call_max_secs, 4 * 3600);
+    assert_eq!(group.probe.success_threshold, 1);
+
+    let set = parse(&format!(
+        "{}  call_max_secs: 30\n",
+        with_group(
+            "    - name: a\n      algorithm: hash\n      hash_bound: 1.25\n      spill_threshold: 2\n      probe: {reply_codes: [200], success_threshold: 3, from: \"sip:ping@lb.example.com\"}\n      destinations:\n        - {uri: \"sip:127.0.0.1\", priority: 1, max_calls: 20, max_cps: 0.5}\n",
+        )
+    ))
+    .expect("settings load");
+    let group = &set.gateway.groups[0];
+    assert_eq!((group.spill_threshold, group.hash_bound), (2, Some(1.25)));
+    let destination = &group.destinations[0];
+    assert_eq!(destination.priority, 1);
+    assert_eq!(destination.max_calls, Some(20));
+    assert_eq!(destination.max_cps, Some(0.5));
+    assert_eq!(set.gateway.call_max_secs, 30);
+    assert_eq!(group.probe.reply_codes, Some(vec![200]));
+    let built = group.to_group();
+    assert_eq!(built.destinations()[0].capacity().max_calls(), Some(20));
+
+    let cases = [
+        (
+            "algorithm: weighted\n      hash_bound: 1.5",
+            "gateway.groups[0].hash_bound: bounds the load of a `hash` group",
+        ),
+        (
+            "algorithm: hash\n      hash_bound: 1.0",
+            "gateway.groups[0].hash_bound: must be above 1",
+        ),
+        (
+            "spill_threshold: 0",
+            "gateway.groups[0].spill_threshold: must be at least 1",
+        ),
+        (
+            "probe: {success_threshold: 0}",
+            "gateway.groups[0].probe.success_threshold: must be from 1 to 1000",
+        ),
+        (
+            "probe: {reply_codes: [99]}",
+            "gateway.groups[0].probe.reply_codes: 99 is not a SIP status code",
+        ),
+        (
+            "probe: {from: \"mailto:x@y\"}",
+            "gateway.groups[0].probe.from: `mailto:x@y` is not a sip: URI",
+        ),
+    ];
+    for (line, expected) in cases {
+        let text = with_group(&format!(
+            "    - name: a\n      {line}\n      destinations: [{{uri: \"sip:127.0.0.1\"}}]\n"
+        ));
+        let error = error_of(&text);
+        assert!(error.contains(expected), "{line}: {error}");
+    }
+    let destination_cases = [
+        (
+            "max_calls: 0",
+            "gateway.groups[0].destinations[0].max_calls: must be from 1",
+        ),
+        (
+            "max_cps: 0",
+            "gateway.groups[0].destinations[0].max_cps: must be above 0",
+        ),
+        (
+            "max_cps: -1",
+            "gateway.groups[0].destinations[0].max_cps: must be above 0",
+        ),
+        ("priority: x", "gateway.groups[0].destinations[0].priority"),
+    ];
+    for (key, expected) in destination_cases {
+        let text = with_group(&format!(
+            "    - name: a\n      destinations: [{{uri: \"sip:127.0.0.1\", {key}}}]\n"
+        ));
+        let error = error_of(&text);
+        assert!(error.contains(expected), "{key}: {error}");
+    }
+    let error = error_of(&format!(
+        "{}  call_max_secs: 0\n",
+        with_group("    - name: a\n      destinations: [{uri: \"sip:127.0.0.1\"}]\n")
+    ));
+    assert!(
+        error.contains("gateway.call_max_secs: 0 is out of range"),
+        "{error}"
+    );
 }

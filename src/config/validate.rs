@@ -279,6 +279,7 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
                 raw_dest.attrs,
             )
             .and_then(|d| d.with_transport(raw_dest.transport.as_deref()))
+            .and_then(|d| d.with_capacity(raw_dest.priority, raw_dest.max_calls, raw_dest.max_cps))
             .map_err(|e| at(e.under(&format!("destinations[{index}]"))))?;
             destinations.push(destination);
         }
@@ -291,13 +292,25 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
             passive: raw_group.passive,
             max_retry_after_secs: raw_group.max_retry_after_secs,
             strict_source: raw_group.strict_source,
+            spill_threshold: raw_group.spill_threshold,
+            hash_bound: raw_group.hash_bound,
         };
         group.check().map_err(at)?;
         groups.push(group);
     }
+    let call_max_secs = raw.call_max_secs.unwrap_or(DEFAULT_CALL_MAX_SECS);
+    check_range(
+        origin,
+        "gateway.call_max_secs",
+        call_max_secs,
+        1,
+        7 * 86_400,
+        "seconds a call may last before it stops counting (default 14400, four hours)",
+    )?;
     Ok(GatewayConfig {
         groups,
         share_health: raw.share_health,
+        call_max_secs,
     })
 }
 

@@ -46,6 +46,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawGateway {
     pub(super) groups: Vec<RawGroup>,
     pub(super) share_health: ShareHealth,
+    pub(super) call_max_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +67,14 @@ pub(super) struct RawGroup {
     pub(super) max_retry_after_secs: u64,
     #[serde(default)]
     pub(super) strict_source: bool,
+    #[serde(default = "default_spill_threshold")]
+    pub(super) spill_threshold: u32,
+    #[serde(default)]
+    pub(super) hash_bound: Option<f64>,
+}
+
+pub(super) fn default_spill_threshold() -> u32 {
+    1
 }
 
 pub(super) fn default_max_retry_after() -> u64 {
@@ -84,6 +93,12 @@ pub(super) struct RawDestination {
     pub(super) attrs: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) transport: Option<String>,
+    #[serde(default)]
+    pub(super) priority: i32,
+    #[serde(default)]
+    pub(super) max_calls: Option<u32>,
+    #[serde(default)]
+    pub(super) max_cps: Option<f64>,
 }
 
 pub(super) fn default_weight() -> u32 {

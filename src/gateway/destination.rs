@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::proxy::capacity::Capacity;
 use crate::proxy::forward::{uri_protocol, Hop};
 use crate::sip::Protocol;
 
@@ -18,7 +19,7 @@ use crate::sip::Protocol;
 ///
 /// `uri` is the stable identity (hashing and script lookups use it); `address`
 /// is where packets go, resolved once at load so that no call waits on DNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Destination {
     pub uri: String,
     pub address: SocketAddr,
@@ -26,6 +27,12 @@ pub struct Destination {
     /// chosen first when no eligible destination has a positive weight.
     pub weight: u32,
     pub attrs: BTreeMap<String, String>,
+    /// Its tier: lower first; a higher tier takes calls only while the
+    /// lower ones cannot (down, full, paced or drained).
+    pub priority: i32,
+    /// Its calls, limits and drain, shared by every shard and by the
+    /// requests relayed to it (a reload keeps them for a uri that stays).
+    capacity: Arc<Capacity>,
     /// `uri` again, shared: a request's candidate list holds it without a copy.
     shared_uri: Arc<str>,
     /// Where requests and probes go: `address`, over the transport the uri
@@ -51,8 +58,35 @@ impl Destination {
             address,
             weight: 1,
             attrs: BTreeMap::new(),
+            priority: 0,
+            capacity: Arc::new(Capacity::default()),
             hop,
         }
+    }
+
+    /// Builder-style tier setter.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Builder-style limits (`max_calls`, `max_cps`).
+    pub fn with_limits(self, max_calls: Option<u32>, max_cps: Option<f64>) -> Self {
+        self.capacity.set_limits(max_calls, max_cps);
+        self
+    }
+
+    /// Its counters, limits and drain.
+    pub fn capacity(&self) -> &Arc<Capacity> {
+        &self.capacity
+    }
+
+    /// Takes over the counters and drain of `previous` (the same uri in a
+    /// group that replaces its own), keeping this one's limits.
+    pub fn adopt_capacity(&mut self, previous: &Destination) {
+        let (max_calls, max_cps) = (self.capacity.max_calls(), self.capacity.max_cps());
+        self.capacity = previous.capacity.clone();
+        self.capacity.set_limits(max_calls, max_cps);
     }
 
     /// Reached over `protocol` whatever the uri says (the config's
@@ -102,6 +136,28 @@ impl Destination {
         filter
             .iter()
             .all(|(key, value)| self.attrs.get(key) == Some(value))
+    }
+}
+
+/// Equal in what the config says (counters aside).
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        let limits = |d: &Destination| (d.capacity.max_calls(), d.capacity.max_cps());
+        (
+            &self.uri,
+            self.address,
+            self.weight,
+            &self.attrs,
+            self.priority,
+            &self.hop,
+        ) == (
+            &other.uri,
+            other.address,
+            other.weight,
+            &other.attrs,
+            other.priority,
+            &other.hop,
+        ) && limits(self) == limits(other)
     }
 }
 
@@ -271,6 +327,10 @@ pub struct Health {
     probe_healthy: bool,
     consecutive_failures: u32,
     failure_threshold: u32,
+    /// Probe successes in a row while probed down, and how many bring it
+    /// back (`probe.success_threshold`).
+    consecutive_successes: u32,
+    success_threshold: u32,
     held_down: bool,
     retry_after_until: Option<Instant>,
     last_latency: Option<Duration>,
@@ -357,6 +417,8 @@ impl Health {
             probe_healthy: true,
             consecutive_failures: 0,
             failure_threshold: failure_threshold.max(1),
+            consecutive_successes: 0,
+            success_threshold: 1,
             held_down: false,
             retry_after_until: None,
             last_latency: None,
@@ -584,8 +646,16 @@ impl Health {
     /// mark or a running Retry-After hold.
     pub fn record_success(&mut self, latency: Duration, now: Instant) -> Option<Transition> {
         self.consecutive_failures = 0;
-        self.probe_healthy = true;
         self.last_latency = Some(latency);
+        if !self.probe_healthy {
+            // A flapping backend must prove itself `success_threshold` times.
+            self.consecutive_successes = self.consecutive_successes.saturating_add(1);
+            if self.consecutive_successes < self.success_threshold {
+                return None;
+            }
+        }
+        self.consecutive_successes = 0;
+        self.probe_healthy = true;
         // An ejection ends on a probe success only once its time is up: a
         // backend that answers OPTIONS but fails calls stays out meanwhile.
         if self.ejection.is_some_and(|e| now >= e.until) {
@@ -604,6 +674,7 @@ impl Health {
         now: Instant,
     ) -> Option<Transition> {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.consecutive_successes = 0;
         if self.consecutive_failures >= self.failure_threshold {
             self.probe_healthy = false;
         }
@@ -720,6 +791,28 @@ impl Health {
     /// A new probe threshold (a reloaded group's), keeping the rest.
     pub fn set_failure_threshold(&mut self, failure_threshold: u32) {
         self.failure_threshold = failure_threshold.max(1);
+    }
+
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold
+    }
+
+    /// Probe successes in a row that bring it back from probed down.
+    pub fn set_success_threshold(&mut self, success_threshold: u32) {
+        self.success_threshold = success_threshold.max(1);
+    }
+
+    /// A Retry-After hold that is no failure: a paced trunk's 503 (its
+    /// `max_cps` exceeded) says "not now", not "broken". Returns the
+    /// transition to log.
+    pub fn record_pacing_hold(
+        &mut self,
+        reason: FailureReason,
+        hold: Duration,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.hold_for(hold, now);
+        self.report(now, TransitionReason::RetryAfter { hold, last: reason })
     }
 
     /// Whether a script/admin `mark_down` is in force.

@@ -12,6 +12,7 @@ use super::algorithm::{Algorithm, AnySelector, Selector};
 use super::destination::{
     Availability, Destination, FailureReason, Health, PassivePolicy, Transition, PEER_HOLD,
 };
+use super::tiers::{RankScratch, Tiers};
 
 /// What a group's actor publishes for the hot path: the destinations, and
 /// which of them may be chosen, as of the last change. Selection reads it
@@ -20,6 +21,10 @@ use super::destination::{
 #[derive(Debug, Clone)]
 pub struct GroupView {
     pub algorithm: Algorithm,
+    /// `hash_bound`, for the selectors shards make.
+    pub hash_bound: Option<f64>,
+    /// The tiers and spill rule every ranking applies.
+    pub tiers: std::sync::Arc<Tiers>,
     pub destinations: std::sync::Arc<[Destination]>,
     /// From when each destination may be chosen (see [`Health::up_from`]),
     /// so a hold that runs out needs no new view.
@@ -71,6 +76,29 @@ impl GroupView {
     pub fn find(&self, uri: &str) -> Option<usize> {
         self.destinations.iter().position(|d| d.uri == uri)
     }
+
+    /// A selector for this group, in its initial state.
+    pub fn new_selector(&self) -> AnySelector {
+        let mut selector = AnySelector::for_group(self.algorithm, self.hash_bound);
+        selector.prepare(&self.destinations);
+        selector
+    }
+
+    /// The destinations up and matching `attrs`, best first, by tier and
+    /// capacity (see [`Tiers`]), into `out`.
+    pub fn rank(
+        &self,
+        selector: &mut AnySelector,
+        (key, attrs): (Option<&[u8]>, Option<&BTreeMap<String, String>>),
+        now: Instant,
+        (eligible, scratch): (&mut Vec<usize>, &mut RankScratch),
+        out: &mut Vec<usize>,
+    ) {
+        self.fill_eligible(attrs, now, eligible);
+        let destinations = &self.destinations[..];
+        self.tiers
+            .rank(selector, (destinations, eligible), key, now, scratch, out);
+    }
 }
 
 /// The longest Retry-After hold honoured by default (`max_retry_after_secs`).
@@ -95,6 +123,9 @@ pub struct Group {
     eligible: Vec<usize>,
     /// Scratch: the last ranking, handed out by reference from [`Group::ranked`].
     ranking: Vec<usize>,
+    scratch: RankScratch,
+    tiers: std::sync::Arc<Tiers>,
+    hash_bound: Option<f64>,
     passive: PassivePolicy,
     /// Retry-After holds longer than this are cut to it, so that one forged
     /// or mistaken header cannot hold a backend down for years.
@@ -116,6 +147,7 @@ impl Group {
         let mut selector = AnySelector::new(algorithm);
         selector.prepare(&destinations);
         let capacity = destinations.len();
+        let destinations_for_tiers = destinations.clone();
         Group {
             name: name.into(),
             algorithm,
@@ -125,6 +157,9 @@ impl Group {
             filtered: Vec::new(),
             eligible: Vec::with_capacity(capacity),
             ranking: Vec::with_capacity(capacity),
+            scratch: RankScratch::default(),
+            tiers: std::sync::Arc::new(Tiers::new(&destinations_for_tiers, 1)),
+            hash_bound: None,
             passive: PassivePolicy::default(),
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
@@ -137,6 +172,24 @@ impl Group {
         self
     }
 
+    /// Sets the spill rule of its tiers and its `hash_bound`.
+    pub fn with_capacity_policy(mut self, spill_threshold: u32, hash_bound: Option<f64>) -> Self {
+        self.tiers = std::sync::Arc::new(Tiers::new(&self.destinations, spill_threshold));
+        self.hash_bound = hash_bound;
+        self.selector = AnySelector::for_group(self.algorithm, hash_bound);
+        self.selector.prepare(&self.destinations);
+        self.filtered.clear();
+        self
+    }
+
+    /// Sets how many probe successes in a row bring a destination back.
+    pub fn with_probe_policy(mut self, success_threshold: u32) -> Self {
+        for health in &mut self.health {
+            health.set_success_threshold(success_threshold);
+        }
+        self
+    }
+
     pub fn passive_policy(&self) -> &PassivePolicy {
         &self.passive
     }
@@ -145,6 +198,8 @@ impl Group {
     pub fn view(&self, now: Instant) -> GroupView {
         GroupView {
             algorithm: self.algorithm,
+            hash_bound: self.hash_bound,
+            tiers: self.tiers.clone(),
             destinations: self.destinations.clone(),
             up_from: self.health.iter().map(|h| h.up_from(now)).collect(),
             own_up_from: self
@@ -169,11 +224,21 @@ impl Group {
                 continue;
             };
             if let Some(old) = previous.health.get(index) {
-                let threshold = health.failure_threshold();
+                let (failures, successes) =
+                    (health.failure_threshold(), health.success_threshold());
                 *health = old.clone();
-                health.set_failure_threshold(threshold);
+                health.set_failure_threshold(failures);
+                health.set_success_threshold(successes);
             }
         }
+        // Calls in progress, the pace and a drain go on with the uri.
+        let mut destinations = self.destinations.to_vec();
+        for destination in &mut destinations {
+            if let Some(old) = previous.find(&destination.uri) {
+                destination.adopt_capacity(&previous.destinations[old]);
+            }
+        }
+        self.destinations = destinations.into();
     }
 
     pub fn name(&self) -> &str {
@@ -231,22 +296,13 @@ impl Group {
         attrs: Option<&BTreeMap<String, String>>,
         now: Instant,
     ) -> Option<usize> {
-        self.fill_eligible(attrs, now);
-        let selector = Self::selector_in(
-            (&mut self.selector, &mut self.filtered),
-            (self.algorithm, &self.destinations),
-            attrs,
-        );
-        let chosen = selector.pick(&self.destinations, &self.eligible, key)?;
-        if let Some(health) = self.health.get_mut(chosen) {
-            health.record_selection();
-        }
-        Some(chosen)
+        self.ranked(key, attrs, now).first().copied()
     }
 
     /// Every destination that is up and matches `attrs`: the first choice,
-    /// then the order to fail over in. Counts one selection for the first
-    /// (this is a selection, so rotating algorithms advance). Empty when none.
+    /// then the order to fail over in, by tier and capacity (see
+    /// [`Tiers`]). Counts one selection for the first (this is a
+    /// selection, so rotating algorithms advance). Empty when none.
     pub fn ranked(
         &mut self,
         key: Option<&[u8]>,
@@ -256,10 +312,17 @@ impl Group {
         self.fill_eligible(attrs, now);
         let selector = Self::selector_in(
             (&mut self.selector, &mut self.filtered),
-            (self.algorithm, &self.destinations),
+            (self.algorithm, self.hash_bound, &self.destinations),
             attrs,
         );
-        selector.rank(&self.destinations, &self.eligible, key, &mut self.ranking);
+        self.tiers.rank(
+            selector,
+            (&self.destinations, &self.eligible),
+            key,
+            now,
+            &mut self.scratch,
+            &mut self.ranking,
+        );
         if let Some(health) = self
             .ranking
             .first()
@@ -332,6 +395,20 @@ impl Group {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
+        // A paced trunk's 503 with a Retry-After within bounds holds it out
+        // for that long without counting toward ejection.
+        let paced = self
+            .destinations
+            .get(index)
+            .is_some_and(|d| d.capacity().max_cps().is_some());
+        if let (true, Some(hold)) = (paced, retry_after) {
+            if hold <= self.max_retry_after {
+                return self
+                    .health
+                    .get_mut(index)?
+                    .record_pacing_hold(reason, hold, now);
+            }
+        }
         let retry_after = self.capped(retry_after);
         // By this node's own verdict: a destination peers hold out is still
         // what selection falls back to.
@@ -413,7 +490,7 @@ impl Group {
     /// on first use while there is room.
     fn selector_in<'a>(
         (shared, filtered): (&'a mut AnySelector, &'a mut FilteredSelectors),
-        (algorithm, destinations): (Algorithm, &[Destination]),
+        (algorithm, hash_bound, destinations): (Algorithm, Option<f64>, &[Destination]),
         attrs: Option<&BTreeMap<String, String>>,
     ) -> &'a mut AnySelector {
         const MAX_FILTERS: usize = 32;
@@ -424,7 +501,7 @@ impl Group {
         let index = match found {
             Some(index) => index,
             None if filtered.len() < MAX_FILTERS => {
-                let mut selector = AnySelector::new(algorithm);
+                let mut selector = AnySelector::for_group(algorithm, hash_bound);
                 selector.prepare(destinations);
                 filtered.push((filter.clone(), selector));
                 filtered.len() - 1
@@ -817,5 +894,94 @@ mod tests {
         // Back with a clean slate: one failure does not eject it again.
         assert!(fail_passively(&mut group, 0, 1, back).is_empty());
         assert!(group.is_up(0, back));
+    }
+
+    #[test]
+    fn a_paced_destinations_503_holds_it_without_counting_toward_ejection() {
+        let now = Instant::now();
+        let paced = vec![
+            destination(1, 1, "a").with_limits(None, Some(1.0)),
+            destination(2, 1, "a"),
+        ];
+        let mut group = Group::new("trunks", Algorithm::Weighted, paced, 3).with_health_policy(
+            PassivePolicy {
+                failure_threshold: 1,
+                ..PassivePolicy::default()
+            },
+            Duration::from_secs(60),
+        );
+        let hold = Some(Duration::from_secs(2));
+        let status = FailureReason::Status(503);
+        assert!(group
+            .record_passive_failure(0, status.clone(), hold, now)
+            .is_some());
+        assert!(
+            !group.is_up(0, now + Duration::from_secs(1)),
+            "held for 2 s"
+        );
+        assert!(group.is_up(0, now + Duration::from_secs(2)));
+        assert_eq!(group.health(0).unwrap().passive_failures(), 0, "no failure");
+        assert!(!group
+            .health(0)
+            .unwrap()
+            .ejected(now + Duration::from_secs(2)));
+        // A Retry-After longer than max_retry_after_secs is a failure as ever.
+        let long = Some(Duration::from_secs(600));
+        group.record_passive_failure(0, status.clone(), long, now);
+        assert_eq!(group.health(0).unwrap().passive_failures(), 1);
+        // Without max_cps a 503 with Retry-After counts.
+        group.record_passive_failure(1, status, hold, now);
+        assert_eq!(group.health(1).unwrap().passive_failures(), 1);
+    }
+
+    #[test]
+    fn success_threshold_probes_in_a_row_bring_a_destination_back() {
+        let now = Instant::now();
+        let mut group = three(Algorithm::Weighted).with_probe_policy(3);
+        let timeout = FailureReason::Timeout;
+        for _ in 0..3 {
+            group.record_failure(0, timeout.clone(), None, now);
+        }
+        assert!(!group.is_up(0, now));
+        let ms = Duration::from_millis(5);
+        assert!(group.record_success(0, ms, now).is_none());
+        assert!(group.record_success(0, ms, now).is_none());
+        group.record_failure(0, timeout.clone(), None, now);
+        assert!(
+            group.record_success(0, ms, now).is_none(),
+            "a failure starts over"
+        );
+        assert!(group.record_success(0, ms, now).is_none());
+        assert!(group.record_success(0, ms, now).is_some());
+        assert!(group.is_up(0, now));
+    }
+
+    #[test]
+    fn a_replaced_group_keeps_the_calls_and_drain_of_the_uris_that_remain() {
+        let old = three(Algorithm::LeastCalls);
+        let _call = old.destinations()[1]
+            .capacity()
+            .reserve(Instant::now())
+            .unwrap();
+        old.destinations()[2].capacity().set_draining(true);
+        let mut new = Group::new(
+            "backends",
+            Algorithm::LeastCalls,
+            vec![
+                destination(2, 1, "us-west").with_limits(Some(5), None),
+                destination(3, 1, "us-east"),
+                destination(4, 1, "us-east"),
+            ],
+            3,
+        );
+        new.adopt_health(&old);
+        let capacity = new.destinations()[0].capacity();
+        assert_eq!(capacity.calls_in_use(), 1);
+        assert_eq!(capacity.max_calls(), Some(5), "the new limit applies");
+        assert!(new.destinations()[1].capacity().is_draining());
+        assert_eq!(new.destinations()[2].capacity().calls_in_use(), 0);
+        // One set of counters: a call ending in the old group counts here.
+        drop(_call);
+        assert_eq!(capacity.calls_in_use(), 0);
     }
 }

@@ -18,6 +18,7 @@ pub mod destination;
 pub mod group;
 pub mod registry;
 pub mod share;
+pub mod tiers;
 
 pub use algorithm::{new_selector, Algorithm, AnySelector, Selector, UnknownAlgorithm};
 pub use destination::{

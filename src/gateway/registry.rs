@@ -109,6 +109,10 @@ impl SharedGroup {
         let group = self.lock();
         for (index, metrics) in self.metrics.iter().enumerate() {
             metrics.up.set(i64::from(group.is_up(index, now)));
+            if let Some(destination) = group.destination(index) {
+                let calls = destination.capacity().active_calls();
+                metrics.active_calls.set(i64::from(calls));
+            }
         }
     }
 

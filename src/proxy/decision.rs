@@ -71,6 +71,9 @@ pub struct RelayCandidate {
     /// so its group wants to hear of a success (otherwise successes are
     /// not reported: the common case costs no message).
     pub report_success: bool,
+    /// The destination's call counters and limits: an INVITE takes a slot
+    /// there when its branch opens (None: a place that is no destination).
+    pub capacity: Option<Arc<crate::proxy::capacity::Capacity>>,
 }
 
 /// When a gateway relay moves on to the next candidate (per group config).

@@ -3,6 +3,7 @@
 //! the timers. The transaction shard (`actors::transaction`) feeds the
 //! engine and carries out what it returns; nothing here does I/O.
 
+pub mod capacity;
 pub mod decision;
 pub mod dns;
 pub mod engine;

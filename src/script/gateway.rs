@@ -22,7 +22,8 @@ use crate::config::{
     DEFAULT_MAX_RETRY_AFTER_SECS,
 };
 use crate::gateway::group::GroupView;
-use crate::gateway::{Algorithm, AnySelector, Destination, Gateways, Selector, SharedGroup};
+use crate::gateway::tiers::RankScratch;
+use crate::gateway::{Algorithm, AnySelector, Destination, Gateways, SharedGroup};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, RelayCandidate};
 use crate::proxy::fast_hash::FastMap;
 
@@ -52,6 +53,7 @@ const SELECTORS_KEPT: usize = 64;
 struct Selectors {
     by_group: FastMap<u64, AnySelector>,
     eligible: Vec<usize>,
+    scratch: RankScratch,
     ranking: Vec<usize>,
 }
 
@@ -71,16 +73,15 @@ fn rank(
         {
             selectors.by_group.clear();
         }
-        let selector = selectors.by_group.entry(shared.id()).or_insert_with(|| {
-            let mut selector = AnySelector::new(view.algorithm);
-            selector.prepare(&view.destinations);
-            selector
-        });
-        view.fill_eligible(attrs, std::time::Instant::now(), &mut selectors.eligible);
-        selector.rank(
-            &view.destinations,
-            &selectors.eligible,
-            key,
+        let selector = selectors
+            .by_group
+            .entry(shared.id())
+            .or_insert_with(|| view.new_selector());
+        view.rank(
+            selector,
+            (key, attrs),
+            std::time::Instant::now(),
+            (&mut selectors.eligible, &mut selectors.scratch),
             &mut selectors.ranking,
         );
         let candidates = selectors
@@ -150,6 +151,7 @@ fn candidate(view: &GroupView, index: usize) -> Option<RelayCandidate> {
         uri: destination.shared_uri().clone(),
         hop: destination.hop().clone(),
         report_success: view.has_passive_failures(index),
+        capacity: Some(destination.capacity().clone()),
     })
 }
 
@@ -181,6 +183,18 @@ pub struct PyDestination {
     healthy: bool,
     #[pyo3(get)]
     group: String,
+    /// Its tier (lower first).
+    #[pyo3(get)]
+    priority: i32,
+    /// Calls established through it when the snapshot was taken.
+    #[pyo3(get)]
+    active_calls: u32,
+    #[pyo3(get)]
+    max_calls: Option<u32>,
+    #[pyo3(get)]
+    max_cps: Option<f64>,
+    #[pyo3(get)]
+    draining: bool,
 }
 
 impl PyDestination {
@@ -192,6 +206,11 @@ impl PyDestination {
             attrs: destination.attrs.clone(),
             healthy,
             group: group.to_string(),
+            priority: destination.priority,
+            active_calls: destination.capacity().active_calls(),
+            max_calls: destination.capacity().max_calls(),
+            max_cps: destination.capacity().max_cps(),
+            draining: destination.capacity().is_draining(),
         }
     }
 }
@@ -237,6 +256,15 @@ pub(super) struct GatewayApi {
 impl GatewayApi {
     pub(super) fn new(service: Arc<GatewayService>) -> Self {
         GatewayApi { service }
+    }
+
+    fn set_drain(&self, group: &str, uri: &str, draining: bool) -> bool {
+        let known = self.service.drain(group, uri, draining, "script").is_some();
+        if !known {
+            let verb = if draining { "drain" } else { "undrain" };
+            tracing::warn!(target: "siphon::script", group = %group, uri = %uri, "gateway.{verb}: unknown group or uri");
+        }
+        known
     }
 
     fn mark(&self, group: &str, uri: &str, down: bool) -> bool {
@@ -304,10 +332,22 @@ impl GatewayApi {
         self.mark(group, uri, false)
     }
 
+    /// Drains `uri`: it takes no new requests (its hash keys go to their
+    /// next choice) while its calls and their in-dialog requests go on.
+    /// False when the group or the uri is unknown.
+    fn drain(&self, group: &str, uri: &str) -> bool {
+        self.set_drain(group, uri, true)
+    }
+
+    /// Ends a drain. False when the group or the uri is unknown.
+    fn undrain(&self, group: &str, uri: &str) -> bool {
+        self.set_drain(group, uri, false)
+    }
+
     /// Adds (or replaces) a group; `destinations` are dicts with the config's
     /// keys (`uri`, `address`, `weight`, `attrs`), `probe` a dict with the
     /// config's probe keys. Raises ValueError naming the bad key.
-    #[pyo3(signature = (name, destinations, algorithm="weighted", probe=None, failover=None, passive=None, max_retry_after_secs=None))]
+    #[pyo3(signature = (name, destinations, algorithm="weighted", probe=None, failover=None, passive=None, max_retry_after_secs=None, spill_threshold=1, hash_bound=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_group(
         &self,
@@ -318,11 +358,15 @@ impl GatewayApi {
         failover: Option<Bound<'_, PyAny>>,
         passive: Option<Bound<'_, PyAny>>,
         max_retry_after_secs: Option<u64>,
+        spill_threshold: u32,
+        hash_bound: Option<f64>,
     ) -> PyResult<()> {
         let policies = GroupPolicies {
             failover: failover.as_ref(),
             passive: passive.as_ref(),
             max_retry_after_secs,
+            spill_threshold,
+            hash_bound,
         };
         let config = group_config(name, &destinations, algorithm, probe.as_ref(), policies)
             .map_err(|message| PyValueError::new_err(format!("add_group({name:?}): {message}")))?;
@@ -360,7 +404,16 @@ impl GatewayApi {
 }
 
 /// The keys a destination dict may have, as in the config.
-const DESTINATION_KEYS: [&str; 5] = ["uri", "address", "weight", "attrs", "transport"];
+const DESTINATION_KEYS: [&str; 8] = [
+    "uri",
+    "address",
+    "weight",
+    "attrs",
+    "transport",
+    "priority",
+    "max_calls",
+    "max_cps",
+];
 /// The keys a failover dict may have, as in the config.
 const FAILOVER_KEYS: [&str; 4] = ["enabled", "no_response_ms", "on_codes", "max_attempts"];
 /// The keys a passive dict may have, as in the config.
@@ -371,6 +424,8 @@ struct GroupPolicies<'a, 'py> {
     failover: Option<&'a Bound<'py, PyAny>>,
     passive: Option<&'a Bound<'py, PyAny>>,
     max_retry_after_secs: Option<u64>,
+    spill_threshold: u32,
+    hash_bound: Option<f64>,
 }
 
 /// A dict argument with only `known` keys, or None when absent.
@@ -417,11 +472,14 @@ fn passive_config(value: Option<&Bound<'_, PyAny>>) -> Result<PassiveConfig, Str
 }
 
 /// The keys a probe dict may have, as in the config.
-const PROBE_KEYS: [&str; 4] = [
+const PROBE_KEYS: [&str; 7] = [
     "enabled",
     "interval_secs",
     "failure_threshold",
     "timeout_ms",
+    "reply_codes",
+    "success_threshold",
+    "from",
 ];
 
 /// Checks `add_group`'s arguments with the config's rules. The error names
@@ -468,6 +526,8 @@ fn group_config(
             .max_retry_after_secs
             .unwrap_or(DEFAULT_MAX_RETRY_AFTER_SECS),
         strict_source: false,
+        spill_threshold: policies.spill_threshold,
+        hash_bound: policies.hash_bound,
     };
     config.check().map_err(|e| e.to_string())?;
     Ok(config)
@@ -481,12 +541,16 @@ struct Unresolved {
     weight: u32,
     attrs: BTreeMap<String, String>,
     transport: Option<String>,
+    priority: i32,
+    max_calls: Option<u32>,
+    max_cps: Option<f64>,
 }
 
 impl Unresolved {
     fn resolve(self) -> Result<DestinationConfig, String> {
         DestinationConfig::resolve(&self.uri, self.address.as_deref(), self.weight, self.attrs)
             .and_then(|d| d.with_transport(self.transport.as_deref()))
+            .and_then(|d| d.with_capacity(self.priority, self.max_calls, self.max_cps))
             .map_err(|e| format!("{}.{}: {}", self.at, e.key, e.message))
     }
 }
@@ -500,6 +564,9 @@ fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<Unresolved, S
     let address: Option<String> = optional(dict, "address", at)?;
     let weight: u32 = optional(dict, "weight", at)?.unwrap_or(1);
     let transport: Option<String> = optional(dict, "transport", at)?;
+    let priority: i32 = optional(dict, "priority", at)?.unwrap_or(0);
+    let max_calls: Option<u32> = optional(dict, "max_calls", at)?;
+    let max_cps: Option<f64> = optional(dict, "max_cps", at)?;
     let attrs = match dict
         .get_item("attrs")
         .map_err(|e| format!("{at}.attrs: {e}"))?
@@ -516,6 +583,9 @@ fn destination_config(item: &Bound<'_, PyAny>, at: &str) -> Result<Unresolved, S
         weight,
         attrs,
         transport,
+        priority,
+        max_calls,
+        max_cps,
     })
 }
 
@@ -532,6 +602,10 @@ fn probe_config(value: &Bound<'_, PyAny>) -> Result<ProbeConfig, String> {
         failure_threshold: optional(dict, "failure_threshold", at)?
             .unwrap_or(defaults.failure_threshold),
         timeout_ms: optional(dict, "timeout_ms", at)?,
+        reply_codes: optional(dict, "reply_codes", at)?,
+        success_threshold: optional(dict, "success_threshold", at)?
+            .unwrap_or(defaults.success_threshold),
+        from: optional(dict, "from", at)?,
     })
 }
 
@@ -635,6 +709,8 @@ mod tests {
                 failover: None,
                 passive: None,
                 max_retry_after_secs: None,
+                spill_threshold: 1,
+                hash_bound: None,
             };
             group_config(" g ", &destinations, algorithm, Some(&probe), policies)
         })
@@ -747,7 +823,17 @@ mod tests {
             r#"[{"uri": "sip:one.example.com", "address": "127.0.0.1:6001", "attrs": {"zone": "a"}},
                 {"uri": "sip:two.example.com", "address": "127.0.0.1:6002", "weight": 2}]"#,
             |destinations| {
-                api.add_group(group, destinations.clone(), "hash", None, None, None, None)
+                api.add_group(
+                    group,
+                    destinations.clone(),
+                    "hash",
+                    None,
+                    None,
+                    None,
+                    None,
+                    1,
+                    None,
+                )
             },
         )
         .expect("added");

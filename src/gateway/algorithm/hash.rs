@@ -96,9 +96,53 @@ pub struct HashSelector {
     uri_seeds: Vec<u64>,
     scored: Vec<(f64, u64, usize)>,
     fallback: SmoothWeighted,
+    /// `hash_bound`: a key passes over a destination loaded past this many
+    /// times the mean calls per weight (consistent hashing with bounded
+    /// loads); None keeps pure HRW.
+    bound: Option<f64>,
+    /// Scratch: the ranking when `pick` needs one.
+    ranked: Vec<usize>,
 }
 
 impl HashSelector {
+    /// A selector whose keys move past a destination loaded over `bound`
+    /// times the mean calls per weight, and only then.
+    pub fn bounded(bound: Option<f64>) -> Self {
+        HashSelector {
+            bound,
+            ..HashSelector::default()
+        }
+    }
+
+    /// Moves the destinations over the bound after those under it, each
+    /// part in HRW order. The capacity of destination `i` is
+    /// `bound × (calls + 1) × weight_i / total weight`, so that an idle
+    /// group keeps every key on its first choice.
+    fn apply_bound(bound: f64, group: &[Destination], ranking: &mut [usize]) {
+        let (calls, weight) = ranking.iter().filter_map(|&index| group.get(index)).fold(
+            (0u64, 0u64),
+            |(calls, weight), d| {
+                (
+                    calls + u64::from(d.capacity().calls_in_use()),
+                    weight + u64::from(d.weight),
+                )
+            },
+        );
+        if weight == 0 {
+            return;
+        }
+        let per_weight = bound * (calls + 1) as f64 / weight as f64;
+        let under = |index: &usize| {
+            group.get(*index).is_some_and(|d| {
+                f64::from(d.capacity().calls_in_use()) < per_weight * f64::from(d.weight)
+            })
+        };
+        // A stable partition: under the bound first.
+        let mut sorted: Vec<usize> = ranking.iter().copied().filter(under).collect();
+        sorted.extend(ranking.iter().copied().filter(|i| !under(i)));
+        ranking.copy_from_slice(&sorted);
+    }
+
     fn fit(&mut self, group: &[Destination]) {
         if self.uri_seeds.len() != group.len() {
             self.uri_seeds.clear();
@@ -137,6 +181,13 @@ impl Selector for HashSelector {
         let Some(key) = key else {
             return self.fallback.pick(group, eligible, None);
         };
+        if self.bound.is_some() {
+            let mut ranked = std::mem::take(&mut self.ranked);
+            self.rank(group, eligible, Some(key), &mut ranked);
+            let first = ranked.first().copied();
+            self.ranked = ranked;
+            return first;
+        }
         self.fit(group);
         let hashed = selection_key_hash(key);
         eligible
@@ -170,6 +221,9 @@ impl Selector for HashSelector {
         out.clear();
         out.extend(scored.iter().map(|&(_, _, index)| index));
         self.scored = scored;
+        if let Some(bound) = self.bound {
+            Self::apply_bound(bound, group, out);
+        }
     }
 }
 
@@ -458,4 +512,53 @@ mod tests {
         "sip:backend1.example.com:5060", // dave
         "sip:backend2.example.com:5060", // erin
     ];
+
+    #[test]
+    fn a_bound_moves_a_key_only_while_its_first_choice_is_over_it() {
+        let group = test_group(&[1, 1, 1, 1]);
+        let mut plain = HashSelector::default();
+        let mut bounded = HashSelector::bounded(Some(1.25));
+        plain.prepare(&group);
+        bounded.prepare(&group);
+        let key = b"sip:hot@example.com";
+        let mut hrw = Vec::new();
+        plain.rank(&group, &[0, 1, 2, 3], Some(key), &mut hrw);
+        // Idle: the bound changes nothing.
+        assert_eq!(bounded.pick(&group, &[0, 1, 2, 3], Some(key)), Some(hrw[0]));
+        // Ten calls on the first choice, none elsewhere: 10 is past
+        // 1.25 × (10 + 1) / 4, so the key goes to its second choice.
+        let held: Vec<_> = (0..10)
+            .map(|_| {
+                group[hrw[0]]
+                    .capacity()
+                    .reserve(std::time::Instant::now())
+                    .unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        bounded.rank(&group, &[0, 1, 2, 3], Some(key), &mut out);
+        assert_eq!(out, [hrw[1], hrw[2], hrw[3], hrw[0]]);
+        // Unbounded: as ever.
+        assert_eq!(plain.pick(&group, &[0, 1, 2, 3], Some(key)), Some(hrw[0]));
+        drop(held);
+        assert_eq!(
+            bounded.pick(&group, &[0, 1, 2, 3], Some(key)),
+            Some(hrw[0]),
+            "back"
+        );
+    }
+
+    #[test]
+    fn without_a_bound_every_key_maps_as_before() {
+        let group = test_group(&[3, 1, 2]);
+        let mut plain = HashSelector::default();
+        let mut unbounded = HashSelector::bounded(None);
+        for n in 0..2000 {
+            let key = key(n);
+            assert_eq!(
+                plain.pick(&group, &[0, 1, 2], Some(key.as_bytes())),
+                unbounded.pick(&group, &[0, 1, 2], Some(key.as_bytes()))
+            );
+        }
+    }
 }

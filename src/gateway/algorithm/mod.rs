@@ -6,10 +6,12 @@
 //! is what a group stores.
 
 mod hash;
+mod least_calls;
 mod round_robin;
 mod weighted;
 
 pub use hash::{destination_score_input, uri_seed, HashSelector, KEY_SEED};
+pub use least_calls::LeastCalls;
 pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 
@@ -63,6 +65,8 @@ pub enum Algorithm {
     RoundRobin,
     /// Weighted rendezvous hashing of the key; smooth weighted without a key.
     Hash,
+    /// The fewest calls per weight; ties by smooth weighted rotation.
+    LeastCalls,
 }
 
 impl Algorithm {
@@ -72,8 +76,17 @@ impl Algorithm {
             Algorithm::Weighted => "weighted",
             Algorithm::RoundRobin => "round_robin",
             Algorithm::Hash => "hash",
+            Algorithm::LeastCalls => "least_calls",
         }
     }
+
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Weighted,
+        Algorithm::RoundRobin,
+        Algorithm::Hash,
+        Algorithm::LeastCalls,
+    ];
 }
 
 impl fmt::Display for Algorithm {
@@ -84,7 +97,7 @@ impl fmt::Display for Algorithm {
 
 /// An algorithm name that is not one of `weighted`, `round_robin`, `hash`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown algorithm {0:?}: expected weighted, round_robin or hash")]
+#[error("unknown algorithm {0:?}: expected weighted, round_robin, hash or least_calls")]
 pub struct UnknownAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -95,6 +108,7 @@ impl FromStr for Algorithm {
             "weighted" => Ok(Algorithm::Weighted),
             "round_robin" => Ok(Algorithm::RoundRobin),
             "hash" => Ok(Algorithm::Hash),
+            "least_calls" => Ok(Algorithm::LeastCalls),
             other => Err(UnknownAlgorithm(other.to_string())),
         }
     }
@@ -106,6 +120,7 @@ pub enum AnySelector {
     Weighted(SmoothWeighted),
     RoundRobin(RoundRobin),
     Hash(HashSelector),
+    LeastCalls(LeastCalls),
 }
 
 impl AnySelector {
@@ -114,6 +129,15 @@ impl AnySelector {
             Algorithm::Weighted => AnySelector::Weighted(SmoothWeighted::default()),
             Algorithm::RoundRobin => AnySelector::RoundRobin(RoundRobin::default()),
             Algorithm::Hash => AnySelector::Hash(HashSelector::default()),
+            Algorithm::LeastCalls => AnySelector::LeastCalls(LeastCalls::default()),
+        }
+    }
+
+    /// The selector of a group with `algorithm` and `hash_bound`.
+    pub fn for_group(algorithm: Algorithm, hash_bound: Option<f64>) -> Self {
+        match (algorithm, hash_bound) {
+            (Algorithm::Hash, Some(_)) => AnySelector::Hash(HashSelector::bounded(hash_bound)),
+            _ => AnySelector::new(algorithm),
         }
     }
 
@@ -122,6 +146,7 @@ impl AnySelector {
             AnySelector::Weighted(_) => Algorithm::Weighted,
             AnySelector::RoundRobin(_) => Algorithm::RoundRobin,
             AnySelector::Hash(_) => Algorithm::Hash,
+            AnySelector::LeastCalls(_) => Algorithm::LeastCalls,
         }
     }
 }
@@ -137,6 +162,7 @@ impl Selector for AnySelector {
             AnySelector::Weighted(selector) => selector.prepare(group),
             AnySelector::RoundRobin(selector) => selector.prepare(group),
             AnySelector::Hash(selector) => selector.prepare(group),
+            AnySelector::LeastCalls(selector) => selector.prepare(group),
         }
     }
 
@@ -150,6 +176,7 @@ impl Selector for AnySelector {
             AnySelector::Weighted(selector) => selector.pick(group, eligible, key),
             AnySelector::RoundRobin(selector) => selector.pick(group, eligible, key),
             AnySelector::Hash(selector) => selector.pick(group, eligible, key),
+            AnySelector::LeastCalls(selector) => selector.pick(group, eligible, key),
         }
     }
 
@@ -164,6 +191,7 @@ impl Selector for AnySelector {
             AnySelector::Weighted(selector) => selector.rank(group, eligible, key, out),
             AnySelector::RoundRobin(selector) => selector.rank(group, eligible, key, out),
             AnySelector::Hash(selector) => selector.rank(group, eligible, key, out),
+            AnySelector::LeastCalls(selector) => selector.rank(group, eligible, key, out),
         }
     }
 }
@@ -188,7 +216,7 @@ mod tests {
 
     #[test]
     fn algorithm_names_round_trip() {
-        for algorithm in [Algorithm::Weighted, Algorithm::RoundRobin, Algorithm::Hash] {
+        for algorithm in Algorithm::ALL {
             assert_eq!(algorithm.as_str().parse::<Algorithm>(), Ok(algorithm));
             assert_eq!(AnySelector::new(algorithm).algorithm(), algorithm);
         }
@@ -202,7 +230,7 @@ mod tests {
     #[test]
     fn every_selector_handles_empty_and_out_of_range_eligible() {
         let group = test_group(&[1, 1]);
-        for algorithm in [Algorithm::Weighted, Algorithm::RoundRobin, Algorithm::Hash] {
+        for algorithm in Algorithm::ALL {
             let mut selector = new_selector(algorithm);
             selector.prepare(&group);
             let mut out = vec![42];

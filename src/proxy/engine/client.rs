@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::proxy::capacity::CallSlot;
 use crate::proxy::forward::Hop;
 use crate::sip::Method;
 
@@ -70,6 +71,9 @@ pub struct ClientTx {
     /// The caller's connection (TCP, TLS, WS), for a 2xx retransmission
     /// that outlives the server transaction: its Via does not lead back.
     pub caller_flow: Option<Hop>,
+    /// An INVITE's slot at its gateway destination: it becomes a call on a
+    /// 2xx, and is given back on any other end of the branch.
+    pub call_slot: Option<CallSlot>,
 }
 
 impl ClientTx {
@@ -107,6 +111,7 @@ impl ClientTx {
             udp_fallback: None,
             caller_flow: None,
             no_response: None,
+            call_slot: None,
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum Candidate {
     /// connection that has closed, and [`Candidate::TRANSPORT_ERROR`] for a
     /// branch whose connection failed.
     Local(u16, &'static str),
+    /// Every gateway candidate left was full, paced or drained: a 503
+    /// with this Retry-After (seconds), made here.
+    Full(u64),
 }
 
 impl Candidate {
@@ -30,6 +33,7 @@ impl Candidate {
         match self {
             Candidate::Response(msg) => msg.status().unwrap_or(500),
             Candidate::Local(code, _) => *code,
+            Candidate::Full(_) => 503,
         }
     }
 }
@@ -43,6 +47,8 @@ pub enum Best {
     },
     /// Answer with a response of our own (a 408 or 430).
     Local(u16, &'static str),
+    /// Answer 503 with this Retry-After: no destination could take it.
+    Full(u64),
 }
 
 /// Response codes that tell the client how to resubmit, preferred within
@@ -84,7 +90,7 @@ impl ResponseContext {
         let codes: Vec<u16> = self.finals.iter().map(Candidate::code).collect();
         match self.finals.get(choose(&codes)?)? {
             Candidate::Response(msg) => Some(msg.clone()),
-            Candidate::Local(..) => None,
+            Candidate::Local(..) | Candidate::Full(_) => None,
         }
     }
 
@@ -96,6 +102,7 @@ impl ResponseContext {
         let candidate = self.finals.swap_remove(chosen);
         let best = match candidate {
             Candidate::Local(code, reason) => Best::Local(code, reason),
+            Candidate::Full(retry_after) => Best::Full(retry_after),
             Candidate::Response(msg) => {
                 let challenges = if matches!(codes[chosen], 401 | 407) {
                     self.challenges()

@@ -122,6 +122,8 @@ impl Run {
                 seals: crate::proxy::seal::DialogSeals::new(b"fuzz", None),
                 accept_unsealed: false,
                 udp_max_request_bytes: 1300,
+                call_max: Duration::from_secs(4 * 3600),
+                max_tracked_calls: 1000,
             }),
             now: Instant::now(),
             pending: Vec::new(),
@@ -159,7 +161,11 @@ impl Run {
                     protocol: run.protocol,
                     preroute: run.preroute,
                 }),
-                Output::ProbeDone { .. } | Output::Health(_) | Output::Failover(_) => {}
+                Output::ProbeDone { .. }
+                | Output::Health(_)
+                | Output::Failover(_)
+                | Output::GatewayFull { .. }
+                | Output::CallCollected(_) => {}
             }
         }
     }
@@ -282,6 +288,7 @@ impl Run {
                             uri: Arc::from(format!("sip:{host}").as_str()),
                             hop: Hop::new(addr.parse().unwrap(), Protocol::Udp),
                             report_success: self.rng.chance(50),
+                            capacity: None,
                         });
                     }
                 }
@@ -431,6 +438,7 @@ impl Run {
             hop,
             strict_source: self.rng.chance(50),
             give_up: Duration::from_millis(*self.rng.pick(&[100, 2_000, 60_000])),
+            from: None,
         };
         self.engine
             .start_probe(self.now, id, "sip:backend1.example", target, "probe-call");

@@ -39,6 +39,7 @@ use self::branch::{
 use self::client::{CancelTx, ClientState, ClientTx, Owner, SentMethod};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
+use crate::proxy::capacity::{ActiveCalls, CallSlot, Collected, Refusal};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, Preroute, RelayFailure};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::flow::TokenKind;
@@ -95,6 +96,7 @@ fn dns_failover(target: &str, first: Hop, alternates: Vec<Hop>, timeout: Duratio
                 uri: uri.clone(),
                 hop,
                 report_success: false,
+                capacity: None,
             })
             .collect(),
     }
@@ -125,6 +127,10 @@ pub struct EngineConfig {
     pub accept_unsealed: bool,
     /// `limits.udp_max_request_bytes` (0: never leave UDP for size).
     pub udp_max_request_bytes: usize,
+    /// `gateway.call_max_secs`: a call no BYE ends is collected after it.
+    pub call_max: Duration,
+    /// The most calls this shard counts at once.
+    pub max_tracked_calls: usize,
 }
 
 /// The Retry-After of a 503 sent because the transaction table is full.
@@ -163,6 +169,10 @@ pub enum Output<F> {
     /// Every branch failed: run `@proxy.on_failure`; answer with
     /// [`Engine::handle_decision`] (no action sends the best response).
     RunFailure(FailureRun),
+    /// Every candidate of this group left was full, paced or drained.
+    GatewayFull { group: Arc<str> },
+    /// A call no BYE ended stopped counting after `call_max`.
+    CallCollected(Collected),
 }
 
 /// A relay outcome for a destination's passive health.
@@ -224,6 +234,8 @@ pub struct ProbeTarget {
     pub strict_source: bool,
     /// How long the prober waits for it.
     pub give_up: Duration,
+    /// Its From URI (`probe.from`); None: `sip:siphon@` our address.
+    pub from: Option<Arc<str>>,
 }
 
 /// The result of one probe: the final status, or None when it timed out.
@@ -264,6 +276,8 @@ struct BranchPlan<'a> {
     /// The next hop's URI does not pin `transport=udp`: a request too
     /// large for UDP may go over TCP instead (§18.1.1).
     may_leave_udp: bool,
+    /// An INVITE's slot at its gateway destination, for its branch to hold.
+    call_slot: Option<CallSlot>,
 }
 
 /// The transaction engine of one shard.
@@ -295,6 +309,8 @@ pub struct Engine<F> {
     /// Whether we listen on each protocol at all: our Via must name a
     /// listener of the protocol a request leaves by.
     listening: [bool; Protocol::ALL.len()],
+    /// Calls to gateway destinations from their 2xx to their BYE.
+    calls: ActiveCalls,
 }
 
 impl<F: Clone> Engine<F> {
@@ -334,6 +350,11 @@ impl<F: Clone> Engine<F> {
             only_listener: Protocol::ALL.map(only),
             listening: Protocol::ALL.map(|p| listeners.iter().any(|l| l.protocol == p)),
             tokens: BranchTokens::new(config.branch_secret),
+            calls: ActiveCalls::new(
+                config.branch_secret[1],
+                config.call_max,
+                config.max_tracked_calls,
+            ),
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),
@@ -354,7 +375,16 @@ impl<F: Clone> Engine<F> {
 
     /// When the engine next wants [`Engine::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_due()
+        let calls = self.calls.next_deadline();
+        match (self.timers.next_due(), calls) {
+            (Some(timer), Some(calls)) => Some(timer.min(calls)),
+            (timer, calls) => timer.or(calls),
+        }
+    }
+
+    /// Calls this shard counts now (2xx seen, no BYE yet).
+    pub fn calls_counted(&self) -> usize {
+        self.calls.len()
     }
 
     /// Transactions held (server, client and CANCEL).
@@ -521,6 +551,14 @@ impl<F: Clone> Engine<F> {
                 reply(self, 403, "Forbidden", &[]);
             }
             return;
+        }
+        let ours = preroute.routes_popped > 0 || preroute.strict_ruri.is_some();
+        if method == Some(Method::Bye) && ours {
+            // The dialog ends here: its call no longer counts. A BYE that
+            // does not follow our Route is not relayed by us, so the call
+            // goes on as far as we know.
+            let tags = (msg.from_tag().unwrap_or(""), msg.to_tag().unwrap_or(""));
+            self.calls.end(msg.call_id().unwrap_or(""), tags.0, tags.1);
         }
         let msg = Arc::new(msg);
         self.next_slot += 1;
@@ -899,6 +937,7 @@ impl<F: Clone> Engine<F> {
                                 may_leave_udp: !pins_udp(
                                     target.path.first().unwrap_or(&target.uri),
                                 ),
+                                call_slot: None,
                             };
                             self.open_branch(now, &pending, &decision, plan);
                         }
@@ -1079,6 +1118,7 @@ impl<F: Clone> Engine<F> {
                     candidate: None,
                     max_breadth: None,
                     may_leave_udp: !pins_udp(&target),
+                    call_slot: None,
                 };
                 self.open_branch(now, pending, &decision, plan);
             }
@@ -1211,8 +1251,13 @@ impl<F: Clone> Engine<F> {
         self.open_candidate(now, pending, slot, failover);
     }
 
-    /// Opens a branch to the failover's next candidate and keeps the
-    /// failover with the server transaction. Returns the candidate's uri.
+    /// Opens a branch to the failover's next candidate that can take the
+    /// request, and keeps the failover with the server transaction. An
+    /// INVITE takes a slot at its destination first: one that is full,
+    /// paced or drained is skipped like one that is down, without
+    /// counting as a failure. When none is left, the request is answered
+    /// 503 with Retry-After (or `@proxy.on_failure` runs). Returns the
+    /// candidate's uri.
     fn open_candidate(
         &mut self,
         now: Instant,
@@ -1220,9 +1265,29 @@ impl<F: Clone> Engine<F> {
         slot: u64,
         mut failover: Box<Failover>,
     ) -> Option<Arc<str>> {
-        let index = failover.next;
-        let candidate = failover.relay.candidates.get(index)?.clone();
-        failover.next += 1;
+        let invite = pending.msg.method() == Some(Method::Invite);
+        let mut refused: Option<u64> = None;
+        let (index, candidate, call_slot) = loop {
+            let index = failover.next;
+            let Some(candidate) = failover.relay.candidates.get(index) else {
+                let group = failover.relay.group.clone();
+                if let Some(tx) = self.servers.get_mut(&slot) {
+                    tx.failover = Some(failover);
+                }
+                if let Some(retry_after) = refused {
+                    self.every_candidate_full(now, slot, group, retry_after);
+                }
+                return None;
+            };
+            failover.next += 1;
+            match take_slot(candidate, &failover.relay.group, now, invite) {
+                Ok(call_slot) => break (index, candidate.clone(), call_slot),
+                Err(refusal) => {
+                    let wait = refusal.retry_after_secs();
+                    refused = Some(refused.map_or(wait, |known| known.min(wait)));
+                }
+            }
+        };
         failover.attempts += 1;
         let decision = &failover.decision;
         let plan = BranchPlan {
@@ -1238,12 +1303,24 @@ impl<F: Clone> Engine<F> {
             )),
             max_breadth: None,
             may_leave_udp: !pins_udp(&candidate.uri),
+            call_slot,
         };
         self.open_branch(now, pending, decision, plan);
         if let Some(tx) = self.servers.get_mut(&slot) {
             tx.failover = Some(failover);
         }
         Some(candidate.uri)
+    }
+
+    /// No candidate could take the request: it settles as a 503 with
+    /// `retry_after` once its other branches (if any) are done.
+    fn every_candidate_full(&mut self, now: Instant, slot: u64, group: Arc<str>, retry_after: u64) {
+        self.out.push_back(Output::GatewayFull { group });
+        let Some(tx) = self.servers.get_mut(&slot) else {
+            return;
+        };
+        tx.context.open_branch();
+        self.branch_done(slot, Some(Candidate::Full(retry_after)), now);
     }
 
     /// A branch to gateway candidate `index` failed: its group hears of it,
@@ -1512,6 +1589,7 @@ impl<F: Clone> Engine<F> {
             client.push_timer_c(now + settings.timer_c);
         }
         client.udp_fallback = udp_fallback;
+        client.call_slot = plan.call_slot;
         client.caller_flow = (pending.protocol != Protocol::Udp)
             .then(|| Hop::flow(pending.source, pending.protocol));
         if let Some((index, silence, strict_source)) = plan.candidate {
@@ -1881,6 +1959,15 @@ impl<F: Clone> Engine<F> {
         if client.invite && success {
             let first = client.state != ClientState::Accepted;
             client.state = ClientState::Accepted;
+            if let Some(call_slot) = client.call_slot.take() {
+                // The call counts at its destination until its BYE.
+                let call_id = msg.call_id().unwrap_or("");
+                let callee_tag = msg.to_tag().unwrap_or("");
+                self.calls.start(call_slot, call_id, callee_tag, now);
+            }
+            let Some(client) = self.clients.get_mut(&token) else {
+                return;
+            };
             // Only 2xx retransmissions are left to forward: nothing to resend.
             client.request = Bytes::new();
             let was_settled = std::mem::replace(&mut client.settled, true);
@@ -1910,6 +1997,8 @@ impl<F: Clone> Engine<F> {
             return;
         }
         client.state = ClientState::Completed;
+        // No call: the slot is free at once, not when Timer D ends.
+        client.call_slot = None;
         let reliable = client.hop.protocol.is_reliable();
         let was_settled = std::mem::replace(&mut client.settled, true);
         let invite = client.invite;
@@ -2074,10 +2163,15 @@ impl<F: Clone> Engine<F> {
                     self.send_final(slot, code, bytes, now);
                 }
             }
-            Some(Best::Local(..)) if cancelled => {
+            Some(Best::Local(..) | Best::Full(_)) if cancelled => {
                 self.reply_local(slot, 487, "Request Terminated", &[], now)
             }
             Some(Best::Local(code, reason)) => self.reply_local(slot, code, reason, &[], now),
+            Some(Best::Full(retry_after)) => {
+                let retry_after = itoa::Buffer::new().format(retry_after).to_string();
+                let extra = [("Retry-After", retry_after.as_str())];
+                self.reply_local(slot, 503, "Service Unavailable", &extra, now);
+            }
             None if cancelled => self.reply_local(slot, 487, "Request Terminated", &[], now),
             None => {
                 // Every non-INVITE branch timed out: RFC 4320 §4.2 forbids
@@ -2285,6 +2379,11 @@ impl<F: Clone> Engine<F> {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.calls.next_deadline().is_some_and(|due| now >= due) {
+            for collected in self.calls.collect(now) {
+                self.out.push_back(Output::CallCollected(collected));
+            }
+        }
         while let Some((owner, kind)) = self.timers.pop_due(now) {
             match owner {
                 TimerOwner::Server(slot) => self.server_timer(slot, kind, now),
@@ -2487,6 +2586,7 @@ impl<F: Clone> Engine<F> {
         };
         let was_settled = std::mem::replace(&mut client.settled, true);
         let invite = client.invite;
+        client.call_slot = None;
         // A CANCELed branch stays (settled) to ACK its 487 when that comes;
         // Timer D removes it either way.
         if client.cancel_sent {
@@ -2540,6 +2640,7 @@ impl<F: Clone> Engine<F> {
             hop,
             strict_source,
             give_up,
+            from,
         } = target;
         let token = self.fresh_token();
         let out_listener = self.listener_for(&hop);
@@ -2549,7 +2650,10 @@ impl<F: Clone> Engine<F> {
             .listeners
             .get(out_listener)
             .map_or("invalid", Listener::host);
-        let from = format!("<sip:siphon@{host}>;tag={}", build::new_tag());
+        let from = match from {
+            Some(uri) => format!("<{uri}>;tag={}", build::new_tag()),
+            None => format!("<sip:siphon@{host}>;tag={}", build::new_tag()),
+        };
         let to = format!("<{uri}>");
         let bytes = Bytes::from(build::request(
             "OPTIONS",
@@ -2587,6 +2691,31 @@ impl<F: Clone> Engine<F> {
 /// so a UA behind NAT learns its public address from our answers too.
 /// The user part of a Route value: ours that carry one hold a flow token.
 /// A value without `@` costs no parsing.
+/// A gateway candidate's go-ahead: for an INVITE, a slot at its
+/// destination (its call limit and pace); for anything else, only that it
+/// is not drained. A place that is no destination always goes.
+fn take_slot(
+    candidate: &crate::proxy::decision::RelayCandidate,
+    group: &Arc<str>,
+    now: Instant,
+    invite: bool,
+) -> Result<Option<CallSlot>, Refusal> {
+    let Some(capacity) = &candidate.capacity else {
+        return Ok(None);
+    };
+    if !invite {
+        return match capacity.is_draining() {
+            true => Err(Refusal::Draining),
+            false => Ok(None),
+        };
+    }
+    Ok(Some(CallSlot {
+        reservation: capacity.reserve(now)?,
+        group: group.clone(),
+        uri: candidate.uri.clone(),
+    }))
+}
+
 fn route_user(value: &str) -> Option<&str> {
     if !value.contains('@') {
         return None;

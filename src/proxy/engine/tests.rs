@@ -60,6 +60,7 @@ fn probe_target(hop: Hop, strict_source: bool) -> ProbeTarget {
         hop,
         strict_source,
         give_up: Duration::from_secs(2),
+        from: None,
     }
 }
 
@@ -138,6 +139,8 @@ impl Harness {
                 seals: crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None),
                 accept_unsealed: false,
                 udp_max_request_bytes: 1300,
+                call_max: Duration::from_secs(4 * 3600),
+                max_tracked_calls: 1000,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -1193,6 +1196,7 @@ fn our_own_responses_carry_received_and_rport() {
     );
 }
 
+mod capacity;
 mod deployments;
 mod failover;
 mod flows;

@@ -14,6 +14,7 @@ fn pool(first_report_success: bool, on_codes: &[u16]) -> GatewayRelay {
         uri: Arc::from(uri),
         hop: Hop::new(addr(at), Protocol::Udp),
         report_success,
+        capacity: None,
     };
     GatewayRelay {
         group: Arc::from("pool"),

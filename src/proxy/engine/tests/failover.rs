@@ -23,6 +23,7 @@ fn gateway(order: &[usize], policy: FailoverPolicy) -> GatewayRelay {
                 uri: Arc::from(BACKENDS[i].0),
                 hop: Hop::new(addr(BACKENDS[i].1), Protocol::Udp),
                 report_success: false,
+                capacity: None,
             })
             .collect(),
     }
