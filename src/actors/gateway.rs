@@ -525,14 +525,15 @@ impl Handler<PassiveReport> for GroupActor {
                     None
                 }
                 Some((failure, retry_after)) => {
-                    if let Some(metrics) = metrics.metrics(index) {
-                        metrics.passive_failures.inc();
-                    }
                     let reason = match failure {
                         RelayFailure::NoResponse => FailureReason::Timeout,
                         RelayFailure::Status(code) => FailureReason::Status(code),
                         RelayFailure::Transport => FailureReason::Transport("relay".into()),
                     };
+                    let pacing = group.is_pacing_hold(index, &reason, retry_after);
+                    if let (false, Some(metrics)) = (pacing, metrics.metrics(index)) {
+                        metrics.passive_failures.inc();
+                    }
                     group.record_passive_failure(index, reason, retry_after, now)
                 }
             }

@@ -12,7 +12,7 @@ use super::algorithm::{Algorithm, AnySelector, Selector};
 use super::destination::{
     Availability, Destination, FailureReason, Health, PassivePolicy, Transition, PEER_HOLD,
 };
-use super::tiers::{RankScratch, Tiers};
+use super::tiers::{RankFor, RankScratch, Tiers};
 
 /// What a group's actor publishes for the hot path: the destinations, and
 /// which of them may be chosen, as of the last change. Selection reads it
@@ -84,20 +84,19 @@ impl GroupView {
         selector
     }
 
-    /// The destinations up and matching `attrs`, best first, by tier and
-    /// capacity (see [`Tiers`]), into `out`.
+    /// The destinations up and matching the request's attrs, best first,
+    /// by tier and capacity (see [`Tiers`]), into `out`.
     pub fn rank(
         &self,
         selector: &mut AnySelector,
-        (key, attrs): (Option<&[u8]>, Option<&BTreeMap<String, String>>),
-        now: Instant,
+        request: RankFor<'_>,
         (eligible, scratch): (&mut Vec<usize>, &mut RankScratch),
         out: &mut Vec<usize>,
     ) {
-        self.fill_eligible(attrs, now, eligible);
+        self.fill_eligible(request.attrs, request.now, eligible);
         let destinations = &self.destinations[..];
         self.tiers
-            .rank(selector, (destinations, eligible), key, now, scratch, out);
+            .rank(selector, (destinations, eligible), request, scratch, out);
     }
 }
 
@@ -301,8 +300,8 @@ impl Group {
 
     /// Every destination that is up and matches `attrs`: the first choice,
     /// then the order to fail over in, by tier and capacity (see
-    /// [`Tiers`]). Counts one selection for the first (this is a
-    /// selection, so rotating algorithms advance). Empty when none.
+    /// [`Tiers`]), for a new call. Counts one selection for the first (this
+    /// is a selection, so rotating algorithms advance). Empty when none.
     pub fn ranked(
         &mut self,
         key: Option<&[u8]>,
@@ -315,11 +314,16 @@ impl Group {
             (self.algorithm, self.hash_bound, &self.destinations),
             attrs,
         );
+        let request = RankFor {
+            key,
+            attrs,
+            for_call: true,
+            now,
+        };
         self.tiers.rank(
             selector,
             (&self.destinations, &self.eligible),
-            key,
-            now,
+            request,
             &mut self.scratch,
             &mut self.ranking,
         );
@@ -395,19 +399,14 @@ impl Group {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
-        // A paced trunk's 503 with a Retry-After within bounds holds it out
-        // for that long without counting toward ejection.
-        let paced = self
-            .destinations
-            .get(index)
-            .is_some_and(|d| d.capacity().max_cps().is_some());
-        if let (true, Some(hold)) = (paced, retry_after) {
-            if hold <= self.max_retry_after {
-                return self
-                    .health
-                    .get_mut(index)?
-                    .record_pacing_hold(reason, hold, now);
-            }
+        if let (true, Some(hold)) = (
+            self.is_pacing_hold(index, &reason, retry_after),
+            retry_after,
+        ) {
+            return self
+                .health
+                .get_mut(index)?
+                .record_pacing_hold(reason, hold, now);
         }
         let retry_after = self.capped(retry_after);
         // By this node's own verdict: a destination peers hold out is still
@@ -423,6 +422,24 @@ impl Group {
             others_up,
             now,
         )
+    }
+
+    /// A paced trunk's 503 (a destination with `max_cps`) with a
+    /// Retry-After within `max_retry_after_secs`: "not now", which holds
+    /// it out for that long without counting as a failure.
+    pub fn is_pacing_hold(
+        &self,
+        index: usize,
+        reason: &FailureReason,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        let paced = self
+            .destinations
+            .get(index)
+            .is_some_and(|d| d.capacity().max_cps().is_some());
+        paced
+            && matches!(reason, FailureReason::Status(503))
+            && retry_after.is_some_and(|hold| hold <= self.max_retry_after)
     }
 
     /// A Retry-After hold cut to `max_retry_after_secs`.

@@ -14,6 +14,7 @@
 //! A group with one tier and nothing full ranks exactly as its algorithm
 //! alone would.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::algorithm::{AnySelector, Selector};
@@ -27,6 +28,20 @@ pub struct Tiers {
     /// empty when the group has one tier.
     tiers: Vec<(i32, usize)>,
     spill_threshold: usize,
+}
+
+/// What a ranking is for.
+#[derive(Debug, Clone, Copy)]
+pub struct RankFor<'a> {
+    /// The affinity key (`hash`).
+    pub key: Option<&'a [u8]>,
+    /// The attrs filter the eligible destinations matched.
+    pub attrs: Option<&'a BTreeMap<String, String>>,
+    /// A new call (an INVITE): the call limit, the pace and `hash_bound`
+    /// apply. Anything else minds only drains, so that a REGISTER keeps
+    /// its subscriber's first choice however busy that is.
+    pub for_call: bool,
+    pub now: Instant,
 }
 
 /// Reused buffers for one ranking.
@@ -63,11 +78,17 @@ impl Tiers {
         &self,
         selector: &mut AnySelector,
         (destinations, eligible): (&[Destination], &[usize]),
-        key: Option<&[u8]>,
-        now: Instant,
+        request: RankFor<'_>,
         scratch: &mut RankScratch,
         out: &mut Vec<usize>,
     ) {
+        let RankFor {
+            key,
+            attrs,
+            for_call,
+            now,
+        } = request;
+        selector.set_for_call(for_call);
         let RankScratch {
             available,
             full,
@@ -80,7 +101,7 @@ impl Tiers {
             let Some(destination) = destinations.get(index) else {
                 continue;
             };
-            match destination.capacity().refusal(now, true) {
+            match destination.capacity().refusal(now, for_call) {
                 None => available.push(index),
                 Some(Refusal::Draining) => {}
                 Some(Refusal::Full | Refusal::Paced(_)) => full.push(index),
@@ -94,11 +115,21 @@ impl Tiers {
         out.clear();
         let priority_of = |index: &usize| destinations.get(*index).map_or(0, |d| d.priority);
         // Tiers with enough available first, then the others' available.
+        // A tier smaller than the threshold (counting the destinations the
+        // attrs filter leaves) needs all of itself.
+        let tier_size = |priority: i32, size: usize| match attrs.filter(|f| !f.is_empty()) {
+            None => size,
+            Some(filter) => destinations
+                .iter()
+                .filter(|d| d.priority == priority && d.matches_attrs(filter))
+                .count(),
+        };
         for spilling in [false, true] {
             for &(priority, size) in &self.tiers {
                 part.clear();
                 part.extend(available.iter().filter(|i| priority_of(i) == priority));
-                let enough = part.len() >= self.spill_threshold.min(size);
+                let needed = self.spill_threshold.min(tier_size(priority, size));
+                let enough = part.len() >= needed;
                 if part.is_empty() || enough == spilling {
                     continue;
                 }
@@ -133,12 +164,16 @@ mod tests {
         key: Option<&[u8]>,
     ) -> Vec<usize> {
         let mut out = Vec::new();
-        let now = Instant::now();
+        let request = RankFor {
+            key,
+            attrs: None,
+            for_call: true,
+            now: Instant::now(),
+        };
         tiers.rank(
             selector,
             (group, eligible),
-            key,
-            now,
+            request,
             &mut RankScratch::default(),
             &mut out,
         );
@@ -216,5 +251,73 @@ mod tests {
         flat[1].capacity().set_draining(true);
         let out = ranking(&Tiers::new(&flat, 1), &mut selector, &flat, &[0, 1], None);
         assert_eq!(out, [0]);
+    }
+
+    #[test]
+    fn a_request_that_is_no_call_minds_only_drains() {
+        let group = tiered(&[(1, 0), (1, 0), (1, 1)]);
+        group[0].capacity().set_limits(Some(1), None);
+        let _call = group[0].capacity().reserve(Instant::now()).unwrap();
+        let tiers = Tiers::new(&group, 1);
+        let mut selector = AnySelector::for_group(Algorithm::Hash, Some(1.25));
+        selector.prepare(&group);
+        let mut out = Vec::new();
+        let register = RankFor {
+            key: Some(b"sip:alice@example.com"),
+            attrs: None,
+            for_call: false,
+            now: Instant::now(),
+        };
+        let mut scratch = RankScratch::default();
+        tiers.rank(
+            &mut selector,
+            (&group, &[0, 1, 2]),
+            register,
+            &mut scratch,
+            &mut out,
+        );
+        let mut plain = AnySelector::new(Algorithm::Hash);
+        let mut hrw = Vec::new();
+        plain.rank(&group, &[0, 1], register.key, &mut hrw);
+        assert_eq!(out[..2], hrw[..], "tier 0 in HRW order, full or not");
+        assert_eq!(out[2], 2);
+        group[1].capacity().set_draining(true);
+        tiers.rank(
+            &mut selector,
+            (&group, &[0, 1, 2]),
+            register,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(out, [0, 2]);
+    }
+
+    #[test]
+    fn the_spill_threshold_counts_the_tier_the_attrs_leave() {
+        let group: Vec<Destination> = tiered(&[(1, 0), (1, 0), (1, 0), (1, 1)])
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.with_attr("zone", if i == 0 || i == 3 { "a" } else { "b" }))
+            .collect();
+        let tiers = Tiers::new(&group, 2);
+        let mut selector = AnySelector::new(Algorithm::Weighted);
+        let zone_a: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+        let request = RankFor {
+            key: None,
+            attrs: Some(&zone_a),
+            for_call: true,
+            now: Instant::now(),
+        };
+        let mut out = Vec::new();
+        let eligible = [0, 3];
+        let mut scratch = RankScratch::default();
+        tiers.rank(
+            &mut selector,
+            (&group, &eligible),
+            request,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(out, [0, 3], "zone a's tier 0 is one destination, all up");
     }
 }

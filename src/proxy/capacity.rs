@@ -259,6 +259,19 @@ pub struct CallSlot {
     pub reservation: Reservation,
     pub group: Arc<str>,
     pub uri: Arc<str>,
+    /// The script record-routed the INVITE: the dialog's BYE comes through
+    /// us, so the call can be counted until then. Otherwise the slot
+    /// bounds the call's setup only.
+    pub record_routed: bool,
+}
+
+/// Why a 2xx did not start a counted call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCounted {
+    /// The call is counted already (a repeated 2xx).
+    Known,
+    /// The table holds its limit of calls.
+    TableFull,
 }
 
 /// One established call.
@@ -303,18 +316,20 @@ impl ActiveCalls {
     }
 
     /// A 2xx to an INVITE established the call `call_id` with the
-    /// callee's `tag`. False when it is not counted (its slot is given
-    /// back): a call already known (a repeated 2xx), or the table is full.
+    /// callee's `tag`. When it is not counted, its slot is given back.
     pub fn start(
         &mut self,
         mut slot: CallSlot,
         call_id: &str,
         callee_tag: &str,
         now: Instant,
-    ) -> bool {
+    ) -> Result<(), NotCounted> {
         let key = self.key(call_id, callee_tag);
-        if self.calls.contains_key(&key) || self.calls.len() >= self.limit {
-            return false;
+        if self.calls.contains_key(&key) {
+            return Err(NotCounted::Known);
+        }
+        if self.calls.len() >= self.limit {
+            return Err(NotCounted::TableFull);
         }
         slot.reservation.establish();
         let call = Call {
@@ -326,7 +341,7 @@ impl ActiveCalls {
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + self.sweep_every());
         }
-        true
+        Ok(())
     }
 
     /// The dialog of `call_id` between `from_tag` and `to_tag` ended (a
@@ -390,6 +405,7 @@ mod tests {
             reservation: capacity.reserve(now).expect("a slot"),
             group: Arc::from("g"),
             uri: Arc::from("sip:d"),
+            record_routed: true,
         }
     }
 
@@ -481,12 +497,17 @@ mod tests {
         let capacity = Arc::new(Capacity::default());
         let now = Instant::now();
         let mut calls = ActiveCalls::new(7, Duration::from_secs(3600), 10);
-        assert!(calls.start(slot(&capacity, now), "c1", "callee", now));
-        assert!(
-            !calls.start(slot(&capacity, now), "c1", "callee", now),
+        assert!(calls
+            .start(slot(&capacity, now), "c1", "callee", now)
+            .is_ok());
+        assert_eq!(
+            calls.start(slot(&capacity, now), "c1", "callee", now),
+            Err(NotCounted::Known),
             "a repeated 2xx"
         );
-        assert!(calls.start(slot(&capacity, now), "c2", "callee2", now));
+        assert!(calls
+            .start(slot(&capacity, now), "c2", "callee2", now)
+            .is_ok());
         assert_eq!((capacity.calls_in_use(), capacity.active_calls()), (2, 2));
         // The caller's BYE names the callee's tag in To.
         assert!(calls.end("c1", "caller", "callee").is_some());
@@ -503,9 +524,11 @@ mod tests {
         let t0 = Instant::now();
         let call_max = Duration::from_secs(160);
         let mut calls = ActiveCalls::new(7, call_max, 10);
-        assert!(calls.start(slot(&capacity, t0), "old", "a", t0));
+        assert!(calls.start(slot(&capacity, t0), "old", "a", t0).is_ok());
         let later = t0 + Duration::from_secs(100);
-        assert!(calls.start(slot(&capacity, later), "new", "b", later));
+        assert!(calls
+            .start(slot(&capacity, later), "new", "b", later)
+            .is_ok());
         assert_eq!(calls.next_deadline(), Some(t0 + Duration::from_secs(10)));
         assert!(calls.collect(t0 + Duration::from_secs(150)).is_empty());
         let collected = calls.collect(t0 + call_max);
@@ -526,8 +549,11 @@ mod tests {
         let capacity = Arc::new(Capacity::default());
         let now = Instant::now();
         let mut calls = ActiveCalls::new(7, Duration::from_secs(60), 1);
-        assert!(calls.start(slot(&capacity, now), "a", "t", now));
-        assert!(!calls.start(slot(&capacity, now), "b", "t", now));
+        assert!(calls.start(slot(&capacity, now), "a", "t", now).is_ok());
+        assert_eq!(
+            calls.start(slot(&capacity, now), "b", "t", now),
+            Err(NotCounted::TableFull)
+        );
         assert_eq!(
             capacity.calls_in_use(),
             1,

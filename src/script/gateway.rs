@@ -22,7 +22,7 @@ use crate::config::{
     DEFAULT_MAX_RETRY_AFTER_SECS,
 };
 use crate::gateway::group::GroupView;
-use crate::gateway::tiers::RankScratch;
+use crate::gateway::tiers::{RankFor, RankScratch};
 use crate::gateway::{Algorithm, AnySelector, Destination, Gateways, SharedGroup};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, RelayCandidate};
 use crate::proxy::fast_hash::FastMap;
@@ -43,6 +43,10 @@ thread_local! {
     /// lock): smooth weighted and round-robin stay smooth per shard, and
     /// HRW needs no state at all.
     static SELECTORS: RefCell<Selectors> = RefCell::new(Selectors::default());
+
+    /// The request of the script run on this thread is an INVITE: call
+    /// limits, paces and `hash_bound` shape its ranking.
+    static RUN_IS_INVITE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 /// The most groups whose selectors a thread keeps (groups added and removed
@@ -77,10 +81,15 @@ fn rank(
             .by_group
             .entry(shared.id())
             .or_insert_with(|| view.new_selector());
+        let request = RankFor {
+            key,
+            attrs,
+            for_call: RUN_IS_INVITE.get(),
+            now: std::time::Instant::now(),
+        };
         view.rank(
             selector,
-            (key, attrs),
-            std::time::Instant::now(),
+            request,
             (&mut selectors.eligible, &mut selectors.scratch),
             &mut selectors.ranking,
         );
@@ -101,9 +110,11 @@ fn rank(
     Some((view, chosen))
 }
 
-/// Forgets the rankings of the previous run on this thread.
-pub(super) fn begin_run() {
+/// Forgets the rankings of the previous run on this thread, and notes
+/// whether this run's request is a new call.
+pub(super) fn begin_run(invite: bool) {
     RANKINGS.with(|rankings| rankings.borrow_mut().clear());
+    RUN_IS_INVITE.set(invite);
 }
 
 /// Gives a relay to a gateway destination its candidates: the ranking

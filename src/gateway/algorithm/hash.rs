@@ -102,6 +102,10 @@ pub struct HashSelector {
     bound: Option<f64>,
     /// Scratch: the ranking when `pick` needs one.
     ranked: Vec<usize>,
+    /// Scratch: each ranked destination's load, read once.
+    loads: Vec<(usize, u32, u32)>,
+    /// The request being ranked is a new call (see [`HashSelector::bound_calls_only`]).
+    for_call: bool,
 }
 
 impl HashSelector {
@@ -110,6 +114,7 @@ impl HashSelector {
     pub fn bounded(bound: Option<f64>) -> Self {
         HashSelector {
             bound,
+            for_call: true,
             ..HashSelector::default()
         }
     }
@@ -117,30 +122,43 @@ impl HashSelector {
     /// Moves the destinations over the bound after those under it, each
     /// part in HRW order. The capacity of destination `i` is
     /// `bound × (calls + 1) × weight_i / total weight`, so that an idle
-    /// group keeps every key on its first choice.
-    fn apply_bound(bound: f64, group: &[Destination], ranking: &mut [usize]) {
-        let (calls, weight) = ranking.iter().filter_map(|&index| group.get(index)).fold(
-            (0u64, 0u64),
-            |(calls, weight), d| {
-                (
-                    calls + u64::from(d.capacity().calls_in_use()),
-                    weight + u64::from(d.weight),
-                )
-            },
-        );
+    /// group keeps every key on its first choice. Each load is read once:
+    /// other shards change them meanwhile.
+    fn apply_bound(&mut self, bound: f64, group: &[Destination], ranking: &mut [usize]) {
+        let loads = &mut self.loads;
+        loads.clear();
+        loads.extend(ranking.iter().map(|&index| {
+            let destination = group.get(index);
+            let calls = destination.map_or(0, |d| d.capacity().calls_in_use());
+            (index, calls, destination.map_or(0, |d| d.weight))
+        }));
+        let (calls, weight) = loads
+            .iter()
+            .fold((0u64, 0u64), |(c, w), &(_, calls, weight)| {
+                (c + u64::from(calls), w + u64::from(weight))
+            });
         if weight == 0 {
             return;
         }
         let per_weight = bound * (calls + 1) as f64 / weight as f64;
-        let under = |index: &usize| {
-            group.get(*index).is_some_and(|d| {
-                f64::from(d.capacity().calls_in_use()) < per_weight * f64::from(d.weight)
-            })
+        let under = |&(_, calls, weight): &(usize, u32, u32)| {
+            f64::from(calls) < per_weight * f64::from(weight)
         };
         // A stable partition: under the bound first.
-        let mut sorted: Vec<usize> = ranking.iter().copied().filter(under).collect();
-        sorted.extend(ranking.iter().copied().filter(|i| !under(i)));
-        ranking.copy_from_slice(&sorted);
+        let partitioned = loads
+            .iter()
+            .filter(|e| under(e))
+            .chain(loads.iter().filter(|e| !under(e)));
+        for (slot, entry) in ranking.iter_mut().zip(partitioned) {
+            *slot = entry.0;
+        }
+    }
+
+    /// Whether the bound applies to the next ranking: to new calls only. A
+    /// REGISTER or any other request keeps its first choice, so that a
+    /// subscriber's binding stays where its calls look first.
+    pub fn bound_calls_only(&mut self, for_call: bool) {
+        self.for_call = for_call;
     }
 
     fn fit(&mut self, group: &[Destination]) {
@@ -181,7 +199,7 @@ impl Selector for HashSelector {
         let Some(key) = key else {
             return self.fallback.pick(group, eligible, None);
         };
-        if self.bound.is_some() {
+        if self.bound.is_some() && self.for_call {
             let mut ranked = std::mem::take(&mut self.ranked);
             self.rank(group, eligible, Some(key), &mut ranked);
             let first = ranked.first().copied();
@@ -221,8 +239,8 @@ impl Selector for HashSelector {
         out.clear();
         out.extend(scored.iter().map(|&(_, _, index)| index));
         self.scored = scored;
-        if let Some(bound) = self.bound {
-            Self::apply_bound(bound, group, out);
+        if let (Some(bound), true) = (self.bound, self.for_call) {
+            self.apply_bound(bound, group, out);
         }
     }
 }

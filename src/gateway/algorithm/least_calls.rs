@@ -17,26 +17,64 @@ use crate::gateway::destination::Destination;
 #[derive(Debug, Clone, Default)]
 pub struct LeastCalls {
     rotation: SmoothWeighted,
+    /// Scratch: each eligible destination's load, read once per ranking
+    /// (other shards change the counts meanwhile).
+    loads: Vec<Load>,
     /// Scratch: the destinations tied for the lowest load.
     tied: Vec<usize>,
 }
 
-/// Compares `a`'s and `b`'s calls per weight without dividing:
-/// `a.calls / a.weight` against `b.calls / b.weight`. Standbys come last.
-fn by_load(group: &[Destination], a: usize, b: usize) -> Ordering {
-    let load = |index: usize| {
-        group.get(index).map_or((true, 0, 1), |d| {
-            (
-                d.weight == 0,
-                u64::from(d.capacity().calls_in_use()),
-                u64::from(d.weight.max(1)),
-            )
+/// One destination's load as read for a ranking: standbys last, then
+/// calls per weight, compared without dividing.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    standby: bool,
+    calls: u64,
+    weight: u64,
+    index: usize,
+}
+
+impl Load {
+    fn of(group: &[Destination], index: usize) -> Option<Load> {
+        let destination = group.get(index)?;
+        Some(Load {
+            standby: destination.weight == 0,
+            calls: u64::from(destination.capacity().calls_in_use()),
+            weight: u64::from(destination.weight.max(1)),
+            index,
         })
-    };
-    let ((a_standby, a_calls, a_weight), (b_standby, b_calls, b_weight)) = (load(a), load(b));
-    a_standby
-        .cmp(&b_standby)
-        .then((a_calls * b_weight).cmp(&(b_calls * a_weight)))
+    }
+
+    fn cmp_load(&self, other: &Load) -> Ordering {
+        self.standby
+            .cmp(&other.standby)
+            .then((self.calls * other.weight).cmp(&(other.calls * self.weight)))
+    }
+}
+
+impl LeastCalls {
+    /// Reads the loads of `eligible` once.
+    fn snapshot(&mut self, group: &[Destination], eligible: &[usize]) {
+        self.loads.clear();
+        self.loads
+            .extend(eligible.iter().filter_map(|&index| Load::of(group, index)));
+    }
+
+    /// The least loaded of the snapshot, ties broken by rotation.
+    fn pick_from_snapshot(&mut self, group: &[Destination]) -> Option<usize> {
+        let least = *self.loads.iter().min_by(|a, b| a.cmp_load(b))?;
+        self.tied.clear();
+        self.tied.extend(
+            self.loads
+                .iter()
+                .filter(|load| load.cmp_load(&least) == Ordering::Equal)
+                .map(|load| load.index),
+        );
+        let tied = std::mem::take(&mut self.tied);
+        let chosen = self.rotation.pick(group, &tied, None);
+        self.tied = tied;
+        chosen
+    }
 }
 
 impl Selector for LeastCalls {
@@ -50,44 +88,31 @@ impl Selector for LeastCalls {
         eligible: &[usize],
         _key: Option<&[u8]>,
     ) -> Option<usize> {
-        let least = eligible
-            .iter()
-            .copied()
-            .filter(|&index| index < group.len())
-            .min_by(|&a, &b| by_load(group, a, b))?;
-        self.tied.clear();
-        self.tied.extend(
-            eligible
-                .iter()
-                .copied()
-                .filter(|&index| index < group.len())
-                .filter(|&index| by_load(group, index, least) == Ordering::Equal),
-        );
-        let tied = std::mem::take(&mut self.tied);
-        let chosen = self.rotation.pick(group, &tied, None);
-        self.tied = tied;
-        chosen
+        self.snapshot(group, eligible);
+        self.pick_from_snapshot(group)
     }
 
     fn rank(
         &mut self,
         group: &[Destination],
         eligible: &[usize],
-        key: Option<&[u8]>,
+        _key: Option<&[u8]>,
         out: &mut Vec<usize>,
     ) {
         out.clear();
-        let Some(chosen) = self.pick(group, eligible, key) else {
+        self.snapshot(group, eligible);
+        let Some(chosen) = self.pick_from_snapshot(group) else {
             return;
         };
         out.push(chosen);
+        self.loads
+            .sort_by(|a, b| a.cmp_load(b).then(a.index.cmp(&b.index)));
         out.extend(
-            eligible
+            self.loads
                 .iter()
-                .copied()
-                .filter(|&index| index != chosen && index < group.len()),
+                .map(|load| load.index)
+                .filter(|&index| index != chosen),
         );
-        out[1..].sort_by(|&a, &b| by_load(group, a, b).then(a.cmp(&b)));
     }
 }
 

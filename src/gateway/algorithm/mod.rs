@@ -133,6 +133,14 @@ impl AnySelector {
         }
     }
 
+    /// Tells the selector whether the next ranking is for a new call
+    /// (`hash_bound` moves only calls).
+    pub fn set_for_call(&mut self, for_call: bool) {
+        if let AnySelector::Hash(selector) = self {
+            selector.bound_calls_only(for_call);
+        }
+    }
+
     /// The selector of a group with `algorithm` and `hash_bound`.
     pub fn for_group(algorithm: Algorithm, hash_bound: Option<f64>) -> Self {
         match (algorithm, hash_bound) {

@@ -39,7 +39,7 @@ use self::branch::{
 use self::client::{CancelTx, ClientState, ClientTx, Owner, SentMethod};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
-use crate::proxy::capacity::{ActiveCalls, CallSlot, Collected, Refusal};
+use crate::proxy::capacity::{ActiveCalls, CallSlot, Collected, NotCounted, Refusal};
 use crate::proxy::decision::{Action, Decision, GatewayRelay, Preroute, RelayFailure};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::flow::TokenKind;
@@ -311,6 +311,8 @@ pub struct Engine<F> {
     listening: [bool; Protocol::ALL.len()],
     /// Calls to gateway destinations from their 2xx to their BYE.
     calls: ActiveCalls,
+    /// Calls not counted because `calls` was full.
+    untracked_calls: u64,
 }
 
 impl<F: Clone> Engine<F> {
@@ -355,6 +357,7 @@ impl<F: Clone> Engine<F> {
                 config.call_max,
                 config.max_tracked_calls,
             ),
+            untracked_calls: 0,
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),
@@ -1280,7 +1283,13 @@ impl<F: Clone> Engine<F> {
                 return None;
             };
             failover.next += 1;
-            match take_slot(candidate, &failover.relay.group, now, invite) {
+            let record_routed = failover.decision.record_route;
+            match take_slot(
+                candidate,
+                &failover.relay.group,
+                now,
+                (invite, record_routed),
+            ) {
                 Ok(call_slot) => break (index, candidate.clone(), call_slot),
                 Err(refusal) => {
                     let wait = refusal.retry_after_secs();
@@ -1525,6 +1534,9 @@ impl<F: Clone> Engine<F> {
         };
         client.abandoned = true;
         client.settled = true;
+        // Given up for another: its slot goes free now, not at Timer B (a
+        // late 2xx from it is then relayed but not counted).
+        client.call_slot = None;
         let invite = client.invite;
         self.cancel_branch(token, now);
         if let Some(tx) = self.servers.get_mut(&slot) {
@@ -1959,11 +1971,21 @@ impl<F: Clone> Engine<F> {
         if client.invite && success {
             let first = client.state != ClientState::Accepted;
             client.state = ClientState::Accepted;
-            if let Some(call_slot) = client.call_slot.take() {
+            if let Some(call_slot) = client.call_slot.take().filter(|s| s.record_routed) {
                 // The call counts at its destination until its BYE.
                 let call_id = msg.call_id().unwrap_or("");
                 let callee_tag = msg.to_tag().unwrap_or("");
-                self.calls.start(call_slot, call_id, callee_tag, now);
+                let started = self.calls.start(call_slot, call_id, callee_tag, now);
+                if started == Err(NotCounted::TableFull) {
+                    self.untracked_calls += 1;
+                    if self.untracked_calls % 10_000 == 1 {
+                        tracing::warn!(
+                            untracked = self.untracked_calls,
+                            counted = self.calls.len(),
+                            "the table of calls is full: calls are relayed but not counted against their destinations"
+                        );
+                    }
+                }
             }
             let Some(client) = self.clients.get_mut(&token) else {
                 return;
@@ -2698,7 +2720,7 @@ fn take_slot(
     candidate: &crate::proxy::decision::RelayCandidate,
     group: &Arc<str>,
     now: Instant,
-    invite: bool,
+    (invite, record_routed): (bool, bool),
 ) -> Result<Option<CallSlot>, Refusal> {
     let Some(capacity) = &candidate.capacity else {
         return Ok(None);
@@ -2713,6 +2735,7 @@ fn take_slot(
         reservation: capacity.reserve(now)?,
         group: group.clone(),
         uri: candidate.uri.clone(),
+        record_routed,
     }))
 }
 

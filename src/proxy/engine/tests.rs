@@ -1059,6 +1059,27 @@ fn a_probe_reports_its_status_or_its_timeout() {
     assert_eq!(h.engine.active(), 0);
 }
 
+#[test]
+fn a_probe_names_probe_from_in_its_from_header() {
+    let mut h = Harness::new();
+    let hop = hop_of("sip:backend1.example").unwrap();
+    let own = |h: &mut Harness, from: Option<&str>| {
+        let target = ProbeTarget {
+            from: from.map(Arc::from),
+            ..probe_target(hop.clone(), false)
+        };
+        h.engine
+            .start_probe(h.now, 9, "sip:backend1.example", target, "probe-from");
+        h.collect();
+        let sent = h.sent_to(BACKEND1);
+        sent[0].header(HeaderName::From).unwrap_or("").to_string()
+    };
+    let from = own(&mut h, Some("sip:ping@lb.example.com"));
+    assert!(from.starts_with("<sip:ping@lb.example.com>;tag="), "{from}");
+    let from = own(&mut h, None);
+    assert!(from.starts_with("<sip:siphon@192.0.2.1"), "{from}");
+}
+
 // ---------------------------------------------------------------------------
 // Found in review: loops, strays, stateless tags, late decisions
 // ---------------------------------------------------------------------------

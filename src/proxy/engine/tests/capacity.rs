@@ -303,3 +303,43 @@ fn a_call_no_bye_ends_is_collected_after_call_max() {
     assert_eq!(counts(&one), (0, 0));
     assert_eq!(h.engine.poll_timeout(), None, "nothing left to collect");
 }
+
+#[test]
+fn a_call_the_script_did_not_record_route_counts_only_while_it_is_set_up() {
+    let (one, two) = (Arc::new(Capacity::default()), Arc::new(Capacity::default()));
+    let mut h = Harness::new();
+    let run = h
+        .receive(invite("no-rr"), UAC, Protocol::Udp)
+        .expect("runs");
+    let decision = Decision {
+        gateway: Some(pool([&one, &two])),
+        record_route: false,
+        ..script_decision(
+            &run,
+            Action::Relay {
+                uri: Some("sip:backend1.example".to_string()),
+            },
+        )
+    };
+    h.decide(&run, decision);
+    let sent = h.one_sent_to(BACKEND1);
+    assert_eq!(counts(&one), (1, 0), "its setup counts");
+    h.respond(answer(&sent, 200, &[]), BACKEND1);
+    assert_eq!(counts(&one), (0, 0), "its BYE will not come through us");
+    assert_eq!(h.engine.calls_counted(), 0);
+}
+
+#[test]
+fn a_branch_given_up_for_another_frees_its_slot_at_once() {
+    let (one, two) = (Arc::new(Capacity::default()), Arc::new(Capacity::default()));
+    let mut h = Harness::new();
+    h.relay_with_capacity(invite("given-up"), pool([&one, &two]));
+    h.one_sent_to(BACKEND1);
+    // 1 s of silence: the call moves to backend2.
+    h.run_for(Duration::from_millis(1000), Duration::from_millis(10));
+    let sent = h.one_sent_to(BACKEND2);
+    assert_eq!(counts(&one), (0, 0));
+    assert_eq!(counts(&two), (1, 0));
+    h.respond(answer(&sent, 200, &[]), BACKEND2);
+    assert_eq!(counts(&two), (1, 1));
+}
