@@ -206,6 +206,23 @@ impl Harness {
         run
     }
 
+    /// Receives MSG from the UAC and relays it to the first of RELAY's
+    /// candidates, as `request.relay(gateway.select(...).uri)` does.
+    fn relay_to_gateway(
+        &mut self,
+        msg: Message,
+        relay: crate::proxy::decision::GatewayRelay,
+    ) -> ScriptRun {
+        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
+        let uri = relay.candidates[0].uri.to_string();
+        let decision = Decision {
+            gateway: Some(relay),
+            ..script_decision(&run, Action::Relay { uri: Some(uri) })
+        };
+        self.decide(&run, decision);
+        run
+    }
+
     fn respond(&mut self, msg: Message, source: &str) {
         self.engine.handle_response(self.now, msg, addr(source));
         self.collect();

@@ -30,18 +30,6 @@ fn counts(capacity: &Capacity) -> (u32, u32) {
 }
 
 impl Harness {
-    /// The UAC's MSG relayed to RELAY's first candidate, as
-    /// `request.relay(gateway.select(...).uri)` does.
-    fn relay_with_capacity(&mut self, msg: Message, relay: GatewayRelay) {
-        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
-        let uri = relay.candidates[0].uri.to_string();
-        let decision = Decision {
-            gateway: Some(relay),
-            ..script_decision(&run, Action::Relay { uri: Some(uri) })
-        };
-        self.decide(&run, decision);
-    }
-
     /// The outputs of kinds the capacity rules add, taken.
     fn capacity_events(&mut self) -> Vec<String> {
         let (mine, rest): (Vec<_>, Vec<_>) = self.take().into_iter().partition(|o| {
@@ -96,7 +84,7 @@ fn bye_from_caller(call_id: &str, route: &str) -> Message {
 /// Returns our Record-Route.
 fn answered_call(h: &mut Harness, call_id: &str, relay: GatewayRelay) -> String {
     h.take();
-    h.relay_with_capacity(invite(call_id), relay);
+    h.relay_to_gateway(invite(call_id), relay);
     let sent = h.one_sent_to(BACKEND1);
     h.respond(answer(&sent, 200, &[]), BACKEND1);
     assert_eq!(h.reply_codes(), [100, 200]);
@@ -109,7 +97,7 @@ fn answered_call(h: &mut Harness, call_id: &str, relay: GatewayRelay) -> String 
 fn a_call_counts_from_its_2xx_until_the_bye_of_either_side() {
     let (one, two) = (Arc::new(Capacity::default()), Arc::new(Capacity::default()));
     let mut h = Harness::new();
-    h.relay_with_capacity(invite("counted"), pool([&one, &two]));
+    h.relay_to_gateway(invite("counted"), pool([&one, &two]));
     let sent = h.one_sent_to(BACKEND1);
     assert_eq!(counts(&one), (1, 0), "set up: held, not yet active");
     h.respond(answer(&sent, 180, &[]), BACKEND1);
@@ -151,13 +139,13 @@ fn a_bye_that_does_not_follow_our_route_ends_nothing() {
 fn a_failed_or_cancelled_invite_never_counts_and_frees_its_slot_at_once() {
     let (one, two) = (Arc::new(Capacity::default()), Arc::new(Capacity::default()));
     let mut h = Harness::new();
-    h.relay_with_capacity(invite("busy"), pool([&one, &two]));
+    h.relay_to_gateway(invite("busy"), pool([&one, &two]));
     let sent = h.one_sent_to(BACKEND1);
     h.respond(answer(&sent, 486, &[]), BACKEND1);
     assert_eq!(counts(&one), (0, 0), "free at the 486, not at Timer D");
     h.take();
 
-    h.relay_with_capacity(invite("cancelled"), pool([&one, &two]));
+    h.relay_to_gateway(invite("cancelled"), pool([&one, &two]));
     let sent = h.one_sent_to(BACKEND1);
     h.respond(answer(&sent, 180, &[]), BACKEND1);
     h.receive(cancel_of("cancelled"), UAC, Protocol::Udp);
@@ -175,7 +163,7 @@ fn a_failed_or_cancelled_invite_never_counts_and_frees_its_slot_at_once() {
         policy: Arc::new(policy),
         ..pool([&one, &two])
     };
-    h.relay_with_capacity(invite("silent"), silent);
+    h.relay_to_gateway(invite("silent"), silent);
     assert_eq!(counts(&one), (1, 0));
     h.run_for(Duration::from_secs(40), Duration::from_millis(500));
     assert_eq!(counts(&one), (0, 0));
@@ -188,7 +176,7 @@ fn a_full_destination_is_skipped_without_a_failure_or_a_failover() {
     let two = Arc::new(Capacity::default());
     let _held = one.reserve(Instant::now()).unwrap();
     let mut h = Harness::new();
-    h.relay_with_capacity(invite("skip-full"), pool([&one, &two]));
+    h.relay_to_gateway(invite("skip-full"), pool([&one, &two]));
     assert!(h.sent_to(BACKEND1).is_empty());
     let sent = h.one_sent_to(BACKEND2);
     assert_eq!(counts(&two), (1, 0));
@@ -200,7 +188,7 @@ fn a_full_destination_is_skipped_without_a_failure_or_a_failover() {
     assert_eq!(counts(&two), (1, 1));
     // Other requests are not calls: a full destination still takes them.
     let message = request("MESSAGE", "sip:bob@example.com", "z9hG4bK-m", "msg", "");
-    h.relay_with_capacity(message, pool([&one, &two]));
+    h.relay_to_gateway(message, pool([&one, &two]));
     assert_eq!(h.sent_to(BACKEND1).len(), 1);
 }
 
@@ -213,7 +201,7 @@ fn when_every_destination_is_full_the_caller_gets_503_with_retry_after() {
         two.reserve(Instant::now()).unwrap(),
     );
     let mut h = Harness::new();
-    h.relay_with_capacity(invite("all-full"), pool([&one, &two]));
+    h.relay_to_gateway(invite("all-full"), pool([&one, &two]));
     assert!(h.sent_to(BACKEND1).is_empty() && h.sent_to(BACKEND2).is_empty());
     assert_eq!(h.capacity_events(), ["full pool"]);
     let replies = h.replies();
@@ -233,7 +221,7 @@ fn every_full_destination_runs_the_failure_hook_first() {
     );
     let mut h = Harness::new();
     h.hold_failures = true;
-    h.relay_with_capacity(invite("hooked"), pool([&one, &two]));
+    h.relay_to_gateway(invite("hooked"), pool([&one, &two]));
     assert_eq!(h.failure_runs.len(), 1, "@proxy.on_failure runs");
     assert!(h.failure_runs[0].response.is_none(), "no response to show");
 }
@@ -245,7 +233,7 @@ fn a_paced_destination_takes_one_call_a_second_and_the_rest_go_on() {
     let mut h = Harness::new();
     let mut to_one = 0;
     for n in 0..15 {
-        h.relay_with_capacity(invite(&format!("paced-{n}")), pool([&one, &two]));
+        h.relay_to_gateway(invite(&format!("paced-{n}")), pool([&one, &two]));
         let (first, second) = (h.sent_to(BACKEND1), h.sent_to(BACKEND2));
         assert_eq!(
             first.len() + second.len(),
@@ -275,11 +263,11 @@ fn a_drained_destination_takes_no_new_request_while_its_calls_go_on() {
     let mut h = Harness::new();
     let route = answered_call(&mut h, "before-drain", pool([&one, &two]));
     one.set_draining(true);
-    h.relay_with_capacity(invite("after-drain"), pool([&one, &two]));
+    h.relay_to_gateway(invite("after-drain"), pool([&one, &two]));
     assert!(h.sent_to(BACKEND1).is_empty());
     h.one_sent_to(BACKEND2);
     let options = request("OPTIONS", "sip:bob@example.com", "z9hG4bK-o", "opt", "");
-    h.relay_with_capacity(options, pool([&one, &two]));
+    h.relay_to_gateway(options, pool([&one, &two]));
     assert!(h.sent_to(BACKEND1).is_empty(), "nothing new at all");
     assert_eq!(h.sent_to(BACKEND2).len(), 1);
     // The drained destination's call ends as ever.
@@ -333,7 +321,7 @@ fn a_call_the_script_did_not_record_route_counts_only_while_it_is_set_up() {
 fn a_branch_given_up_for_another_frees_its_slot_at_once() {
     let (one, two) = (Arc::new(Capacity::default()), Arc::new(Capacity::default()));
     let mut h = Harness::new();
-    h.relay_with_capacity(invite("given-up"), pool([&one, &two]));
+    h.relay_to_gateway(invite("given-up"), pool([&one, &two]));
     h.one_sent_to(BACKEND1);
     // 1 s of silence: the call moves to backend2.
     h.run_for(Duration::from_millis(1000), Duration::from_millis(10));

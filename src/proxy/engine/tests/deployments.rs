@@ -29,18 +29,6 @@ fn pool(first_report_success: bool, on_codes: &[u16]) -> GatewayRelay {
     }
 }
 
-impl Harness {
-    fn relay_to_pool(&mut self, msg: Message, relay: GatewayRelay) {
-        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
-        let uri = relay.candidates[0].uri.to_string();
-        let decision = Decision {
-            gateway: Some(relay),
-            ..script_decision(&run, Action::Relay { uri: Some(uri) })
-        };
-        self.decide(&run, decision);
-    }
-}
-
 fn methods(sent: &[Message]) -> Vec<String> {
     sent.iter().map(|m| m.method_str().to_string()).collect()
 }
@@ -104,7 +92,7 @@ fn a_cancelled_branch_whose_1xx_was_lost_is_retransmitted_then_cancelled() {
 #[test]
 fn a_failed_over_branch_is_retransmitted_until_it_answers_then_cancelled() {
     let mut h = Harness::new();
-    h.relay_to_pool(invite("two-ring"), pool(false, &[503]));
+    h.relay_to_gateway(invite("two-ring"), pool(false, &[503]));
     let first = h.one_sent_to(BACKEND1);
     h.advance(Duration::from_secs(1));
     h.one_sent_to(BACKEND2);
@@ -118,7 +106,7 @@ fn a_failed_over_branch_is_retransmitted_until_it_answers_then_cancelled() {
     );
     // Never answering, it stops at Timer B.
     let mut h = Harness::new();
-    h.relay_to_pool(invite("dead"), pool(false, &[503]));
+    h.relay_to_gateway(invite("dead"), pool(false, &[503]));
     h.advance(Duration::from_secs(1));
     h.run_for(Duration::from_secs(40), Duration::from_millis(100));
     let last = h.sent_to(BACKEND1);
@@ -137,7 +125,7 @@ fn invites_in(sent: &[Message]) -> usize {
 fn a_late_answer_on_a_failed_over_branch_is_no_success() {
     let mut h = Harness::new();
     // backend1 had failures: an answer from it would be reported.
-    h.relay_to_pool(invite("late"), pool(true, &[503]));
+    h.relay_to_gateway(invite("late"), pool(true, &[503]));
     let first = h.one_sent_to(BACKEND1);
     h.advance(Duration::from_secs(1));
     assert_eq!(
@@ -158,7 +146,7 @@ fn a_backend_that_sent_100_is_not_blamed_for_its_callees_timeout() {
     // Silence after a 100 until Timer B: the request fails over, but the
     // backend is up.
     let mut h = Harness::new();
-    h.relay_to_pool(invite("after-100"), pool(false, &[503, 408]));
+    h.relay_to_gateway(invite("after-100"), pool(false, &[503, 408]));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 100, &[]), BACKEND1);
     h.run_for(Duration::from_secs(32), Duration::from_millis(100));
@@ -170,7 +158,7 @@ fn a_backend_that_sent_100_is_not_blamed_for_its_callees_timeout() {
     assert_eq!(h.health(), []);
     // Its own 408 after a 100 (an operator listing 408 in on_codes).
     let mut h = Harness::new();
-    h.relay_to_pool(invite("408-after-100"), pool(false, &[503, 408]));
+    h.relay_to_gateway(invite("408-after-100"), pool(false, &[503, 408]));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 100, &[]), BACKEND1);
     h.respond(answer(&first, 408, &[]), BACKEND1);
@@ -178,7 +166,7 @@ fn a_backend_that_sent_100_is_not_blamed_for_its_callees_timeout() {
     assert_eq!(h.health(), []);
     // Without the 100, a 408 in on_codes is the backend's failure.
     let mut h = Harness::new();
-    h.relay_to_pool(invite("408-cold"), pool(false, &[503, 408]));
+    h.relay_to_gateway(invite("408-cold"), pool(false, &[503, 408]));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 408, &[]), BACKEND1);
     assert_eq!(
@@ -383,7 +371,7 @@ fn a_strict_source_group_takes_answers_only_from_the_address_it_sent_to() {
     let mut relay = pool(false, &[503]);
     Arc::make_mut(&mut relay.policy).strict_source = true;
     let mut h = Harness::new();
-    h.relay_to_pool(invite("strict"), relay);
+    h.relay_to_gateway(invite("strict"), relay);
     let sent = h.one_sent_to(BACKEND1);
     h.respond(answer(&sent, 486, &[]), BACKEND1_OTHER);
     assert_eq!(

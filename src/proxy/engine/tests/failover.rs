@@ -30,19 +30,6 @@ fn gateway(order: &[usize], policy: FailoverPolicy) -> GatewayRelay {
 }
 
 impl Harness {
-    /// Receives MSG from the UAC and relays it to the first of RELAY's
-    /// candidates, as `request.relay(gateway.select(...).uri)` does.
-    fn relay_to_group(&mut self, msg: Message, relay: GatewayRelay) -> ScriptRun {
-        let run = self.receive(msg, UAC, Protocol::Udp).expect("script runs");
-        let uri = relay.candidates[0].uri.to_string();
-        let decision = Decision {
-            gateway: Some(relay),
-            ..script_decision(&run, Action::Relay { uri: Some(uri) })
-        };
-        self.decide(&run, decision);
-        run
-    }
-
     /// The failover events so far, taken: `(failed, next)`.
     fn failovers(&mut self) -> Vec<(String, String, RelayFailure)> {
         let (mine, rest): (Vec<_>, Vec<_>) = self
@@ -72,7 +59,7 @@ fn invites(sent: &[Message]) -> usize {
 #[test]
 fn a_silent_candidate_fails_over_to_the_next_in_ranking_order() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("silent"),
         gateway(&[1, 0, 2], FailoverPolicy::default()),
     );
@@ -112,7 +99,7 @@ fn a_silent_candidate_fails_over_to_the_next_in_ranking_order() {
 #[test]
 fn a_503_fails_over_and_the_caller_sees_only_the_answer() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("busy-503"),
         gateway(&[0, 1, 2], FailoverPolicy::default()),
     );
@@ -146,7 +133,7 @@ fn a_503_fails_over_and_the_caller_sees_only_the_answer() {
 #[test]
 fn every_candidate_is_tried_once_then_the_caller_gets_500() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("all-503"),
         gateway(&[2, 0, 1], FailoverPolicy::default()),
     );
@@ -173,7 +160,7 @@ fn max_attempts_bounds_the_branches() {
         max_attempts: 2,
         ..FailoverPolicy::default()
     };
-    h.relay_to_group(invite("max-attempts"), gateway(&[0, 1, 2], policy));
+    h.relay_to_gateway(invite("max-attempts"), gateway(&[0, 1, 2], policy));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 503, &[]), BACKEND1);
     let second = h.sent_to(BACKEND2);
@@ -186,7 +173,7 @@ fn max_attempts_bounds_the_branches() {
 fn other_finals_are_not_failed_over() {
     for code in [302, 404, 486, 500, 603] {
         let mut h = Harness::new();
-        h.relay_to_group(invite("final"), gateway(&[0, 1], FailoverPolicy::default()));
+        h.relay_to_gateway(invite("final"), gateway(&[0, 1], FailoverPolicy::default()));
         let first = h.one_sent_to(BACKEND1);
         h.respond(answer(&first, code, &[]), BACKEND1);
         assert_eq!(h.reply_codes(), [100, code], "{code} goes upstream");
@@ -202,7 +189,7 @@ fn listed_codes_fail_over() {
         on_codes: vec![503, 480],
         ..FailoverPolicy::default()
     };
-    h.relay_to_group(invite("on-codes"), gateway(&[0, 1], policy));
+    h.relay_to_gateway(invite("on-codes"), gateway(&[0, 1], policy));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 480, &[]), BACKEND1);
     assert_eq!(invites(&h.sent_to(BACKEND2)), 1);
@@ -211,7 +198,7 @@ fn listed_codes_fail_over() {
 #[test]
 fn no_failover_once_a_branch_rang() {
     let mut h = Harness::new();
-    h.relay_to_group(invite("rang"), gateway(&[0, 1], FailoverPolicy::default()));
+    h.relay_to_gateway(invite("rang"), gateway(&[0, 1], FailoverPolicy::default()));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 180, &[]), BACKEND1);
     h.respond(answer(&first, 503, &[]), BACKEND1);
@@ -225,7 +212,7 @@ fn no_failover_once_a_branch_rang() {
 #[test]
 fn no_failover_after_the_callers_cancel() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("cancelled"),
         gateway(&[0, 1], FailoverPolicy::default()),
     );
@@ -257,7 +244,7 @@ fn no_failover_after_the_callers_cancel() {
 #[test]
 fn a_100_trying_waits_for_timer_b_then_fails_over() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("trying"),
         gateway(&[0, 1], FailoverPolicy::default()),
     );
@@ -282,7 +269,7 @@ fn a_non_invite_fails_over_and_never_gets_408() {
         "reg-fo",
         "",
     );
-    h.relay_to_group(register, gateway(&[0, 1], FailoverPolicy::default()));
+    h.relay_to_gateway(register, gateway(&[0, 1], FailoverPolicy::default()));
     h.one_sent_to(BACKEND1);
     h.run_for(Duration::from_millis(1_000), Duration::from_millis(10));
     let second = h.sent_to(BACKEND2);
@@ -298,7 +285,7 @@ fn with_failover_off_a_503_is_reported_but_not_failed_over() {
         enabled: false,
         ..FailoverPolicy::default()
     };
-    h.relay_to_group(invite("off"), gateway(&[0, 1], policy));
+    h.relay_to_gateway(invite("off"), gateway(&[0, 1], policy));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 503, &[]), BACKEND1);
     assert_eq!(
@@ -317,14 +304,14 @@ fn a_success_is_reported_only_when_the_group_asked() {
     let mut h = Harness::new();
     let mut relay = gateway(&[0, 1], FailoverPolicy::default());
     relay.candidates[0].report_success = true;
-    h.relay_to_group(invite("asked"), relay);
+    h.relay_to_gateway(invite("asked"), relay);
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 180, &[]), BACKEND1);
     h.respond(answer(&first, 200, &[]), BACKEND1);
     assert_eq!(h.health(), [("sip:backend1.example".to_string(), None)]);
 
     let mut h = Harness::new();
-    h.relay_to_group(invite("quiet"), gateway(&[0, 1], FailoverPolicy::default()));
+    h.relay_to_gateway(invite("quiet"), gateway(&[0, 1], FailoverPolicy::default()));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 200, &[]), BACKEND1);
     assert!(h.health().is_empty(), "the usual call sends no report");
@@ -338,7 +325,7 @@ fn on_failure_gets_the_best_response_and_may_relay_again() {
         enabled: false,
         ..FailoverPolicy::default()
     };
-    h.relay_to_group(invite("hook"), gateway(&[0, 1], policy));
+    h.relay_to_gateway(invite("hook"), gateway(&[0, 1], policy));
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 486, &[]), BACKEND1);
     let run = h.failure_runs.pop().expect("on_failure runs");
@@ -422,7 +409,7 @@ fn a_refused_tcp_connection_fails_over_at_once() {
     let mut h = Harness::new();
     let mut relay = gateway(&[0, 1], FailoverPolicy::default());
     relay.candidates[0].hop.protocol = Protocol::Tcp;
-    h.relay_to_group(invite("refused"), relay);
+    h.relay_to_gateway(invite("refused"), relay);
     h.one_sent_to(BACKEND1);
     // Another hop's failure changes nothing.
     h.engine
@@ -449,7 +436,7 @@ fn a_refused_tcp_connection_fails_over_at_once() {
 #[test]
 fn a_late_ringing_from_a_given_up_branch_is_cancelled_not_forwarded() {
     let mut h = Harness::new();
-    h.relay_to_group(
+    h.relay_to_gateway(
         invite("late-180"),
         gateway(&[0, 1, 2], FailoverPolicy::default()),
     );
@@ -478,7 +465,7 @@ fn a_100_is_not_a_success_for_passive_health() {
     };
     let mut relay = gateway(&[0, 1], policy);
     relay.candidates[0].report_success = true;
-    h.relay_to_group(invite("trying-then-503"), relay);
+    h.relay_to_gateway(invite("trying-then-503"), relay);
     let first = h.one_sent_to(BACKEND1);
     h.respond(answer(&first, 100, &[]), BACKEND1);
     h.respond(answer(&first, 503, &[]), BACKEND1);
@@ -497,7 +484,7 @@ fn a_dead_link_to_the_last_candidate_ends_the_call_at_once() {
     let mut h = Harness::new();
     let mut relay = gateway(&[0], FailoverPolicy::default());
     relay.candidates[0].hop.protocol = Protocol::Tcp;
-    h.relay_to_group(invite("last-link"), relay);
+    h.relay_to_gateway(invite("last-link"), relay);
     h.one_sent_to(BACKEND1);
     h.take();
     let hop = Hop::new(addr(BACKEND1), Protocol::Tcp);
