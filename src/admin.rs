@@ -28,6 +28,8 @@ pub struct AdminContext {
     pub metrics: &'static crate::metrics::Metrics,
     /// Bans at the edge: listed and lifted.
     pub edge: Arc<crate::actors::edge::Edge>,
+    /// Reads the config again (`POST /admin/reload`, as SIGHUP does).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// `admin.token`: every admin route needs it as a bearer token.
     pub token: Option<String>,
     /// `metrics.prometheus.token`: the Prometheus listener's own.
@@ -162,6 +164,7 @@ pub fn router(ctx: Shared) -> Router {
             "/admin/registrations/{*aor}",
             get(registrations).delete(delete_registrations),
         )
+        .route("/admin/reload", post(reload))
         .route("/admin/bans", get(bans))
         .route("/admin/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/metrics", get(metrics))
@@ -390,6 +393,32 @@ fn set_health(
             format!("no destination {uri} in group {group}"),
         ),
     }
+}
+
+/// Reloads the config and the script as SIGHUP does; answers what changed,
+/// or (422) why the new config was refused.
+async fn reload(State(ctx): State<Shared>) -> Response {
+    let Some(reloader) = ctx.reloader.clone() else {
+        return error(StatusCode::NOT_FOUND, "this process cannot reload");
+    };
+    // On the system's arbiter: a group the reload adds starts its actor
+    // there (axum's connection tasks are no actix context).
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    actix::System::current().arbiter().spawn(async move {
+        let _ = answer.send(reloader.reload().await);
+    });
+    let Ok(outcome) = outcome.await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload did not finish",
+        );
+    };
+    let status = if outcome.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, Json(json!(outcome))).into_response()
 }
 
 async fn registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Response {

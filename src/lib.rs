@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod registrar;
+pub mod reload;
 pub mod script;
 pub mod security;
 pub mod server;

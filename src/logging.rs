@@ -8,28 +8,67 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{check_log_level, LogFormat};
 
+/// Swaps the installed subscriber's filter.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Changes the log level of the running process (a reload's `log.level`).
+pub struct LogLevel {
+    /// None while `RUST_LOG` decides the level.
+    set: Option<SetFilter>,
+}
+
+impl LogLevel {
+    /// Sets `level` (a `log.level` value). Ok(false) when `RUST_LOG` is
+    /// set, which keeps deciding.
+    pub fn set(&self, level: &str) -> Result<bool, String> {
+        let Some(set) = &self.set else {
+            return Ok(false);
+        };
+        set(build_filter(level)?)?;
+        Ok(true)
+    }
+}
+
 /// Installs the global subscriber. `level` is a `log.level` value (a level
 /// name or an EnvFilter directive list). Returns an error, never panics, when
 /// the filter is invalid or a global subscriber is already installed.
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .parse(&directives)
-            .map_err(|e| format!("invalid RUST_LOG `{directives}`: {e}"))?,
-        _ => build_filter(level)?,
+pub fn init(level: &str, format: LogFormat) -> Result<LogLevel, String> {
+    let (filter, pinned) = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => (
+            EnvFilter::builder()
+                .parse(&directives)
+                .map_err(|e| format!("invalid RUST_LOG `{directives}`: {e}"))?,
+            true,
+        ),
+        _ => (build_filter(level)?, false),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(true);
-    let installed = match format {
-        LogFormat::Pretty => builder
-            .compact()
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    let cannot = |e: Box<dyn std::error::Error + Send + Sync>| {
+        format!("cannot install the log subscriber: {e}")
     };
-    installed.map_err(|e| format!("cannot install the log subscriber: {e}"))
+    let set: SetFilter = match format {
+        LogFormat::Pretty => {
+            let builder = builder
+                .compact()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map_err(cannot)?;
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_ansi(false).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map_err(cannot)?;
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
+    };
+    Ok(LogLevel {
+        set: (!pinned).then_some(set),
+    })
 }
 
 /// The filter for a `log.level` value, checked the same way as the config.

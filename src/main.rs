@@ -59,9 +59,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
     };
-    if let Err(e) = logging::init(&config.log.level, config.log.format) {
-        return fail(&format!("{}: log: {e}", path.display()));
-    }
+    let log_level = match logging::init(&config.log.level, config.log.format) {
+        Ok(handle) => handle,
+        Err(e) => return fail(&format!("{}: log: {e}", path.display())),
+    };
     if let Some(Command::Route(args)) = cli.command {
         return match route(&config, args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -84,7 +85,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match server::run(config, script, services) {
+    let boot = server::Boot {
+        config_path: path,
+        log_level,
+    };
+    match server::run(config, script, services, boot) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -24,14 +24,22 @@ fn shard_count(configured: usize) -> usize {
     }
 }
 
+/// What boot knows besides the config: where the config came from (a
+/// reload reads it again) and the handle that changes the log level.
+pub struct Boot {
+    pub config_path: std::path::PathBuf,
+    pub log_level: crate::logging::LogLevel,
+}
+
 /// Runs the daemon until a stop signal. Errors are start-up failures.
 pub fn run(
     config: Config,
     script: Arc<ScriptEngine>,
     services: ScriptServices,
+    boot: Boot,
 ) -> Result<(), String> {
     let system = System::new();
-    let started = system.block_on(async move { start(config, script, services).await });
+    let started = system.block_on(async move { start(config, script, services, boot).await });
     started?;
     system
         .run()
@@ -42,6 +50,7 @@ async fn start(
     config: Config,
     script: Arc<ScriptEngine>,
     services: ScriptServices,
+    boot: Boot,
 ) -> Result<(), String> {
     // listen.tls, then listen.wss: the order Transports::bind numbers them.
     let tls_listens: Vec<_> = config
@@ -190,7 +199,21 @@ async fn start(
         tracing::info!(addr = ?local, "listening on {transport}");
     }
 
-    start_http(&config, lifecycle.clone(), &services, edge.clone()).await?;
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        boot.config_path,
+        config.clone(),
+        script.clone(),
+        (services.auth.clone(), tls),
+        services.gateways.clone(),
+        boot.log_level,
+    ));
+    start_http(
+        &config,
+        lifecycle.clone(),
+        &services,
+        (edge.clone(), reloader.clone()),
+    )
+    .await?;
     // The edge's summary line, and the sweep of its tables, once a minute
     // (or at the metrics log interval when that is shorter).
     let summary_every = match config.metrics.log_interval_secs {
@@ -204,9 +227,7 @@ async fn start(
         sweep_nonce_counts(auth);
     }
     watch_signals(
-        script,
-        services.auth.clone(),
-        tls,
+        reloader,
         lifecycle.clone(),
         Duration::from_secs(config.server.drain_secs),
     );
@@ -220,11 +241,10 @@ async fn start(
     Ok(())
 }
 
-/// SIGHUP reloads the script; SIGTERM/SIGINT drain, then stop.
+/// SIGHUP reloads the config and the script; SIGTERM/SIGINT drain, then
+/// stop.
 fn watch_signals(
-    script: Arc<ScriptEngine>,
-    auth: Option<Arc<crate::script::auth::AuthService>>,
-    tls: Arc<crate::actors::tls::Tls>,
+    reloader: Arc<crate::reload::Reloader>,
     lifecycle: Arc<Lifecycle>,
     drain: Duration,
 ) {
@@ -241,16 +261,8 @@ fn watch_signals(
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    match script.reload() {
-                        Ok(()) => tracing::info!(script = %script.path().display(), "script reloaded"),
-                        Err(e) => tracing::error!("script reload failed; keeping the running version: {e}"),
-                    }
-                    match auth.as_ref().map(|auth| auth.reload()) {
-                        Some(Ok(users)) => tracing::info!(users, "credentials reloaded"),
-                        Some(Err(e)) => tracing::error!("credentials reload failed; keeping the old users: {e}"),
-                        None => {}
-                    }
-                    tls.reload();
+                    tracing::info!("SIGHUP: reloading the config and the script");
+                    reloader.clone().reload().await;
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -327,7 +339,7 @@ async fn start_http(
     config: &Config,
     lifecycle: Arc<Lifecycle>,
     services: &ScriptServices,
-    edge: Arc<crate::actors::edge::Edge>,
+    (edge, reloader): (Arc<crate::actors::edge::Edge>, Arc<crate::reload::Reloader>),
 ) -> Result<(), String> {
     let ctx = Arc::new(crate::admin::AdminContext {
         lifecycle,
@@ -339,6 +351,7 @@ async fn start_http(
             .map(|r| r.clone() as Arc<dyn crate::admin::RegistrationAdmin>),
         metrics: crate::metrics::get(),
         edge,
+        reloader: Some(reloader),
         token: config
             .admin
             .bearer_token()

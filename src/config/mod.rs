@@ -15,6 +15,7 @@
 //! files the config points to (the script) exist.
 
 mod address;
+pub mod diff;
 mod dns;
 mod edge;
 mod error;

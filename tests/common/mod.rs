@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod baresip;
+pub mod calls;
 pub mod dns;
 pub mod gateway;
 pub mod netns;
@@ -333,6 +334,15 @@ impl Siphon {
     pub fn replace_script(&self, script_text: &str) {
         let path = self.dir().join("script.py");
         fs::write(&path, script_text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Overwrite the config (`@PORT@` replaced as at start; takes effect
+    /// after `signal("HUP")` or `POST /admin/reload`).
+    pub fn replace_config(&self, yaml_template: &str) {
+        let config =
+            allow_loopback_relays(&yaml_template.replace("@PORT@", &self.port.to_string()));
+        let path = self.dir().join("siphon.yaml");
+        fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
     /// Send a signal by name (`HUP`, `TERM`...).

@@ -1,0 +1,275 @@
+//! What changed between two configs, for a reload (SIGHUP, `POST
+//! /admin/reload`) and `--check`: the gateway groups and destinations
+//! added, removed or changed (with their fields), the sections that apply
+//! in place, and those that need a restart (a socket to rebind, a backend
+//! to reconnect, threads to respawn).
+
+use serde::Serialize;
+
+use super::{Config, DestinationConfig, GroupConfig};
+
+/// The difference between a running config and a new one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConfigChanges {
+    pub groups_added: Vec<String>,
+    pub groups_removed: Vec<String>,
+    pub groups_changed: Vec<GroupChange>,
+    /// Sections that changed and apply without a restart.
+    pub applied: Vec<&'static str>,
+    /// Sections that changed and take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// One group that is in both configs and differs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupChange {
+    pub group: String,
+    /// One line per difference: `destination sip:b added`, `weight of
+    /// sip:a: 1 -> 2`, `algorithm: hash -> weighted`.
+    pub changes: Vec<String>,
+}
+
+impl ConfigChanges {
+    pub fn is_empty(&self) -> bool {
+        self.groups_added.is_empty()
+            && self.groups_removed.is_empty()
+            && self.groups_changed.is_empty()
+            && self.applied.is_empty()
+            && self.needs_restart.is_empty()
+    }
+
+    /// The gateway groups to (re)install: added or changed.
+    pub fn groups_to_install<'a>(
+        &'a self,
+        new: &'a Config,
+    ) -> impl Iterator<Item = &'a GroupConfig> + 'a {
+        new.gateway.groups.iter().filter(|group| {
+            self.groups_added.contains(&group.name)
+                || self.groups_changed.iter().any(|c| c.group == group.name)
+        })
+    }
+}
+
+/// The sections that apply in place when they change.
+const IN_PLACE: [&str; 1] = ["log.level"];
+
+/// What differs between `old` and `new`.
+pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
+    let mut changes = ConfigChanges::default();
+    for group in &new.gateway.groups {
+        match old.gateway.groups.iter().find(|g| g.name == group.name) {
+            None => changes.groups_added.push(group.name.clone()),
+            Some(before) => {
+                let lines = group_changes(before, group);
+                if !lines.is_empty() {
+                    changes.groups_changed.push(GroupChange {
+                        group: group.name.clone(),
+                        changes: lines,
+                    });
+                }
+            }
+        }
+    }
+    changes.groups_removed = old
+        .gateway
+        .groups
+        .iter()
+        .filter(|g| !new.gateway.groups.iter().any(|n| n.name == g.name))
+        .map(|g| g.name.clone())
+        .collect();
+
+    let sections: Vec<(&'static str, bool)> = vec![
+        ("log.level", old.log.level != new.log.level),
+        ("auth", old.auth != new.auth),
+        ("listen", old.listen != new.listen),
+        ("advertise", old.advertise != new.advertise),
+        ("domain", old.domain != new.domain),
+        ("script.path", old.script.path != new.script.path),
+        (
+            "script.timeout_ms",
+            old.script.timeout_ms != new.script.timeout_ms,
+        ),
+        ("registrar", old.registrar != new.registrar),
+        ("server", old.server != new.server),
+        ("metrics", old.metrics != new.metrics),
+        ("admin", old.admin != new.admin),
+        ("log.format", old.log.format != new.log.format),
+        ("transaction", old.transaction != new.transaction),
+        ("security", old.security != new.security),
+        ("limits", old.limits != new.limits),
+        ("dns", old.dns != new.dns),
+        ("tls", old.tls != new.tls),
+        (
+            "gateway.share_health",
+            old.gateway.share_health != new.gateway.share_health,
+        ),
+        (
+            "gateway.call_max_secs",
+            old.gateway.call_max_secs != new.gateway.call_max_secs,
+        ),
+    ];
+    for (section, changed) in sections {
+        if !changed {
+            continue;
+        }
+        if IN_PLACE.contains(&section) {
+            changes.applied.push(section);
+        } else {
+            changes.needs_restart.push(section);
+        }
+    }
+    changes
+}
+
+/// What differs in one group, line by line.
+fn group_changes(old: &GroupConfig, new: &GroupConfig) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut field = |name: &str, before: String, after: String| {
+        if before != after {
+            lines.push(format!("{name}: {before} -> {after}"));
+        }
+    };
+    field(
+        "algorithm",
+        old.algorithm.to_string(),
+        new.algorithm.to_string(),
+    );
+    field(
+        "probe",
+        format!("{:?}", old.probe),
+        format!("{:?}", new.probe),
+    );
+    field(
+        "failover",
+        format!("{:?}", old.failover),
+        format!("{:?}", new.failover),
+    );
+    field(
+        "passive",
+        format!("{:?}", old.passive),
+        format!("{:?}", new.passive),
+    );
+    field(
+        "max_retry_after_secs",
+        old.max_retry_after_secs.to_string(),
+        new.max_retry_after_secs.to_string(),
+    );
+    field(
+        "strict_source",
+        old.strict_source.to_string(),
+        new.strict_source.to_string(),
+    );
+    field(
+        "spill_threshold",
+        old.spill_threshold.to_string(),
+        new.spill_threshold.to_string(),
+    );
+    field(
+        "hash_bound",
+        format!("{:?}", old.hash_bound),
+        format!("{:?}", new.hash_bound),
+    );
+    for destination in &new.destinations {
+        match old.destinations.iter().find(|d| d.uri == destination.uri) {
+            None => lines.push(format!("destination {} added", destination.uri)),
+            Some(before) => lines.extend(destination_changes(before, destination)),
+        }
+    }
+    for destination in &old.destinations {
+        if !new.destinations.iter().any(|d| d.uri == destination.uri) {
+            lines.push(format!("destination {} removed", destination.uri));
+        }
+    }
+    lines
+}
+
+/// What differs in one destination: `weight of sip:a: 1 -> 2`.
+pub fn destination_changes(old: &DestinationConfig, new: &DestinationConfig) -> Vec<String> {
+    let pairs = [
+        ("address", old.address.to_string(), new.address.to_string()),
+        ("weight", old.weight.to_string(), new.weight.to_string()),
+        (
+            "attrs",
+            format!("{:?}", old.attrs),
+            format!("{:?}", new.attrs),
+        ),
+        (
+            "transport",
+            format!("{:?}", old.transport),
+            format!("{:?}", new.transport),
+        ),
+        (
+            "priority",
+            old.priority.to_string(),
+            new.priority.to_string(),
+        ),
+        ("max_calls", shown(old.max_calls), shown(new.max_calls)),
+        ("max_cps", shown(old.max_cps), shown(new.max_cps)),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, before, after)| before != after)
+        .map(|(name, before, after)| format!("{name} of {}: {before} -> {after}", new.uri))
+        .collect()
+}
+
+fn shown<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(groups: &str, extra: &str) -> Config {
+        let text = format!("script: {{path: /srv/lb.py}}\n{extra}gateway:\n  groups:\n{groups}");
+        super::super::from_text(&text, Path::new("test.yaml")).expect("loads")
+    }
+
+    const TWO: &str = "    - name: a\n      destinations:\n        - {uri: \"sip:127.0.0.1:5071\"}\n        - {uri: \"sip:127.0.0.1:5072\", weight: 2}\n";
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        assert!(diff(&config(TWO, ""), &config(TWO, "")).is_empty());
+    }
+
+    #[test]
+    fn destinations_added_removed_and_changed_are_named_with_their_fields() {
+        let new = "    - name: a\n      algorithm: hash\n      destinations:\n        - {uri: \"sip:127.0.0.1:5072\", weight: 3, max_calls: 10}\n        - {uri: \"sip:127.0.0.1:5073\"}\n    - name: b\n      destinations: [{uri: \"sip:127.0.0.1:5074\"}]\n";
+        let (old, new) = (config(TWO, ""), config(new, ""));
+        let changes = diff(&old, &new);
+        assert_eq!(changes.groups_added, ["b"]);
+        assert!(changes.groups_removed.is_empty());
+        assert_eq!(changes.groups_changed.len(), 1);
+        assert_eq!(
+            changes.groups_changed[0].changes,
+            [
+                "algorithm: weighted -> hash",
+                "weight of sip:127.0.0.1:5072: 2 -> 3",
+                "max_calls of sip:127.0.0.1:5072: none -> 10",
+                "destination sip:127.0.0.1:5073 added",
+                "destination sip:127.0.0.1:5071 removed",
+            ]
+        );
+        let installed: Vec<&str> = changes
+            .groups_to_install(&new)
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(installed, ["a", "b"]);
+        let back = diff(&new, &old);
+        assert_eq!(back.groups_removed, ["b"]);
+    }
+
+    #[test]
+    fn sections_apply_in_place_or_need_a_restart() {
+        let old = config(TWO, "log: {level: info}\n");
+        let new = config(
+            TWO,
+            "log: {level: debug}\nlisten: {udp: [\"127.0.0.1:5099\"]}\nserver: {workers: 2}\n",
+        );
+        let changes = diff(&old, &new);
+        assert_eq!(changes.applied, ["log.level"]);
+        assert_eq!(changes.needs_restart, ["listen", "server"]);
+    }
+}

@@ -1,0 +1,166 @@
+//! Changing a running siphon: SIGHUP and `POST /admin/reload` read the
+//! YAML again (and the script, the TLS files and the credentials file).
+//!
+//! The new config is loaded and validated off the SIP threads (a
+//! destination's name may need a DNS lookup), then compared with the
+//! running one ([`crate::config::diff`]). A config or script that does not
+//! load is refused as a whole with the message `--check` gives, and the
+//! running config stays. Otherwise gateway groups added or changed are
+//! installed (their destinations that remain keep their health, counters,
+//! calls, drain and Retry-After holds), removed groups stop taking new
+//! requests while their calls finish, `log.level` applies at once, and a
+//! change that needs a restart (a listener, the registrar, `workers`, ...)
+//! is logged as such while the rest applies.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::actors::gateway::GatewayService;
+use crate::config::diff::{diff, ConfigChanges};
+use crate::config::Config;
+use crate::logging::LogLevel;
+use crate::script::auth::AuthService;
+use crate::script::ScriptEngine;
+
+/// What a reload needs: where the config is, what runs now, and the parts
+/// that change in place.
+pub struct Reloader {
+    path: PathBuf,
+    running: Mutex<Config>,
+    script: Arc<ScriptEngine>,
+    auth: Option<Arc<AuthService>>,
+    tls: Arc<crate::actors::tls::Tls>,
+    gateways: Arc<GatewayService>,
+    log_level: LogLevel,
+    /// One reload at a time: a second SIGHUP waits for the first.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// The result of one reload, logged and answered by `POST /admin/reload`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// Why the new config was refused (as `--check` says it).
+    pub error: Option<String>,
+    pub changes: ConfigChanges,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        running: Config,
+        script: Arc<ScriptEngine>,
+        (auth, tls): (Option<Arc<AuthService>>, Arc<crate::actors::tls::Tls>),
+        gateways: Arc<GatewayService>,
+        log_level: LogLevel,
+    ) -> Self {
+        Reloader {
+            path,
+            running: Mutex::new(running),
+            script,
+            auth,
+            tls,
+            gateways,
+            log_level,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the config file and the script again and applies what
+    /// changed. Runs on the actor system (new groups start actors there);
+    /// the file is read on a blocking thread.
+    pub async fn reload(self: Arc<Self>) -> ReloadOutcome {
+        let _one_at_a_time = self.busy.lock().await;
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
+            .await
+            .map_err(|e| format!("reload: {e}"))
+            .and_then(|loaded| loaded.map_err(|e| e.to_string()));
+        let new = match loaded {
+            Ok(new) => new,
+            Err(error) => return self.refused(error),
+        };
+        let changes = diff(&self.running_config(), &new);
+        if let Err(error) = self.script.reload() {
+            return self.refused(error);
+        }
+        tracing::info!(script = %self.script.path().display(), "script reloaded");
+        self.apply(&new, &changes);
+        match self.auth.as_ref().map(|auth| auth.reload()) {
+            Some(Ok(users)) => tracing::info!(users, "credentials reloaded"),
+            Some(Err(e)) => {
+                tracing::error!("credentials reload failed; keeping the old users: {e}")
+            }
+            None => {}
+        }
+        self.tls.reload();
+        log_changes(&changes);
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        ReloadOutcome {
+            ok: true,
+            error: None,
+            changes,
+        }
+    }
+
+    /// The config running now.
+    pub fn running_config(&self) -> Config {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn refused(&self, error: String) -> ReloadOutcome {
+        tracing::error!("reload refused; the running config stays: {error}");
+        ReloadOutcome {
+            ok: false,
+            error: Some(error),
+            changes: ConfigChanges::default(),
+        }
+    }
+
+    /// Applies what changes in place.
+    fn apply(&self, new: &Config, changes: &ConfigChanges) {
+        for name in &changes.groups_removed {
+            self.gateways.remove_group(name);
+        }
+        for group in changes.groups_to_install(new) {
+            self.gateways.add_group(group);
+        }
+        if changes.applied.contains(&"log.level") {
+            match self.log_level.set(&new.log.level) {
+                Ok(true) => tracing::info!(level = %new.log.level, "log level changed"),
+                Ok(false) => tracing::info!("log.level changed, but RUST_LOG decides the level"),
+                Err(e) => tracing::error!("log.level: {e}"),
+            }
+        }
+    }
+}
+
+/// One line per change, and one per section that needs a restart.
+fn log_changes(changes: &ConfigChanges) {
+    if changes.is_empty() {
+        tracing::info!("config reloaded: nothing changed");
+        return;
+    }
+    for group in &changes.groups_added {
+        tracing::info!(group = %group, "config reloaded: gateway group added");
+    }
+    for group in &changes.groups_removed {
+        tracing::info!(group = %group, "config reloaded: gateway group removed; its calls in progress go on");
+    }
+    for group in &changes.groups_changed {
+        for change in &group.changes {
+            tracing::info!(group = %group.group, "config reloaded: {change}");
+        }
+    }
+    for section in &changes.needs_restart {
+        tracing::warn!(
+            section,
+            "config reloaded: {section} changed and needs a restart; the rest applies"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! End to end: changing a running LB. SIGHUP (and `POST /admin/reload`)
+//! read the YAML again: a destination added takes calls under load, one
+//! removed takes no new call while its calls end cleanly, a broken file is
+//! refused and the old config serves on, a listener change is reported as
+//! needing a restart, and health and active calls survive.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::calls::{backend, callers, destination, lb_config, outcomes, users, Lb};
+use common::gateway::{backend_uri, seed_lb_script};
+use common::{free_port, http};
+
+/// Waits for the reload's summary line after log byte `from`.
+fn wait_for_reload(lb: &Lb, from: usize, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = lb.siphon.log();
+        if String::from_utf8_lossy(log.as_bytes().get(from..).unwrap_or_default()).contains(needle)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` after the reload:\n{}",
+            lb.siphon.log_tail(30)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_destination_added_to_the_yaml_takes_calls_after_sighup_with_no_failed_call() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let _b1 = backend(dir.path(), 1, ports[0]);
+    let _b2 = backend(dir.path(), 2, ports[1]);
+    let one = destination(1, ports[0], "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+
+    // 10 s of calls; the YAML gains backend 2 after 3 s.
+    let load = callers("load", lb.addr(), &users("u", 200), 20, 200).spawn(dir.path());
+    thread::sleep(Duration::from_secs(3));
+    let both = one.clone() + &destination(2, ports[1], "");
+    lb.rewrite_config(&lb_config("weighted", "", &both, 14_400));
+    let from = lb.siphon.log().len();
+    assert!(lb.siphon.signal("HUP"));
+    wait_for_reload(&lb, from, "destination sip:backend2.example.com:5060 added");
+    let outcome = load.wait();
+    outcome.assert_all_succeeded();
+    let (routes, _) = outcomes(&outcome);
+    eprintln!("{routes:?}");
+    assert!(
+        routes.get("b2").copied().unwrap_or(0) >= 40,
+        "b2 took calls: {routes:?}"
+    );
+    assert!(routes.get("b1").copied().unwrap_or(0) >= 100, "{routes:?}");
+}
+
+#[test]
+fn a_destination_removed_takes_no_new_call_while_its_calls_end_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let _b1 = backend(dir.path(), 1, ports[0]);
+    let _b2 = backend(dir.path(), 2, ports[1]);
+    let one = destination(1, ports[0], "");
+    let both = one.clone() + &destination(2, ports[1], "");
+    let lb = Lb::start("least_calls", "", &both, &seed_lb_script());
+
+    let long = callers("long", lb.addr(), &users("l", 10), 20, 3000).spawn(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lb.load(2).0 < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "calls up on b2: {:?}",
+            lb.load(2)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    lb.rewrite_config(&lb_config("least_calls", "", &one, 14_400));
+    let from = lb.siphon.log().len();
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["ok"], true);
+    let changes = answer["changes"]["groups_changed"][0]["changes"].to_string();
+    assert!(
+        changes.contains("destination sip:backend2.example.com:5060 removed"),
+        "{answer}"
+    );
+    wait_for_reload(&lb, from, "removed");
+
+    let after = callers("after", lb.addr(), &users("a", 20), 20, 100).run(dir.path());
+    after.assert_all_succeeded();
+    assert_eq!(outcomes(&after).0.get("b2"), None, "no new call to b2");
+    // b2's calls in progress end with their BYEs, answered by b2.
+    let long = long.wait();
+    long.assert_all_succeeded();
+    assert!(outcomes(&long).0.get("b2").copied().unwrap_or(0) >= 4);
+}
+
+#[test]
+fn a_broken_yaml_is_refused_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let _b1 = backend(dir.path(), 1, port);
+    let one = destination(1, port, "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+    let broken = lb_config(
+        "weighted",
+        "",
+        &destination(1, port, ", weight: -3"),
+        14_400,
+    );
+    lb.rewrite_config(&broken);
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 422, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["ok"], false);
+    let error = answer["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("gateway.groups[0].destinations[0].weight"),
+        "{error}"
+    );
+    assert!(lb.siphon.wait_for_log(
+        "reload refused; the running config stays",
+        Duration::from_secs(2)
+    ));
+    // The same by SIGHUP, and calls go on.
+    assert!(lb.siphon.signal("HUP"));
+    let outcome = callers("still", lb.addr(), &users("s", 10), 20, 100).run(dir.path());
+    outcome.assert_all_succeeded();
+    assert_eq!(outcomes(&outcome).0.get("b1"), Some(&10));
+}
+
+#[test]
+fn a_listener_change_needs_a_restart_and_the_rest_applies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let _b1 = backend(dir.path(), 1, ports[0]);
+    let _b2 = backend(dir.path(), 2, ports[1]);
+    let one = destination(1, ports[0], "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+    let both = one.clone() + &destination(2, ports[1], ", weight: 3");
+    let moved = lb_config("weighted", "", &both, 14_400).replace(
+        "udp: [\"127.0.0.1:@PORT@\"]",
+        &format!("udp: [\"127.0.0.1:{}\"]", free_port()),
+    );
+    lb.rewrite_config(&moved);
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        answer["changes"]["needs_restart"],
+        serde_json::json!(["listen"])
+    );
+    assert!(lb
+        .siphon
+        .wait_for_log("listen changed and needs a restart", Duration::from_secs(2)));
+    // The old listener serves on, with the new destination.
+    let outcome = callers("after", lb.addr(), &users("x", 20), 20, 100).run(dir.path());
+    outcome.assert_all_succeeded();
+    assert!(outcomes(&outcome).0.get("b2").copied().unwrap_or(0) >= 10);
+}
+
+#[test]
+fn health_and_active_calls_survive_a_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let _b1 = backend(dir.path(), 1, ports[0]);
+    let _b2 = backend(dir.path(), 2, ports[1]);
+    let both = destination(1, ports[0], "") + &destination(2, ports[1], "");
+    let lb = Lb::start("least_calls", "", &both, &seed_lb_script());
+    let body = format!("{{\"uri\": \"{}\", \"force\": true}}", backend_uri(1));
+    let (status, _) = http(
+        lb.admin,
+        "POST",
+        "/admin/gateways/backends/down",
+        Some(&body),
+    );
+    assert_eq!(status, 200);
+    let long = callers("long", lb.addr(), &users("l", 6), 20, 4000).spawn(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lb.load(2).0 < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "calls up on b2: {:?}",
+            lb.load(2)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let changed =
+        destination(1, ports[0], "") + &destination(2, ports[1], ", weight: 2, max_calls: 50");
+    lb.rewrite_config(&lb_config("least_calls", "", &changed, 14_400));
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let b1 = lb.destination(1);
+    assert_eq!(b1["held_down"], true, "{b1}");
+    assert_eq!(b1["healthy"], false);
+    let b2 = lb.destination(2);
+    assert_eq!(b2["active_calls"], 6, "{b2}");
+    assert_eq!(
+        (b2["weight"].as_u64(), b2["max_calls"].as_u64()),
+        (Some(2), Some(50))
+    );
+    long.wait().assert_all_succeeded();
+    lb.wait_for_no_calls("backends", &[1, 2], Duration::from_secs(3));
+}
