@@ -44,6 +44,10 @@ pub trait GatewayAdmin: Send + Sync {
     fn set_down(&self, group: &str, uri: &str, down: bool) -> Option<bool>;
     /// Starts or ends a drain; `Some(changed)`, or None when unknown.
     fn set_draining(&self, group: &str, uri: &str, draining: bool) -> Option<bool>;
+    /// Adds, removes or changes groups and destinations (`edit`); answers
+    /// the group as `/admin/gateways` shows it, or the status and why not.
+    /// Runs on the actor system (a new group starts its actor).
+    fn edit(&self, edit: GatewayEdit) -> Result<Value, (StatusCode, String)>;
     /// How many destinations of `group` other than `uri` are healthy now;
     /// None when the group has no such destination.
     fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize>;
@@ -57,6 +61,28 @@ pub trait GatewayAdmin: Send + Sync {
         key: Option<String>,
     ) -> Option<tokio::sync::oneshot::Receiver<Vec<(String, String)>>>;
 }
+
+/// A change to the gateway groups over the admin API.
+pub enum GatewayEdit {
+    AddGroup(Value),
+    RemoveGroup(String),
+    AddDestination {
+        group: String,
+        body: Value,
+    },
+    RemoveDestination {
+        group: String,
+        uri: String,
+    },
+    PatchDestination {
+        group: String,
+        uri: String,
+        body: Value,
+    },
+}
+
+/// The keys `PATCH .../destinations` may change.
+const PATCHABLE: [&str; 5] = ["weight", "priority", "attrs", "max_calls", "max_cps"];
 
 /// The registrar operations the admin API needs.
 pub trait RegistrationAdmin: Send + Sync {
@@ -154,7 +180,17 @@ pub fn router(ctx: Shared) -> Router {
     Router::new()
         .route("/admin/health", get(health))
         .route("/admin/ready", get(ready))
-        .route("/admin/gateways", get(gateways))
+        .route("/admin/gateways", get(gateways).post(add_group))
+        .route(
+            "/admin/gateways/{group}",
+            axum::routing::delete(remove_group),
+        )
+        .route(
+            "/admin/gateways/{group}/destinations",
+            post(add_destination)
+                .delete(remove_destination)
+                .patch(patch_destination),
+        )
         .route("/admin/gateways/{group}/select", get(select))
         .route("/admin/gateways/{group}/down", post(mark_down))
         .route("/admin/gateways/{group}/up", post(mark_up))
@@ -278,6 +314,80 @@ async fn mark_up(
     body: Bytes,
 ) -> Response {
     set_health(state, group, query, body, false)
+}
+
+/// Carries out `edit` on the actor system's arbiter and answers it.
+async fn edit_gateways(ctx: Shared, edit: GatewayEdit) -> Response {
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    actix::System::current().arbiter().spawn(async move {
+        let _ = answer.send(ctx.gateways.edit(edit));
+    });
+    match outcome.await {
+        Ok(Ok(group)) => Json(group).into_response(),
+        Ok(Err((status, message))) => error(status, message),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the change did not finish",
+        ),
+    }
+}
+
+/// The JSON body, or why it is none (a 400).
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+/// `?uri=`, or why it is missing (a 400).
+fn uri_query(query: Option<&str>) -> Result<String, String> {
+    query
+        .and_then(|q| query_value(q, "uri"))
+        .ok_or_else(|| "name the destination with ?uri=".to_string())
+}
+
+async fn add_group(State(ctx): State<Shared>, body: Bytes) -> Response {
+    match json_body(&body) {
+        Ok(body) => edit_gateways(ctx, GatewayEdit::AddGroup(body)).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn remove_group(State(ctx): State<Shared>, Path(group): Path<String>) -> Response {
+    edit_gateways(ctx, GatewayEdit::RemoveGroup(group)).await
+}
+
+async fn add_destination(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Response {
+    match json_body(&body) {
+        Ok(body) => edit_gateways(ctx, GatewayEdit::AddDestination { group, body }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn remove_destination(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match uri_query(query.as_deref()) {
+        Ok(uri) => edit_gateways(ctx, GatewayEdit::RemoveDestination { group, uri }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn patch_destination(
+    State(ctx): State<Shared>,
+    Path(group): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (uri, body) = match (uri_query(query.as_deref()), json_body(&body)) {
+        (Ok(uri), Ok(body)) => (uri, body),
+        (Err(message), _) | (_, Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    edit_gateways(ctx, GatewayEdit::PatchDestination { group, uri, body }).await
 }
 
 async fn drain(
@@ -514,6 +624,54 @@ pub fn spawn_metrics(listener: TcpListener, ctx: Shared) {
     });
 }
 
+/// Applies a `PATCH .../destinations` body (`weight`, `priority`, `attrs`,
+/// `max_calls`, `max_cps`; null lifts a limit) with the config's checks.
+fn patch_destination_config(
+    destination: &mut crate::config::DestinationConfig,
+    body: Value,
+) -> Result<(), String> {
+    let Value::Object(fields) = body else {
+        return Err(format!(
+            "body must be a JSON object with {}",
+            PATCHABLE.join(", ")
+        ));
+    };
+    if let Some(key) = fields.keys().find(|k| !PATCHABLE.contains(&k.as_str())) {
+        return Err(format!(
+            "{key}: cannot be changed here; PATCH takes {} (remove the destination and add it again for the rest)",
+            PATCHABLE.join(", ")
+        ));
+    }
+    fn field<T: serde::de::DeserializeOwned>(key: &str, value: &Value) -> Result<T, String> {
+        serde_json::from_value(value.clone()).map_err(|e| format!("{key}: {e}"))
+    }
+    let mut changed = destination.clone();
+    for (key, value) in &fields {
+        match key.as_str() {
+            "weight" => changed.weight = field(key, value)?,
+            "priority" => changed.priority = field(key, value)?,
+            "max_calls" => changed.max_calls = field(key, value)?,
+            "max_cps" => changed.max_cps = field(key, value)?,
+            _ => {
+                let map: serde_json::Map<String, Value> = field(key, value)?;
+                changed.attrs = map
+                    .into_iter()
+                    .map(|(name, value)| match value {
+                        Value::String(text) => Ok((name, text)),
+                        Value::Number(_) | Value::Bool(_) => Ok((name, value.to_string())),
+                        _ => Err(format!("attrs.{name}: must be a string, number or boolean")),
+                    })
+                    .collect::<Result<_, String>>()?;
+            }
+        }
+    }
+    let (priority, max_calls, max_cps) = (changed.priority, changed.max_calls, changed.max_cps);
+    *destination = changed
+        .with_capacity(priority, max_calls, max_cps)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 impl GatewayAdmin for crate::actors::gateway::GatewayService {
     fn snapshot(&self) -> Value {
         let now = std::time::Instant::now();
@@ -525,6 +683,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             .map(|shared| {
                 // Healthy as selection sees it: what the group's actor published.
                 let view = shared.view();
+                let configs = self.group_configs(shared.name());
                 let group = shared.lock();
                 let destinations: Vec<Value> = group
                     .iter()
@@ -558,12 +717,18 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "full": capacity.max_calls().is_some_and(|max| in_use >= max),
                             "draining": draining,
                             "drained": draining && in_use == 0,
+                            "source": match &configs {
+                                Some(c) if c.source() == "script" => "script",
+                                Some(c) if c.destination_from_file(&dest.uri) => "file",
+                                _ => "runtime",
+                            },
                         })
                     })
                     .collect();
                 json!({
                     "name": group.name(),
                     "algorithm": group.algorithm().as_str(),
+                    "source": configs.as_ref().map_or("script", |c| c.source()),
                     "destinations": destinations,
                 })
             })
@@ -596,6 +761,98 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
 
     fn set_draining(&self, group: &str, uri: &str, draining: bool) -> Option<bool> {
         self.drain(group, uri, draining, "admin")
+    }
+
+    fn edit(&self, edit: GatewayEdit) -> Result<Value, (StatusCode, String)> {
+        use crate::actors::gateway::{EditError, GroupOrigin};
+        let invalid = |message: String| (StatusCode::BAD_REQUEST, message);
+        let refused = |group: &str| {
+            let group = group.to_string();
+            move |e: EditError| match e {
+                EditError::NotFound => (StatusCode::NOT_FOUND, format!("no group {group}")),
+                EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
+            }
+        };
+        let name = match edit {
+            GatewayEdit::AddGroup(body) => {
+                let config = crate::config::group_from_json(body).map_err(invalid)?;
+                if self.gateways().get(&config.name).is_some() {
+                    let message = format!(
+                        "name: group {} exists; add destinations to it, or DELETE it first",
+                        config.name
+                    );
+                    return Err((StatusCode::CONFLICT, message));
+                }
+                self.install(&config, GroupOrigin::Admin);
+                config.name
+            }
+            GatewayEdit::RemoveGroup(group) => {
+                if !self.remove_group(&group) {
+                    return Err((StatusCode::NOT_FOUND, format!("no group {group}")));
+                }
+                return Ok(json!({ "group": group, "removed": true }));
+            }
+            GatewayEdit::AddDestination { group, body } => {
+                let destination = crate::config::destination_from_json(body).map_err(invalid)?;
+                self.edit_group(&group, |config| {
+                    if config.destinations.iter().any(|d| d.uri == destination.uri) {
+                        return Err(EditError::Invalid(format!(
+                            "uri: {} is in the group already; PATCH it instead",
+                            destination.uri
+                        )));
+                    }
+                    config.destinations.push(destination);
+                    Ok(())
+                })
+                .map_err(refused(&group))?;
+                group
+            }
+            GatewayEdit::RemoveDestination { group, uri } => {
+                self.edit_group(&group, |config| {
+                    let before = config.destinations.len();
+                    config.destinations.retain(|d| d.uri != uri);
+                    match config.destinations.len() == before {
+                        true => Err(EditError::NotFound),
+                        false => Ok(()),
+                    }
+                })
+                .map_err(|e| match e {
+                    EditError::NotFound => (
+                        StatusCode::NOT_FOUND,
+                        format!("no destination {uri} in group {group}"),
+                    ),
+                    EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
+                })?;
+                group
+            }
+            GatewayEdit::PatchDestination { group, uri, body } => {
+                self.edit_group(&group, |config| {
+                    let destination = config
+                        .destinations
+                        .iter_mut()
+                        .find(|d| d.uri == uri)
+                        .ok_or(EditError::NotFound)?;
+                    patch_destination_config(destination, body).map_err(EditError::Invalid)
+                })
+                .map_err(|e| match e {
+                    EditError::NotFound => (
+                        StatusCode::NOT_FOUND,
+                        format!("no destination {uri} in group {group}"),
+                    ),
+                    EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
+                })?;
+                group
+            }
+        };
+        let snapshot = self.snapshot();
+        let shown = snapshot["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["name"] == name.as_str())
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(shown)
     }
 
     fn healthy_besides(&self, group: &str, uri: &str) -> Option<usize> {

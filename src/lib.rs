@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod dry_run;
 pub mod gateway;
 pub mod lifecycle;

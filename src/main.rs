@@ -28,6 +28,73 @@ enum Command {
     /// Print what the script decides for one SIP message, as one JSON
     /// object, without sockets (a dry run against the config).
     Route(RouteArgs),
+    /// Drive a running siphon over its admin API (as kamcmd does Kamailio).
+    /// The admin address and token come from --config (admin.listen,
+    /// admin.token) or from --url and --token.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The admin API, as http://host:port (instead of --config's admin.listen).
+    #[arg(long)]
+    url: Option<String>,
+    /// The admin token (instead of --config's admin.token).
+    #[arg(long)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: CtlVerb,
+}
+
+#[derive(Subcommand)]
+enum CtlVerb {
+    /// Every destination: state, reason, latency, active calls, weight, priority.
+    Gateways { group: Option<String> },
+    /// Hold a destination down (probes do not lift it).
+    Down {
+        group: String,
+        uri: String,
+        /// Even if it is the group's last destination up.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a hold.
+    Up { group: String, uri: String },
+    /// No new requests for a destination; its calls go on.
+    Drain { group: String, uri: String },
+    /// End a drain.
+    Undrain { group: String, uri: String },
+    /// Add a destination: FIELDS as name=value (address=, weight=,
+    /// priority=, max_calls=, max_cps=, transport=, attrs.K=).
+    Add {
+        group: String,
+        uri: String,
+        fields: Vec<String>,
+    },
+    /// Remove a destination; its calls in progress go on.
+    Remove { group: String, uri: String },
+    /// Change a destination: weight=, priority=, max_calls=, max_cps=
+    /// (none lifts a limit), attrs.K=.
+    Set {
+        group: String,
+        uri: String,
+        fields: Vec<String>,
+    },
+    /// The ranking of KEY in GROUP, first choice first.
+    Select { group: String, key: String },
+    /// Read the config file and the script again (as SIGHUP).
+    Reload,
+    /// The bindings of an AoR.
+    Registrations { aor: Option<String> },
+    /// The sources banned at the edge.
+    Bans,
+    /// Lift a ban.
+    Unban { ip: String },
+    /// The Prometheus metrics.
+    Metrics,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +118,9 @@ struct RouteArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl(cli.config, args);
+    }
     let (path, _embedded) = match config_path(cli.config) {
         Ok(found) => found,
         Err(e) => return fail(&e),
@@ -92,6 +162,78 @@ fn main() -> ExitCode {
     match server::run(config, script, services, boot) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// `siphon ctl`: one verb against the admin API.
+fn ctl(config: Option<PathBuf>, args: CtlArgs) -> ExitCode {
+    use siphon::ctl::{parse_fields, Target, Verb};
+    let target = match (&args.url, config) {
+        (Some(url), _) => Target::from_url(url, args.token.clone()),
+        (None, Some(path)) => Target::from_config(&path, args.token.clone()),
+        (None, None) if std::path::Path::new("siphon.yaml").exists() => {
+            Target::from_config(std::path::Path::new("siphon.yaml"), args.token.clone())
+        }
+        (None, None) => Err(
+            "name the daemon: --config FILE (its admin.listen and admin.token) or --url http://host:port"
+                .to_string(),
+        ),
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(e) => return fail(&format!("ctl: {e}")),
+    };
+    let fields = |words: &[String]| parse_fields(words);
+    let verb = match args.verb {
+        CtlVerb::Gateways { group } => Ok(Verb::Gateways(group)),
+        CtlVerb::Down { group, uri, force } => Ok(Verb::Mark {
+            action: "down",
+            group,
+            uri,
+            force,
+        }),
+        CtlVerb::Up { group, uri } => Ok(Verb::Mark {
+            action: "up",
+            group,
+            uri,
+            force: false,
+        }),
+        CtlVerb::Drain { group, uri } => Ok(Verb::Mark {
+            action: "drain",
+            group,
+            uri,
+            force: false,
+        }),
+        CtlVerb::Undrain { group, uri } => Ok(Verb::Mark {
+            action: "undrain",
+            group,
+            uri,
+            force: false,
+        }),
+        CtlVerb::Add {
+            group,
+            uri,
+            fields: words,
+        } => fields(&words).map(|fields| Verb::Add { group, uri, fields }),
+        CtlVerb::Remove { group, uri } => Ok(Verb::Remove { group, uri }),
+        CtlVerb::Set {
+            group,
+            uri,
+            fields: words,
+        } => fields(&words).map(|fields| Verb::Set { group, uri, fields }),
+        CtlVerb::Select { group, key } => Ok(Verb::Select { group, key }),
+        CtlVerb::Reload => Ok(Verb::Reload),
+        CtlVerb::Registrations { aor } => Ok(Verb::Registrations(aor)),
+        CtlVerb::Bans => Ok(Verb::Bans),
+        CtlVerb::Unban { ip } => Ok(Verb::Unban(ip)),
+        CtlVerb::Metrics => Ok(Verb::Metrics),
+    };
+    match verb {
+        Ok(verb) => ExitCode::from(siphon::ctl::run(&target, &verb, args.json)),
+        Err(e) => {
+            eprintln!("siphon ctl: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

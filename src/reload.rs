@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::actors::gateway::GatewayService;
+use crate::actors::gateway::{GatewayService, GroupOrigin};
 use crate::config::diff::{diff, ConfigChanges};
 use crate::config::Config;
 use crate::logging::LogLevel;
@@ -45,6 +45,8 @@ pub struct ReloadOutcome {
     /// Why the new config was refused (as `--check` says it).
     pub error: Option<String>,
     pub changes: ConfigChanges,
+    /// Groups the admin API had changed or added, back to the file's.
+    pub runtime_undone: Vec<String>,
 }
 
 impl Reloader {
@@ -87,7 +89,10 @@ impl Reloader {
             return self.refused(error);
         }
         tracing::info!(script = %self.script.path().display(), "script reloaded");
-        self.apply(&new, &changes);
+        let runtime_undone = self.apply(&new, &changes);
+        for group in &runtime_undone {
+            tracing::info!(group = %group, "config reloaded: the admin API's changes to the group undone");
+        }
         match self.auth.as_ref().map(|auth| auth.reload()) {
             Some(Ok(users)) => tracing::info!(users, "credentials reloaded"),
             Some(Err(e)) => {
@@ -102,6 +107,7 @@ impl Reloader {
             ok: true,
             error: None,
             changes,
+            runtime_undone,
         }
     }
 
@@ -119,16 +125,35 @@ impl Reloader {
             ok: false,
             error: Some(error),
             changes: ConfigChanges::default(),
+            runtime_undone: Vec::new(),
         }
     }
 
-    /// Applies what changes in place.
-    fn apply(&self, new: &Config, changes: &ConfigChanges) {
+    /// Applies what changes in place; returns the groups whose runtime
+    /// changes (the admin API's) the file undid.
+    fn apply(&self, new: &Config, changes: &ConfigChanges) -> Vec<String> {
         for name in &changes.groups_removed {
             self.gateways.remove_group(name);
         }
+        let mut undone = Vec::new();
+        let in_file = |name: &str| new.gateway.groups.iter().find(|g| g.name == name);
+        for (name, configs) in self.gateways.all_group_configs() {
+            match (configs.origin, in_file(&name)) {
+                (GroupOrigin::Admin, None) => {
+                    self.gateways.remove_group(&name);
+                    undone.push(name);
+                }
+                (GroupOrigin::File, Some(group)) if configs.source() == "runtime" => {
+                    self.gateways.install(group, GroupOrigin::File);
+                    undone.push(name);
+                }
+                _ => {}
+            }
+        }
         for group in changes.groups_to_install(new) {
-            self.gateways.add_group(group);
+            if !undone.contains(&group.name) {
+                self.gateways.install(group, GroupOrigin::File);
+            }
         }
         if changes.applied.contains(&"log.level") {
             match self.log_level.set(&new.log.level) {
@@ -137,6 +162,7 @@ impl Reloader {
                 Err(e) => tracing::error!("log.level: {e}"),
             }
         }
+        undone
     }
 }
 

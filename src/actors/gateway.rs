@@ -58,6 +58,53 @@ struct GroupEntry {
     probe: Option<ProbeConfig>,
     /// Its actor, once started.
     actor: Option<Addr<GroupActor>>,
+    /// The config it runs with now.
+    config: GroupConfig,
+    /// What the config file says of it (None: the file has no such group).
+    file: Option<GroupConfig>,
+    origin: GroupOrigin,
+}
+
+/// Who made a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupOrigin {
+    /// The config file (at boot or a reload).
+    File,
+    /// The script's `gateway.add_group`.
+    Script,
+    /// The admin API (`POST /admin/gateways`): kept until the next reload
+    /// or restart.
+    Admin,
+}
+
+/// A group's config as it runs, against the file's.
+#[derive(Debug, Clone)]
+pub struct GroupConfigs {
+    pub running: GroupConfig,
+    pub file: Option<GroupConfig>,
+    pub origin: GroupOrigin,
+}
+
+impl GroupConfigs {
+    /// Where what runs comes from: `file`, `script`, or `runtime` when the
+    /// admin API made or changed it (a reload undoes that).
+    pub fn source(&self) -> &'static str {
+        match (self.origin, &self.file) {
+            (GroupOrigin::Script, _) => "script",
+            (GroupOrigin::File, Some(file)) if *file == self.running => "file",
+            _ => "runtime",
+        }
+    }
+
+    /// Whether destination `uri` is as the file has it.
+    pub fn destination_from_file(&self, uri: &str) -> bool {
+        let running = self.running.destinations.iter().find(|d| d.uri == uri);
+        let file = self
+            .file
+            .as_ref()
+            .and_then(|f| f.destinations.iter().find(|d| d.uri == uri));
+        matches!((running, file), (Some(a), Some(b)) if a == b)
+    }
 }
 
 impl GatewayService {
@@ -100,9 +147,29 @@ impl GatewayService {
         self.gateways.clone()
     }
 
-    /// Adds a group, or replaces the group of that name (its actor and probers
-    /// stop, and the new one starts with every destination healthy).
+    /// Adds a group from the script, or replaces the group of that name
+    /// (its actor and probers stop; destinations that remain keep their
+    /// health, counters, calls and drain).
     pub fn add_group(&self, config: &GroupConfig) {
+        self.install(config, GroupOrigin::Script);
+    }
+
+    /// Adds or replaces a group made by `origin`. A group from the file
+    /// remembers the file's version; one the admin API changes keeps it.
+    pub fn install(&self, config: &GroupConfig, origin: GroupOrigin) {
+        let kept_file = self
+            .entries()
+            .get(&config.name)
+            .and_then(|e| e.file.clone());
+        let (file, origin) = match origin {
+            GroupOrigin::File => (Some(config.clone()), GroupOrigin::File),
+            GroupOrigin::Script => (None, GroupOrigin::Script),
+            // An edit of a group from the file stays one of the file's.
+            GroupOrigin::Admin => match kept_file {
+                Some(file) => (Some(file), GroupOrigin::File),
+                None => (None, GroupOrigin::Admin),
+            },
+        };
         let group = config.to_group();
         let probe = config.probe.enabled.then(|| config.probe.clone());
         let policy = crate::proxy::decision::FailoverPolicy {
@@ -116,6 +183,9 @@ impl GatewayService {
             GroupEntry {
                 probe: probe.clone(),
                 actor,
+                config: config.clone(),
+                file,
+                origin,
             },
         );
         if let Some(old) = previous.and_then(|entry| entry.actor) {
@@ -140,7 +210,56 @@ impl GatewayService {
             );
             return;
         }
-        self.add_group(config);
+        self.install(config, GroupOrigin::File);
+    }
+
+    /// A group's config as it runs, and the file's. None when unknown.
+    pub fn group_configs(&self, name: &str) -> Option<GroupConfigs> {
+        let entries = self.entries();
+        let entry = entries.get(name)?;
+        Some(GroupConfigs {
+            running: entry.config.clone(),
+            file: entry.file.clone(),
+            origin: entry.origin,
+        })
+    }
+
+    /// Every group's configs, by name.
+    pub fn all_group_configs(&self) -> Vec<(String, GroupConfigs)> {
+        let mut all: Vec<(String, GroupConfigs)> = self
+            .entries()
+            .iter()
+            .map(|(name, entry)| {
+                let configs = GroupConfigs {
+                    running: entry.config.clone(),
+                    file: entry.file.clone(),
+                    origin: entry.origin,
+                };
+                (name.clone(), configs)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Changes the running config of group `name` with `change`, checks it
+    /// as the YAML is checked, and installs it. The error names the field.
+    pub fn edit_group(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut GroupConfig) -> Result<(), EditError>,
+    ) -> Result<GroupConfig, EditError> {
+        let mut config = self
+            .entries()
+            .get(name)
+            .map(|entry| entry.config.clone())
+            .ok_or(EditError::NotFound)?;
+        change(&mut config)?;
+        config
+            .check()
+            .map_err(|e| EditError::Invalid(e.to_string()))?;
+        self.install(&config, GroupOrigin::Admin);
+        Ok(config)
     }
 
     /// Removes a group and stops its actor and probers. False when unknown.
@@ -287,6 +406,15 @@ impl GatewayService {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupEntry>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why an admin edit of a group was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditError {
+    /// No such group (or destination).
+    NotFound,
+    /// The result would not pass the config's checks: the field and why.
+    Invalid(String),
 }
 
 /// Sets or lifts a script/admin hold and logs the change of availability.

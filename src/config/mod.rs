@@ -93,6 +93,44 @@ fn from_text_with_vars(
     raw.into_config(origin)
 }
 
+/// A gateway group as JSON with the YAML's keys (the admin API's `POST
+/// /admin/gateways`), checked as the YAML is. The error names the key
+/// within the group: `destinations[1].weight: ...`.
+pub fn group_from_json(value: serde_json::Value) -> Result<GroupConfig, String> {
+    let raw: RawGroup = serde_path_to_error::deserialize(value).map_err(json_error)?;
+    let gateway = RawGateway {
+        groups: vec![raw],
+        ..RawGateway::default()
+    };
+    let built = build_gateway(gateway, Path::new("admin")).map_err(|e| match e {
+        ConfigError::Invalid { key, message, .. } => {
+            let key = key.strip_prefix("gateway.groups[0].").unwrap_or(&key);
+            format!("{key}: {message}")
+        }
+        other => other.to_string(),
+    })?;
+    built
+        .groups
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no group".to_string())
+}
+
+/// A destination as JSON with the YAML's keys, checked as the YAML is.
+pub fn destination_from_json(value: serde_json::Value) -> Result<DestinationConfig, String> {
+    let raw: RawDestination = serde_path_to_error::deserialize(value).map_err(json_error)?;
+    build_destination(raw).map_err(|e| e.to_string())
+}
+
+/// A JSON value of the wrong shape, named by its key path.
+fn json_error(error: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = error.path().to_string();
+    match path.as_str() {
+        "." => error.into_inner().to_string(),
+        _ => format!("{path}: {}", error.into_inner()),
+    }
+}
+
 impl Config {
     /// Checks the files the config points to; [`load`] calls it. Kept apart
     /// from [`from_text`] so configs can be checked before their scripts exist.

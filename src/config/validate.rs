@@ -272,15 +272,8 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
         }
         let mut destinations = Vec::with_capacity(raw_group.destinations.len());
         for (index, raw_dest) in raw_group.destinations.into_iter().enumerate() {
-            let destination = DestinationConfig::resolve(
-                &raw_dest.uri,
-                raw_dest.address.as_deref(),
-                raw_dest.weight,
-                raw_dest.attrs,
-            )
-            .and_then(|d| d.with_transport(raw_dest.transport.as_deref()))
-            .and_then(|d| d.with_capacity(raw_dest.priority, raw_dest.max_calls, raw_dest.max_cps))
-            .map_err(|e| at(e.under(&format!("destinations[{index}]"))))?;
+            let destination = build_destination(raw_dest)
+                .map_err(|e| at(e.under(&format!("destinations[{index}]"))))?;
             destinations.push(destination);
         }
         let group = GroupConfig {
@@ -312,6 +305,13 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
         share_health: raw.share_health,
         call_max_secs,
     })
+}
+
+/// One destination as written, its address resolved and its keys checked.
+pub(super) fn build_destination(raw: RawDestination) -> Result<DestinationConfig, FieldError> {
+    DestinationConfig::resolve(&raw.uri, raw.address.as_deref(), raw.weight, raw.attrs)
+        .and_then(|d| d.with_transport(raw.transport.as_deref()))
+        .and_then(|d| d.with_capacity(raw.priority, raw.max_calls, raw.max_cps))
 }
 
 /// Nodes sharing health tell each other apart by `server.instance_id`: with

@@ -72,12 +72,16 @@ impl Lb {
         script: &str,
         call_max_secs: u64,
     ) -> Lb {
+        let config = lb_config(algorithm, group_extra, destinations, call_max_secs);
+        Lb::start_with_template(&config, script)
+    }
+
+    /// An LB from a whole config template (`@PORT@` and `@ADMIN@` to fill).
+    pub fn start_with_template(config_template: &str, script: &str) -> Lb {
         let admin = free_port();
-        let config = lb_config(algorithm, group_extra, destinations, call_max_secs)
-            .replace("@ADMIN@", &admin.to_string());
-        let siphon = Siphon::start(&config, script);
+        let config = config_template.replace("@ADMIN@", &admin.to_string());
         Lb {
-            siphon,
+            siphon: Siphon::start(&config, script),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
         }
     }

@@ -1,0 +1,239 @@
+//! End to end: `siphon ctl` against a running LB whose admin API wants a
+//! token (the edge issue's `admin.token`), and destinations changed over
+//! the admin API: every verb, its exit codes, the table, and a weight set
+//! by `ctl set` that changes the spread of 1000 calls until a reload
+//! undoes it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::calls::{backend, callers, destination, lb_config, outcomes, users, Lb};
+use common::free_port;
+use common::gateway::{backend_uri, seed_lb_script};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+/// Runs `siphon ctl ARGS` with `--config` the LB's own file.
+fn ctl(lb: &Lb, args: &[&str]) -> Output {
+    let config = lb.siphon.dir().join("siphon.yaml");
+    Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .arg("--config")
+        .arg(&config)
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run siphon ctl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn report(output: &Output) -> String {
+    format!(
+        "exit {:?}\n-- stdout --\n{}\n-- stderr --\n{}",
+        output.status.code(),
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// An LB over backends on PORTS whose admin API wants `TOKEN`.
+fn lb_with_token(dir: &Path, ports: &[u16]) -> Lb {
+    let destinations: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| destination(i + 1, port, ""))
+        .collect();
+    let _ = dir;
+    let config = lb_config("weighted", "", &destinations, 14_400).replace(
+        "admin: {listen: \"127.0.0.1:@ADMIN@\"}",
+        &format!("admin: {{listen: \"127.0.0.1:@ADMIN@\", token: \"{TOKEN}\"}}"),
+    );
+    Lb::start_with_template(&config, &seed_lb_script())
+}
+
+#[test]
+fn siphon_ctl_runs_every_verb_against_a_daemon_that_wants_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port(), free_port()];
+    let _backends: Vec<_> = (0..3)
+        .map(|i| backend(dir.path(), i + 1, ports[i]))
+        .collect();
+    let lb = lb_with_token(dir.path(), &ports[..2]);
+    let (b1, b3) = (backend_uri(1), backend_uri(3));
+
+    // Without the token the API refuses; ctl says so and exits 1.
+    let url = format!("http://{}", lb.admin);
+    let output = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(["ctl", "--url", &url, "gateways"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("401"),
+        "{}",
+        report(&output)
+    );
+
+    let output = ctl(&lb, &["gateways"]);
+    assert!(output.status.success(), "{}", report(&output));
+    let table = stdout(&output);
+    assert!(table.starts_with("GROUP"), "{table}");
+    assert!(table.contains(&b1) && table.contains("up"), "{table}");
+
+    for (args, expect) in [
+        (
+            vec!["down", "backends", b1.as_str(), "--force"],
+            "\"healthy\":false",
+        ),
+        (vec!["up", "backends", b1.as_str()], "\"healthy\":true"),
+        (vec!["drain", "backends", b1.as_str()], "\"draining\":true"),
+        (vec!["undrain", "backends", b1.as_str()], "\"changed\":true"),
+    ] {
+        let output = ctl(&lb, &args);
+        assert!(output.status.success(), "{args:?}: {}", report(&output));
+        assert!(
+            stdout(&output).contains(expect),
+            "{args:?}: {}",
+            report(&output)
+        );
+    }
+
+    // add, set, select, remove.
+    let address = format!("address=127.0.0.1:{}", ports[2]);
+    let output = ctl(
+        &lb,
+        &["add", "backends", &b3, &address, "weight=2", "priority=0"],
+    );
+    assert!(output.status.success(), "{}", report(&output));
+    assert!(stdout(&output).contains(&b3), "{}", report(&output));
+    let output = ctl(&lb, &["set", "backends", &b3, "weight=5", "max_calls=10"]);
+    assert!(output.status.success(), "{}", report(&output));
+    let output = ctl(&lb, &["--json", "gateways"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let added = json["groups"][0]["destinations"]
+        .as_array()
+        .and_then(|list| list.iter().find(|d| d["uri"] == b3.as_str()).cloned())
+        .expect("b3 listed");
+    assert_eq!(
+        (added["weight"].as_u64(), added["max_calls"].as_u64()),
+        (Some(5), Some(10))
+    );
+    assert_eq!(added["source"], "runtime");
+    assert_eq!(json["groups"][0]["source"], "runtime");
+    let output = ctl(&lb, &["select", "backends", "sip:alice@example.com"]);
+    assert!(
+        stdout(&output).starts_with("1. sip:backend"),
+        "{}",
+        report(&output)
+    );
+    let output = ctl(&lb, &["remove", "backends", &b3]);
+    assert!(output.status.success(), "{}", report(&output));
+    assert!(!stdout(&output).contains(&b3));
+
+    // Errors from the daemon exit 1 and say why; a bad word exits 2.
+    let output = ctl(&lb, &["remove", "backends", "sip:nobody.example.com"]);
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no destination"));
+    let output = ctl(&lb, &["set", "backends", &b1, "weight=-1"]);
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("weight"),
+        "{}",
+        report(&output)
+    );
+    let output = ctl(&lb, &["set", "backends", &b1, "weight"]);
+    assert_eq!(output.status.code(), Some(2), "{}", report(&output));
+    let output = ctl(&lb, &["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2), "{}", report(&output));
+
+    // reload, registrations, bans, unban, metrics.
+    let output = ctl(&lb, &["reload"]);
+    assert!(output.status.success(), "{}", report(&output));
+    assert!(
+        stdout(&output).starts_with("reloaded"),
+        "{}",
+        report(&output)
+    );
+    let output = ctl(&lb, &["registrations", "sip:alice@example.com"]);
+    assert!(output.status.success(), "{}", report(&output));
+    assert!(
+        stdout(&output).contains("no bindings"),
+        "{}",
+        report(&output)
+    );
+    let output = ctl(&lb, &["bans"]);
+    assert!(
+        output.status.success() && stdout(&output).starts_with("IP"),
+        "{}",
+        report(&output)
+    );
+    let output = ctl(&lb, &["unban", "192.0.2.7"]);
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not banned"));
+    let output = ctl(&lb, &["metrics"]);
+    assert!(
+        stdout(&output).contains("siphon_gateway_active_calls"),
+        "{}",
+        report(&output)
+    );
+
+    // A config without an admin API: ctl says what to set.
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, "script: {path: script.py}\n").expect("write");
+    std::fs::write(dir.path().join("script.py"), "").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .arg("--config")
+        .arg(&bare)
+        .args(["ctl", "gateways"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("admin API not enabled: set admin.listen"),
+        "{}",
+        report(&output)
+    );
+}
+
+#[test]
+fn a_weight_set_by_ctl_changes_the_spread_of_1000_calls_until_a_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let _backends: Vec<_> = (0..2)
+        .map(|i| backend(dir.path(), i + 1, ports[i]))
+        .collect();
+    let lb = lb_with_token(dir.path(), &ports);
+    let output = ctl(&lb, &["set", "backends", &backend_uri(2), "weight=3"]);
+    assert!(output.status.success(), "{}", report(&output));
+
+    let outcome = callers("spread", lb.addr(), &users("u", 1000), 400, 0).run(dir.path());
+    outcome.assert_all_succeeded();
+    let (routes, _) = outcomes(&outcome);
+    let b2 = routes.get("b2").copied().unwrap_or(0);
+    eprintln!("{routes:?}");
+    assert!(
+        (720..=780).contains(&b2),
+        "weights 1:3 give b2 about 750: {routes:?}"
+    );
+
+    // A reload puts the file's weight back, and says so.
+    let output = ctl(&lb, &["--json", "reload"]);
+    assert!(output.status.success(), "{}", report(&output));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(answer["runtime_undone"], serde_json::json!(["backends"]));
+    assert_eq!(lb_destination_weight(&lb, 2), Some(1));
+}
+
+fn lb_destination_weight(lb: &Lb, n: usize) -> Option<u64> {
+    let output = ctl(lb, &["--json", "gateways"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    json["groups"][0]["destinations"]
+        .as_array()?
+        .iter()
+        .find(|d| d["uri"] == backend_uri(n).as_str())?["weight"]
+        .as_u64()
+}
