@@ -237,3 +237,43 @@ fn lb_destination_weight(lb: &Lb, n: usize) -> Option<u64> {
         .find(|d| d["uri"] == backend_uri(n).as_str())?["weight"]
         .as_u64()
 }
+
+/// A script that answers a request from a backend of `backends` otherwise
+/// than a caller's.
+const MEMBERSHIP_SCRIPT: &str = r#"from siphon import proxy, gateway
+
+@proxy.on_request
+def route(request):
+    if gateway.is_from("backends", request):
+        request.reply(299, "Backend " + str(request.source_group))
+    else:
+        request.reply(403, "Caller " + str(request.source_group))
+"#;
+
+#[test]
+fn is_from_routes_a_backends_request_otherwise_than_a_callers() {
+    let backend_socket = common::UdpPeer::bind();
+    let caller = common::UdpPeer::bind();
+    let config = lb_config(
+        "weighted",
+        "",
+        &destination(1, backend_socket.local_addr().port(), ""),
+        14_400,
+    );
+    let lb = Lb::start_with_template(&config, MEMBERSHIP_SCRIPT);
+    let answer = |peer: &common::UdpPeer| {
+        let request = common::RawRequest::new(
+            "OPTIONS",
+            "sip:127.0.0.1",
+            common::Transport::Udp,
+            peer.local_addr(),
+        );
+        peer.send_to(request.render().as_bytes(), lb.addr());
+        let (text, _) = peer
+            .recv(std::time::Duration::from_secs(3))
+            .expect("an answer");
+        text.lines().next().unwrap_or("").to_string()
+    };
+    assert_eq!(answer(&backend_socket), "SIP/2.0 299 Backend backends");
+    assert_eq!(answer(&caller), "SIP/2.0 403 Caller None");
+}

@@ -107,6 +107,10 @@ class Request:
     def source_trusted(self) -> bool:
         """The source address is in `security.trusted`."""
     @property
+    def source_group(self) -> Optional[str]:
+        """The first gateway group (by name) with a destination at the
+        source's IP and port, or None (a backend's or carrier's traffic)."""
+    @property
     def transport(self) -> str:
         """`udp`, `tcp`, `tls`, `ws` or `wss`."""
     @property
@@ -140,6 +144,9 @@ class _Gateway:
     ) -> Optional[Destination]: ...
     def mark_down(self, group: str, uri: str) -> bool: ...
     def mark_up(self, group: str, uri: str) -> bool: ...
+    def is_from(self, group: str, request: Request, any_port: bool = False) -> bool:
+        """The request came from one of the group's destinations (its IP,
+        and port unless `any_port`), as Kamailio's `ds_is_from_list`."""
     def drain(self, group: str, uri: str) -> bool:
         """No new requests for `uri`; its calls go on."""
     def undrain(self, group: str, uri: str) -> bool: ...

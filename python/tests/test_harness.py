@@ -145,3 +145,27 @@ def test_a_body_with_lf_line_ends_keeps_its_length(tmp_path: Path) -> None:
     )
     with Harness(write(tmp_path), binary=SIPHON) as h:
         assert h.run(raw).action == "relay"
+
+
+MEMBERSHIP = '''
+from siphon import proxy, gateway
+
+@proxy.on_request
+def route(request):
+    if gateway.is_from("pool", request):
+        request.reply(299, "From " + str(request.source_group))
+    elif gateway.is_from("pool", request, any_port=True):
+        request.reply(298, "Host of pool")
+    else:
+        request.reply(403, "Caller " + str(request.source_group))
+'''
+
+
+def test_is_from_tells_a_backends_request_from_a_callers(tmp_path: Path) -> None:
+    with Harness(write(tmp_path, MEMBERSHIP), binary=SIPHON) as h:
+        backend = h.request("INVITE", ruri="sip:x@example.com", source="192.0.2.2:5060")
+        assert (backend.code, backend.reason) == (299, "From pool")
+        other_port = h.request("INVITE", ruri="sip:x@example.com", source="192.0.2.2:5099")
+        assert other_port.code == 298
+        caller = h.request("INVITE", ruri="sip:x@example.com", source="198.51.100.7:5060")
+        assert (caller.code, caller.reason) == (403, "Caller None")

@@ -241,6 +241,31 @@ impl Gateways {
             .contains(&address)
     }
 
+    /// The first group (by name) with a destination at `source` (its IP,
+    /// and its port unless `any_port`), as `ds_is_from_list` tells. Reads
+    /// the groups' views: no lock is held while matching.
+    pub fn group_of_source(&self, source: SocketAddr, any_port: bool) -> Option<Arc<str>> {
+        let mut groups: Vec<Arc<SharedGroup>> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        groups.sort_by(|a, b| a.name().cmp(b.name()));
+        groups
+            .into_iter()
+            .find(|group| is_in(group, source, any_port))
+            .map(|group| group.name().clone())
+    }
+
+    /// Whether `source` is one of group `name`'s destinations (its IP, and
+    /// its port unless `any_port`). False for an unknown group.
+    pub fn is_from(&self, name: &str, source: SocketAddr, any_port: bool) -> bool {
+        self.get(name)
+            .is_some_and(|group| is_in(&group, source, any_port))
+    }
+
     /// Brings every destination's `up` gauge up to date (before a scrape).
     pub fn refresh_up_gauges(&self) {
         let now = std::time::Instant::now();
@@ -288,6 +313,15 @@ impl Gateways {
     }
 }
 
+/// Whether `source` is a destination of `group`.
+fn is_in(group: &SharedGroup, source: SocketAddr, any_port: bool) -> bool {
+    let ip = crate::security::canonical(source.ip());
+    group.view().destinations.iter().any(|d| {
+        crate::security::canonical(d.address.ip()) == ip
+            && (any_port || d.address.port() == source.port())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +356,44 @@ mod tests {
                 .map(|g| g.name().to_string()),
             Some("b".to_string())
         );
+    }
+
+    #[test]
+    fn a_source_is_from_the_first_group_that_has_it_by_ip_and_port() {
+        let gateways = Gateways::new(crate::metrics::get());
+        gateways.insert(
+            group("zeta", &[("sip:z.example", 5070)]),
+            FailoverPolicy::default(),
+        );
+        gateways.insert(
+            group("alpha", &[("sip:a.example", 5070)]),
+            FailoverPolicy::default(),
+        );
+        gateways.insert(
+            group("beta", &[("sip:b.example", 5080)]),
+            FailoverPolicy::default(),
+        );
+        let at = |port| SocketAddr::from(([192, 0, 2, 1], port));
+        assert_eq!(
+            gateways.group_of_source(at(5070), false).as_deref(),
+            Some("alpha")
+        );
+        assert_eq!(gateways.group_of_source(at(5099), false), None);
+        assert_eq!(
+            gateways.group_of_source(at(5099), true).as_deref(),
+            Some("alpha")
+        );
+        assert!(gateways.is_from("beta", at(5080), false));
+        assert!(!gateways.is_from("beta", at(5070), false));
+        assert!(gateways.is_from("beta", at(5070), true));
+        assert!(!gateways.is_from("nope", at(5080), true));
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5080".parse().unwrap();
+        assert!(
+            gateways.is_from("beta", mapped, false),
+            "an IPv4-mapped source"
+        );
+        let other = SocketAddr::from(([198, 51, 100, 1], 5080));
+        assert_eq!(gateways.group_of_source(other, true), None);
     }
 
     #[test]

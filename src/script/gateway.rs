@@ -47,6 +47,19 @@ thread_local! {
     /// The request of the script run on this thread is an INVITE: call
     /// limits, paces and `hash_bound` shape its ranking.
     static RUN_IS_INVITE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+
+    /// The process's gateway groups, for `request.source_group` (set by
+    /// the first run on this thread; the registry lives as long as the
+    /// process).
+    static GATEWAYS: std::cell::OnceCell<Arc<Gateways>> = const { std::cell::OnceCell::new() };
+}
+
+/// The first group whose destination sent the request (IP and port).
+pub(super) fn source_group(source: std::net::SocketAddr) -> Option<String> {
+    GATEWAYS.with(|gateways| {
+        let group = gateways.get()?.group_of_source(source, false)?;
+        Some(group.to_string())
+    })
 }
 
 /// The most groups whose selectors a thread keeps (groups added and removed
@@ -112,9 +125,12 @@ fn rank(
 
 /// Forgets the rankings of the previous run on this thread, and notes
 /// whether this run's request is a new call.
-pub(super) fn begin_run(invite: bool) {
+pub(super) fn begin_run(invite: bool, gateways: &Arc<Gateways>) {
     RANKINGS.with(|rankings| rankings.borrow_mut().clear());
     RUN_IS_INVITE.set(invite);
+    GATEWAYS.with(|cell| {
+        cell.get_or_init(|| gateways.clone());
+    });
 }
 
 /// Gives a relay to a gateway destination its candidates: the ranking
@@ -341,6 +357,20 @@ impl GatewayApi {
     /// Lifts a hold (and forgets probe failures). False when unknown.
     fn mark_up(&self, group: &str, uri: &str) -> bool {
         self.mark(group, uri, false)
+    }
+
+    /// Whether `request` came from one of `group`'s destinations: its
+    /// source IP, and port unless `any_port` (Kamailio's `ds_is_from_list`).
+    /// False for an unknown group.
+    #[pyo3(signature = (group, request, any_port=false))]
+    fn is_from(
+        &self,
+        group: &str,
+        request: PyRef<'_, super::request::Request>,
+        any_port: bool,
+    ) -> PyResult<bool> {
+        let (source, _) = request.source()?;
+        Ok(self.service.gateways().is_from(group, source, any_port))
     }
 
     /// Drains `uri`: it takes no new requests (its hash keys go to their

@@ -253,7 +253,7 @@ impl ScriptEngine {
                     return Decision::failed();
                 }
             };
-            gateway::begin_run(method == "INVITE");
+            gateway::begin_run(method == "INVITE", &self.gateways);
             let started = std::time::Instant::now();
             let run = self.watchdog.enter(py);
             let outcome = match failure {

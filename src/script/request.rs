@@ -180,6 +180,14 @@ impl Request {
         Ok(self.state()?.input.source.port())
     }
 
+    /// The first gateway group (by name) one of whose destinations sent
+    /// this request (its IP and port), or None: tells a backend's or a
+    /// carrier's traffic from a caller's.
+    #[getter]
+    fn source_group(&self) -> PyResult<Option<String>> {
+        Ok(super::gateway::source_group(self.state()?.input.source))
+    }
+
     /// The source is in `security.trusted` (a peer as good as us).
     #[getter]
     fn source_trusted(&self) -> PyResult<bool> {
