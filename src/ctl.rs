@@ -5,12 +5,13 @@
 //! Exit codes: 0 success, 1 an error from the daemon (or none reachable),
 //! 2 a usage error (clap's own).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use crate::http1::Endpoint;
 
 /// How long a request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,74 +96,38 @@ pub fn request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Answer, String> {
-    let mut stream = TcpStream::connect_timeout(&target.addr, TIMEOUT).map_err(|e| {
+    let endpoint = Endpoint {
+        addr: target.addr,
+        host: target.host.clone(),
+        path: String::new(),
+    };
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let bearer = target.token.as_ref().map(|token| format!("Bearer {token}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if method != "GET" {
+        // The API takes changes only as JSON (a browser's form cannot forge one).
+        headers.push(("Content-Type", "application/json"));
+    }
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer));
+    }
+    let answer = crate::http1::request(
+        &endpoint,
+        (method, path),
+        &headers,
+        body.as_bytes(),
+        TIMEOUT,
+    )
+    .map_err(|e| {
         format!(
-            "cannot reach the admin API at {}: {e} (is siphon running, with admin.listen set?)",
+            "the admin API at {}: {e} (is siphon running, with admin.listen set?)",
             target.addr
         )
     })?;
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        target.host,
-        body.len()
-    );
-    if method != "GET" {
-        // The API takes changes only as JSON (a browser's form cannot forge one).
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(token) = &target.token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body.as_bytes()))
-        .map_err(|e| format!("sending to {}: {e}", target.addr))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading from {}: {e}", target.addr))?;
-    parse_answer(&raw)
-}
-
-/// Reads an HTTP/1.1 answer: its status and body (chunked or not).
-fn parse_answer(raw: &[u8]) -> Result<Answer, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "the admin API closed the connection without an answer".to_string())?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {}", head.lines().next().unwrap_or("")))?;
-    let chunked = head.lines().any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with("transfer-encoding:") && line.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok(Answer { status, body })
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size =
-            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
+    Ok(Answer {
+        status: answer.status,
+        body: answer.body,
+    })
 }
 
 /// What a verb asks of the daemon.
@@ -591,18 +556,6 @@ mod tests {
         );
         assert_eq!(body, Some(json!({"weight": 3})));
         assert_eq!(http_request(&Verb::Reload).1, "/admin/reload");
-    }
-
-    #[test]
-    fn answers_are_read_plain_or_chunked() {
-        let plain = parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((plain.status, plain.body.as_str()), (200, "{}"));
-        let chunked = parse_answer(
-            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((chunked.status, chunked.body.as_str()), (404, "{\"a\":1}"));
-        assert!(parse_answer(b"").is_err());
     }
 
     #[test]

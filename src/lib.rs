@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod dry_run;
 pub mod gateway;
+pub mod http1;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -185,6 +185,15 @@ async fn start(
         }
     }
     transports.set_router(Router::new(shards, ingress));
+    let event_script = script.clone();
+    let events = crate::actors::events::EventBus::start(
+        &config.server.instance_id,
+        Some(Box::new(move |event| {
+            event_script.run_gateway_change(event)
+        })),
+        config.gateway.webhook.as_ref(),
+    )?;
+    gateway_service.publish_events(events);
     gateway_service.start(transports.clone());
 
     for (index, socket) in udp_sockets.into_iter().flatten().enumerate() {

@@ -277,3 +277,132 @@ fn is_from_routes_a_backends_request_otherwise_than_a_callers() {
     assert_eq!(answer(&backend_socket), "SIP/2.0 299 Backend backends");
     assert_eq!(answer(&caller), "SIP/2.0 403 Caller None");
 }
+
+/// A local HTTP receiver for the webhook: answers 200 to every POST and
+/// keeps the JSON bodies.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(json) = serde_json::from_slice(&body) {
+                        kept.lock().unwrap().push(json);
+                    }
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Receiver { addr, bodies }
+    }
+
+    fn saw(&self, uri: &str, new_state: &str) -> bool {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["uri"] == uri && e["new_state"] == new_state)
+    }
+}
+
+#[test]
+fn on_change_and_the_webhook_see_a_frozen_backend_go_down_and_come_back() {
+    use common::gateway::Backend;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port()];
+    let b1 = Backend::start(dir.path(), "b1", ports[0]);
+    let _b2 = Backend::start(dir.path(), "b2", ports[1]);
+    let receiver = Receiver::start();
+    let changes = dir.path().join("changes.log");
+    let destinations = destination(1, ports[0], "") + &destination(2, ports[1], "");
+    let config = lb_config(
+        "weighted",
+        "      probe: {enabled: true, interval_secs: 1, failure_threshold: 1, timeout_ms: 400}\n",
+        &destinations,
+        14_400,
+    )
+    .replace(
+        "  call_max_secs:",
+        &format!(
+            "  webhook: {{url: \"http://{}/hooks/siphon\", timeout_ms: 500}}\n  call_max_secs:",
+            receiver.addr
+        ),
+    );
+    let script = seed_lb_script()
+        + &format!(
+            "\n\n@gateway.on_change\ndef changed(group, uri, old, new, reason):\n    with open({:?}, \"a\") as f:\n        f.write(f\"{{group}} {{uri}} {{old}} {{new}} {{reason}}\\n\")\n",
+            changes.display().to_string()
+        );
+    let lb = Lb::start_with_template(&config, &script);
+    let uri = backend_uri(1);
+    let seen = |state: &str| {
+        let line = std::fs::read_to_string(&changes).unwrap_or_default();
+        let in_script = line.lines().any(|l| {
+            l.starts_with(&format!("backends {uri} ")) && l.split(' ').nth(3) == Some(state)
+        });
+        in_script && receiver.saw(&uri, state)
+    };
+    let wait = |state: &str| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while !seen(state) {
+            assert!(
+                Instant::now() < deadline,
+                "no `{state}` event for {uri}: script {:?}, webhook {:?}\n{}",
+                std::fs::read_to_string(&changes).unwrap_or_default(),
+                receiver.bodies.lock().unwrap(),
+                lb.siphon.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    b1.freeze();
+    wait("down");
+    b1.thaw();
+    wait("up");
+    let event = receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e["new_state"] == "down")
+        .cloned()
+        .expect("a down event");
+    assert_eq!(
+        (event["group"].as_str(), event["old_state"].as_str()),
+        (Some("backends"), Some("up"))
+    );
+    assert_eq!(event["node"], "siphon");
+    assert!(
+        event["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{event}"
+    );
+    // A drain is an event too.
+    let output = ctl(&lb, &["drain", "backends", &uri]);
+    assert!(output.status.success(), "{}", report(&output));
+    wait("draining");
+}

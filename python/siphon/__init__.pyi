@@ -147,6 +147,10 @@ class _Gateway:
     def is_from(self, group: str, request: Request, any_port: bool = False) -> bool:
         """The request came from one of the group's destinations (its IP,
         and port unless `any_port`), as Kamailio's `ds_is_from_list`."""
+    def on_change(self, func: _Handler) -> _Handler:
+        """Decorates a function called `(group, uri, old_state,
+        new_state, reason)` on every change of a destination's state (`up`,
+        `down`, `draining`, `full`), off the SIP path."""
     def drain(self, group: str, uri: str) -> bool:
         """No new requests for `uri`; its calls go on."""
     def undrain(self, group: str, uri: str) -> bool: ...

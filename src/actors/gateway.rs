@@ -50,6 +50,8 @@ pub struct GatewayService {
     groups: Mutex<HashMap<String, GroupEntry>>,
     /// The shared channel, with `gateway.share_health`.
     share: OnceLock<HealthShare>,
+    /// Where changes of a destination's state go (script, webhook).
+    events: OnceLock<Arc<crate::actors::events::EventBus>>,
 }
 
 /// What the service remembers about one group besides its selection state.
@@ -116,6 +118,21 @@ impl GatewayService {
             transports: OnceLock::new(),
             groups: Mutex::new(HashMap::new()),
             share: OnceLock::new(),
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Sends every change of a destination's state to `events` from now
+    /// on. Call before [`GatewayService::start`].
+    pub fn publish_events(&self, events: Arc<crate::actors::events::EventBus>) {
+        if self.events.set(events).is_err() {
+            tracing::warn!("gateway events are already published");
+        }
+    }
+
+    fn publish(&self, group: &str, uri: &str, states: (&'static str, &'static str), reason: &str) {
+        if let Some(events) = self.events.get() {
+            events.publish(group, uri, states, reason);
         }
     }
 
@@ -321,7 +338,7 @@ impl GatewayService {
             // Before the actors run (boot, a script's first load) nothing
             // else writes.
             None => {
-                apply_mark(group, &shared, uri, down, source);
+                apply_mark(group, &shared, uri, down, source, self.events.get());
             }
         }
         Some(true)
@@ -336,6 +353,12 @@ impl GatewayService {
         let capacity = destination.capacity();
         let changed = capacity.set_draining(draining);
         if changed {
+            let states = if draining {
+                ("up", "draining")
+            } else {
+                ("draining", "up")
+            };
+            self.publish(group, uri, states, source);
             let verb = if draining { "draining" } else { "drain ended" };
             tracing::info!(
                 group = %group,
@@ -399,6 +422,8 @@ impl GatewayService {
             transports,
             probers: Vec::new(),
             share: self.share.get().cloned(),
+            events: self.events.get().cloned(),
+            full: Vec::new(),
         };
         Some(actor.start())
     }
@@ -418,7 +443,14 @@ pub enum EditError {
 }
 
 /// Sets or lifts a script/admin hold and logs the change of availability.
-fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool, source: &str) -> bool {
+fn apply_mark(
+    group_name: &str,
+    shared: &SharedGroup,
+    uri: &str,
+    down: bool,
+    source: &str,
+    events: Option<&Arc<crate::actors::events::EventBus>>,
+) -> bool {
     let now = Instant::now();
     let change = shared.update(|group| {
         let index = group.find(uri)?;
@@ -437,12 +469,23 @@ fn apply_mark(group_name: &str, shared: &SharedGroup, uri: &str, down: bool, sou
     match (before, after) {
         (Some(from), Some(to)) if from != to => {
             tracing::info!(group = %group_name, uri = %uri, %source, %reason, "gateway destination {from} -> {to}");
+            if let Some(events) = events {
+                events.publish(group_name, uri, (state_name(from), state_name(to)), reason);
+            }
         }
         _ => {
             tracing::debug!(group = %group_name, uri = %uri, %source, %reason, "gateway destination unchanged")
         }
     }
     true
+}
+
+/// An availability as events name it.
+fn state_name(availability: crate::gateway::Availability) -> &'static str {
+    match availability {
+        crate::gateway::Availability::Up => "up",
+        crate::gateway::Availability::Down => "down",
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -458,6 +501,9 @@ pub struct GroupActor {
     transports: Transports,
     probers: Vec<Addr<Prober>>,
     share: Option<HealthShare>,
+    events: Option<Arc<crate::actors::events::EventBus>>,
+    /// Which destinations were full (`max_calls`) at the last refresh.
+    full: Vec<bool>,
 }
 
 impl GroupActor {
@@ -516,6 +562,29 @@ impl GroupActor {
             transition.from,
             transition.to
         );
+        if let Some(events) = &self.events {
+            let states = (state_name(transition.from), state_name(transition.to));
+            events.publish(&self.name, uri, states, &transition.reason.to_string());
+        }
+    }
+
+    /// Publishes the destinations that became full or took calls again.
+    fn publish_fullness(&mut self) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let view = self.shared.view();
+        let now = Instant::now();
+        self.full.resize(view.destinations.len(), false);
+        for (index, destination) in view.destinations.iter().enumerate() {
+            let capacity = destination.capacity();
+            let full = capacity.refusal(now, true) == Some(crate::proxy::capacity::Refusal::Full);
+            if std::mem::replace(&mut self.full[index], full) != full {
+                let states = if full { ("up", "full") } else { ("full", "up") };
+                let reason = format!("max_calls {}", capacity.max_calls().unwrap_or(0));
+                events.publish(&self.name, &destination.uri, states, &reason);
+            }
+        }
     }
 
     fn refresh(&mut self) {
@@ -532,6 +601,7 @@ impl GroupActor {
             self.log_transition(&uri, &transition);
         }
         self.share_news(None);
+        self.publish_fullness();
     }
 }
 
@@ -687,7 +757,14 @@ impl Handler<Mark> for GroupActor {
 
     fn handle(&mut self, mark: Mark, _ctx: &mut Self::Context) {
         let _busy = crate::metrics::actors().gateway.measure();
-        apply_mark(&self.name, &self.shared, &mark.uri, mark.down, mark.source);
+        apply_mark(
+            &self.name,
+            &self.shared,
+            &mark.uri,
+            mark.down,
+            mark.source,
+            self.events.as_ref(),
+        );
         self.share_news(Some(mark.source));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod edge;
+pub mod events;
 pub mod gateway;
 pub mod health_share;
 pub mod tls;

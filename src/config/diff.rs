@@ -107,6 +107,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
             "gateway.call_max_secs",
             old.gateway.call_max_secs != new.gateway.call_max_secs,
         ),
+        (
+            "gateway.webhook",
+            old.gateway.webhook != new.gateway.webhook,
+        ),
     ];
     for (section, changed) in sections {
         if !changed {

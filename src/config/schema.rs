@@ -100,6 +100,37 @@ pub struct GatewayConfig {
     /// A call no BYE ends stops counting against its destination after
     /// this long (`gateway.call_max_secs`).
     pub call_max_secs: u64,
+    /// Where changes of a destination's state are POSTed as JSON.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `gateway.webhook`: a URL that hears of every change of a destination's
+/// state (alerting), with retries and a bounded queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path` (plain HTTP).
+    pub url: String,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// Retries of a failed POST, the pause doubling from 200 ms.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+    /// Events waiting at most; more are dropped (and counted in the log).
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+}
+
+fn default_webhook_timeout() -> u64 {
+    2000
+}
+
+fn default_webhook_retries() -> u32 {
+    3
+}
+
+fn default_webhook_queue() -> usize {
+    1000
 }
 
 /// The default of `gateway.call_max_secs`: four hours.
@@ -111,6 +142,7 @@ impl Default for GatewayConfig {
             groups: Vec::new(),
             share_health: ShareHealth::default(),
             call_max_secs: DEFAULT_CALL_MAX_SECS,
+            webhook: None,
         }
     }
 }

@@ -300,10 +300,47 @@ pub(super) fn build_gateway(raw: RawGateway, origin: &Path) -> Result<GatewayCon
         7 * 86_400,
         "seconds a call may last before it stops counting (default 14400, four hours)",
     )?;
+    if let Some(webhook) = &raw.webhook {
+        if !webhook.url.trim().starts_with("http://") {
+            return Err(invalid(
+                origin,
+                "gateway.webhook.url",
+                format!(
+                    "`{}`: write it http://host:port/path (plain HTTP)",
+                    webhook.url
+                ),
+            ));
+        }
+        check_range(
+            origin,
+            "gateway.webhook.timeout_ms",
+            webhook.timeout_ms,
+            1,
+            60_000,
+            "milliseconds",
+        )?;
+        check_range(
+            origin,
+            "gateway.webhook.retries",
+            webhook.retries,
+            0,
+            10,
+            "retries",
+        )?;
+        check_range(
+            origin,
+            "gateway.webhook.queue",
+            webhook.queue,
+            1,
+            1_000_000,
+            "events",
+        )?;
+    }
     Ok(GatewayConfig {
         groups,
         share_health: raw.share_health,
         call_max_secs,
+        webhook: raw.webhook,
     })
 }
 

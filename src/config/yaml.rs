@@ -47,6 +47,7 @@ pub(super) struct RawGateway {
     pub(super) groups: Vec<RawGroup>,
     pub(super) share_health: ShareHealth,
     pub(super) call_max_secs: Option<u64>,
+    pub(super) webhook: Option<WebhookConfig>,
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@
 
 pub mod algorithm;
 pub mod destination;
+pub mod events;
 pub mod group;
 pub mod registry;
 pub mod share;

@@ -373,6 +373,19 @@ impl GatewayApi {
         Ok(self.service.gateways().is_from(group, source, any_port))
     }
 
+    /// `@gateway.on_change`: called `(group, uri, old_state, new_state,
+    /// reason)` on every change of a destination's state (`up`, `down`,
+    /// `draining`, `full`), on a thread of its own, off the SIP path.
+    fn on_change(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.bind(py).is_callable() {
+            return Err(PyTypeError::new_err(
+                "on_change decorates a function taking (group, uri, old_state, new_state, reason)",
+            ));
+        }
+        super::register_handler(super::HandlerKind::GatewayChange, None, func.clone_ref(py));
+        Ok(func)
+    }
+
     /// Drains `uri`: it takes no new requests (its hash keys go to their
     /// next choice) while its calls and their in-dialog requests go on.
     /// False when the group or the uri is unknown.

@@ -73,11 +73,12 @@ struct Handler {
     func: Py<PyAny>,
 }
 
-/// `@proxy.on_request` or `@proxy.on_failure`.
+/// `@proxy.on_request`, `@proxy.on_failure` or `@gateway.on_change`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HandlerKind {
     Request,
     Failure,
+    GatewayChange,
 }
 
 impl Handler {
@@ -165,6 +166,44 @@ impl ScriptEngine {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Calls every `@gateway.on_change` handler with `(group, uri,
+    /// old_state, new_state, reason)`. Runs on the event thread, never on
+    /// a shard; an exception is logged with its traceback.
+    pub fn run_gateway_change(&self, event: &crate::gateway::events::GatewayEvent) {
+        let handlers = self
+            .current
+            .read()
+            .map(|current| current.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        if !handlers.has(HandlerKind::GatewayChange) {
+            return;
+        }
+        Python::attach(|py| {
+            for handler in handlers
+                .entries
+                .iter()
+                .filter(|h| h.kind == HandlerKind::GatewayChange)
+            {
+                let arguments = (
+                    event.group.as_str(),
+                    event.uri.as_str(),
+                    event.old_state,
+                    event.new_state,
+                    event.reason.as_str(),
+                );
+                if let Err(err) = handler.func.call1(py, arguments) {
+                    tracing::error!(
+                        target: "siphon::script",
+                        group = %event.group,
+                        uri = %event.uri,
+                        "@gateway.on_change raised:\n{}",
+                        format_exception(py, &err)
+                    );
+                }
+            }
+        });
     }
 
     pub fn cache(&self) -> ScriptCache {

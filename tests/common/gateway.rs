@@ -56,6 +56,13 @@ impl Backend {
         }
     }
 
+    /// SIGCONT: a frozen backend answers again.
+    pub fn thaw(&self) {
+        if let Some(sipp) = &self.sipp {
+            assert!(send_signal(sipp.pid(), "CONT"), "SIGCONT the backend");
+        }
+    }
+
     /// SIGKILL: the backend vanishes without a word, as a crashed host does.
     pub fn kill(&mut self) {
         self.sipp.take();

@@ -1,0 +1,141 @@
+//! Delivers gateway events off the SIP path: to the script's
+//! `@gateway.on_change` handlers on a thread of their own, and to the
+//! `gateway.webhook` URL as a JSON POST with retries, each through a
+//! bounded queue (an event that finds its queue full is dropped, counted
+//! and logged: a stuck receiver never holds up a call).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::WebhookConfig;
+use crate::gateway::events::GatewayEvent;
+
+/// What the script side does with an event.
+pub type EventHandler = Box<dyn Fn(&GatewayEvent) + Send>;
+
+/// The queues events go out through.
+pub struct EventBus {
+    node: String,
+    script: Option<SyncSender<GatewayEvent>>,
+    webhook: Option<SyncSender<GatewayEvent>>,
+    dropped: AtomicU64,
+}
+
+impl EventBus {
+    /// Starts the delivery threads: `handler` for the script's handlers,
+    /// and the webhook's when configured.
+    pub fn start(
+        node: &str,
+        handler: Option<EventHandler>,
+        webhook: Option<&WebhookConfig>,
+    ) -> Result<Arc<EventBus>, String> {
+        let script = match handler {
+            Some(handler) => {
+                let (tx, rx) = sync_channel::<GatewayEvent>(1024);
+                std::thread::Builder::new()
+                    .name("gateway-events".into())
+                    .spawn(move || {
+                        for event in rx {
+                            handler(&event);
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the gateway event thread: {e}"))?;
+                Some(tx)
+            }
+            None => None,
+        };
+        let webhook = match webhook {
+            Some(config) => {
+                let endpoint = crate::http1::Endpoint::parse(&config.url)
+                    .map_err(|e| format!("gateway.webhook.url: {e}"))?;
+                let (tx, rx) = sync_channel::<GatewayEvent>(config.queue);
+                let config = config.clone();
+                std::thread::Builder::new()
+                    .name("gateway-webhook".into())
+                    .spawn(move || post_events(rx, endpoint, config))
+                    .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
+                Some(tx)
+            }
+            None => None,
+        };
+        Ok(Arc::new(EventBus {
+            node: node.to_string(),
+            script,
+            webhook,
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    /// Sends an event; never blocks.
+    pub fn publish(
+        &self,
+        group: &str,
+        uri: &str,
+        (old_state, new_state): (&'static str, &'static str),
+        reason: &str,
+    ) {
+        if old_state == new_state {
+            return;
+        }
+        let event = GatewayEvent {
+            group: group.to_string(),
+            uri: uri.to_string(),
+            old_state,
+            new_state,
+            reason: reason.to_string(),
+            node: self.node.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        for queue in [&self.script, &self.webhook].into_iter().flatten() {
+            if let Err(TrySendError::Full(_)) = queue.try_send(event.clone()) {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "gateway event queue full: events dropped");
+                }
+            }
+        }
+    }
+}
+
+/// POSTs each event as JSON, retrying a failure `retries` times with a
+/// doubling pause.
+fn post_events(
+    events: Receiver<GatewayEvent>,
+    endpoint: crate::http1::Endpoint,
+    config: WebhookConfig,
+) {
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let path = if endpoint.path.is_empty() {
+        "/".to_string()
+    } else {
+        endpoint.path.clone()
+    };
+    for event in events {
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let headers = [("Content-Type", "application/json")];
+        let mut pause = Duration::from_millis(200);
+        for attempt in 0..=config.retries {
+            let sent = crate::http1::request(&endpoint, ("POST", &path), &headers, &body, timeout);
+            match sent {
+                Ok(answer) if (200..300).contains(&answer.status) => break,
+                outcome => {
+                    let why = match outcome {
+                        Ok(answer) => format!("answered {}", answer.status),
+                        Err(e) => e,
+                    };
+                    if attempt == config.retries {
+                        tracing::warn!(url = %config.url, group = %event.group, uri = %event.uri, "gateway webhook failed, event dropped: {why}");
+                    } else {
+                        tracing::debug!(url = %config.url, attempt, "gateway webhook failed, retrying: {why}");
+                        std::thread::sleep(pause);
+                        pause *= 2;
+                    }
+                }
+            }
+        }
+    }
+}
