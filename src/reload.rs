@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::actors::gateway::{GatewayService, GroupOrigin};
-use crate::config::diff::{diff, ConfigChanges};
+use crate::config::diff::{diff, ConfigChanges, SHARD_SECTIONS};
 use crate::config::Config;
 use crate::logging::LogLevel;
 use crate::script::auth::AuthService;
@@ -34,6 +34,8 @@ pub struct Reloader {
     tls: Arc<crate::actors::tls::Tls>,
     gateways: Arc<GatewayService>,
     log_level: LogLevel,
+    /// Reaches the transaction shards (timers and limits).
+    transports: crate::actors::transport::Transports,
     /// One reload at a time: a second SIGHUP waits for the first.
     busy: tokio::sync::Mutex<()>,
 }
@@ -55,7 +57,7 @@ impl Reloader {
         running: Config,
         script: Arc<ScriptEngine>,
         (auth, tls): (Option<Arc<AuthService>>, Arc<crate::actors::tls::Tls>),
-        gateways: Arc<GatewayService>,
+        (gateways, transports): (Arc<GatewayService>, crate::actors::transport::Transports),
         log_level: LogLevel,
     ) -> Self {
         Reloader {
@@ -66,6 +68,7 @@ impl Reloader {
             tls,
             gateways,
             log_level,
+            transports,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -154,6 +157,15 @@ impl Reloader {
             if !undone.contains(&group.name) {
                 self.gateways.install(group, GroupOrigin::File);
             }
+        }
+        let for_shards = changes.applied.iter().any(|s| SHARD_SECTIONS.contains(s));
+        if let (true, Some(router)) = (for_shards, self.transports.router()) {
+            router.reconfigure(crate::proxy::engine::Reconfigure {
+                timers: new.transaction.settings(),
+                max_transactions: new.limits.max_transactions,
+                udp_max_request_bytes: new.limits.udp_max_request_bytes,
+                call_max: std::time::Duration::from_secs(new.gateway.call_max_secs),
+            });
         }
         if changes.applied.contains(&"log.level") {
             match self.log_level.set(&new.log.level) {

@@ -10,7 +10,6 @@ use crate::actors::transaction::{ShardConfig, TransactionShard};
 use crate::actors::transport::{Datagrams, Router, TcpAcceptor, Transports, UdpTransport};
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
-use crate::proxy::TimerSettings;
 use crate::script::{LocalIdentity, ScriptEngine, ScriptServices};
 
 /// How many transaction shards (and Python worker threads) to run:
@@ -142,13 +141,7 @@ async fn start(
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),
         script: script.clone(),
-        timers: TimerSettings {
-            t1: config.transaction.t1(),
-            t2: config.transaction.t2(),
-            t4: config.transaction.t4(),
-            timer_c: config.transaction.timer_c(),
-            max_invite_lifetime: config.transaction.max_invite_lifetime(),
-        },
+        timers: config.transaction.settings(),
         local,
         gateways,
         gateway_service: gateway_service.clone(),
@@ -213,7 +206,7 @@ async fn start(
         config.clone(),
         script.clone(),
         (services.auth.clone(), tls),
-        services.gateways.clone(),
+        (services.gateways.clone(), transports.clone()),
         boot.log_level,
     ));
     start_http(

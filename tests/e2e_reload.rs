@@ -208,3 +208,46 @@ fn health_and_active_calls_survive_a_reload() {
     long.wait().assert_all_succeeded();
     lb.wait_for_no_calls("backends", &[1, 2], Duration::from_secs(3));
 }
+
+#[test]
+fn transaction_limits_change_in_place() {
+    // A backend that never answers: each INVITE holds its transaction.
+    let silent = common::UdpPeer::bind();
+    let one = destination(1, silent.local_addr().port(), "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+    let limited = lb_config("weighted", "", &one, 14_400) + "limits: {max_transactions: 1}\n";
+    lb.rewrite_config(&limited);
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        answer["changes"]["applied"],
+        serde_json::json!(["limits.max_transactions"])
+    );
+    assert_eq!(answer["changes"]["needs_restart"], serde_json::json!([]));
+
+    let caller = common::UdpPeer::bind();
+    let invite = || {
+        let request = common::RawRequest::new(
+            "INVITE",
+            &format!("sip:bob@{}", lb.addr()),
+            common::Transport::Udp,
+            caller.local_addr(),
+        );
+        caller.send_to(request.render().as_bytes(), lb.addr());
+        let mut codes = Vec::new();
+        while let Some((text, _)) = caller.recv(Duration::from_millis(500)) {
+            codes.push(text.lines().next().unwrap_or("").to_string());
+        }
+        codes
+    };
+    assert_eq!(
+        invite(),
+        ["SIP/2.0 100 Trying"],
+        "the first holds the one transaction"
+    );
+    let second = invite();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(second[0].starts_with("SIP/2.0 503"), "{second:?}");
+    assert!(lb.metric("siphon_transactions_refused_total") >= 1.0);
+}

@@ -522,6 +522,20 @@ impl Actor for TransactionShard {
     }
 }
 
+/// A reload's settings for new transactions (`transaction`, `limits`,
+/// `gateway.call_max_secs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub crate::proxy::engine::Reconfigure);
+
+impl Handler<Reconfigure> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(change): Reconfigure, _ctx: &mut Self::Context) {
+        self.engine.reconfigure(change);
+    }
+}
+
 impl Handler<SendProbe> for TransactionShard {
     type Result = ();
 

@@ -151,6 +151,18 @@ pub struct Router {
 }
 
 impl Router {
+    /// Hands every shard its share of a reload's settings.
+    pub fn reconfigure(&self, change: crate::proxy::engine::Reconfigure) {
+        let shards = self.shards.len().max(1);
+        for shard in self.shards.iter() {
+            let share = crate::proxy::engine::Reconfigure {
+                max_transactions: (change.max_transactions / shards).max(1),
+                ..change
+            };
+            shard.do_send(crate::actors::transaction::Reconfigure(share));
+        }
+    }
+
     pub fn new(shards: Vec<Addr<TransactionShard>>, ingress: Arc<IngressGate>) -> Self {
         Router {
             shards: shards.into(),

@@ -51,7 +51,21 @@ impl ConfigChanges {
 }
 
 /// The sections that apply in place when they change.
-const IN_PLACE: [&str; 1] = ["log.level"];
+const IN_PLACE: [&str; 5] = [
+    "log.level",
+    "transaction",
+    "limits.max_transactions",
+    "limits.udp_max_request_bytes",
+    "gateway.call_max_secs",
+];
+
+/// Whether a change of these sections reaches the transaction shards.
+pub const SHARD_SECTIONS: [&str; 4] = [
+    "transaction",
+    "limits.max_transactions",
+    "limits.udp_max_request_bytes",
+    "gateway.call_max_secs",
+];
 
 /// What differs between `old` and `new`.
 pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
@@ -96,7 +110,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         ("log.format", old.log.format != new.log.format),
         ("transaction", old.transaction != new.transaction),
         ("security", old.security != new.security),
-        ("limits", old.limits != new.limits),
+        (
+            "limits.max_transactions",
+            old.limits.max_transactions != new.limits.max_transactions,
+        ),
+        (
+            "limits.udp_max_request_bytes",
+            old.limits.udp_max_request_bytes != new.limits.udp_max_request_bytes,
+        ),
+        ("limits.tcp", old.limits.tcp != new.limits.tcp),
         ("dns", old.dns != new.dns),
         ("tls", old.tls != new.tls),
         (
@@ -270,10 +292,13 @@ mod tests {
         let old = config(TWO, "log: {level: info}\n");
         let new = config(
             TWO,
-            "log: {level: debug}\nlisten: {udp: [\"127.0.0.1:5099\"]}\nserver: {workers: 2}\n",
+            "log: {level: debug}\nlisten: {udp: [\"127.0.0.1:5099\"]}\nserver: {workers: 2}\ntransaction: {t1_ms: 250}\nlimits: {max_transactions: 5000, tcp: {max_per_ip: 8}}\n",
         );
         let changes = diff(&old, &new);
-        assert_eq!(changes.applied, ["log.level"]);
-        assert_eq!(changes.needs_restart, ["listen", "server"]);
+        assert_eq!(
+            changes.applied,
+            ["log.level", "transaction", "limits.max_transactions"]
+        );
+        assert_eq!(changes.needs_restart, ["listen", "server", "limits.tcp"]);
     }
 }

@@ -862,4 +862,15 @@ impl TransactionConfig {
     pub fn max_invite_lifetime(&self) -> Duration {
         Duration::from_secs(self.max_invite_lifetime_secs)
     }
+
+    /// The engine's timers.
+    pub fn settings(&self) -> crate::proxy::TimerSettings {
+        crate::proxy::TimerSettings {
+            t1: self.t1(),
+            t2: self.t2(),
+            t4: self.t4(),
+            timer_c: self.timer_c(),
+            max_invite_lifetime: self.max_invite_lifetime(),
+        }
+    }
 }

@@ -358,6 +358,11 @@ impl ActiveCalls {
         self.calls.remove(&by_callee).map(|call| call.slot)
     }
 
+    /// A new `call_max` (a reload): it applies at the next sweep.
+    pub fn set_call_max(&mut self, call_max: Duration) {
+        self.call_max = call_max;
+    }
+
     /// When [`ActiveCalls::collect`] has work next.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.next_sweep

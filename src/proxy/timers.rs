@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 /// T1, T2, T4 and Timer C, from the `transaction` config section.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerSettings {
     pub t1: Duration,
     pub t2: Duration,

@@ -133,6 +133,15 @@ pub struct EngineConfig {
     pub max_tracked_calls: usize,
 }
 
+/// The settings a reload changes in a running engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconfigure {
+    pub timers: TimerSettings,
+    pub max_transactions: usize,
+    pub udp_max_request_bytes: usize,
+    pub call_max: Duration,
+}
+
 /// The Retry-After of a 503 sent because the transaction table is full.
 const FULL_RETRY_AFTER: &str = "5";
 
@@ -383,6 +392,16 @@ impl<F: Clone> Engine<F> {
             (Some(timer), Some(calls)) => Some(timer.min(calls)),
             (timer, calls) => timer.or(calls),
         }
+    }
+
+    /// What a reload changes in place: the timers of new transactions,
+    /// this shard's transaction limit, the UDP size limit and how long a
+    /// call may last uncounted by a BYE.
+    pub fn reconfigure(&mut self, change: Reconfigure) {
+        self.config.timers = change.timers;
+        self.config.max_transactions = change.max_transactions;
+        self.config.udp_max_request_bytes = change.udp_max_request_bytes;
+        self.calls.set_call_max(change.call_max);
     }
 
     /// Calls this shard counts now (2xx seen, no BYE yet).
