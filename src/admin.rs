@@ -63,12 +63,13 @@ pub trait GatewayAdmin: Send + Sync {
 }
 
 /// A change to the gateway groups over the admin API.
+/// Bodies are parsed (their names resolved) before, off the arbiter.
 pub enum GatewayEdit {
-    AddGroup(Value),
+    AddGroup(crate::config::GroupConfig),
     RemoveGroup(String),
     AddDestination {
         group: String,
-        body: Value,
+        destination: crate::config::DestinationConfig,
     },
     RemoveDestination {
         group: String,
@@ -344,10 +345,27 @@ fn uri_query(query: Option<&str>) -> Result<String, String> {
         .ok_or_else(|| "name the destination with ?uri=".to_string())
 }
 
+/// Parses a body with `parse` on a blocking thread (a destination's name
+/// may need a DNS lookup): the 400 to send when it does not parse.
+async fn parsed<T: Send + 'static>(
+    body: &[u8],
+    parse: fn(Value) -> Result<T, String>,
+) -> Result<T, Response> {
+    let body = json_body(body).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
+    match tokio::task::spawn_blocking(move || parse(body)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(error(StatusCode::BAD_REQUEST, message)),
+        Err(_) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the body could not be read",
+        )),
+    }
+}
+
 async fn add_group(State(ctx): State<Shared>, body: Bytes) -> Response {
-    match json_body(&body) {
-        Ok(body) => edit_gateways(ctx, GatewayEdit::AddGroup(body)).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    match parsed(&body, crate::config::group_from_json).await {
+        Ok(config) => edit_gateways(ctx, GatewayEdit::AddGroup(config)).await,
+        Err(response) => response,
     }
 }
 
@@ -360,9 +378,11 @@ async fn add_destination(
     Path(group): Path<String>,
     body: Bytes,
 ) -> Response {
-    match json_body(&body) {
-        Ok(body) => edit_gateways(ctx, GatewayEdit::AddDestination { group, body }).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    match parsed(&body, crate::config::destination_from_json).await {
+        Ok(destination) => {
+            edit_gateways(ctx, GatewayEdit::AddDestination { group, destination }).await
+        }
+        Err(response) => response,
     }
 }
 
@@ -765,7 +785,6 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
 
     fn edit(&self, edit: GatewayEdit) -> Result<Value, (StatusCode, String)> {
         use crate::actors::gateway::{EditError, GroupOrigin};
-        let invalid = |message: String| (StatusCode::BAD_REQUEST, message);
         let refused = |group: &str| {
             let group = group.to_string();
             move |e: EditError| match e {
@@ -774,8 +793,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
             }
         };
         let name = match edit {
-            GatewayEdit::AddGroup(body) => {
-                let config = crate::config::group_from_json(body).map_err(invalid)?;
+            GatewayEdit::AddGroup(config) => {
                 if self.gateways().get(&config.name).is_some() {
                     let message = format!(
                         "name: group {} exists; add destinations to it, or DELETE it first",
@@ -792,8 +810,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                 }
                 return Ok(json!({ "group": group, "removed": true }));
             }
-            GatewayEdit::AddDestination { group, body } => {
-                let destination = crate::config::destination_from_json(body).map_err(invalid)?;
+            GatewayEdit::AddDestination { group, destination } => {
                 self.edit_group(&group, |config| {
                     if config.destinations.iter().any(|d| d.uri == destination.uri) {
                         return Err(EditError::Invalid(format!(

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::http1::Endpoint;
 
 /// How long a request may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the admin API is and the token it wants.
 #[derive(Debug, Clone)]
@@ -128,6 +128,61 @@ pub fn request(
         status: answer.status,
         body: answer.body,
     })
+}
+
+/// What a reload of `config` would change in the daemon it names (its
+/// admin API), line by line: groups added or removed, and the admin API's
+/// changes it would undo. None when no daemon answers.
+pub fn reload_preview(config: &crate::config::Config, path: &Path) -> Option<Vec<String>> {
+    let target = Target::from_config(path, None).ok()?;
+    let answer = request(&target, "GET", "/admin/gateways", None).ok()?;
+    if answer.status != 200 {
+        return None;
+    }
+    let running = answer.json();
+    let groups = running["groups"].as_array()?;
+    let mut lines = Vec::new();
+    for group in &config.gateway.groups {
+        let Some(live) = groups.iter().find(|g| g["name"] == group.name.as_str()) else {
+            lines.push(format!("group {} would be added", group.name));
+            continue;
+        };
+        for destination in live["destinations"].as_array().into_iter().flatten() {
+            let uri = destination["uri"].as_str().unwrap_or("");
+            let in_file = group.destinations.iter().find(|d| d.uri == uri);
+            match (in_file, destination["source"].as_str()) {
+                (None, _) => lines.push(format!(
+                    "{}: destination {uri} would be removed",
+                    group.name
+                )),
+                (Some(_), Some("runtime")) => lines.push(format!(
+                    "{}: the admin API's change to {uri} would be undone",
+                    group.name
+                )),
+                _ => {}
+            }
+        }
+        for destination in &group.destinations {
+            let live_uris = live["destinations"].as_array().into_iter().flatten();
+            if !live_uris
+                .clone()
+                .any(|d| d["uri"] == destination.uri.as_str())
+            {
+                lines.push(format!(
+                    "{}: destination {} would be added",
+                    group.name, destination.uri
+                ));
+            }
+        }
+    }
+    for live in groups {
+        let name = live["name"].as_str().unwrap_or("");
+        let in_file = config.gateway.groups.iter().any(|g| g.name == name);
+        if !in_file && live["source"] != "script" {
+            lines.push(format!("group {name} would be removed"));
+        }
+    }
+    Some(lines)
 }
 
 /// What a verb asks of the daemon.

@@ -80,48 +80,114 @@ pub fn request(
         .write_all(head.as_bytes())
         .and_then(|_| stream.write_all(body))
         .map_err(|e| format!("sending to {}: {e}", endpoint.addr))?;
+    let deadline = std::time::Instant::now() + timeout;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading from {}: {e}", endpoint.addr))?;
+    let mut buffer = [0u8; 8192];
+    while !is_complete(&raw) {
+        if raw.len() > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "{}'s answer is larger than {MAX_ANSWER_BYTES} bytes",
+                endpoint.addr
+            ));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no whole answer from {} within {timeout:?}",
+                endpoint.addr
+            ));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => raw.extend_from_slice(&buffer[..read]),
+            Err(e) => return Err(format!("reading from {}: {e}", endpoint.addr)),
+        }
+    }
     parse_answer(&raw)
+}
+
+/// The largest answer read.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Where the head ends (the index after its blank line).
+fn head_end(raw: &[u8]) -> Option<usize> {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// What the head says of the body's length.
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(head: &str) -> Framing {
+    for line in head.lines() {
+        let line = line.to_ascii_lowercase();
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return Framing::Chunked;
+        }
+        if let Some(length) = line.strip_prefix("content-length:") {
+            if let Ok(length) = length.trim().parse() {
+                return Framing::Length(length);
+            }
+        }
+    }
+    Framing::UntilClose
+}
+
+/// Whether `raw` holds a whole answer (a server may keep the connection).
+fn is_complete(raw: &[u8]) -> bool {
+    let Some(end) = head_end(raw) else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    match framing(&head) {
+        Framing::Length(length) => raw.len() >= end + length,
+        Framing::Chunked => dechunk(&raw[end..]).is_some(),
+        Framing::UntilClose => false,
+    }
 }
 
 /// Reads an HTTP/1.1 answer: its status and body (chunked or not).
 pub fn parse_answer(raw: &[u8]) -> Result<Answer, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let end = head_end(raw)
         .ok_or_else(|| "the server closed the connection without an answer".to_string())?;
+    let head = String::from_utf8_lossy(&raw[..end]);
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP answer: {}", head.lines().next().unwrap_or("")))?;
-    let chunked = head.lines().any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with("transfer-encoding:") && line.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
+    let body = &raw[end..];
+    let body = match framing(&head) {
+        Framing::Chunked => dechunk(body).unwrap_or_default(),
+        Framing::Length(length) => body[..length.min(body.len())].to_vec(),
+        Framing::UntilClose => body.to_vec(),
     };
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size =
-            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
+/// The body of a chunked encoding, once its last chunk has come.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&rest[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        let data = rest.get(line_end + 2..)?;
+        if size == 0 {
+            return Some(out);
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        out.extend_from_slice(data.get(..size)?);
+        rest = data.get(size + 2..)?;
     }
-    out
 }
 
 #[cfg(test)]
@@ -138,6 +204,27 @@ mod tests {
         .unwrap();
         assert_eq!((chunked.status, chunked.body.as_str()), (404, "{\"a\":1}"));
         assert!(parse_answer(b"").is_err());
+    }
+
+    #[test]
+    fn a_whole_answer_is_known_without_waiting_for_the_close() {
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{}"
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
+        ));
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\nuntil close"));
+        // A chunk boundary inside a UTF-8 character is no panic.
+        let split = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n\u{e9}"
+            .replace('\u{e9}', "\u{e9}\r\n0\r\n\r\n");
+        assert!(parse_answer(split.as_bytes()).is_ok());
     }
 
     #[test]

@@ -153,6 +153,18 @@ fn main() -> ExitCode {
             path.display(),
             config.script.path.display()
         );
+        // A daemon running this file: what a reload would change there.
+        if let Some(lines) = siphon::ctl::reload_preview(&config, &path) {
+            match lines.is_empty() {
+                true => println!("a reload would change no gateway group of the running daemon"),
+                false => {
+                    println!("a reload would change the running daemon's gateway groups:");
+                    for line in lines {
+                        println!("  {line}");
+                    }
+                }
+            }
+        }
         return ExitCode::SUCCESS;
     }
     let boot = server::Boot {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::actors::gateway::{GatewayService, GroupOrigin};
+use crate::actors::gateway::{GatewayService, GroupConfigs, GroupOrigin};
 use crate::config::diff::{diff, ConfigChanges, SHARD_SECTIONS};
 use crate::config::Config;
 use crate::logging::LogLevel;
@@ -36,6 +36,8 @@ pub struct Reloader {
     log_level: LogLevel,
     /// Reaches the transaction shards (timers and limits).
     transports: crate::actors::transport::Transports,
+    /// The registrar, for its expiry bounds.
+    registrar: Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
     /// One reload at a time: a second SIGHUP waits for the first.
     busy: tokio::sync::Mutex<()>,
 }
@@ -58,7 +60,10 @@ impl Reloader {
         script: Arc<ScriptEngine>,
         (auth, tls): (Option<Arc<AuthService>>, Arc<crate::actors::tls::Tls>),
         (gateways, transports): (Arc<GatewayService>, crate::actors::transport::Transports),
-        log_level: LogLevel,
+        (log_level, registrar): (
+            LogLevel,
+            Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
+        ),
     ) -> Self {
         Reloader {
             path,
@@ -69,6 +74,7 @@ impl Reloader {
             gateways,
             log_level,
             transports,
+            registrar,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -135,26 +141,44 @@ impl Reloader {
     /// Applies what changes in place; returns the groups whose runtime
     /// changes (the admin API's) the file undid.
     fn apply(&self, new: &Config, changes: &ConfigChanges) -> Vec<String> {
+        // The script's groups are the script's (it wins at boot as well).
+        let running = self.gateways.all_group_configs();
+        let origin_of = |name: &str| running.iter().find(|(n, _)| n == name).map(|(_, c)| c);
         for name in &changes.groups_removed {
-            self.gateways.remove_group(name);
-        }
-        let mut undone = Vec::new();
-        let in_file = |name: &str| new.gateway.groups.iter().find(|g| g.name == name);
-        for (name, configs) in self.gateways.all_group_configs() {
-            match (configs.origin, in_file(&name)) {
-                (GroupOrigin::Admin, None) => {
-                    self.gateways.remove_group(&name);
-                    undone.push(name);
-                }
-                (GroupOrigin::File, Some(group)) if configs.source() == "runtime" => {
-                    self.gateways.install(group, GroupOrigin::File);
-                    undone.push(name);
-                }
-                _ => {}
+            if origin_of(name).is_none_or(|c| c.origin != GroupOrigin::Script) {
+                self.gateways.remove_group(name);
             }
         }
-        for group in changes.groups_to_install(new) {
-            if !undone.contains(&group.name) {
+        let mut undone = Vec::new();
+        let in_file = |name: &str| new.gateway.groups.iter().any(|g| g.name == name);
+        for (name, configs) in &running {
+            if configs.origin == GroupOrigin::Admin && !in_file(name) {
+                self.gateways.remove_group(name);
+                undone.push(name.clone());
+            }
+        }
+        for group in &new.gateway.groups {
+            let changed = changes.groups_to_install(new).any(|g| g.name == group.name);
+            let install = match origin_of(&group.name) {
+                Some(c) if c.origin == GroupOrigin::Script => false,
+                // Gone or changed at run time: the file's version again.
+                None
+                | Some(GroupConfigs {
+                    origin: GroupOrigin::Admin,
+                    ..
+                }) => {
+                    if !changes.groups_added.contains(&group.name) {
+                        undone.push(group.name.clone());
+                    }
+                    true
+                }
+                Some(c) if c.source() == "runtime" => {
+                    undone.push(group.name.clone());
+                    true
+                }
+                Some(_) => changed,
+            };
+            if install {
                 self.gateways.install(group, GroupOrigin::File);
             }
         }
@@ -166,6 +190,12 @@ impl Reloader {
                 udp_max_request_bytes: new.limits.udp_max_request_bytes,
                 call_max: std::time::Duration::from_secs(new.gateway.call_max_secs),
             });
+        }
+        if let (true, Some(registrar)) = (
+            changes.applied.contains(&"registrar.expires"),
+            self.registrar.get(),
+        ) {
+            registrar.set_limits(crate::registrar::Limits::from(&new.registrar));
         }
         if changes.applied.contains(&"log.level") {
             match self.log_level.set(&new.log.level) {

@@ -207,7 +207,7 @@ async fn start(
         script.clone(),
         (services.auth.clone(), tls),
         (services.gateways.clone(), transports.clone()),
-        boot.log_level,
+        (boot.log_level, services.registrar.clone()),
     ));
     start_http(
         &config,

@@ -220,6 +220,21 @@ fn a_weight_set_by_ctl_changes_the_spread_of_1000_calls_until_a_reload() {
         "weights 1:3 give b2 about 750: {routes:?}"
     );
 
+    // --check names what a reload would undo.
+    let check = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .arg("--config")
+        .arg(lb.siphon.dir().join("siphon.yaml"))
+        .arg("--check")
+        .output()
+        .expect("run --check");
+    let text = stdout(&check);
+    assert!(check.status.success(), "{}", report(&check));
+    let undone = format!(
+        "backends: the admin API's change to {} would be undone",
+        backend_uri(2)
+    );
+    assert!(text.contains(&undone), "{text}");
+
     // A reload puts the file's weight back, and says so.
     let output = ctl(&lb, &["--json", "reload"]);
     assert!(output.status.success(), "{}", report(&output));

@@ -251,3 +251,32 @@ fn transaction_limits_change_in_place() {
     assert!(second[0].starts_with("SIP/2.0 503"), "{second:?}");
     assert!(lb.metric("siphon_transactions_refused_total") >= 1.0);
 }
+
+#[test]
+fn a_reload_puts_back_a_group_the_admin_api_removed_and_drops_one_it_added() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let _b1 = backend(dir.path(), 1, port);
+    let one = destination(1, port, "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+    let (status, _) = http(lb.admin, "DELETE", "/admin/gateways/backends", None);
+    assert_eq!(status, 200);
+    let added = format!(
+        "{{\"name\": \"extra\", \"destinations\": [{{\"uri\": \"{}\", \"address\": \"127.0.0.1:{port}\"}}]}}",
+        backend_uri(2)
+    );
+    let (status, body) = http(lb.admin, "POST", "/admin/gateways", Some(&added));
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["source"], "runtime");
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let mut undone: Vec<String> =
+        serde_json::from_value(answer["runtime_undone"].clone()).expect("list");
+    undone.sort();
+    assert_eq!(undone, ["backends", "extra"]);
+    assert_eq!(lb.destination(1)["source"], "file");
+    let outcome = callers("back", lb.addr(), &users("b", 5), 10, 100).run(dir.path());
+    outcome.assert_all_succeeded();
+}

@@ -48,13 +48,11 @@ impl EventBus {
         };
         let webhook = match webhook {
             Some(config) => {
-                let endpoint = crate::http1::Endpoint::parse(&config.url)
-                    .map_err(|e| format!("gateway.webhook.url: {e}"))?;
                 let (tx, rx) = sync_channel::<GatewayEvent>(config.queue);
                 let config = config.clone();
                 std::thread::Builder::new()
                     .name("gateway-webhook".into())
-                    .spawn(move || post_events(rx, endpoint, config))
+                    .spawn(move || post_events(rx, config))
                     .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
                 Some(tx)
             }
@@ -91,10 +89,14 @@ impl EventBus {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         for queue in [&self.script, &self.webhook].into_iter().flatten() {
-            if let Err(TrySendError::Full(_)) = queue.try_send(event.clone()) {
+            if let Err(e) = queue.try_send(event.clone()) {
+                let why = match e {
+                    TrySendError::Full(_) => "queue full",
+                    TrySendError::Disconnected(_) => "delivery thread gone",
+                };
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "gateway event queue full: events dropped");
+                    tracing::warn!(dropped, "gateway events dropped: {why}");
                 }
             }
         }
@@ -102,24 +104,22 @@ impl EventBus {
 }
 
 /// POSTs each event as JSON, retrying a failure `retries` times with a
-/// doubling pause.
-fn post_events(
-    events: Receiver<GatewayEvent>,
-    endpoint: crate::http1::Endpoint,
-    config: WebhookConfig,
-) {
+/// doubling pause. The URL's name is looked up for each event, so a
+/// receiver that moves (or is not up at boot) is found.
+fn post_events(events: Receiver<GatewayEvent>, config: WebhookConfig) {
     let timeout = Duration::from_millis(config.timeout_ms);
-    let path = if endpoint.path.is_empty() {
-        "/".to_string()
-    } else {
-        endpoint.path.clone()
-    };
     for event in events {
         let body = serde_json::to_vec(&event).unwrap_or_default();
         let headers = [("Content-Type", "application/json")];
         let mut pause = Duration::from_millis(200);
         for attempt in 0..=config.retries {
-            let sent = crate::http1::request(&endpoint, ("POST", &path), &headers, &body, timeout);
+            let sent = crate::http1::Endpoint::parse(&config.url).and_then(|endpoint| {
+                let path = match endpoint.path.as_str() {
+                    "" => "/".to_string(),
+                    path => path.to_string(),
+                };
+                crate::http1::request(&endpoint, ("POST", &path), &headers, &body, timeout)
+            });
             match sent {
                 Ok(answer) if (200..300).contains(&answer.status) => break,
                 outcome => {

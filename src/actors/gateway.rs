@@ -52,6 +52,10 @@ pub struct GatewayService {
     share: OnceLock<HealthShare>,
     /// Where changes of a destination's state go (script, webhook).
     events: OnceLock<Arc<crate::actors::events::EventBus>>,
+    /// One install, edit or removal at a time (shards run scripts' add_group
+    /// while the admin API and reloads run on the system's arbiter): the
+    /// registry and the actors must name the same group.
+    installing: Mutex<()>,
 }
 
 /// What the service remembers about one group besides its selection state.
@@ -119,6 +123,7 @@ impl GatewayService {
             groups: Mutex::new(HashMap::new()),
             share: OnceLock::new(),
             events: OnceLock::new(),
+            installing: Mutex::new(()),
         }
     }
 
@@ -174,18 +179,24 @@ impl GatewayService {
     /// Adds or replaces a group made by `origin`. A group from the file
     /// remembers the file's version; one the admin API changes keeps it.
     pub fn install(&self, config: &GroupConfig, origin: GroupOrigin) {
-        let kept_file = self
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+        self.install_locked(config, origin);
+    }
+
+    fn install_locked(&self, config: &GroupConfig, origin: GroupOrigin) {
+        let kept = self
             .entries()
             .get(&config.name)
-            .and_then(|e| e.file.clone());
-        let (file, origin) = match origin {
-            GroupOrigin::File => (Some(config.clone()), GroupOrigin::File),
-            GroupOrigin::Script => (None, GroupOrigin::Script),
-            // An edit of a group from the file stays one of the file's.
-            GroupOrigin::Admin => match kept_file {
-                Some(file) => (Some(file), GroupOrigin::File),
-                None => (None, GroupOrigin::Admin),
-            },
+            .map(|e| (e.origin, e.file.clone()));
+        let (file, origin) = match (origin, kept) {
+            (GroupOrigin::File, _) => (Some(config.clone()), GroupOrigin::File),
+            (GroupOrigin::Script, _) => (None, GroupOrigin::Script),
+            // An edit of a group from the file (or the script) stays theirs.
+            (GroupOrigin::Admin, Some((GroupOrigin::File, Some(file)))) => {
+                (Some(file), GroupOrigin::File)
+            }
+            (GroupOrigin::Admin, Some((GroupOrigin::Script, _))) => (None, GroupOrigin::Script),
+            (GroupOrigin::Admin, _) => (None, GroupOrigin::Admin),
         };
         let group = config.to_group();
         let probe = config.probe.enabled.then(|| config.probe.clone());
@@ -266,6 +277,7 @@ impl GatewayService {
         name: &str,
         change: impl FnOnce(&mut GroupConfig) -> Result<(), EditError>,
     ) -> Result<GroupConfig, EditError> {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = self
             .entries()
             .get(name)
@@ -275,12 +287,13 @@ impl GatewayService {
         config
             .check()
             .map_err(|e| EditError::Invalid(e.to_string()))?;
-        self.install(&config, GroupOrigin::Admin);
+        self.install_locked(&config, GroupOrigin::Admin);
         Ok(config)
     }
 
     /// Removes a group and stops its actor and probers. False when unknown.
     pub fn remove_group(&self, name: &str) -> bool {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         let removed = self.gateways.remove(name).is_some();
         if let Some(actor) = self.entries().remove(name).and_then(|entry| entry.actor) {
             actor.do_send(StopGroup);

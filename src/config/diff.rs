@@ -51,8 +51,9 @@ impl ConfigChanges {
 }
 
 /// The sections that apply in place when they change.
-const IN_PLACE: [&str; 5] = [
+const IN_PLACE: [&str; 6] = [
     "log.level",
+    "registrar.expires",
     "transaction",
     "limits.max_transactions",
     "limits.udp_max_request_bytes",
@@ -103,7 +104,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
             "script.timeout_ms",
             old.script.timeout_ms != new.script.timeout_ms,
         ),
-        ("registrar", old.registrar != new.registrar),
+        (
+            "registrar.backend",
+            (&old.registrar.backend, &old.registrar.redis)
+                != (&new.registrar.backend, &new.registrar.redis),
+        ),
+        (
+            "registrar.expires",
+            expiry(&old.registrar) != expiry(&new.registrar),
+        ),
         ("server", old.server != new.server),
         ("metrics", old.metrics != new.metrics),
         ("admin", old.admin != new.admin),
@@ -145,6 +154,16 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         }
     }
     changes
+}
+
+/// A registrar's expiry bounds and contact limit.
+fn expiry(registrar: &super::RegistrarConfig) -> [u32; 4] {
+    [
+        registrar.default_expires,
+        registrar.min_expires,
+        registrar.max_expires,
+        registrar.max_contacts,
+    ]
 }
 
 /// What differs in one group, line by line.
@@ -300,5 +319,9 @@ mod tests {
             ["log.level", "transaction", "limits.max_transactions"]
         );
         assert_eq!(changes.needs_restart, ["listen", "server", "limits.tcp"]);
+        let expiry = config(TWO, "registrar: {min_expires: 120}\n");
+        assert_eq!(diff(&old, &expiry).applied, ["registrar.expires"]);
+        let redis = config(TWO, "registrar: {backend: redis}\n");
+        assert_eq!(diff(&old, &redis).needs_restart, ["registrar.backend"]);
     }
 }

@@ -360,7 +360,13 @@ impl ActiveCalls {
 
     /// A new `call_max` (a reload): it applies at the next sweep.
     pub fn set_call_max(&mut self, call_max: Duration) {
+        let before = self.sweep_every();
         self.call_max = call_max;
+        let after = self.sweep_every();
+        // A shorter limit sweeps sooner.
+        if let (Some(due), true) = (self.next_sweep, after < before) {
+            self.next_sweep = Some(due - (before - after));
+        }
     }
 
     /// When [`ActiveCalls::collect`] has work next.

@@ -125,7 +125,8 @@ impl Contact {
 
 /// The bindings of every AoR, and where to report changes for Redis.
 pub struct Registrar {
-    limits: Limits,
+    /// Expiry bounds and the contact limit; a reload changes them.
+    limits: std::sync::RwLock<Limits>,
     domains: LocalDomains,
     bindings: Mutex<HashMap<String, Vec<Binding>>>,
     /// AoRs whose bindings changed, for the Redis writer (None: memory only).
@@ -206,7 +207,7 @@ impl Registrar {
     /// A memory-only registrar (no sweeper thread: call [`Registrar::sweep`]).
     pub fn new(limits: Limits, domains: LocalDomains) -> Registrar {
         Registrar {
-            limits,
+            limits: std::sync::RwLock::new(limits),
             domains,
             bindings: Mutex::new(HashMap::new()),
             changes: None,
@@ -273,8 +274,13 @@ impl Registrar {
         Ok(registrar)
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New expiry bounds and contact limit (a reload's `registrar`).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     pub fn domains(&self) -> &LocalDomains {
@@ -299,14 +305,14 @@ impl Registrar {
             Ok(aor) => aor,
             Err(reply) => return reply,
         };
-        let request = match rules::parse_register(msg, &self.limits) {
+        let request = match rules::parse_register(msg, &self.limits()) {
             Ok(request) => request,
             Err(reply) => return reply,
         };
         let (result, changed) = {
             let mut map = self.map();
             let current = map.get(&aor).map_or(&[][..], Vec::as_slice);
-            match rules::apply(&request, current, &self.limits, now) {
+            match rules::apply(&request, current, &self.limits(), now) {
                 Err(reply) => (Err(reply), false),
                 Ok(bindings) => {
                     let changed = bindings.as_slice() != current;
