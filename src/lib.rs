@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod http1;
 pub mod lifecycle;
 pub mod logging;
+pub mod manpage;
 pub mod metrics;
 pub mod proxy;
 pub mod registrar;

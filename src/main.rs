@@ -32,6 +32,9 @@ enum Command {
     /// The admin address and token come from --config (admin.listen,
     /// admin.token) or from --url and --token.
     Ctl(CtlArgs),
+    /// Print the man page (roff), written from this command line's own
+    /// definition: `siphon man > siphon.1`.
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +123,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Ctl(args)) = cli.command {
         return ctl(cli.config, args);
+    }
+    if let Some(Command::Man) = cli.command {
+        use clap::CommandFactory;
+        print!("{}", siphon::manpage::render(&Cli::command()));
+        return ExitCode::SUCCESS;
     }
     let (path, _embedded) = match config_path(cli.config) {
         Ok(found) => found,

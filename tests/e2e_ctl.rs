@@ -421,3 +421,34 @@ fn on_change_and_the_webhook_see_a_frozen_backend_go_down_and_come_back() {
     assert!(output.status.success(), "{}", report(&output));
     wait("draining");
 }
+
+#[test]
+fn ctl_help_and_the_man_page_come_from_the_command_line_itself() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(args)
+            .output()
+            .expect("run siphon")
+    };
+    let help = run(&["ctl", "--help"]);
+    assert!(help.status.success(), "{}", report(&help));
+    for verb in [
+        "gateways",
+        "drain",
+        "set",
+        "reload",
+        "registrations",
+        "unban",
+    ] {
+        assert!(stdout(&help).contains(verb), "{verb}: {}", stdout(&help));
+    }
+    let page = run(&["man"]);
+    assert!(page.status.success(), "{}", report(&page));
+    let page = stdout(&page);
+    assert!(page.starts_with(".TH SIPHON 1"), "{page}");
+    assert!(page.contains("\\fBsiphon ctl reload\\fR"), "{page}");
+    assert!(
+        page.contains("\\fBsiphon ctl set\\fR \\fIGROUP\\fR \\fIURI\\fR"),
+        "{page}"
+    );
+}
