@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
+use crate::proxy::capacity::Capacity;
 use crate::proxy::decision::{FailoverPolicy, ForkTarget, RelayCandidate};
 use crate::sip::Uri;
 
@@ -89,6 +90,9 @@ struct Run {
     /// Recent messages: what the engine sent (to answer or mutate).
     sent: Vec<(Hop, Bytes)>,
     seen: Vec<Bytes>,
+    /// Each host's call counters, some with a limit or a pace: nothing
+    /// may leak whatever the sequence.
+    capacities: Vec<Arc<Capacity>>,
 }
 
 impl Run {
@@ -129,6 +133,13 @@ impl Run {
             pending: Vec::new(),
             sent: Vec::new(),
             seen: Vec::new(),
+            capacities: (0..HOSTS.len())
+                .map(|i| {
+                    let max_calls = [None, Some(1), Some(3)][(seed as usize + i) % 3];
+                    let max_cps = [None, None, Some(2.0)][(seed as usize / 3 + i) % 3];
+                    Arc::new(Capacity::new(max_calls, max_cps))
+                })
+                .collect(),
         }
     }
 
@@ -282,13 +293,14 @@ impl Run {
             4 => {
                 // A relay to a gateway group: its candidates in some order.
                 let mut candidates: Vec<RelayCandidate> = Vec::new();
-                for (host, addr) in HOSTS {
+                for (index, (host, addr)) in HOSTS.iter().enumerate() {
                     if self.rng.chance(70) {
+                        let counted = self.rng.chance(70);
                         candidates.push(RelayCandidate {
                             uri: Arc::from(format!("sip:{host}").as_str()),
                             hop: Hop::new(addr.parse().unwrap(), Protocol::Udp),
                             report_success: self.rng.chance(50),
-                            capacity: None,
+                            capacity: counted.then(|| self.capacities[index].clone()),
                         });
                     }
                 }
@@ -479,6 +491,29 @@ impl Run {
         assert_eq!(self.engine.active(), 0, "transactions outlived every timer");
         assert!(self.engine.pending.is_empty(), "script runs left behind");
         assert!(self.engine.timers.is_empty(), "timers left behind");
+        // Every transaction is over: what still counts is an established
+        // call (no setup slot left), each in the table once.
+        let active: usize = self
+            .capacities
+            .iter()
+            .map(|c| {
+                assert_eq!(c.calls_in_use(), c.active_calls(), "a setup slot leaked");
+                c.active_calls() as usize
+            })
+            .sum();
+        assert_eq!(
+            active,
+            self.engine.calls_counted(),
+            "counts and table disagree"
+        );
+        // And call_max collects them all.
+        self.now += Duration::from_secs(5 * 3600);
+        self.engine.handle_timeout(self.now);
+        self.drain();
+        for capacity in &self.capacities {
+            assert_eq!(capacity.calls_in_use(), 0, "a call outlived call_max");
+        }
+        assert_eq!(self.engine.poll_timeout(), None);
     }
 }
 
