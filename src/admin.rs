@@ -785,6 +785,13 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
 
     fn edit(&self, edit: GatewayEdit) -> Result<Value, (StatusCode, String)> {
         use crate::actors::gateway::{EditError, GroupOrigin};
+        let no_destination = |group: &str, uri: &str| {
+            let missing = format!("no destination {uri} in group {group}");
+            move |e: EditError| match e {
+                EditError::NotFound => (StatusCode::NOT_FOUND, missing),
+                EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
+            }
+        };
         let refused = |group: &str| {
             let group = group.to_string();
             move |e: EditError| match e {
@@ -833,13 +840,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                         false => Ok(()),
                     }
                 })
-                .map_err(|e| match e {
-                    EditError::NotFound => (
-                        StatusCode::NOT_FOUND,
-                        format!("no destination {uri} in group {group}"),
-                    ),
-                    EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
-                })?;
+                .map_err(no_destination(&group, &uri))?;
                 group
             }
             GatewayEdit::PatchDestination { group, uri, body } => {
@@ -851,13 +852,7 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                         .ok_or(EditError::NotFound)?;
                     patch_destination_config(destination, body).map_err(EditError::Invalid)
                 })
-                .map_err(|e| match e {
-                    EditError::NotFound => (
-                        StatusCode::NOT_FOUND,
-                        format!("no destination {uri} in group {group}"),
-                    ),
-                    EditError::Invalid(message) => (StatusCode::BAD_REQUEST, message),
-                })?;
+                .map_err(no_destination(&group, &uri))?;
                 group
             }
         };

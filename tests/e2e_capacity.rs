@@ -17,7 +17,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::calls::{backend, callers, destination, held_at_most, outcomes, users, Lb};
+use common::calls::{backend, backends, callers, destination, held_at_most, outcomes, users, Lb};
 use common::gateway::{backend_uri, seed_lb_script, Backend};
 use common::{free_port, get_json, http, SippSpec, Transport};
 
@@ -29,9 +29,7 @@ fn lb_script() -> String {
 #[test]
 fn max_calls_holds_at_the_backend_and_the_rest_go_elsewhere_or_get_503() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let destinations =
         destination(1, ports[0], ", max_calls: 20") + &destination(2, ports[1], ", max_calls: 50");
     let lb = Lb::start("hash", "", &destinations, &lb_script());
@@ -146,10 +144,7 @@ fn counts_return_to_zero_after_calls_that_ended_failed_were_cancelled_or_lost_th
 #[test]
 fn tier_one_takes_calls_only_while_tier_zero_is_down_or_full() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port(), free_port()];
-    let _backends: Vec<Backend> = (0..3)
-        .map(|i| backend(dir.path(), i + 1, ports[i]))
-        .collect();
+    let (_backends, ports) = backends(dir.path(), 3);
     let destinations = destination(1, ports[0], ", max_calls: 5")
         + &destination(2, ports[1], ", max_calls: 5")
         + &destination(3, ports[2], ", priority: 1");
@@ -198,10 +193,7 @@ fn tier_one_takes_calls_only_while_tier_zero_is_down_or_full() {
 #[test]
 fn least_calls_keeps_the_loads_within_one_call_per_weight() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port(), free_port()];
-    let _backends: Vec<Backend> = (0..3)
-        .map(|i| backend(dir.path(), i + 1, ports[i]))
-        .collect();
+    let (_backends, ports) = backends(dir.path(), 3);
     let destinations = destination(1, ports[0], "")
         + &destination(2, ports[1], ", weight: 2")
         + &destination(3, ports[2], "");
@@ -246,9 +238,7 @@ fn least_calls_keeps_the_loads_within_one_call_per_weight() {
 #[test]
 fn a_one_cps_destination_takes_one_call_a_second_and_the_rest_go_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let destinations =
         destination(1, ports[0], ", max_cps: 1") + &destination(2, ports[1], ", priority: 1");
     let lb = Lb::start("weighted", "", &destinations, &lb_script());
@@ -273,9 +263,7 @@ fn a_one_cps_destination_takes_one_call_a_second_and_the_rest_go_on() {
 #[test]
 fn a_drained_destinations_calls_fall_to_zero_while_the_others_go_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let destinations = destination(1, ports[0], "") + &destination(2, ports[1], "");
     let lb = Lb::start("least_calls", "", &destinations, &lb_script());
 
@@ -353,8 +341,7 @@ fn zipf_users(users: usize, count: usize) -> Vec<String> {
 /// the share of calls that left their first choice, and the busiest
 /// backend's calls over the mean (averaged over samples, and the worst).
 fn skewed_run(dir: &Path, bound: Option<f64>) -> (f64, f64, f64) {
-    let ports = [free_port(), free_port(), free_port(), free_port()];
-    let _backends: Vec<Backend> = (0..4).map(|i| backend(dir, i + 1, ports[i])).collect();
+    let (_backends, ports) = backends(dir, 4);
     let destinations: String = (0..4).map(|i| destination(i + 1, ports[i], "")).collect();
     let group_extra = bound.map_or(String::new(), |b| format!("      hash_bound: {b}\n"));
     let lb = Lb::start("hash", &group_extra, &destinations, &lb_script());

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::calls::{backend, callers, destination, lb_config, outcomes, users, Lb};
+use common::calls::{backends, callers, destination, lb_config, outcomes, users, Lb};
 use common::free_port;
 use common::gateway::{backend_uri, seed_lb_script};
 
@@ -58,10 +58,7 @@ fn lb_with_token(dir: &Path, ports: &[u16]) -> Lb {
 #[test]
 fn siphon_ctl_runs_every_verb_against_a_daemon_that_wants_a_token() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port(), free_port()];
-    let _backends: Vec<_> = (0..3)
-        .map(|i| backend(dir.path(), i + 1, ports[i]))
-        .collect();
+    let (_backends, ports) = backends(dir.path(), 3);
     let lb = lb_with_token(dir.path(), &ports[..2]);
     let (b1, b3) = (backend_uri(1), backend_uri(3));
 
@@ -202,10 +199,7 @@ fn siphon_ctl_runs_every_verb_against_a_daemon_that_wants_a_token() {
 #[test]
 fn a_weight_set_by_ctl_changes_the_spread_of_1000_calls_until_a_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _backends: Vec<_> = (0..2)
-        .map(|i| backend(dir.path(), i + 1, ports[i]))
-        .collect();
+    let (_backends, ports) = backends(dir.path(), 2);
     let lb = lb_with_token(dir.path(), &ports);
     let output = ctl(&lb, &["set", "backends", &backend_uri(2), "weight=3"]);
     assert!(output.status.success(), "{}", report(&output));

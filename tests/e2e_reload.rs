@@ -9,7 +9,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::calls::{backend, callers, destination, lb_config, outcomes, users, Lb};
+use common::calls::{backend, backends, callers, destination, lb_config, outcomes, users, Lb};
 use common::gateway::{backend_uri, seed_lb_script};
 use common::{free_port, http};
 
@@ -34,9 +34,7 @@ fn wait_for_reload(lb: &Lb, from: usize, needle: &str) {
 #[test]
 fn a_destination_added_to_the_yaml_takes_calls_after_sighup_with_no_failed_call() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let one = destination(1, ports[0], "");
     let lb = Lb::start("weighted", "", &one, &seed_lb_script());
 
@@ -62,9 +60,7 @@ fn a_destination_added_to_the_yaml_takes_calls_after_sighup_with_no_failed_call(
 #[test]
 fn a_destination_removed_takes_no_new_call_while_its_calls_end_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let one = destination(1, ports[0], "");
     let both = one.clone() + &destination(2, ports[1], "");
     let lb = Lb::start("least_calls", "", &both, &seed_lb_script());
@@ -138,9 +134,7 @@ fn a_broken_yaml_is_refused_and_the_old_one_keeps_serving() {
 #[test]
 fn a_listener_change_needs_a_restart_and_the_rest_applies() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let one = destination(1, ports[0], "");
     let lb = Lb::start("weighted", "", &one, &seed_lb_script());
     let both = one.clone() + &destination(2, ports[1], ", weight: 3");
@@ -168,9 +162,7 @@ fn a_listener_change_needs_a_restart_and_the_rest_applies() {
 #[test]
 fn health_and_active_calls_survive_a_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = [free_port(), free_port()];
-    let _b1 = backend(dir.path(), 1, ports[0]);
-    let _b2 = backend(dir.path(), 2, ports[1]);
+    let (_backends, ports) = backends(dir.path(), 2);
     let both = destination(1, ports[0], "") + &destination(2, ports[1], "");
     let lb = Lb::start("least_calls", "", &both, &seed_lb_script());
     let body = format!("{{\"uri\": \"{}\", \"force\": true}}", backend_uri(1));

@@ -160,6 +160,18 @@ pub fn backend(dir: &Path, n: usize, port: u16) -> Backend {
     Backend::start_scenario(dir, "cap_uas.xml", &[("backend", &format!("b{n}"))], port)
 }
 
+/// `count` capacity backends, `b1`.., on fresh ports: the backends (kept
+/// alive by the caller) and their ports.
+pub fn backends(dir: &Path, count: usize) -> (Vec<Backend>, Vec<u16>) {
+    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+    let started = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| backend(dir, i + 1, port))
+        .collect();
+    (started, ports)
+}
+
 /// The most calls the backend on PORT held at once, by its own log.
 pub fn held_at_most(dir: &Path, port: u16) -> usize {
     let log = fs::read_to_string(dir.join(format!("uas_{port}_actions.log"))).unwrap_or_default();
