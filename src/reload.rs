@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::actors::gateway::{GatewayService, GroupConfigs, GroupOrigin};
-use crate::config::diff::{diff, ConfigChanges, SHARD_SECTIONS};
+use crate::config::diff::{diff, ConfigChanges, EDGE_SECTIONS, SHARD_SECTIONS};
 use crate::config::Config;
 use crate::logging::LogLevel;
 use crate::script::auth::AuthService;
@@ -36,6 +36,8 @@ pub struct Reloader {
     log_level: LogLevel,
     /// Reaches the transaction shards (timers and limits).
     transports: crate::actors::transport::Transports,
+    /// The edge guard, for its rates and scanner list.
+    edge: Arc<crate::actors::edge::Edge>,
     /// The registrar, for its expiry bounds.
     registrar: Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
     /// One reload at a time: a second SIGHUP waits for the first.
@@ -59,7 +61,11 @@ impl Reloader {
         running: Config,
         script: Arc<ScriptEngine>,
         (auth, tls): (Option<Arc<AuthService>>, Arc<crate::actors::tls::Tls>),
-        (gateways, transports): (Arc<GatewayService>, crate::actors::transport::Transports),
+        (gateways, transports, edge): (
+            Arc<GatewayService>,
+            crate::actors::transport::Transports,
+            Arc<crate::actors::edge::Edge>,
+        ),
         (log_level, registrar): (
             LogLevel,
             Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
@@ -74,6 +80,7 @@ impl Reloader {
             gateways,
             log_level,
             transports,
+            edge,
             registrar,
             busy: tokio::sync::Mutex::new(()),
         }
@@ -190,6 +197,9 @@ impl Reloader {
                 udp_max_request_bytes: new.limits.udp_max_request_bytes,
                 call_max: std::time::Duration::from_secs(new.gateway.call_max_secs),
             });
+        }
+        if changes.applied.iter().any(|s| EDGE_SECTIONS.contains(s)) {
+            self.edge.set_policy(new.security.policy());
         }
         if let (true, Some(registrar)) = (
             changes.applied.contains(&"registrar.expires"),

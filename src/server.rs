@@ -206,7 +206,7 @@ async fn start(
         config.clone(),
         script.clone(),
         (services.auth.clone(), tls),
-        (services.gateways.clone(), transports.clone()),
+        (services.gateways.clone(), transports.clone(), edge.clone()),
         (boot.log_level, services.registrar.clone()),
     ));
     start_http(

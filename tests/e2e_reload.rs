@@ -272,3 +272,42 @@ fn a_reload_puts_back_a_group_the_admin_api_removed_and_drops_one_it_added() {
     let outcome = callers("back", lb.addr(), &users("b", 5), 10, 100).run(dir.path());
     outcome.assert_all_succeeded();
 }
+
+#[test]
+fn the_edge_takes_a_new_scanner_list_from_a_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let _backend = common::gateway::Backend::start(dir.path(), "b1", port);
+    let one = destination(1, port, "");
+    let lb = Lb::start("weighted", "", &one, &seed_lb_script());
+    let caller = common::UdpPeer::bind();
+    let options = || {
+        let request = common::RawRequest::new(
+            "OPTIONS",
+            &format!("sip:bob@{}", lb.addr()),
+            common::Transport::Udp,
+            caller.local_addr(),
+        )
+        .header("User-Agent", "evilbot/1.0");
+        caller.send_to(request.render().as_bytes(), lb.addr());
+        caller
+            .recv(Duration::from_secs(1))
+            .map(|(text, _)| text.lines().next().unwrap_or("").to_string())
+    };
+    assert_eq!(
+        options().as_deref(),
+        Some("SIP/2.0 200 OK"),
+        "relayed to b1"
+    );
+    let scanners = lb_config("weighted", "", &one, 14_400)
+        + "security:\n  scanner_user_agents: [\"evilbot\"]\n";
+    lb.rewrite_config(&scanners);
+    let (status, body) = http(lb.admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        answer["changes"]["applied"],
+        serde_json::json!(["security.scanner_user_agents"])
+    );
+    assert_eq!(options(), None, "a scanner gets no answer");
+}

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use crate::security::{BanEntry, BanReason, Channel, EdgeGuard, EdgePolicy, Verdict};
 
 pub struct Edge {
-    policy: EdgePolicy,
+    /// Swapped whole by a reload (`security.rate_limit`, the scanner list,
+    /// `on_limit`); read without a lock.
+    policy: arc_swap::ArcSwap<EdgePolicy>,
     guard: Mutex<EdgeGuard>,
     /// A rate limit is set: sources must be checked.
-    limiting: bool,
+    limiting: AtomicBool,
     /// A ban was made without a rate limit (failed authentications): from
     /// then on sources are checked too.
     banning: AtomicBool,
@@ -27,12 +29,21 @@ pub struct Edge {
 impl Edge {
     pub fn new(policy: EdgePolicy) -> Arc<Self> {
         Arc::new(Edge {
-            limiting: policy.rate_limit.is_some(),
+            limiting: AtomicBool::new(policy.rate_limit.is_some()),
             banning: AtomicBool::new(false),
             destinations: std::sync::OnceLock::new(),
             guard: Mutex::new(EdgeGuard::new(policy.clone())),
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
         })
+    }
+
+    /// A reload's policy: new rates (the buckets start afresh), scanner
+    /// list and `on_limit`; the bans in force stay.
+    pub fn set_policy(&self, policy: EdgePolicy) {
+        self.limiting
+            .store(policy.rate_limit.is_some(), Ordering::Relaxed);
+        self.guard().set_policy(policy.clone());
+        self.policy.store(Arc::new(policy));
     }
 
     /// No limits and the default scanner list: what tests and tools use.
@@ -46,7 +57,7 @@ impl Edge {
 
     /// Checks a message from `ip`, come by `channel`, before it is parsed.
     pub fn admit(&self, ip: IpAddr, channel: Channel) -> Verdict {
-        if !self.limiting && !self.banning.load(Ordering::Relaxed) {
+        if !self.limiting.load(Ordering::Relaxed) && !self.banning.load(Ordering::Relaxed) {
             return Verdict::Pass;
         }
         if self.is_exempt(ip) {
@@ -62,7 +73,7 @@ impl Edge {
     /// True when `user_agent` is a scanner's: the request is dropped and
     /// counted, and nothing more (a User-Agent proves nothing).
     pub fn is_scanner(&self, user_agent: &str) -> bool {
-        if !self.policy.is_scanner(user_agent) {
+        if !self.policy.load().is_scanner(user_agent) {
             return false;
         }
         crate::metrics::get().edge_dropped("scanner");
@@ -87,13 +98,13 @@ impl Edge {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.policy.is_trusted(ip)
+        self.policy.load().is_trusted(ip)
     }
 
     /// Never counted nor banned, and first in a full queue: a trusted peer
     /// or a gateway destination's host.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        self.policy.is_trusted(ip)
+        self.policy.load().is_trusted(ip)
             || self
                 .destinations
                 .get()

@@ -51,13 +51,23 @@ impl ConfigChanges {
 }
 
 /// The sections that apply in place when they change.
-const IN_PLACE: [&str; 6] = [
+const IN_PLACE: [&str; 9] = [
     "log.level",
+    "security.rate_limit",
+    "security.scanner_user_agents",
+    "security.on_limit",
     "registrar.expires",
     "transaction",
     "limits.max_transactions",
     "limits.udp_max_request_bytes",
     "gateway.call_max_secs",
+];
+
+/// The sections the edge guard applies.
+pub const EDGE_SECTIONS: [&str; 3] = [
+    "security.rate_limit",
+    "security.scanner_user_agents",
+    "security.on_limit",
 ];
 
 /// Whether a change of these sections reaches the transaction shards.
@@ -118,7 +128,40 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         ("admin", old.admin != new.admin),
         ("log.format", old.log.format != new.log.format),
         ("transaction", old.transaction != new.transaction),
-        ("security", old.security != new.security),
+        (
+            "security.rate_limit",
+            old.security.rate_limit != new.security.rate_limit,
+        ),
+        (
+            "security.scanner_user_agents",
+            old.security.scanner_user_agents != new.security.scanner_user_agents,
+        ),
+        (
+            "security.on_limit",
+            old.security.on_limit != new.security.on_limit,
+        ),
+        (
+            "security.trusted",
+            old.security.trusted != new.security.trusted,
+        ),
+        (
+            "security.route_secret",
+            (
+                &old.security.route_secret,
+                &old.security.route_secret_file,
+                &old.security.route_secret_previous,
+                old.security.accept_unsealed_routes,
+            ) != (
+                &new.security.route_secret,
+                &new.security.route_secret_file,
+                &new.security.route_secret_previous,
+                new.security.accept_unsealed_routes,
+            ),
+        ),
+        (
+            "security.relay_to",
+            old.security.relay_to != new.security.relay_to,
+        ),
         (
             "limits.max_transactions",
             old.limits.max_transactions != new.limits.max_transactions,

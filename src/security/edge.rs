@@ -183,6 +183,12 @@ impl EdgeGuard {
         &self.policy
     }
 
+    /// A new policy; sources' buckets start afresh, bans stay.
+    pub fn set_policy(&mut self, policy: EdgePolicy) {
+        self.policy = policy;
+        self.buckets.clear();
+    }
+
     /// Whether anything here can stop a message: when not, callers skip
     /// the guard (and its lock) entirely.
     pub fn limits_sources(&self) -> bool {
