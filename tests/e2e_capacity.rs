@@ -169,21 +169,13 @@ fn tier_one_takes_calls_only_while_tier_zero_is_down_or_full() {
 
     // Tier 0 down: everything to tier 1; up again: back.
     for n in [1, 2] {
-        let body = format!("{{\"uri\": \"{}\", \"force\": true}}", backend_uri(n));
-        let (status, _) = http(
-            lb.admin,
-            "POST",
-            "/admin/gateways/backends/down",
-            Some(&body),
-        );
-        assert_eq!(status, 200);
+        assert_eq!(lb.act("down", n, true).0, 200);
     }
     let outcome = callers("down", lb.addr(), &users("c", 10), 20, 100).run(dir.path());
     outcome.assert_all_succeeded();
     assert_eq!(outcomes(&outcome).0.get("b3"), Some(&10));
     for n in [1, 2] {
-        let body = format!("{{\"uri\": \"{}\"}}", backend_uri(n));
-        http(lb.admin, "POST", "/admin/gateways/backends/up", Some(&body));
+        assert_eq!(lb.act("up", n, false).0, 200);
     }
     let outcome = callers("back", lb.addr(), &users("d", 10), 20, 100).run(dir.path());
     outcome.assert_all_succeeded();
@@ -273,13 +265,7 @@ fn a_drained_destinations_calls_fall_to_zero_while_the_others_go_on() {
         assert!(Instant::now() < deadline, "calls up: {:?}", lb.load(1));
         thread::sleep(Duration::from_millis(50));
     }
-    let body = format!("{{\"uri\": \"{}\"}}", backend_uri(1));
-    let (status, answer) = http(
-        lb.admin,
-        "POST",
-        "/admin/gateways/backends/drain",
-        Some(&body),
-    );
+    let (status, answer) = lb.act("drain", 1, false);
     assert_eq!(status, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
     assert_eq!(answer["destination"]["draining"], true);
@@ -296,13 +282,7 @@ fn a_drained_destinations_calls_fall_to_zero_while_the_others_go_on() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(lb.load(1), (0, 0));
-    let (status, _) = http(
-        lb.admin,
-        "POST",
-        "/admin/gateways/backends/undrain",
-        Some(&body),
-    );
-    assert_eq!(status, 200);
+    assert_eq!(lb.act("undrain", 1, false).0, 200);
     assert_eq!(lb.destination(1)["draining"], false);
     let (status, _) = http(
         lb.admin,

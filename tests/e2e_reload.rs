@@ -165,14 +165,7 @@ fn health_and_active_calls_survive_a_reload() {
     let (_backends, ports) = backends(dir.path(), 2);
     let both = destination(1, ports[0], "") + &destination(2, ports[1], "");
     let lb = Lb::start("least_calls", "", &both, &seed_lb_script());
-    let body = format!("{{\"uri\": \"{}\", \"force\": true}}", backend_uri(1));
-    let (status, _) = http(
-        lb.admin,
-        "POST",
-        "/admin/gateways/backends/down",
-        Some(&body),
-    );
-    assert_eq!(status, 200);
+    assert_eq!(lb.act("down", 1, true).0, 200);
     let long = callers("long", lb.addr(), &users("l", 6), 20, 4000).spawn(dir.path());
     let deadline = Instant::now() + Duration::from_secs(5);
     while lb.load(2).0 < 6 {

@@ -115,6 +115,14 @@ impl Lb {
             .unwrap_or_else(|| panic!("{uri} in group {group}: {snapshot}"))
     }
 
+    /// `POST /admin/gateways/backends/{action}` (down, up, drain,
+    /// undrain) for backend N, `force` as given: the status and the body.
+    pub fn act(&self, action: &str, n: usize, force: bool) -> (u16, String) {
+        let body = format!("{{\"uri\": \"{}\", \"force\": {force}}}", backend_uri(n));
+        let path = format!("/admin/gateways/backends/{action}");
+        http(self.admin, "POST", &path, Some(&body))
+    }
+
     /// Active calls and calls in setup of backend N.
     pub fn load(&self, n: usize) -> (u64, u64) {
         let d = self.destination(n);
