@@ -407,17 +407,16 @@ pub fn render(verb: &Verb, json: &Value) -> String {
                     out.push_str(&format!("{name}: {}\n", change.as_str().unwrap_or("")));
                 }
             }
-            for section in changes["needs_restart"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "needs a restart: {}\n",
-                    section.as_str().unwrap_or("")
-                ));
-            }
-            for group in json["runtime_undone"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "runtime changes undone: {}\n",
-                    group.as_str().unwrap_or("")
-                ));
+            let lists = [
+                ("applied", &changes["applied"]),
+                ("needs a restart", &changes["needs_restart"]),
+                ("runtime changes undone", &json["runtime_undone"]),
+                ("not applied", &json["not_applied"]),
+            ];
+            for (label, list) in lists {
+                for item in list.as_array().into_iter().flatten() {
+                    out.push_str(&format!("{label}: {}\n", item.as_str().unwrap_or("")));
+                }
             }
             out
         }

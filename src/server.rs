@@ -119,22 +119,11 @@ async fn start(
         }
         Err(e) => return Err(format!("security.{}: {}", e.key, e.message)),
     };
-    let listener_addrs: Vec<std::net::SocketAddr> =
-        transports.listeners().iter().map(|l| l.local).collect();
-    let advertised_ips = transports
-        .listeners()
-        .iter()
-        .filter_map(|l| {
-            let uri = format!("sip:{}", l.sent_by);
-            let host = crate::sip::Uri::parse(&uri).ok()?.host;
-            host.trim_matches(['[', ']']).parse().ok()
-        })
-        .collect();
     let shard_config = Arc::new(ShardConfig {
-        dns,
+        dns: dns.clone(),
         seals,
         accept_unsealed: config.security.accept_unsealed_routes,
-        relay_policy: config.security.relay_policy(listener_addrs, advertised_ips),
+        relay_policy: Arc::new(config.security.relay_policy(transports.own_addresses())),
         flow_tokens: crate::proxy::flow::FlowTokens::new(rand::random()),
         registrar: registrar.clone(),
         ingress: ingress.clone(),
@@ -207,7 +196,7 @@ async fn start(
         script.clone(),
         (services.auth.clone(), tls),
         (services.gateways.clone(), transports.clone(), edge.clone()),
-        (boot.log_level, services.registrar.clone()),
+        (boot.log_level, services.registrar.clone(), dns),
     ));
     start_http(
         &config,

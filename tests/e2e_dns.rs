@@ -367,3 +367,43 @@ fn a_naptr_record_picks_tcp_and_its_srv_target() {
     let via = common::header(&relayed, "Via").unwrap();
     assert!(via.starts_with("SIP/2.0/TCP "), "{via}");
 }
+
+#[test]
+fn a_reload_points_the_resolver_at_new_servers_and_forgets_the_names_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_server = DnsServer::start(&dns_records());
+    let local = "127.0.0.1".parse().unwrap();
+    let new_server = DnsServer::start(&[(
+        "moved.test",
+        Record::A {
+            ip: local,
+            ttl: 60,
+            delay: Duration::ZERO,
+        },
+    )]);
+    let backend_port = free_port();
+    let _backend = Backend::start(dir.path(), "b1", backend_port);
+    let (lb, admin) = start_lb(&old_server, 600, backend_port);
+    let peer = UdpPeer::bind();
+    // The old server does not know the name: 478, remembered for 30 s.
+    assert_eq!(ask(&peer, "moved1", lb.addr()).0, Some(478));
+    assert_eq!(ask(&peer, "moved2", lb.addr()).0, Some(478));
+    assert_eq!(old_server.a_queries("moved.test"), 1);
+
+    let config = LB_CONFIG
+        .replace("@DNS@", &new_server.addr().to_string())
+        .replace("@TIMEOUT@", "600")
+        .replace("@ADMIN@", &admin.port().to_string());
+    lb.replace_config(&config);
+    let (status, body) = common::http(admin, "POST", "/admin/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["changes"]["applied"], serde_json::json!(["dns"]));
+    assert_eq!(ask(&peer, "moved3", lb.addr()).0, Some(200));
+    assert_eq!(new_server.a_queries("moved.test"), 1);
+    assert_eq!(
+        old_server.a_queries("moved.test"),
+        1,
+        "the old server asked again"
+    );
+}

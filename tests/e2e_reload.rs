@@ -304,3 +304,138 @@ fn the_edge_takes_a_new_scanner_list_from_a_reload() {
     );
     assert_eq!(options(), None, "a scanner gets no answer");
 }
+
+/// proxy.py for example.com; `@SECURITY@` and `@AUTH@` filled in.
+const PROXY_CONFIG: &str = r#"listen:
+  udp: ["127.0.0.1:@PORT@"]
+domain:
+  local: ["example.com"]
+script:
+  path: "script.py"
+security:
+@SECURITY@
+@AUTH@
+log: {level: info, format: pretty}
+"#;
+
+fn proxy_config(security: &str, auth: &str) -> String {
+    PROXY_CONFIG
+        .replace("@SECURITY@", security)
+        .replace("@AUTH@", auth)
+}
+
+/// Rewrites the config, sends SIGHUP, and waits for the reload's line.
+fn sighup(proxy: &common::Siphon, config: &str, needle: &str) {
+    let from = proxy.log().len();
+    proxy.replace_config(config);
+    assert!(proxy.signal("HUP"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(proxy.log().as_bytes().get(from..).unwrap_or_default())
+        .contains(needle)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}`:\n{}",
+            proxy.log_tail(30)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An INVITE from CALLER through PROXY to TARGET on another domain: the
+/// final answer, and whether the target heard it.
+fn foreign_invite(
+    proxy: &common::Siphon,
+    caller: &common::UdpPeer,
+    target: &common::UdpPeer,
+) -> (Option<String>, bool) {
+    let request = common::RawRequest::new(
+        "INVITE",
+        &format!("sip:+15550100@{}", target.local_addr()),
+        common::Transport::Udp,
+        caller.local_addr(),
+    );
+    caller.send_to(request.render().as_bytes(), proxy.addr());
+    let heard = target.recv(Duration::from_secs(1)).is_some();
+    let answer = caller.recv_until(Duration::from_secs(2), &mut Vec::new(), |m| {
+        common::status_code(m).is_some_and(|c| c >= 300)
+    });
+    (answer, heard)
+}
+
+#[test]
+fn trusted_networks_and_relay_targets_change_with_sighup() {
+    let relay_to = "  relay_to: {allow: [\"127.0.0.0/8\"]}";
+    let proxy = common::Siphon::start(
+        &proxy_config(&format!("  trusted: []\n{relay_to}"), ""),
+        &common::example_script("proxy.py"),
+    );
+    let pbx = common::UdpPeer::bind_ip("127.0.0.83");
+    let target = common::UdpPeer::bind();
+    let (answer, heard) = foreign_invite(&proxy, &pbx, &target);
+    assert_eq!(answer.as_deref().and_then(common::status_code), Some(403));
+    assert!(!heard, "an untrusted peer is no one to relay for");
+
+    sighup(
+        &proxy,
+        &proxy_config(&format!("  trusted: [\"127.0.0.83\"]\n{relay_to}"), ""),
+        "security.trusted changed and applies now",
+    );
+    let (_, heard) = foreign_invite(&proxy, &pbx, &target);
+    assert!(heard, "the peer trusted since the reload is relayed");
+
+    // relay_to's deny list, in place: the same target is refused now.
+    sighup(
+        &proxy,
+        &proxy_config(
+            "  trusted: [\"127.0.0.83\"]\n  relay_to: {allow: [\"127.0.0.0/8\"], deny: [\"127.0.0.1/32\"]}",
+            "",
+        ),
+        "security.relay_to changed and applies now",
+    );
+    // (The first target still hears the retransmissions of its INVITE.)
+    let other_target = common::UdpPeer::bind();
+    let (answer, heard) = foreign_invite(&proxy, &pbx, &other_target);
+    assert!(!heard, "a denied target is not dialled");
+    let code = answer.as_deref().and_then(common::status_code);
+    assert!(code.is_some_and(|c| c >= 400), "{answer:?}");
+    assert!(
+        !proxy.log().contains("needs a restart"),
+        "{}",
+        proxy.log_tail(20)
+    );
+}
+
+#[test]
+fn an_auth_realm_changed_by_sighup_is_the_one_challenged_with() {
+    let auth =
+        |realm: &str| format!("auth:\n  realm: \"{realm}\"\n  credentials: {{alice: \"s3cret\"}}");
+    let relay_to = "  relay_to: {allow: [\"127.0.0.0/8\"]}";
+    let proxy = common::Siphon::start(
+        &proxy_config(relay_to, &auth("example.com")),
+        &common::example_script("proxy.py"),
+    );
+    let caller = common::UdpPeer::bind();
+    let target = common::UdpPeer::bind();
+    let realm_challenged = |caller: &common::UdpPeer| {
+        let (answer, heard) = foreign_invite(&proxy, caller, &target);
+        assert!(!heard);
+        let answer = answer.expect("a challenge");
+        assert_eq!(common::status_code(&answer), Some(407), "{answer}");
+        common::header(&answer, "Proxy-Authenticate")
+            .and_then(|c| c.split("realm=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_string)
+    };
+    assert_eq!(realm_challenged(&caller).as_deref(), Some("example.com"));
+    sighup(
+        &proxy,
+        &proxy_config(relay_to, &auth("sip.example.org")),
+        "credentials reloaded",
+    );
+    let caller = common::UdpPeer::bind();
+    assert_eq!(
+        realm_challenged(&caller).as_deref(),
+        Some("sip.example.org")
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Arbiter, ArbiterHandle};
+use arc_swap::ArcSwap;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
@@ -25,16 +26,21 @@ const MAX_IN_FLIGHT: usize = 1024;
 
 pub struct Dns {
     thread: ArbiterHandle,
-    resolver: TokioResolver,
-    timeout: Duration,
+    /// The resolver and its timeout; a reload's `dns` swaps them.
+    resolution: ArcSwap<Resolution>,
     cache_size: usize,
     negative_ttl: Duration,
 }
 
-impl Dns {
+struct Resolution {
+    resolver: TokioResolver,
+    timeout: Duration,
+}
+
+impl Resolution {
     /// The resolver of `config`: its servers, else those of
     /// /etc/resolv.conf; /etc/hosts either way.
-    pub fn start(config: &DnsConfig) -> Result<Arc<Dns>, String> {
+    fn of(config: &DnsConfig) -> Result<Resolution, String> {
         let servers = config.server_addresses();
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio().unwrap_or_else(|error| {
@@ -72,13 +78,29 @@ impl Dns {
         let resolver = builder
             .build()
             .map_err(|error| format!("dns: cannot build the resolver: {error}"))?;
-        Ok(Arc::new(Dns {
-            thread: Arbiter::new().handle(),
+        Ok(Resolution {
             resolver,
             timeout: config.timeout(),
+        })
+    }
+}
+
+impl Dns {
+    /// The resolver of `config` on a thread of its own.
+    pub fn start(config: &DnsConfig) -> Result<Arc<Dns>, String> {
+        Ok(Arc::new(Dns {
+            thread: Arbiter::new().handle(),
+            resolution: ArcSwap::from_pointee(Resolution::of(config)?),
             cache_size: config.cache_size,
             negative_ttl: config.negative_ttl(),
         }))
+    }
+
+    /// A reload's `dns`: lookups from now on ask the new servers with the
+    /// new timeout (the shards' caches are reset by their `Reconfigure`).
+    pub fn reconfigure(&self, config: &DnsConfig) -> Result<(), String> {
+        self.resolution.store(Arc::new(Resolution::of(config)?));
+        Ok(())
     }
 
     /// An empty cache for one shard.
@@ -101,8 +123,8 @@ impl Dns {
     /// the caller then looks the host's own address up, as §4.2 says.
     pub fn lookup_sip(&self, host: String) -> impl Future<Output = Answer> + 'static {
         let (answer_to, answer) = tokio::sync::oneshot::channel();
-        let resolver = self.resolver.clone();
-        let timeout = self.timeout;
+        let resolution = self.resolution.load();
+        let (resolver, timeout) = (resolution.resolver.clone(), resolution.timeout);
         self.thread.spawn(async move {
             let lookup = sip_targets(&resolver, &host);
             let found = match tokio::time::timeout(timeout * 4, lookup).await {
@@ -124,8 +146,8 @@ impl Dns {
     /// [`Answer::Unreachable`].
     pub fn lookup(&self, host: String) -> impl Future<Output = Answer> + 'static {
         let (answer_to, answer) = tokio::sync::oneshot::channel();
-        let resolver = self.resolver.clone();
-        let timeout = self.timeout;
+        let resolution = self.resolution.load();
+        let (resolver, timeout) = (resolution.resolver.clone(), resolution.timeout);
         self.thread.spawn(async move {
             let outcome = tokio::time::timeout(timeout, resolver.lookup_ip(host.as_str())).await;
             let (found, result) = match outcome {

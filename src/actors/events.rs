@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::WebhookConfig;
@@ -19,8 +19,26 @@ pub type EventHandler = Box<dyn Fn(&GatewayEvent) + Send>;
 pub struct EventBus {
     node: String,
     script: Option<SyncSender<GatewayEvent>>,
-    webhook: Option<SyncSender<GatewayEvent>>,
+    /// A reload's `gateway.webhook` replaces it (the old thread ends once
+    /// it has sent what it holds).
+    webhook: Mutex<Option<SyncSender<GatewayEvent>>>,
     dropped: AtomicU64,
+}
+
+/// A thread that POSTs the events it is sent to `config`'s URL.
+fn start_webhook(
+    config: Option<&WebhookConfig>,
+) -> Result<Option<SyncSender<GatewayEvent>>, String> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let (tx, rx) = sync_channel::<GatewayEvent>(config.queue);
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("gateway-webhook".into())
+        .spawn(move || post_events(rx, config))
+        .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
+    Ok(Some(tx))
 }
 
 impl EventBus {
@@ -46,24 +64,19 @@ impl EventBus {
             }
             None => None,
         };
-        let webhook = match webhook {
-            Some(config) => {
-                let (tx, rx) = sync_channel::<GatewayEvent>(config.queue);
-                let config = config.clone();
-                std::thread::Builder::new()
-                    .name("gateway-webhook".into())
-                    .spawn(move || post_events(rx, config))
-                    .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
-                Some(tx)
-            }
-            None => None,
-        };
         Ok(Arc::new(EventBus {
             node: node.to_string(),
             script,
-            webhook,
+            webhook: Mutex::new(start_webhook(webhook)?),
             dropped: AtomicU64::new(0),
         }))
+    }
+
+    /// A reload's `gateway.webhook` (None: no webhook any more).
+    pub fn set_webhook(&self, config: Option<&WebhookConfig>) -> Result<(), String> {
+        let webhook = start_webhook(config)?;
+        *self.webhook.lock().unwrap_or_else(|p| p.into_inner()) = webhook;
+        Ok(())
     }
 
     /// Sends an event; never blocks.
@@ -88,7 +101,8 @@ impl EventBus {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
-        for queue in [&self.script, &self.webhook].into_iter().flatten() {
+        let webhook = self.webhook.lock().unwrap_or_else(|p| p.into_inner());
+        for queue in [&self.script, &*webhook].into_iter().flatten() {
             if let Err(e) = queue.try_send(event.clone()) {
                 let why = match e {
                     TrySendError::Full(_) => "queue full",

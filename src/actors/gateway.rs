@@ -135,6 +135,11 @@ impl GatewayService {
         }
     }
 
+    /// Where events go (None before [`GatewayService::publish_events`]).
+    pub fn events(&self) -> Option<&Arc<crate::actors::events::EventBus>> {
+        self.events.get()
+    }
+
     fn publish(&self, group: &str, uri: &str, states: (&'static str, &'static str), reason: &str) {
         if let Some(events) = self.events.get() {
             events.publish(group, uri, states, reason);

@@ -69,7 +69,7 @@ pub struct ShardConfig {
     pub seals: crate::proxy::seal::DialogSeals,
     pub accept_unsealed: bool,
     /// Where a script's relay may go (`security.relay_to`).
-    pub relay_policy: crate::security::RelayPolicy,
+    pub relay_policy: Arc<crate::security::RelayPolicy>,
     /// Reads the AoRs that scripts' lookups miss in memory from Redis.
     pub registrar: Arc<crate::registrar::Registrar>,
 }
@@ -94,6 +94,10 @@ pub struct TransactionShard {
     next_probe: u64,
     /// This shard's share of the `transactions_active` gauge.
     reported_active: i64,
+    /// Who we are (with `security.trusted`) and where relays may go: the
+    /// config's at boot, a reload's since.
+    local: Arc<LocalIdentity>,
+    relay_policy: Arc<crate::security::RelayPolicy>,
 }
 
 impl TransactionShard {
@@ -125,6 +129,8 @@ impl TransactionShard {
             probes: FastMap::default(),
             next_probe: 0,
             reported_active: 0,
+            local: config.local.clone(),
+            relay_policy: config.relay_policy.clone(),
             config,
         }
     }
@@ -265,7 +271,7 @@ impl TransactionShard {
             msg,
             source,
             protocol,
-            local: self.config.local.clone(),
+            local: self.local.clone(),
         }
     }
 
@@ -321,6 +327,7 @@ impl TransactionShard {
     ) -> Option<Deferred> {
         let mut hops = ShardHops {
             config: &self.config,
+            relay_policy: &self.relay_policy,
             hosts: &self.hosts,
             now,
             may_wait,
@@ -361,6 +368,7 @@ impl TransactionShard {
 /// 3263 included), and `security.relay_to`.
 struct ShardHops<'a> {
     config: &'a ShardConfig,
+    relay_policy: &'a crate::security::RelayPolicy,
     hosts: &'a crate::proxy::dns::HostCache,
     now: Instant,
     /// Without it, a name not in the cache counts as unresolvable.
@@ -374,7 +382,7 @@ impl ShardHops<'_> {
     /// `security.relay_to`'s verdict on a hop.
     fn allowed(&self, hop: forward::Hop) -> Result<forward::Hop, HopError> {
         let configured = self.config.gateways.is_destination_address(hop.addr);
-        match self.config.relay_policy.verdict(hop.addr, configured) {
+        match self.relay_policy.verdict(hop.addr, configured) {
             Err(why)
                 if why.may_be_vouched()
                     && self
@@ -523,16 +531,28 @@ impl Actor for TransactionShard {
 }
 
 /// A reload's settings for new transactions (`transaction`, `limits`,
-/// `gateway.call_max_secs`).
-#[derive(Message)]
+/// `gateway.call_max_secs`, `security` and `dns`).
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Reconfigure(pub crate::proxy::engine::Reconfigure);
+pub struct Reconfigure {
+    pub engine: crate::proxy::engine::Reconfigure,
+    /// `security.relay_to` (and `trusted`).
+    pub relay_policy: Arc<crate::security::RelayPolicy>,
+    /// `dns.cache_size` and `dns.negative_ttl_secs`; the names this
+    /// shard has cached are looked up again (the servers may have changed).
+    pub dns_cache: Option<(usize, Duration)>,
+}
 
 impl Handler<Reconfigure> for TransactionShard {
     type Result = ();
 
-    fn handle(&mut self, Reconfigure(change): Reconfigure, _ctx: &mut Self::Context) {
-        self.engine.reconfigure(change);
+    fn handle(&mut self, change: Reconfigure, _ctx: &mut Self::Context) {
+        self.local = change.engine.local.clone();
+        self.relay_policy = change.relay_policy;
+        if let Some((capacity, negative_ttl)) = change.dns_cache {
+            self.hosts.reconfigure(capacity, negative_ttl);
+        }
+        self.engine.reconfigure(change.engine);
     }
 }
 

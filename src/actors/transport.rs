@@ -152,14 +152,11 @@ pub struct Router {
 
 impl Router {
     /// Hands every shard its share of a reload's settings.
-    pub fn reconfigure(&self, change: crate::proxy::engine::Reconfigure) {
+    pub fn reconfigure(&self, mut change: crate::actors::transaction::Reconfigure) {
         let shards = self.shards.len().max(1);
+        change.engine.max_transactions = (change.engine.max_transactions / shards).max(1);
         for shard in self.shards.iter() {
-            let share = crate::proxy::engine::Reconfigure {
-                max_transactions: (change.max_transactions / shards).max(1),
-                ..change
-            };
-            shard.do_send(crate::actors::transaction::Reconfigure(share));
+            shard.do_send(change.clone());
         }
     }
 
@@ -240,7 +237,8 @@ pub struct Transports {
     router: Arc<OnceLock<Router>>,
     /// Who may talk to us (rate limits, bans, scanners).
     edge: Arc<crate::actors::edge::Edge>,
-    tcp_limits: Arc<TcpLimits>,
+    /// `limits.tcp`, swapped by a reload.
+    tcp_limits: Arc<arc_swap::ArcSwap<TcpLimits>>,
     /// Open TCP connections, in all and per peer IP.
     tcp_count: Arc<Mutex<TcpCount>>,
     /// Send failures toward an address are a peer's to cause (a
@@ -381,7 +379,7 @@ impl Transports {
                 tls: None,
                 router: Arc::default(),
                 edge: crate::actors::edge::Edge::open(),
-                tcp_limits: Arc::new(TcpLimits::default()),
+                tcp_limits: Arc::new(arc_swap::ArcSwap::from_pointee(TcpLimits::default())),
                 tcp_count: Arc::default(),
                 send_warnings: Arc::default(),
             },
@@ -399,8 +397,30 @@ impl Transports {
     /// Puts the edge guard and the TCP limits in force (before cloning).
     pub fn with_limits(mut self, edge: Arc<crate::actors::edge::Edge>, tcp: TcpLimits) -> Self {
         self.edge = edge;
-        self.tcp_limits = Arc::new(tcp);
+        self.tcp_limits = Arc::new(arc_swap::ArcSwap::from_pointee(tcp));
         self
+    }
+
+    /// A reload's `limits.tcp`: for new connections, and for the idle and
+    /// pending-bytes checks of the open ones.
+    pub fn set_tcp_limits(&self, tcp: TcpLimits) {
+        self.tcp_limits.store(Arc::new(tcp));
+    }
+
+    /// Our own addresses, that a script's relay may not target: every
+    /// listener's, and the IPs our listeners advertise.
+    pub fn own_addresses(&self) -> (Vec<SocketAddr>, Vec<std::net::IpAddr>) {
+        let listeners = self.listeners.iter().map(|l| l.local).collect();
+        let advertised = self
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let uri = format!("sip:{}", l.sent_by);
+                let host = crate::sip::Uri::parse(&uri).ok()?.host;
+                host.trim_matches(['[', ']']).parse().ok()
+            })
+            .collect();
+        (listeners, advertised)
     }
 
     pub fn edge(&self) -> &Arc<crate::actors::edge::Edge> {
@@ -516,7 +536,7 @@ impl Transports {
                 return;
             }
         }
-        if pool.len() >= self.tcp_limits.max_connections {
+        if pool.len() >= self.tcp_limits.load().max_connections {
             // Request-URIs are the sender's to choose: connections we open
             // are bounded like the ones peers open.
             drop(pool);
@@ -1088,7 +1108,7 @@ impl Transports {
         if self.edge.refuses_connection(ip) {
             return Err("banned");
         }
-        let limits = &self.tcp_limits;
+        let limits = self.tcp_limits.load();
         let mut count = self.tcp_count.lock().unwrap_or_else(|p| p.into_inner());
         if count.total >= limits.max_connections {
             return Err("max_connections");
@@ -1268,14 +1288,14 @@ impl TcpConnection {
     fn write(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
         let Some(writer) = &self.writer else {
             if self.pending.iter().map(Bytes::len).sum::<usize>() + bytes.len()
-                <= self.transports.tcp_limits.max_pending_bytes
+                <= self.transports.tcp_limits.load().max_pending_bytes
             {
                 self.pending.push(bytes);
             }
             return;
         };
         let queued = self.unwritten.load(Ordering::Relaxed) + bytes.len();
-        if queued > self.transports.tcp_limits.max_pending_bytes {
+        if queued > self.transports.tcp_limits.load().max_pending_bytes {
             crate::metrics::get().tcp_refused("slow_reader");
             tracing::debug!(peer = %self.peer, queued, "TCP peer does not read; closing");
             ctx.stop();
@@ -1317,7 +1337,7 @@ impl TcpConnection {
     /// connection idle too long.
     fn check_timers(&mut self, ctx: &mut Context<Self>) {
         let now = std::time::Instant::now();
-        let limits = &self.transports.tcp_limits;
+        let limits = self.transports.tcp_limits.load();
         let reason = if self.counted
             && !self.delivered
             && now.duration_since(self.opened).as_secs() >= limits.first_message_secs

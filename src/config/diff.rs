@@ -50,32 +50,45 @@ impl ConfigChanges {
     }
 }
 
-/// The sections that apply in place when they change.
-const IN_PLACE: [&str; 9] = [
+/// The sections that apply in place when they change (`auth` only while
+/// there is one before and after: the script's `auth` needs it at boot).
+const IN_PLACE: [&str; 16] = [
     "log.level",
+    "auth",
     "security.rate_limit",
     "security.scanner_user_agents",
     "security.on_limit",
+    "security.trusted",
+    "security.route_secret",
+    "security.relay_to",
     "registrar.expires",
     "transaction",
     "limits.max_transactions",
     "limits.udp_max_request_bytes",
+    "limits.tcp",
+    "dns",
     "gateway.call_max_secs",
+    "gateway.webhook",
 ];
 
 /// The sections the edge guard applies.
-pub const EDGE_SECTIONS: [&str; 3] = [
+pub const EDGE_SECTIONS: [&str; 4] = [
     "security.rate_limit",
     "security.scanner_user_agents",
     "security.on_limit",
+    "security.trusted",
 ];
 
 /// Whether a change of these sections reaches the transaction shards.
-pub const SHARD_SECTIONS: [&str; 4] = [
+pub const SHARD_SECTIONS: [&str; 8] = [
     "transaction",
     "limits.max_transactions",
     "limits.udp_max_request_bytes",
     "gateway.call_max_secs",
+    "security.trusted",
+    "security.route_secret",
+    "security.relay_to",
+    "dns",
 ];
 
 /// What differs between `old` and `new`.
@@ -190,7 +203,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         if !changed {
             continue;
         }
-        if IN_PLACE.contains(&section) {
+        let auth_comes_or_goes = section == "auth" && old.auth.is_some() != new.auth.is_some();
+        if IN_PLACE.contains(&section) && !auth_comes_or_goes {
             changes.applied.push(section);
         } else {
             changes.needs_restart.push(section);
@@ -359,12 +373,47 @@ mod tests {
         let changes = diff(&old, &new);
         assert_eq!(
             changes.applied,
-            ["log.level", "transaction", "limits.max_transactions"]
+            [
+                "log.level",
+                "transaction",
+                "limits.max_transactions",
+                "limits.tcp"
+            ]
         );
-        assert_eq!(changes.needs_restart, ["listen", "server", "limits.tcp"]);
+        assert_eq!(changes.needs_restart, ["listen", "server"]);
         let expiry = config(TWO, "registrar: {min_expires: 120}\n");
         assert_eq!(diff(&old, &expiry).applied, ["registrar.expires"]);
         let redis = config(TWO, "registrar: {backend: redis}\n");
         assert_eq!(diff(&old, &redis).needs_restart, ["registrar.backend"]);
+    }
+
+    #[test]
+    fn security_dns_and_auth_apply_in_place_unless_auth_comes_or_goes() {
+        let auth = "auth: {realm: example.com, credentials: {alice: s3cret}}\n";
+        let old = config(TWO, auth);
+        let new = config(
+            TWO,
+            "auth: {realm: example.org, credentials: {alice: s3cret}}\n\
+             security: {trusted: [\"10.0.0.0/8\"], relay_to: {deny: [\"10.1.0.0/16\"]}, route_secret: 0123456789abcdef0123}\n\
+             dns: {timeout_ms: 500}\n",
+        );
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes.applied,
+            [
+                "auth",
+                "security.trusted",
+                "security.route_secret",
+                "security.relay_to",
+                "dns"
+            ]
+        );
+        assert!(changes.needs_restart.is_empty(), "{changes:?}");
+        let text = format!("script: {{path: /srv/lb.py}}\ngateway:\n  webhook: {{url: \"http://127.0.0.1:9/events\"}}\n  groups:\n{TWO}");
+        let hooked = super::super::from_text(&text, Path::new("test.yaml")).expect("loads");
+        let without_auth = config(TWO, "");
+        assert_eq!(diff(&without_auth, &hooked).applied, ["gateway.webhook"]);
+        assert_eq!(diff(&old, &without_auth).needs_restart, ["auth"]);
+        assert_eq!(diff(&without_auth, &old).needs_restart, ["auth"]);
     }
 }

@@ -138,8 +138,7 @@ impl SecurityConfig {
     /// CIDRs were checked at load).
     pub fn relay_policy(
         &self,
-        listeners: Vec<std::net::SocketAddr>,
-        local_ips: Vec<std::net::IpAddr>,
+        (listeners, local_ips): (Vec<std::net::SocketAddr>, Vec<std::net::IpAddr>),
     ) -> crate::security::RelayPolicy {
         let cidrs = |list: &[String]| -> Vec<crate::security::Cidr> {
             list.iter().filter_map(|t| t.parse().ok()).collect()

@@ -253,6 +253,14 @@ impl HostCache {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+
+    /// A reload's `dns` settings: the names kept are forgotten (the name
+    /// servers may have changed), and those being looked up stay in line.
+    pub fn reconfigure(&mut self, capacity: usize, negative_ttl: Duration) {
+        self.capacity = capacity.max(1);
+        self.negative_ttl = negative_ttl;
+        self.entries.clear();
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +319,27 @@ mod tests {
 
     fn cache() -> HostCache {
         HostCache::new(3, 2, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn a_reload_forgets_the_names_kept_but_not_the_lookups_in_flight() {
+        let mut c = cache();
+        let t0 = Instant::now();
+        c.wait("kept.example", 1);
+        c.complete(
+            t0,
+            "kept.example",
+            Answer::Found(IP, Duration::from_secs(300)),
+        );
+        assert_eq!(c.wait("pending.example", 2), Wait::Start);
+        c.reconfigure(5, Duration::from_secs(2));
+        assert_eq!(c.get(t0, "kept.example"), Cached::Missing);
+        assert_eq!(c.wait("pending.example", 3), Wait::Joined);
+        assert_eq!(c.complete(t0, "pending.example", Answer::NotFound), [2, 3]);
+        // The new negative TTL applies to answers from now on.
+        assert_eq!(c.get(t0, "pending.example"), Cached::Failed);
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(c.get(later, "pending.example"), Cached::Missing);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum SealCheck {
     Forged,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialogSeals {
     current: [u64; 2],
     previous: Option<[u64; 2]>,
@@ -45,6 +45,16 @@ impl DialogSeals {
             current: derive_keys(secret),
             previous: previous.map(derive_keys),
         }
+    }
+
+    /// These seals, taking over from `running`: with no previous secret
+    /// of their own, the running key is the previous one, so that the
+    /// dialogs it sealed go on (a run's random key cannot be named).
+    pub fn succeeding(mut self, running: &DialogSeals) -> Self {
+        if self.previous.is_none() && self.current != running.current {
+            self.previous = Some(running.current);
+        }
+        self
     }
 
     /// The seal for a dialog started with `tag` (the initial request's

@@ -15,11 +15,10 @@ use crate::security::{BanReason, Channel};
 /// challenge answered) and short, so one lock is enough.
 pub struct AuthService {
     digest: Mutex<DigestAuth>,
-    credentials_file: Option<std::path::PathBuf>,
-    configured: std::collections::HashMap<String, Secret>,
+    /// The users' sources and the ban, as configured (a reload changes them).
+    settings: Mutex<AuthSettings>,
     /// Failed checks by source and by user.
     failures: Mutex<AuthFailures>,
-    ban: std::time::Duration,
     /// Where a guesser's source is banned (set at boot; `siphon --check`
     /// and the dry run have none).
     edge: std::sync::OnceLock<Arc<crate::actors::edge::Edge>>,
@@ -27,46 +26,111 @@ pub struct AuthService {
     warnings: crate::logging::Throttle,
 }
 
-impl AuthService {
-    /// The service for `config`'s `auth:` section, with a fresh nonce key.
-    pub fn from_config(config: &crate::config::AuthConfig) -> Result<Arc<Self>, String> {
-        let users = config
-            .users()
-            .map_err(|e| format!("auth.{}: {}", e.key, e.message))?;
-        let mut configured = std::collections::HashMap::new();
-        for (user, value) in &config.credentials {
-            if let Ok(secret) = Secret::parse(value) {
-                configured.insert(user.clone(), secret);
-            }
-        }
-        // A shared secret lets every node verify the others' nonces.
-        let key: [u8; 32] = match config.nonce_secret.as_deref() {
-            Some(secret) => {
-                use sha2::Digest;
-                sha2::Sha256::digest(secret.trim().as_bytes()).into()
-            }
-            None => rand::random(),
-        };
-        let algorithms = config
-            .algorithms
+/// Where the users come from, and how long a guesser is banned.
+struct AuthSettings {
+    credentials_file: Option<std::path::PathBuf>,
+    configured: std::collections::HashMap<String, Secret>,
+    ban: std::time::Duration,
+    failure_limits: (u32, u64),
+    /// Whether `nonce_secret` keys the nonces (else a random key).
+    shared_key: bool,
+}
+
+impl AuthSettings {
+    fn of(config: &crate::config::AuthConfig) -> Self {
+        let configured = config
+            .credentials
             .iter()
-            .filter_map(|name| crate::security::digest::Algorithm::from_name(name))
+            .filter_map(|(user, value)| Some((user.clone(), Secret::parse(value).ok()?)))
             .collect();
-        Ok(Arc::new(AuthService {
-            digest: Mutex::new(
-                DigestAuth::new(config.realm.clone(), users, config.nonce_ttl_secs, key)
-                    .with_algorithms(algorithms),
-            ),
+        AuthSettings {
             credentials_file: config.credentials_file.clone(),
             configured,
-            failures: Mutex::new(AuthFailures::new(
-                config.max_failures,
-                config.failure_window_secs,
-            )),
             ban: std::time::Duration::from_secs(config.ban_secs),
+            failure_limits: (config.max_failures, config.failure_window_secs),
+            shared_key: config.nonce_secret.is_some(),
+        }
+    }
+}
+
+/// The nonce key of `auth.nonce_secret`: a shared secret lets every node
+/// verify the others' nonces. None when it is not set.
+fn nonce_key(config: &crate::config::AuthConfig) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let secret = config.nonce_secret.as_deref()?;
+    Some(sha2::Sha256::digest(secret.trim().as_bytes()).into())
+}
+
+fn algorithms(config: &crate::config::AuthConfig) -> Vec<crate::security::digest::Algorithm> {
+    config
+        .algorithms
+        .iter()
+        .filter_map(|name| crate::security::digest::Algorithm::from_name(name))
+        .collect()
+}
+
+fn users_of(
+    config: &crate::config::AuthConfig,
+) -> Result<std::collections::HashMap<String, Secret>, String> {
+    config
+        .users()
+        .map_err(|e| format!("auth.{}: {}", e.key, e.message))
+}
+
+impl AuthService {
+    /// The service for `config`'s `auth:` section, with a fresh nonce key
+    /// unless `nonce_secret` sets one.
+    pub fn from_config(config: &crate::config::AuthConfig) -> Result<Arc<Self>, String> {
+        let key = nonce_key(config).unwrap_or_else(rand::random);
+        let settings = AuthSettings::of(config);
+        Ok(Arc::new(AuthService {
+            digest: Mutex::new(
+                DigestAuth::new(
+                    config.realm.clone(),
+                    users_of(config)?,
+                    config.nonce_ttl_secs,
+                    key,
+                )
+                .with_algorithms(algorithms(config)),
+            ),
+            failures: Mutex::new(AuthFailures::new(
+                settings.failure_limits.0,
+                settings.failure_limits.1,
+            )),
+            settings: Mutex::new(settings),
             edge: std::sync::OnceLock::new(),
             warnings: crate::logging::Throttle::new(std::time::Duration::from_secs(1)),
         }))
+    }
+
+    /// A reload's `auth:` section: realm, users, nonce lifetime and key,
+    /// algorithms and the failure limits. Nonces issued stay good unless
+    /// the realm or the key changed, and the failures counted so far stay.
+    /// Returns the number of users.
+    pub fn configure(&self, config: &crate::config::AuthConfig) -> Result<usize, String> {
+        let users = users_of(config)?;
+        let count = users.len();
+        let settings = AuthSettings::of(config);
+        let (max_failures, window) = settings.failure_limits;
+        let was_shared = std::mem::replace(&mut *self.settings(), settings).shared_key;
+        self.failures().set_limits(max_failures, window);
+        // A shared secret taken out (leaked, say): a key of our own again.
+        let key = match nonce_key(config) {
+            None if was_shared => Some(rand::random()),
+            key => key,
+        };
+        self.digest().reconfigure(
+            crate::registrar::unix_now(),
+            (config.realm.clone(), config.nonce_ttl_secs),
+            key,
+            algorithms(config),
+            users,
+        );
+        Ok(count)
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, AuthSettings> {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where sources that fail too often are banned.
@@ -96,7 +160,8 @@ impl AuthService {
                 tracing::warn!(%source, failures = verdict.source_failures, held_back, "auth: too many failed checks; source banned");
             }
             if let Some(edge) = self.edge.get() {
-                edge.ban(source, channel, self.ban, BanReason::AuthFailures);
+                let ban = self.settings().ban;
+                edge.ban(source, channel, ban, BanReason::AuthFailures);
             }
         }
         if verdict.user_locked {
@@ -117,11 +182,17 @@ impl AuthService {
 
     /// Reads `credentials_file` again (SIGHUP); on error the old users stay.
     pub fn reload(&self) -> Result<usize, String> {
-        let Some(path) = &self.credentials_file else {
+        let (path, mut users) = {
+            let settings = self.settings();
+            (
+                settings.credentials_file.clone(),
+                settings.configured.clone(),
+            )
+        };
+        let Some(path) = path else {
             return Ok(self.digest().user_count());
         };
-        let from_file = crate::config::read_credentials_file(path).map_err(|e| e.message)?;
-        let mut users = self.configured.clone();
+        let from_file = crate::config::read_credentials_file(&path).map_err(|e| e.message)?;
         users.extend(from_file);
         let count = users.len();
         self.digest().set_users(users);

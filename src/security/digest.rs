@@ -239,6 +239,10 @@ pub struct DigestAuth {
     issued: u64,
     /// Wrong answers per live nonce (bounded like `counts`).
     failures: HashMap<String, u8>,
+    /// After a reload raised the nonce lifetime: the lowest lifetime before
+    /// it, and when it was raised. Nonces issued before then keep it, for
+    /// the counts of those past it may be forgotten already (a replay).
+    raised_ttl: Option<(u64, u64)>,
 }
 
 impl DigestAuth {
@@ -257,6 +261,7 @@ impl DigestAuth {
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             issued: 0,
             failures: HashMap::new(),
+            raised_ttl: None,
         }
     }
 
@@ -270,6 +275,43 @@ impl DigestAuth {
 
     pub fn realm(&self) -> &str {
         &self.realm
+    }
+
+    /// A reload at `now`: realm, nonce lifetime, nonce key (None keeps the
+    /// running one), algorithms and users. A nonce of another realm or key
+    /// no longer checks (its client is challenged again, stale); the counts
+    /// of live nonces are kept, so that a change undone cannot replay them.
+    pub fn reconfigure(
+        &mut self,
+        now: u64,
+        (realm, nonce_ttl_secs): (String, u64),
+        key: Option<[u8; 32]>,
+        algorithms: Vec<Algorithm>,
+        users: HashMap<String, Secret>,
+    ) {
+        if nonce_ttl_secs > self.nonce_ttl_secs {
+            let lowest = self
+                .raised_ttl
+                .map_or(self.nonce_ttl_secs, |(old, _)| old.min(self.nonce_ttl_secs));
+            self.raised_ttl = Some((lowest, now));
+        }
+        self.realm = realm;
+        self.nonce_ttl_secs = nonce_ttl_secs;
+        if let Some(key) = key {
+            self.key = key;
+        }
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms;
+        }
+        self.users = users;
+    }
+
+    /// How long a nonce issued at `issued` lives.
+    fn ttl_for(&self, issued: u64) -> u64 {
+        match self.raised_ttl {
+            Some((before, raised)) if issued < raised => before.min(self.nonce_ttl_secs),
+            _ => self.nonce_ttl_secs,
+        }
     }
 
     /// Replaces the users (a credentials file reloaded); nonces stay good.
@@ -415,7 +457,7 @@ impl DigestAuth {
         let Some(issued) = issued else {
             return Outcome::Challenge { stale: true };
         };
-        if now.saturating_sub(issued) > self.nonce_ttl_secs || issued > now + 60 {
+        if now.saturating_sub(issued) > self.ttl_for(issued) || issued > now + 60 {
             return Outcome::Challenge { stale: true };
         }
         if !self.count_once(now, &creds.nonce, count) {
@@ -467,10 +509,9 @@ impl DigestAuth {
 
     /// Drops the counts of nonces that have expired anyway.
     pub fn forget_expired(&mut self, now: u64) {
-        let ttl = self.nonce_ttl_secs;
         let live = |auth: &Self, nonce: &str| {
             auth.issued_at(nonce)
-                .is_some_and(|issued| now.saturating_sub(issued) <= ttl)
+                .is_some_and(|issued| now.saturating_sub(issued) <= auth.ttl_for(issued))
         };
         let counts = std::mem::take(&mut self.counts);
         self.counts = counts
@@ -561,6 +602,54 @@ mod tests {
             && c.contains("realm=\"example.com\"")
             && !c.contains("stale")));
         assert!(a.challenges(NOW, true)[0].ends_with(", stale=true"));
+    }
+
+    #[test]
+    fn a_reload_keeps_nonces_of_the_same_key_and_realm_and_retires_a_new_keys() {
+        let mut a = auth();
+        let users = a.users.clone();
+        let realm = || ("example.com".to_string(), 300);
+        let nonce = a.nonce(NOW);
+        a.reconfigure(NOW, realm(), None, vec![Algorithm::Md5], users.clone());
+        assert!(a.challenges(NOW, false).iter().all(|c| c.contains("MD5")));
+        let header = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 1, "REGISTER");
+        assert_eq!(
+            check(&mut a, &header),
+            Outcome::Authenticated("alice".into())
+        );
+        // Another nonce key: the old nonce is not ours any more ...
+        a.reconfigure(NOW, realm(), Some([8; 32]), Vec::new(), users.clone());
+        let header = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 2, "REGISTER");
+        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: true });
+        let fresh = a.nonce(NOW);
+        let header = answer(Algorithm::Md5, "alice", "s3cret", &fresh, 1, "REGISTER");
+        assert_eq!(
+            check(&mut a, &header),
+            Outcome::Authenticated("alice".into())
+        );
+        // ... and back to the first key, its count is still known: no replay.
+        a.reconfigure(NOW, realm(), Some([7; 32]), Vec::new(), users);
+        let replay = answer(Algorithm::Md5, "alice", "s3cret", &nonce, 1, "REGISTER");
+        assert_eq!(check(&mut a, &replay), Outcome::Challenge { stale: false });
+    }
+
+    #[test]
+    fn a_longer_nonce_lifetime_does_not_bring_back_nonces_already_expired() {
+        let mut a = auth();
+        let users = a.users.clone();
+        let old = a.nonce(NOW - 400);
+        a.forget_expired(NOW);
+        a.reconfigure(NOW, ("example.com".into(), 3600), None, Vec::new(), users);
+        let header = answer(Algorithm::Md5, "alice", "s3cret", &old, 1, "REGISTER");
+        assert_eq!(check(&mut a, &header), Outcome::Challenge { stale: true });
+        // A nonce issued since lives the new lifetime.
+        let new = a.nonce(NOW + 1);
+        let later = NOW + 1000;
+        let header = answer(Algorithm::Md5, "alice", "s3cret", &new, 1, "REGISTER");
+        assert_eq!(
+            a.check(later, "REGISTER", URI, [header.as_str()]),
+            Outcome::Authenticated("alice".into())
+        );
     }
 
     #[test]

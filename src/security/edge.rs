@@ -185,8 +185,12 @@ impl EdgeGuard {
 
     /// A new policy; sources' buckets start afresh, bans stay.
     pub fn set_policy(&mut self, policy: EdgePolicy) {
+        // The buckets' levels are in the old rate's terms; a change of the
+        // scanner list or the trusted networks keeps them.
+        if policy.rate_limit != self.policy.rate_limit {
+            self.buckets.clear();
+        }
         self.policy = policy;
-        self.buckets.clear();
     }
 
     /// Whether anything here can stop a message: when not, callers skip

@@ -52,6 +52,13 @@ impl AuthFailures {
         }
     }
 
+    /// A reload's limits; the failures counted and the locks stay (a
+    /// guesser gets no fresh budget from it).
+    pub fn set_limits(&mut self, max_failures: u32, window_secs: u64) {
+        self.max_failures = max_failures.max(1);
+        self.window = window_secs.max(1);
+    }
+
     /// Counts one failed check of `user` from `source`. Only a failure on
     /// a nonce we issued counts against the user (`against_user`): its
     /// sender received our challenge, so it cannot be a forged datagram

@@ -134,12 +134,19 @@ pub struct EngineConfig {
 }
 
 /// The settings a reload changes in a running engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Reconfigure {
     pub timers: TimerSettings,
     pub max_transactions: usize,
     pub udp_max_request_bytes: usize,
     pub call_max: Duration,
+    /// Who we are, with `security.trusted`.
+    pub local: Arc<LocalIdentity>,
+    /// New route secrets; None keeps the running ones (a secret taken out
+    /// of the file would otherwise turn every dialog's Route away). With
+    /// no previous secret of their own, the running one stays as previous.
+    pub seals: Option<crate::proxy::seal::DialogSeals>,
+    pub accept_unsealed: bool,
 }
 
 /// The Retry-After of a 503 sent because the transaction table is full.
@@ -395,13 +402,19 @@ impl<F: Clone> Engine<F> {
     }
 
     /// What a reload changes in place: the timers of new transactions,
-    /// this shard's transaction limit, the UDP size limit and how long a
-    /// call may last uncounted by a BYE.
+    /// this shard's transaction limit, the UDP size limit, how long a call
+    /// may last uncounted by a BYE, the trusted peers and the route
+    /// secrets (dialogs sealed with the secret now named previous go on).
     pub fn reconfigure(&mut self, change: Reconfigure) {
         self.config.timers = change.timers;
         self.config.max_transactions = change.max_transactions;
         self.config.udp_max_request_bytes = change.udp_max_request_bytes;
         self.calls.set_call_max(change.call_max);
+        self.config.local = change.local;
+        if let Some(seals) = change.seals {
+            self.config.seals = seals.succeeding(&self.config.seals);
+        }
+        self.config.accept_unsealed = change.accept_unsealed;
     }
 
     /// Calls this shard counts now (2xx seen, no BYE yet).

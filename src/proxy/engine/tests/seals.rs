@@ -105,3 +105,71 @@ fn during_a_rolling_upgrade_an_unsealed_route_of_ours_may_be_accepted() {
     assert!(h.receive(bye, UAC, Protocol::Udp).is_none());
     assert_eq!(h.reply_codes(), [403]);
 }
+
+/// A reload's `Reconfigure` with the engine's other settings as they are.
+fn reconfigure_seals(h: &mut Harness, seals: Option<crate::proxy::seal::DialogSeals>) {
+    let local = h.engine.config.local.clone();
+    h.engine.reconfigure(Reconfigure {
+        timers: settings(),
+        max_transactions: usize::MAX,
+        udp_max_request_bytes: 1300,
+        call_max: Duration::from_secs(4 * 3600),
+        local,
+        seals,
+        accept_unsealed: false,
+    });
+}
+
+#[test]
+fn a_reload_that_rotates_the_route_secret_keeps_dialogs_sealed_with_the_previous_one() {
+    use crate::proxy::seal::DialogSeals;
+    let mut h = Harness::new();
+    let before = our_record_route(&mut h, "rotated");
+    reconfigure_seals(
+        &mut h,
+        Some(DialogSeals::new(
+            b"the new secret of the second key",
+            Some(HARNESS_ROUTE_SECRET),
+        )),
+    );
+    let run = h.receive(
+        in_dialog("BYE", "rotated", &[&before]),
+        BACKEND1,
+        Protocol::Udp,
+    );
+    assert!(run.is_some(), "a dialog of the previous secret goes on");
+    // New dialogs are sealed with the new secret: a reload that drops the
+    // previous one turns the old dialog away, not the new one.
+    let after = our_record_route(&mut h, "fresh");
+    reconfigure_seals(
+        &mut h,
+        Some(DialogSeals::new(b"the new secret of the second key", None)),
+    );
+    let update = in_dialog("UPDATE", "fresh", &[&after]);
+    assert!(h.receive(update, BACKEND1, Protocol::Udp).is_some());
+    let old = in_dialog("INFO", "rotated", &[&before]);
+    assert!(h.receive(old, BACKEND1, Protocol::Udp).is_none());
+    assert_eq!(h.reply_codes(), [403]);
+}
+
+#[test]
+fn a_reload_without_new_seals_keeps_the_running_ones() {
+    let mut h = Harness::new();
+    let record_route = our_record_route(&mut h, "kept");
+    reconfigure_seals(&mut h, None);
+    let bye = in_dialog("BYE", "kept", &[&record_route]);
+    assert!(h.receive(bye, BACKEND1, Protocol::Udp).is_some());
+}
+
+#[test]
+fn a_first_route_secret_set_by_a_reload_keeps_the_dialogs_of_the_runs_random_key() {
+    use crate::proxy::seal::DialogSeals;
+    let mut h = Harness::new();
+    let before = our_record_route(&mut h, "random");
+    reconfigure_seals(
+        &mut h,
+        Some(DialogSeals::new(b"a secret set while running", None)),
+    );
+    let bye = in_dialog("BYE", "random", &[&before]);
+    assert!(h.receive(bye, BACKEND1, Protocol::Udp).is_some());
+}
