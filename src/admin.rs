@@ -93,6 +93,8 @@ pub trait RegistrationAdmin: Send + Sync {
     fn remove(&self, aor: &str) -> usize;
     /// How many bindings are held.
     fn count(&self) -> usize;
+    /// The first `limit` AoRs held, in order, with their binding counts.
+    fn list(&self, limit: usize) -> Value;
 }
 
 /// `GET/DELETE /admin/registrations/{aor}`.
@@ -108,6 +110,15 @@ impl RegistrationAdmin for crate::registrar::Registrar {
 
     fn count(&self) -> usize {
         crate::registrar::Registrar::count(self)
+    }
+
+    fn list(&self, limit: usize) -> Value {
+        let (total, shown) = self.summary(limit);
+        let aors: Vec<Value> = shown
+            .into_iter()
+            .map(|(aor, bindings)| json!({ "aor": aor, "bindings": bindings }))
+            .collect();
+        json!({ "total": total, "truncated": total > aors.len(), "aors": aors })
     }
 }
 
@@ -197,6 +208,7 @@ pub fn router(ctx: Shared) -> Router {
         .route("/admin/gateways/{group}/up", post(mark_up))
         .route("/admin/gateways/{group}/drain", post(drain))
         .route("/admin/gateways/{group}/undrain", post(undrain))
+        .route("/admin/registrations", get(list_registrations))
         .route(
             "/admin/registrations/{*aor}",
             get(registrations).delete(delete_registrations),
@@ -556,6 +568,22 @@ async fn registrations(State(ctx): State<Shared>, Path(aor): Path<String>) -> Re
         Some(registrar) => {
             Json(json!({ "aor": aor, "bindings": registrar.bindings(&aor) })).into_response()
         }
+        None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
+    }
+}
+
+/// `GET /admin/registrations?limit=N`: the AoRs this node holds (with
+/// Redis, those it restored or learned), the first N (1000) in order.
+async fn list_registrations(State(ctx): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    let limit = match query.as_deref().and_then(|q| query_value(q, "limit")) {
+        None => 1000,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) => limit,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "limit: not a number"),
+        },
+    };
+    match &ctx.registrations {
+        Some(registrar) => Json(registrar.list(limit)).into_response(),
         None => error(StatusCode::NOT_FOUND, "this node runs no registrar"),
     }
 }

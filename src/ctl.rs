@@ -330,7 +330,7 @@ pub fn http_request(verb: &Verb) -> (&'static str, String, Option<Value>) {
             format!("/admin/registrations/{}", encoded(aor)),
             None,
         ),
-        Verb::Registrations(None) => ("GET", "/admin/health".into(), None),
+        Verb::Registrations(None) => ("GET", "/admin/registrations".into(), None),
         Verb::Bans => ("GET", "/admin/bans".into(), None),
         Verb::Unban(ip) => ("DELETE", format!("/admin/bans/{}", encoded(ip)), None),
         Verb::Metrics => ("GET", "/metrics".into(), None),
@@ -420,10 +420,17 @@ pub fn render(verb: &Verb, json: &Value) -> String {
             }
             out
         }
-        Verb::Registrations(None) => format!(
-            "give an AoR, e.g. siphon ctl registrations sip:alice@example.com ({})\n",
-            json["instance"].as_str().unwrap_or("")
-        ),
+        Verb::Registrations(None) => {
+            let mut rows = vec![vec!["AOR".to_string(), "BINDINGS".into()]];
+            for aor in json["aors"].as_array().into_iter().flatten() {
+                rows.push(vec![text(&aor["aor"]), text(&aor["bindings"])]);
+            }
+            let mut out = table(&rows);
+            if json["truncated"].as_bool() == Some(true) {
+                out.push_str(&format!("... {} AoRs in all\n", text(&json["total"])));
+            }
+            out
+        }
         Verb::Registrations(Some(_)) => {
             let mut out = String::new();
             for binding in json["bindings"].as_array().into_iter().flatten() {

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::calls::{backends, callers, destination, lb_config, outcomes, users, Lb};
 use common::free_port;
@@ -278,9 +279,7 @@ fn is_from_routes_a_backends_request_otherwise_than_a_callers() {
             peer.local_addr(),
         );
         peer.send_to(request.render().as_bytes(), lb.addr());
-        let (text, _) = peer
-            .recv(std::time::Duration::from_secs(3))
-            .expect("an answer");
+        let (text, _) = peer.recv(Duration::from_secs(3)).expect("an answer");
         text.lines().next().unwrap_or("").to_string()
     };
     assert_eq!(answer(&backend_socket), "SIP/2.0 299 Backend backends");
@@ -444,5 +443,54 @@ fn ctl_help_and_the_man_page_come_from_the_command_line_itself() {
     assert!(
         page.contains("\\fBsiphon ctl set\\fR \\fIGROUP\\fR \\fIURI\\fR"),
         "{page}"
+    );
+}
+
+#[test]
+fn ctl_registrations_lists_the_aors_a_registrar_holds() {
+    let admin = common::free_port();
+    let config = format!(
+        "listen:\n  udp: [\"127.0.0.1:@PORT@\"]\ndomain:\n  local: [\"example.com\"]\nscript:\n  path: \"script.py\"\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\nlog: {{level: info, format: pretty}}\n"
+    );
+    let registrar = common::Siphon::start(&config, &common::example_script("proxy.py"));
+    let phone = common::UdpPeer::bind();
+    for user in ["alice", "bob"] {
+        let register = common::RawRequest::new(
+            "REGISTER",
+            &format!("sip:{user}@example.com"),
+            common::Transport::Udp,
+            phone.local_addr(),
+        );
+        phone.send_to(register.render().as_bytes(), registrar.addr());
+        let answer = phone.recv_final(Duration::from_secs(2), &mut Vec::new());
+        assert_eq!(
+            answer.as_deref().and_then(common::status_code),
+            Some(200),
+            "{answer:?}"
+        );
+    }
+    let url = format!("http://127.0.0.1:{admin}");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(["ctl", "--url", &url])
+            .args(args)
+            .output()
+            .expect("run siphon ctl")
+    };
+    let output = run(&["registrations"]);
+    assert!(output.status.success(), "{}", report(&output));
+    let lines: Vec<String> = stdout(&output).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("AOR"), "{lines:?}");
+    assert!(lines[1].starts_with("sip:alice@example.com") && lines[1].ends_with('1'));
+    assert!(lines[2].starts_with("sip:bob@example.com"), "{lines:?}");
+    let output = run(&["--json", "registrations"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["total"], 2);
+    let output = run(&["registrations", "sip:alice@example.com"]);
+    assert!(
+        stdout(&output).contains(&format!("sip:tester@{}", phone.local_addr())),
+        "{}",
+        report(&output)
     );
 }

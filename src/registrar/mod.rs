@@ -498,6 +498,21 @@ impl Registrar {
         })
     }
 
+    /// The first `limit` AoRs in order with how many bindings each has,
+    /// and how many AoRs there are in all.
+    pub fn summary(&self, limit: usize) -> (usize, Vec<(String, usize)>) {
+        let map = self.map();
+        let mut aors: Vec<(String, usize)> = map
+            .iter()
+            .map(|(aor, bindings)| (aor.clone(), bindings.len()))
+            .collect();
+        drop(map);
+        let total = aors.len();
+        aors.sort_unstable();
+        aors.truncate(limit);
+        (total, aors)
+    }
+
     /// Every AoR that has bindings.
     pub fn aors(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
