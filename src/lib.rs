@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manpage;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod registrar;
 pub mod reload;

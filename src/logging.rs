@@ -42,9 +42,13 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogLevel, String> {
         ),
         _ => (build_filter(level)?, false),
     };
+    let journal = stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(Stderr { journal })
+        // A failed write (stderr a closed pipe) is dropped in silence:
+        // reporting it would write to stderr again, from a SIP thread.
+        .log_internal_errors(false)
         .with_target(true);
     let cannot = |e: Box<dyn std::error::Error + Send + Sync>| {
         format!("cannot install the log subscriber: {e}")
@@ -53,7 +57,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogLevel, String> {
         LogFormat::Pretty => {
             let builder = builder
                 .compact()
-                .with_ansi(std::io::stderr().is_terminal())
+                .with_ansi(std::io::stderr().is_terminal() && !journal)
                 .with_filter_reloading();
             let handle = builder.reload_handle();
             builder.try_init().map_err(cannot)?;
@@ -69,6 +73,81 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogLevel, String> {
     Ok(LogLevel {
         set: (!pinned).then_some(set),
     })
+}
+
+/// Whether stderr is the systemd journal: `JOURNAL_STREAM` names the
+/// device and inode of the stream systemd connected (systemd.exec(5)), and
+/// stderr is still that stream (not redirected by a shell in between).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.split_once(':') else {
+        return false;
+    };
+    let stderr = std::fs::metadata("/proc/self/fd/2").or_else(|_| std::fs::metadata("/dev/stderr"));
+    stderr.is_ok_and(|meta| device.parse() == Ok(meta.dev()) && inode.parse() == Ok(meta.ino()))
+}
+
+/// Where log lines go: stderr, never failing (a closed pipe loses the
+/// line, not the daemon), and under the journal with each line's
+/// priority in front (`<3>` for an error, sd-daemon(3)), so that
+/// `journalctl -p warning` finds warnings.
+#[derive(Clone, Copy)]
+struct Stderr {
+    journal: bool,
+}
+
+/// One event's line; the fmt layer writes each in one call.
+struct StderrLine {
+    priority: Option<u8>,
+}
+
+impl std::io::Write for StderrLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut stderr = std::io::stderr().lock();
+        let written = match self.priority.take() {
+            Some(priority) => {
+                let mut line = Vec::with_capacity(buf.len() + 3);
+                line.extend_from_slice(format!("<{priority}>").as_bytes());
+                line.extend_from_slice(buf);
+                stderr.write_all(&line)
+            }
+            None => stderr.write_all(buf),
+        };
+        drop(written);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = StderrLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        StderrLine { priority: None }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        StderrLine {
+            priority: self.journal.then(|| journal_priority(*meta.level())),
+        }
+    }
+}
+
+/// The syslog priority of a level, as journald reads it.
+fn journal_priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
 }
 
 /// The filter for a `log.level` value, checked the same way as the config.

@@ -50,6 +50,8 @@ pub struct Reloader {
     config_seals: Mutex<Option<crate::proxy::seal::DialogSeals>>,
     /// One reload at a time: a second SIGHUP waits for the first.
     busy: tokio::sync::Mutex<()>,
+    /// Tells systemd a reload is under way, and when it is done.
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// The result of one reload, logged and answered by `POST /admin/reload`.
@@ -98,7 +100,14 @@ impl Reloader {
             edge,
             registrar,
             busy: tokio::sync::Mutex::new(()),
+            notifier: Arc::new(crate::notify::Notifier::none()),
         }
+    }
+
+    /// Reloads are reported to the service manager through `notifier`.
+    pub fn notifying(mut self, notifier: Arc<crate::notify::Notifier>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Reads the config file and the script again and applies what
@@ -106,6 +115,17 @@ impl Reloader {
     /// the file is read on a blocking thread.
     pub async fn reload(self: Arc<Self>) -> ReloadOutcome {
         let _one_at_a_time = self.busy.lock().await;
+        self.notifier.reloading();
+        let outcome = self.clone().reload_now().await;
+        self.notifier.ready(if outcome.ok {
+            "ready"
+        } else {
+            "ready; the last reload was refused"
+        });
+        outcome
+    }
+
+    async fn reload_now(self: Arc<Self>) -> ReloadOutcome {
         let path = self.path.clone();
         // The route secret's file is read here too, off the SIP threads.
         let loaded = tokio::task::spawn_blocking(move || {

@@ -61,8 +61,8 @@ async fn start(
         .collect();
     let tls = crate::actors::tls::Tls::load(&tls_listens, &config.tls)?;
     let (transports, udp_sockets, stream_sockets) =
-        Transports::bind(&config.listen, config.advertise.as_deref())
-            .map_err(|e| format!("cannot listen: {e}"))?;
+        Transports::bind(&config.listen, config.advertise.as_deref()).map_err(|e| e.to_string())?;
+    let http = HttpListeners::bind(&config)?;
     let edge = crate::actors::edge::Edge::new(config.security.policy());
     edge.exempt_destinations(services.gateways.gateways());
     let transports = transports
@@ -151,7 +151,7 @@ async fn start(
         let shard_config = shard_config.clone();
         shards.push(TransactionShard::create(move |ctx| {
             for (index, socket) in sockets.into_iter().enumerate() {
-                tracing::info!(addr = ?socket.local_addr().ok(), "listening on UDP");
+                tracing::info!(addr = %shown(socket.local_addr().ok()), "listening on UDP");
                 ctx.add_stream(Datagrams::new(index, socket));
             }
             TransactionShard::new(0, shard_config)
@@ -181,25 +181,30 @@ async fn start(
     for (index, socket) in udp_sockets.into_iter().flatten().enumerate() {
         let local = socket.local_addr().ok();
         UdpTransport::new(index, socket, transports.clone()).start();
-        tracing::info!(addr = ?local, "listening on UDP");
+        tracing::info!(addr = %shown(local), "listening on UDP");
     }
     for (listener, index, acceptor, websocket) in stream_listeners {
         let local = listener.local_addr().ok();
         let transport = transports.listeners()[index].protocol.as_str();
         TcpAcceptor::new(listener, index, acceptor, websocket, transports.clone()).start();
-        tracing::info!(addr = ?local, "listening on {transport}");
+        tracing::info!(addr = %shown(local), "listening on {transport}");
     }
 
-    let reloader = Arc::new(crate::reload::Reloader::new(
-        boot.config_path,
-        config.clone(),
-        script.clone(),
-        (services.auth.clone(), tls),
-        (services.gateways.clone(), transports.clone(), edge.clone()),
-        (boot.log_level, services.registrar.clone(), dns),
-    ));
+    let notifier = Arc::new(crate::notify::Notifier::from_env());
+    let reloader = Arc::new(
+        crate::reload::Reloader::new(
+            boot.config_path,
+            config.clone(),
+            script.clone(),
+            (services.auth.clone(), tls),
+            (services.gateways.clone(), transports.clone(), edge.clone()),
+            (boot.log_level, services.registrar.clone(), dns),
+        )
+        .notifying(notifier.clone()),
+    );
     start_http(
         &config,
+        http,
         lifecycle.clone(),
         &services,
         (edge.clone(), reloader.clone()),
@@ -219,10 +224,11 @@ async fn start(
     }
     watch_signals(
         reloader,
-        lifecycle.clone(),
+        (lifecycle.clone(), notifier.clone()),
         Duration::from_secs(config.server.drain_secs),
     );
     lifecycle.set_ready();
+    notifier.ready("ready");
     tracing::info!(
         instance = %config.server.instance_id,
         shards = shards_wanted,
@@ -236,7 +242,7 @@ async fn start(
 /// stop.
 fn watch_signals(
     reloader: Arc<crate::reload::Reloader>,
-    lifecycle: Arc<Lifecycle>,
+    (lifecycle, notifier): (Arc<Lifecycle>, Arc<crate::notify::Notifier>),
     drain: Duration,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -259,6 +265,7 @@ fn watch_signals(
                 _ = int.recv() => break,
             }
         }
+        notifier.stopping();
         drain_then_stop(lifecycle, drain, async move {
             tokio::select! {
                 _ = term.recv() => {},
@@ -328,6 +335,7 @@ fn log_actor_metrics(interval: Duration) {
 /// Starts the admin API and the Prometheus endpoint when configured.
 async fn start_http(
     config: &Config,
+    http: HttpListeners,
     lifecycle: Arc<Lifecycle>,
     services: &ScriptServices,
     (edge, reloader): (Arc<crate::actors::edge::Edge>, Arc<crate::reload::Reloader>),
@@ -354,20 +362,56 @@ async fn start_http(
             .and_then(|p| p.token.clone())
             .filter(|t| !t.trim().is_empty()),
     });
-    if let Some(addr) = config.admin.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot bind admin.listen {addr}: {e}"))?;
-        crate::admin::spawn_admin(listener, ctx.clone());
-        tracing::info!(%addr, "admin API listening");
+    let tokio_listener = |listener: std::net::TcpListener| {
+        tokio::net::TcpListener::from_std(listener).map_err(|e| format!("admin/metrics: {e}"))
+    };
+    if let Some(listener) = http.admin {
+        let addr = listener.local_addr().ok();
+        crate::admin::spawn_admin(tokio_listener(listener)?, ctx.clone());
+        tracing::info!(addr = %shown(addr), "admin API listening");
     }
-    if let Some(prometheus) = &config.metrics.prometheus {
-        let addr = prometheus.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot bind metrics.prometheus.listen {addr}: {e}"))?;
-        crate::admin::spawn_metrics(listener, ctx);
-        tracing::info!(%addr, "Prometheus metrics listening");
+    if let Some(listener) = http.metrics {
+        let addr = listener.local_addr().ok();
+        crate::admin::spawn_metrics(tokio_listener(listener)?, ctx);
+        tracing::info!(addr = %shown(addr), "Prometheus metrics listening");
     }
     Ok(())
+}
+
+/// The admin API's and Prometheus' sockets, bound before any actor starts:
+/// a port in use is then a plain error, with nothing to tear down.
+struct HttpListeners {
+    admin: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
+}
+
+impl HttpListeners {
+    fn bind(config: &Config) -> Result<HttpListeners, String> {
+        let bind = |what: &str, addr: std::net::SocketAddr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| crate::actors::transport::bind_failure(what, addr, &e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("{what} {addr}: {e}"))?;
+            Ok::<_, String>(listener)
+        };
+        Ok(HttpListeners {
+            admin: config
+                .admin
+                .listen
+                .map(|addr| bind("admin.listen", addr))
+                .transpose()?,
+            metrics: config
+                .metrics
+                .prometheus
+                .as_ref()
+                .map(|p| bind("metrics.prometheus.listen", p.listen))
+                .transpose()?,
+        })
+    }
+}
+
+/// An address for a log line: `127.0.0.1:5060`, or `-`.
+fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "-".to_string(), |a| a.to_string())
 }

@@ -683,10 +683,17 @@ fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
 }
 
 fn with_address(error: io::Error, transport: &str, addr: SocketAddr) -> io::Error {
-    io::Error::new(
-        error.kind(),
-        format!("cannot bind {transport} {addr}: {error}"),
-    )
+    io::Error::new(error.kind(), bind_failure(transport, addr, &error))
+}
+
+/// Why `addr` could not be bound, with what to do about a port below 1024.
+pub fn bind_failure(what: &str, addr: SocketAddr, error: &io::Error) -> String {
+    let hint = if error.kind() == io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        " (ports below 1024 need root or CAP_NET_BIND_SERVICE: run it as root, or give the capability as the systemd unit does, AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+    } else {
+        ""
+    };
+    format!("cannot bind {what} {addr}: {error}{hint}")
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

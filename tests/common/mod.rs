@@ -108,7 +108,7 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
 }
 
 /// Wait up to TIMEOUT for CHILD to exit.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
