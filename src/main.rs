@@ -10,7 +10,22 @@ use siphon::{config, logging, server};
 
 /// A SIP proxy and load balancer, routed by a Python script.
 #[derive(Parser)]
-#[command(name = "siphon", version)]
+#[command(
+    name = "siphon",
+    version,
+    after_long_help = "\
+Signals: SIGHUP reloads the config, the script (and the modules it imports \
+from its own directory), the credentials and TLS files; SIGTERM or SIGINT \
+drain (new calls get 503) and stop, a second one stops at once.
+
+Config: ${VAR} and ${VAR:-default} in the YAML are replaced from the \
+environment before parsing. RUST_LOG (e.g. RUST_LOG=debug) overrides \
+log.level.
+
+Operating it: with admin.listen set, `siphon ctl` drives the admin API \
+(gateways, drain, reload, registrations, bans); `siphon man` prints the \
+man page, `siphon completions bash` a shell completion script."
+)]
 struct Cli {
     /// The YAML config file. Without it, ./siphon.yaml is used if present,
     /// else the embedded example (the load balancer of config/lb.yaml).
@@ -35,6 +50,9 @@ enum Command {
     /// Print the man page (roff), written from this command line's own
     /// definition: `siphon man > siphon.1`.
     Man,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell): `siphon completions bash > /etc/bash_completion.d/siphon`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
@@ -127,6 +145,11 @@ fn main() -> ExitCode {
     if let Some(Command::Man) = cli.command {
         use clap::CommandFactory;
         print!("{}", siphon::manpage::render(&Cli::command()));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Completions { shell }) = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "siphon", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
     let (path, _embedded) = match config_path(cli.config) {

@@ -238,3 +238,36 @@ fn a_port_in_use_or_below_1024_is_one_plain_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_helper_module_beside_the_script_is_imported_and_reloaded_by_sighup() {
+    let script = "from siphon import proxy\nimport replies\n\n@proxy.on_request\ndef route(request):\n    request.reply(replies.CODE, replies.REASON)\n";
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "info");
+    std::fs::write(dir.path().join("script.py"), script).unwrap();
+    let helper = dir.path().join("replies.py");
+    std::fs::write(&helper, "CODE = 486\nREASON = \"Busy Here\"\n").unwrap();
+    let log_path = dir.path().join("siphon.log");
+    let mut child = siphon(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !read().contains("siphon ready") {
+        assert!(Instant::now() < deadline, "{}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(options(proxy), Some(486));
+    std::fs::write(&helper, "CODE = 480\nREASON = \"Later\"\n").unwrap();
+    assert!(common::send_signal(child.id(), "HUP"));
+    while read().matches("script reloaded").count() < 1 {
+        assert!(Instant::now() < deadline, "{}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(options(proxy), Some(480), "{}", read());
+    assert!(stop(&mut child));
+}

@@ -376,6 +376,10 @@ fn load_handlers(path: &Path) -> Result<Handlers, String> {
     let _loading = LOADING.lock().unwrap_or_else(|p| p.into_inner());
     Python::attach(|py| {
         take_pending();
+        if let Some(directory) = path.parent() {
+            own_modules_afresh(py, directory)
+                .map_err(|e| format!("script {}: cannot set up imports: {e}", path.display()))?;
+        }
         let result = PyModule::from_code(py, &code, &file_name, c"siphon_script");
         let registered = take_pending();
         match result {
@@ -393,6 +397,43 @@ fn load_handlers(path: &Path) -> Result<Handlers, String> {
             }),
         }
     })
+}
+
+/// Puts the script's directory first on `sys.path`, so that it can import
+/// the helper modules beside it, and forgets the modules imported from
+/// there before, so that a reload runs their new text as well.
+fn own_modules_afresh(py: Python<'_>, directory: &Path) -> PyResult<()> {
+    use pyo3::types::{PyDict, PyList};
+    let directory = directory
+        .canonicalize()
+        .unwrap_or_else(|_| directory.to_path_buf());
+    let directory = directory.to_string_lossy();
+    let sys = py.import("sys")?;
+    // No .pyc beside the config: an edit within the second of the last one
+    // with the same size would load the stale bytecode (and /etc is
+    // read-only under the systemd unit anyway).
+    sys.setattr("dont_write_bytecode", true)?;
+    let search = sys.getattr("path")?;
+    let search = search.cast::<PyList>()?;
+    if !search.contains(directory.as_ref())? {
+        search.insert(0, directory.as_ref())?;
+    }
+    let modules = sys.getattr("modules")?;
+    let modules = modules.cast::<PyDict>()?;
+    let inside = format!("{}/", directory.trim_end_matches('/'));
+    let mut ours = Vec::new();
+    for (name, module) in modules.iter() {
+        let file = module
+            .getattr("__file__")
+            .and_then(|file| file.extract::<String>());
+        if file.is_ok_and(|file| file.starts_with(&inside)) {
+            ours.push(name);
+        }
+    }
+    for name in ours {
+        modules.del_item(name)?;
+    }
+    Ok(())
 }
 
 fn take_pending() -> Vec<Handler> {
