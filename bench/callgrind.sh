@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/callgrind.sh BIN [CALLS]: instructions per call of a siphon binary.
 #
-# Runs BIN (a release build) under callgrind as bench/run.sh's load balancer
+# Runs BIN (a release build; `cargo build --profile profiling` keeps line
+# tables for annotated source) under callgrind as bench/run.sh's load balancer
 # (scripts/lb.py, UDP, two sipp backends on 127.0.0.1), warms it up with 200
 # calls, then counts the instructions of every thread over CALLS more full
 # calls (default 1000) and prints them per call. Deterministic to within a
