@@ -198,6 +198,14 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // A bare `siphon`: the example LB with two demo backends to call through.
+    let _demo = match &_embedded {
+        Some(example) => match example.start_backends() {
+            Ok(backends) => Some(backends),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
     let boot = server::Boot {
         config_path: path,
         log_level,
@@ -317,7 +325,7 @@ fn route(config: &config::Config, args: RouteArgs) -> Result<(), String> {
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("siphon: {message}");
+    say(&format!("siphon: {message}"));
     ExitCode::from(1)
 }
 
@@ -332,22 +340,40 @@ fn config_path(named: Option<PathBuf>) -> Result<(PathBuf, Option<EmbeddedExampl
         return Ok((local, None));
     }
     let example = EmbeddedExample::write()?;
-    eprintln!(
-        "siphon: no --config and no ./siphon.yaml; running the embedded example {}",
-        example.config.display()
-    );
     Ok((example.config.clone(), Some(example)))
 }
 
-/// The example config and script, compiled into the binary so that a bare
-/// `siphon` runs something useful.
+/// The example config and scripts, compiled into the binary so that a bare
+/// `siphon` runs something useful: the load balancer of config/lb.yaml, and
+/// two demo backends (config/demo-backend.yaml: scripts/proxy.py's
+/// registrar and proxy) on 127.0.0.1:5071 and :5072 for it to balance.
 struct EmbeddedExample {
     dir: PathBuf,
     config: PathBuf,
+    backend_config: PathBuf,
 }
 
 const EXAMPLE_CONFIG: &str = include_str!("../config/lb.yaml");
 const EXAMPLE_SCRIPT: &str = include_str!("../scripts/lb.py");
+const DEMO_BACKEND_CONFIG: &str = include_str!("../config/demo-backend.yaml");
+const DEMO_BACKEND_SCRIPT: &str = include_str!("../scripts/proxy.py");
+
+/// The demo backends: the LB's two destinations, by name and port.
+const DEMO_BACKENDS: [(&str, u16); 2] = [
+    ("backend1.example.com", 5071),
+    ("backend2.example.com", 5072),
+];
+
+/// The example LB for the demo: its phones are on this host, so in-dialog
+/// requests may go back to loopback.
+fn demo_lb_config() -> String {
+    let secret = "security:\n  route_secret: \"${SIPHON_ROUTE_SECRET:-}\"\n";
+    EXAMPLE_CONFIG.replacen(
+        secret,
+        &format!("{secret}  # The demo's phones are on this host.\n  relay_to: {{allow: [\"127.0.0.0/8\"]}}\n"),
+        1,
+    )
+}
 
 impl EmbeddedExample {
     fn write() -> Result<Self, String> {
@@ -356,8 +382,10 @@ impl EmbeddedExample {
         let configs = dir.join("config");
         let written = std::fs::create_dir_all(&scripts)
             .and_then(|_| std::fs::create_dir_all(&configs))
-            .and_then(|_| std::fs::write(configs.join("lb.yaml"), EXAMPLE_CONFIG))
-            .and_then(|_| std::fs::write(scripts.join("lb.py"), EXAMPLE_SCRIPT));
+            .and_then(|_| std::fs::write(configs.join("lb.yaml"), demo_lb_config()))
+            .and_then(|_| std::fs::write(scripts.join("lb.py"), EXAMPLE_SCRIPT))
+            .and_then(|_| std::fs::write(configs.join("demo-backend.yaml"), DEMO_BACKEND_CONFIG))
+            .and_then(|_| std::fs::write(scripts.join("proxy.py"), DEMO_BACKEND_SCRIPT));
         written.map_err(|e| {
             format!(
                 "cannot write the embedded example to {}: {e}",
@@ -366,9 +394,77 @@ impl EmbeddedExample {
         })?;
         Ok(EmbeddedExample {
             config: configs.join("lb.yaml"),
+            backend_config: configs.join("demo-backend.yaml"),
             dir,
         })
     }
+
+    /// Starts the demo backends (this binary again, one process each: a
+    /// process embeds one Python, and each backend runs its own script),
+    /// and says once what to do with them.
+    fn start_backends(&self) -> Result<DemoBackends, String> {
+        use std::os::unix::process::CommandExt;
+        let binary = std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary to start the demo backends: {e}"))?;
+        let mut children = Vec::new();
+        for (name, port) in DEMO_BACKENDS {
+            let mut command = std::process::Command::new(&binary);
+            command
+                .arg("--config")
+                .arg(&self.backend_config)
+                .env("SIPHON_DEMO_NAME", name)
+                .env("SIPHON_DEMO_PORT", port.to_string())
+                .stdin(std::process::Stdio::null());
+            // SAFETY: prctl only sets a flag of the child being made: it
+            // gets SIGTERM when this process ends, however it ends.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = command
+                .spawn()
+                .map_err(|e| format!("cannot start the demo backend {name}: {e}"))?;
+            children.push(child);
+        }
+        say(&format!(
+            "siphon: no --config and no ./siphon.yaml: running the example load balancer\n\
+             \x20 on 127.0.0.1:5060 (UDP and TCP), in front of two demo backends (registrar\n\
+             \x20 and proxy, scripts/proxy.py) on 127.0.0.1:5071 and 127.0.0.1:5072.\n\
+             \x20 Try it: point two SIP phones at 127.0.0.1 (domain 127.0.0.1, any user name,\n\
+             \x20 no password) and call one from the other, e.g. sip:bob@127.0.0.1.\n\
+             \x20 Your own config: start from config/lb.yaml (or /etc/siphon/siphon.yaml from\n\
+             \x20 the package), check it with `siphon --check --config FILE`, run it with\n\
+             \x20 --config FILE (or as ./siphon.yaml); either turns this demo off.\n\
+             \x20 The example's files: {}",
+            self.dir.display()
+        ));
+        Ok(DemoBackends { children })
+    }
+}
+
+/// The demo backends' processes, stopped with the LB.
+struct DemoBackends {
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for DemoBackends {
+    fn drop(&mut self) {
+        for child in &self.children {
+            // SAFETY: a plain kill(2) of our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A line for the operator on stderr; a closed stderr loses it, nothing else.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 impl Drop for EmbeddedExample {

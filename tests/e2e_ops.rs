@@ -1075,7 +1075,7 @@ fn route_prints_the_scripts_decision_as_json() {
     assert_eq!(decision["record_route"], true, "{out}");
     let first = decision["uri"].as_str().expect("uri").to_string();
     let address = |uri: &str| match uri {
-        "sip:backend1.example.com:5060" => "127.0.0.1:5071",
+        "sip:backend1.example.com" => "127.0.0.1:5071",
         _ => "127.0.0.1:5072",
     };
     assert_eq!(decision["address"], address(&first), "{out}");
@@ -1091,9 +1091,9 @@ fn route_prints_the_scripts_decision_as_json() {
 
     let both = [
         "--mark-down",
-        "backends=sip:backend1.example.com:5060",
+        "backends=sip:backend1.example.com",
         "--mark-down",
-        "backends=sip:backend2.example.com:5060",
+        "backends=sip:backend2.example.com",
     ];
     let (code, out, _) = dry_run(&both);
     assert_eq!(code, Some(0));

@@ -5,7 +5,7 @@ decisions: no sockets, no sipp.
 
     h = Harness("config/lb.yaml")       # the config, and the script it names
     d = h.request("INVITE", ruri="sip:bob@example.com")
-    assert d.action == "relay" and d.uri == "sip:backend1.example.com:5060"
+    assert d.action == "relay" and d.uri == "sip:backend1.example.com"
     h.mark_down("backends", d.uri)      # then see where the failover goes
 
 A Harness drives `siphon route --serve`, the siphon binary itself: the

@@ -4,8 +4,8 @@ requests following their route set."""
 
 from siphon.testing import Harness
 
-BACKEND1 = "sip:backend1.example.com:5060"
-BACKEND2 = "sip:backend2.example.com:5060"
+BACKEND1 = "sip:backend1.example.com"
+BACKEND2 = "sip:backend2.example.com"
 
 
 def test_a_new_call_goes_to_a_backend_with_record_route(lb: Harness) -> None:

@@ -36,6 +36,8 @@ fn free_port_pair() -> u16 {
 /// A baresip softphone registered as `USER@example.com` through the LB.
 pub struct Phone {
     pub user: &'static str,
+    /// The host of the phone's AoR.
+    pub domain: String,
     child: Child,
     control: TcpStream,
     /// Bytes read from the control socket that do not yet form a netstring.
@@ -49,11 +51,25 @@ pub struct Phone {
 
 impl Phone {
     pub fn start(dir: &Path, user: &'static str, lb: SocketAddr, transport: Transport) -> Phone {
+        let account = format!(
+            "<sip:{user}@{DOMAIN};transport={t}>;outbound=\"sip:{lb};transport={t}\"",
+            t = transport.param()
+        );
+        Phone::start_with(dir, user, (DOMAIN, account))
+    }
+
+    /// A phone set up as a newcomer does it: domain DOMAIN (its registrar
+    /// on port 5060 there), any user name, no password, no outbound proxy.
+    pub fn start_at(dir: &Path, user: &'static str, domain: &str, transport: Transport) -> Phone {
+        let account = format!("<sip:{user}@{domain};transport={}>", transport.param());
+        Phone::start_with(dir, user, (domain, account))
+    }
+
+    fn start_with(dir: &Path, user: &'static str, (domain, account): (&str, String)) -> Phone {
         let home = dir.join(user);
         fs::create_dir_all(&home).expect("phone config dir");
         let sip_port = free_port_pair();
         let control_port = free_port();
-        let transport = transport.param();
         fs::write(
             home.join("config"),
             format!(
@@ -74,13 +90,10 @@ impl Phone {
         )
         .expect("write baresip config");
         // The account as a user types it into a phone: the AoR with its
-        // transport, and the LB as outbound proxy.
+        // transport (and maybe an outbound proxy).
         fs::write(
             home.join("accounts"),
-            format!(
-                "<sip:{user}@{DOMAIN};transport={transport}>;\
-                 outbound=\"sip:{lb};transport={transport}\";regint=60;answermode=auto\n"
-            ),
+            format!("{account};regint=60;answermode=auto\n"),
         )
         .expect("write baresip accounts");
         let log = dir.join(format!("{user}.log"));
@@ -111,6 +124,7 @@ impl Phone {
             .expect("control read timeout");
         Phone {
             user,
+            domain: domain.to_string(),
             child,
             control,
             unread: Vec::new(),
@@ -217,7 +231,7 @@ impl Drop for Phone {
 /// Both phones must see the call established and closed.
 pub fn call(phones: &mut [Phone; 2], caller: usize, hanger: usize) {
     let callee = 1 - caller;
-    let callee_uri = format!("sip:{}@{DOMAIN}", phones[callee].user);
+    let callee_uri = format!("sip:{}@{}", phones[callee].user, phones[callee].domain);
     phones[caller].command("dial", &callee_uri);
     let answered = phones[caller].wait_event("CALL_ESTABLISHED");
     let peer = answered["peeruri"].as_str().unwrap_or_default();
