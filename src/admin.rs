@@ -748,6 +748,10 @@ impl GatewayAdmin for crate::actors::gateway::GatewayService {
                             "healthy": view.is_up(index, now),
                             "held_down": health.is_held_down(),
                             "consecutive_failures": health.consecutive_failures(),
+                            "last_probe_failure": health
+                                .last_probe_failure()
+                                .map(ToString::to_string),
+                            "last_probe_reply": health.last_probe_reply(),
                             "passive_failures": health.passive_failures(),
                             "ejected": health.ejected(now),
                             "peers_reporting_down": health

@@ -544,14 +544,24 @@ fn destination_state(d: &Value) -> (&'static str, String) {
         {
             format!("peers: {}", d["peers_reporting_down"])
         } else {
-            format!("{} probe failures", text(&d["consecutive_failures"]))
+            match d["last_probe_failure"].as_str() {
+                Some(last) => format!(
+                    "{} probe failures (last: {last})",
+                    text(&d["consecutive_failures"])
+                ),
+                None => format!("{} probe failures", text(&d["consecutive_failures"])),
+            }
         };
         return ("down", reason);
     }
     if is("full") {
         return ("full", format!("max_calls {}", text(&d["max_calls"])));
     }
-    ("up", "-".into())
+    match d["last_probe_reply"].as_u64() {
+        // Alive, but not well: a 404 or 478 says the URI is not its own.
+        Some(code) if !(200..300).contains(&code) => ("up", format!("probe answered {code}")),
+        _ => ("up", "-".into()),
+    }
 }
 
 /// Columns padded to their widest cell.

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod manpage;
 pub mod metrics;
 pub mod notify;
+pub mod process_metrics;
 pub mod proxy;
 pub mod registrar;
 pub mod reload;

@@ -178,7 +178,19 @@ fn main() -> ExitCode {
         Ok(script) => script,
         Err(e) => return fail(&e),
     };
+    let groups: Vec<String> = config
+        .gateway
+        .groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    let unknown_groups = siphon::script::lint::unknown_groups(&config.script.path, &groups);
     if cli.check {
+        match unknown_groups {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => return fail(&problems.join("\n")),
+            Err(e) => return fail(&e),
+        }
         println!(
             "{}: OK (script {})",
             path.display(),
@@ -197,6 +209,10 @@ fn main() -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    // Run anyway (a group may come over the admin API), but say so.
+    for problem in unknown_groups.into_iter().flatten() {
+        tracing::warn!("{problem}");
     }
     // A bare `siphon`: the example LB with two demo backends to call through.
     let _demo = match &_embedded {

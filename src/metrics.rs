@@ -95,6 +95,11 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
 /// The handles one gateway destination updates, created once per destination.
 #[derive(Clone)]
 pub struct DestinationMetrics {
@@ -295,14 +300,57 @@ impl Metrics {
             "TLS handshakes that failed (inbound, outbound, timeout)",
             m.tls_handshake_failures.clone(),
         );
-        Metrics { registry, ..m }
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "This build of siphon (always 1), by version",
+            build_info,
+        );
+        let m = Metrics { registry, ..m };
+        m.start_at_zero();
+        m
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The series whose labels are known in advance exist from the start,
+    /// at 0, so that a rate() over them works before their first event.
+    fn start_at_zero(&self) {
+        for (_, method) in KNOWN_METHODS.iter().chain(&[("", "other")]) {
+            drop(self.requests.get_or_create(&MethodLabels { method }));
+        }
+        let reasons = [
+            (
+                &self.dns_lookups,
+                &["found", "not_found", "timeout", "error"][..],
+            ),
+            (&self.edge_drops, &["rate_limit", "scanner"][..]),
+            (
+                &self.tls_handshake_failures,
+                &["inbound", "outbound", "timeout"][..],
+            ),
+        ];
+        for (family, known) in reasons {
+            for reason in known {
+                drop(family.get_or_create(&ReasonLabels { reason }));
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric, and the process's
+    /// own (`process_*`: CPU, memory, descriptors, start time).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
+        }
+        let process = crate::process_metrics::exposition();
+        match out.rfind("# EOF") {
+            Some(end) => out.insert_str(end, &process),
+            None => out.push_str(&process),
         }
         out
     }
@@ -426,30 +474,32 @@ fn count(family: &Family<ReasonLabels, Counter>, reason: &'static str) {
     family.get_or_create(&ReasonLabels { reason }).inc();
 }
 
+/// The methods counted by name, and their labels: lower case, as every
+/// label value here is (`transport="udp"`, `reason="rate_limit"`).
+const KNOWN_METHODS: [(&str, &str); 14] = [
+    ("INVITE", "invite"),
+    ("ACK", "ack"),
+    ("BYE", "bye"),
+    ("CANCEL", "cancel"),
+    ("REGISTER", "register"),
+    ("OPTIONS", "options"),
+    ("INFO", "info"),
+    ("UPDATE", "update"),
+    ("PRACK", "prack"),
+    ("SUBSCRIBE", "subscribe"),
+    ("NOTIFY", "notify"),
+    ("MESSAGE", "message"),
+    ("REFER", "refer"),
+    ("PUBLISH", "publish"),
+];
+
 /// Known methods keep their name as a label; anything else is `other`, so a
 /// stream of made-up methods cannot grow the series without bound.
 fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 14] = [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "REGISTER",
-        "OPTIONS",
-        "INFO",
-        "UPDATE",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "MESSAGE",
-        "REFER",
-        "PUBLISH",
-    ];
-    KNOWN
+    KNOWN_METHODS
         .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("other")
+        .find(|(name, _)| *name == method)
+        .map_or("other", |(_, label)| label)
 }
 
 /// The process-wide metrics.
@@ -597,7 +647,7 @@ mod tests {
         d.up.set(1);
         let text = m.encode();
         assert!(
-            text.contains("siphon_requests_total{method=\"INVITE\"} 1"),
+            text.contains("siphon_requests_total{method=\"invite\"} 1"),
             "{text}"
         );
         assert!(

@@ -144,7 +144,7 @@ fn a_flood_from_one_address_is_banned_while_trusted_calls_all_succeed() {
     assert_eq!(outcome.stats.successful_calls, u64::from(calls));
 
     // The flood stopped at the edge: only the burst was let in.
-    let invites = metric(admin, "siphon_requests_total", "method=\"INVITE\"");
+    let invites = metric(admin, "siphon_requests_total", "method=\"invite\"");
     let flood_in = invites - f64::from(calls);
     assert!(
         flood_in <= 61.0,

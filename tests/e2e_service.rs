@@ -271,3 +271,96 @@ fn a_helper_module_beside_the_script_is_imported_and_reloaded_by_sighup() {
     assert_eq!(options(proxy), Some(480), "{}", read());
     assert!(stop(&mut child));
 }
+
+#[test]
+fn check_finds_a_misspelt_group_and_an_admin_port_shared_with_metrics() {
+    let config = "listen:\n  udp: [\"127.0.0.1:@PORT@\"]\nscript:\n  path: \"script.py\"\ngateway:\n  groups:\n    - name: backends\n      destinations: [{uri: \"sip:b1.example.com\", address: \"127.0.0.1:5071\"}]\n";
+    let misspelt = "from siphon import proxy, gateway\n\n@proxy.on_request\ndef route(request):\n    d = gateway.select(\"backnds\", key=str(request.to_uri))\n    request.relay(d.uri)\n";
+    let outcome = common::run_check(config, misspelt);
+    assert_eq!(outcome.code, Some(1), "{}", outcome.output);
+    assert!(
+        outcome
+            .output
+            .contains("script.py:5: gateway.select(\"backnds\"): no such gateway group (configured: backends)"),
+        "{}",
+        outcome.output
+    );
+    // A group the script makes itself is no mistake.
+    let made = misspelt.replace(
+        "@proxy.on_request",
+        "gateway.add_group(\"backnds\", [{\"uri\": \"sip:x.example.com\", \"address\": \"127.0.0.1:5072\"}])\n\n@proxy.on_request",
+    );
+    let outcome = common::run_check(config, &made);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.output);
+
+    let shared = format!(
+        "{config}admin: {{listen: \"127.0.0.1:9123\"}}\nmetrics: {{prometheus: {{listen: \"127.0.0.1:9123\"}}}}\n"
+    );
+    let outcome = common::run_check(&shared, &common::example_script("lb.py"));
+    assert_eq!(outcome.code, Some(1), "{}", outcome.output);
+    assert!(
+        outcome.output.contains("metrics.prometheus.listen"),
+        "{}",
+        outcome.output
+    );
+}
+
+#[test]
+fn a_backend_whose_probes_get_404_shows_it_in_the_admin_api_and_ctl() {
+    // A "backend" that answers every probe 404 (not its domain).
+    let backend = UdpPeer::bind();
+    let backend_addr = backend.local_addr();
+    let answering = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            if let Some((request, from)) = backend.recv(Duration::from_millis(200)) {
+                backend.send_to(
+                    common::response_to(&request, 404, "Not Here").as_bytes(),
+                    from,
+                );
+            }
+        }
+    });
+    // "lenient" counts any answer below 500 as alive (the default),
+    // "strict" only a 200 (`probe.reply_codes`).
+    let group = |name: &str, codes: &str| {
+        format!("    - name: {name}\n      probe: {{enabled: true, interval_secs: 1, failure_threshold: 2, timeout_ms: 300{codes}}}\n      destinations: [{{uri: \"sip:b1.example.com\", address: \"{backend_addr}\"}}]\n")
+    };
+    let admin = free_port();
+    let config = format!(
+        "listen:\n  udp: [\"127.0.0.1:@PORT@\"]\nscript:\n  path: \"script.py\"\ngateway:\n  groups:\n{}{}admin: {{listen: \"127.0.0.1:{admin}\"}}\nlog: {{level: info, format: pretty}}\n",
+        group("lenient", ""),
+        group("strict", ", reply_codes: [200]"),
+    );
+    let lb = common::Siphon::start(&config, &common::example_script("lb.py"));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let destination_of = |group: usize| {
+        let (_, body) = common::http(admin, "GET", "/admin/gateways", None);
+        let listing: serde_json::Value = serde_json::from_str(&body).unwrap();
+        listing["groups"][group]["destinations"][0].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while destination_of(1)["healthy"] != false || destination_of(0)["last_probe_reply"] != 404 {
+        assert!(Instant::now() < deadline, "{}", destination_of(1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lenient = destination_of(0);
+    assert_eq!(lenient["healthy"], true, "{lenient}");
+    let strict = destination_of(1);
+    assert_eq!(strict["last_probe_failure"], "status 404", "{strict}");
+    assert_eq!(strict["last_probe_reply"], 404, "{strict}");
+    let output = Command::new(env!("CARGO_BIN_EXE_siphon"))
+        .args(["ctl", "--url", &format!("http://{admin}"), "gateways"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("probe answered 404"), "{table}");
+    assert!(table.contains("(last: status 404)"), "{table}");
+    let warned = lb
+        .log()
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains("gateway destination up -> down"));
+    assert!(warned, "a destination lost is a warning:\n{}", lb.log());
+    drop(lb);
+    answering.join().unwrap();
+}

@@ -571,15 +571,28 @@ impl GroupActor {
     }
 
     fn log_transition(&self, uri: &str, transition: &Transition) {
-        tracing::info!(
-            group = %self.name,
-            uri = %uri,
-            source = %transition.reason.source(),
-            reason = %transition.reason,
-            "gateway destination {} -> {}",
-            transition.from,
-            transition.to
-        );
+        // A destination lost is worth a warning; one back, news.
+        if transition.to == crate::gateway::Availability::Down {
+            tracing::warn!(
+                group = %self.name,
+                uri = %uri,
+                source = %transition.reason.source(),
+                reason = %transition.reason,
+                "gateway destination {} -> {}",
+                transition.from,
+                transition.to
+            );
+        } else {
+            tracing::info!(
+                group = %self.name,
+                uri = %uri,
+                source = %transition.reason.source(),
+                reason = %transition.reason,
+                "gateway destination {} -> {}",
+                transition.from,
+                transition.to
+            );
+        }
         if let Some(events) = &self.events {
             let states = (state_name(transition.from), state_name(transition.to));
             events.publish(&self.name, uri, states, &transition.reason.to_string());
@@ -679,6 +692,8 @@ pub struct ProbeReport {
 pub enum ProbeVerdict {
     Alive {
         latency: Duration,
+        /// The final response's code (any that `reply_codes` accepts).
+        status: u16,
     },
     Failed {
         reason: FailureReason,
@@ -694,7 +709,7 @@ impl Handler<ProbeReport> for GroupActor {
         let now = Instant::now();
         if let Some(metrics) = self.shared.metrics(report.index) {
             match &report.verdict {
-                ProbeVerdict::Alive { latency } => {
+                ProbeVerdict::Alive { latency, .. } => {
                     metrics.probe_latency.observe(latency.as_secs_f64());
                 }
                 ProbeVerdict::Failed { .. } => {
@@ -704,7 +719,10 @@ impl Handler<ProbeReport> for GroupActor {
         }
         let (uri, transition) = self.shared.update(|group| {
             let transition = match report.verdict {
-                ProbeVerdict::Alive { latency } => group.record_success(report.index, latency, now),
+                ProbeVerdict::Alive { latency, status } => {
+                    group.note_probe_reply(report.index, Some(status));
+                    group.record_success(report.index, latency, now)
+                }
                 ProbeVerdict::Failed {
                     reason,
                     retry_after,
@@ -1026,6 +1044,7 @@ pub fn verdict_of(outcome: &ProbeOutcome, reply_codes: Option<&[u16]>) -> ProbeV
     match outcome.status {
         Some(code) if alive(code) => ProbeVerdict::Alive {
             latency: outcome.latency,
+            status: code,
         },
         Some(code) => ProbeVerdict::Failed {
             reason: FailureReason::Status(code),
@@ -1144,7 +1163,8 @@ mod tests {
             assert_eq!(
                 verdict_of(&outcome(Some(code), hold), None),
                 ProbeVerdict::Alive {
-                    latency: Duration::from_millis(7)
+                    latency: Duration::from_millis(7),
+                    status: code
                 }
             );
         }
@@ -1255,6 +1275,7 @@ mod tests {
         assert!(shared.lock().is_up(0, Instant::now()));
         let alive = ProbeVerdict::Alive {
             latency: Duration::from_millis(3),
+            status: 200,
         };
         actor
             .send(ProbeReport {

@@ -697,7 +697,9 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Names this node in logs, metrics and shared state.
+    /// Names this node in logs, metrics and shared state (a node's field
+    /// in Redis). Unset: this host's name and first SIP port, so that two
+    /// nodes never share one by default.
     pub instance_id: String,
     /// How long to let transactions finish on shutdown.
     pub drain_secs: u64,
@@ -711,7 +713,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            instance_id: "siphon".to_string(),
+            instance_id: String::new(),
             drain_secs: 5,
             workers: 1,
         }

@@ -101,7 +101,9 @@ fn defaults_fill_in_every_optional_section() {
         ),
         (60, 3600, 7200, 10)
     );
-    assert_eq!(config.server.instance_id, "siphon");
+    // This host's name and the first SIP port (the default 0.0.0.0:5060).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(config.server.instance_id, format!("{}-5060", host.trim()));
     assert_eq!(config.server.drain_secs, 5);
     assert_eq!(config.metrics.prometheus, None);
     assert_eq!(config.metrics.log_interval_secs, 60);
@@ -760,7 +762,7 @@ fn registrar_expires_must_be_ordered() {
 }
 
 #[test]
-fn shared_health_needs_redis_spelled_right_and_an_instance_id_of_its_own() {
+fn shared_health_needs_redis_spelled_right_and_gets_an_instance_id_of_its_own() {
     let shared = parse(
         "script: {path: /x.py}\ngateway: {share_health: redis}\nserver: {instance_id: lb1}\n",
     )
@@ -768,11 +770,10 @@ fn shared_health_needs_redis_spelled_right_and_an_instance_id_of_its_own() {
     assert_eq!(shared.gateway.share_health, ShareHealth::Redis);
     let off = parse("script: {path: /x.py}\n").expect("default");
     assert_eq!(off.gateway.share_health, ShareHealth::Off);
-    let default_id = error_of("script: {path: /x.py}\ngateway: {share_health: redis}\n");
-    assert!(
-        default_id.contains("server.instance_id: gateway.share_health needs an instance_id"),
-        "{default_id}"
-    );
+    // Without one, the host's name and SIP port: two nodes differ.
+    let default_id = parse("script: {path: /x.py}\ngateway: {share_health: redis}\n")
+        .expect("a default of the node's own");
+    assert!(default_id.server.instance_id.ends_with("-5060"));
     let typo = error_of(
         "script: {path: /x.py}\ngateway: {share_health: gossip}\nserver: {instance_id: lb1}\n",
     );
@@ -1070,6 +1071,10 @@ fn absurd_numbers_are_refused_with_their_key() {
             "security.scanner_user_agents[0]: is empty",
         ),
         ("security: {on_limit: shout}", "security.on_limit"),
+        (
+            "admin: {listen: \"127.0.0.1:9090\"}\nmetrics: {prometheus: {listen: \"127.0.0.1:9090\"}}",
+            "metrics.prometheus.listen: 127.0.0.1:9090 is admin.listen's address too",
+        ),
         (
             "dns: {servers: [\"192.0.2.53\", \"dns.example\"]}",
             "dns.servers[1]: `dns.example` is not an ip or ip:port",

@@ -26,8 +26,10 @@ impl RawConfig {
         let gateway = build_gateway(self.gateway, origin)?;
         check_gateway_transports(&gateway, &self.listen, origin)?;
         check_registrar(&mut self.registrar, origin)?;
+        if self.server.instance_id.trim().is_empty() {
+            self.server.instance_id = node_name(&self.listen);
+        }
         check_server(&self.server, origin)?;
-        check_share_health(&gateway, &self.server, origin)?;
         check_log(&self.log, origin)?;
         check_transaction(&self.transaction, origin)?;
         check_security(&mut self.security, origin)?;
@@ -36,6 +38,7 @@ impl RawConfig {
         let auth = check_auth(self.auth, origin)?;
         check_metrics(&self.metrics, origin)?;
         check_admin(&mut self.admin, origin)?;
+        check_http_ports(&self.admin, &self.metrics, origin)?;
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -246,6 +249,24 @@ pub(super) fn check_admin(admin: &mut AdminConfig, origin: &Path) -> Result<(), 
     }
 }
 
+/// The admin API and the Prometheus endpoint are two servers: one address
+/// cannot take both (the second bind would fail at start).
+fn check_http_ports(
+    admin: &AdminConfig,
+    metrics: &MetricsConfig,
+    origin: &Path,
+) -> Result<(), ConfigError> {
+    let prometheus = metrics.prometheus.as_ref().map(|p| p.listen);
+    match (admin.listen, prometheus) {
+        (Some(admin), Some(prometheus)) if admin == prometheus => Err(invalid(
+            origin,
+            "metrics.prometheus.listen",
+            format!("{prometheus} is admin.listen's address too: give each its own port (the admin API serves /metrics as well)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn check_metrics(m: &MetricsConfig, origin: &Path) -> Result<(), ConfigError> {
     check_range(
         origin,
@@ -349,26 +370,6 @@ pub(super) fn build_destination(raw: RawDestination) -> Result<DestinationConfig
     DestinationConfig::resolve(&raw.uri, raw.address.as_deref(), raw.weight, raw.attrs)
         .and_then(|d| d.with_transport(raw.transport.as_deref()))
         .and_then(|d| d.with_capacity(raw.priority, raw.max_calls, raw.max_cps))
-}
-
-/// Nodes sharing health tell each other apart by `server.instance_id`: with
-/// the default on two nodes, each would take the other's news for its own.
-fn check_share_health(
-    gateway: &GatewayConfig,
-    server: &ServerConfig,
-    origin: &Path,
-) -> Result<(), ConfigError> {
-    if gateway.share_health == ShareHealth::Redis
-        && server.instance_id == ServerConfig::default().instance_id
-    {
-        return Err(invalid(
-            origin,
-            "server.instance_id",
-            "gateway.share_health needs an instance_id of this node's own (e.g. \"lb1\"), \
-             different on every node that shares health",
-        ));
-    }
-    Ok(())
 }
 
 pub(super) fn check_registrar(
@@ -498,6 +499,27 @@ fn check_redis(redis: &mut RedisConfig, origin: &Path) -> Result<(), ConfigError
         5000,
         "milliseconds",
     )
+}
+
+/// The default `server.instance_id`: the host's name and the first SIP
+/// port (`sip1.example.net-5060`), unique to a node unless two share both.
+fn node_name(listen: &super::Listen) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "siphon".to_string());
+    let port = listen
+        .udp
+        .iter()
+        .chain(&listen.tcp)
+        .map(|l| l.address.port())
+        .chain(listen.tls.iter().map(|t| t.address.port()))
+        .next();
+    match port {
+        Some(port) => format!("{host}-{port}"),
+        None => host,
+    }
 }
 
 pub(super) fn check_server(server: &ServerConfig, origin: &Path) -> Result<(), ConfigError> {

@@ -334,6 +334,11 @@ pub struct Health {
     held_down: bool,
     retry_after_until: Option<Instant>,
     last_latency: Option<Duration>,
+    /// Why the last probe failed, while the probes fail.
+    last_probe_failure: Option<FailureReason>,
+    /// The last probe's final response (a backend that answers 404 or 478,
+    /// alive as that is, says here that something is wrong).
+    last_probe_reply: Option<u16>,
     selections: u64,
     reported: Availability,
     /// Consecutive failures of relayed requests (passive health).
@@ -422,6 +427,8 @@ impl Health {
             held_down: false,
             retry_after_until: None,
             last_latency: None,
+            last_probe_failure: None,
+            last_probe_reply: None,
             selections: 0,
             reported: Availability::Up,
             passive_failures: 0,
@@ -647,6 +654,7 @@ impl Health {
     pub fn record_success(&mut self, latency: Duration, now: Instant) -> Option<Transition> {
         self.consecutive_failures = 0;
         self.last_latency = Some(latency);
+        self.last_probe_failure = None;
         if !self.probe_healthy {
             // A flapping backend must prove itself `success_threshold` times.
             self.consecutive_successes = self.consecutive_successes.saturating_add(1);
@@ -675,6 +683,11 @@ impl Health {
     ) -> Option<Transition> {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.consecutive_successes = 0;
+        self.last_probe_reply = match &reason {
+            FailureReason::Status(code) => Some(*code),
+            _ => None,
+        };
+        self.last_probe_failure = Some(reason.clone());
         if self.consecutive_failures >= self.failure_threshold {
             self.probe_healthy = false;
         }
@@ -778,6 +791,20 @@ impl Health {
     /// Whether the last probe results say healthy (ignores holds).
     pub fn probe_healthy(&self) -> bool {
         self.probe_healthy
+    }
+
+    /// Why the probes fail, while they do.
+    pub fn last_probe_failure(&self) -> Option<&FailureReason> {
+        self.last_probe_failure.as_ref()
+    }
+
+    /// The final response the last probe got, if one came.
+    pub fn last_probe_reply(&self) -> Option<u16> {
+        self.last_probe_reply
+    }
+
+    pub fn note_probe_reply(&mut self, status: Option<u16>) {
+        self.last_probe_reply = status;
     }
 
     pub fn consecutive_failures(&self) -> u32 {

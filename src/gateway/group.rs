@@ -375,6 +375,13 @@ impl Group {
         self.health.get_mut(index)?.record_success(latency, now)
     }
 
+    /// The final response `index`'s last probe got (None: none came).
+    pub fn note_probe_reply(&mut self, index: usize, status: Option<u16>) {
+        if let Some(health) = self.health.get_mut(index) {
+            health.note_probe_reply(status);
+        }
+    }
+
     /// Feed a failed probe of `index`; returns the transition to log.
     pub fn record_failure(
         &mut self,

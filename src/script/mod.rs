@@ -8,6 +8,7 @@
 mod api;
 pub mod auth;
 mod gateway;
+pub mod lint;
 mod registrar;
 pub mod request;
 mod rerun;
@@ -325,6 +326,7 @@ impl ScriptEngine {
                 };
                 tracing::error!(
                     method = %method,
+                    call_id = %call_id_of(&msg),
                     timeout_ms = self.watchdog.timeout().as_millis() as u64,
                     "script handler ran past script.timeout_ms and was interrupted; answering 500\n{traceback}"
                 );
@@ -343,6 +345,7 @@ impl ScriptEngine {
                     metrics.script_errors.inc();
                     tracing::error!(
                         method = %method,
+                        call_id = %call_id_of(&msg),
                         "script raised; answering 500\n{}",
                         format_exception(py, &err)
                     );
@@ -449,6 +452,11 @@ fn register_handler(kind: HandlerKind, methods: Option<Vec<String>>, func: Py<Py
             methods,
             func,
         });
+}
+
+/// The Call-ID an error line names, so that it can be found in a trace.
+fn call_id_of(msg: &crate::sip::Message) -> &str {
+    msg.call_id().unwrap_or("-")
 }
 
 /// The traceback of a Python exception as Python itself prints it.
