@@ -406,7 +406,9 @@ fn on_change_and_the_webhook_see_a_frozen_backend_go_down_and_come_back() {
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     assert!(
-        event["node"].as_str().is_some_and(|n| n.starts_with(host.trim())),
+        event["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(host.trim())),
         "the node's default name, host and port: {event}"
     );
     assert!(

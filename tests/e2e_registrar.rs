@@ -729,3 +729,34 @@ fn bindings_live_in_a_redis_cluster_and_any_node_reaches_them() {
     call_users(&b1, dir.path(), "through_b1", "ned", USERS).assert_all_succeeded();
     uas.wait().assert_all_succeeded();
 }
+
+#[test]
+fn two_nodes_with_one_instance_id_are_told_apart_with_a_warning() {
+    let redis = RedisServer::start();
+    let first = start_node(&redis, "twin");
+    let second = start_node(&redis, "twin");
+    let warning = "another node writes bindings to Redis with this server.instance_id";
+    for (node, user) in [(&first, "ada"), (&second, "ben"), (&first, "cyd")] {
+        let contact = format!("Contact: <sip:{user}@192.0.2.8:5060>");
+        let ok = Register::new(user).send(node, &[&contact]);
+        assert_eq!(status_code(&ok), Some(200), "{ok}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(first.log().contains(warning) || second.log().contains(warning)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning:\n{}\n{}",
+            first.log_tail(10),
+            second.log_tail(10)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the one that came second says it: the first holds the name.
+    assert!(!(first.log().contains(warning) && second.log().contains(warning)));
+    // Nodes of their own names never warn.
+    let other = start_node(&redis, "solo");
+    let ok = Register::new("dee").send(&other, &["Contact: <sip:dee@192.0.2.8:5060>"]);
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!other.log().contains(warning));
+}

@@ -101,6 +101,11 @@ impl Keys {
         format!("{}node:{}", self.prefix, self.instance)
     }
 
+    /// Who holds this node's name now: a process's random token.
+    pub fn owner(&self) -> String {
+        format!("{}owner:{}", self.prefix, self.instance)
+    }
+
     /// This node's field in an AoR's hash.
     pub fn field(&self) -> &str {
         &self.instance
@@ -540,11 +545,66 @@ pub struct RedisStore {
     link: Arc<Link>,
     keys: Keys,
     stats: &'static ActorStats,
+    /// This process's claim on its `instance_id` (see [`Keys::owner`]),
+    /// and when it was last checked.
+    token: String,
+    claim_checked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a writing node checks that its `instance_id` is its own, and
+/// how long a claim lasts without a check.
+const CLAIM_EVERY: Duration = Duration::from_secs(20);
+const CLAIM_TTL_SECS: u64 = 60;
 
 impl RedisStore {
     pub fn new(link: Arc<Link>, keys: Keys, stats: &'static ActorStats) -> RedisStore {
-        RedisStore { link, keys, stats }
+        RedisStore {
+            link,
+            keys,
+            stats,
+            token: format!("{:016x}", rand::random::<u64>()),
+            claim_checked: Mutex::new(None),
+        }
+    }
+
+    /// Two processes with one `server.instance_id` write one field of every
+    /// AoR, each over the other's bindings: the first to claim the id holds
+    /// it while it writes, and the other says so (every CLAIM_EVERY while it
+    /// writes).
+    async fn check_claim(&self, conn: &Conn) -> RedisResult<()> {
+        {
+            let mut checked = self.claim_checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < CLAIM_EVERY) {
+                return Ok(());
+            }
+            *checked = Some(std::time::Instant::now());
+        }
+        let owner = self.keys.owner();
+        let mut conn = conn.clone();
+        let claimed: Option<String> = conn
+            .query(
+                redis::cmd("SET")
+                    .arg(&owner)
+                    .arg(&self.token)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(CLAIM_TTL_SECS),
+            )
+            .await?;
+        if claimed.is_some() {
+            return Ok(());
+        }
+        let holder: Option<String> = conn.query(redis::cmd("GET").arg(&owner)).await?;
+        if holder.as_deref() == Some(self.token.as_str()) {
+            conn.query::<()>(redis::cmd("EXPIRE").arg(&owner).arg(CLAIM_TTL_SECS))
+                .await?;
+        } else {
+            tracing::warn!(
+                instance_id = %self.keys.field(),
+                "another node writes bindings to Redis with this server.instance_id: each overwrites the other's, and lookups miss; give every node its own instance_id"
+            );
+        }
+        Ok(())
     }
 
     /// Reads this node's bindings of every AoR it has written into the
@@ -652,6 +712,9 @@ impl RedisStore {
                     *restored = true;
                 }
                 *seen = generation;
+            }
+            if !pending.is_empty() {
+                self.check_claim(&conn).await?;
             }
             let mut written = 0;
             while !pending.is_empty() {
