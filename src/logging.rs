@@ -108,11 +108,16 @@ impl std::io::Write for StderrLine {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut stderr = std::io::stderr().lock();
         let written = match self.priority.take() {
+            // journald makes an entry of each line: every line of the
+            // event (a traceback's too) carries the priority.
             Some(priority) => {
-                let mut line = Vec::with_capacity(buf.len() + 3);
-                line.extend_from_slice(format!("<{priority}>").as_bytes());
-                line.extend_from_slice(buf);
-                stderr.write_all(&line)
+                let prefix = format!("<{priority}>");
+                let mut lines = Vec::with_capacity(buf.len() + 16);
+                for line in buf.split_inclusive(|&b| b == b'\n') {
+                    lines.extend_from_slice(prefix.as_bytes());
+                    lines.extend_from_slice(line);
+                }
+                stderr.write_all(&lines)
             }
             None => stderr.write_all(buf),
         };

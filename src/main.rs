@@ -430,12 +430,19 @@ impl EmbeddedExample {
                 .arg(&self.backend_config)
                 .env("SIPHON_DEMO_NAME", name)
                 .env("SIPHON_DEMO_PORT", port.to_string())
+                // Under systemd, READY=1 is ours to say, not theirs.
+                .env_remove("NOTIFY_SOCKET")
                 .stdin(std::process::Stdio::null());
             // SAFETY: prctl only sets a flag of the child being made: it
             // gets SIGTERM when this process ends, however it ends.
+            let parent = std::process::id();
             unsafe {
-                command.pre_exec(|| {
+                command.pre_exec(move || {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    // The LB may have gone before the flag was set.
+                    if libc::getppid() as u32 != parent {
+                        libc::_exit(0);
+                    }
                     Ok(())
                 });
             }

@@ -103,7 +103,7 @@ async fn start(
     let registrar = crate::registrar::Registrar::start(
         &config.registrar,
         crate::registrar::node_domains(&config.domain.local, config.advertise.as_deref(), &listen),
-        &config.server.instance_id,
+        (&config.server.instance_id, &node_identity(&listen)),
         &crate::metrics::actors().registrar,
     )?;
     let _ = services.registrar.set(registrar.clone());
@@ -409,6 +409,14 @@ impl HttpListeners {
                 .transpose()?,
         })
     }
+}
+
+/// What tells this node from another with the same `instance_id`: the
+/// host's name and the SIP addresses it listens on.
+fn node_identity(listen: &[std::net::SocketAddr]) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let addresses: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    format!("{} {}", host.trim(), addresses.join(","))
 }
 
 /// An address for a log line: `127.0.0.1:5060`, or `-`.

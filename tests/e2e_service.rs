@@ -292,6 +292,13 @@ fn check_finds_a_misspelt_group_and_an_admin_port_shared_with_metrics() {
     );
     let outcome = common::run_check(config, &made);
     assert_eq!(outcome.code, Some(0), "{}", outcome.output);
+    // So is one made under a name computed at run time: nothing to tell.
+    let computed = misspelt.replace(
+        "@proxy.on_request",
+        "for name in (\"eu\", \"backnds\"):\n    gateway.add_group(name, [{\"uri\": \"sip:x.example.com\", \"address\": \"127.0.0.1:5072\"}])\n\n@proxy.on_request",
+    );
+    let outcome = common::run_check(config, &computed);
+    assert_eq!(outcome.code, Some(0), "{}", outcome.output);
 
     let shared = format!(
         "{config}admin: {{listen: \"127.0.0.1:9123\"}}\nmetrics: {{prometheus: {{listen: \"127.0.0.1:9123\"}}}}\n"

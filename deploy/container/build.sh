@@ -21,9 +21,9 @@ work="$(mktemp -d /var/tmp/siphon-container.XXXXXX)"
 root="$work/root"
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     pkill -f "gw_uas.xml -key backend c50" 2>/dev/null || true
-    umount "$root/proc" 2>/dev/null || true
+    umount -l "$root/proc" 2>/dev/null || true
     podman rm -f siphon-export >/dev/null 2>&1 || true
     rm -rf "$work"
 }

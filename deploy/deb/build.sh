@@ -47,9 +47,9 @@ mkdir -p "$root/DEBIAN" "$root/usr/bin" "$root/etc/siphon" \
 
 install -m 0755 "$binary" "$root/usr/bin/siphon"
 strip --strip-debug "$root/usr/bin/siphon"
-if readelf -d "$root/usr/bin/siphon" | grep -qE 'RUNPATH|RPATH'; then
-    echo "deb: the binary names a library path of the build host:" >&2
-    readelf -d "$root/usr/bin/siphon" | grep -E 'RUNPATH|RPATH' >&2
+dynamic="$(readelf -d "$root/usr/bin/siphon")"
+if grep -E 'RUNPATH|RPATH' <<<"$dynamic" >&2; then
+    echo "deb: the binary names a library path of the build host" >&2
     exit 1
 fi
 

@@ -75,7 +75,8 @@ grep -q "siphon ready" "$work/siphon.log" || { cat "$work/siphon.log"; exit 1; }
 user="$(ps -o user= -p "$siphon_pid")"
 [ "$user" = siphon ] || { echo "smoke: runs as $user" >&2; exit 1; }
 grep CapEff "/proc/$siphon_pid/status"
-ss -lunp | grep -q "127.0.0.1:5060 .*pid=$siphon_pid" || { ss -lunp; echo "smoke: not on 5060" >&2; exit 1; }
+ss -lunp >"$work/sockets"
+grep -q "127.0.0.1:5060 .*pid=$siphon_pid" "$work/sockets" || { cat "$work/sockets"; echo "smoke: not on 5060" >&2; exit 1; }
 sleep 1 # the first probes
 
 step "a call through it"
@@ -90,6 +91,32 @@ fi
 echo "call passed"
 kill "$siphon_pid"
 wait "$siphon_pid" 2>/dev/null || true
+
+step "the capability is what binds a port below 1024 (506)"
+if [ "$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)" -gt 506 ]; then
+    low() {
+        SIPHON_LISTEN=127.0.0.1:506 setpriv --reuid=siphon --regid=siphon --init-groups \
+            --inh-caps="-all$1" --ambient-caps="-all$1" --bounding-set="-all$1" --no-new-privs \
+            /usr/bin/siphon --config /etc/siphon/siphon.yaml >"$work/low.log" 2>&1 &
+        low_pid=$!
+        pids+=("$low_pid")
+        for _ in $(seq 1 50); do
+            grep -q "siphon ready" "$work/low.log" && break
+            kill -0 "$low_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    }
+    low ",+net_bind_service"
+    grep -q "siphon ready" "$work/low.log" || { cat "$work/low.log"; echo "smoke: 506 with the capability" >&2; exit 1; }
+    kill "$low_pid"; wait "$low_pid" 2>/dev/null || true
+    low ""
+    if grep -q "siphon ready" "$work/low.log" || ! grep -q "CAP_NET_BIND_SERVICE" "$work/low.log"; then
+        cat "$work/low.log"; echo "smoke: 506 without the capability" >&2; exit 1
+    fi
+    echo "506: ready with CAP_NET_BIND_SERVICE; without it: $(grep -o 'cannot bind[^(]*' "$work/low.log" | head -1)"
+else
+    echo "this kernel lets anyone bind 506 (ip_unprivileged_port_start); skipped"
+fi
 
 step "purge"
 dpkg --purge siphon >/dev/null

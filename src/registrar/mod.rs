@@ -220,12 +220,13 @@ impl Registrar {
     /// restores every stored binding first, waiting at most a few seconds; if
     /// Redis is down it starts empty and the restore is retried in the
     /// background.
-    /// `instance` names this node's share of the Redis keys; `writer_stats`
-    /// counts the Redis writer's flushes.
+    /// `instance` names this node's share of the Redis keys, and `node`
+    /// tells this node from another that would use the same name (its host
+    /// and SIP addresses); `writer_stats` counts the Redis writer's flushes.
     pub fn start(
         config: &RegistrarConfig,
         domains: LocalDomains,
-        instance: &str,
+        (instance, node): (&str, &str),
         writer_stats: &'static crate::metrics::ActorStats,
     ) -> Result<Arc<Registrar>, String> {
         let limits = Limits::from(config);
@@ -237,7 +238,7 @@ impl Registrar {
                 let store = redis_store::RedisStore::new(
                     shared.link.clone(),
                     shared.keys.clone(),
-                    writer_stats,
+                    (node, writer_stats),
                 );
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 registrar.changes = Some(tx);

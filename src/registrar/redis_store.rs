@@ -545,8 +545,9 @@ pub struct RedisStore {
     link: Arc<Link>,
     keys: Keys,
     stats: &'static ActorStats,
-    /// This process's claim on its `instance_id` (see [`Keys::owner`]),
-    /// and when it was last checked.
+    /// This node's claim on its `instance_id` (see [`Keys::owner`]): its
+    /// host and SIP addresses, so that a restart is no stranger; and when
+    /// it was last checked.
     token: String,
     claim_checked: Mutex<Option<std::time::Instant>>,
 }
@@ -557,21 +558,31 @@ const CLAIM_EVERY: Duration = Duration::from_secs(20);
 const CLAIM_TTL_SECS: u64 = 60;
 
 impl RedisStore {
-    pub fn new(link: Arc<Link>, keys: Keys, stats: &'static ActorStats) -> RedisStore {
+    pub fn new(
+        link: Arc<Link>,
+        keys: Keys,
+        (node, stats): (&str, &'static ActorStats),
+    ) -> RedisStore {
         RedisStore {
             link,
             keys,
             stats,
-            token: format!("{:016x}", rand::random::<u64>()),
+            token: node.to_string(),
             claim_checked: Mutex::new(None),
         }
     }
 
-    /// Two processes with one `server.instance_id` write one field of every
+    /// Two nodes with one `server.instance_id` write one field of every
     /// AoR, each over the other's bindings: the first to claim the id holds
-    /// it while it writes, and the other says so (every CLAIM_EVERY while it
-    /// writes).
-    async fn check_claim(&self, conn: &Conn) -> RedisResult<()> {
+    /// it (renewed every CLAIM_EVERY, busy or idle), and the other says so.
+    /// A failure here is logged and changes nothing else.
+    async fn check_claim(&self, conn: &Conn) {
+        if let Err(e) = self.claim(conn).await {
+            tracing::debug!(store = %self.link.name, "instance_id claim: {e}");
+        }
+    }
+
+    async fn claim(&self, conn: &Conn) -> RedisResult<()> {
         {
             let mut checked = self.claim_checked.lock().unwrap_or_else(|p| p.into_inner());
             if checked.is_some_and(|at| at.elapsed() < CLAIM_EVERY) {
@@ -714,7 +725,7 @@ impl RedisStore {
                 *seen = generation;
             }
             if !pending.is_empty() {
-                self.check_claim(&conn).await?;
+                self.check_claim(&conn).await;
             }
             let mut written = 0;
             while !pending.is_empty() {
@@ -759,7 +770,13 @@ impl RedisStore {
                         pending.insert(aor);
                     }
                     Ok(None) => return,
-                    Err(_) if self.link.generation.load(Ordering::Acquire) == seen => continue,
+                    Err(_) if self.link.generation.load(Ordering::Acquire) == seen => {
+                        // Idle: keep the claim on our name alive.
+                        if let Some((conn, _)) = self.link.held() {
+                            self.check_claim(&conn).await;
+                        }
+                        continue;
+                    }
                     Err(_) => {}
                 }
             }

@@ -424,12 +424,30 @@ fn own_modules_afresh(py: Python<'_>, directory: &Path) -> PyResult<()> {
     let modules = sys.getattr("modules")?;
     let modules = modules.cast::<PyDict>()?;
     let inside = format!("{}/", directory.trim_end_matches('/'));
+    // A module is the script's own when the script's directory is the
+    // sys.path entry it was found through: not a virtualenv or package
+    // directory below it that is on sys.path too, and not an extension
+    // (those cannot be loaded twice).
+    let deeper: Vec<String> = search
+        .iter()
+        .filter_map(|entry| entry.extract::<String>().ok())
+        .map(|entry| format!("{}/", entry.trim_end_matches('/')))
+        .filter(|entry| entry.len() > inside.len() && entry.starts_with(&inside))
+        .collect();
+    let is_ours = |file: &str| {
+        file.starts_with(&inside)
+            && file.ends_with(".py")
+            && !deeper.iter().any(|entry| file.starts_with(entry.as_str()))
+            && !file[inside.len()..].contains("-packages/")
+    };
     let mut ours = Vec::new();
-    for (name, module) in modules.iter() {
+    // A copy: reading a module's attributes may import (and so change the
+    // dict being walked).
+    for (name, module) in modules.copy()?.iter() {
         let file = module
             .getattr("__file__")
             .and_then(|file| file.extract::<String>());
-        if file.is_ok_and(|file| file.starts_with(&inside)) {
+        if file.is_ok_and(|file| is_ours(&file)) {
             ours.push(name);
         }
     }
