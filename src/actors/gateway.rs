@@ -571,27 +571,24 @@ impl GroupActor {
     }
 
     fn log_transition(&self, uri: &str, transition: &Transition) {
+        macro_rules! transition_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    group = %self.name,
+                    uri = %uri,
+                    source = %transition.reason.source(),
+                    reason = %transition.reason,
+                    "gateway destination {} -> {}",
+                    transition.from,
+                    transition.to
+                )
+            };
+        }
         // A destination lost is worth a warning; one back, news.
         if transition.to == crate::gateway::Availability::Down {
-            tracing::warn!(
-                group = %self.name,
-                uri = %uri,
-                source = %transition.reason.source(),
-                reason = %transition.reason,
-                "gateway destination {} -> {}",
-                transition.from,
-                transition.to
-            );
+            transition_line!(warn);
         } else {
-            tracing::info!(
-                group = %self.name,
-                uri = %uri,
-                source = %transition.reason.source(),
-                reason = %transition.reason,
-                "gateway destination {} -> {}",
-                transition.from,
-                transition.to
-            );
+            transition_line!(info);
         }
         if let Some(events) = &self.events {
             let states = (state_name(transition.from), state_name(transition.to));
