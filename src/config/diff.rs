@@ -136,7 +136,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
             "registrar.expires",
             expiry(&old.registrar) != expiry(&new.registrar),
         ),
-        ("server", old.server != new.server),
+        ("server", server_changed(&old.server, &new.server)),
         ("metrics", old.metrics != new.metrics),
         ("admin", old.admin != new.admin),
         ("log.format", old.log.format != new.log.format),
@@ -211,6 +211,14 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         }
     }
     changes
+}
+
+/// `server` changed, beyond a derived `instance_id` that followed the port
+/// (the running node keeps its name until a restart).
+fn server_changed(old: &super::ServerConfig, new: &super::ServerConfig) -> bool {
+    let same_name =
+        old.instance_id == new.instance_id || (old.instance_id_derived && new.instance_id_derived);
+    !same_name || old.drain_secs != new.drain_secs || old.workers != new.workers
 }
 
 /// A registrar's expiry bounds and contact limit.
@@ -381,6 +389,9 @@ mod tests {
             ]
         );
         assert_eq!(changes.needs_restart, ["listen", "server"]);
+        // A default name follows the port, but is no change of `server`.
+        let moved = config(TWO, "listen: {udp: [\"127.0.0.1:5099\"]}\n");
+        assert_eq!(diff(&old, &moved).needs_restart, ["listen"]);
         let expiry = config(TWO, "registrar: {min_expires: 120}\n");
         assert_eq!(diff(&old, &expiry).applied, ["registrar.expires"]);
         let redis = config(TWO, "registrar: {backend: redis}\n");

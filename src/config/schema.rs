@@ -701,6 +701,10 @@ pub struct ServerConfig {
     /// in Redis). Unset: this host's name and first SIP port, so that two
     /// nodes never share one by default.
     pub instance_id: String,
+    /// Whether `instance_id` was made from the host and port (unset in the
+    /// file): a reload that moves the port then changes no name.
+    #[serde(skip)]
+    pub instance_id_derived: bool,
     /// How long to let transactions finish on shutdown.
     pub drain_secs: u64,
     /// Transaction shards (each also a Python worker thread). One shard
@@ -714,6 +718,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             instance_id: String::new(),
+            instance_id_derived: false,
             drain_secs: 5,
             workers: 1,
         }

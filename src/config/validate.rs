@@ -28,6 +28,7 @@ impl RawConfig {
         check_registrar(&mut self.registrar, origin)?;
         if self.server.instance_id.trim().is_empty() {
             self.server.instance_id = node_name(&self.listen);
+            self.server.instance_id_derived = true;
         }
         check_server(&self.server, origin)?;
         check_log(&self.log, origin)?;
