@@ -440,7 +440,7 @@ impl Metrics {
     fn connections_of(&self, protocol: crate::sip::Protocol) -> Gauge {
         self.connections
             .get_or_create(&TransportLabels {
-                transport: protocol.as_str(),
+                transport: protocol.name(),
             })
             .clone()
     }

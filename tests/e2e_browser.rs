@@ -307,7 +307,7 @@ fn a_browser_registers_through_the_lb_then_answers_a_call_and_places_one() {
     assert_eq!(registered.detail, "200");
     let admin = SocketAddr::from(([127, 0, 0, 1], admin));
     assert_eq!(
-        metric(admin, "siphon_connections", "transport=\"WSS\""),
+        metric(admin, "siphon_connections", "transport=\"wss\""),
         1.0,
         "the browser's one connection"
     );

@@ -336,7 +336,7 @@ fn prometheus_metrics_count_real_traffic() {
         sample(
             &text,
             "siphon_malformed_messages_total",
-            &[("transport", "UDP")],
+            &[("transport", "udp")],
         ) == Some(3.0)
             && sample(&text, "siphon_requests_total", &[("method", "bye")]) == Some(want_calls)
             && sample(&text, "siphon_responses_total", &[("code", "500")]) == Some(1.0)

@@ -72,7 +72,7 @@ fn a_tls_caller_reaches_a_udp_backend_with_a_record_route_for_each_side() {
         "{routes:?}"
     );
     let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    assert!(metric(admin, "siphon_requests_total", "INVITE") >= 1.0);
+    assert!(metric(admin, "siphon_requests_total", "method=\"invite\"") >= 1.0);
 
     // A client that does not trust the LB's CA is refused in the handshake,
     // and the LB goes on.
@@ -221,7 +221,7 @@ fn a_tls_destination_is_probed_and_called_over_tls_and_a_wrong_certificate_is_re
         eventually(Duration::from_secs(5), || metric(
             admin,
             "siphon_connections",
-            "TLS"
+            "transport=\"tls\""
         ) >= 1.0),
         "no TLS connection to the good destination"
     );

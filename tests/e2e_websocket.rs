@@ -290,12 +290,12 @@ fn a_websocket_caller_reaches_a_udp_backend_and_hangs_up() {
                 .ends_with(&format!("@{};transport=ws;lr>", lb.ws)),
             "{record_route:?}"
         );
-        assert_eq!(metric(lb.admin, "siphon_connections", "\"WS\""), 1.0);
+        assert_eq!(metric(lb.admin, "siphon_connections", "\"ws\""), 1.0);
         ws.close(None).await.unwrap();
     });
     let closed = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        metric(lb.admin, "siphon_connections", "\"WS\"") == 0.0
+        metric(lb.admin, "siphon_connections", "\"ws\"") == 0.0
     });
     assert!(closed, "the closed WebSocket is still counted");
 }

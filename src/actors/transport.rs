@@ -770,7 +770,7 @@ pub fn parse_or_answer(
     crate::metrics::get()
         .malformed
         .get_or_create(&crate::metrics::TransportLabels {
-            transport: flow.protocol().as_str(),
+            transport: flow.protocol().name(),
         })
         .inc();
     let answerable = err.partial.as_deref().filter(|m| m.is_request());
