@@ -253,30 +253,10 @@ fn ctl(config: Option<PathBuf>, args: CtlArgs) -> ExitCode {
     let fields = |words: &[String]| parse_fields(words);
     let verb = match args.verb {
         CtlVerb::Gateways { group } => Ok(Verb::Gateways(group)),
-        CtlVerb::Down { group, uri, force } => Ok(Verb::Mark {
-            action: "down",
-            group,
-            uri,
-            force,
-        }),
-        CtlVerb::Up { group, uri } => Ok(Verb::Mark {
-            action: "up",
-            group,
-            uri,
-            force: false,
-        }),
-        CtlVerb::Drain { group, uri } => Ok(Verb::Mark {
-            action: "drain",
-            group,
-            uri,
-            force: false,
-        }),
-        CtlVerb::Undrain { group, uri } => Ok(Verb::Mark {
-            action: "undrain",
-            group,
-            uri,
-            force: false,
-        }),
+        CtlVerb::Down { group, uri, force } => Ok(mark("down", group, uri, force)),
+        CtlVerb::Up { group, uri } => Ok(mark("up", group, uri, false)),
+        CtlVerb::Drain { group, uri } => Ok(mark("drain", group, uri, false)),
+        CtlVerb::Undrain { group, uri } => Ok(mark("undrain", group, uri, false)),
         CtlVerb::Add {
             group,
             uri,
@@ -301,6 +281,16 @@ fn ctl(config: Option<PathBuf>, args: CtlArgs) -> ExitCode {
             eprintln!("siphon ctl: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A mark of a destination: `down`, `up`, `drain` or `undrain`.
+fn mark(action: &'static str, group: String, uri: String, force: bool) -> siphon::ctl::Verb {
+    siphon::ctl::Verb::Mark {
+        action,
+        group,
+        uri,
+        force,
     }
 }
 

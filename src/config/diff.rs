@@ -116,88 +116,63 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         .map(|g| g.name.clone())
         .collect();
 
-    let sections: Vec<(&'static str, bool)> = vec![
-        ("log.level", old.log.level != new.log.level),
-        ("auth", old.auth != new.auth),
-        ("listen", old.listen != new.listen),
-        ("advertise", old.advertise != new.advertise),
-        ("domain", old.domain != new.domain),
-        ("script.path", old.script.path != new.script.path),
+    // Whether a field (a path under the config) differs.
+    macro_rules! differs {
+        ($($path:tt)+) => { old.$($path)+ != new.$($path)+ };
+    }
+    let route_secret = |c: &Config| {
+        let s = &c.security;
         (
-            "script.timeout_ms",
-            old.script.timeout_ms != new.script.timeout_ms,
-        ),
+            s.route_secret.clone(),
+            s.route_secret_file.clone(),
+            s.route_secret_previous.clone(),
+            s.accept_unsealed_routes,
+        )
+    };
+    let sections: Vec<(&'static str, bool)> = vec![
+        ("log.level", differs!(log.level)),
+        ("auth", differs!(auth)),
+        ("listen", differs!(listen)),
+        ("advertise", differs!(advertise)),
+        ("domain", differs!(domain)),
+        ("script.path", differs!(script.path)),
+        ("script.timeout_ms", differs!(script.timeout_ms)),
         (
             "registrar.backend",
-            (&old.registrar.backend, &old.registrar.redis)
-                != (&new.registrar.backend, &new.registrar.redis),
+            differs!(registrar.backend) || differs!(registrar.redis),
         ),
         (
             "registrar.expires",
             expiry(&old.registrar) != expiry(&new.registrar),
         ),
         ("server", server_changed(&old.server, &new.server)),
-        ("metrics", old.metrics != new.metrics),
-        ("admin", old.admin != new.admin),
-        ("log.format", old.log.format != new.log.format),
-        ("transaction", old.transaction != new.transaction),
-        (
-            "security.rate_limit",
-            old.security.rate_limit != new.security.rate_limit,
-        ),
+        ("metrics", differs!(metrics)),
+        ("admin", differs!(admin)),
+        ("log.format", differs!(log.format)),
+        ("transaction", differs!(transaction)),
+        ("security.rate_limit", differs!(security.rate_limit)),
         (
             "security.scanner_user_agents",
-            old.security.scanner_user_agents != new.security.scanner_user_agents,
+            differs!(security.scanner_user_agents),
         ),
-        (
-            "security.on_limit",
-            old.security.on_limit != new.security.on_limit,
-        ),
-        (
-            "security.trusted",
-            old.security.trusted != new.security.trusted,
-        ),
+        ("security.on_limit", differs!(security.on_limit)),
+        ("security.trusted", differs!(security.trusted)),
         (
             "security.route_secret",
-            (
-                &old.security.route_secret,
-                &old.security.route_secret_file,
-                &old.security.route_secret_previous,
-                old.security.accept_unsealed_routes,
-            ) != (
-                &new.security.route_secret,
-                &new.security.route_secret_file,
-                &new.security.route_secret_previous,
-                new.security.accept_unsealed_routes,
-            ),
+            route_secret(old) != route_secret(new),
         ),
-        (
-            "security.relay_to",
-            old.security.relay_to != new.security.relay_to,
-        ),
-        (
-            "limits.max_transactions",
-            old.limits.max_transactions != new.limits.max_transactions,
-        ),
+        ("security.relay_to", differs!(security.relay_to)),
+        ("limits.max_transactions", differs!(limits.max_transactions)),
         (
             "limits.udp_max_request_bytes",
-            old.limits.udp_max_request_bytes != new.limits.udp_max_request_bytes,
+            differs!(limits.udp_max_request_bytes),
         ),
-        ("limits.tcp", old.limits.tcp != new.limits.tcp),
-        ("dns", old.dns != new.dns),
-        ("tls", old.tls != new.tls),
-        (
-            "gateway.share_health",
-            old.gateway.share_health != new.gateway.share_health,
-        ),
-        (
-            "gateway.call_max_secs",
-            old.gateway.call_max_secs != new.gateway.call_max_secs,
-        ),
-        (
-            "gateway.webhook",
-            old.gateway.webhook != new.gateway.webhook,
-        ),
+        ("limits.tcp", differs!(limits.tcp)),
+        ("dns", differs!(dns)),
+        ("tls", differs!(tls)),
+        ("gateway.share_health", differs!(gateway.share_health)),
+        ("gateway.call_max_secs", differs!(gateway.call_max_secs)),
+        ("gateway.webhook", differs!(gateway.webhook)),
     ];
     for (section, changed) in sections {
         if !changed {

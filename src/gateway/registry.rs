@@ -335,17 +335,21 @@ mod tests {
         Group::new(name, Algorithm::Hash, destinations, 3)
     }
 
+    /// A registry holding these groups, in this order.
+    fn registry(groups: &[(&str, &[(&str, u16)])]) -> Gateways {
+        let gateways = Gateways::new(crate::metrics::get());
+        for (name, uris) in groups {
+            gateways.insert(group(name, uris), FailoverPolicy::default());
+        }
+        gateways
+    }
+
     #[test]
     fn a_removed_group_takes_its_addresses_with_it() {
-        let gateways = Gateways::new(crate::metrics::get());
-        gateways.insert(
-            group("a", &[("sip:one.example", 5061)]),
-            FailoverPolicy::default(),
-        );
-        gateways.insert(
-            group("b", &[("sip:two.example", 5062)]),
-            FailoverPolicy::default(),
-        );
+        let gateways = registry(&[
+            ("a", &[("sip:one.example", 5061)]),
+            ("b", &[("sip:two.example", 5062)]),
+        ]);
         assert!(gateways.address_of("sip:one.example").is_some());
         assert!(gateways.remove("a").is_some());
         assert_eq!(gateways.address_of("sip:one.example"), None);
@@ -360,19 +364,11 @@ mod tests {
 
     #[test]
     fn a_source_is_from_the_first_group_that_has_it_by_ip_and_port() {
-        let gateways = Gateways::new(crate::metrics::get());
-        gateways.insert(
-            group("zeta", &[("sip:z.example", 5070)]),
-            FailoverPolicy::default(),
-        );
-        gateways.insert(
-            group("alpha", &[("sip:a.example", 5070)]),
-            FailoverPolicy::default(),
-        );
-        gateways.insert(
-            group("beta", &[("sip:b.example", 5080)]),
-            FailoverPolicy::default(),
-        );
+        let gateways = registry(&[
+            ("zeta", &[("sip:z.example", 5070)]),
+            ("alpha", &[("sip:a.example", 5070)]),
+            ("beta", &[("sip:b.example", 5080)]),
+        ]);
         let at = |port| SocketAddr::from(([192, 0, 2, 1], port));
         assert_eq!(
             gateways.group_of_source(at(5070), false).as_deref(),
