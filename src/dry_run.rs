@@ -50,7 +50,10 @@ impl DryRun {
     /// registrar (whatever `registrar.backend` says: nothing is read from
     /// or written to Redis).
     pub fn new(config: &Config) -> Result<DryRun, String> {
-        let services = ScriptServices::for_config(crate::metrics::get(), config)?;
+        let gateways = Arc::new(crate::actors::gateway::GatewayService::new(
+            crate::metrics::get(),
+        ));
+        let services = ScriptServices::for_config(gateways.clone(), config)?;
         let listeners = listeners(config);
         let listen: Vec<SocketAddr> = listeners.iter().map(|l| l.local).collect();
         let registrar = Arc::new(Registrar::new(
@@ -72,7 +75,7 @@ impl DryRun {
         })
         .map_err(|e| format!("cannot point the script's stdout at stderr: {e}"))?;
         for group in &config.gateway.groups {
-            services.gateways.add_configured_group(group);
+            gateways.add_configured_group(group);
         }
         Ok(DryRun {
             cache: engine.cache(),

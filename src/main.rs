@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -170,7 +171,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    let services = match ScriptServices::for_config(siphon::metrics::get(), &config) {
+    let gateways = Arc::new(siphon::actors::gateway::GatewayService::new(
+        siphon::metrics::get(),
+    ));
+    let services = match ScriptServices::for_config(gateways.clone(), &config) {
         Ok(services) => services,
         Err(e) => return fail(&format!("{}: {e}", path.display())),
     };
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
     let boot = server::Boot {
         config_path: path,
         log_level,
+        gateways,
     };
     match server::run(config, script, services, boot) {
         Ok(()) => ExitCode::SUCCESS,

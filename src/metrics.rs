@@ -7,7 +7,7 @@
 //! kept by the gateway layer.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +52,11 @@ pub struct UriLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecutorLabels {
+    pub executor: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
     pub transport: &'static str,
 }
@@ -88,6 +93,13 @@ pub struct Metrics {
     pub shared_lookups: Family<ReasonLabels, Counter>,
     pub connections: Family<TransportLabels, Gauge>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub executor_runs: Family<ExecutorLabels, Counter>,
+    pub executor_queue: Family<ExecutorLabels, Gauge>,
+    pub executor_busy: Family<ExecutorLabels, Counter<f64, AtomicU64>>,
+    pub executor_timeouts: Family<ExecutorLabels, Counter>,
+    pub executor_abandoned: Family<ExecutorLabels, Counter>,
+    pub script_late_decisions: Counter,
+    pub script_wait: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +165,13 @@ impl Metrics {
             shared_lookups: Family::default(),
             connections: Family::default(),
             tls_handshake_failures: Family::default(),
+            executor_runs: Family::default(),
+            executor_queue: Family::default(),
+            executor_busy: Family::default(),
+            executor_timeouts: Family::default(),
+            executor_abandoned: Family::default(),
+            script_late_decisions: Counter::default(),
+            script_wait: Histogram::new(exponential_buckets(0.000_010, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -300,6 +319,41 @@ impl Metrics {
             "TLS handshakes that failed (inbound, outbound, timeout)",
             m.tls_handshake_failures.clone(),
         );
+        registry.register(
+            "script_executor_runs",
+            "Script handler runs, by script-executor actor",
+            m.executor_runs.clone(),
+        );
+        registry.register(
+            "script_executor_queue",
+            "Script runs sent to an executor and not yet run, by executor",
+            m.executor_queue.clone(),
+        );
+        registry.register(
+            "script_executor_busy_seconds",
+            "Time each script executor spent running handlers",
+            m.executor_busy.clone(),
+        );
+        registry.register(
+            "script_executor_timeouts",
+            "Requests answered 500 because their executor gave no decision within script.timeout_ms",
+            m.executor_timeouts.clone(),
+        );
+        registry.register(
+            "script_executor_abandoned",
+            "Executors given up at script.abandon_ms, stuck in a handler, and replaced",
+            m.executor_abandoned.clone(),
+        );
+        registry.register(
+            "script_late_decisions",
+            "Script decisions dropped because they came after script.timeout_ms",
+            m.script_late_decisions.clone(),
+        );
+        registry.register(
+            "script_wait_seconds",
+            "Time from a shard handing a request to its script executor to the decision coming back",
+            m.script_wait.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -445,6 +499,27 @@ impl Metrics {
             .clone()
     }
 
+    /// The handles script executor `index` updates; its series start at 0
+    /// and its figures join the actor metrics log line.
+    pub fn executor(&self, index: usize) -> Arc<ExecutorStats> {
+        let labels = ExecutorLabels {
+            executor: index as u16,
+        };
+        let stats = Arc::new(ExecutorStats {
+            index,
+            actor: ActorStats::default(),
+            runs: self.executor_runs.get_or_create(&labels).clone(),
+            queue: self.executor_queue.get_or_create(&labels).clone(),
+            busy: self.executor_busy.get_or_create(&labels).clone(),
+            timeouts: self.executor_timeouts.get_or_create(&labels).clone(),
+            abandoned: self.executor_abandoned.get_or_create(&labels).clone(),
+        });
+        let mut logged = actors().executors.lock().unwrap_or_else(|p| p.into_inner());
+        logged.retain(|s| s.index != index);
+        logged.push(stats.clone());
+        stats
+    }
+
     /// A request no destination of `group` could take.
     pub fn gateway_full(&self, group: &str) {
         let labels = GroupLabels {
@@ -569,6 +644,41 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// What one script-executor actor counts: the actor figures of the log
+/// line, and its Prometheus series.
+pub struct ExecutorStats {
+    pub index: usize,
+    pub actor: ActorStats,
+    pub runs: Counter,
+    pub queue: Gauge,
+    pub busy: Counter<f64, AtomicU64>,
+    pub timeouts: Counter,
+    pub abandoned: Counter,
+}
+
+impl ExecutorStats {
+    /// A run was sent to this executor.
+    pub fn enqueued(&self) {
+        self.actor.enqueued();
+        self.queue.inc();
+    }
+
+    /// A run took `busy`.
+    pub fn ran(&self, busy: Duration) {
+        self.actor.record(busy);
+        self.queue.dec();
+        self.runs.inc();
+        self.busy.inc_by(busy.as_secs_f64());
+    }
+
+    /// The runs queued on an abandoned executor are sent again, and
+    /// counted again.
+    pub fn forget_queue(&self) {
+        self.actor.queued.store(0, Ordering::Relaxed);
+        self.queue.set(0);
+    }
+}
+
 /// The actor kinds that report in the periodic log line.
 pub struct ActorKinds {
     pub udp: ActorStats,
@@ -577,6 +687,8 @@ pub struct ActorKinds {
     pub gateway: ActorStats,
     pub prober: ActorStats,
     pub registrar: ActorStats,
+    /// Each script executor's, registered as they start.
+    pub executors: Mutex<Vec<Arc<ExecutorStats>>>,
 }
 
 pub fn actors() -> &'static ActorKinds {
@@ -588,6 +700,7 @@ pub fn actors() -> &'static ActorKinds {
         gateway: ActorStats::default(),
         prober: ActorStats::default(),
         registrar: ActorStats::default(),
+        executors: Mutex::default(),
     })
 }
 
@@ -611,6 +724,27 @@ pub fn log_actor_stats(interval: Duration) {
             mailbox = queued,
             busy_ms = busy.as_millis() as u64,
             busy_pct = format!("{busy_pct:.1}"),
+            "actor metrics"
+        );
+    }
+    let executors = kinds
+        .executors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for stats in executors {
+        let (handled, queued, busy) = stats.actor.take_interval();
+        let busy_pct = 100.0 * busy.as_secs_f64() / interval.as_secs_f64().max(1e-9);
+        tracing::info!(
+            target: "siphon::actors",
+            actor = "script_executor",
+            executor = stats.index,
+            handled,
+            mailbox = queued,
+            busy_ms = busy.as_millis() as u64,
+            busy_pct = format!("{busy_pct:.1}"),
+            timeouts = stats.timeouts.get(),
+            abandoned = stats.abandoned.get(),
             "actor metrics"
         );
     }

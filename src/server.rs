@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::script::{LocalIdentity, ScriptEngine, ScriptServices};
 
-/// How many transaction shards (and Python worker threads) to run:
+/// How many transaction shards to run:
 /// `server.workers`, or one per core (at most 8) when it is 0.
 fn shard_count(configured: usize) -> usize {
     match configured {
@@ -24,10 +24,12 @@ fn shard_count(configured: usize) -> usize {
 }
 
 /// What boot knows besides the config: where the config came from (a
-/// reload reads it again) and the handle that changes the log level.
+/// reload reads it again), the handle that changes the log level, and the
+/// gateway groups (the script's `gateway` namespace holds them too).
 pub struct Boot {
     pub config_path: std::path::PathBuf,
     pub log_level: crate::logging::LogLevel,
+    pub gateways: Arc<crate::actors::gateway::GatewayService>,
 }
 
 /// Runs the daemon until a stop signal. Errors are start-up failures.
@@ -64,7 +66,7 @@ async fn start(
         Transports::bind(&config.listen, config.advertise.as_deref()).map_err(|e| e.to_string())?;
     let http = HttpListeners::bind(&config)?;
     let edge = crate::actors::edge::Edge::new(config.security.policy());
-    edge.exempt_destinations(services.gateways.gateways());
+    edge.exempt_destinations(boot.gateways.gateways());
     let transports = transports
         .with_limits(edge.clone(), config.limits.tcp.clone())
         .with_tls(tls.clone());
@@ -85,7 +87,7 @@ async fn start(
             .with_trusted(config.security.policy().trusted),
     );
     // Process-wide, so the script's `gateway` namespace sees the same groups.
-    let gateway_service = services.gateways.clone();
+    let gateway_service = boot.gateways.clone();
     for group in &config.gateway.groups {
         gateway_service.add_configured_group(group);
     }
@@ -119,6 +121,11 @@ async fn start(
         }
         Err(e) => return Err(format!("security.{}: {}", e.key, e.message)),
     };
+    let executors = crate::actors::executor::ExecutorPool::start(
+        script.clone(),
+        config.script.workers,
+        config.script.abandon_after(),
+    )?;
     let shard_config = Arc::new(ShardConfig {
         dns: dns.clone(),
         seals,
@@ -129,7 +136,8 @@ async fn start(
         ingress: ingress.clone(),
         lifecycle: lifecycle.clone(),
         transports: transports.clone(),
-        script: script.clone(),
+        executors,
+        script_timeout: Duration::from_millis(config.script.timeout_ms),
         timers: config.transaction.settings(),
         local,
         gateways,
@@ -197,7 +205,7 @@ async fn start(
             config.clone(),
             script.clone(),
             (services.auth.clone(), tls),
-            (services.gateways.clone(), transports.clone(), edge.clone()),
+            (gateway_service.clone(), transports.clone(), edge.clone()),
             (boot.log_level, services.registrar.clone(), dns),
         )
         .notifying(notifier.clone()),
@@ -206,7 +214,7 @@ async fn start(
         &config,
         http,
         lifecycle.clone(),
-        &services,
+        (&services, gateway_service.clone()),
         (edge.clone(), reloader.clone()),
     )
     .await?;
@@ -219,7 +227,7 @@ async fn start(
     edge.spawn_summary(Duration::from_secs(summary_every));
     log_actor_metrics(Duration::from_secs(config.metrics.log_interval_secs));
     if let Some(auth) = services.auth.clone() {
-        auth.ban_at(edge.clone());
+        auth.ban_at(edge.clone() as Arc<dyn crate::security::Banning>);
         sweep_nonce_counts(auth);
     }
     watch_signals(
@@ -337,13 +345,13 @@ async fn start_http(
     config: &Config,
     http: HttpListeners,
     lifecycle: Arc<Lifecycle>,
-    services: &ScriptServices,
+    (services, gateways): (&ScriptServices, Arc<crate::actors::gateway::GatewayService>),
     (edge, reloader): (Arc<crate::actors::edge::Edge>, Arc<crate::reload::Reloader>),
 ) -> Result<(), String> {
     let ctx = Arc::new(crate::admin::AdminContext {
         lifecycle,
         instance_id: config.server.instance_id.clone(),
-        gateways: services.gateways.clone(),
+        gateways,
         registrations: services
             .registrar
             .get()

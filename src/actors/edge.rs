@@ -81,16 +81,6 @@ impl Edge {
         true
     }
 
-    /// Bans `ip` on evidence other than its rate (failed authentications).
-    pub fn ban(&self, ip: IpAddr, channel: Channel, length: Duration, reason: BanReason) {
-        if self
-            .guard()
-            .ban(Instant::now(), ip, channel, length, reason)
-        {
-            self.banning.store(true, Ordering::Relaxed);
-        }
-    }
-
     /// True for a source that may not open a TCP connection (banned on
     /// evidence from a stream; a datagram-only ban leaves streams alone).
     pub fn refuses_connection(&self, ip: IpAddr) -> bool {
@@ -161,5 +151,17 @@ impl Edge {
                 edge.log_summary();
             }
         });
+    }
+}
+
+impl crate::security::Banning for Edge {
+    /// Bans `ip` on evidence other than its rate (failed authentications).
+    fn ban(&self, ip: IpAddr, channel: Channel, length: Duration, reason: BanReason) {
+        if self
+            .guard()
+            .ban(Instant::now(), ip, channel, length, reason)
+        {
+            self.banning.store(true, Ordering::Relaxed);
+        }
     }
 }

@@ -43,7 +43,7 @@ const JITTER: f64 = 0.10;
 /// Groups can be added before the actor system runs (the config at boot, or a
 /// script's module-level `gateway.add_group` while it is first loaded); their
 /// actors start in [`GatewayService::start`]. After that, adding a group from
-/// a script starts its actor at once, on the calling shard's arbiter.
+/// a script starts its actor at once, on the system's arbiter.
 pub struct GatewayService {
     gateways: Arc<Gateways>,
     transports: OnceLock<Transports>,
@@ -432,7 +432,9 @@ impl GatewayService {
         probe: Option<&ProbeConfig>,
     ) -> Option<Addr<GroupActor>> {
         let transports = self.transports.get()?.clone();
-        System::try_current()?;
+        // On the system's arbiter, wherever the call comes from: a script's
+        // add_group runs on an executor thread, whose handler may hang.
+        let system = System::try_current()?.arbiter().clone();
         let actor = GroupActor {
             name: name.to_string(),
             shared: shared.clone(),
@@ -443,11 +445,34 @@ impl GatewayService {
             events: self.events.get().cloned(),
             full: Vec::new(),
         };
-        Some(actor.start())
+        Some(GroupActor::start_in_arbiter(&system, move |_| actor))
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupEntry>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The script's handle on the groups (see [`crate::gateway::GatewayControl`]).
+impl crate::gateway::GatewayControl for GatewayService {
+    fn gateways(&self) -> Arc<Gateways> {
+        GatewayService::gateways(self)
+    }
+
+    fn mark(&self, group: &str, uri: &str, down: bool, source: &'static str) -> Option<bool> {
+        GatewayService::mark(self, group, uri, down, source)
+    }
+
+    fn drain(&self, group: &str, uri: &str, draining: bool, source: &str) -> Option<bool> {
+        GatewayService::drain(self, group, uri, draining, source)
+    }
+
+    fn add_group(&self, config: &GroupConfig) {
+        GatewayService::add_group(self, config)
+    }
+
+    fn remove_group(&self, name: &str) -> bool {
+        GatewayService::remove_group(self, name)
     }
 }
 

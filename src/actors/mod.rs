@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod edge;
 pub mod events;
+pub mod executor;
 pub mod gateway;
 pub mod health_share;
 pub mod tls;

@@ -4,8 +4,10 @@
 //! passing of time, and carries out what comes back: datagrams and TCP
 //! writes, script runs, probe outcomes and metrics.
 //!
-//! Each shard runs on its own arbiter thread, which is also a Python worker:
-//! the script runs inline, so a request costs no cross-thread round trip.
+//! Each shard runs on its own arbiter thread. The script runs on the
+//! script-executor actors ([`crate::actors::executor`]): the shard hands a
+//! request over and goes on, so a handler that hangs does not stop the
+//! retransmissions, responses, timers and probes of the other calls.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +15,15 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::actors::transport::{parse_or_answer, Flow, Inbound, Protocol, Received, Transports};
+use crate::actors::executor::{run_job, Dispatcher, ExecutorPool, Job, ScriptDone};
+use crate::actors::transport::{parse_or_answer, Flow, Inbound, Received, Transports};
 use crate::proxy::dns::{Answer, HostCache, Wait};
 use crate::proxy::engine::NextHops;
 use crate::proxy::engine::{Deferred, Engine, EngineConfig, Output, ScriptRun};
 use crate::proxy::fast_hash::FastMap;
 use crate::proxy::forward;
 use crate::proxy::{Decision, HopError, TimerSettings};
-use crate::script::{LocalIdentity, Replay, RequestInput, Run, ScriptCache, ScriptEngine};
+use crate::script::{LocalIdentity, Replay, Run, ScriptCache};
 use crate::sip::Message;
 
 pub use crate::proxy::engine::ProbeOutcome;
@@ -39,7 +42,9 @@ const TICK: Duration = Duration::from_millis(10);
 /// What every shard shares: transports, the script, timers and identity.
 pub struct ShardConfig {
     pub transports: Transports,
-    pub script: Arc<ScriptEngine>,
+    /// Where the script runs, and how long a run may take.
+    pub executors: Arc<ExecutorPool>,
+    pub script_timeout: Duration,
     pub timers: TimerSettings,
     pub local: Arc<LocalIdentity>,
     /// Draining refuses new dialogs with 503.
@@ -79,7 +84,12 @@ pub struct TransactionShard {
     id: usize,
     config: Arc<ShardConfig>,
     engine: Engine<Flow>,
-    script: Option<ScriptCache>,
+    /// The script runs sent to the executors and not answered yet.
+    dispatcher: Dispatcher,
+    /// Scratch for the runs [`Dispatcher::check`] times out.
+    timed_out: Vec<u64>,
+    /// With `script.workers: 0`, this shard runs the script itself.
+    inline: Option<ScriptCache>,
     /// Names looked up, and the names being looked up now.
     hosts: HostCache,
     /// Decisions waiting for names, by ticket, with how often they waited.
@@ -120,7 +130,12 @@ impl TransactionShard {
         TransactionShard {
             id,
             engine,
-            script: None,
+            dispatcher: Dispatcher::new(config.executors.clone(), config.script_timeout),
+            timed_out: Vec::new(),
+            inline: config
+                .executors
+                .is_empty()
+                .then(|| config.executors.script().cache()),
             hosts: config.dns.host_cache(),
             deferred: FastMap::default(),
             awaiting_aor: FastMap::default(),
@@ -148,8 +163,8 @@ impl TransactionShard {
         self.report_active();
     }
 
-    /// Carries out everything the engine has asked for, running the script
-    /// inline when it asks for it.
+    /// Carries out everything the engine has asked for, handing script runs
+    /// to the executors.
     fn carry_out(&mut self, now: Instant) {
         while let Some(output) = self.engine.poll_output() {
             match output {
@@ -167,12 +182,8 @@ impl TransactionShard {
                 }
                 Output::RunScript(run) => self.run_script(now, run, None),
                 Output::RunFailure(run) => {
-                    let input =
-                        self.script_input(run.request, run.source, run.protocol, run.preroute);
-                    let engine = self.config.script.clone();
-                    let cache = self.script.get_or_insert_with(|| engine.cache());
-                    let decision = engine.run_failure(cache, input, run.response);
-                    self.decide(now, run.ticket, decision);
+                    let ticket = run.ticket;
+                    self.hand_to_script(now, ticket, Job::Failure(run));
                 }
                 Output::Health(report) => self.config.gateway_service.report_relay(report),
                 Output::Failover(event) => {
@@ -209,22 +220,71 @@ impl TransactionShard {
         }
     }
 
-    /// Runs `@proxy.on_request`: a first run (`replay` None), whose lookup
-    /// may park it until a Redis read is done, or the second run.
+    /// Has `@proxy.on_request` run: a first run (`replay` None), whose
+    /// lookup may park it until a Redis read is done, or the second run.
     fn run_script(&mut self, now: Instant, run: ScriptRun, replay: Option<Replay>) {
-        let input = self.script_input(
-            run.request.clone(),
-            run.source,
-            run.protocol,
-            run.preroute.clone(),
-        );
-        let engine = self.config.script.clone();
-        let cache = self.script.get_or_insert_with(|| engine.cache());
-        let may_fetch = self.awaiting_runs < MAX_AWAITING_RUNS;
-        match engine.run(cache, input, may_fetch, replay) {
-            Run::Decided(decision) => self.decide(now, run.ticket, decision),
-            Run::Fetch(aor, replay) => self.await_aor(now, aor, run, replay),
+        let ticket = run.ticket;
+        let job = Job::Request {
+            run,
+            replay,
+            may_fetch: self.awaiting_runs < MAX_AWAITING_RUNS,
+        };
+        self.hand_to_script(now, ticket, job);
+    }
+
+    /// Sends `job` to its executor, or runs it here with `script.workers: 0`
+    /// (no thread hand-off, but a handler that never returns stops this
+    /// shard).
+    fn hand_to_script(&mut self, now: Instant, ticket: u64, job: Job) {
+        let Some(cache) = &mut self.inline else {
+            self.dispatcher.send(now, ticket, job, &self.local);
+            return;
+        };
+        let script = self.config.executors.script();
+        let outcome = run_job(script, cache, &job, self.local.clone());
+        self.decided(now, ticket, outcome, job);
+    }
+
+    /// An executor's answer for the run of `done.ticket`.
+    fn script_done(&mut self, now: Instant, done: ScriptDone) {
+        let metrics = crate::metrics::get();
+        let Some(sent) = self.dispatcher.done(now, done.ticket, done.slot) else {
+            metrics.script_late_decisions.inc();
+            return;
+        };
+        metrics
+            .script_wait
+            .observe(now.saturating_duration_since(sent.at).as_secs_f64());
+        if !self.engine.awaits_decision(done.ticket) {
+            // Answered 500 at script.timeout_ms already.
+            metrics.script_late_decisions.inc();
+            return;
         }
+        self.decided(now, done.ticket, done.outcome, sent.job);
+    }
+
+    /// The script's outcome for the `job` of `ticket`.
+    fn decided(&mut self, now: Instant, ticket: u64, outcome: Run, job: Job) {
+        match (outcome, job) {
+            (Run::Decided(decision), _) => self.decide(now, ticket, decision),
+            (Run::Fetch(aor, replay), Job::Request { run, .. }) => {
+                self.await_aor(now, aor, run, replay)
+            }
+            // A failure handler never waits for a read.
+            (Run::Fetch(..), Job::Failure(_)) => self.decide(now, ticket, Decision::default()),
+        }
+    }
+
+    /// Answers 500 for the runs that took longer than `script.timeout_ms`,
+    /// and lets the dispatcher replace executors stuck for good.
+    fn check_script_runs(&mut self, now: Instant) {
+        let mut timed_out = std::mem::take(&mut self.timed_out);
+        self.dispatcher.check(now, &self.local, &mut timed_out);
+        for ticket in timed_out.drain(..) {
+            self.engine
+                .script_timed_out(now, ticket, self.config.script_timeout);
+        }
+        self.timed_out = timed_out;
     }
 
     /// Parks `run` until `aor` is read from Redis (one read per AoR however
@@ -256,22 +316,6 @@ impl TransactionShard {
         for (run, replay) in self.awaiting_aor.remove(aor).unwrap_or_default() {
             self.awaiting_runs -= 1;
             self.run_script(now, run, Some(replay));
-        }
-    }
-
-    fn script_input(
-        &self,
-        msg: Arc<Message>,
-        source: SocketAddr,
-        protocol: Protocol,
-        preroute: crate::proxy::Preroute,
-    ) -> RequestInput {
-        RequestInput {
-            preroute,
-            msg,
-            source,
-            protocol,
-            local: self.local.clone(),
         }
     }
 
@@ -510,6 +554,20 @@ impl Handler<AorRead> for TransactionShard {
     }
 }
 
+impl Handler<ScriptDone> for TransactionShard {
+    type Result = ();
+
+    fn handle(&mut self, done: ScriptDone, _ctx: &mut Self::Context) {
+        let started = Instant::now();
+        self.script_done(started, done);
+        self.carry_out(started);
+        self.report_active();
+        crate::metrics::actors()
+            .transaction
+            .record_unqueued(started.elapsed());
+    }
+}
+
 impl actix::Message for ProbeOutcome {
     type Result = ();
 }
@@ -518,10 +576,14 @@ impl Actor for TransactionShard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        crate::script::keep_thread_state();
         self.myself = Some(ctx.address());
+        self.dispatcher.reply_to(ctx.address().recipient());
+        if self.inline.is_some() {
+            crate::script::keep_thread_state();
+        }
         ctx.run_interval(TICK, |shard, _ctx| {
             let now = Instant::now();
+            shard.check_script_runs(now);
             shard.engine.handle_timeout(now);
             shard.carry_out(now);
             shard.report_active();

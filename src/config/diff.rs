@@ -137,6 +137,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         ("domain", differs!(domain)),
         ("script.path", differs!(script.path)),
         ("script.timeout_ms", differs!(script.timeout_ms)),
+        ("script.workers", differs!(script.workers)),
+        ("script.abandon_ms", differs!(script.abandon_ms)),
         (
             "registrar.backend",
             differs!(registrar.backend) || differs!(registrar.redis),

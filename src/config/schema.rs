@@ -82,9 +82,31 @@ pub struct Domain {
 #[serde(deny_unknown_fields)]
 pub struct ScriptConfig {
     pub path: PathBuf,
-    /// A handler running longer gets an exception raised inside it.
+    /// A handler running longer gets an exception raised inside it, and
+    /// its request a 500 from the shard.
     #[serde(default = "default_script_timeout")]
     pub timeout_ms: u64,
+    /// Script-executor actors, each on its own thread; a Call-ID's
+    /// requests all go to one of them, in order. 0: each shard runs the
+    /// script on its own thread (cheaper, but a handler that never returns
+    /// stops the shard).
+    #[serde(default = "default_script_workers")]
+    pub workers: usize,
+    /// An executor stuck in one handler this long is abandoned and
+    /// replaced (default 10 × `timeout_ms`).
+    #[serde(default)]
+    pub abandon_ms: Option<u64>,
+}
+
+impl ScriptConfig {
+    /// `abandon_ms`, or its default of ten times the timeout.
+    pub fn abandon_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.abandon_ms.unwrap_or(self.timeout_ms * 10))
+    }
+}
+
+fn default_script_workers() -> usize {
+    1
 }
 
 fn default_script_timeout() -> u64 {

@@ -1031,6 +1031,14 @@ fn absurd_numbers_are_refused_with_their_key() {
             "script.timeout_ms: 5 is out of range; use 10 to 60000 ms",
         ),
         (
+            "script: {path: /x.py, workers: 65}",
+            "script.workers: 65 is out of range; use 0 to 64 executors",
+        ),
+        (
+            "script: {path: /x.py, timeout_ms: 500, abandon_ms: 500}",
+            "script.abandon_ms: must be longer than script.timeout_ms (500 ms)",
+        ),
+        (
             "server: {drain_secs: 99999999}",
             "server.drain_secs: 99999999 is out of range",
         ),
@@ -1148,6 +1156,11 @@ fn the_edge_sections_have_safe_defaults_and_read_the_contract_keys() {
     assert_eq!(defaults.limits.max_transactions, 100_000);
     assert_eq!(defaults.limits.tcp.max_per_ip, 64);
     assert_eq!(defaults.script.timeout_ms, 1000);
+    assert_eq!(defaults.script.workers, 1);
+    assert_eq!(
+        defaults.script.abandon_after(),
+        std::time::Duration::from_secs(10)
+    );
     assert!(defaults.auth.is_none());
     let config = parse(
         "script: {path: /x.py, timeout_ms: 200}\n\

@@ -220,10 +220,28 @@ pub(super) fn resolve_script(
         60_000,
         "ms",
     )?;
-    Ok(ScriptConfig {
-        path,
-        timeout_ms: script.timeout_ms,
-    })
+    check_range(
+        origin,
+        "script.workers",
+        script.workers as u64,
+        0,
+        64,
+        "executors",
+    )?;
+    if let Some(abandon_ms) = script.abandon_ms {
+        if abandon_ms <= script.timeout_ms {
+            return Err(invalid(
+                origin,
+                "script.abandon_ms",
+                format!(
+                    "must be longer than script.timeout_ms ({} ms): a handler is interrupted before its executor is given up",
+                    script.timeout_ms
+                ),
+            ));
+        }
+        check_range(origin, "script.abandon_ms", abandon_ms, 20, 600_000, "ms")?;
+    }
+    Ok(ScriptConfig { path, ..script })
 }
 
 /// `admin`: a token file relative to the config; an admin API reachable

@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 use super::request::Request;
 use crate::security::digest::{DigestAuth, Outcome, Secret};
 use crate::security::guesses::AuthFailures;
-use crate::security::{BanReason, Channel};
+use crate::security::{BanReason, Banning, Channel};
 
-/// Digest authentication shared by every shard. Checks are rare (one per
+/// Digest authentication shared by every script executor. Checks are rare (one per
 /// challenge answered) and short, so one lock is enough.
 pub struct AuthService {
     digest: Mutex<DigestAuth>,
@@ -21,7 +21,7 @@ pub struct AuthService {
     failures: Mutex<AuthFailures>,
     /// Where a guesser's source is banned (set at boot; `siphon --check`
     /// and the dry run have none).
-    edge: std::sync::OnceLock<Arc<crate::actors::edge::Edge>>,
+    edge: std::sync::OnceLock<Arc<dyn Banning>>,
     /// Bans and locks are logged at most once a second.
     warnings: crate::logging::Throttle,
 }
@@ -134,7 +134,7 @@ impl AuthService {
     }
 
     /// Where sources that fail too often are banned.
-    pub fn ban_at(&self, edge: Arc<crate::actors::edge::Edge>) {
+    pub fn ban_at(&self, edge: Arc<dyn Banning>) {
         let _ = self.edge.set(edge);
     }
 

@@ -1,12 +1,13 @@
 //! `gateway`: the script's view of the gateway groups (DESIGN.md §4.2).
 //!
-//! `select` runs on the shard thread that runs the script: it reads what the
+//! `select` runs on the executor thread that runs the script: it reads what the
 //! group's actor published (which destinations are up) and ranks them with
 //! this thread's own selector, so it takes no lock, writes nothing the actor
 //! owns, and pays no actor round trip. The ranking is remembered for the
 //! run, so that `request.relay(d.uri)` fails over in the same order. Marks
 //! go to the group's actor; additions and removals go through the
-//! process-wide [`GatewayService`], which starts and stops the actors.
+//! process-wide [`crate::gateway::GatewayControl`] (the daemon's starts and
+//! stops the actors).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,7 +17,6 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::actors::gateway::GatewayService;
 use crate::config::{
     DestinationConfig, FailoverConfig, GroupConfig, PassiveConfig, ProbeConfig,
     DEFAULT_MAX_RETRY_AFTER_SECS,
@@ -37,10 +37,11 @@ thread_local! {
     /// run one at a time per thread, and each run starts it afresh.
     static RANKINGS: RefCell<Vec<GatewayRelay>> = const { RefCell::new(Vec::new()) };
 
-    /// This thread's selector of each group, and scratch space. Each shard
-    /// ranks with its own rotation state over what the group's actor
-    /// publishes, so selecting writes nothing the actor owns (and takes no
-    /// lock): smooth weighted and round-robin stay smooth per shard, and
+    /// This thread's selector of each group, and scratch space. Each
+    /// executor ranks with its own rotation state over what the group's
+    /// actor publishes, so selecting writes nothing the actor owns (and
+    /// takes no lock): smooth weighted and round-robin stay smooth per
+    /// executor, and
     /// HRW needs no state at all.
     static SELECTORS: RefCell<Selectors> = RefCell::new(Selectors::default());
 
@@ -277,11 +278,11 @@ impl PyDestination {
 /// The `gateway` object of the `siphon` module.
 #[pyclass(name = "Gateway", module = "siphon", frozen)]
 pub(super) struct GatewayApi {
-    service: Arc<GatewayService>,
+    service: Arc<dyn crate::gateway::GatewayControl>,
 }
 
 impl GatewayApi {
-    pub(super) fn new(service: Arc<GatewayService>) -> Self {
+    pub(super) fn new(service: Arc<dyn crate::gateway::GatewayControl>) -> Self {
         GatewayApi { service }
     }
 
@@ -869,9 +870,7 @@ mod tests {
 
     #[test]
     fn select_list_and_marks_through_the_api() {
-        let api = GatewayApi::new(std::sync::Arc::new(GatewayService::new(
-            crate::metrics::get(),
-        )));
+        let api = GatewayApi::new(crate::gateway::Unmanaged::new());
         let group = "script-gateway-unit";
         with_value(
             r#"[{"uri": "sip:one.example.com", "address": "127.0.0.1:6001", "attrs": {"zone": "a"}},

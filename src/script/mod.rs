@@ -32,7 +32,7 @@ pub use request::{
 /// to the script engine, the server and the admin API.
 #[derive(Clone)]
 pub struct ScriptServices {
-    pub gateways: Arc<crate::actors::gateway::GatewayService>,
+    pub gateways: Arc<dyn crate::gateway::GatewayControl>,
     /// The registrar, once boot has started it (`siphon --check` starts none).
     pub registrar: Arc<std::sync::OnceLock<Arc<crate::registrar::Registrar>>>,
     /// Digest authentication, when the config has `auth:`.
@@ -42,21 +42,22 @@ pub struct ScriptServices {
 }
 
 impl ScriptServices {
-    pub fn new(metrics: &'static crate::metrics::Metrics) -> Self {
+    pub fn new(gateways: Arc<dyn crate::gateway::GatewayControl>) -> Self {
         ScriptServices {
-            gateways: Arc::new(crate::actors::gateway::GatewayService::new(metrics)),
+            gateways,
             registrar: Arc::default(),
             auth: None,
             watchdog: watchdog::Watchdog::new(std::time::Duration::from_millis(1000)),
         }
     }
 
-    /// The services `config` asks for: its script time limit and digest users.
+    /// The services `config` asks for: its script time limit and digest
+    /// users, over the gateway groups of `gateways`.
     pub fn for_config(
-        metrics: &'static crate::metrics::Metrics,
+        gateways: Arc<dyn crate::gateway::GatewayControl>,
         config: &crate::config::Config,
     ) -> Result<Self, String> {
-        let mut services = ScriptServices::new(metrics);
+        let mut services = ScriptServices::new(gateways);
         services.watchdog =
             watchdog::Watchdog::new(std::time::Duration::from_millis(config.script.timeout_ms));
         if let Some(auth) = &config.auth {
@@ -110,8 +111,8 @@ static PENDING: Mutex<Vec<Handler>> = Mutex::new(Vec::new());
 /// Serialises loads, so two reloads never interleave their registrations.
 static LOADING: Mutex<()> = Mutex::new(());
 
-/// The script shared by every shard. Shards cache the current handlers and
-/// look at `generation` (one atomic load) per request to notice a reload, so
+/// The script shared by every executor. Each caches the current handlers and
+/// looks at `generation` (one atomic load) per request to notice a reload, so
 /// the hot path takes no lock.
 pub struct ScriptEngine {
     path: PathBuf,
@@ -132,7 +133,7 @@ pub enum Run {
     Fetch(String, Replay),
 }
 
-/// A shard's cached view of the engine.
+/// An executor's (or inline shard's) cached view of the engine.
 pub struct ScriptCache {
     generation: u64,
     handlers: Arc<Handlers>,
@@ -171,7 +172,7 @@ impl ScriptEngine {
 
     /// Calls every `@gateway.on_change` handler with `(group, uri,
     /// old_state, new_state, reason)`. Runs on the event thread, never on
-    /// a shard; an exception is logged with its traceback.
+    /// an executor; an exception is logged with its traceback.
     pub fn run_gateway_change(&self, event: &crate::gateway::events::GatewayEvent) {
         let handlers = self
             .current
@@ -359,7 +360,7 @@ impl ScriptEngine {
 /// Keeps a Python thread state for the calling thread's whole life, so each
 /// later `Python::attach` on it costs about 0.5 µs instead of 7.8 µs.
 pub fn keep_thread_state() {
-    // SAFETY: Python is initialised before any shard starts. PyGILState_Ensure
+    // SAFETY: Python is initialised before any executor starts. PyGILState_Ensure
     // creates this thread's state and takes the GIL; PyEval_SaveThread releases
     // the GIL but leaves the state registered (its counter stays at 1), which is
     // what pyo3's attach finds and reuses.

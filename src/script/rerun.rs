@@ -1,7 +1,7 @@
 //! A handler run that must wait for a Redis read, and its second run.
 //!
 //! A `registrar.lookup` that misses in memory ends the first run (see
-//! [`super::registrar`]); the shard runs the handler again once the AoR is
+//! [`super::registrar`]); the shard has the handler run again once the AoR is
 //! read. What the first run did that must not happen twice travels with
 //! the parked request as a [`Replay`]: a digest check that passed is not
 //! checked again (its nonce-count is spent, so a second check would
@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 
 /// What a first run left for the second run of the same request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Replay {
     /// The users `auth.check` authenticated, in order.
     authenticated: VecDeque<String>,

@@ -93,7 +93,7 @@ for name, class_name in sorted(variables.items()):
         let stub =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/siphon/__init__.pyi");
         let text = std::fs::read_to_string(&stub).expect("the stubs");
-        let services = crate::script::ScriptServices::new(crate::metrics::get());
+        let services = crate::script::ScriptServices::new(crate::gateway::Unmanaged::new());
         Python::initialize();
         let problems: Vec<String> = Python::attach(|py| {
             super::super::api::register_module(py, &services).expect("the siphon module");

@@ -1,8 +1,10 @@
 //! The script watchdog: a handler that runs past `script.timeout_ms` gets
-//! a `TimeoutError` raised inside it (`PyThreadState_SetAsyncExc`), so the
-//! request is answered 500 with a traceback and the shard goes on.
+//! a `TimeoutError` raised inside it (`PyThreadState_SetAsyncExc`), and
+//! again every `timeout_ms` until it returns (a handler that catches
+//! `Exception` in a loop would shrug off one), so that its executor can
+//! go on with the next request.
 //!
-//! Each shard thread has a slot: the handler's start time while one runs,
+//! Each executor thread has a slot: the handler's start time while one runs,
 //! else zero. One watchdog thread looks at the slots without the GIL and
 //! takes it only for a handler over time. Both sides change a slot's
 //! `fired` flag only while holding the GIL, so an exception is never left
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-/// One shard thread's run, as the watchdog sees it.
+/// One executor thread's run, as the watchdog sees it.
 struct Slot {
     /// Python's id of the thread (for `PyThreadState_SetAsyncExc`).
     thread: std::os::raw::c_ulong,
@@ -30,6 +32,8 @@ struct Slot {
     run: AtomicU64,
     /// The exception was set for the current run.
     fired: AtomicBool,
+    /// When it was last set (as `started`), to set it again a timeout later.
+    last_fired: AtomicU64,
 }
 
 pub struct Watchdog {
@@ -88,6 +92,7 @@ impl Watchdog {
             started: AtomicU64::new(0),
             run: AtomicU64::new(0),
             fired: AtomicBool::new(false),
+            last_fired: AtomicU64::new(0),
         });
         self.slots
             .lock()
@@ -118,9 +123,12 @@ impl Watchdog {
                 .iter()
                 .filter_map(|slot| {
                     let started = slot.started.load(Ordering::Acquire);
-                    let over = started != 0 && now.saturating_sub(started) > limit;
-                    (over && !slot.fired.load(Ordering::Relaxed))
-                        .then(|| (slot.clone(), slot.run.load(Ordering::Relaxed)))
+                    let since = match slot.fired.load(Ordering::Relaxed) {
+                        true => slot.last_fired.load(Ordering::Relaxed),
+                        false => started,
+                    };
+                    let over = started != 0 && now.saturating_sub(since) > limit;
+                    over.then(|| (slot.clone(), slot.run.load(Ordering::Relaxed)))
                 })
                 .collect();
             for (slot, run) in overdue {
@@ -128,7 +136,6 @@ impl Watchdog {
                     // Still the same run, still running: interrupt it.
                     if slot.started.load(Ordering::Acquire) == 0
                         || slot.run.load(Ordering::Relaxed) != run
-                        || slot.fired.load(Ordering::Relaxed)
                     {
                         return;
                     }
@@ -141,6 +148,7 @@ impl Watchdog {
                         );
                     }
                     slot.fired.store(true, Ordering::Relaxed);
+                    slot.last_fired.store(self.now_micros(), Ordering::Relaxed);
                 });
             }
         }

@@ -87,6 +87,18 @@ pub enum Verdict {
     },
 }
 
+/// Where a source is banned: the edge, which drops what it sends. The
+/// script's `auth` bans guessers through it.
+pub trait Banning: Send + Sync {
+    fn ban(
+        &self,
+        ip: std::net::IpAddr,
+        channel: Channel,
+        length: std::time::Duration,
+        reason: BanReason,
+    );
+}
+
 /// Why a source is banned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BanReason {

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 pub use edge::{
-    BanEntry, BanReason, Channel, EdgeGuard, EdgePolicy, EdgeSummary, RateLimit, Verdict,
+    BanEntry, BanReason, Banning, Channel, EdgeGuard, EdgePolicy, EdgeSummary, RateLimit, Verdict,
 };
 pub use relay::{RelayPolicy, RelayRefusal};
 
