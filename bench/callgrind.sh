@@ -7,7 +7,8 @@
 # calls, then counts the instructions of every thread over CALLS more full
 # calls (default 1000) and prints them per call. Deterministic to within a
 # few percent, unlike CPU time on a shared 2-core machine, so it is the way
-# to compare two builds of the hot path.
+# to compare two builds of the hot path. SCRIPT_WORKERS=0 runs the script
+# on the shard's thread instead of an executor's (`script.workers`).
 set -euo pipefail
 BIN=$(readlink -f "$1")
 CALLS=${2:-1000}
@@ -19,7 +20,7 @@ trap cleanup EXIT
 seq -f "user%05g;" 1 5000 | sed '1i SEQUENTIAL' >"$DIR/users.csv"
 cat >"$DIR/siphon.yaml" <<YAML
 listen: {udp: ["127.0.0.1:$PORT"], tcp: []}
-script: {path: "$REPO/scripts/lb.py"}
+script: {path: "$REPO/scripts/lb.py", workers: ${SCRIPT_WORKERS:-1}}
 gateway:
   groups:
     - name: "backends"

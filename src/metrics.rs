@@ -657,25 +657,24 @@ pub struct ExecutorStats {
 }
 
 impl ExecutorStats {
-    /// A run was sent to this executor.
+    /// A run was queued for this executor.
     pub fn enqueued(&self) {
         self.actor.enqueued();
         self.queue.inc();
     }
 
-    /// A run took `busy`.
-    pub fn ran(&self, busy: Duration) {
-        self.actor.record(busy);
+    /// A queued run left the queue without running (answered at the
+    /// timeout, or sent to a replacement).
+    pub fn dequeued(&self) {
+        self.actor.queued.fetch_sub(1, Ordering::Relaxed);
         self.queue.dec();
-        self.runs.inc();
-        self.busy.inc_by(busy.as_secs_f64());
     }
 
-    /// The runs queued on an abandoned executor are sent again, and
-    /// counted again.
-    pub fn forget_queue(&self) {
-        self.actor.queued.store(0, Ordering::Relaxed);
-        self.queue.set(0);
+    /// A run took `busy` (it left the queue: see [`Self::dequeued`]).
+    pub fn ran(&self, busy: Duration) {
+        self.actor.record_unqueued(busy);
+        self.runs.inc();
+        self.busy.inc_by(busy.as_secs_f64());
     }
 }
 

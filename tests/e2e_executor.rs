@@ -41,7 +41,8 @@ log: {level: info, format: pretty}
 /// The seed's balancing, with two users whose handlers do not return:
 /// `stubborn` catches every exception in a loop, `regex` backtracks in C.
 const SCRIPT: &str = r#"import re
-from siphon import proxy, gateway
+import threading
+from siphon import proxy, gateway, log
 
 @proxy.on_request
 def route(request):
@@ -56,6 +57,7 @@ def route(request):
         re.match(r"(a+)+$", "a" * @REGEX_LENGTH@ + "b")
         request.reply(200)
         return
+    log.info(f"RUN {request.call_id} {request.method} {threading.get_ident()}")
     if request.in_dialog:
         if request.loose_route():
             request.relay()
@@ -252,8 +254,9 @@ fn a_handler_blocked_in_c_holds_the_gil_but_not_the_shard() {
     });
     thread::sleep(Duration::from_millis(50));
     // While the regex holds the GIL, no handler runs: a request that needs
-    // the script waits (its run has not started) until the executor is
-    // abandoned, then times out on the new one, which cannot take the GIL.
+    // the script waits to start, at most abandon_ms where it was sent, and
+    // again on the executor that replaced that one, which cannot take the
+    // GIL either; then it gets its 500.
     let (other, other_took) = ask(lb.addr(), "alice", Duration::from_secs(4));
     let (code, took) = blocked.join().expect("the blocked request");
     eprintln!(
@@ -263,7 +266,8 @@ fn a_handler_blocked_in_c_holds_the_gil_but_not_the_shard() {
     assert!(took < Duration::from_millis(TIMEOUT_MS + 100), "{took:?}");
     assert_eq!(other, Some(500), "{}", lb.siphon.log_tail(40));
     assert!(
-        other_took < Duration::from_millis(ABANDON_MS + TIMEOUT_MS + 200),
+        other_took > Duration::from_millis(ABANDON_MS)
+            && other_took < Duration::from_millis(2 * ABANDON_MS + 300),
         "{other_took:?}"
     );
     // The shard and the probes do not need the GIL: still up.
@@ -286,7 +290,7 @@ fn a_handler_blocked_in_c_holds_the_gil_but_not_the_shard() {
 fn calls_spread_over_two_executors_and_run_inline_with_none() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_backends, ports) = probed_backends(dir.path());
-    for (workers, shards) in [(2, 2), (0, 1)] {
+    for (workers, shards) in [(2usize, 2usize), (0, 1)] {
         let extra = format!("  workers: {workers}\nserver: {{workers: {shards}}}");
         let lb = start_lb_with(&ports, 1, &extra);
         let name = format!("spread_{workers}");
@@ -299,12 +303,41 @@ fn calls_spread_over_two_executors_and_run_inline_with_none() {
         };
         let executed = lb.metric("siphon_script_executions_total");
         assert!(executed >= 300.0, "{executed} runs for 100 calls");
+        // Every request of a call ran on one thread: its executor's.
+        let mut threads: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for line in lb.siphon.log_lines("RUN ") {
+            let words: Vec<&str> = line
+                .split("RUN ")
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if let [call_id, _method, thread, ..] = words.as_slice() {
+                threads
+                    .entry(call_id.to_string())
+                    .or_default()
+                    .insert(thread.to_string());
+            }
+        }
+        assert!(threads.len() >= 100, "{} calls logged", threads.len());
+        assert!(
+            threads.values().all(|t| t.len() == 1),
+            "a call ran on two threads: {threads:?}"
+        );
+        let all: std::collections::BTreeSet<&String> = threads.values().flatten().collect();
+        let (_, text) = common::http(lb.admin, "GET", "/metrics", None);
         if workers == 0 {
-            assert_eq!(runs(0), 0.0, "an executor ran with script.workers: 0");
+            assert!(
+                !text.contains("siphon_script_executor_runs_total"),
+                "an executor exists with script.workers: 0"
+            );
+            assert_eq!(all.len(), shards, "the shard threads ran the script");
         } else {
-            // Each Call-ID's requests go to one executor: both get some.
+            // Each Call-ID's requests go to one executor: both get some,
+            // from both shards.
             assert!(runs(0) > 0.0 && runs(1) > 0.0, "{} / {}", runs(0), runs(1));
-            assert_eq!(runs(0) + runs(1), executed);
+            assert_eq!(all.len(), workers, "the executor threads ran the script");
         }
     }
 }

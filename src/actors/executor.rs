@@ -3,19 +3,23 @@
 //! A transaction shard hands each request to the executor its Call-ID
 //! hashes to ([`RunScript`], with `do_send`) and goes on with its other
 //! work; the executor runs the handler and answers [`ScriptDone`], also with
-//! `do_send`. Each executor is an actor on its own arbiter thread, which
-//! keeps a Python thread state for life, so a handler that never returns
-//! stops its executor, not the shard: retransmissions, responses, timers
-//! and probes go on, and the shard answers the request 500 at
-//! `script.timeout_ms` (see `transaction::Executors`).
+//! `do_send`. Each executor is an actor on its own thread, which keeps a
+//! Python thread state for life, so a handler that never returns stops its
+//! executor, not the shard: retransmissions, responses, timers and probes go
+//! on, and the shard answers the request 500 at `script.timeout_ms` (see
+//! [`super::dispatcher`]).
 //!
 //! An executor stuck in one handler past `script.abandon_ms` is abandoned:
 //! the [`ExecutorPool`] starts a new one in its slot, the shards send it the
-//! runs they had queued on the old one, and the stuck thread is left to
-//! finish or not (whatever it does later is dropped, and its thread ends
-//! when the handler returns). At most
-//! [`MAX_ABANDONED`] threads are left so; past that the daemon says it
-//! needs a restart.
+//! runs they had queued on the old one that had not started, and the stuck
+//! thread is left to finish or not: whatever it does later is dropped, and
+//! its thread ends when the handler returns. At most [`MAX_ABANDONED`]
+//! threads are left stuck at once; past that the daemon says it needs a
+//! restart.
+//!
+//! Each run carries a [`RunState`] that the shard and the executor share:
+//! an executor runs only a run it could claim, and the shard sends again
+//! only a run it could take back, so no run is lost or run twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,14 +27,18 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
+use pyo3::Python;
 
 use crate::metrics::ExecutorStats;
 use crate::proxy::engine::{FailureRun, ScriptRun};
 use crate::script::{LocalIdentity, Replay, RequestInput, Run, ScriptCache, ScriptEngine};
 
-/// The most executor threads left stuck in a handler before the daemon
-/// stops replacing them and asks for a restart.
+/// The most executor threads left stuck in a handler at once before the
+/// daemon stops replacing them and asks for a restart.
 pub const MAX_ABANDONED: usize = 4;
+
+/// `ExecutorState::busy` of an abandoned executor.
+const ABANDONED: u64 = u64::MAX;
 
 /// What a shard asks an executor to run.
 #[derive(Debug, Clone)]
@@ -46,6 +54,81 @@ pub enum Job {
     Failure(FailureRun),
 }
 
+impl Job {
+    /// A run that may end asking for a Redis read.
+    pub fn may_fetch(&self) -> bool {
+        matches!(
+            self,
+            Job::Request {
+                may_fetch: true,
+                ..
+            }
+        )
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.request().call_id().unwrap_or("")
+    }
+
+    fn request(&self) -> &crate::sip::Message {
+        match self {
+            Job::Request { run, .. } => &run.request,
+            Job::Failure(run) => &run.request,
+        }
+    }
+}
+
+/// Where one run is, as the shard and the executor both see it: queued,
+/// started (when, in microseconds since the pool's epoch), taken back by
+/// the shard, or done (its decision is on its way).
+#[derive(Default)]
+pub struct RunState(AtomicU64);
+
+const QUEUED: u64 = 0;
+const TAKEN_BACK: u64 = u64::MAX - 1;
+const DONE: u64 = u64::MAX;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPhase {
+    Queued,
+    /// Its handler began this long after the pool's epoch.
+    Started(Duration),
+    TakenBack,
+    Done,
+}
+
+impl RunState {
+    /// The executor's: true when the run was still queued, and is now its,
+    /// begun at `since` (micros since the epoch, at least 1).
+    fn claim(&self, since: u64) -> bool {
+        self.0
+            .compare_exchange(QUEUED, since, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn finish(&self) {
+        self.0.store(DONE, Ordering::Release);
+    }
+
+    /// The shard's: true when the run had not started, and never will
+    /// where it was sent.
+    pub fn take_back(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, TAKEN_BACK, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn phase(&self) -> RunPhase {
+        match self.0.load(Ordering::Acquire) {
+            QUEUED => RunPhase::Queued,
+            TAKEN_BACK => RunPhase::TakenBack,
+            DONE => RunPhase::Done,
+            since => RunPhase::Started(Duration::from_micros(since)),
+        }
+    }
+}
+
 /// Run the script for the request of `ticket`; answer [`ScriptDone`] to
 /// `reply_to`.
 #[derive(Message)]
@@ -53,6 +136,7 @@ pub enum Job {
 pub struct RunScript {
     pub ticket: u64,
     pub job: Job,
+    pub state: Arc<RunState>,
     /// Who we are, as the shard knows it now (a reload may change it).
     pub local: Arc<LocalIdentity>,
     /// Shared by all of a shard's runs: an `Arc` clone per run, not a
@@ -83,36 +167,51 @@ impl Executor {
         &self.state.stats
     }
 
-    /// How long the handler running now has run (None when idle).
-    pub fn busy_for(&self, now: Instant, epoch: Instant) -> Option<Duration> {
-        let since = self.state.busy_since.load(Ordering::Acquire);
-        (since != 0).then(|| {
-            now.saturating_duration_since(epoch)
-                .saturating_sub(Duration::from_micros(since))
-        })
+    /// Since when (as micros since the pool's epoch) its handler runs; None
+    /// when idle or abandoned.
+    fn busy_since(&self) -> Option<u64> {
+        let since = self.state.busy.load(Ordering::Acquire);
+        (since != 0 && since != ABANDONED).then_some(since)
     }
 }
 
 /// What an executor shares with the pool that watches it.
 struct ExecutorState {
-    /// Microseconds since the pool's epoch when the current run began
-    /// (at least 1); 0 while idle.
-    busy_since: AtomicU64,
-    /// Given up: drop everything, send nothing, stop.
-    abandoned: AtomicBool,
+    /// Microseconds since the pool's epoch when the current run began (at
+    /// least 1, counted once the run holds the GIL); 0 while idle;
+    /// [`ABANDONED`] once given up. The executor and the pool change it
+    /// only by compare-and-swap, so a run that ends just as the pool gives
+    /// its executor up is either delivered or abandoned, never both.
+    busy: AtomicU64,
     stats: Arc<ExecutorStats>,
+    /// The pool's count of threads left stuck, to give back when this
+    /// one's handler returns after all.
+    stuck: Arc<AtomicUsize>,
+}
+
+/// What [`ExecutorPool::abandon`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// A new executor is in the slot (this call's, or an earlier one's).
+    Replaced,
+    /// The run it was stuck in has ended: nothing to do.
+    NotStuck,
+    /// [`MAX_ABANDONED`] threads are stuck already (or no thread could be
+    /// started): the stuck one stays.
+    Refused,
 }
 
 /// Every executor of the process, by slot.
 pub struct ExecutorPool {
     slots: Vec<ArcSwap<Executor>>,
     script: Arc<ScriptEngine>,
-    /// When the slots were filled: `busy_since` counts from it.
+    /// When the slots were filled: `busy` counts from it.
     epoch: Instant,
     abandon_after: Duration,
     /// Bumped by every replacement, so a shard notices one with one load.
     replacements: AtomicU64,
-    abandoned: AtomicUsize,
+    /// Threads abandoned whose handler has not returned.
+    stuck: Arc<AtomicUsize>,
     /// One replacement at a time (shards may notice a stuck one together).
     replacing: Mutex<()>,
     restart_asked: AtomicBool,
@@ -127,10 +226,11 @@ impl ExecutorPool {
         abandon_after: Duration,
     ) -> Result<Arc<Self>, String> {
         let epoch = Instant::now();
+        let stuck = Arc::new(AtomicUsize::new(0));
         let slots = (0..workers)
             .map(|slot| {
                 let stats = crate::metrics::get().executor(slot);
-                spawn(slot, 0, &script, epoch, stats).map(ArcSwap::from_pointee)
+                spawn(slot, 0, &script, epoch, (stats, stuck.clone())).map(ArcSwap::from_pointee)
             })
             .collect::<Result<_, _>>()?;
         Ok(Arc::new(ExecutorPool {
@@ -139,7 +239,7 @@ impl ExecutorPool {
             epoch,
             abandon_after,
             replacements: AtomicU64::new(0),
-            abandoned: AtomicUsize::new(0),
+            stuck,
             replacing: Mutex::new(()),
             restart_asked: AtomicBool::new(false),
         }))
@@ -149,21 +249,23 @@ impl ExecutorPool {
         self.slots.len()
     }
 
-    /// The script the executors run (and the shards, with none).
-    pub fn script(&self) -> &Arc<ScriptEngine> {
-        &self.script
-    }
-
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
+    /// `script.abandon_ms`.
+    pub fn abandon_after(&self) -> Duration {
+        self.abandon_after
+    }
+
+    /// What a run's [`RunPhase::Started`] counts from.
     pub fn epoch(&self) -> Instant {
         self.epoch
     }
 
-    pub fn abandon_after(&self) -> Duration {
-        self.abandon_after
+    /// The script the executors run (and the shards, with none).
+    pub fn script(&self) -> &Arc<ScriptEngine> {
+        &self.script
     }
 
     /// How many replacements so far: a shard compares it with the count it
@@ -177,26 +279,41 @@ impl ExecutorPool {
         self.slots[slot].load_full()
     }
 
-    /// Gives up the executor of `generation` in `slot`, stuck in a handler
-    /// for `stuck`, and starts another there. True when the slot has a
-    /// fresh executor (this call's, or another shard's); false once
-    /// [`MAX_ABANDONED`] threads are stuck, when nothing replaces it.
-    pub fn abandon(&self, slot: usize, generation: u64, stuck: Duration) -> bool {
+    /// How long `executor` has been in its current handler, when past
+    /// `script.abandon_ms`.
+    pub fn stuck_for(&self, executor: &Executor, now: Instant) -> Option<(u64, Duration)> {
+        let since = executor.busy_since()?;
+        let busy = now
+            .saturating_duration_since(self.epoch)
+            .saturating_sub(Duration::from_micros(since));
+        (busy >= self.abandon_after).then_some((since, busy))
+    }
+
+    /// Gives up the executor of `generation` in `slot`, in the handler it
+    /// began at `since` for `stuck` now, and starts another there.
+    pub fn abandon(
+        &self,
+        slot: usize,
+        generation: u64,
+        (since, stuck): (u64, Duration),
+    ) -> Abandoned {
         let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.slots[slot].load_full();
         if current.generation != generation {
-            return true;
+            return Abandoned::Replaced;
         }
-        if self.abandoned.load(Ordering::Relaxed) >= MAX_ABANDONED {
+        if self.stuck.load(Ordering::Acquire) >= MAX_ABANDONED {
             if !self.restart_asked.swap(true, Ordering::Relaxed) {
                 tracing::error!(
                     executor = slot,
                     stuck_ms = stuck.as_millis() as u64,
-                    abandoned = MAX_ABANDONED,
-                    "script executor stuck in a handler, and {MAX_ABANDONED} stuck threads are already left running: not replacing it; its requests are answered 500. siphon needs a restart"
+                    "script executor stuck in a handler, and {MAX_ABANDONED} stuck threads are already left running: not replacing it; its requests are answered 500 until a handler returns. siphon needs a restart"
                 );
             }
-            return false;
+            return Abandoned::Refused;
+        }
+        if current.state.busy.load(Ordering::Acquire) != since {
+            return Abandoned::NotStuck;
         }
         let stats = current.state.stats.clone();
         let fresh = match spawn(
@@ -204,29 +321,46 @@ impl ExecutorPool {
             generation + 1,
             &self.script,
             self.epoch,
-            stats.clone(),
+            (stats.clone(), self.stuck.clone()),
         ) {
             Ok(fresh) => fresh,
             Err(e) => {
                 tracing::error!("{e}; the stuck one stays");
-                return false;
+                return Abandoned::Refused;
             }
         };
-        let left = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
-        current.state.abandoned.store(true, Ordering::Release);
+        // Counted before the swap: once it is made, the handler may return
+        // and give its count back at once.
+        let left = self.stuck.fetch_add(1, Ordering::AcqRel) + 1;
+        // Only if still in the same run: otherwise the fresh executor is
+        // dropped (it stops once its address is gone).
+        let gave_up = current.state.busy.compare_exchange(
+            since,
+            ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if gave_up.is_err() {
+            ExecutorPool::unstuck(&self.stuck);
+            return Abandoned::NotStuck;
+        }
         stats.abandoned.inc();
-        stats.forget_queue();
         self.slots[slot].store(Arc::new(fresh));
         self.replacements.fetch_add(1, Ordering::Release);
         tracing::error!(
             executor = slot,
             stuck_ms = stuck.as_millis() as u64,
             abandon_ms = self.abandon_after.as_millis() as u64,
-            abandoned = left,
-            max_abandoned = MAX_ABANDONED,
+            stuck_threads = left,
+            max_stuck_threads = MAX_ABANDONED,
             "script executor stuck in one handler past script.abandon_ms: abandoned its thread (left to finish or not) and started a new executor, which takes its queue"
         );
-        true
+        Abandoned::Replaced
+    }
+
+    /// A stuck thread's handler returned: one more may be abandoned.
+    fn unstuck(stuck: &AtomicUsize) {
+        stuck.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -236,12 +370,12 @@ fn spawn(
     generation: u64,
     script: &Arc<ScriptEngine>,
     epoch: Instant,
-    stats: Arc<ExecutorStats>,
+    (stats, stuck): (Arc<ExecutorStats>, Arc<AtomicUsize>),
 ) -> Result<Executor, String> {
     let state = Arc::new(ExecutorState {
-        busy_since: AtomicU64::new(0),
-        abandoned: AtomicBool::new(false),
+        busy: AtomicU64::new(0),
         stats,
+        stuck,
     });
     let actor = ScriptExecutor {
         slot,
@@ -264,15 +398,6 @@ fn spawn(
     })
 }
 
-/// The actor: runs one handler at a time, in the order asked.
-pub struct ScriptExecutor {
-    slot: usize,
-    script: Arc<ScriptEngine>,
-    cache: ScriptCache,
-    epoch: Instant,
-    state: Arc<ExecutorState>,
-}
-
 /// Runs the handler `job` asks for on this thread: what an executor does
 /// with a [`RunScript`], and what a shard does itself with
 /// `script.workers: 0`.
@@ -282,38 +407,43 @@ pub fn run_job(
     job: &Job,
     local: Arc<LocalIdentity>,
 ) -> Run {
+    let (request, source, protocol, preroute) = match job {
+        Job::Request { run, .. } => (&run.request, run.source, run.protocol, &run.preroute),
+        Job::Failure(run) => (&run.request, run.source, run.protocol, &run.preroute),
+    };
+    let input = RequestInput {
+        preroute: preroute.clone(),
+        msg: request.clone(),
+        source,
+        protocol,
+        local,
+    };
     match job {
         Job::Request {
-            run,
-            replay,
-            may_fetch,
-        } => {
-            let input = RequestInput {
-                preroute: run.preroute.clone(),
-                msg: run.request.clone(),
-                source: run.source,
-                protocol: run.protocol,
-                local,
-            };
-            script.run(cache, input, *may_fetch, replay.clone())
-        }
-        Job::Failure(run) => {
-            let input = RequestInput {
-                preroute: run.preroute.clone(),
-                msg: run.request.clone(),
-                source: run.source,
-                protocol: run.protocol,
-                local,
-            };
-            Run::Decided(script.run_failure(cache, input, run.response.clone()))
-        }
+            replay, may_fetch, ..
+        } => script.run(cache, input, *may_fetch, replay.clone()),
+        Job::Failure(run) => Run::Decided(script.run_failure(cache, input, run.response.clone())),
     }
 }
 
-impl ScriptExecutor {
-    fn abandoned(&self) -> bool {
-        self.state.abandoned.load(Ordering::Acquire)
-    }
+/// How one run ended on an executor.
+enum Ended {
+    Delivered(Run),
+    /// Given up before it began: it never ran.
+    AbandonedBefore,
+    /// The shard took it back before it began.
+    NotWanted,
+    /// Given up while it ran: its decision is not wanted.
+    AbandonedDuring,
+}
+
+/// The actor: runs one handler at a time, in the order asked.
+pub struct ScriptExecutor {
+    slot: usize,
+    script: Arc<ScriptEngine>,
+    cache: ScriptCache,
+    epoch: Instant,
+    state: Arc<ExecutorState>,
 }
 
 impl Actor for ScriptExecutor {
@@ -334,194 +464,63 @@ impl Handler<RunScript> for ScriptExecutor {
     type Result = ();
 
     fn handle(&mut self, job: RunScript, ctx: &mut Self::Context) {
-        if self.abandoned() {
-            // Its queue went to the executor that replaced it.
+        if self.state.busy.load(Ordering::Acquire) == ABANDONED {
+            // What was queued here went to the executor that replaced it.
             ctx.stop();
             return;
         }
-        let started = Instant::now();
-        let since = started.saturating_duration_since(self.epoch).as_micros() as u64;
-        self.state.busy_since.store(since.max(1), Ordering::Release);
-        let outcome = run_job(&self.script, &mut self.cache, &job.job, job.local);
-        self.state.busy_since.store(0, Ordering::Release);
-        if self.abandoned() {
-            tracing::warn!(
-                executor = self.slot,
-                ran_ms = started.elapsed().as_millis() as u64,
-                "an abandoned script executor's handler returned at last; its decision is dropped and its thread ends"
-            );
-            ctx.stop();
-            return;
-        }
+        // The GIL first: waiting for it (while a handler elsewhere holds
+        // it in C) is neither running nor being stuck in a handler.
+        let mut started = Instant::now();
+        let ended = Python::attach(|_py| {
+            // From here: the GIL is held.
+            started = Instant::now();
+            let since = started.saturating_duration_since(self.epoch).as_micros() as u64;
+            let since = since.clamp(1, ABANDONED - 2);
+            let busy = &self.state.busy;
+            if busy
+                .compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Ended::AbandonedBefore;
+            }
+            if !job.state.claim(since) {
+                // Answered already, or sent to another executor.
+                return match busy.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => Ended::NotWanted,
+                    Err(_) => Ended::AbandonedDuring,
+                };
+            }
+            let outcome = run_job(&self.script, &mut self.cache, &job.job, job.local.clone());
+            match busy.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => Ended::Delivered(outcome),
+                Err(_) => Ended::AbandonedDuring,
+            }
+        });
+        let outcome = match ended {
+            Ended::Delivered(outcome) => outcome,
+            Ended::AbandonedBefore => {
+                ctx.stop();
+                return;
+            }
+            Ended::NotWanted => return,
+            Ended::AbandonedDuring => {
+                tracing::warn!(
+                    executor = self.slot,
+                    ran_ms = started.elapsed().as_millis() as u64,
+                    "an abandoned script executor's handler returned at last; its decision is dropped and its thread ends"
+                );
+                ExecutorPool::unstuck(&self.state.stuck);
+                ctx.stop();
+                return;
+            }
+        };
         self.state.stats.ran(started.elapsed());
+        job.state.finish();
         job.reply_to.do_send(ScriptDone {
             ticket: job.ticket,
             slot: self.slot,
             outcome,
         });
-    }
-}
-
-/// A shard's side of the executors: the runs it sent to each and has not
-/// heard back about, in the order sent, so that it can answer one that
-/// takes too long and send the rest again to an executor's replacement.
-pub struct Dispatcher {
-    pool: Arc<ExecutorPool>,
-    executors: Vec<Arc<Executor>>,
-    queues: Vec<Queue>,
-    /// The pool's replacement count when `executors` was read.
-    replacements_seen: u64,
-    timeout: Duration,
-    reply_to: Option<Arc<Recipient<ScriptDone>>>,
-}
-
-/// The runs sent to one executor and not answered yet, oldest first.
-#[derive(Default)]
-struct Queue {
-    sent: std::collections::VecDeque<Sent>,
-    /// Since when the oldest one has been the oldest: it may be running.
-    head_since: Option<Instant>,
-    /// The oldest one was answered 500 at the timeout and its handler
-    /// has not returned: the others wait (they have not started), until
-    /// it returns or its executor is abandoned.
-    overdue: bool,
-}
-
-/// One run sent.
-pub struct Sent {
-    pub ticket: u64,
-    pub job: Job,
-    pub at: Instant,
-}
-
-impl Dispatcher {
-    pub fn new(pool: Arc<ExecutorPool>, timeout: Duration) -> Self {
-        let executors: Vec<_> = (0..pool.len()).map(|slot| pool.executor(slot)).collect();
-        Dispatcher {
-            queues: (0..executors.len()).map(|_| Queue::default()).collect(),
-            replacements_seen: pool.replacements(),
-            executors,
-            pool,
-            timeout,
-            reply_to: None,
-        }
-    }
-
-    /// Where decisions come back to (the shard, once started).
-    pub fn reply_to(&mut self, reply_to: Recipient<ScriptDone>) {
-        self.reply_to = Some(Arc::new(reply_to));
-    }
-
-    /// The executor of `call_id`: every request of a call goes to the same
-    /// one, in order.
-    fn slot_of(&self, call_id: &str) -> usize {
-        match self.executors.len() {
-            1 => 0,
-            n => (xxhash_rust::xxh3::xxh3_64(call_id.as_bytes()) % n as u64) as usize,
-        }
-    }
-
-    /// Sends the run of `ticket` to its call's executor.
-    pub fn send(&mut self, now: Instant, ticket: u64, job: Job, local: &Arc<LocalIdentity>) {
-        let call_id = match &job {
-            Job::Request { run, .. } => run.request.call_id(),
-            Job::Failure(run) => run.request.call_id(),
-        };
-        let slot = self.slot_of(call_id.unwrap_or(""));
-        self.post(slot, ticket, &job, local);
-        let queue = &mut self.queues[slot];
-        queue.head_since.get_or_insert(now);
-        queue.sent.push_back(Sent {
-            ticket,
-            job,
-            at: now,
-        });
-    }
-
-    fn post(&self, slot: usize, ticket: u64, job: &Job, local: &Arc<LocalIdentity>) {
-        let Some(reply_to) = &self.reply_to else {
-            return;
-        };
-        let executor = &self.executors[slot];
-        executor.stats().enqueued();
-        executor.addr.do_send(RunScript {
-            ticket,
-            job: job.clone(),
-            local: local.clone(),
-            reply_to: reply_to.clone(),
-        });
-    }
-
-    /// The executor in `slot` answered `ticket`: the run it answers, or
-    /// None when this shard no longer waits for it.
-    pub fn done(&mut self, now: Instant, ticket: u64, slot: usize) -> Option<Sent> {
-        let queue = self.queues.get_mut(slot)?;
-        let position = queue.sent.iter().position(|sent| sent.ticket == ticket)?;
-        let sent = queue.sent.remove(position)?;
-        if position == 0 {
-            queue.overdue = false;
-            queue.head_since = (!queue.sent.is_empty()).then_some(now);
-        }
-        Some(sent)
-    }
-
-    /// Called every tick: adopts executors that replaced abandoned ones
-    /// (sending them what was queued on those), and gives up stuck ones.
-    /// Puts in `timed_out` the tickets to answer 500 now: the oldest run
-    /// of an executor once it has taken `script.timeout_ms`, and every run
-    /// queued on an executor that is stuck and cannot be replaced.
-    pub fn check(&mut self, now: Instant, local: &Arc<LocalIdentity>, timed_out: &mut Vec<u64>) {
-        let replacements = self.pool.replacements();
-        if replacements != self.replacements_seen {
-            self.replacements_seen = replacements;
-            self.adopt_replacements(now, local);
-        }
-        for slot in 0..self.queues.len() {
-            let queue = &mut self.queues[slot];
-            let (Some(head), Some(since)) = (queue.sent.front(), queue.head_since) else {
-                continue;
-            };
-            if !queue.overdue && now.saturating_duration_since(since) >= self.timeout {
-                timed_out.push(head.ticket);
-                self.executors[slot].stats().timeouts.inc();
-                queue.overdue = true;
-            }
-            if !queue.overdue {
-                continue;
-            }
-            let executor = &self.executors[slot];
-            let stuck = executor.busy_for(now, self.pool.epoch());
-            let Some(stuck) = stuck.filter(|stuck| *stuck >= self.pool.abandon_after()) else {
-                continue;
-            };
-            if !self.pool.abandon(slot, executor.generation, stuck) {
-                // Nothing will run them: answer all but the stuck one now.
-                timed_out.extend(queue.sent.drain(1..).map(|sent| sent.ticket));
-            }
-        }
-        if self.pool.replacements() != self.replacements_seen {
-            self.replacements_seen = self.pool.replacements();
-            self.adopt_replacements(now, local);
-        }
-    }
-
-    /// Sends what was queued on a replaced executor to its replacement;
-    /// the overdue run that got it replaced has had its answer.
-    fn adopt_replacements(&mut self, now: Instant, local: &Arc<LocalIdentity>) {
-        for slot in 0..self.executors.len() {
-            let fresh = self.pool.executor(slot);
-            if fresh.generation == self.executors[slot].generation {
-                continue;
-            }
-            self.executors[slot] = fresh;
-            let queue = &mut self.queues[slot];
-            if std::mem::take(&mut queue.overdue) {
-                queue.sent.pop_front();
-            }
-            queue.head_since = (!queue.sent.is_empty()).then_some(now);
-            for sent in &self.queues[slot].sent {
-                self.post(slot, sent.ticket, &sent.job, local);
-            }
-        }
     }
 }

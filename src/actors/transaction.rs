@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::actors::executor::{run_job, Dispatcher, ExecutorPool, Job, ScriptDone};
+use crate::actors::dispatcher::Dispatcher;
+use crate::actors::executor::{run_job, ExecutorPool, Job, ScriptDone};
 use crate::actors::transport::{parse_or_answer, Flow, Inbound, Received, Transports};
 use crate::proxy::dns::{Answer, HostCache, Wait};
 use crate::proxy::engine::NextHops;
@@ -227,7 +228,8 @@ impl TransactionShard {
         let job = Job::Request {
             run,
             replay,
-            may_fetch: self.awaiting_runs < MAX_AWAITING_RUNS,
+            // Any run sent may come back asking for a read.
+            may_fetch: self.awaiting_runs + self.dispatcher.may_fetch() < MAX_AWAITING_RUNS,
         };
         self.hand_to_script(now, ticket, job);
     }
@@ -237,7 +239,10 @@ impl TransactionShard {
     /// shard).
     fn hand_to_script(&mut self, now: Instant, ticket: u64, job: Job) {
         let Some(cache) = &mut self.inline else {
-            self.dispatcher.send(now, ticket, job, &self.local);
+            if !self.dispatcher.send(now, ticket, job, &self.local) {
+                self.engine
+                    .script_timed_out(now, ticket, self.config.script_timeout);
+            }
             return;
         };
         let script = self.config.executors.script();
@@ -248,7 +253,7 @@ impl TransactionShard {
     /// An executor's answer for the run of `done.ticket`.
     fn script_done(&mut self, now: Instant, done: ScriptDone) {
         let metrics = crate::metrics::get();
-        let Some(sent) = self.dispatcher.done(now, done.ticket, done.slot) else {
+        let Some(sent) = self.dispatcher.done(done.ticket, done.slot) else {
             metrics.script_late_decisions.inc();
             return;
         };

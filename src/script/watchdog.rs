@@ -44,7 +44,7 @@ pub struct Watchdog {
 }
 
 thread_local! {
-    static SLOT: RefCell<Option<(Arc<Watchdog>, Arc<Slot>)>> = const { RefCell::new(None) };
+    static SLOT: RefCell<Option<Registered>> = const { RefCell::new(None) };
 }
 
 impl Watchdog {
@@ -71,10 +71,10 @@ impl Watchdog {
         let slot = SLOT.with(|cell| {
             let mut cell = cell.borrow_mut();
             match &*cell {
-                Some((dog, slot)) if Arc::ptr_eq(dog, self) => slot.clone(),
+                Some(Registered(dog, slot)) if Arc::ptr_eq(dog, self) => slot.clone(),
                 _ => {
                     let slot = self.register();
-                    *cell = Some((self.clone(), slot.clone()));
+                    *cell = Some(Registered(self.clone(), slot.clone()));
                     slot
                 }
             }
@@ -155,6 +155,21 @@ impl Watchdog {
     }
 }
 
+/// A thread's slot with the watchdog that watches it; the slot goes when
+/// the thread ends (an abandoned executor's, say), so the watchdog's list
+/// does not grow with replaced threads.
+struct Registered(Arc<Watchdog>, Arc<Slot>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let Registered(dog, slot) = self;
+        dog.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|kept| !Arc::ptr_eq(kept, slot));
+    }
+}
+
 /// The end of a handler run; drop it with the GIL held.
 pub struct RunGuard {
     slot: Arc<Slot>,
@@ -190,7 +205,7 @@ fn interrupted() -> bool {
     SLOT.with(|cell| {
         cell.borrow()
             .as_ref()
-            .is_some_and(|(_, slot)| slot.fired.load(Ordering::Relaxed))
+            .is_some_and(|Registered(_, slot)| slot.fired.load(Ordering::Relaxed))
     })
 }
 

@@ -415,12 +415,26 @@ impl<F: Clone> Engine<F> {
     /// `@proxy.on_failure`), and a later decision for it is ignored.
     pub fn script_timed_out(&mut self, now: Instant, ticket: u64, timeout: Duration) {
         if let Some(pending) = self.pending.get(&ticket) {
-            tracing::error!(
-                method = pending.msg.method_str(),
-                call_id = pending.msg.call_id().unwrap_or("-"),
-                timeout_ms = timeout.as_millis() as u64,
-                "no script decision within script.timeout_ms; answering 500"
+            let (method, call_id) = (
+                pending.msg.method_str(),
+                pending.msg.call_id().unwrap_or("-"),
             );
+            let timeout_ms = timeout.as_millis() as u64;
+            let answered = pending
+                .slot
+                .is_none_or(|slot| self.servers.get(&slot).is_none_or(|tx| tx.final_sent));
+            if pending.failure_run {
+                tracing::error!(method, call_id, timeout_ms, "no @proxy.on_failure decision within script.timeout_ms; sending the best response");
+            } else if answered {
+                tracing::debug!(method, call_id, timeout_ms, "no script decision within script.timeout_ms for a request with nothing left to answer");
+            } else {
+                tracing::error!(
+                    method,
+                    call_id,
+                    timeout_ms,
+                    "no script decision within script.timeout_ms; answering 500"
+                );
+            }
         }
         let mut no_lookup = |uri: &str| Err(HopError::Unsupported(uri.to_string()));
         self.handle_decision(now, ticket, Decision::failed(), &mut no_lookup);

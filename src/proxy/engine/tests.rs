@@ -428,6 +428,7 @@ mod capacity;
 mod deployments;
 mod failover;
 mod flows;
+mod late_decisions;
 mod limits;
 mod lookups;
 mod matching;
