@@ -729,10 +729,10 @@ pub struct ServerConfig {
     pub instance_id_derived: bool,
     /// How long to let transactions finish on shutdown.
     pub drain_secs: u64,
-    /// Transaction shards (each also a Python worker thread). One shard
-    /// shares the receiving thread and costs a third of the CPU per call of
-    /// two (no cross-thread wake-ups); more spread a heavier script over
-    /// cores. 0 picks one per core, capped at 8.
+    /// Transaction shards. One shard shares the receiving thread and costs
+    /// a third of the CPU per call of two (no cross-thread wake-ups); more
+    /// spread the SIP work over cores (`script.workers` spreads the
+    /// script's). 0 picks one per core, capped at 8.
     pub workers: usize,
 }
 
