@@ -3,7 +3,7 @@
 # drive the daemon with sipp, redis-server, redis-sentinel and a Redis
 # Cluster (the registrar store), baresip
 # (real softphones), Kamailio (a registrar behind the LB), headless Chromium running JsSIP (a WebRTC phone, from
-# npm) and, as root, network namespaces (ip netns) for separate caller,
+# npm), sngrep (fed by siphon's HEP capture) and, as root, network namespaces (ip netns) for separate caller,
 # proxy and backend hosts.
 #
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
@@ -38,6 +38,7 @@ need kamailio kamailio # a registrar behind the LB (tests/e2e_kamailio.rs)
 need ip iproute2 # network namespaces for the multi-host tests (as root)
 need chromium chromium # the WebRTC browser test (tests/e2e_browser.rs)
 need npm npm
+need sngrep sngrep # a HEP consumer for the capture test (tests/e2e_capture.rs)
 
 # JsSIP for the browser test, at the version package-lock.json pins,
 # bundled for the page.

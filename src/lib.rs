@@ -4,6 +4,7 @@
 //! `config`; the actors in `actors` are thin wrappers that own state and call it.
 pub mod actors;
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod ctl;
 pub mod dry_run;

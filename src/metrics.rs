@@ -100,6 +100,7 @@ pub struct Metrics {
     pub executor_abandoned: Family<ExecutorLabels, Counter>,
     pub script_late_decisions: Counter,
     pub script_wait: Histogram,
+    pub hep_dropped: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +172,7 @@ impl Metrics {
             executor_timeouts: Family::default(),
             executor_abandoned: Family::default(),
             script_late_decisions: Counter::default(),
+            hep_dropped: Family::default(),
             script_wait: Histogram::new(exponential_buckets(0.000_010, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -354,6 +356,11 @@ impl Metrics {
             "Time from a shard handing a request to its script executor to the decision coming back",
             m.script_wait.clone(),
         );
+        registry.register(
+            "hep_dropped",
+            "Messages not captured to the HEP collector: its queue was full, a send failed, or HEP cannot carry it",
+            m.hep_dropped.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -382,6 +389,10 @@ impl Metrics {
                 &["found", "not_found", "timeout", "error"][..],
             ),
             (&self.edge_drops, &["rate_limit", "scanner"][..]),
+            (
+                &self.hep_dropped,
+                &["queue_full", "send_failed", "unframable"][..],
+            ),
             (
                 &self.tls_handshake_failures,
                 &["inbound", "outbound", "timeout"][..],
@@ -473,6 +484,10 @@ impl Metrics {
 
     pub fn dns_lookup(&self, outcome: &'static str) {
         count(&self.dns_lookups, outcome);
+    }
+
+    pub fn hep_dropped(&self, reason: &'static str) {
+        count(&self.hep_dropped, reason);
     }
 
     pub fn shared_lookup(&self, outcome: &'static str) {

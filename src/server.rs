@@ -70,6 +70,10 @@ async fn start(
     let transports = transports
         .with_limits(edge.clone(), config.limits.tcp.clone())
         .with_tls(tls.clone());
+    let transports = match &config.capture.hep {
+        Some(hep) => transports.with_capture(crate::actors::capture::Capture::start(hep)?),
+        None => transports,
+    };
     let mut stream_listeners = Vec::new();
     for stream in stream_sockets {
         let listener = tokio::net::TcpListener::from_std(stream.socket)

@@ -1,6 +1,7 @@
 //! The actors: thin owners of state that call into the pure logic in `sip`,
 //! `proxy` and `script`.
 
+pub mod capture;
 pub mod dispatcher;
 pub mod dns;
 pub mod edge;

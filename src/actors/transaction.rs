@@ -663,6 +663,9 @@ impl StreamHandler<Received> for TransactionShard {
         let Some((bytes, source)) = item.into_datagram() else {
             return;
         };
+        self.config
+            .transports
+            .captured_datagram(socket, source, &bytes);
         let flow = Flow::Udp(socket);
         // Receiving and parsing count as the UDP transport's work, the rest
         // as the shard's, as they would with the actors apart.

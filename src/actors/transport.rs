@@ -244,6 +244,8 @@ pub struct Transports {
     /// Send failures toward an address are a peer's to cause (a
     /// Request-URI that does not answer): their warnings are throttled.
     send_warnings: Arc<SendWarnings>,
+    /// `capture.hep`: a copy of every message sent and received.
+    capture: Option<Arc<crate::actors::capture::Capture>>,
 }
 
 /// One throttle per kind of send failure.
@@ -382,6 +384,7 @@ impl Transports {
                 tcp_limits: Arc::new(arc_swap::ArcSwap::from_pointee(TcpLimits::default())),
                 tcp_count: Arc::default(),
                 send_warnings: Arc::default(),
+                capture: None,
             },
             receivers,
             stream_sockets,
@@ -392,6 +395,28 @@ impl Transports {
     pub fn with_tls(mut self, tls: Arc<Tls>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Copies every message sent and received to `capture` (before cloning).
+    pub fn with_capture(mut self, capture: Arc<crate::actors::capture::Capture>) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// A message that crossed the wire, for `capture.hep`.
+    fn captured(&self, source: SocketAddr, destination: SocketAddr, stream: bool, bytes: &Bytes) {
+        if let Some(capture) = &self.capture {
+            capture.record(source, destination, stream, bytes);
+        }
+    }
+
+    /// A datagram received on UDP listener `index` from `source`.
+    pub fn captured_datagram(&self, index: usize, source: SocketAddr, bytes: &Bytes) {
+        if self.capture.is_some() {
+            if let Some(listener) = self.listeners.get(index) {
+                self.captured(source, listener.local, false, bytes);
+            }
+        }
     }
 
     /// Puts the edge guard and the TCP limits in force (before cloning).
@@ -495,11 +520,17 @@ impl Transports {
         }
     }
 
-    fn send_udp(&self, index: usize, dest: SocketAddr, bytes: &[u8]) {
+    fn send_udp(&self, index: usize, dest: SocketAddr, bytes: &Bytes) {
         let Some(out) = self.udp.get(index).or_else(|| self.udp.first()) else {
             tracing::warn!(%dest, "no UDP socket to send on; message dropped");
             return;
         };
+        if self.capture.is_some() {
+            let from = self.listeners.get(index).or_else(|| self.listeners.first());
+            if let Some(listener) = from {
+                self.captured(listener.local, dest, false, bytes);
+            }
+        }
         if let Err(e) = out.socket.send_to(bytes, dest) {
             if let Some(held_back) = self.send_warnings.udp.allow() {
                 tracing::warn!(%dest, error = %e, held_back, "UDP send failed; message dropped");
@@ -874,6 +905,8 @@ impl Actor for UdpTransport {
 impl StreamHandler<Received> for UdpTransport {
     fn handle(&mut self, item: Received, _ctx: &mut Self::Context) {
         if let Some((bytes, source)) = item.into_datagram() {
+            self.transports
+                .captured_datagram(self.index, source, &bytes);
             let _busy = crate::metrics::actors().udp.measure();
             accept_bytes(bytes, source, Flow::Udp(self.index), &self.transports);
         }
@@ -1195,6 +1228,8 @@ pub struct TcpConnection {
     last_activity: std::time::Instant,
     /// A whole message has arrived on it.
     delivered: bool,
+    /// Our end, once connected (for `capture.hep`).
+    local: Option<SocketAddr>,
     /// Keepalive bytes since the last message.
     keepalive_bytes: usize,
 }
@@ -1224,6 +1259,7 @@ impl TcpConnection {
             last_activity: now,
             delivered: false,
             keepalive_bytes: 0,
+            local: None,
         }
     }
 
@@ -1283,6 +1319,7 @@ impl TcpConnection {
             self.listener = self.transports.stream_listener_of(self.protocol, local);
         }
         self.attached = true;
+        self.local = local;
         crate::metrics::get().connection_opened(self.protocol);
         self.writer = Some(writer);
         for bytes in std::mem::take(&mut self.pending) {
@@ -1310,6 +1347,9 @@ impl TcpConnection {
         }
         self.unwritten.fetch_add(bytes.len(), Ordering::Relaxed);
         self.last_activity = std::time::Instant::now();
+        if let Some(local) = self.local {
+            self.transports.captured(local, self.peer, true, &bytes);
+        }
         if writer.send(bytes).is_err() {
             ctx.stop();
         }
@@ -1514,6 +1554,9 @@ impl StreamHandler<io::Result<StreamEvent>> for TcpConnection {
                 self.last_activity = std::time::Instant::now();
                 self.delivered = true;
                 self.keepalive_bytes = 0;
+                if let Some(local) = self.local {
+                    self.transports.captured(self.peer, local, true, &bytes);
+                }
                 let flow = Flow::Stream(ctx.address(), self.listener, self.protocol);
                 accept_bytes(bytes, self.peer, flow, &self.transports);
             }

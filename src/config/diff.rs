@@ -131,6 +131,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
     };
     let sections: Vec<(&'static str, bool)> = vec![
         ("log.level", differs!(log.level)),
+        ("capture", differs!(capture)),
         ("auth", differs!(auth)),
         ("listen", differs!(listen)),
         ("advertise", differs!(advertise)),

@@ -15,6 +15,7 @@
 //! files the config points to (the script) exist.
 
 mod address;
+mod capture;
 pub mod diff;
 mod dns;
 mod edge;
@@ -39,6 +40,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use self::address::*;
+use self::capture::*;
+pub use self::capture::{CaptureConfig, HepConfig, HepTransport};
 pub use self::dns::DnsConfig;
 use self::dns::*;
 use self::edge::*;

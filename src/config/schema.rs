@@ -24,6 +24,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
+    /// A copy of every message to Homer or sngrep.
+    pub capture: CaptureConfig,
 }
 
 /// Sockets to bind. `udp: []` disables UDP; at least one listener is required.

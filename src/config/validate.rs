@@ -36,6 +36,7 @@ impl RawConfig {
         check_security(&mut self.security, origin)?;
         check_limits(&self.limits, origin)?;
         check_dns(&self.dns, origin)?;
+        check_capture(&mut self.capture, origin)?;
         let auth = check_auth(self.auth, origin)?;
         check_metrics(&self.metrics, origin)?;
         check_admin(&mut self.admin, origin)?;
@@ -57,6 +58,7 @@ impl RawConfig {
             auth,
             dns: self.dns,
             tls: self.tls,
+            capture: self.capture,
         })
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
     pub(super) dns: DnsConfig,
     #[serde(default)]
     pub(super) tls: TlsConfig,
+    #[serde(default)]
+    pub(super) capture: CaptureConfig,
 }
 
 #[derive(Default, Deserialize)]

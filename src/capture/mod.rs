@@ -1,0 +1,106 @@
+//! Capture of every SIP message sent and received, for Homer and sngrep
+//! (`capture.hep`): the HEPv3 framing ([`hep`]) and which messages to
+//! capture. Pure: the capture thread (`actors::capture`) does the I/O.
+
+pub mod hep;
+
+/// Which messages a capture takes: by the method they belong to (a
+/// response by its CSeq's), and a share of calls (the same decision for
+/// every message of a Call-ID).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureFilter {
+    /// Upper-case methods; None: every method.
+    pub methods: Option<Vec<String>>,
+    /// From 0 to 1.
+    pub sample: f64,
+    /// Keys the sampling hash, so that calls are not chosen predictably.
+    pub seed: u64,
+}
+
+impl CaptureFilter {
+    /// Whether to capture `message` of `call_id`, whose method (or, for a
+    /// response, its CSeq's method) is `method`.
+    pub fn takes(&self, call_id: &str, method: &str) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                return false;
+            }
+        }
+        if self.sample >= 1.0 {
+            return true;
+        }
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(call_id.as_bytes(), self.seed);
+        (hash as f64 / u64::MAX as f64) < self.sample
+    }
+}
+
+/// The Call-ID and method (a response's CSeq method) of a framed message,
+/// read from its text without a full parse; empty when absent.
+pub fn call_id_and_method(message: &[u8]) -> (&str, &str) {
+    let text = std::str::from_utf8(message).unwrap_or("");
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let mut method = if first.starts_with("SIP/") {
+        ""
+    } else {
+        first.split(' ').next().unwrap_or("")
+    };
+    let mut call_id = "";
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("call-id") || name == "i" {
+            call_id = value.trim();
+        } else if method.is_empty() && name.eq_ignore_ascii_case("cseq") {
+            method = value.split_whitespace().nth(1).unwrap_or("");
+        }
+    }
+    (call_id, method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_belongs_to_its_cseq_method_and_compact_names_count() {
+        let request = b"OPTIONS sip:a@example.com SIP/2.0\r\ni: abc@h\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(call_id_and_method(request), ("abc@h", "OPTIONS"));
+        let response = b"SIP/2.0 200 OK\r\nCall-ID: xyz\r\nCSeq: 7 INVITE\r\n\r\nbody: x";
+        assert_eq!(call_id_and_method(response), ("xyz", "INVITE"));
+        assert_eq!(call_id_and_method(b"\xff\xfe"), ("", ""));
+    }
+
+    #[test]
+    fn methods_filter_and_calls_are_sampled_whole() {
+        let only_invites = CaptureFilter {
+            methods: Some(vec!["INVITE".into(), "BYE".into()]),
+            sample: 1.0,
+            seed: 1,
+        };
+        assert!(only_invites.takes("a", "INVITE"));
+        assert!(!only_invites.takes("a", "OPTIONS"));
+        let half = CaptureFilter {
+            methods: None,
+            sample: 0.5,
+            seed: 7,
+        };
+        let taken = (0..10_000)
+            .filter(|n| half.takes(&format!("call-{n}"), "INVITE"))
+            .count();
+        assert!((4_500..5_500).contains(&taken), "{taken} of 10000");
+        // Every message of a call: the same answer.
+        for n in 0..100 {
+            let id = format!("call-{n}");
+            assert_eq!(half.takes(&id, "INVITE"), half.takes(&id, "BYE"));
+        }
+        let none = CaptureFilter {
+            sample: 0.0,
+            ..half
+        };
+        assert!(!none.takes("call-1", "INVITE"));
+    }
+}
