@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -46,6 +46,9 @@ impl Capture {
             },
             udp: None,
             tcp: None,
+            next_connect: Instant::now(),
+            pause: Duration::ZERO,
+            warnings: crate::logging::Throttle::new(Duration::from_secs(10)),
             frame: Vec::new(),
         };
         std::thread::Builder::new()
@@ -80,6 +83,10 @@ struct HepSender {
     filter: CaptureFilter,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
+    /// No TCP connect before this, after a failed one; and the pause.
+    next_connect: Instant,
+    pause: Duration,
+    warnings: crate::logging::Throttle,
     frame: Vec<u8>,
 }
 
@@ -122,8 +129,11 @@ impl HepSender {
         }
     }
 
-    /// Sends the frame; over TCP, (re)connects first, at most once per
-    /// packet, so a collector that is gone costs a refused connect.
+    /// Sends the frame. The UDP socket is connected to the collector, so
+    /// that one that is gone (ICMP port unreachable) shows as a failed
+    /// send. Over TCP a lost connection is made again, but after a failed
+    /// attempt not before a pause (1 s, doubling to 30 s), during which
+    /// packets are dropped at once rather than each wait for a connect.
     fn send(&mut self) -> bool {
         let address = self.config.address;
         match self.config.transport {
@@ -133,20 +143,32 @@ impl HepSender {
                         SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
                         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
                     };
-                    self.udp = UdpSocket::bind(any).ok();
+                    self.udp = UdpSocket::bind(any)
+                        .and_then(|socket| socket.connect(address).map(|()| socket))
+                        .ok();
                 }
                 self.udp
                     .as_ref()
-                    .is_some_and(|socket| socket.send_to(&self.frame, address).is_ok())
+                    .is_some_and(|socket| socket.send(&self.frame).is_ok())
             }
             HepTransport::Tcp => {
-                if self.tcp.is_none() {
+                if self.tcp.is_none() && Instant::now() >= self.next_connect {
                     self.tcp = TcpStream::connect_timeout(&address, Duration::from_millis(500))
-                        .ok()
                         .inspect(|stream| {
                             let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
                             let _ = stream.set_nodelay(true);
-                        });
+                        })
+                        .inspect_err(|e| {
+                            self.pause = (self.pause * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                            self.next_connect = Instant::now() + self.pause;
+                            if let Some(held_back) = self.warnings.allow() {
+                                tracing::warn!(collector = %address, error = %e, held_back, retry_in_secs = self.pause.as_secs(), "capture.hep: cannot connect to the collector; messages are dropped meanwhile");
+                            }
+                        })
+                        .ok();
+                    if self.tcp.is_some() {
+                        self.pause = Duration::ZERO;
+                    }
                 }
                 let sent = self
                     .tcp

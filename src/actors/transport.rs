@@ -406,7 +406,10 @@ impl Transports {
     /// A message that crossed the wire, for `capture.hep`.
     fn captured(&self, source: SocketAddr, destination: SocketAddr, stream: bool, bytes: &Bytes) {
         if let Some(capture) = &self.capture {
-            capture.record(source, destination, stream, bytes);
+            // Keepalives (CR/LF, STUN, pongs) are not SIP messages.
+            if crate::capture::looks_like_sip(bytes) {
+                capture.record(source, destination, stream, bytes);
+            }
         }
     }
 

@@ -58,6 +58,8 @@ pub enum EncodeError {
 fn chunk(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&kind.to_be_bytes());
+    // A value too long wraps here, but then so does the packet's length,
+    // and `encode` refuses the packet.
     out.extend_from_slice(&((value.len() + 6) as u16).to_be_bytes());
     out.extend_from_slice(value);
 }
@@ -66,12 +68,6 @@ impl HepPacket<'_> {
     /// Appends the packet to `out` (cleared first).
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         out.clear();
-        let variable =
-            self.payload.len() + self.correlation_id.len() + self.auth_key.map_or(0, str::len);
-        // Fixed chunks take at most 110 bytes (IPv6 addresses).
-        if variable + 128 > usize::from(u16::MAX) {
-            return Err(EncodeError::TooLarge(self.payload.len()));
-        }
         out.extend_from_slice(b"HEP3\0\0");
         let since = self
             .time
@@ -106,7 +102,11 @@ impl HepPacket<'_> {
         }
         chunk(out, CORRELATION_ID, self.correlation_id.as_bytes());
         chunk(out, PAYLOAD, self.payload);
-        let total = out.len() as u16;
+        // Every length is 16 bits: a packet that does not fit is refused
+        // whole (a wrapped length would throw a stream collector's reading
+        // out of step for every later packet).
+        let total =
+            u16::try_from(out.len()).map_err(|_| EncodeError::TooLarge(self.payload.len()))?;
         out[4..6].copy_from_slice(&total.to_be_bytes());
         Ok(())
     }
@@ -225,9 +225,25 @@ mod tests {
         let huge = vec![b'x'; 70_000];
         let large = HepPacket {
             payload: &huge,
-            ..packet
+            ..packet.clone()
         };
         assert_eq!(large.encode(&mut out), Err(EncodeError::TooLarge(70_000)));
+        // At the boundary: the largest payload that fits, and one more byte.
+        packet.encode(&mut out).expect("framed");
+        let room = usize::from(u16::MAX) - (out.len() - packet.payload.len());
+        let edge = vec![b'x'; room];
+        let fits = HepPacket {
+            payload: &edge,
+            ..packet.clone()
+        };
+        fits.encode(&mut out).expect("exactly 65535 bytes");
+        assert_eq!(out.len(), usize::from(u16::MAX));
+        let over = vec![b'x'; room + 1];
+        let one_more = HepPacket {
+            payload: &over,
+            ..packet
+        };
+        assert!(one_more.encode(&mut out).is_err());
         assert!(chunks(b"HEP2\0\0").is_none());
         assert!(
             chunks(b"HEP3\0\x0c\0\0\0\x01\0\x02").is_none(),

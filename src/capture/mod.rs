@@ -35,30 +35,48 @@ impl CaptureFilter {
 }
 
 /// The Call-ID and method (a response's CSeq method) of a framed message,
-/// read from its text without a full parse; empty when absent.
+/// read from its header lines without a full parse; empty when absent. A
+/// body that is not text (ISUP in a multipart, say) does not matter.
 pub fn call_id_and_method(message: &[u8]) -> (&str, &str) {
-    let text = std::str::from_utf8(message).unwrap_or("");
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let mut lines = head.split("\r\n");
-    let first = lines.next().unwrap_or("");
-    let mut method = if first.starts_with("SIP/") {
-        ""
-    } else {
-        first.split(' ').next().unwrap_or("")
+    let head = match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &message[..end],
+        None => message,
+    };
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let first = lines.next().unwrap_or(b"");
+    let mut method = match first.starts_with(b"SIP/") {
+        true => "",
+        false => text(first.split(|&b| b == b' ').next().unwrap_or(b"")),
     };
     let mut call_id = "";
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("call-id") || name == "i" {
-            call_id = value.trim();
+        let (name, value) = (text(&line[..colon]), &line[colon + 1..]);
+        if name.eq_ignore_ascii_case("call-id") || name.eq_ignore_ascii_case("i") {
+            call_id = text(value);
         } else if method.is_empty() && name.eq_ignore_ascii_case("cseq") {
-            method = value.split_whitespace().nth(1).unwrap_or("");
+            method = text(value).split_whitespace().nth(1).unwrap_or("");
         }
     }
     (call_id, method)
+}
+
+/// `bytes` as trimmed text; empty when not UTF-8.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or("").trim()
+}
+
+/// Whether `bytes` may be a SIP message rather than a keepalive (CR/LF,
+/// STUN, NUL): after any CR/LF it starts with a letter.
+pub fn looks_like_sip(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|&&b| b != b'\r' && b != b'\n')
+        .is_some_and(u8::is_ascii_alphabetic)
 }
 
 #[cfg(test)]
@@ -72,6 +90,13 @@ mod tests {
         let response = b"SIP/2.0 200 OK\r\nCall-ID: xyz\r\nCSeq: 7 INVITE\r\n\r\nbody: x";
         assert_eq!(call_id_and_method(response), ("xyz", "INVITE"));
         assert_eq!(call_id_and_method(b"\xff\xfe"), ("", ""));
+        let binary_body =
+            b"INVITE sip:a@h SIP/2.0\r\nI: bin@h\r\nCSeq: 1 INVITE\r\n\r\n\xff\x00\xfe";
+        assert_eq!(call_id_and_method(binary_body), ("bin@h", "INVITE"));
+        assert!(looks_like_sip(b"\r\nOPTIONS sip:a@h SIP/2.0"));
+        assert!(!looks_like_sip(b"\r\n\r\n"));
+        assert!(!looks_like_sip(b"\x00\x01\x00\x00"), "STUN");
+        assert!(!looks_like_sip(b""));
     }
 
     #[test]

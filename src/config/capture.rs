@@ -76,6 +76,32 @@ pub(super) fn check_capture(capture: &mut CaptureConfig, origin: &Path) -> Resul
         1_000_000,
         "packets",
     )?;
+    if hep.address.ip().is_unspecified() || hep.address.port() == 0 {
+        return Err(invalid(
+            origin,
+            "capture.hep.address",
+            format!(
+                "{} names no collector; write its ip:port, e.g. \"192.0.2.9:9060\"",
+                hep.address
+            ),
+        ));
+    }
+    if let Some(password) = &hep.password {
+        if password.is_empty() || password.len() > 99 {
+            return Err(invalid(
+                origin,
+                "capture.hep.password",
+                "must be 1 to 99 bytes (collectors such as sngrep keep at most 99)",
+            ));
+        }
+    }
+    if hep.methods.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid(
+            origin,
+            "capture.hep.methods",
+            "is empty, which would capture nothing; leave it out to capture every method",
+        ));
+    }
     if let Some(methods) = &mut hep.methods {
         for (index, method) in methods.iter_mut().enumerate() {
             let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic());

@@ -1031,6 +1031,26 @@ fn absurd_numbers_are_refused_with_their_key() {
             "script.timeout_ms: 5 is out of range; use 10 to 60000 ms",
         ),
         (
+            "capture: {hep: {address: \"0.0.0.0:9060\"}}",
+            "capture.hep.address: 0.0.0.0:9060 names no collector",
+        ),
+        (
+            "capture: {hep: {address: \"127.0.0.1:9060\", sample: 2}}",
+            "capture.hep.sample: 2 is out of range",
+        ),
+        (
+            "capture: {hep: {address: \"127.0.0.1:9060\", methods: [\"IN VITE\"]}}",
+            "capture.hep.methods[0]: `IN VITE` is not a SIP method",
+        ),
+        (
+            "capture: {hep: {address: \"127.0.0.1:9060\", methods: []}}",
+            "capture.hep.methods: is empty",
+        ),
+        (
+            "capture: {hep: {address: \"127.0.0.1:9060\", password: \"\"}}",
+            "capture.hep.password: must be 1 to 99 bytes",
+        ),
+        (
             "script: {path: /x.py, workers: 65}",
             "script.workers: 65 is out of range; use 0 to 64 executors",
         ),
