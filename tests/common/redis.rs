@@ -157,8 +157,19 @@ impl RedisServer {
         redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
     }
 
+    /// A connection, tried again for up to 2 s: a server changing role
+    /// (a replica promoted by Sentinel) resets the connections it had.
     pub fn connection(&self) -> redis::Connection {
-        self.try_connection().expect("connect to test redis")
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.try_connection() {
+                Ok(connection) => return connection,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    panic!("connect to test redis: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Runs one command and returns its reply.
