@@ -3,7 +3,8 @@
 # drive the daemon with sipp, redis-server, redis-sentinel and a Redis
 # Cluster (the registrar store), baresip
 # (real softphones), Kamailio (a registrar behind the LB), headless Chromium running JsSIP (a WebRTC phone, from
-# npm), sngrep (fed by siphon's HEP capture) and, as root, network namespaces (ip netns) for separate caller,
+# npm), sngrep (fed by siphon's HEP capture), an OTLP receiver decoding with
+# OpenTelemetry's Python protobufs (opentelemetry-proto) and, as root, network namespaces (ip netns) for separate caller,
 # proxy and backend hosts.
 #
 # Run as root on a Debian/Ubuntu machine, it installs the missing tools with
@@ -50,6 +51,13 @@ if [ ! -f "$browser/jssip.bundle.js" ] || [ "$browser/package-lock.json" -nt "$b
     else
         echo "test.sh: warning: npm not found; the browser test will be skipped" >&2
     fi
+fi
+
+# The OTLP receiver of the tracing test (tests/otlp_receiver.py) decodes
+# what siphon exports with OpenTelemetry's own protobuf classes (PyPI).
+if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
+    python3 -m pip --version >/dev/null 2>&1 || need pip3 python3-pip
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check opentelemetry-proto
 fi
 
 # Build and link against the python3 on PATH (see DESIGN.md: pyo3 + rpath).

@@ -240,6 +240,7 @@ impl DryRun {
             source,
             protocol,
             local: self.local.clone(),
+            trace_id: None,
         };
         Ok((msg, input))
     }
@@ -432,6 +433,9 @@ impl DryRun {
 /// new Request-URI and the header edits.
 fn with_edits(mut out: Value, decision: &Decision) -> Value {
     out["record_route"] = json!(decision.record_route);
+    if let Some(on) = decision.capture {
+        out["capture"] = json!(on);
+    }
     if out.get("new_ruri").is_none() {
         out["new_ruri"] = json!(decision.new_ruri);
     }

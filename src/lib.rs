@@ -23,3 +23,4 @@ pub mod script;
 pub mod security;
 pub mod server;
 pub mod sip;
+pub mod telemetry;

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub script_late_decisions: Counter,
     pub script_wait: Histogram,
     pub hep_dropped: Family<ReasonLabels, Counter>,
+    pub otlp_dropped: Family<ReasonLabels, Counter>,
+    pub otlp_exported: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,6 +175,8 @@ impl Metrics {
             executor_abandoned: Family::default(),
             script_late_decisions: Counter::default(),
             hep_dropped: Family::default(),
+            otlp_dropped: Family::default(),
+            otlp_exported: Counter::default(),
             script_wait: Histogram::new(exponential_buckets(0.000_010, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -361,6 +365,16 @@ impl Metrics {
             "Messages not captured to the HEP collector: its queue was full, a send failed, or HEP cannot carry it",
             m.hep_dropped.clone(),
         );
+        registry.register(
+            "otlp_dropped_spans",
+            "Spans of traced calls not exported: the queue to the export thread was full, or the collector failed or was unreachable",
+            m.otlp_dropped.clone(),
+        );
+        registry.register(
+            "otlp_exported_spans",
+            "Spans of traced calls the OpenTelemetry collector accepted",
+            m.otlp_exported.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -393,6 +407,7 @@ impl Metrics {
                 &self.hep_dropped,
                 &["queue_full", "send_failed", "unframable"][..],
             ),
+            (&self.otlp_dropped, &["queue_full", "export_failed"][..]),
             (
                 &self.tls_handshake_failures,
                 &["inbound", "outbound", "timeout"][..],
@@ -488,6 +503,16 @@ impl Metrics {
 
     pub fn hep_dropped(&self, reason: &'static str) {
         count(&self.hep_dropped, reason);
+    }
+
+    pub fn otlp_dropped(&self, reason: &'static str, spans: u64) {
+        self.otlp_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(spans);
+    }
+
+    pub fn otlp_exported(&self, spans: u64) {
+        self.otlp_exported.inc_by(spans);
     }
 
     pub fn shared_lookup(&self, outcome: &'static str) {

@@ -151,6 +151,13 @@ async fn start(
         udp_max_request_bytes: config.limits.udp_max_request_bytes,
         call_max: Duration::from_secs(config.gateway.call_max_secs),
         max_tracked_calls: (crate::proxy::capacity::MAX_TRACKED_CALLS / shards_wanted).max(1),
+        traces: match &config.tracing.otlp {
+            Some(otlp) => Some(crate::actors::otlp::TraceExport::start(
+                otlp,
+                &config.server.instance_id,
+            )?),
+            None => None,
+        },
     });
 
     let mut shards = Vec::new();

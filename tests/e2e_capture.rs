@@ -142,6 +142,10 @@ struct Setup {
 }
 
 fn start(capture: &str) -> Setup {
+    start_with_script(capture, &common::gateway::seed_lb_script())
+}
+
+fn start_with_script(capture: &str, script: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new();
     let ca_file = ca.write(dir.path());
@@ -158,7 +162,7 @@ fn start(capture: &str) -> Setup {
             destination(1, backend_port, "").trim_end(),
         )
         .replace("@CAPTURE@", capture);
-    let lb = Lb::start_with_template(&config, &common::gateway::seed_lb_script());
+    let lb = Lb::start_with_template(&config, script);
     Setup {
         lb,
         _backend: started,
@@ -450,4 +454,66 @@ fn hep_over_tcp_carries_addresses_ports_times_and_the_call_id_and_a_gone_collect
         thread::sleep(Duration::from_millis(100));
     }
     assert!(dropped() >= 1.0, "no drop counted: {}", dropped());
+}
+
+/// OPTIONS pings answered by the script, which takes them out of capture;
+/// the seed's `lb.py` for the rest.
+const PINGS_UNCAPTURED: &str = r#"from siphon import proxy
+
+@proxy.on_request("OPTIONS")
+def ping(request):
+    request.capture(False)
+    request.reply(200)
+
+"#;
+
+#[test]
+fn a_script_takes_a_call_out_of_capture_with_request_capture_false() {
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hep = collector.local_addr().unwrap();
+    let script = format!("{PINGS_UNCAPTURED}{}", common::gateway::seed_lb_script());
+    let setup = start_with_script(&format!("{{address: \"{hep}\"}}"), &script);
+    let pinger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    pinger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let pings: Vec<String> = (0..3).map(|n| format!("ping-{n}@monitor")).collect();
+    for (n, call_id) in pings.iter().enumerate() {
+        let options = format!(
+            "OPTIONS sip:{lb} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ping{n}\r\n\
+             From: <sip:monitor@{me}>;tag=m1\r\nTo: <sip:{lb}>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            lb = setup.lb.addr(),
+            me = pinger.local_addr().unwrap(),
+        );
+        pinger.send_to(options.as_bytes(), setup.lb.addr()).unwrap();
+        let mut answer = [0u8; 2048];
+        let (n, _) = pinger.recv_from(&mut answer).expect("an answer to OPTIONS");
+        assert!(
+            answer[..n].starts_with(b"SIP/2.0 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+    let (_, call_id) = udp_call(&setup, "hep-kept");
+
+    collector
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut correlation_ids = Vec::new();
+    let mut packet = [0u8; 65535];
+    while let Ok(n) = collector.recv(&mut packet) {
+        let chunks = decode(&packet[..n]);
+        correlation_ids.push(String::from_utf8_lossy(&chunks[&17]).to_string());
+    }
+    assert!(
+        correlation_ids.iter().filter(|id| **id == call_id).count() >= 13,
+        "the call is captured: {correlation_ids:?}"
+    );
+    for ping in &pings {
+        assert!(
+            !correlation_ids.contains(ping),
+            "{ping} was captured: {correlation_ids:?}"
+        );
+    }
 }

@@ -127,6 +127,9 @@ class Request:
     def fork(self, targets: Iterable[_Target]) -> None:
         """Parallel forking: one branch per target."""
     def record_route(self) -> None: ...
+    def capture(self, on: bool) -> None:
+        """`capture(False)` keeps this request's call out of `capture.hep`
+        (for example OPTIONS pings); `capture(True)` puts it back."""
 
 class _Proxy:
     @overload

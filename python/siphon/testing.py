@@ -73,6 +73,8 @@ class Decision:
         self.targets: list[dict[str, Any]] = list(fields.get("targets", []))
         # every action
         self.record_route: bool = bool(fields.get("record_route", False))
+        # request.capture(...): None when the script did not call it.
+        self.capture: Optional[bool] = fields.get("capture")
         self.new_ruri: Optional[str] = fields.get("new_ruri")
         self.headers_set: dict[str, str] = {name: value for name, value in fields.get("headers_set", [])}
         self.headers_removed: list[str] = list(fields.get("headers_removed", []))

@@ -3,21 +3,32 @@
 //! handle to the bytes into a bounded queue and go on; a thread of its own
 //! filters, frames and sends. When the queue is full the message is
 //! dropped and counted (`siphon_hep_dropped_total`), never waited for.
+//!
+//! The thread holds each message back [`HOLD`] before it sends it, so that
+//! the script's `request.capture(False)` for a request takes that request
+//! out of capture too, not only what follows it.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 use crate::capture::hep::HepPacket;
-use crate::capture::{call_id_and_method, CaptureFilter};
+use crate::capture::{call_id_and_method, CaptureFilter, Uncaptured};
 use crate::config::{HepConfig, HepTransport};
 
 /// How long the capture thread lets messages gather between batches.
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
+
+/// How long a message waits before it is sent: longer than a script
+/// decision takes, so that `request.capture(False)` catches its own
+/// request. A decision later than this (a handler near its timeout) leaves
+/// the request captured and only what follows out.
+pub const HOLD: Duration = Duration::from_millis(100);
 
 /// One message as it crossed the wire.
 struct Captured {
@@ -25,19 +36,24 @@ struct Captured {
     destination: SocketAddr,
     stream: bool,
     time: SystemTime,
+    at: Instant,
     bytes: Bytes,
 }
 
 /// The SIP threads' side: a bounded queue to the capture thread.
 pub struct Capture {
     queue: SyncSender<Captured>,
+    uncaptured: Arc<Uncaptured>,
 }
 
 impl Capture {
     /// Starts the capture thread for `config`.
     pub fn start(config: &HepConfig) -> Result<Arc<Capture>, String> {
         let (queue, taken) = sync_channel(config.queue);
+        let uncaptured = Arc::new(Uncaptured::new(rand::random()));
         let sender = HepSender {
+            uncaptured: uncaptured.clone(),
+            held: VecDeque::new(),
             config: config.clone(),
             filter: CaptureFilter {
                 methods: config.methods.clone(),
@@ -56,7 +72,12 @@ impl Capture {
             .spawn(move || sender.run(taken))
             .map_err(|e| format!("capture.hep: cannot start the capture thread: {e}"))?;
         tracing::info!(collector = %config.address, transport = ?config.transport, "capturing SIP as HEPv3");
-        Ok(Arc::new(Capture { queue }))
+        Ok(Arc::new(Capture { queue, uncaptured }))
+    }
+
+    /// The script's `request.capture(on)` for the call `call_id`.
+    pub fn set_captured(&self, call_id: &str, on: bool) {
+        self.uncaptured.set(call_id, on);
     }
 
     /// A message that crossed the wire from `source` to `destination`
@@ -67,6 +88,7 @@ impl Capture {
             destination,
             stream,
             time: SystemTime::now(),
+            at: Instant::now(),
             bytes: bytes.clone(),
         };
         match self.queue.try_send(captured) {
@@ -81,6 +103,9 @@ impl Capture {
 struct HepSender {
     config: HepConfig,
     filter: CaptureFilter,
+    uncaptured: Arc<Uncaptured>,
+    /// Messages waiting out [`HOLD`], oldest first (at most `queue`).
+    held: VecDeque<Captured>,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
     /// No TCP connect before this, after a failed one; and the pause.
@@ -95,18 +120,47 @@ impl HepSender {
     /// wake this one a few hundred times a second at most, not once per
     /// message (which doubled the context switches per call).
     fn run(mut self, taken: Receiver<Captured>) {
-        while let Ok(first) = taken.recv() {
-            self.capture(first);
-            while let Ok(next) = taken.try_recv() {
-                self.capture(next);
+        loop {
+            let wait = match self.held.front() {
+                Some(oldest) => (oldest.at + HOLD).saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            match taken.recv_timeout(wait) {
+                Ok(first) => {
+                    self.hold(first);
+                    while let Ok(next) = taken.try_recv() {
+                        self.hold(next);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            while self.held.front().is_some_and(|m| m.at + HOLD <= now) {
+                let due = self.held.pop_front().expect("checked");
+                self.capture(due);
             }
             std::thread::sleep(BATCH_PAUSE);
         }
+        while let Some(left) = self.held.pop_front() {
+            self.capture(left);
+        }
+    }
+
+    /// Keeps `captured` until it is due; past `queue` held, the oldest
+    /// goes at once.
+    fn hold(&mut self, captured: Captured) {
+        if self.held.len() >= self.config.queue {
+            if let Some(oldest) = self.held.pop_front() {
+                self.capture(oldest);
+            }
+        }
+        self.held.push_back(captured);
     }
 
     fn capture(&mut self, captured: Captured) {
         let (call_id, method) = call_id_and_method(&captured.bytes);
-        if !self.filter.takes(call_id, method) {
+        if !self.filter.takes(call_id, method) || self.uncaptured.contains(call_id) {
             return;
         }
         let packet = HepPacket {

@@ -407,9 +407,21 @@ pub fn run_job(
     job: &Job,
     local: Arc<LocalIdentity>,
 ) -> Run {
-    let (request, source, protocol, preroute) = match job {
-        Job::Request { run, .. } => (&run.request, run.source, run.protocol, &run.preroute),
-        Job::Failure(run) => (&run.request, run.source, run.protocol, &run.preroute),
+    let (request, source, protocol, preroute, trace_id) = match job {
+        Job::Request { run, .. } => (
+            &run.request,
+            run.source,
+            run.protocol,
+            &run.preroute,
+            run.trace_id,
+        ),
+        Job::Failure(run) => (
+            &run.request,
+            run.source,
+            run.protocol,
+            &run.preroute,
+            run.trace_id,
+        ),
     };
     let input = RequestInput {
         preroute: preroute.clone(),
@@ -417,6 +429,7 @@ pub fn run_job(
         source,
         protocol,
         local,
+        trace_id,
     };
     match job {
         Job::Request {

@@ -9,6 +9,7 @@ pub mod events;
 pub mod executor;
 pub mod gateway;
 pub mod health_share;
+pub mod otlp;
 pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -78,6 +78,8 @@ pub struct ShardConfig {
     pub relay_policy: Arc<crate::security::RelayPolicy>,
     /// Reads the AoRs that scripts' lookups miss in memory from Redis.
     pub registrar: Arc<crate::registrar::Registrar>,
+    /// `tracing.otlp`: where the spans of traced calls go (None: off).
+    pub traces: Option<Arc<crate::actors::otlp::TraceExport>>,
 }
 
 /// The shard actor.
@@ -127,6 +129,7 @@ impl TransactionShard {
             udp_max_request_bytes: config.udp_max_request_bytes,
             call_max: config.call_max,
             max_tracked_calls: config.max_tracked_calls,
+            tracing: config.traces.as_ref().map(|traces| traces.sampler()),
         });
         TransactionShard {
             id,
@@ -191,6 +194,7 @@ impl TransactionShard {
                     crate::metrics::get().failover(&event.group, event.failure.label());
                     tracing::info!(
                         call_id = %event.call_id,
+                        trace_id = event.trace_id.map(crate::telemetry::trace_id_hex),
                         group = %event.group,
                         failed = %event.failed,
                         next = %event.next,
@@ -211,6 +215,11 @@ impl TransactionShard {
                         lasted_secs = call.lasted.as_secs(),
                         "call no BYE ended stopped counting at gateway.call_max_secs"
                     );
+                }
+                Output::Trace(trace) => {
+                    if let Some(traces) = &self.config.traces {
+                        traces.record(trace);
+                    }
                 }
                 Output::ProbeDone { probe, outcome } => {
                     if let Some(prober) = self.probes.remove(&probe) {
@@ -271,7 +280,17 @@ impl TransactionShard {
     /// The script's outcome for the `job` of `ticket`.
     fn decided(&mut self, now: Instant, ticket: u64, outcome: Run, job: Job) {
         match (outcome, job) {
-            (Run::Decided(decision), _) => self.decide(now, ticket, decision),
+            (Run::Decided(decision), job) => {
+                if let Some(on) = decision.capture {
+                    let request = match &job {
+                        Job::Request { run, .. } => &run.request,
+                        Job::Failure(run) => &run.request,
+                    };
+                    let call_id = request.call_id().unwrap_or("");
+                    self.config.transports.set_captured(call_id, on);
+                }
+                self.decide(now, ticket, decision)
+            }
             (Run::Fetch(aor, replay), Job::Request { run, .. }) => {
                 self.await_aor(now, aor, run, replay)
             }
@@ -294,7 +313,10 @@ impl TransactionShard {
 
     /// Parks `run` until `aor` is read from Redis (one read per AoR however
     /// many runs wait for it), off this thread.
-    fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun, replay: Replay) {
+    fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun, mut replay: Replay) {
+        if run.trace_id.is_some() {
+            replay.read_started(now);
+        }
         let waiting = self.awaiting_aor.entry(aor.clone()).or_default();
         waiting.push((run, replay));
         self.awaiting_runs += 1;

@@ -403,6 +403,14 @@ impl Transports {
         self
     }
 
+    /// The script's `request.capture(on)` for the call `call_id` (nothing
+    /// with `capture` off).
+    pub fn set_captured(&self, call_id: &str, on: bool) {
+        if let Some(capture) = &self.capture {
+            capture.set_captured(call_id, on);
+        }
+    }
+
     /// A message that crossed the wire, for `capture.hep`.
     fn captured(&self, source: SocketAddr, destination: SocketAddr, stream: bool, bytes: &Bytes) {
         if let Some(capture) = &self.capture {

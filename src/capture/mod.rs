@@ -34,6 +34,49 @@ impl CaptureFilter {
     }
 }
 
+/// The calls a script took out of capture (`request.capture(False)`), by
+/// Call-ID: a fixed table of hashes, so it never grows. A newer mark that
+/// lands on an older one's place replaces it (the older call is captured
+/// again from then on); with [`Uncaptured::SLOTS`] places, a mark outlives
+/// tens of thousands of later ones on average.
+pub struct Uncaptured {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+    seed: u64,
+}
+
+impl Uncaptured {
+    pub const SLOTS: usize = 1 << 16;
+
+    pub fn new(seed: u64) -> Self {
+        Uncaptured {
+            slots: (0..Self::SLOTS).map(|_| Default::default()).collect(),
+            seed,
+        }
+    }
+
+    fn place(&self, call_id: &str) -> (usize, u64) {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(call_id.as_bytes(), self.seed) | 1;
+        ((hash >> 1) as usize % self.slots.len(), hash)
+    }
+
+    /// Takes `call_id` out of capture (`on` false), or puts it back.
+    pub fn set(&self, call_id: &str, on: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (place, hash) = self.place(call_id);
+        if !on {
+            self.slots[place].store(hash, Relaxed);
+        } else {
+            let _ = self.slots[place].compare_exchange(hash, 0, Relaxed, Relaxed);
+        }
+    }
+
+    /// Whether `call_id` was taken out of capture.
+    pub fn contains(&self, call_id: &str) -> bool {
+        let (place, hash) = self.place(call_id);
+        self.slots[place].load(std::sync::atomic::Ordering::Relaxed) == hash
+    }
+}
+
 /// The Call-ID and method (a response's CSeq method) of a framed message,
 /// read from its header lines without a full parse; empty when absent. A
 /// body that is not text (ISUP in a multipart, say) does not matter.
@@ -82,6 +125,25 @@ pub fn looks_like_sip(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_taken_out_of_capture_stays_out_until_put_back() {
+        let marks = Uncaptured::new(7);
+        assert!(!marks.contains("ping-1@h"));
+        marks.set("ping-1@h", false);
+        assert!(marks.contains("ping-1@h"));
+        assert!(!marks.contains("call-2@h"), "other calls are captured");
+        // Putting back a call that was never out changes nothing else.
+        marks.set("call-2@h", true);
+        assert!(marks.contains("ping-1@h"));
+        marks.set("ping-1@h", true);
+        assert!(!marks.contains("ping-1@h"));
+        // Most of many marks are kept (only a collision replaces one).
+        let calls: Vec<String> = (0..1000).map(|n| format!("opt-{n}@h")).collect();
+        calls.iter().for_each(|c| marks.set(c, false));
+        let kept = calls.iter().filter(|c| marks.contains(c)).count();
+        assert!(kept >= 980, "{kept} of 1000 kept");
+    }
 
     #[test]
     fn a_response_belongs_to_its_cseq_method_and_compact_names_count() {

@@ -132,6 +132,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
     let sections: Vec<(&'static str, bool)> = vec![
         ("log.level", differs!(log.level)),
         ("capture", differs!(capture)),
+        ("tracing", differs!(tracing)),
         ("auth", differs!(auth)),
         ("listen", differs!(listen)),
         ("advertise", differs!(advertise)),

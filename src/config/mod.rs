@@ -21,6 +21,7 @@ mod dns;
 mod edge;
 mod error;
 mod expand;
+mod otel;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,8 @@ pub use self::edge::{
 };
 pub use self::error::*;
 use self::expand::*;
+use self::otel::*;
+pub use self::otel::{OtlpConfig, TracingConfig};
 pub use self::schema::*;
 use self::tls::*;
 pub use self::tls::{TlsConfig, TlsListen};

@@ -26,6 +26,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// A copy of every message to Homer or sngrep.
     pub capture: CaptureConfig,
+    /// OpenTelemetry traces of calls.
+    pub tracing: TracingConfig,
 }
 
 /// Sockets to bind. `udp: []` disables UDP; at least one listener is required.

@@ -1051,6 +1051,30 @@ fn absurd_numbers_are_refused_with_their_key() {
             "capture.hep.password: must be 1 to 99 bytes",
         ),
         (
+            "tracing: {otlp: {endpoint: \"https://collector:4318\"}}",
+            "tracing.otlp.endpoint: `https://collector:4318`: write it http://host:port",
+        ),
+        (
+            "tracing: {otlp: {endpoint: \"http://\"}}",
+            "tracing.otlp.endpoint: `http://` names no host",
+        ),
+        (
+            "tracing: {otlp: {endpoint: \"http://127.0.0.1:4318\", sample: -1}}",
+            "tracing.otlp.sample: -1 is out of range",
+        ),
+        (
+            "tracing: {otlp: {endpoint: \"http://127.0.0.1:4318\", queue: 0}}",
+            "tracing.otlp.queue: 0 is out of range",
+        ),
+        (
+            "tracing: {otlp: {endpoint: \"http://127.0.0.1:4318\", service_name: \" \"}}",
+            "tracing.otlp.service_name: is empty",
+        ),
+        (
+            "tracing: {otlp: {endpoint: \"http://127.0.0.1:4318\", sampel: 1}}",
+            "sampel",
+        ),
+        (
             "script: {path: /x.py, workers: 65}",
             "script.workers: 65 is out of range; use 0 to 64 executors",
         ),

@@ -37,6 +37,7 @@ impl RawConfig {
         check_limits(&self.limits, origin)?;
         check_dns(&self.dns, origin)?;
         check_capture(&mut self.capture, origin)?;
+        check_tracing(&self.tracing, origin)?;
         let auth = check_auth(self.auth, origin)?;
         check_metrics(&self.metrics, origin)?;
         check_admin(&mut self.admin, origin)?;
@@ -59,6 +60,7 @@ impl RawConfig {
             dns: self.dns,
             tls: self.tls,
             capture: self.capture,
+            tracing: self.tracing,
         })
     }
 }

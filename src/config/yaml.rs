@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     pub(super) tls: TlsConfig,
     #[serde(default)]
     pub(super) capture: CaptureConfig,
+    #[serde(default)]
+    pub(super) tracing: TracingConfig,
 }
 
 #[derive(Default, Deserialize)]

@@ -50,6 +50,12 @@ pub struct Decision {
     /// The relay goes to a gateway destination: the group's candidates for
     /// this request, for failover and passive health.
     pub gateway: Option<GatewayRelay>,
+    /// The registrar lookups the run made, for their spans when the call
+    /// is traced.
+    pub registrar_lookups: Vec<crate::telemetry::LookupRecord>,
+    /// `request.capture(on)`: whether the call's messages go to
+    /// `capture.hep` from now on (None: as they were).
+    pub capture: Option<bool>,
 }
 
 /// A relay to a destination of a gateway group (DESIGN.md §4.3): the

@@ -275,6 +275,8 @@ pub struct ForwardEdits<'a> {
     pub via: &'a str,
     /// `received`/`rport` to stamp on the previous hop's Via (RFC 3581).
     pub source: SocketAddr,
+    /// A W3C `traceparent` replacing the request's (the call is traced).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Whether a header of option tags (Supported, Require) lists `tag`.
@@ -339,6 +341,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
         if edits.max_breadth.is_some() && header.name_str(msg).eq_ignore_ascii_case("Max-Breadth") {
             rw.remove_header(index);
         }
+        if edits.traceparent.is_some() && header.name_str(msg).eq_ignore_ascii_case("traceparent") {
+            rw.remove_header(index);
+        }
         if !edits.header_edits.is_empty()
             && edits
                 .header_edits
@@ -362,6 +367,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
         if let (Some(value), false) = (value, later) {
             rw.append_header(name, value);
         }
+    }
+    if let Some(traceparent) = edits.traceparent {
+        rw.append_header("traceparent", traceparent);
     }
     for route in edits.push_routes.iter().rev() {
         rw.push_top_header("Route", route);
@@ -559,6 +567,7 @@ body";
                 max_breadth: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.1;rport",
                 source: "10.0.0.9:5061".parse().unwrap(),
+                traceparent: None,
             },
         );
         let fwd = reparse(out).expect("forwarded request parses");
@@ -599,6 +608,7 @@ body";
                 max_breadth: None,
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc.2",
                 source: "10.0.0.9:5061".parse().unwrap(),
+                traceparent: None,
             },
         );
         let fwd = reparse(out).unwrap();

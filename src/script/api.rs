@@ -115,22 +115,31 @@ impl MethodDecorator {
 #[pyclass(name = "Log", module = "siphon", frozen)]
 struct LogApi;
 
+/// A script's log line, with the call it is about.
+macro_rules! script_log {
+    ($level:ident, $msg:expr) => {
+        super::call_log::with_call(|call_id, trace_id| {
+            tracing::$level!(target: "siphon::script", call_id, trace_id, "{}", $msg)
+        })
+    };
+}
+
 #[pymethods]
 impl LogApi {
     fn debug(&self, msg: &str) {
-        tracing::debug!(target: "siphon::script", "{msg}");
+        script_log!(debug, msg);
     }
     fn info(&self, msg: &str) {
-        tracing::info!(target: "siphon::script", "{msg}");
+        script_log!(info, msg);
     }
     fn warning(&self, msg: &str) {
-        tracing::warn!(target: "siphon::script", "{msg}");
+        script_log!(warn, msg);
     }
     fn warn(&self, msg: &str) {
-        tracing::warn!(target: "siphon::script", "{msg}");
+        script_log!(warn, msg);
     }
     fn error(&self, msg: &str) {
-        tracing::error!(target: "siphon::script", "{msg}");
+        script_log!(error, msg);
     }
 }
 

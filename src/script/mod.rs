@@ -7,6 +7,7 @@
 
 mod api;
 pub mod auth;
+mod call_log;
 mod gateway;
 pub mod lint;
 mod registrar;
@@ -245,11 +246,15 @@ impl ScriptEngine {
         may_fetch: bool,
         replay: Option<Replay>,
     ) -> Run {
-        rerun::begin(may_fetch, replay);
-        let decision = self.call(cache, HandlerKind::Request, input, None);
-        match rerun::finish() {
+        rerun::begin(may_fetch, replay, input.trace_id.is_some());
+        let mut decision = self.call(cache, HandlerKind::Request, input, None);
+        let finished = rerun::finish();
+        match finished.fetch {
             Some((aor, replay)) => Run::Fetch(aor, replay),
-            None => Run::Decided(decision),
+            None => {
+                decision.registrar_lookups = finished.lookups;
+                Run::Decided(decision)
+            }
         }
     }
 
@@ -266,9 +271,9 @@ impl ScriptEngine {
         if !cache.handlers.has(HandlerKind::Failure) {
             return Decision::default();
         }
-        rerun::begin(false, None);
-        let decision = self.call(cache, HandlerKind::Failure, input, Some(response));
-        rerun::finish();
+        rerun::begin(false, None, input.trace_id.is_some());
+        let mut decision = self.call(cache, HandlerKind::Failure, input, Some(response));
+        decision.registrar_lookups = rerun::finish().lookups;
         decision
     }
 
@@ -299,6 +304,8 @@ impl ScriptEngine {
             let Some(handler) = handlers.entries.iter().find(|h| h.accepts(kind, method)) else {
                 return request::unhandled(input);
             };
+            let trace_id = input.trace_id.map(crate::telemetry::trace_id_hex);
+            let _about = call_log::about(&msg, trace_id.as_deref());
             let request = match Py::new(py, request::Request::new(input)) {
                 Ok(request) => request,
                 Err(e) => {
@@ -340,6 +347,7 @@ impl ScriptEngine {
                 tracing::error!(
                     method = %method,
                     call_id = %call_id_of(&msg),
+                    trace_id = trace_id.as_deref(),
                     timeout_ms = self.watchdog.timeout().as_millis() as u64,
                     "script handler ran past script.timeout_ms and was interrupted; answering 500\n{traceback}"
                 );
@@ -359,6 +367,7 @@ impl ScriptEngine {
                     tracing::error!(
                         method = %method,
                         call_id = %call_id_of(&msg),
+                        trace_id = trace_id.as_deref(),
                         "script raised; answering 500\n{}",
                         format_exception(py, &err)
                     );

@@ -63,8 +63,12 @@ impl RegistrarApi {
     fn lookup(&self, uri: &Bound<'_, PyAny>) -> PyResult<Vec<Contact>> {
         let registrar = self.installed()?;
         let text = uri.str()?.to_string();
+        let started = super::rerun::traced().then(std::time::Instant::now);
         match registrar.lookup_shared(&text, registrar::unix_now()) {
             registrar::Lookup::Contacts(contacts) => {
+                if let Some(started) = started {
+                    super::rerun::record_lookup(&text, contacts.len(), started);
+                }
                 Ok(contacts.into_iter().map(Contact::from).collect())
             }
             registrar::Lookup::Fetch(aor) => {

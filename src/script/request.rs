@@ -22,6 +22,9 @@ pub struct RequestInput {
     pub source: SocketAddr,
     pub protocol: Protocol,
     pub local: Arc<LocalIdentity>,
+    /// The call's trace, when it is traced: in the log lines about it, and
+    /// its registrar lookups are recorded for their spans.
+    pub trace_id: Option<u128>,
 }
 
 pub use crate::proxy::decision::{Action, Decision, ForkTarget};
@@ -36,6 +39,8 @@ pub(super) fn decision_of(state: State) -> Decision {
         routes_popped: state.routes_popped,
         new_ruri: state.new_ruri,
         gateway: None,
+        registrar_lookups: Vec::new(),
+        capture: state.capture,
     }
 }
 
@@ -53,6 +58,8 @@ pub(super) struct State {
     new_ruri: Option<String>,
     /// The user `auth.check` authenticated.
     auth_user: Option<String>,
+    /// `request.capture(on)`.
+    capture: Option<bool>,
 }
 
 impl State {
@@ -65,6 +72,7 @@ impl State {
             record_route: false,
             header_edits: Vec::new(),
             auth_user: None,
+            capture: None,
         }
     }
 
@@ -314,6 +322,13 @@ impl Request {
 
     fn record_route(&mut self) -> PyResult<()> {
         self.state_mut()?.record_route = true;
+        Ok(())
+    }
+
+    /// `capture(False)` takes the call out of `capture.hep` (this request
+    /// and what follows of its call); `capture(True)` puts it back.
+    fn capture(&mut self, on: bool) -> PyResult<()> {
+        self.state_mut()?.capture = Some(on);
         Ok(())
     }
 

@@ -9,12 +9,25 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::telemetry::LookupRecord;
 
 /// What a first run left for the second run of the same request.
 #[derive(Debug, Default, Clone)]
 pub struct Replay {
     /// The users `auth.check` authenticated, in order.
     authenticated: VecDeque<String>,
+    /// When the shard's Redis read began (for the lookup's span).
+    read: Option<Instant>,
+}
+
+impl Replay {
+    /// The shard began reading the AoR from Redis (the call is traced):
+    /// the second run's lookup spans from then.
+    pub fn read_started(&mut self, start: Instant) {
+        self.read = Some(start);
+    }
 }
 
 #[derive(Default)]
@@ -25,6 +38,17 @@ struct RunState {
     wanted: Option<String>,
     /// Recorded in a first run, consumed in a second.
     replay: Replay,
+    /// The call is traced: lookups are recorded for their spans.
+    traced: bool,
+    lookups: Vec<LookupRecord>,
+}
+
+/// How a run ended, for the run's caller.
+pub(super) struct Finished {
+    /// The AoR to read and what to replay, when the run asked for one.
+    pub fetch: Option<(String, Replay)>,
+    /// The lookups it made, when the call is traced.
+    pub lookups: Vec<LookupRecord>,
 }
 
 thread_local! {
@@ -33,22 +57,51 @@ thread_local! {
 
 /// Starts a handler run: a first one (`replay` None) whose lookups may ask
 /// for a read when `may_fetch`, or the second run of a request.
-pub(super) fn begin(may_fetch: bool, replay: Option<Replay>) {
+pub(super) fn begin(may_fetch: bool, replay: Option<Replay>, traced: bool) {
     RUN.with(|run| {
         *run.borrow_mut() = RunState {
             may_fetch: may_fetch && replay.is_none(),
             wanted: None,
             replay: replay.unwrap_or_default(),
+            traced,
+            lookups: Vec::new(),
         }
     });
 }
 
-/// Ends the run: the AoR to read and what to replay, when it asked for one.
-pub(super) fn finish() -> Option<(String, Replay)> {
+/// Ends the run.
+pub(super) fn finish() -> Finished {
     RUN.with(|run| {
         let state = std::mem::take(&mut *run.borrow_mut());
-        Some((state.wanted?, state.replay))
+        Finished {
+            fetch: state.wanted.map(|aor| (aor, state.replay)),
+            lookups: state.lookups,
+        }
     })
+}
+
+/// Whether this run's lookups are recorded (the call is traced).
+pub(super) fn traced() -> bool {
+    RUN.with(|run| run.borrow().traced)
+}
+
+/// A lookup of `aor` found `contacts`, from `start` to now. In a second
+/// run the bindings came from the shard's Redis read, which its span spans.
+pub(super) fn record_lookup(aor: &str, contacts: usize, start: Instant) {
+    RUN.with(|run| {
+        let mut run = run.borrow_mut();
+        let (start, source) = match run.replay.read.take() {
+            Some(read_start) => (read_start, "redis"),
+            None => (start, "memory"),
+        };
+        run.lookups.push(LookupRecord {
+            aor: aor.to_string(),
+            contacts,
+            source,
+            start,
+            end: Instant::now(),
+        });
+    });
 }
 
 /// A lookup missed `aor` in memory: true when the run stops to read it.
@@ -83,21 +136,43 @@ mod tests {
 
     #[test]
     fn a_second_run_replays_what_the_first_authenticated() {
-        begin(true, None);
+        begin(true, None, false);
         record_authentication("alice");
         assert!(want_fetch("sip:bob@example.com"));
-        let (aor, replay) = finish().expect("the run asked for a read");
+        let (aor, replay) = finish().fetch.expect("the run asked for a read");
         assert_eq!(aor, "sip:bob@example.com");
-        begin(true, Some(replay));
+        begin(true, Some(replay), false);
         assert!(
             !want_fetch("sip:bob@example.com"),
             "a second run never waits"
         );
         assert_eq!(replayed_authentication().as_deref(), Some("alice"));
         assert_eq!(replayed_authentication(), None, "then checks for real");
-        assert!(finish().is_none());
+        assert!(finish().fetch.is_none());
         // Nothing outlives a run.
         assert!(!want_fetch("sip:carol@example.com"));
-        assert!(finish().is_none());
+        assert!(finish().fetch.is_none());
+    }
+
+    #[test]
+    fn a_traced_run_records_its_lookups_and_the_redis_read_before_them() {
+        let read = Instant::now();
+        begin(false, None, true);
+        record_lookup("sip:bob@example.com", 2, Instant::now());
+        let lookups = finish().lookups;
+        assert_eq!(lookups.len(), 1);
+        assert_eq!((lookups[0].contacts, lookups[0].source), (2, "memory"));
+        let mut replay = Replay::default();
+        replay.read_started(read);
+        begin(false, Some(replay), true);
+        record_lookup("sip:bob@example.com", 1, Instant::now());
+        record_lookup("sip:carol@example.com", 0, Instant::now());
+        let lookups = finish().lookups;
+        assert_eq!(lookups[0].source, "redis");
+        assert_eq!(lookups[0].start, read, "its span begins with the read");
+        assert_eq!(
+            lookups[1].source, "memory",
+            "only the first lookup waited for it"
+        );
     }
 }

@@ -23,6 +23,7 @@ impl<F: Clone> Engine<F> {
     ) -> Option<Deferred> {
         let pending = self.pending.remove(&ticket)?;
         let slot = pending.slot;
+        self.trace_decision(slot, now, &decision);
         if slot.is_some_and(|slot| self.servers.get(&slot).is_none_or(|tx| tx.final_sent)) {
             // Answered meanwhile (a CANCEL's 487): nothing more to do.
             return None;
@@ -428,11 +429,19 @@ impl<F: Clone> Engine<F> {
         pending: &Pending,
         decision: &Decision,
         plan: BranchPlan<'_>,
-    ) {
+    ) -> Option<u64> {
         let msg = &pending.msg;
         let mut hop = plan.hop.clone();
         let token = pending.slot.map(|_| self.fresh_token());
-        let mut bytes = self.branch_bytes(pending, decision, &plan, &hop, token);
+        let traceparent = match (pending.slot, token) {
+            (Some(slot), Some(token)) if self.config.tracing.is_some() => {
+                let target = plan.new_ruri.or(msg.request_uri());
+                self.trace_branch_opened(slot, token, now, &hop, target)
+            }
+            _ => None,
+        };
+        let traced = (token, traceparent.as_deref());
+        let mut bytes = self.branch_bytes(pending, decision, &plan, &hop, traced);
         let mut udp_fallback = None;
         if token.is_some() && plan.may_leave_udp && self.too_large_for_udp(&hop, bytes.len()) {
             // §18.1.1: IP fragments are what cloud NATs drop first.
@@ -440,13 +449,13 @@ impl<F: Clone> Engine<F> {
                 protocol: Protocol::Tcp,
                 ..hop.clone()
             };
-            let tcp_bytes = self.branch_bytes(pending, decision, &plan, &over_tcp, token);
+            let tcp_bytes = self.branch_bytes(pending, decision, &plan, &over_tcp, traced);
             udp_fallback = Some(std::mem::replace(&mut bytes, tcp_bytes));
             hop = over_tcp;
         }
         self.send(hop.clone(), bytes.clone());
         let (Some(slot), Some(token)) = (pending.slot, token) else {
-            return;
+            return None;
         };
         let settings = self.settings();
         let mut client = ClientTx::new(
@@ -478,18 +487,20 @@ impl<F: Clone> Engine<F> {
             tx.branches.push(token);
             tx.context.open_branch();
         }
+        Some(token)
     }
 
     /// The copy of the request one branch sends to `hop`: our Via (with
     /// the branch of `token`, or a stateless one for an ACK) from the
-    /// listener that reaches it, and the plan's edits.
+    /// listener that reaches it, the plan's edits, and the branch span's
+    /// `traceparent` when the call is traced.
     fn branch_bytes(
         &self,
         pending: &Pending,
         decision: &Decision,
         plan: &BranchPlan<'_>,
         hop: &Hop,
-        token: Option<u64>,
+        (token, traceparent): (Option<u64>, Option<&str>),
     ) -> Bytes {
         let msg = &pending.msg;
         let out_listener = self.listener_for(hop);
@@ -515,6 +526,7 @@ impl<F: Clone> Engine<F> {
                 max_breadth: plan.max_breadth,
                 via: &via,
                 source: pending.source,
+                traceparent,
             },
         ))
     }

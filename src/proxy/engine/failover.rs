@@ -84,7 +84,10 @@ impl<F: Clone> Engine<F> {
             may_leave_udp: !pins_udp(&candidate.uri),
             call_slot,
         };
-        self.open_branch(now, pending, decision, plan);
+        let token = self.open_branch(now, pending, decision, plan);
+        if let Some(token) = token {
+            self.trace_branch_gateway(slot, token, &failover.relay.group, &candidate.uri);
+        }
         if let Some(tx) = self.servers.get_mut(&slot) {
             tx.failover = Some(failover);
         }
@@ -150,19 +153,24 @@ impl<F: Clone> Engine<F> {
             (request, failed, may_fail_over, failover.next_candidate())
         else {
             tx.failover = Some(failover);
+            self.trace_branch_failed(slot, token, now, failure, None);
             return false;
         };
         let pending = self.pending_of(slot, msg);
         let call_id = pending.msg.call_id().unwrap_or("").to_string();
         let Some(next) = self.open_candidate(now, &pending, slot, failover) else {
+            self.trace_branch_failed(slot, token, now, failure, None);
             return false;
         };
+        self.trace_branch_failed(slot, token, now, failure, Some(&next));
+        let trace_id = self.trace_id_of(Some(slot));
         self.out.push_back(Output::Failover(FailoverEvent {
             group,
             call_id,
             failed,
             next,
             failure,
+            trace_id,
         }));
         true
     }

@@ -128,6 +128,10 @@ impl Run {
                 udp_max_request_bytes: 1300,
                 call_max: Duration::from_secs(4 * 3600),
                 max_tracked_calls: 1000,
+                // Half the runs trace every call, so spans meet every path too.
+                tracing: seed
+                    .is_multiple_of(2)
+                    .then(|| crate::telemetry::Sampler::new(1.0)),
             }),
             now: Instant::now(),
             pending: Vec::new(),
@@ -171,7 +175,9 @@ impl Run {
                     source: run.source,
                     protocol: run.protocol,
                     preroute: run.preroute,
+                    trace_id: run.trace_id,
                 }),
+                Output::Trace(trace) => check_trace(&trace),
                 Output::ProbeDone { .. }
                 | Output::Health(_)
                 | Output::Failover(_)
@@ -355,6 +361,8 @@ impl Run {
             routes_popped: run.preroute.routes_popped + self.rng.below(3),
             new_ruri: run.preroute.strict_ruri.clone(),
             gateway,
+            registrar_lookups: Vec::new(),
+            capture: None,
         }
     }
 
@@ -571,4 +579,26 @@ fn random_sequences_never_panic_and_leave_nothing_behind() {
         seed = run.rng.next();
     }
     eprintln!("{sequences} random sequences in {:?}", started.elapsed());
+}
+
+/// A transaction's spans make one tree under its server span, each ending
+/// no earlier than it began.
+fn check_trace(trace: &crate::telemetry::CallTrace) {
+    let server = &trace.spans[0];
+    assert_eq!(server.kind, crate::telemetry::SpanKind::Server, "{trace:?}");
+    let ids: std::collections::HashSet<u64> = trace.spans.iter().map(|s| s.span_id).collect();
+    assert_eq!(ids.len(), trace.spans.len(), "span ids repeat: {trace:?}");
+    for span in &trace.spans {
+        assert!(
+            span.end >= span.start,
+            "a span ends before it began: {span:?}"
+        );
+        assert_ne!(span.span_id, 0);
+        if span.span_id != server.span_id {
+            assert!(
+                ids.contains(&span.parent_span_id),
+                "an orphan span: {span:?}"
+            );
+        }
+    }
 }

@@ -31,6 +31,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod trace;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -112,6 +113,8 @@ pub struct EngineConfig {
     pub call_max: Duration,
     /// The most calls this shard counts at once.
     pub max_tracked_calls: usize,
+    /// `tracing.otlp`: which calls leave spans (None: tracing is off).
+    pub tracing: Option<crate::telemetry::Sampler>,
 }
 
 /// The settings a reload changes in a running engine.
@@ -170,6 +173,8 @@ pub enum Output<F> {
     GatewayFull { group: Arc<str> },
     /// A call no BYE ended stopped counting after `call_max`.
     CallCollected(Collected),
+    /// A traced server transaction's spans, to export.
+    Trace(Box<crate::telemetry::CallTrace>),
 }
 
 /// A relay outcome for a destination's passive health.
@@ -189,6 +194,8 @@ pub struct FailoverEvent {
     pub failed: Arc<str>,
     pub next: Arc<str>,
     pub failure: RelayFailure,
+    /// The call's trace, when it is traced.
+    pub trace_id: Option<u128>,
 }
 
 /// The request whose branches all failed, and the best response they left
@@ -201,6 +208,8 @@ pub struct FailureRun {
     pub protocol: Protocol,
     pub preroute: Preroute,
     pub response: Option<Message>,
+    /// The call's trace, when it is traced (for the script's log lines).
+    pub trace_id: Option<u128>,
 }
 
 /// A request for the script, and the ticket its decision must name.
@@ -211,6 +220,8 @@ pub struct ScriptRun {
     pub source: SocketAddr,
     pub protocol: Protocol,
     pub preroute: Preroute,
+    /// The call's trace, when it is traced (for the script's log lines).
+    pub trace_id: Option<u128>,
 }
 
 /// A decision that waits for `hosts` to be looked up; give it back to
@@ -310,6 +321,7 @@ pub struct Engine<F> {
     calls: ActiveCalls,
     /// Calls not counted because `calls` was full.
     untracked_calls: u64,
+    span_ids: crate::telemetry::SpanIds,
 }
 
 impl<F: Clone> Engine<F> {
@@ -355,6 +367,9 @@ impl<F: Clone> Engine<F> {
                 config.max_tracked_calls,
             ),
             untracked_calls: 0,
+            span_ids: crate::telemetry::SpanIds::new(
+                config.branch_secret[0] ^ config.branch_secret[1],
+            ),
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),
@@ -420,17 +435,22 @@ impl<F: Clone> Engine<F> {
                 pending.msg.call_id().unwrap_or("-"),
             );
             let timeout_ms = timeout.as_millis() as u64;
+            let trace_id = self
+                .trace_id_of(pending.slot)
+                .map(crate::telemetry::trace_id_hex);
+            let trace_id = trace_id.as_deref();
             let answered = pending
                 .slot
                 .is_none_or(|slot| self.servers.get(&slot).is_none_or(|tx| tx.final_sent));
             if pending.failure_run {
-                tracing::error!(method, call_id, timeout_ms, "no @proxy.on_failure decision within script.timeout_ms; sending the best response");
+                tracing::error!(method, call_id, trace_id, timeout_ms, "no @proxy.on_failure decision within script.timeout_ms; sending the best response");
             } else if answered {
-                tracing::debug!(method, call_id, timeout_ms, "no script decision within script.timeout_ms for a request with nothing left to answer");
+                tracing::debug!(method, call_id, trace_id, timeout_ms, "no script decision within script.timeout_ms for a request with nothing left to answer");
             } else {
                 tracing::error!(
                     method,
                     call_id,
+                    trace_id,
                     timeout_ms,
                     "no script decision within script.timeout_ms; answering 500"
                 );

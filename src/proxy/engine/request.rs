@@ -159,7 +159,9 @@ impl<F: Clone> Engine<F> {
                 failover: None,
                 failure_hook: FailureHook::NotRun,
                 ack_key: None,
+                trace: None,
             };
+            tx.trace = self.begin_trace(now, &msg, source, protocol);
             if invite {
                 let trying = Bytes::from(local_response(&msg, source, 100, "Trying", None, &[]));
                 self.reply(&flow, reply_to, trying.clone(), Some(100));
@@ -203,13 +205,18 @@ impl<F: Clone> Engine<F> {
                     None => tracing::debug!("ACK toward a stale flow dropped"),
                 }
             }
-            None => self.out.push_back(Output::RunScript(ScriptRun {
-                ticket,
-                request: msg,
-                source,
-                protocol,
-                preroute,
-            })),
+            None => {
+                self.trace_script_started(slot, now, "proxy.on_request");
+                let trace_id = self.trace_id_of(slot);
+                self.out.push_back(Output::RunScript(ScriptRun {
+                    ticket,
+                    request: msg,
+                    source,
+                    protocol,
+                    preroute,
+                    trace_id,
+                }))
+            }
         }
     }
 

@@ -120,6 +120,15 @@ impl<F: Clone> Engine<F> {
             return;
         }
         let success = (200..300).contains(&code);
+        let client = if self.config.tracing.is_some() {
+            self.trace_branch_ended(slot, token, now, Some(code), "");
+            let Some(client) = self.clients.get_mut(&token) else {
+                return;
+            };
+            client
+        } else {
+            client
+        };
         if client.invite && success {
             let first = client.state != ClientState::Accepted;
             client.state = ClientState::Accepted;
@@ -303,6 +312,7 @@ impl<F: Clone> Engine<F> {
                 failure_run: true,
                 ..self.pending_of(slot, request)
             };
+            self.trace_script_started(Some(slot), now, "proxy.on_failure");
             self.out.push_back(Output::RunFailure(FailureRun {
                 ticket,
                 request: pending.msg.clone(),
@@ -310,6 +320,7 @@ impl<F: Clone> Engine<F> {
                 protocol: pending.protocol,
                 preroute: pending.preroute.clone(),
                 response,
+                trace_id: self.trace_id_of(Some(slot)),
             }));
             self.pending.insert(ticket, pending);
             return;
@@ -351,7 +362,7 @@ impl<F: Clone> Engine<F> {
                 // Every non-INVITE branch timed out: RFC 4320 §4.2 forbids
                 // a 408, and there is nothing else to send.
                 tracing::debug!("every branch of a non-INVITE timed out; no response");
-                self.remove_server(slot);
+                self.remove_server(slot, now);
             }
         }
     }
@@ -495,6 +506,7 @@ impl<F: Clone> Engine<F> {
         let branches = std::mem::take(&mut tx.branches);
         let (flow, dest) = (tx.flow.clone(), tx.reply_to);
         self.reply(&flow, dest, bytes, Some(code));
+        self.trace_final(slot, now, code);
         // Branches still running are no longer wanted.
         for token in branches {
             self.cancel_branch(token, now);
@@ -520,12 +532,13 @@ impl<F: Clone> Engine<F> {
         self.reply(flow, dest, Bytes::from(bytes), Some(code));
     }
 
-    pub(super) fn remove_server(&mut self, slot: u64) {
+    pub(super) fn remove_server(&mut self, slot: u64, now: Instant) {
         if let Some(tx) = self.servers.remove(&slot) {
             self.server_index.remove(&tx.key);
             if let Some(key) = tx.ack_key {
                 self.awaiting_ack.remove(&key);
             }
+            self.end_trace(tx.trace, now);
         }
     }
 

@@ -148,6 +148,8 @@ pub struct ServerTx<F> {
     /// A 2xx this proxy made itself (the script's), retransmitted until
     /// its ACK (§13.3.1.4): the key the ACK is found by.
     pub ack_key: Option<u64>,
+    /// Its spans, when the call is traced.
+    pub trace: Option<Box<super::trace::TxTrace>>,
 }
 
 /// The failover state of a relay to a gateway destination (DESIGN.md §4.3).

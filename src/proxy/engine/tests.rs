@@ -141,6 +141,7 @@ impl Harness {
                 udp_max_request_bytes: 1300,
                 call_max: Duration::from_secs(4 * 3600),
                 max_tracked_calls: 1000,
+                tracing: None,
             }),
             now: Instant::now(),
             out: Vec::new(),
@@ -438,4 +439,5 @@ mod responses;
 mod routing;
 mod seals;
 mod timeouts;
+mod tracing;
 mod validation;

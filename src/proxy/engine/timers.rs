@@ -64,15 +64,15 @@ impl<F: Clone> Engine<F> {
             }
             TimerKind::H if tx.state == ServerState::Completed => {
                 tracing::debug!("no ACK for a final response (Timer H)");
-                self.remove_server(slot);
+                self.remove_server(slot, now);
             }
-            TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot),
+            TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot, now),
             // A script's provisional reply was all this request got.
             TimerKind::Guard if !tx.final_sent && tx.context.branches_pending() == 0 => {
                 if tx.invite {
                     self.reply_local(slot, 408, "Request Timeout", &[], now);
                 } else {
-                    self.remove_server(slot);
+                    self.remove_server(slot, now);
                 }
             }
             _ => {}
@@ -225,6 +225,7 @@ impl<F: Clone> Engine<F> {
         } else {
             self.clients.remove(&token);
         }
+        self.trace_branch_ended(slot, token, now, None, why);
         if was_settled {
             return;
         }

@@ -13,7 +13,7 @@ const BACKENDS: [(&str, &str); 3] = [
 
 /// A relay to the group "pool", its candidates in `order` (indexes into
 /// BACKENDS), as `gateway.select` ranks them.
-fn gateway(order: &[usize], policy: FailoverPolicy) -> GatewayRelay {
+pub(super) fn gateway(order: &[usize], policy: FailoverPolicy) -> GatewayRelay {
     GatewayRelay {
         group: Arc::from("pool"),
         policy: Arc::new(policy),
