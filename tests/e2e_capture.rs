@@ -477,7 +477,9 @@ fn a_script_takes_a_call_out_of_capture_with_request_capture_false() {
     pinger
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let pings: Vec<String> = (0..3).map(|n| format!("ping-{n}@monitor")).collect();
+    // The first is a warm-up (its handler is the script's first run);
+    // the others must be out of capture, request and answer.
+    let pings: Vec<String> = (0..4).map(|n| format!("ping-{n}@monitor")).collect();
     for (n, call_id) in pings.iter().enumerate() {
         let options = format!(
             "OPTIONS sip:{lb} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ping{n}\r\n\
@@ -510,7 +512,7 @@ fn a_script_takes_a_call_out_of_capture_with_request_capture_false() {
         correlation_ids.iter().filter(|id| **id == call_id).count() >= 13,
         "the call is captured: {correlation_ids:?}"
     );
-    for ping in &pings {
+    for ping in &pings[1..] {
         assert!(
             !correlation_ids.contains(ping),
             "{ping} was captured: {correlation_ids:?}"

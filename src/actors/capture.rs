@@ -28,7 +28,7 @@ const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// decision takes, so that `request.capture(False)` catches its own
 /// request. A decision later than this (a handler near its timeout) leaves
 /// the request captured and only what follows out.
-pub const HOLD: Duration = Duration::from_millis(100);
+pub const HOLD: Duration = Duration::from_millis(250);
 
 /// One message as it crossed the wire.
 struct Captured {

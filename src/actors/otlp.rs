@@ -20,7 +20,7 @@ use prost::Message as _;
 
 use crate::config::OtlpConfig;
 use crate::http1::Endpoint;
-use crate::telemetry::{Attribute, CallTrace, Sampler, SpanKind, SpanRecord};
+use crate::telemetry::{Attribute, CallTrace, Sampler, SpanKind, SpanRecord, TraceSettings};
 
 /// Spans sent in one request at most.
 const BATCH_SPANS: usize = 512;
@@ -31,20 +31,18 @@ const POST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shards' side: the sampler, and a bounded queue to the export thread.
 pub struct TraceExport {
-    sampler: Sampler,
+    settings: TraceSettings,
     queue: SyncSender<Box<CallTrace>>,
 }
 
 impl TraceExport {
-    /// Starts the export thread for `config`.
+    /// Starts the export thread for `config`. The collector's name is
+    /// looked up for each post, so one that is not up yet at boot, or
+    /// moves, is found.
     pub fn start(config: &OtlpConfig, instance: &str) -> Result<Arc<TraceExport>, String> {
-        let endpoint =
-            Endpoint::parse(&config.endpoint).map_err(|e| format!("tracing.otlp.endpoint: {e}"))?;
-        let path = traces_path(&endpoint.path);
         let (queue, taken) = sync_channel(config.queue);
         let exporter = Exporter {
-            endpoint,
-            path,
+            url: config.endpoint.trim().to_string(),
             resource: Resource {
                 attributes: vec![
                     text("service.name", &config.service_name),
@@ -62,13 +60,16 @@ impl TraceExport {
             .map_err(|e| format!("tracing.otlp: cannot start the export thread: {e}"))?;
         tracing::info!(endpoint = %config.endpoint, sample = config.sample, "tracing calls to OpenTelemetry over OTLP/HTTP");
         Ok(Arc::new(TraceExport {
-            sampler: Sampler::new(config.sample),
+            settings: TraceSettings {
+                sampler: Sampler::new(config.sample),
+                follow: config.follow_traceparent,
+            },
             queue,
         }))
     }
 
-    pub fn sampler(&self) -> Sampler {
-        self.sampler
+    pub fn settings(&self) -> TraceSettings {
+        self.settings
     }
 
     /// A traced transaction's spans, to export.
@@ -124,8 +125,7 @@ impl Clock {
 }
 
 struct Exporter {
-    endpoint: Endpoint,
-    path: String,
+    url: String,
     resource: Resource,
     clock: Clock,
     warnings: crate::logging::Throttle,
@@ -134,7 +134,7 @@ struct Exporter {
 impl Exporter {
     /// Gathers spans for up to [`BATCH_WAIT`] (or [`BATCH_SPANS`]), posts
     /// them, and goes on: a post that fails drops its batch.
-    fn run(self, taken: Receiver<Box<CallTrace>>) {
+    fn run(mut self, taken: Receiver<Box<CallTrace>>) {
         let mut batch: Vec<Span> = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -144,7 +144,12 @@ impl Exporter {
             };
             match received {
                 Ok(trace) => {
-                    deadline.get_or_insert_with(|| Instant::now() + BATCH_WAIT);
+                    if deadline.is_none() {
+                        // Each batch reads the wall clock afresh: a clock
+                        // stepped since boot (NTP) is followed.
+                        self.clock = Clock::now();
+                        deadline = Some(Instant::now() + BATCH_WAIT);
+                    }
                     let trace_id = trace.trace_id.to_be_bytes().to_vec();
                     batch.extend(trace.spans.iter().map(|s| self.span(&trace_id, s)));
                     if batch.len() < BATCH_SPANS {
@@ -229,13 +234,10 @@ impl Exporter {
         };
         let body = request.encode_to_vec();
         let headers = [("Content-Type", "application/x-protobuf")];
-        let sent = crate::http1::request(
-            &self.endpoint,
-            ("POST", &self.path),
-            &headers,
-            &body,
-            POST_TIMEOUT,
-        );
+        let sent = Endpoint::parse(&self.url).and_then(|endpoint| {
+            let path = traces_path(&endpoint.path);
+            crate::http1::request(&endpoint, ("POST", &path), &headers, &body, POST_TIMEOUT)
+        });
         let metrics = crate::metrics::get();
         match sent {
             Ok(answer) if (200..300).contains(&answer.status) => metrics.otlp_exported(count),
@@ -246,7 +248,7 @@ impl Exporter {
                     Err(e) => e,
                 };
                 if let Some(held_back) = self.warnings.allow() {
-                    tracing::warn!(endpoint = %self.endpoint.addr, held_back, spans = count, "tracing.otlp: export failed, spans dropped: {why}");
+                    tracing::warn!(endpoint = %self.url, held_back, spans = count, "tracing.otlp: export failed, spans dropped: {why}");
                 }
             }
         }

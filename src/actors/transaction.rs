@@ -129,7 +129,7 @@ impl TransactionShard {
             udp_max_request_bytes: config.udp_max_request_bytes,
             call_max: config.call_max,
             max_tracked_calls: config.max_tracked_calls,
-            tracing: config.traces.as_ref().map(|traces| traces.sampler()),
+            tracing: config.traces.as_ref().map(|traces| traces.settings()),
         });
         TransactionShard {
             id,
@@ -256,7 +256,8 @@ impl TransactionShard {
         };
         let script = self.config.executors.script();
         let outcome = run_job(script, cache, &job, self.local.clone());
-        self.decided(now, ticket, outcome, job);
+        // The run took time on this thread: its decision comes now.
+        self.decided(Instant::now(), ticket, outcome, job);
     }
 
     /// An executor's answer for the run of `done.ticket`.
@@ -315,7 +316,7 @@ impl TransactionShard {
     /// many runs wait for it), off this thread.
     fn await_aor(&mut self, now: Instant, aor: String, run: ScriptRun, mut replay: Replay) {
         if run.trace_id.is_some() {
-            replay.read_started(now);
+            replay.read_started(&aor, now);
         }
         let waiting = self.awaiting_aor.entry(aor.clone()).or_default();
         waiting.push((run, replay));

@@ -25,6 +25,10 @@ pub struct OtlpConfig {
     /// and counted.
     #[serde(default = "default_trace_queue")]
     pub queue: usize,
+    /// Whose `traceparent` a request continues: `any` sender's, only
+    /// `trusted` ones' (`security.trusted`), or `never`.
+    #[serde(default)]
+    pub follow_traceparent: crate::telemetry::FollowTraceparent,
 }
 
 fn default_trace_sample() -> f64 {

@@ -353,6 +353,9 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
             rw.remove_header(index);
         }
     }
+    // A traced request's branch names its own span: the script's
+    // traceparent, if it set one, gives way.
+    let ours = |name: &str| edits.traceparent.is_some() && name.eq_ignore_ascii_case("traceparent");
     if !max_forwards_seen {
         rw.append_header("Max-Forwards", "70");
     }
@@ -364,7 +367,7 @@ pub fn forward_request(msg: &Message, edits: &ForwardEdits<'_>) -> Vec<u8> {
         let later = edits.header_edits[i + 1..]
             .iter()
             .any(|(other, _)| other.eq_ignore_ascii_case(name));
-        if let (Some(value), false) = (value, later) {
+        if let (Some(value), false, false) = (value, later, ours(name)) {
             rw.append_header(name, value);
         }
     }

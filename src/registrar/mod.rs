@@ -367,6 +367,11 @@ impl Registrar {
         live.iter().map(|b| Contact::from_binding(b, now)).collect()
     }
 
+    /// The AoR `uri` names, as [`Lookup::Fetch`] writes it.
+    pub fn aor_of_uri(&self, uri: &str) -> Option<String> {
+        self.domains.normalise(uri)
+    }
+
     /// [`Self::lookup`], and with Redis, on a miss, the bindings other
     /// nodes wrote when read lately, or else [`Lookup::Fetch`].
     pub fn lookup_shared(&self, uri: &str, now: u64) -> Lookup {

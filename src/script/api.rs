@@ -115,31 +115,34 @@ impl MethodDecorator {
 #[pyclass(name = "Log", module = "siphon", frozen)]
 struct LogApi;
 
-/// A script's log line, with the call it is about.
+/// A script's log line, with the call it is about (looked up only when
+/// the line's level is on).
 macro_rules! script_log {
-    ($level:ident, $msg:expr) => {
-        super::call_log::with_call(|call_id, trace_id| {
-            tracing::$level!(target: "siphon::script", call_id, trace_id, "{}", $msg)
-        })
+    ($level:ident, $tracing_level:ident, $msg:expr) => {
+        if tracing::enabled!(target: "siphon::script", tracing::Level::$tracing_level) {
+            super::call_log::with_call(|call_id, trace_id| {
+                tracing::$level!(target: "siphon::script", call_id, trace_id, "{}", $msg)
+            })
+        }
     };
 }
 
 #[pymethods]
 impl LogApi {
     fn debug(&self, msg: &str) {
-        script_log!(debug, msg);
+        script_log!(debug, DEBUG, msg);
     }
     fn info(&self, msg: &str) {
-        script_log!(info, msg);
+        script_log!(info, INFO, msg);
     }
     fn warning(&self, msg: &str) {
-        script_log!(warn, msg);
+        script_log!(warn, WARN, msg);
     }
     fn warn(&self, msg: &str) {
-        script_log!(warn, msg);
+        script_log!(warn, WARN, msg);
     }
     fn error(&self, msg: &str) {
-        script_log!(error, msg);
+        script_log!(error, ERROR, msg);
     }
 }
 

@@ -67,7 +67,8 @@ impl RegistrarApi {
         match registrar.lookup_shared(&text, registrar::unix_now()) {
             registrar::Lookup::Contacts(contacts) => {
                 if let Some(started) = started {
-                    super::rerun::record_lookup(&text, contacts.len(), started);
+                    let aor = registrar.aor_of_uri(&text);
+                    super::rerun::record_lookup(&text, aor.as_deref(), contacts.len(), started);
                 }
                 Ok(contacts.into_iter().map(Contact::from).collect())
             }

@@ -18,15 +18,16 @@ use crate::telemetry::LookupRecord;
 pub struct Replay {
     /// The users `auth.check` authenticated, in order.
     authenticated: VecDeque<String>,
-    /// When the shard's Redis read began (for the lookup's span).
-    read: Option<Instant>,
+    /// The AoR the shard read from Redis, and when the read began (for
+    /// that lookup's span).
+    read: Option<(String, Instant)>,
 }
 
 impl Replay {
-    /// The shard began reading the AoR from Redis (the call is traced):
-    /// the second run's lookup spans from then.
-    pub fn read_started(&mut self, start: Instant) {
-        self.read = Some(start);
+    /// The shard began reading `aor` from Redis (the call is traced): the
+    /// second run's lookup of it spans from then.
+    pub fn read_started(&mut self, aor: &str, start: Instant) {
+        self.read = Some((aor.to_string(), start));
     }
 }
 
@@ -85,17 +86,22 @@ pub(super) fn traced() -> bool {
     RUN.with(|run| run.borrow().traced)
 }
 
-/// A lookup of `aor` found `contacts`, from `start` to now. In a second
-/// run the bindings came from the shard's Redis read, which its span spans.
-pub(super) fn record_lookup(aor: &str, contacts: usize, start: Instant) {
+/// A lookup of `uri` (the AoR `aor`) found `contacts`, from `start` to
+/// now. In a second run, the lookup of the AoR the shard read from Redis
+/// spans from that read.
+pub(super) fn record_lookup(uri: &str, aor: Option<&str>, contacts: usize, start: Instant) {
     RUN.with(|run| {
         let mut run = run.borrow_mut();
-        let (start, source) = match run.replay.read.take() {
-            Some(read_start) => (read_start, "redis"),
+        let read = run
+            .replay
+            .read
+            .take_if(|(read, _)| aor == Some(read.as_str()));
+        let (start, source) = match read {
+            Some((_, read_start)) => (read_start, "redis"),
             None => (start, "memory"),
         };
         run.lookups.push(LookupRecord {
-            aor: aor.to_string(),
+            aor: aor.unwrap_or(uri).to_string(),
             contacts,
             source,
             start,
@@ -158,21 +164,34 @@ mod tests {
     fn a_traced_run_records_its_lookups_and_the_redis_read_before_them() {
         let read = Instant::now();
         begin(false, None, true);
-        record_lookup("sip:bob@example.com", 2, Instant::now());
+        record_lookup(
+            "sip:bob@example.com",
+            Some("sip:bob@example.com"),
+            2,
+            Instant::now(),
+        );
         let lookups = finish().lookups;
         assert_eq!(lookups.len(), 1);
         assert_eq!((lookups[0].contacts, lookups[0].source), (2, "memory"));
         let mut replay = Replay::default();
-        replay.read_started(read);
+        replay.read_started("sip:bob@example.com", read);
         begin(false, Some(replay), true);
-        record_lookup("sip:bob@example.com", 1, Instant::now());
-        record_lookup("sip:carol@example.com", 0, Instant::now());
-        let lookups = finish().lookups;
-        assert_eq!(lookups[0].source, "redis");
-        assert_eq!(lookups[0].start, read, "its span begins with the read");
-        assert_eq!(
-            lookups[1].source, "memory",
-            "only the first lookup waited for it"
+        record_lookup(
+            "sip:carol@example.com",
+            Some("sip:carol@example.com"),
+            0,
+            Instant::now(),
         );
+        record_lookup(
+            "Bob <sip:bob@example.com>",
+            Some("sip:bob@example.com"),
+            1,
+            Instant::now(),
+        );
+        let lookups = finish().lookups;
+        assert_eq!(lookups[0].source, "memory", "carol's were in memory");
+        assert_eq!(lookups[1].source, "redis", "bob's were read");
+        assert_eq!(lookups[1].start, read, "its span begins with the read");
+        assert_eq!(lookups[1].aor, "sip:bob@example.com");
     }
 }

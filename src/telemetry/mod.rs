@@ -9,6 +9,27 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Instant;
 
+/// Whose `traceparent` a request may continue (`tracing.otlp.follow_traceparent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowTraceparent {
+    /// Any sender's: it decides whether the call is traced, and its trace id.
+    Any,
+    /// Only from `security.trusted` peers (an SBC or a proxy in front);
+    /// anyone else's starts a trace of our own when sampled.
+    #[default]
+    Trusted,
+    /// Never: every trace starts here.
+    Never,
+}
+
+/// What the engine traces (`tracing.otlp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceSettings {
+    pub sampler: Sampler,
+    pub follow: FollowTraceparent,
+}
+
 /// Whether a call is traced, decided once per call from its Call-ID: every
 /// transaction of the call, on every node, decides the same.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,26 +55,67 @@ impl Sampler {
 
     /// The trace of a request with `call_id`, continuing `incoming` (its
     /// `traceparent`) when it has one: the caller's sampled flag then
-    /// decides, as W3C's parent-based sampling does. None when not traced.
-    pub fn trace_of(&self, call_id: &str, incoming: Option<&str>) -> Option<TraceParent> {
+    /// decides, as W3C's parent-based sampling does. Otherwise the Call-ID
+    /// decides, and the trace id comes from `key` (see [`TraceKey`]). None
+    /// when not traced.
+    pub fn trace_of(&self, key: TraceKey<'_>, incoming: Option<&str>) -> Option<TraceParent> {
         if let Some(parent) = incoming.and_then(TraceParent::parse) {
             return parent.sampled.then_some(parent);
         }
         let sampled = self.always
-            || xxhash_rust::xxh3::xxh3_64_with_seed(call_id.as_bytes(), SAMPLE_SEED)
+            || xxhash_rust::xxh3::xxh3_64_with_seed(key.call_id.as_bytes(), SAMPLE_SEED)
                 < self.threshold;
         sampled.then(|| TraceParent {
-            trace_id: trace_id_of_call(call_id),
+            trace_id: key.trace_id(),
             parent_span_id: 0,
             sampled: true,
         })
     }
 }
 
-/// The trace id of a call that came with none: one per Call-ID, so the
-/// INVITE and the BYE of a call land in one trace.
+/// What a trace started here is named by: a call's requests (INVITE, ACK,
+/// CANCEL, BYE and the other requests of its dialog) share one trace by
+/// Call-ID, so the INVITE and the BYE land in one trace on every node.
+/// Any other request is a trace of its own (`cseq` set): a UA keeps one
+/// Call-ID for all its REGISTER refreshes (RFC 3261 §10.2), which would
+/// otherwise grow one trace for days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceKey<'a> {
+    pub call_id: &'a str,
+    pub cseq: Option<u32>,
+}
+
+impl TraceKey<'_> {
+    /// The key of a request with `method` (upper case).
+    pub fn of<'a>(call_id: &'a str, method: &str, cseq: u32) -> TraceKey<'a> {
+        let of_call = matches!(
+            method,
+            "INVITE" | "ACK" | "CANCEL" | "BYE" | "PRACK" | "UPDATE" | "INFO" | "REFER"
+        );
+        TraceKey {
+            call_id,
+            cseq: (!of_call).then_some(cseq),
+        }
+    }
+
+    pub fn trace_id(&self) -> u128 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(TRACE_ID_SEED);
+        hasher.update(self.call_id.as_bytes());
+        if let Some(cseq) = self.cseq {
+            hasher.update(&[0]);
+            hasher.update(&cseq.to_le_bytes());
+        }
+        hasher.digest128().max(1)
+    }
+}
+
+/// The trace id of a call's requests that came with no `traceparent`.
 pub fn trace_id_of_call(call_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128_with_seed(call_id.as_bytes(), TRACE_ID_SEED).max(1)
+    TraceKey {
+        call_id,
+        cseq: None,
+    }
+    .trace_id()
 }
 
 /// A W3C `traceparent`: the trace, the span it continues (0 for none) and
@@ -215,22 +277,14 @@ pub struct LookupRecord {
     pub end: Instant,
 }
 
-/// Span ids of one engine: unique, never 0, and not guessable from the
-/// outside (they are keyed with a secret).
-#[derive(Debug)]
-pub struct SpanIds {
-    secret: u64,
-    next: u64,
-}
-
-impl SpanIds {
-    pub fn new(secret: u64) -> Self {
-        SpanIds { secret, next: 0 }
-    }
-
-    pub fn fresh(&mut self) -> u64 {
-        self.next += 1;
-        xxhash_rust::xxh3::xxh3_64_with_seed(&self.next.to_le_bytes(), self.secret).max(1)
+/// A new span id: random (W3C Trace Context §3.2.2.4 asks for ids no one
+/// can guess from the ones they saw), never 0.
+pub fn fresh_span_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
     }
 }
 
@@ -292,15 +346,19 @@ mod tests {
     fn sampling_is_decided_once_per_call_id() {
         let sampler = Sampler::new(0.3);
         let traced = (0..10_000)
-            .filter(|n| sampler.trace_of(&format!("call-{n}@host"), None).is_some())
+            .filter(|n| {
+                sampler
+                    .trace_of(TraceKey::of(&format!("call-{n}@host"), "INVITE", 1), None)
+                    .is_some()
+            })
             .count();
         assert!((2_700..3_300).contains(&traced), "{traced} of 10000 at 0.3");
         for n in 0..100 {
             let call_id = format!("call-{n}@host");
-            let first = sampler.trace_of(&call_id, None);
+            let first = sampler.trace_of(TraceKey::of(&call_id, "INVITE", 1), None);
             assert_eq!(
                 first,
-                sampler.trace_of(&call_id, None),
+                sampler.trace_of(TraceKey::of(&call_id, "BYE", 2), None),
                 "the same call decides the same"
             );
             if let Some(trace) = first {
@@ -308,31 +366,63 @@ mod tests {
                 assert_eq!(trace.parent_span_id, 0);
             }
         }
-        assert!(Sampler::new(0.0).trace_of("a", None).is_none());
-        assert!(Sampler::new(1.0).trace_of("a", None).is_some());
+        assert!(Sampler::new(0.0)
+            .trace_of(TraceKey::of("a", "INVITE", 1), None)
+            .is_none());
+        assert!(Sampler::new(1.0)
+            .trace_of(TraceKey::of("a", "INVITE", 1), None)
+            .is_some());
     }
 
     #[test]
     fn a_callers_traceparent_decides_whatever_the_ratio() {
         let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let trace = Sampler::new(0.0).trace_of("a", Some(sampled)).unwrap();
+        let trace = Sampler::new(0.0)
+            .trace_of(TraceKey::of("a", "INVITE", 1), Some(sampled))
+            .unwrap();
         assert_eq!(trace.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(trace.parent_span_id, 0x00f067aa0ba902b7);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert!(Sampler::new(1.0).trace_of("a", Some(unsampled)).is_none());
+        assert!(Sampler::new(1.0)
+            .trace_of(TraceKey::of("a", "INVITE", 1), Some(unsampled))
+            .is_none());
         // An invalid one is as if there were none: the ratio decides.
-        let trace = Sampler::new(1.0).trace_of("a", Some("junk")).unwrap();
+        let trace = Sampler::new(1.0)
+            .trace_of(TraceKey::of("a", "INVITE", 1), Some("junk"))
+            .unwrap();
         assert_eq!(trace.trace_id, trace_id_of_call("a"));
     }
 
     #[test]
     fn span_ids_are_unique_and_never_zero() {
-        let mut ids = SpanIds::new(7);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            let id = ids.fresh();
+            let id = fresh_span_id();
             assert_ne!(id, 0);
             assert!(seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn a_calls_requests_share_a_trace_and_other_requests_have_their_own() {
+        let invite = TraceKey::of("c1@h", "INVITE", 1);
+        let bye = TraceKey::of("c1@h", "BYE", 2);
+        assert_eq!(invite.trace_id(), bye.trace_id());
+        assert_eq!(invite.trace_id(), trace_id_of_call("c1@h"));
+        let register = TraceKey::of("r1@h", "REGISTER", 1);
+        let refresh = TraceKey::of("r1@h", "REGISTER", 2);
+        assert_ne!(register.trace_id(), refresh.trace_id());
+        // Sampling is still the Call-ID's: every refresh decides the same.
+        let sampler = Sampler::new(0.5);
+        for n in 0..50 {
+            let call_id = format!("r{n}@h");
+            let first = sampler
+                .trace_of(TraceKey::of(&call_id, "REGISTER", 1), None)
+                .is_some();
+            let second = sampler
+                .trace_of(TraceKey::of(&call_id, "REGISTER", 2), None)
+                .is_some();
+            assert_eq!(first, second);
         }
     }
 }

@@ -129,7 +129,7 @@ impl<F: Clone> Engine<F> {
                 let mut refused = 0;
                 for ((target, hop), breadth) in targets.iter().zip(hops).zip(shares) {
                     if !sip::parse::is_valid_request_uri(&target.uri) {
-                        tracing::warn!(target = %target.uri, "fork branch skipped: not a Request-URI");
+                        tracing::warn!(call_id = msg.call_id().unwrap_or(""), target = %target.uri, "fork branch skipped: not a Request-URI");
                         continue;
                     }
                     let hop = match hop {
@@ -166,7 +166,7 @@ impl<F: Clone> Engine<F> {
                             self.open_branch(now, &pending, &decision, plan);
                         }
                         Err(e) => {
-                            tracing::warn!(target = %target.uri, error = %e, "fork branch skipped")
+                            tracing::warn!(call_id = msg.call_id().unwrap_or(""), target = %target.uri, error = %e, "fork branch skipped")
                         }
                     }
                 }
@@ -213,8 +213,12 @@ impl<F: Clone> Engine<F> {
             return;
         };
         if msg.method() == Some(Method::Invite) {
+            let trace_id = self
+                .trace_id_of(Some(slot))
+                .map(crate::telemetry::trace_id_hex);
             tracing::warn!(
                 call_id = msg.call_id().unwrap_or(""),
+                trace_id,
                 "the script took no action on an INVITE; answering 500"
             );
             self.reply_local(slot, 500, "Server Internal Error", &[], now);
@@ -224,6 +228,7 @@ impl<F: Clone> Engine<F> {
                 call_id = msg.call_id().unwrap_or(""),
                 "script took no action; request dropped"
             );
+            self.trace_dropped(slot, now);
             self.absorb_retransmissions(slot, now);
         }
     }
@@ -452,6 +457,9 @@ impl<F: Clone> Engine<F> {
             let tcp_bytes = self.branch_bytes(pending, decision, &plan, &over_tcp, traced);
             udp_fallback = Some(std::mem::replace(&mut bytes, tcp_bytes));
             hop = over_tcp;
+            if let (Some(slot), Some(token), Some(_)) = (pending.slot, token, traced.1) {
+                self.trace_branch_transport(slot, token, Protocol::Tcp);
+            }
         }
         self.send(hop.clone(), bytes.clone());
         let (Some(slot), Some(token)) = (pending.slot, token) else {

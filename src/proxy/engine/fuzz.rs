@@ -93,6 +93,8 @@ struct Run {
     /// Each host's call counters, some with a limit or a pace: nothing
     /// may leak whatever the sequence.
     capacities: Vec<Arc<Capacity>>,
+    /// The server spans of the traces emitted: each transaction's once.
+    traced: std::collections::HashSet<u64>,
 }
 
 impl Run {
@@ -131,10 +133,14 @@ impl Run {
                 // Half the runs trace every call, so spans meet every path too.
                 tracing: seed
                     .is_multiple_of(2)
-                    .then(|| crate::telemetry::Sampler::new(1.0)),
+                    .then(|| crate::telemetry::TraceSettings {
+                        sampler: crate::telemetry::Sampler::new(1.0),
+                        follow: crate::telemetry::FollowTraceparent::Any,
+                    }),
             }),
             now: Instant::now(),
             pending: Vec::new(),
+            traced: Default::default(),
             sent: Vec::new(),
             seen: Vec::new(),
             capacities: (0..HOSTS.len())
@@ -177,7 +183,13 @@ impl Run {
                     preroute: run.preroute,
                     trace_id: run.trace_id,
                 }),
-                Output::Trace(trace) => check_trace(&trace),
+                Output::Trace(trace) => {
+                    check_trace(&trace);
+                    assert!(
+                        self.traced.insert(trace.spans[0].span_id),
+                        "a transaction's trace went twice"
+                    );
+                }
                 Output::ProbeDone { .. }
                 | Output::Health(_)
                 | Output::Failover(_)

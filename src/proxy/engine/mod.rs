@@ -114,7 +114,7 @@ pub struct EngineConfig {
     /// The most calls this shard counts at once.
     pub max_tracked_calls: usize,
     /// `tracing.otlp`: which calls leave spans (None: tracing is off).
-    pub tracing: Option<crate::telemetry::Sampler>,
+    pub tracing: Option<crate::telemetry::TraceSettings>,
 }
 
 /// The settings a reload changes in a running engine.
@@ -321,7 +321,6 @@ pub struct Engine<F> {
     calls: ActiveCalls,
     /// Calls not counted because `calls` was full.
     untracked_calls: u64,
-    span_ids: crate::telemetry::SpanIds,
 }
 
 impl<F: Clone> Engine<F> {
@@ -367,9 +366,6 @@ impl<F: Clone> Engine<F> {
                 config.max_tracked_calls,
             ),
             untracked_calls: 0,
-            span_ids: crate::telemetry::SpanIds::new(
-                config.branch_secret[0] ^ config.branch_secret[1],
-            ),
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),

@@ -9,7 +9,9 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::telemetry::{traceparent, CallTrace, SpanKind, SpanRecord};
+use crate::telemetry::{
+    fresh_span_id, traceparent, CallTrace, FollowTraceparent, SpanKind, SpanRecord, TraceKey,
+};
 
 /// A traced server transaction's spans so far.
 pub struct TxTrace {
@@ -42,13 +44,11 @@ impl TxTrace {
     /// Every span, those still open ended at `now`.
     fn finish(mut self, now: Instant) -> CallTrace {
         if let Some((start, handler, span_id)) = self.script.take() {
+            // A timed-out run has its span (a failed decision): this one's
+            // request was answered first, as a CANCEL's 487 is.
             let mut span = script_span(self.server.span_id, start, handler, span_id);
             span.end = now;
-            span.set(
-                "script.decision",
-                "none (timed out or the request ended first)",
-            );
-            span.error = Some("no decision".into());
+            span.set("script.decision", "none (the request was answered first)");
             self.done.push(span);
         }
         if !self.final_sent {
@@ -102,14 +102,22 @@ impl<F: Clone> Engine<F> {
         source: SocketAddr,
         protocol: Protocol,
     ) -> Option<Box<TxTrace>> {
-        let sampler = self.config.tracing.as_ref()?;
+        let settings = self.config.tracing.as_ref()?;
         let call_id = msg.call_id().unwrap_or("");
-        let parent = sampler.trace_of(call_id, msg.header_named("traceparent"))?;
+        let follow = match settings.follow {
+            FollowTraceparent::Any => true,
+            FollowTraceparent::Trusted => self.config.local.is_trusted(source.ip()),
+            FollowTraceparent::Never => false,
+        };
+        let incoming = if follow { only_traceparent(msg) } else { None };
+        let cseq = msg.cseq().map_or(0, |(number, _)| number);
+        let key = TraceKey::of(call_id, msg.method_str(), cseq);
+        let parent = settings.sampler.trace_of(key, incoming)?;
         let name = match msg.method().and_then(|m| m.as_str()) {
             Some(method) => Cow::Borrowed(method),
             None => Cow::Owned(msg.method_str().to_string()),
         };
-        let span_id = self.span_ids.fresh();
+        let span_id = fresh_span_id();
         let mut server =
             SpanRecord::new(span_id, parent.parent_span_id, name, SpanKind::Server, now);
         server.set("sip.method", msg.method_str());
@@ -148,7 +156,7 @@ impl<F: Clone> Engine<F> {
         if self.config.tracing.is_none() {
             return;
         }
-        let span_id = self.span_ids.fresh();
+        let span_id = fresh_span_id();
         if let Some(trace) = slot.and_then(|slot| self.trace_mut(slot)) {
             trace.script = Some((now, handler, span_id));
         }
@@ -164,7 +172,7 @@ impl<F: Clone> Engine<F> {
         let lookup_ids: Vec<u64> = decision
             .registrar_lookups
             .iter()
-            .map(|_| self.span_ids.fresh())
+            .map(|_| fresh_span_id())
             .collect();
         let Some(trace) = self.trace_mut(slot) else {
             return;
@@ -207,7 +215,7 @@ impl<F: Clone> Engine<F> {
         target: Option<&str>,
     ) -> Option<String> {
         self.config.tracing.as_ref()?;
-        let span_id = self.span_ids.fresh();
+        let span_id = fresh_span_id();
         let trace = self.trace_mut(slot)?;
         let attempt = trace.branches.len() as i64 + 1;
         let mut span = SpanRecord::new(
@@ -230,6 +238,14 @@ impl<F: Clone> Engine<F> {
             open: true,
         });
         Some(traceparent(trace.trace_id, span_id))
+    }
+
+    /// The branch of `token` left over `protocol` after all (a request too
+    /// large for UDP goes over TCP).
+    pub(super) fn trace_branch_transport(&mut self, slot: u64, token: u64, protocol: Protocol) {
+        if let Some(branch) = self.trace_mut(slot).and_then(|t| t.branch(token)) {
+            branch.span.set("network.transport", protocol.as_str());
+        }
     }
 
     /// The branch of `token` goes to a gateway group's destination.
@@ -311,6 +327,18 @@ impl<F: Clone> Engine<F> {
         self.flush_trace_if_done(slot);
     }
 
+    /// The script dropped the request (no action on a non-INVITE): its
+    /// transaction only absorbs retransmissions now, so its trace goes.
+    pub(super) fn trace_dropped(&mut self, slot: u64, now: Instant) {
+        let Some(trace) = self.trace_mut(slot) else {
+            return;
+        };
+        trace.final_sent = true;
+        trace.server.end = now;
+        trace.server.set("sip.outcome", "dropped by the script");
+        self.flush_trace_if_done(slot);
+    }
+
     /// Once the final response is sent and no branch is open, the trace
     /// goes out.
     fn flush_trace_if_done(&mut self, slot: u64) {
@@ -336,5 +364,20 @@ impl<F: Clone> Engine<F> {
             self.out
                 .push_back(Output::Trace(Box::new(trace.finish(now))));
         }
+    }
+}
+
+/// The request's `traceparent` when it has exactly one: W3C Trace Context
+/// §3.2 treats two (which a sender could put on separate lines) as
+/// invalid, and the trace starts afresh.
+fn only_traceparent(msg: &Message) -> Option<&str> {
+    let mut values = msg
+        .headers()
+        .iter()
+        .filter(|h| h.name_str(msg).eq_ignore_ascii_case("traceparent"))
+        .map(|h| h.value(msg));
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
     }
 }

@@ -5,7 +5,10 @@
 use super::failover::gateway;
 use super::*;
 use crate::proxy::decision::FailoverPolicy;
-use crate::telemetry::{trace_id_of_call, Attribute, CallTrace, Sampler, SpanKind, TraceParent};
+use crate::telemetry::{
+    trace_id_of_call, Attribute, CallTrace, FollowTraceparent, Sampler, SpanKind, TraceKey,
+    TraceParent, TraceSettings,
+};
 
 const CALLER_TRACE: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
 const CALLER_SPAN: u64 = 0x00f067aa0ba902b7;
@@ -25,10 +28,18 @@ fn traced_invite(call_id: &str, flags: &str) -> Message {
 }
 
 impl Harness {
-    /// Every call traced (`tracing.otlp.sample: 1`).
+    /// Every call traced (`tracing.otlp.sample: 1`), any caller's
+    /// traceparent followed.
     fn traced() -> Harness {
+        Harness::traced_following(FollowTraceparent::Any)
+    }
+
+    fn traced_following(follow: FollowTraceparent) -> Harness {
         let mut h = Harness::new();
-        h.engine.config.tracing = Some(Sampler::new(1.0));
+        h.engine.config.tracing = Some(TraceSettings {
+            sampler: Sampler::new(1.0),
+            follow,
+        });
         h
     }
 
@@ -313,9 +324,15 @@ fn a_script_that_times_out_leaves_an_error_span_and_a_500() {
 fn a_fork_waits_for_its_last_branch_before_the_trace_goes() {
     let mut h = Harness::traced();
     let (first, second) = h.fork_to_both(traced_invite("fork-trace", "01"), Protocol::Udp);
+    h.respond(answer(&second[0], 180, &[]), BACKEND2);
     h.respond(answer(&first[0], 200, &[]), BACKEND1);
     assert!(h.traces().is_empty(), "the other branch is still open");
-    // The proxy CANCELs it; its 487 ends it.
+    // The 2xx CANCELs the other branch; its 487 ends it.
+    let cancels = h.sent_to(BACKEND2);
+    assert!(
+        cancels.iter().any(|m| m.method() == Some(Method::Cancel)),
+        "{cancels:?}"
+    );
     h.respond(answer(&second[0], 487, &[]), BACKEND2);
     let traces = h.traces();
     assert_eq!(traces.len(), 1);
@@ -325,9 +342,160 @@ fn a_fork_waits_for_its_last_branch_before_the_trace_goes() {
         .filter(|s| s.name == "sip.branch")
         .collect();
     assert_eq!(branches.len(), 2);
+    assert_eq!(number(branches[0], "sip.status_code"), 200);
     assert_eq!(number(branches[1], "sip.status_code"), 487);
     assert_ne!(
         traceparent_of(&first[0]).parent_span_id,
         traceparent_of(&second[0]).parent_span_id
     );
+}
+
+#[test]
+fn an_untrusted_callers_traceparent_is_not_followed_by_default() {
+    let mut h = Harness::traced_following(FollowTraceparent::Trusted);
+    let run = h.relay(
+        traced_invite("untrusted", "01"),
+        Some("sip:backend1.example"),
+    );
+    assert_eq!(
+        run.trace_id,
+        Some(trace_id_of_call("untrusted")),
+        "a trace of our own"
+    );
+    let sent = h.sent_to_after_relay();
+    let parent = traceparent_of(&sent);
+    assert_eq!(parent.trace_id, trace_id_of_call("untrusted"));
+    assert_ne!(
+        parent.parent_span_id, CALLER_SPAN,
+        "the caller's replaced, not added to"
+    );
+
+    // From a trusted peer it is followed.
+    let mut h = Harness::traced_following(FollowTraceparent::Trusted);
+    let local = LocalIdentity::new(&["proxy.example".to_string()], &one_address());
+    h.engine.config.local = Arc::new(local.with_trusted(vec!["198.51.100.0/24".parse().unwrap()]));
+    let run = h.relay(traced_invite("trusted", "01"), Some("sip:backend1.example"));
+    assert_eq!(run.trace_id, Some(CALLER_TRACE));
+    // With `never`, not even then.
+    let mut h = Harness::traced_following(FollowTraceparent::Never);
+    let run = h.relay(traced_invite("never", "01"), Some("sip:backend1.example"));
+    assert_eq!(run.trace_id, Some(trace_id_of_call("never")));
+}
+
+#[test]
+fn two_traceparent_lines_start_a_new_trace_and_one_leaves() {
+    let mut h = Harness::traced();
+    let second = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n";
+    let msg = request(
+        "INVITE",
+        "sip:bob@example.com",
+        "z9hG4bK-dup",
+        "dup",
+        &format!("{}{second}", caller_traceparent("01")),
+    );
+    let run = h.relay(msg, Some("sip:backend1.example"));
+    assert_eq!(run.trace_id, Some(trace_id_of_call("dup")));
+    let sent = h.sent_to_after_relay();
+    assert_eq!(traceparent_of(&sent).trace_id, trace_id_of_call("dup"));
+}
+
+#[test]
+fn a_traceparent_the_script_set_gives_way_to_the_branchs() {
+    let mut h = Harness::traced();
+    let run = h
+        .receive(invite("script-tp"), UAC, Protocol::Udp)
+        .expect("script runs");
+    let decision = Decision {
+        header_edits: vec![(
+            "TraceParent".to_string(),
+            Some(format!("00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01")),
+        )],
+        ..script_decision(
+            &run,
+            Action::Relay {
+                uri: Some("sip:backend1.example".into()),
+            },
+        )
+    };
+    h.decide(&run, decision);
+    let sent = h.sent_to_after_relay();
+    assert_eq!(
+        traceparent_of(&sent).trace_id,
+        trace_id_of_call("script-tp")
+    );
+    // Untraced, the script's goes as it set it.
+    let mut h = Harness::new();
+    let run = h
+        .receive(invite("script-tp2"), UAC, Protocol::Udp)
+        .expect("script runs");
+    let decision = Decision {
+        header_edits: vec![(
+            "traceparent".to_string(),
+            Some(format!("00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01")),
+        )],
+        ..script_decision(
+            &run,
+            Action::Relay {
+                uri: Some("sip:backend1.example".into()),
+            },
+        )
+    };
+    h.decide(&run, decision);
+    assert_eq!(
+        traceparent_of(&h.sent_to_after_relay()).parent_span_id,
+        CALLER_SPAN
+    );
+}
+
+#[test]
+fn register_refreshes_are_traces_of_their_own() {
+    let mut h = Harness::traced();
+    let mut trace_ids = Vec::new();
+    for cseq in 1..=2 {
+        let text = format!(
+            "REGISTER sip:example.com SIP/2.0\n\
+             Via: SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bK-reg{cseq}\n\
+             Max-Forwards: 70\n\
+             From: <sip:alice@example.com>;tag=a1\n\
+             To: <sip:alice@example.com>\n\
+             Call-ID: reg-1\n\
+             CSeq: {cseq} REGISTER\n\
+             Contact: <sip:alice@198.51.100.10>\n\
+             Content-Length: 0\n\n"
+        );
+        let run = h.relay(parse(&text), Some("sip:backend1.example"));
+        trace_ids.push(run.trace_id.expect("traced"));
+    }
+    assert_ne!(trace_ids[0], trace_ids[1]);
+    assert_eq!(
+        trace_ids[0],
+        TraceKey::of("reg-1", "REGISTER", 1).trace_id()
+    );
+}
+
+#[test]
+fn a_request_the_script_drops_leaves_its_trace_at_once() {
+    let mut h = Harness::traced();
+    let msg = request(
+        "MESSAGE",
+        "sip:bob@example.com",
+        "z9hG4bK-msg",
+        "dropped",
+        "",
+    );
+    let run = h.receive(msg, UAC, Protocol::Udp).expect("script runs");
+    h.decide(&run, Decision::default());
+    let traces = h.traces();
+    assert_eq!(traces.len(), 1, "not 32 s later at Timer J");
+    assert_eq!(
+        text(&traces[0].spans[0], "sip.outcome"),
+        "dropped by the script"
+    );
+    assert_eq!(traces[0].spans[0].attribute("sip.status_code"), None);
+    let script = traces[0]
+        .spans
+        .iter()
+        .find(|s| s.name == "script")
+        .expect("script span");
+    assert_eq!(text(script, "script.decision"), "none");
 }
