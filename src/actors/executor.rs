@@ -50,8 +50,9 @@ pub enum Job {
         replay: Option<Replay>,
         may_fetch: bool,
     },
-    /// `@proxy.on_failure`, once every branch failed.
-    Failure(FailureRun),
+    /// `@proxy.on_failure`, once every branch failed (boxed: it is rare,
+    /// and large).
+    Failure(Box<FailureRun>),
 }
 
 impl Job {
@@ -413,14 +414,14 @@ pub fn run_job(
             run.source,
             run.protocol,
             &run.preroute,
-            run.trace_id,
+            &run.trace_id,
         ),
         Job::Failure(run) => (
             &run.request,
             run.source,
             run.protocol,
             &run.preroute,
-            run.trace_id,
+            &run.trace_id,
         ),
     };
     let input = RequestInput {
@@ -429,7 +430,7 @@ pub fn run_job(
         source,
         protocol,
         local,
-        trace_id,
+        trace_id: trace_id.as_ref().map(crate::telemetry::TraceId::get),
     };
     match job {
         Job::Request {

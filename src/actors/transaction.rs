@@ -194,7 +194,7 @@ impl TransactionShard {
                     crate::metrics::get().failover(&event.group, event.failure.label());
                     tracing::info!(
                         call_id = %event.call_id,
-                        trace_id = event.trace_id.map(crate::telemetry::trace_id_hex),
+                        trace_id = event.trace_id.map(|t| t.hex()),
                         group = %event.group,
                         failed = %event.failed,
                         next = %event.next,

@@ -19,15 +19,15 @@ pub struct Replay {
     /// The users `auth.check` authenticated, in order.
     authenticated: VecDeque<String>,
     /// The AoR the shard read from Redis, and when the read began (for
-    /// that lookup's span).
-    read: Option<(String, Instant)>,
+    /// that lookup's span; boxed, as only traced calls have one).
+    read: Option<Box<(String, Instant)>>,
 }
 
 impl Replay {
     /// The shard began reading `aor` from Redis (the call is traced): the
     /// second run's lookup of it spans from then.
     pub fn read_started(&mut self, aor: &str, start: Instant) {
-        self.read = Some((aor.to_string(), start));
+        self.read = Some(Box::new((aor.to_string(), start)));
     }
 }
 
@@ -92,12 +92,9 @@ pub(super) fn traced() -> bool {
 pub(super) fn record_lookup(uri: &str, aor: Option<&str>, contacts: usize, start: Instant) {
     RUN.with(|run| {
         let mut run = run.borrow_mut();
-        let read = run
-            .replay
-            .read
-            .take_if(|(read, _)| aor == Some(read.as_str()));
-        let (start, source) = match read {
-            Some((_, read_start)) => (read_start, "redis"),
+        let read = run.replay.read.take_if(|read| aor == Some(read.0.as_str()));
+        let (start, source) = match read.map(|read| read.1) {
+            Some(read_start) => (read_start, "redis"),
             None => (start, "memory"),
         };
         run.lookups.push(LookupRecord {

@@ -169,6 +169,27 @@ pub fn traceparent(trace_id: u128, span_id: u64) -> String {
     value
 }
 
+/// A traced call's trace id, carried with its requests (script runs,
+/// failover events) for their log lines: boxed, so that the untraced
+/// majority carries one word and the messages that move every request
+/// stay small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceId(Box<u128>);
+
+impl TraceId {
+    pub fn new(id: u128) -> Self {
+        TraceId(Box::new(id))
+    }
+
+    pub fn get(&self) -> u128 {
+        *self.0
+    }
+
+    pub fn hex(&self) -> String {
+        trace_id_hex(self.get())
+    }
+}
+
 /// A trace id as OTLP and the logs write it: 32 lowercase hex digits.
 pub fn trace_id_hex(trace_id: u128) -> String {
     format!("{trace_id:032x}")

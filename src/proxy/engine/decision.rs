@@ -213,9 +213,7 @@ impl<F: Clone> Engine<F> {
             return;
         };
         if msg.method() == Some(Method::Invite) {
-            let trace_id = self
-                .trace_id_of(Some(slot))
-                .map(crate::telemetry::trace_id_hex);
+            let trace_id = self.trace_id_of(Some(slot)).map(|t| t.hex());
             tracing::warn!(
                 call_id = msg.call_id().unwrap_or(""),
                 trace_id,

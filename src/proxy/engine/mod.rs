@@ -168,7 +168,7 @@ pub enum Output<F> {
     Failover(FailoverEvent),
     /// Every branch failed: run `@proxy.on_failure`; answer with
     /// [`Engine::handle_decision`] (no action sends the best response).
-    RunFailure(FailureRun),
+    RunFailure(Box<FailureRun>),
     /// Every candidate of this group left was full, paced or drained.
     GatewayFull { group: Arc<str> },
     /// A call no BYE ended stopped counting after `call_max`.
@@ -195,7 +195,7 @@ pub struct FailoverEvent {
     pub next: Arc<str>,
     pub failure: RelayFailure,
     /// The call's trace, when it is traced.
-    pub trace_id: Option<u128>,
+    pub trace_id: Option<crate::telemetry::TraceId>,
 }
 
 /// The request whose branches all failed, and the best response they left
@@ -209,7 +209,7 @@ pub struct FailureRun {
     pub preroute: Preroute,
     pub response: Option<Message>,
     /// The call's trace, when it is traced (for the script's log lines).
-    pub trace_id: Option<u128>,
+    pub trace_id: Option<crate::telemetry::TraceId>,
 }
 
 /// A request for the script, and the ticket its decision must name.
@@ -221,7 +221,7 @@ pub struct ScriptRun {
     pub protocol: Protocol,
     pub preroute: Preroute,
     /// The call's trace, when it is traced (for the script's log lines).
-    pub trace_id: Option<u128>,
+    pub trace_id: Option<crate::telemetry::TraceId>,
 }
 
 /// A decision that waits for `hosts` to be looked up; give it back to
@@ -431,9 +431,7 @@ impl<F: Clone> Engine<F> {
                 pending.msg.call_id().unwrap_or("-"),
             );
             let timeout_ms = timeout.as_millis() as u64;
-            let trace_id = self
-                .trace_id_of(pending.slot)
-                .map(crate::telemetry::trace_id_hex);
+            let trace_id = self.trace_id_of(pending.slot).map(|t| t.hex());
             let trace_id = trace_id.as_deref();
             let answered = pending
                 .slot

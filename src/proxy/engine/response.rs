@@ -313,7 +313,7 @@ impl<F: Clone> Engine<F> {
                 ..self.pending_of(slot, request)
             };
             self.trace_script_started(Some(slot), now, "proxy.on_failure");
-            self.out.push_back(Output::RunFailure(FailureRun {
+            self.out.push_back(Output::RunFailure(Box::new(FailureRun {
                 ticket,
                 request: pending.msg.clone(),
                 source: pending.source,
@@ -321,7 +321,7 @@ impl<F: Clone> Engine<F> {
                 preroute: pending.preroute.clone(),
                 response,
                 trace_id: self.trace_id_of(Some(slot)),
-            }));
+            })));
             self.pending.insert(ticket, pending);
             return;
         }

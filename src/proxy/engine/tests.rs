@@ -161,7 +161,7 @@ impl Harness {
                         &mut hop_of,
                     );
                 }
-                Output::RunFailure(run) => self.failure_runs.push(run),
+                Output::RunFailure(run) => self.failure_runs.push(*run),
                 other => self.out.push(other),
             }
         }

@@ -141,9 +141,10 @@ impl<F: Clone> Engine<F> {
     }
 
     /// The trace id of a server transaction, for the log lines about it.
-    pub(super) fn trace_id_of(&self, slot: Option<u64>) -> Option<u128> {
+    pub(super) fn trace_id_of(&self, slot: Option<u64>) -> Option<crate::telemetry::TraceId> {
         self.config.tracing.as_ref()?;
-        Some(self.servers.get(&slot?)?.trace.as_ref()?.trace_id)
+        let trace_id = self.servers.get(&slot?)?.trace.as_ref()?.trace_id;
+        Some(crate::telemetry::TraceId::new(trace_id))
     }
 
     /// The script's `handler` was handed the request of `slot`.

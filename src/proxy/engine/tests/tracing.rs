@@ -6,8 +6,8 @@ use super::failover::gateway;
 use super::*;
 use crate::proxy::decision::FailoverPolicy;
 use crate::telemetry::{
-    trace_id_of_call, Attribute, CallTrace, FollowTraceparent, Sampler, SpanKind, TraceKey,
-    TraceParent, TraceSettings,
+    trace_id_of_call, Attribute, CallTrace, FollowTraceparent, Sampler, SpanKind, TraceId,
+    TraceKey, TraceParent, TraceSettings,
 };
 
 const CALLER_TRACE: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
@@ -191,7 +191,7 @@ fn a_silent_branch_ends_with_its_failover_reason() {
 fn with_tracing_off_nothing_is_recorded_and_the_callers_traceparent_goes_on() {
     let mut h = Harness::new();
     let run = h.relay(traced_invite("off", "01"), Some("sip:backend1.example"));
-    assert_eq!(run.trace_id, None);
+    assert_eq!(run.trace_id.as_ref().map(TraceId::get), None);
     let sent = h.sent_to_after_relay();
     assert_eq!(
         traceparent_of(&sent).parent_span_id,
@@ -226,7 +226,10 @@ fn a_caller_that_does_not_sample_is_not_traced() {
 fn a_call_without_traceparent_is_one_trace_by_its_call_id() {
     let mut h = Harness::traced();
     let run = h.relay(invite("by-call-id"), Some("sip:backend1.example"));
-    assert_eq!(run.trace_id, Some(trace_id_of_call("by-call-id")));
+    assert_eq!(
+        run.trace_id.as_ref().map(TraceId::get),
+        Some(trace_id_of_call("by-call-id"))
+    );
     let sent = h.sent_to_after_relay();
     assert_eq!(
         traceparent_of(&sent).trace_id,
@@ -358,7 +361,7 @@ fn an_untrusted_callers_traceparent_is_not_followed_by_default() {
         Some("sip:backend1.example"),
     );
     assert_eq!(
-        run.trace_id,
+        run.trace_id.as_ref().map(TraceId::get),
         Some(trace_id_of_call("untrusted")),
         "a trace of our own"
     );
@@ -375,11 +378,14 @@ fn an_untrusted_callers_traceparent_is_not_followed_by_default() {
     let local = LocalIdentity::new(&["proxy.example".to_string()], &one_address());
     h.engine.config.local = Arc::new(local.with_trusted(vec!["198.51.100.0/24".parse().unwrap()]));
     let run = h.relay(traced_invite("trusted", "01"), Some("sip:backend1.example"));
-    assert_eq!(run.trace_id, Some(CALLER_TRACE));
+    assert_eq!(run.trace_id.as_ref().map(TraceId::get), Some(CALLER_TRACE));
     // With `never`, not even then.
     let mut h = Harness::traced_following(FollowTraceparent::Never);
     let run = h.relay(traced_invite("never", "01"), Some("sip:backend1.example"));
-    assert_eq!(run.trace_id, Some(trace_id_of_call("never")));
+    assert_eq!(
+        run.trace_id.as_ref().map(TraceId::get),
+        Some(trace_id_of_call("never"))
+    );
 }
 
 #[test]
@@ -394,7 +400,10 @@ fn two_traceparent_lines_start_a_new_trace_and_one_leaves() {
         &format!("{}{second}", caller_traceparent("01")),
     );
     let run = h.relay(msg, Some("sip:backend1.example"));
-    assert_eq!(run.trace_id, Some(trace_id_of_call("dup")));
+    assert_eq!(
+        run.trace_id.as_ref().map(TraceId::get),
+        Some(trace_id_of_call("dup"))
+    );
     let sent = h.sent_to_after_relay();
     assert_eq!(traceparent_of(&sent).trace_id, trace_id_of_call("dup"));
 }
@@ -464,7 +473,7 @@ fn register_refreshes_are_traces_of_their_own() {
              Content-Length: 0\n\n"
         );
         let run = h.relay(parse(&text), Some("sip:backend1.example"));
-        trace_ids.push(run.trace_id.expect("traced"));
+        trace_ids.push(run.trace_id.expect("traced").get());
     }
     assert_ne!(trace_ids[0], trace_ids[1]);
     assert_eq!(
