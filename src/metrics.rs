@@ -103,6 +103,7 @@ pub struct Metrics {
     pub hep_dropped: Family<ReasonLabels, Counter>,
     pub otlp_dropped: Family<ReasonLabels, Counter>,
     pub otlp_exported: Counter,
+    pub transactions_evicted: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,6 +178,7 @@ impl Metrics {
             hep_dropped: Family::default(),
             otlp_dropped: Family::default(),
             otlp_exported: Counter::default(),
+            transactions_evicted: Counter::default(),
             script_wait: Histogram::new(exponential_buckets(0.000_010, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -369,6 +371,11 @@ impl Metrics {
             "otlp_dropped_spans",
             "Spans of traced calls not exported: the queue to the export thread was full, or the collector failed or was unreachable",
             m.otlp_dropped.clone(),
+        );
+        registry.register(
+            "transactions_evicted",
+            "Ended transactions dropped before their timers ran out, to keep them within limits.ended_transactions_mb",
+            m.transactions_evicted.clone(),
         );
         registry.register(
             "otlp_exported_spans",

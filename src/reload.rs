@@ -328,6 +328,7 @@ impl Reloader {
             engine: crate::proxy::engine::Reconfigure {
                 timers: new.transaction.settings(),
                 max_transactions: new.limits.max_transactions,
+                ended_bytes: new.limits.ended_transactions_mb << 20,
                 udp_max_request_bytes: new.limits.udp_max_request_bytes,
                 call_max: std::time::Duration::from_secs(new.gateway.call_max_secs),
                 local: Arc::new(local),

@@ -148,6 +148,7 @@ async fn start(
         gateway_service: gateway_service.clone(),
         drain_secs: config.server.drain_secs,
         max_transactions: (config.limits.max_transactions / shards_wanted).max(1),
+        ended_bytes: (config.limits.ended_transactions_mb << 20) / shards_wanted,
         udp_max_request_bytes: config.limits.udp_max_request_bytes,
         call_max: Duration::from_secs(config.gateway.call_max_secs),
         max_tracked_calls: (crate::proxy::capacity::MAX_TRACKED_CALLS / shards_wanted).max(1),

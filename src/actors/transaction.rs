@@ -58,6 +58,8 @@ pub struct ShardConfig {
     pub drain_secs: u64,
     /// Each shard's share of `limits.max_transactions`.
     pub max_transactions: usize,
+    /// Each shard's share of `limits.ended_transactions_mb`, in bytes.
+    pub ended_bytes: usize,
     /// `limits.udp_max_request_bytes`.
     pub udp_max_request_bytes: usize,
     /// `gateway.call_max_secs`.
@@ -123,6 +125,7 @@ impl TransactionShard {
             branch_secret: [rand::random(), rand::random()],
             drain_secs: config.drain_secs,
             max_transactions: config.max_transactions,
+            ended_bytes: config.ended_bytes,
             flow_tokens: config.flow_tokens.clone(),
             seals: config.seals.clone(),
             accept_unsealed: config.accept_unsealed,

@@ -155,6 +155,7 @@ impl Router {
     pub fn reconfigure(&self, mut change: crate::actors::transaction::Reconfigure) {
         let shards = self.shards.len().max(1);
         change.engine.max_transactions = (change.engine.max_transactions / shards).max(1);
+        change.engine.ended_bytes /= shards;
         for shard in self.shards.iter() {
             shard.do_send(change.clone());
         }

@@ -52,7 +52,7 @@ impl ConfigChanges {
 
 /// The sections that apply in place when they change (`auth` only while
 /// there is one before and after: the script's `auth` needs it at boot).
-const IN_PLACE: [&str; 16] = [
+const IN_PLACE: [&str; 17] = [
     "log.level",
     "auth",
     "security.rate_limit",
@@ -64,6 +64,7 @@ const IN_PLACE: [&str; 16] = [
     "registrar.expires",
     "transaction",
     "limits.max_transactions",
+    "limits.ended_transactions_mb",
     "limits.udp_max_request_bytes",
     "limits.tcp",
     "dns",
@@ -80,9 +81,10 @@ pub const EDGE_SECTIONS: [&str; 4] = [
 ];
 
 /// Whether a change of these sections reaches the transaction shards.
-pub const SHARD_SECTIONS: [&str; 8] = [
+pub const SHARD_SECTIONS: [&str; 9] = [
     "transaction",
     "limits.max_transactions",
+    "limits.ended_transactions_mb",
     "limits.udp_max_request_bytes",
     "gateway.call_max_secs",
     "security.trusted",
@@ -167,6 +169,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChanges {
         ),
         ("security.relay_to", differs!(security.relay_to)),
         ("limits.max_transactions", differs!(limits.max_transactions)),
+        (
+            "limits.ended_transactions_mb",
+            differs!(limits.ended_transactions_mb),
+        ),
         (
             "limits.udp_max_request_bytes",
             differs!(limits.udp_max_request_bytes),

@@ -185,9 +185,13 @@ impl SecurityConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Above it, new INVITEs get 503 + Retry-After and other new requests
-    /// are dropped.
+    /// Live transactions above which new INVITEs get 503 + Retry-After
+    /// and other new requests are dropped (ended ones lingering for their
+    /// timers do not count).
     pub max_transactions: usize,
+    /// What ended transactions lingering for their timers may take, in
+    /// MiB; past it, those whose timers end soonest go first.
+    pub ended_transactions_mb: usize,
     /// RFC 3261 §18.1.1: a request larger than this (the path MTU minus
     /// 200) whose next hop does not pin `transport=udp` goes over TCP; 0
     /// never switches.
@@ -199,6 +203,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_transactions: 100_000,
+            ended_transactions_mb: 256,
             udp_max_request_bytes: 1300,
             tcp: TcpLimits::default(),
         }
@@ -430,6 +435,14 @@ pub(super) fn check_limits(l: &LimitsConfig, origin: &Path) -> Result<(), Config
         1,
         10_000_000,
         "transactions",
+    )?;
+    check_range(
+        origin,
+        "limits.ended_transactions_mb",
+        l.ended_transactions_mb,
+        1,
+        1_048_576,
+        "MiB",
     )?;
     check_range(
         origin,

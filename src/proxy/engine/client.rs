@@ -74,6 +74,8 @@ pub struct ClientTx {
     /// An INVITE's slot at its gateway destination: it becomes a call on a
     /// 2xx, and is given back on any other end of the branch.
     pub call_slot: Option<CallSlot>,
+    /// Set once the branch has ended and lingers for its timers.
+    pub ended: Option<super::ended::EndedMark>,
 }
 
 impl ClientTx {
@@ -112,6 +114,7 @@ impl ClientTx {
             caller_flow: None,
             no_response: None,
             call_slot: None,
+            ended: None,
         }
     }
 }

@@ -124,6 +124,7 @@ impl Run {
                 branch_secret: [seed, !seed],
                 drain_secs: 5,
                 max_transactions: usize::MAX,
+                ended_bytes: usize::MAX,
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
                 seals: crate::proxy::seal::DialogSeals::new(b"fuzz", None),
                 accept_unsealed: false,

@@ -20,6 +20,7 @@ mod cancel;
 mod client;
 mod context;
 mod decision;
+mod ended;
 mod failover;
 #[cfg(test)]
 mod fuzz;
@@ -96,9 +97,13 @@ pub struct EngineConfig {
     pub branch_secret: [u64; 2],
     /// While draining, new INVITEs and OPTIONS get 503 with this Retry-After.
     pub drain_secs: u64,
-    /// Transactions held at most (`limits.max_transactions`, this shard's
-    /// share): above it new INVITEs get 503 and other new requests are dropped.
+    /// Live transactions held at most (`limits.max_transactions`, this
+    /// shard's share): above it new INVITEs get 503 and other new requests
+    /// are dropped. Ended ones lingering for their timers do not count.
     pub max_transactions: usize,
+    /// What ended transactions may take, in bytes
+    /// (`limits.ended_transactions_mb`, this shard's share).
+    pub ended_bytes: usize,
     /// Names a caller's connection in our Record-Route (one key for every
     /// shard: a token must read the same wherever its request lands).
     pub flow_tokens: crate::proxy::flow::FlowTokens,
@@ -122,6 +127,7 @@ pub struct EngineConfig {
 pub struct Reconfigure {
     pub timers: TimerSettings,
     pub max_transactions: usize,
+    pub ended_bytes: usize,
     pub udp_max_request_bytes: usize,
     pub call_max: Duration,
     /// Who we are, with `security.trusted`.
@@ -321,6 +327,8 @@ pub struct Engine<F> {
     calls: ActiveCalls,
     /// Calls not counted because `calls` was full.
     untracked_calls: u64,
+    /// Transactions that ended and linger for their timers.
+    ended: ended::EndedStore,
 }
 
 impl<F: Clone> Engine<F> {
@@ -366,6 +374,7 @@ impl<F: Clone> Engine<F> {
                 config.max_tracked_calls,
             ),
             untracked_calls: 0,
+            ended: ended::EndedStore::default(),
             config,
             servers: FastMap::default(),
             server_index: FastMap::default(),
@@ -400,6 +409,7 @@ impl<F: Clone> Engine<F> {
     pub fn reconfigure(&mut self, change: Reconfigure) {
         self.config.timers = change.timers;
         self.config.max_transactions = change.max_transactions;
+        self.config.ended_bytes = change.ended_bytes;
         self.config.udp_max_request_bytes = change.udp_max_request_bytes;
         self.calls.set_call_max(change.call_max);
         self.config.local = change.local;
@@ -454,9 +464,10 @@ impl<F: Clone> Engine<F> {
         self.handle_decision(now, ticket, Decision::failed(), &mut no_lookup);
     }
 
-    /// Transactions held (server, client and CANCEL).
+    /// Live transactions held (server, client and CANCEL): not the ended
+    /// ones lingering for their timers.
     pub fn active(&self) -> usize {
-        self.servers.len() + self.clients.len() + self.cancels.len()
+        self.servers.len() + self.clients.len() + self.cancels.len() - self.ended.count()
     }
 
     fn settings(&self) -> TimerSettings {

@@ -160,6 +160,7 @@ impl<F: Clone> Engine<F> {
                 failure_hook: FailureHook::NotRun,
                 ack_key: None,
                 trace: None,
+                ended: None,
             };
             tx.trace = self.begin_trace(now, &msg, source, protocol);
             if invite {
@@ -272,6 +273,7 @@ impl<F: Clone> Engine<F> {
                 };
                 self.timers
                     .arm(now, linger, TimerOwner::Server(slot), TimerKind::I);
+                self.server_ended(slot, now + linger, now);
                 true
             }
             ServerState::Confirmed => true,

@@ -66,7 +66,7 @@ impl<F: Clone> Engine<F> {
             Owner::Server(slot) => slot,
             Owner::Probe { probe, sent } => {
                 if code >= 200 {
-                    self.clients.remove(&token);
+                    self.remove_client(token);
                     self.out.push_back(Output::ProbeDone {
                         probe,
                         outcome: ProbeOutcome {
@@ -161,7 +161,11 @@ impl<F: Clone> Engine<F> {
                     TimerOwner::Client(token),
                     TimerKind::M,
                 );
+                self.client_ended(token, now + settings.timeout(), now);
             }
+            let Some(client) = self.clients.get_mut(&token) else {
+                return;
+            };
             if !was_settled {
                 if let Some(tx) = self.servers.get_mut(&slot) {
                     tx.context.settle(None);
@@ -194,6 +198,7 @@ impl<F: Clone> Engine<F> {
             };
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
+            self.client_ended(token, now + linger, now);
         } else {
             client.request = Bytes::new();
             let linger = if reliable {
@@ -203,6 +208,7 @@ impl<F: Clone> Engine<F> {
             };
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::K);
+            self.client_ended(token, now + linger, now);
         }
         if was_settled {
             return;
@@ -482,11 +488,12 @@ impl<F: Clone> Engine<F> {
         tx.last_response = Some(bytes.clone());
         let reliable = tx.protocol.is_reliable();
         let owner = TimerOwner::Server(slot);
-        if tx.invite && (200..300).contains(&code) {
+        let linger = if tx.invite && (200..300).contains(&code) {
             tx.state = ServerState::Accepted;
             tx.last_response = None;
             self.timers
                 .arm(now, settings.timeout(), owner, TimerKind::L);
+            settings.timeout()
         } else if tx.invite {
             tx.state = ServerState::Completed;
             if !reliable {
@@ -494,6 +501,7 @@ impl<F: Clone> Engine<F> {
             }
             self.timers
                 .arm(now, settings.timeout(), owner, TimerKind::H);
+            settings.timeout()
         } else {
             tx.state = ServerState::Completed;
             let linger = if reliable {
@@ -502,7 +510,8 @@ impl<F: Clone> Engine<F> {
                 settings.timeout()
             };
             self.timers.arm(now, linger, owner, TimerKind::J);
-        }
+            linger
+        };
         let branches = std::mem::take(&mut tx.branches);
         let (flow, dest) = (tx.flow.clone(), tx.reply_to);
         self.reply(&flow, dest, bytes, Some(code));
@@ -511,6 +520,7 @@ impl<F: Clone> Engine<F> {
         for token in branches {
             self.cancel_branch(token, now);
         }
+        self.server_ended(slot, now + linger, now);
     }
 
     /// Answers without a server transaction. The To tag comes from the
@@ -538,6 +548,7 @@ impl<F: Clone> Engine<F> {
             if let Some(key) = tx.ack_key {
                 self.awaiting_ack.remove(&key);
             }
+            self.release_server(tx.ended);
             self.end_trace(tx.trace, now);
         }
     }

@@ -135,6 +135,7 @@ impl Harness {
                 branch_secret: [7, 9],
                 drain_secs: 7,
                 max_transactions: usize::MAX,
+                ended_bytes: usize::MAX,
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
                 seals: crate::proxy::seal::DialogSeals::new(HARNESS_ROUTE_SECRET, None),
                 accept_unsealed: false,
@@ -427,6 +428,7 @@ fn late_2xx_retransmission(h: &mut Harness, protocol: Protocol) {
 mod basics;
 mod capacity;
 mod deployments;
+mod ended;
 mod failover;
 mod flows;
 mod late_decisions;

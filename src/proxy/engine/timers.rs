@@ -159,7 +159,7 @@ impl<F: Clone> Engine<F> {
             // not the D armed when it was given up, ends it.
             TimerKind::D if client.state == ClientState::Accepted => {}
             TimerKind::D | TimerKind::K | TimerKind::M => {
-                self.clients.remove(&token);
+                self.remove_client(token);
             }
             _ => {}
         }
@@ -201,7 +201,7 @@ impl<F: Clone> Engine<F> {
         let slot = match client.owner {
             Owner::Server(slot) => slot,
             Owner::Probe { probe, sent } => {
-                self.clients.remove(&token);
+                self.remove_client(token);
                 self.out.push_back(Output::ProbeDone {
                     probe,
                     outcome: ProbeOutcome {
@@ -222,8 +222,9 @@ impl<F: Clone> Engine<F> {
             let linger = self.settings().timeout();
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
+            self.client_ended(token, now + linger, now);
         } else {
-            self.clients.remove(&token);
+            self.remove_client(token);
         }
         self.trace_branch_ended(slot, token, now, None, why);
         if was_settled {

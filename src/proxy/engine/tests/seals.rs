@@ -112,6 +112,7 @@ fn reconfigure_seals(h: &mut Harness, seals: Option<crate::proxy::seal::DialogSe
     h.engine.reconfigure(Reconfigure {
         timers: settings(),
         max_transactions: usize::MAX,
+        ended_bytes: usize::MAX,
         udp_max_request_bytes: 1300,
         call_max: Duration::from_secs(4 * 3600),
         local,
