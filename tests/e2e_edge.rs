@@ -167,10 +167,15 @@ fn a_flood_from_one_address_is_banned_while_trusted_calls_all_succeed() {
     assert!(lb.wait_for_log("edge: dropped traffic", Duration::from_secs(5)));
     let summaries = lb.log_lines("edge: dropped traffic").len();
     assert!(summaries <= 10, "{summaries} summary lines");
-    assert!(
-        lb.log_lines(ATTACKER).len() <= 10,
-        "the attacker floods the log"
-    );
+    // siphon's own lines about the attacker: not the script's line for
+    // each request it routed (the burst that passed the limit), which
+    // names the attacker in its call_id.
+    let about_attacker = lb
+        .log_lines(ATTACKER)
+        .into_iter()
+        .filter(|line| !line.contains("siphon::script"))
+        .count();
+    assert!(about_attacker <= 10, "the attacker floods the log");
 
     // While banned it gets nothing; once lifted, it is answered again.
     let attacker = UdpPeer::bind_ip(ATTACKER);
