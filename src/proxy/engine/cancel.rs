@@ -19,23 +19,32 @@ impl<F: Clone> Engine<F> {
             .server_index
             .get(&key.invite_of_cancel())
             .copied()
-            .filter(|slot| {
-                self.servers
+            .filter(|slot| match self.servers.get(slot) {
+                Some(tx) => tx.source.ip() == source.ip(),
+                None => self
+                    .ended_servers
                     .get(slot)
-                    .is_some_and(|tx| tx.source.ip() == source.ip())
+                    .is_some_and(|ended| ended.source_ip == source.ip()),
             });
         let Some(slot) = slot else {
             let reason = "Call/Transaction Does Not Exist";
             self.reply_stateless(msg, &key, &flow, (source, reply_to), 481, reason, &[]);
             return;
         };
-        let Some(tx) = self.servers.get_mut(&slot) else {
-            return;
+        let (to_tag, live) = match (
+            self.servers.get_mut(&slot),
+            self.ended_servers.get_mut(&slot),
+        ) {
+            (Some(tx), _) => (tx.to_tag.get_or_insert_with(build::new_tag).clone(), true),
+            // Answered already: the CANCEL has no effect but its 200 (§9.2).
+            (None, Some(ended)) => (ended.to_tag.clone().unwrap_or_else(build::new_tag), false),
+            (None, None) => return,
         };
-        let to_tag = tx.to_tag.get_or_insert_with(build::new_tag).clone();
         let ok = local_response(msg, source, 200, "OK", Some(&to_tag), &[]);
         self.reply(&flow, reply_to, Bytes::from(ok), Some(200));
-        self.cancel_request(slot, now);
+        if live {
+            self.cancel_request(slot, now);
+        }
     }
 
     /// The caller gave the request up (its CANCEL, or its connection

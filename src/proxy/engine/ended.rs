@@ -3,6 +3,10 @@
 //! retransmissions, replaying its response, waiting for an ACK), a branch
 //! that got its final (ACKing a retransmitted one, passing on a late 2xx).
 //!
+//! An ended server transaction moves out of the live table into a compact
+//! one ([`EndedServer`]): what absorbing retransmissions, ACKs and CANCELs
+//! takes, and no more (the request, its branches and their context go).
+//!
 //! They are counted apart from the live ones, so that
 //! `limits.max_transactions` bounds live work only: at 3,000 calls/s the
 //! lingering ones alone (Timer J keeps a BYE's 32 s) are several hundred
@@ -29,13 +33,36 @@ enum EndedOwner {
     Client(u64),
 }
 
+/// A server transaction that sent its final response, as it lingers.
+pub struct EndedServer<F> {
+    pub key: ServerKey,
+    pub flow: F,
+    /// Where its responses go (see [`ServerTx::reply_to`]).
+    pub reply_to: SocketAddr,
+    /// A CANCEL must come from the INVITE's host.
+    pub source_ip: IpAddr,
+    /// Replayed to a retransmitted request (none after a relayed 2xx,
+    /// which the UAs retransmit themselves), and resent by Timer G while
+    /// an INVITE's non-2xx, or our own 2xx, waits for its ACK.
+    pub last_response: Option<Bytes>,
+    /// The To tag of our own answer, for the 200 to a late CANCEL.
+    pub to_tag: Option<String>,
+    pub retransmit: Duration,
+    /// Our own 2xx's ACK is found by this key.
+    pub ack_key: Option<u64>,
+    pub state: ServerState,
+    pub reliable: bool,
+    /// Spans of branches still open when the final went (a fork's).
+    pub trace: Option<Box<super::trace::TxTrace>>,
+    pub mark: EndedMark,
+}
+
 /// The ended transactions of one engine, by when their timers end them.
 #[derive(Default)]
 pub(super) struct EndedStore {
     /// Soonest first; an entry whose transaction is gone, or whose mark
     /// changed since (an ACK moves Timer H to Timer I), is skipped.
     by_deadline: BinaryHeap<Reverse<(Instant, EndedOwner)>>,
-    servers: usize,
     clients: usize,
     bytes: usize,
 }
@@ -45,34 +72,78 @@ pub(super) struct EndedStore {
 const MAP_ENTRY_BYTES: usize = 64;
 
 impl EndedStore {
-    pub(super) fn count(&self) -> usize {
-        self.servers + self.clients
-    }
-
-    pub(super) fn bytes(&self) -> usize {
-        self.bytes
+    /// Branches ended and lingering.
+    pub(super) fn clients(&self) -> usize {
+        self.clients
     }
 }
 
+/// What an ended server transaction is charged.
+fn server_charge<F>(ended: &EndedServer<F>) -> usize {
+    std::mem::size_of::<EndedServer<F>>()
+        + 2 * MAP_ENTRY_BYTES
+        + ended.last_response.as_ref().map_or(0, Bytes::len)
+        + ended.to_tag.as_ref().map_or(0, String::capacity)
+}
+
 impl<F: Clone> Engine<F> {
-    /// The server transaction of `slot` has ended (or moved to another
-    /// lingering state): its timers end it at `until`.
-    pub(super) fn server_ended(&mut self, slot: u64, until: Instant, now: Instant) {
-        let Some(tx) = self.servers.get_mut(&slot) else {
+    /// The server transaction of `slot` sent its final response: it moves
+    /// to the compact table, until its timers end it at `until`.
+    pub(super) fn retire_server(&mut self, slot: u64, until: Instant, now: Instant) {
+        let Some(tx) = self.servers.remove(&slot) else {
             return;
         };
-        let bytes = std::mem::size_of::<ServerTx<F>>()
-            + 2 * MAP_ENTRY_BYTES
-            + tx.last_response.as_ref().map_or(0, Bytes::len)
-            + tx.to_tag.as_ref().map_or(0, String::len);
-        match tx.ended.replace(EndedMark { bytes, until }) {
-            Some(old) => self.ended.bytes -= old.bytes,
-            None => self.ended.servers += 1,
-        }
-        self.ended.bytes += bytes;
+        let mut ended = EndedServer {
+            key: tx.key,
+            flow: tx.flow,
+            reply_to: tx.reply_to,
+            source_ip: tx.source.ip(),
+            last_response: tx.last_response,
+            to_tag: tx.to_tag,
+            retransmit: tx.retransmit,
+            ack_key: tx.ack_key,
+            state: tx.state,
+            reliable: tx.protocol.is_reliable(),
+            trace: tx.trace,
+            mark: EndedMark { bytes: 0, until },
+        };
+        ended.mark.bytes = server_charge(&ended);
+        self.ended.bytes += ended.mark.bytes;
+        self.ended_servers.insert(slot, ended);
         let entry = Reverse((until, EndedOwner::Server(slot)));
         self.ended.by_deadline.push(entry);
         self.evict_ended(now);
+    }
+
+    /// An ended server transaction changed: what it holds (`charge`), or
+    /// when its timers end it (an ACK brings Timer H to Timer I).
+    pub(super) fn recharge_server(&mut self, slot: u64, until: Instant, now: Instant) {
+        let Some(ended) = self.ended_servers.get_mut(&slot) else {
+            return;
+        };
+        let bytes = server_charge(ended);
+        self.ended.bytes = self.ended.bytes - ended.mark.bytes + bytes;
+        let moved = ended.mark.until != until;
+        ended.mark = EndedMark { bytes, until };
+        if moved {
+            let entry = Reverse((until, EndedOwner::Server(slot)));
+            self.ended.by_deadline.push(entry);
+        }
+        self.evict_ended(now);
+    }
+
+    /// Removes the ended server transaction of `slot`, if there is one.
+    pub(super) fn remove_ended_server(&mut self, slot: u64, now: Instant) -> bool {
+        let Some(ended) = self.ended_servers.remove(&slot) else {
+            return false;
+        };
+        self.server_index.remove(&ended.key);
+        if let Some(key) = ended.ack_key {
+            self.awaiting_ack.remove(&key);
+        }
+        self.ended.bytes -= ended.mark.bytes;
+        self.end_trace(ended.trace, now);
+        true
     }
 
     /// The branch of `token` has ended: its timers end it at `until`.
@@ -92,14 +163,6 @@ impl<F: Clone> Engine<F> {
         let entry = Reverse((until, EndedOwner::Client(token)));
         self.ended.by_deadline.push(entry);
         self.evict_ended(now);
-    }
-
-    /// A server transaction is gone: what it was charged as ended, if it was.
-    pub(super) fn release_server(&mut self, mark: Option<EndedMark>) {
-        if let Some(mark) = mark {
-            self.ended.servers -= 1;
-            self.ended.bytes -= mark.bytes;
-        }
     }
 
     /// Removes the branch of `token`, and what it was charged as ended.
@@ -125,17 +188,19 @@ impl<F: Clone> Engine<F> {
             }
             crate::metrics::get().transactions_evicted.inc();
             match owner {
-                EndedOwner::Server(slot) => self.remove_server(slot, now),
+                EndedOwner::Server(slot) => {
+                    self.remove_ended_server(slot, now);
+                }
                 EndedOwner::Client(token) => {
                     self.remove_client(token);
                 }
             }
         }
-        if self.ended.by_deadline.len() > 2 * self.ended.count() + 1024 {
-            let (servers, clients) = (&self.servers, &self.clients);
+        if self.ended.by_deadline.len() > 2 * self.ended() + 1024 {
+            let (servers, clients) = (&self.ended_servers, &self.clients);
             self.ended.by_deadline.retain(|Reverse((until, owner))| {
                 let mark = match owner {
-                    EndedOwner::Server(slot) => servers.get(slot).and_then(|tx| tx.ended),
+                    EndedOwner::Server(slot) => servers.get(slot).map(|ended| ended.mark),
                     EndedOwner::Client(token) => clients.get(token).and_then(|c| c.ended),
                 };
                 mark.is_some_and(|mark| mark.until == *until)
@@ -145,18 +210,18 @@ impl<F: Clone> Engine<F> {
 
     fn ended_mark(&self, owner: EndedOwner) -> Option<EndedMark> {
         match owner {
-            EndedOwner::Server(slot) => self.servers.get(&slot)?.ended,
+            EndedOwner::Server(slot) => Some(self.ended_servers.get(&slot)?.mark),
             EndedOwner::Client(token) => self.clients.get(&token)?.ended,
         }
     }
 
     /// Transactions that have ended and linger for their timers.
     pub fn ended(&self) -> usize {
-        self.ended.count()
+        self.ended_servers.len() + self.ended.clients()
     }
 
     /// What those are charged, in bytes.
     pub fn ended_bytes(&self) -> usize {
-        self.ended.bytes()
+        self.ended.bytes
     }
 }

@@ -510,6 +510,16 @@ impl Run {
             }
         }
         assert_eq!(self.engine.active(), 0, "transactions outlived every timer");
+        assert_eq!(
+            self.engine.ended(),
+            0,
+            "ended transactions outlived their timers"
+        );
+        assert_eq!(
+            self.engine.ended_bytes(),
+            0,
+            "ended transactions' charge left behind"
+        );
         assert!(self.engine.pending.is_empty(), "script runs left behind");
         assert!(self.engine.timers.is_empty(), "timers left behind");
         // Every transaction is over: what still counts is an established

@@ -327,7 +327,10 @@ pub struct Engine<F> {
     calls: ActiveCalls,
     /// Calls not counted because `calls` was full.
     untracked_calls: u64,
-    /// Transactions that ended and linger for their timers.
+    /// Server transactions that sent their final response and linger for
+    /// their timers, compact (see [`ended`]).
+    ended_servers: FastMap<u64, ended::EndedServer<F>>,
+    /// What ended transactions are charged, by deadline.
     ended: ended::EndedStore,
 }
 
@@ -374,6 +377,7 @@ impl<F: Clone> Engine<F> {
                 config.max_tracked_calls,
             ),
             untracked_calls: 0,
+            ended_servers: FastMap::default(),
             ended: ended::EndedStore::default(),
             config,
             servers: FastMap::default(),
@@ -467,7 +471,7 @@ impl<F: Clone> Engine<F> {
     /// Live transactions held (server, client and CANCEL): not the ended
     /// ones lingering for their timers.
     pub fn active(&self) -> usize {
-        self.servers.len() + self.clients.len() + self.cancels.len() - self.ended.count()
+        self.servers.len() + self.clients.len() + self.cancels.len() - self.ended.clients()
     }
 
     fn settings(&self) -> TimerSettings {

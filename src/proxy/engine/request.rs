@@ -160,7 +160,6 @@ impl<F: Clone> Engine<F> {
                 failure_hook: FailureHook::NotRun,
                 ack_key: None,
                 trace: None,
-                ended: None,
             };
             tx.trace = self.begin_trace(now, &msg, source, protocol);
             if invite {
@@ -247,11 +246,19 @@ impl<F: Clone> Engine<F> {
     /// A retransmitted request: send the last response again (RFC 3261
     /// §17.2.1, §17.2.2), except after a 2xx, which the UAs retransmit.
     fn replay_last_response(&mut self, slot: u64) {
-        let Some(tx) = self.servers.get(&slot) else {
-            return;
+        let last = match (self.servers.get(&slot), self.ended_servers.get(&slot)) {
+            (Some(tx), _) => tx
+                .last_response
+                .as_ref()
+                .map(|r| (&tx.flow, tx.reply_to, r)),
+            (None, Some(ended)) if ended.state != ServerState::Accepted => ended
+                .last_response
+                .as_ref()
+                .map(|r| (&ended.flow, ended.reply_to, r)),
+            _ => None,
         };
-        if let (Some(response), false) = (&tx.last_response, tx.state == ServerState::Accepted) {
-            let (flow, dest, bytes) = (tx.flow.clone(), tx.reply_to, response.clone());
+        if let Some((flow, dest, response)) = last {
+            let (flow, bytes) = (flow.clone(), response.clone());
             self.reply(&flow, dest, bytes, None);
         }
     }
@@ -260,20 +267,17 @@ impl<F: Clone> Engine<F> {
     /// not send one (the ACK is then for a 2xx, and goes on).
     fn absorb_ack(&mut self, slot: u64, now: Instant) -> bool {
         let t4 = self.settings().t4;
-        let Some(tx) = self.servers.get_mut(&slot) else {
+        // A live transaction sent no final yet: the ACK is not its own.
+        let Some(tx) = self.ended_servers.get_mut(&slot) else {
             return false;
         };
         match tx.state {
             ServerState::Completed => {
                 tx.state = ServerState::Confirmed;
-                let linger = if tx.protocol.is_reliable() {
-                    Duration::ZERO
-                } else {
-                    t4
-                };
+                let linger = if tx.reliable { Duration::ZERO } else { t4 };
                 self.timers
                     .arm(now, linger, TimerOwner::Server(slot), TimerKind::I);
-                self.server_ended(slot, now + linger, now);
+                self.recharge_server(slot, now + linger, now);
                 true
             }
             ServerState::Confirmed => true,

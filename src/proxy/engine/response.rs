@@ -263,16 +263,15 @@ impl<F: Clone> Engine<F> {
     /// transaction is gone, a retransmitted 2xx still goes on, by its Via.
     fn forward_2xx(&mut self, slot: u64, msg: &Message, caller_flow: Option<Hop>, now: Instant) {
         let code = msg.status().unwrap_or(200);
-        let Some(tx) = self.servers.get(&slot) else {
-            self.forward_stray(msg, caller_flow);
-            return;
-        };
         let bytes = Bytes::from(forward::strip_top_via(msg));
-        if tx.final_sent {
-            let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+        if self.servers.contains_key(&slot) {
+            self.send_final(slot, code, bytes, now);
+        } else if let Some(ended) = self.ended_servers.get(&slot) {
+            // A later 2xx (another branch's, or a retransmission).
+            let (flow, dest) = (ended.flow.clone(), ended.reply_to);
             self.reply(&flow, dest, bytes, Some(code));
         } else {
-            self.send_final(slot, code, bytes, now);
+            self.forward_stray(msg, caller_flow);
         }
     }
 
@@ -457,15 +456,17 @@ impl<F: Clone> Engine<F> {
         self.send_final(slot, code, bytes.clone(), now);
         if let Some(key) = ack {
             let t1 = self.settings().t1;
-            if let Some(tx) = self.servers.get_mut(&slot) {
+            if let Some(tx) = self.ended_servers.get_mut(&slot) {
                 tx.ack_key = Some(key);
                 tx.last_response = Some(bytes);
                 tx.retransmit = t1;
-                if !tx.protocol.is_reliable() {
+                if !tx.reliable {
                     self.timers
                         .arm(now, t1, TimerOwner::Server(slot), TimerKind::G);
                 }
+                let until = tx.mark.until;
                 self.awaiting_ack.insert(key, slot);
+                self.recharge_server(slot, until, now);
             }
         }
     }
@@ -520,7 +521,7 @@ impl<F: Clone> Engine<F> {
         for token in branches {
             self.cancel_branch(token, now);
         }
-        self.server_ended(slot, now + linger, now);
+        self.retire_server(slot, now + linger, now);
     }
 
     /// Answers without a server transaction. The To tag comes from the
@@ -548,8 +549,9 @@ impl<F: Clone> Engine<F> {
             if let Some(key) = tx.ack_key {
                 self.awaiting_ack.remove(&key);
             }
-            self.release_server(tx.ended);
             self.end_trace(tx.trace, now);
+        } else {
+            self.remove_ended_server(slot, now);
         }
     }
 
@@ -566,7 +568,7 @@ impl<F: Clone> Engine<F> {
         let Some(slot) = self.awaiting_ack.remove(&ack_key(call_id, tag, cseq)) else {
             return false;
         };
-        if let Some(tx) = self.servers.get_mut(&slot) {
+        if let Some(tx) = self.ended_servers.get_mut(&slot) {
             tx.ack_key = None;
             tx.last_response = None;
         }

@@ -150,8 +150,6 @@ pub struct ServerTx<F> {
     pub ack_key: Option<u64>,
     /// Its spans, when the call is traced.
     pub trace: Option<Box<super::trace::TxTrace>>,
-    /// Set once it has ended and lingers for its timers.
-    pub ended: Option<super::ended::EndedMark>,
 }
 
 /// The failover state of a relay to a gateway destination (DESIGN.md §4.3).

@@ -22,10 +22,18 @@ impl<F: Clone> Engine<F> {
         }
         // A transaction has a few timers live at once; many more entries
         // than that are ended transactions' (Timer C above all).
-        if self.timers.len() >= TIMER_SWEEP_FLOOR.max(TIMERS_PER_TRANSACTION * self.active()) {
-            let (servers, clients, cancels) = (&self.servers, &self.clients, &self.cancels);
+        let held = self.active() + self.ended();
+        if self.timers.len() >= TIMER_SWEEP_FLOOR.max(TIMERS_PER_TRANSACTION * held) {
+            let (servers, ended, clients, cancels) = (
+                &self.servers,
+                &self.ended_servers,
+                &self.clients,
+                &self.cancels,
+            );
             self.timers.retain(|owner| match owner {
-                TimerOwner::Server(slot) => servers.contains_key(&slot),
+                TimerOwner::Server(slot) => {
+                    servers.contains_key(&slot) || ended.contains_key(&slot)
+                }
                 TimerOwner::Client(token) => clients.contains_key(&token),
                 TimerOwner::Cancel(token) => cancels.contains_key(&token),
             });
@@ -38,22 +46,37 @@ impl<F: Clone> Engine<F> {
     }
 
     fn server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {
-        let settings = self.settings();
         let Some(tx) = self.servers.get_mut(&slot) else {
+            self.ended_server_timer(slot, kind, now);
             return;
         };
         match kind {
-            TimerKind::G if tx.state == ServerState::Completed => {
-                tx.retransmit = settings.backoff(tx.retransmit, true);
-                self.timers
-                    .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
-                if let Some(response) = tx.last_response.clone() {
-                    let (flow, dest) = (tx.flow.clone(), tx.reply_to);
-                    self.reply(&flow, dest, response, None);
+            // A script's provisional reply was all this request got.
+            TimerKind::Guard if !tx.final_sent && tx.context.branches_pending() == 0 => {
+                if tx.invite {
+                    self.reply_local(slot, 408, "Request Timeout", &[], now);
+                } else {
+                    self.remove_server(slot, now);
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// The timers of a server transaction that sent its final response.
+    fn ended_server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {
+        let settings = self.settings();
+        let Some(tx) = self.ended_servers.get_mut(&slot) else {
+            return;
+        };
+        let awaits_ack = match tx.state {
+            ServerState::Completed => true,
             // Our own 2xx, until its ACK or Timer L.
-            TimerKind::G if tx.state == ServerState::Accepted && tx.ack_key.is_some() => {
+            ServerState::Accepted => tx.ack_key.is_some(),
+            _ => false,
+        };
+        match kind {
+            TimerKind::G if awaits_ack => {
                 tx.retransmit = settings.backoff(tx.retransmit, true);
                 self.timers
                     .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
@@ -64,16 +87,10 @@ impl<F: Clone> Engine<F> {
             }
             TimerKind::H if tx.state == ServerState::Completed => {
                 tracing::debug!("no ACK for a final response (Timer H)");
-                self.remove_server(slot, now);
+                self.remove_ended_server(slot, now);
             }
-            TimerKind::I | TimerKind::J | TimerKind::L => self.remove_server(slot, now),
-            // A script's provisional reply was all this request got.
-            TimerKind::Guard if !tx.final_sent && tx.context.branches_pending() == 0 => {
-                if tx.invite {
-                    self.reply_local(slot, 408, "Request Timeout", &[], now);
-                } else {
-                    self.remove_server(slot, now);
-                }
+            TimerKind::I | TimerKind::J | TimerKind::L => {
+                self.remove_ended_server(slot, now);
             }
             _ => {}
         }

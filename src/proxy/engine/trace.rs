@@ -137,13 +137,21 @@ impl<F: Clone> Engine<F> {
 
     fn trace_mut(&mut self, slot: u64) -> Option<&mut TxTrace> {
         self.config.tracing.as_ref()?;
-        self.servers.get_mut(&slot)?.trace.as_deref_mut()
+        match self.servers.get_mut(&slot) {
+            Some(tx) => tx.trace.as_deref_mut(),
+            None => self.ended_servers.get_mut(&slot)?.trace.as_deref_mut(),
+        }
     }
 
     /// The trace id of a server transaction, for the log lines about it.
     pub(super) fn trace_id_of(&self, slot: Option<u64>) -> Option<crate::telemetry::TraceId> {
         self.config.tracing.as_ref()?;
-        let trace_id = self.servers.get(&slot?)?.trace.as_ref()?.trace_id;
+        let slot = slot?;
+        let trace = match self.servers.get(&slot) {
+            Some(tx) => tx.trace.as_ref(),
+            None => self.ended_servers.get(&slot)?.trace.as_ref(),
+        };
+        let trace_id = trace?.trace_id;
         Some(crate::telemetry::TraceId::new(trace_id))
     }
 
@@ -343,15 +351,18 @@ impl<F: Clone> Engine<F> {
     /// Once the final response is sent and no branch is open, the trace
     /// goes out.
     fn flush_trace_if_done(&mut self, slot: u64) {
-        let Some(tx) = self.servers.get_mut(&slot) else {
-            return;
+        let trace = match self.servers.get_mut(&slot) {
+            Some(tx) => &mut tx.trace,
+            None => match self.ended_servers.get_mut(&slot) {
+                Some(ended) => &mut ended.trace,
+                None => return,
+            },
         };
-        let done = tx
-            .trace
+        let done = trace
             .as_ref()
             .is_some_and(|t| t.final_sent && t.open_branches() == 0);
         if done {
-            let trace = tx.trace.take().expect("checked above");
+            let trace = trace.take().expect("checked above");
             let end = trace.server.end;
             self.out
                 .push_back(Output::Trace(Box::new(trace.finish(end))));
