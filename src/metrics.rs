@@ -194,7 +194,7 @@ impl Metrics {
         );
         registry.register(
             "transactions_active",
-            "Server and client transactions held",
+            "Live server and client transactions (not the ended ones lingering for their timers): what limits.max_transactions bounds",
             m.transactions_active.clone(),
         );
         registry.register(

@@ -37,7 +37,12 @@ impl<F: Clone> Engine<F> {
         ) {
             (Some(tx), _) => (tx.to_tag.get_or_insert_with(build::new_tag).clone(), true),
             // Answered already: the CANCEL has no effect but its 200 (§9.2).
-            (None, Some(ended)) => (ended.to_tag.clone().unwrap_or_else(build::new_tag), false),
+            // The tag of the final we relayed is the callee's: a
+            // retransmitted CANCEL gets the same one of ours.
+            (None, Some(ended)) => (
+                ended.to_tag.clone().unwrap_or_else(|| key.stateless_tag()),
+                false,
+            ),
             (None, None) => return,
         };
         let ok = local_response(msg, source, 200, "OK", Some(&to_tag), &[]);

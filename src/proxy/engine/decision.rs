@@ -251,7 +251,7 @@ impl<F: Clone> Engine<F> {
         };
         self.timers
             .arm(now, linger, TimerOwner::Server(slot), TimerKind::J);
-        self.retire_server(slot, now + linger, now);
+        self.retire_server(slot, now + linger);
     }
 
     /// `relay(uri)`: to `uri` as the next hop, else along the Route set

@@ -89,7 +89,7 @@ fn server_charge<F>(ended: &EndedServer<F>) -> usize {
 impl<F: Clone> Engine<F> {
     /// The server transaction of `slot` sent its final response: it moves
     /// to the compact table, until its timers end it at `until`.
-    pub(super) fn retire_server(&mut self, slot: u64, until: Instant, now: Instant) {
+    pub(super) fn retire_server(&mut self, slot: u64, until: Instant) {
         let Some(tx) = self.servers.remove(&slot) else {
             return;
         };
@@ -112,12 +112,11 @@ impl<F: Clone> Engine<F> {
         self.ended_servers.insert(slot, ended);
         let entry = Reverse((until, EndedOwner::Server(slot)));
         self.ended.by_deadline.push(entry);
-        self.evict_ended(now);
     }
 
     /// An ended server transaction changed: what it holds (`charge`), or
     /// when its timers end it (an ACK brings Timer H to Timer I).
-    pub(super) fn recharge_server(&mut self, slot: u64, until: Instant, now: Instant) {
+    pub(super) fn recharge_server(&mut self, slot: u64, until: Instant) {
         let Some(ended) = self.ended_servers.get_mut(&slot) else {
             return;
         };
@@ -129,7 +128,6 @@ impl<F: Clone> Engine<F> {
             let entry = Reverse((until, EndedOwner::Server(slot)));
             self.ended.by_deadline.push(entry);
         }
-        self.evict_ended(now);
     }
 
     /// Removes the ended server transaction of `slot`, if there is one.
@@ -147,7 +145,7 @@ impl<F: Clone> Engine<F> {
     }
 
     /// The branch of `token` has ended: its timers end it at `until`.
-    pub(super) fn client_ended(&mut self, token: u64, until: Instant, now: Instant) {
+    pub(super) fn client_ended(&mut self, token: u64, until: Instant) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
@@ -162,7 +160,6 @@ impl<F: Clone> Engine<F> {
         self.ended.bytes += bytes;
         let entry = Reverse((until, EndedOwner::Client(token)));
         self.ended.by_deadline.push(entry);
-        self.evict_ended(now);
     }
 
     /// Removes the branch of `token`, and what it was charged as ended.
@@ -177,8 +174,10 @@ impl<F: Clone> Engine<F> {
 
     /// Past the memory bound, the ended transactions whose timers end
     /// soonest go now; stale entries are swept once they outnumber the
-    /// held ones.
-    fn evict_ended(&mut self, now: Instant) {
+    /// held ones. Run with the timers, never from inside a transaction's
+    /// own handling (which may still use the one evicted): the bound may
+    /// be passed by what arrives between two ticks.
+    pub(super) fn evict_ended(&mut self, now: Instant) {
         while self.ended.bytes > self.config.ended_bytes {
             let Some(Reverse((until, owner))) = self.ended.by_deadline.pop() else {
                 break;

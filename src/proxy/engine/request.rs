@@ -277,7 +277,7 @@ impl<F: Clone> Engine<F> {
                 let linger = if tx.reliable { Duration::ZERO } else { t4 };
                 self.timers
                     .arm(now, linger, TimerOwner::Server(slot), TimerKind::I);
-                self.recharge_server(slot, now + linger, now);
+                self.recharge_server(slot, now + linger);
                 true
             }
             ServerState::Confirmed => true,

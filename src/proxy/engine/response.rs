@@ -161,7 +161,7 @@ impl<F: Clone> Engine<F> {
                     TimerOwner::Client(token),
                     TimerKind::M,
                 );
-                self.client_ended(token, now + settings.timeout(), now);
+                self.client_ended(token, now + settings.timeout());
             }
             let Some(client) = self.clients.get_mut(&token) else {
                 return;
@@ -198,7 +198,7 @@ impl<F: Clone> Engine<F> {
             };
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
-            self.client_ended(token, now + linger, now);
+            self.client_ended(token, now + linger);
         } else {
             client.request = Bytes::new();
             let linger = if reliable {
@@ -208,7 +208,7 @@ impl<F: Clone> Engine<F> {
             };
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::K);
-            self.client_ended(token, now + linger, now);
+            self.client_ended(token, now + linger);
         }
         if was_settled {
             return;
@@ -466,7 +466,7 @@ impl<F: Clone> Engine<F> {
                 }
                 let until = tx.mark.until;
                 self.awaiting_ack.insert(key, slot);
-                self.recharge_server(slot, until, now);
+                self.recharge_server(slot, until);
             }
         }
     }
@@ -521,7 +521,7 @@ impl<F: Clone> Engine<F> {
         for token in branches {
             self.cancel_branch(token, now);
         }
-        self.retire_server(slot, now + linger, now);
+        self.retire_server(slot, now + linger);
     }
 
     /// Answers without a server transaction. The To tag comes from the
@@ -571,6 +571,8 @@ impl<F: Clone> Engine<F> {
         if let Some(tx) = self.ended_servers.get_mut(&slot) {
             tx.ack_key = None;
             tx.last_response = None;
+            let until = tx.mark.until;
+            self.recharge_server(slot, until);
         }
         true
     }

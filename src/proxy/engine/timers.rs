@@ -13,6 +13,7 @@ impl<F: Clone> Engine<F> {
                 self.out.push_back(Output::CallCollected(collected));
             }
         }
+        self.evict_ended(now);
         while let Some((owner, kind)) = self.timers.pop_due(now) {
             match owner {
                 TimerOwner::Server(slot) => self.server_timer(slot, kind, now),
@@ -237,9 +238,9 @@ impl<F: Clone> Engine<F> {
         // Timer D removes it either way.
         if client.cancel_sent {
             let linger = self.settings().timeout();
+            // Live still: a 2xx racing the CANCEL must be relayed (§16.7).
             self.timers
                 .arm(now, linger, TimerOwner::Client(token), TimerKind::D);
-            self.client_ended(token, now + linger, now);
         } else {
             self.remove_client(token);
         }

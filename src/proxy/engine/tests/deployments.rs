@@ -549,6 +549,7 @@ fn a_probe_ends_when_its_prober_gives_up() {
         .collect();
     assert_eq!(done, [None], "a timeout, when the prober gives up");
     assert_eq!(h.engine.active(), 0);
+    assert_eq!(h.engine.ended(), 0, "ended ones too");
     h.run_for(Duration::from_secs(10), Duration::from_millis(500));
     assert!(
         h.sent_to(BACKEND1).is_empty(),

@@ -87,6 +87,8 @@ fn past_the_bound_the_ended_transaction_due_soonest_goes_first() {
     h.engine.config.ended_bytes = both + 10;
     h.advance(Duration::from_secs(1));
     reply_with(&mut h, message("evict-c"), 200);
+    assert_eq!(h.engine.ended(), 3, "over the bound until the next tick");
+    h.advance(Duration::from_millis(10));
     h.take();
     assert_eq!(h.engine.ended(), 2, "one made room");
     assert!(h.engine.ended_bytes() <= both + 10);

@@ -57,6 +57,7 @@ fn room_in_the_table_lets_new_calls_in_again() {
     h.run_for(Duration::from_secs(40), Duration::from_millis(500));
     h.take();
     assert_eq!(h.engine.active(), 0);
+    assert_eq!(h.engine.ended(), 0, "ended ones too");
     assert!(h.receive(invite("second"), UAC, Protocol::Udp).is_some());
 }
 
@@ -80,6 +81,7 @@ fn ended_transactions_leave_no_timers_behind() {
     h.run_for(Duration::from_secs(40), Duration::from_secs(1));
     h.take();
     assert_eq!(h.engine.active(), 0, "every transaction ended");
+    assert_eq!(h.engine.ended(), 0, "and their timers ended them");
     assert!(
         h.engine.timer_entries() <= TIMER_SWEEP_FLOOR,
         "{} timer entries for no transaction",

@@ -46,6 +46,7 @@ fn a_probe_reports_its_status_or_its_timeout() {
         .any(|o| matches!(o, Output::ProbeDone { probe: 8, outcome } if outcome.status.is_none()));
     assert!(timed_out);
     assert_eq!(h.engine.active(), 0);
+    assert_eq!(h.engine.ended(), 0, "ended ones too");
 }
 
 #[test]

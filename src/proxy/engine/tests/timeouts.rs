@@ -21,6 +21,7 @@ fn an_invite_the_script_takes_no_action_on_gets_a_500() {
     assert!(h.replies().is_empty());
     h.run_for(Duration::from_secs(40), Duration::from_secs(1));
     assert_eq!(h.engine.active(), 0);
+    assert_eq!(h.engine.ended(), 0, "ended ones too");
 }
 
 #[test]
@@ -56,6 +57,7 @@ fn a_provisional_reply_alone_does_not_leak_the_transaction() {
     );
     h.run_for(Duration::from_secs(10), Duration::from_secs(1));
     assert_eq!(h.engine.active(), 0, "every transaction ended");
+    assert_eq!(h.engine.ended(), 0, "and their timers ended them");
 }
 
 // ---------------------------------------------------------------------------
@@ -76,6 +78,7 @@ fn a_non_invite_branch_timing_out_sends_no_408() {
     h.run_for(Duration::from_secs(40), Duration::from_millis(500));
     assert!(h.replies().is_empty(), "a response went upstream");
     assert_eq!(h.engine.active(), 0);
+    assert_eq!(h.engine.ended(), 0, "ended ones too");
 }
 
 #[test]
