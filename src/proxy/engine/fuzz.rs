@@ -125,7 +125,11 @@ impl Run {
                 drain_secs: 5,
                 max_transactions: usize::MAX,
                 // A third of the runs evict ended transactions early.
-                ended_bytes: if seed % 3 == 0 { 4096 } else { usize::MAX },
+                ended_bytes: if seed.is_multiple_of(3) {
+                    4096
+                } else {
+                    usize::MAX
+                },
                 flow_tokens: crate::proxy::flow::FlowTokens::new([3; 32]),
                 seals: crate::proxy::seal::DialogSeals::new(b"fuzz", None),
                 accept_unsealed: false,
