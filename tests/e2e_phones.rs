@@ -91,8 +91,10 @@ fn registered_backend(lb: &Siphon, user: &str) -> String {
     let line = lines
         .last()
         .unwrap_or_else(|| panic!("no REGISTER for {user} in the LB log:\n{}", lb.log_tail(30)));
+    // The script's message, then the call's fields (call_id=...).
     let uri = &line[line.find(&prefix).expect("prefix") + prefix.len()..];
-    uri.trim_start_matches("sip:").trim().to_string()
+    let uri = uri.split_whitespace().next().unwrap_or("");
+    uri.trim_start_matches("sip:").to_string()
 }
 
 fn phones_call_each_other_through_the_lb(transport: Transport) {
