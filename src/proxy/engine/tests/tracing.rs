@@ -408,52 +408,39 @@ fn two_traceparent_lines_start_a_new_trace_and_one_leaves() {
     assert_eq!(traceparent_of(&sent).trace_id, trace_id_of_call("dup"));
 }
 
+/// The request sent to backend 1 when the script relays `call_id`'s
+/// INVITE there having set a traceparent of the caller's trace (header
+/// name as `name` writes it).
+fn relayed_with_script_traceparent(h: &mut Harness, call_id: &str, name: &str) -> Message {
+    let run = h
+        .receive(invite(call_id), UAC, Protocol::Udp)
+        .expect("script runs");
+    let relay = Action::Relay {
+        uri: Some("sip:backend1.example".into()),
+    };
+    let decision = Decision {
+        header_edits: vec![(
+            name.to_string(),
+            Some(format!("00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01")),
+        )],
+        ..script_decision(&run, relay)
+    };
+    h.decide(&run, decision);
+    h.sent_to_after_relay()
+}
+
 #[test]
 fn a_traceparent_the_script_set_gives_way_to_the_branchs() {
     let mut h = Harness::traced();
-    let run = h
-        .receive(invite("script-tp"), UAC, Protocol::Udp)
-        .expect("script runs");
-    let decision = Decision {
-        header_edits: vec![(
-            "TraceParent".to_string(),
-            Some(format!("00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01")),
-        )],
-        ..script_decision(
-            &run,
-            Action::Relay {
-                uri: Some("sip:backend1.example".into()),
-            },
-        )
-    };
-    h.decide(&run, decision);
-    let sent = h.sent_to_after_relay();
+    let sent = relayed_with_script_traceparent(&mut h, "script-tp", "TraceParent");
     assert_eq!(
         traceparent_of(&sent).trace_id,
         trace_id_of_call("script-tp")
     );
     // Untraced, the script's goes as it set it.
     let mut h = Harness::new();
-    let run = h
-        .receive(invite("script-tp2"), UAC, Protocol::Udp)
-        .expect("script runs");
-    let decision = Decision {
-        header_edits: vec![(
-            "traceparent".to_string(),
-            Some(format!("00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01")),
-        )],
-        ..script_decision(
-            &run,
-            Action::Relay {
-                uri: Some("sip:backend1.example".into()),
-            },
-        )
-    };
-    h.decide(&run, decision);
-    assert_eq!(
-        traceparent_of(&h.sent_to_after_relay()).parent_span_id,
-        CALLER_SPAN
-    );
+    let sent = relayed_with_script_traceparent(&mut h, "script-tp2", "traceparent");
+    assert_eq!(traceparent_of(&sent).parent_span_id, CALLER_SPAN);
 }
 
 #[test]
