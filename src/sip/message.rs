@@ -303,6 +303,9 @@ pub struct Message {
     /// not pass it (a [`super::ParseError::partial`]), whose accessors then
     /// fall back to reading the headers.
     pub(crate) remembered: Option<Remembered>,
+    /// Every byte of `buf` is ASCII (nearly every SIP message): any span of
+    /// it is then text as it stands, with no UTF-8 check per access.
+    pub(crate) ascii: bool,
 }
 
 /// Where the fields the proxy reads on every message sit in the buffer, as
@@ -355,7 +358,15 @@ impl Message {
 
     #[inline]
     pub(crate) fn text(&self, span: Span) -> &str {
-        std::str::from_utf8(self.slice(span)).unwrap_or("")
+        let bytes = self.slice(span);
+        if self.ascii {
+            // SAFETY: `ascii` says every byte of `buf` is below 0x80 (it is
+            // checked when `buf` is set), and any run of ASCII bytes is
+            // valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(bytes) }
+        } else {
+            std::str::from_utf8(bytes).unwrap_or("")
+        }
     }
 
     pub fn is_request(&self) -> bool {
@@ -552,6 +563,34 @@ pub fn same_header(written: &str, wanted: HeaderName, wanted_text: &str) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_read_unchecked_only_from_an_all_ascii_message() {
+        let message = |from: &[u8]| {
+            let mut raw = b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: ".to_vec();
+            raw.extend_from_slice(from);
+            raw.extend_from_slice(b";tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n");
+            crate::sip::parse(bytes::Bytes::from(raw))
+        };
+        let ascii = message(b"<sip:b@example.com>").expect("parses");
+        assert!(ascii.ascii);
+        assert_eq!(
+            ascii.header(HeaderName::From),
+            Some("<sip:b@example.com>;tag=1")
+        );
+        let utf8 = message("\"J\u{f6}rg\" <sip:b@example.com>".as_bytes()).expect("parses");
+        assert!(!utf8.ascii);
+        assert_eq!(
+            utf8.header(HeaderName::From),
+            Some("\"J\u{f6}rg\" <sip:b@example.com>;tag=1")
+        );
+        // Latin-1 in a display name is no text: read as empty, as before.
+        let latin1 = message(b"\"J\xf6rg\" <sip:b@example.com>")
+            .unwrap_or_else(|e| *e.partial.expect("framed"));
+        assert!(!latin1.ascii);
+        assert_eq!(latin1.header(HeaderName::From), Some(""));
+        assert_eq!(latin1.call_id(), Some("c"));
+    }
 
     #[test]
     fn header_names() {

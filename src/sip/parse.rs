@@ -53,6 +53,7 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
         }
     }
     buf.truncate(msg.body_start as usize + body_len);
+    msg.ascii = buf.is_ascii();
     msg.buf = buf;
 
     if deferred.is_none() {
@@ -149,6 +150,7 @@ fn frame(b: &[u8]) -> Result<(Message, Deferred), ParseError> {
         headers_end: headers_end as u32,
         body_start: body_start as u32,
         remembered: None,
+        ascii: false,
     };
     if deferred.is_none() && msg.headers.is_empty() {
         deferred = Some((
