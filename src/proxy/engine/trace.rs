@@ -135,12 +135,18 @@ impl<F: Clone> Engine<F> {
         }))
     }
 
+    /// Where the server transaction of `slot` keeps its trace, live or
+    /// ended.
+    fn trace_slot(&mut self, slot: u64) -> Option<&mut Option<Box<TxTrace>>> {
+        match self.servers.get_mut(&slot) {
+            Some(tx) => Some(&mut tx.trace),
+            None => Some(&mut self.ended_servers.get_mut(&slot)?.trace),
+        }
+    }
+
     fn trace_mut(&mut self, slot: u64) -> Option<&mut TxTrace> {
         self.config.tracing.as_ref()?;
-        match self.servers.get_mut(&slot) {
-            Some(tx) => tx.trace.as_deref_mut(),
-            None => self.ended_servers.get_mut(&slot)?.trace.as_deref_mut(),
-        }
+        self.trace_slot(slot)?.as_deref_mut()
     }
 
     /// The trace id of a server transaction, for the log lines about it.
@@ -151,8 +157,7 @@ impl<F: Clone> Engine<F> {
             Some(tx) => tx.trace.as_ref(),
             None => self.ended_servers.get(&slot)?.trace.as_ref(),
         };
-        let trace_id = trace?.trace_id;
-        Some(crate::telemetry::TraceId::new(trace_id))
+        Some(crate::telemetry::TraceId::new(trace?.trace_id))
     }
 
     /// The script's `handler` was handed the request of `slot`.
@@ -351,12 +356,8 @@ impl<F: Clone> Engine<F> {
     /// Once the final response is sent and no branch is open, the trace
     /// goes out.
     fn flush_trace_if_done(&mut self, slot: u64) {
-        let trace = match self.servers.get_mut(&slot) {
-            Some(tx) => &mut tx.trace,
-            None => match self.ended_servers.get_mut(&slot) {
-                Some(ended) => &mut ended.trace,
-                None => return,
-            },
+        let Some(trace) = self.trace_slot(slot) else {
+            return;
         };
         let done = trace
             .as_ref()
