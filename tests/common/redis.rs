@@ -172,14 +172,27 @@ impl RedisServer {
         }
     }
 
-    /// Runs one command and returns its reply.
+    /// Runs one command and returns its reply. A connection dropped under
+    /// the command is tried again for up to 2 s: Sentinel kills the clients
+    /// of the replica it promotes (`CLIENT KILL TYPE normal`).
     pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut cmd = redis::cmd(args[0]);
         for arg in &args[1..] {
             cmd.arg(*arg);
         }
-        cmd.query(&mut self.connection())
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match cmd.query(&mut self.connection()) {
+                Ok(reply) => return reply,
+                Err(e)
+                    if (e.is_io_error() || e.is_connection_dropped())
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("{args:?}: {e}"),
+            }
+        }
     }
 
     /// Every AoR key, sorted.
