@@ -80,6 +80,22 @@ pub enum TimerKind {
     NoResponse,
 }
 
+impl TimerKind {
+    /// Whether it may still act on a server transaction that sent its
+    /// final response (the rest wait on a live one).
+    pub fn ends_a_server(self) -> bool {
+        matches!(
+            self,
+            TimerKind::G | TimerKind::H | TimerKind::I | TimerKind::J | TimerKind::L
+        )
+    }
+
+    /// Whether it may still act on a branch that got its final response.
+    pub fn ends_a_client(self) -> bool {
+        matches!(self, TimerKind::D | TimerKind::K | TimerKind::M)
+    }
+}
+
 /// Which transaction a timer belongs to: a server transaction by its slot, a
 /// client transaction by its id. Both are plain numbers, so a timer is cheap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,8 +154,9 @@ impl TimerQueue {
     /// Drops every timer whose owner `keep` says is gone, so that ended
     /// transactions leave nothing behind (Timer C alone would otherwise
     /// hold an entry for 180 s per INVITE branch).
-    pub fn retain(&mut self, mut keep: impl FnMut(TimerOwner) -> bool) {
-        self.heap.retain(|Reverse(entry)| keep(entry.owner));
+    pub fn retain(&mut self, mut keep: impl FnMut(TimerOwner, TimerKind) -> bool) {
+        self.heap
+            .retain(|Reverse(entry)| keep(entry.owner, entry.kind));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -40,7 +40,11 @@ impl<F: Clone> Engine<F> {
             // The tag of the final we relayed is the callee's: a
             // retransmitted CANCEL gets the same one of ours.
             (None, Some(ended)) => (
-                ended.to_tag.clone().unwrap_or_else(|| key.stateless_tag()),
+                ended
+                    .replay
+                    .as_ref()
+                    .and_then(|replay| replay.to_tag.clone())
+                    .unwrap_or_else(|| key.stateless_tag()),
                 false,
             ),
             (None, None) => return,

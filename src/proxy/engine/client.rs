@@ -128,13 +128,19 @@ impl ClientTx {
     /// Whether a response from `source` may be this branch's (§17.1.3
     /// matches on branch and method; `strict_source` adds the address).
     pub fn accepts_from(&self, source: std::net::SocketAddr) -> bool {
-        !self.strict_source || self.hop.protocol.is_reliable() || self.hop.addr == source
+        accepts_from(self.strict_source, &self.hop, source)
     }
 
     /// The INVITE has reached its end of life.
     pub fn past_lifetime(&self, now: Instant) -> bool {
         self.lifetime_end.is_some_and(|end| now >= end)
     }
+}
+
+/// Whether a response from `source` may be that of a branch sent to `hop`:
+/// with `strict_source` over UDP, only from that address.
+pub fn accepts_from(strict_source: bool, hop: &Hop, source: std::net::SocketAddr) -> bool {
+    !strict_source || hop.protocol.is_reliable() || hop.addr == source
 }
 
 /// A CANCEL we sent for a branch (a non-INVITE client transaction of its

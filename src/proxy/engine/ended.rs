@@ -41,20 +41,81 @@ pub struct EndedServer<F> {
     pub reply_to: SocketAddr,
     /// A CANCEL must come from the INVITE's host.
     pub source_ip: IpAddr,
-    /// Replayed to a retransmitted request (none after a relayed 2xx,
-    /// which the UAs retransmit themselves), and resent by Timer G while
-    /// an INVITE's non-2xx, or our own 2xx, waits for its ACK.
+    /// What it answers with again; none after a relayed 2xx (most INVITEs),
+    /// which the UAs retransmit themselves, so it is boxed.
+    pub replay: Option<Box<Replay>>,
+    pub state: ServerState,
+    pub reliable: bool,
+    /// Spans of branches still open when the final went (a fork's).
+    pub trace: Option<Box<super::trace::TxTrace>>,
+    pub mark: EndedMark,
+}
+
+/// A branch that got its final response, as it lingers: what matching a
+/// retransmitted final takes (re-sending an INVITE's ACK), and passing on
+/// a 2xx that comes later (RFC 6026 §7.2), and no more.
+pub struct EndedClient {
+    /// The server transaction it forked from.
+    pub server: u64,
+    pub loop_hash: u64,
+    pub method: SentMethod,
+    pub hop: Hop,
+    pub strict_source: bool,
+    pub state: ClientState,
+    pub invite: bool,
+    /// The ACK of an INVITE's non-2xx final, for a retransmission of it.
+    pub ack: Bytes,
+    pub candidate: Option<usize>,
+    pub abandoned: bool,
+    /// See [`ClientTx::caller_flow`]; boxed, as most callers have none.
+    pub caller_flow: Option<Box<Hop>>,
+    pub mark: EndedMark,
+}
+
+impl EndedClient {
+    fn of(client: ClientTx, server: u64, mark: EndedMark) -> Self {
+        let ack = match (client.invite, client.state) {
+            (true, ClientState::Completed) => client.request,
+            _ => Bytes::new(),
+        };
+        EndedClient {
+            server,
+            loop_hash: client.loop_hash,
+            method: client.method,
+            hop: client.hop,
+            strict_source: client.strict_source,
+            state: client.state,
+            invite: client.invite,
+            ack,
+            candidate: client.candidate,
+            abandoned: client.abandoned,
+            caller_flow: client.caller_flow.map(Box::new),
+            mark,
+        }
+    }
+}
+
+/// What an ended server transaction answers with again.
+#[derive(Default)]
+pub struct Replay {
+    /// Replayed to a retransmitted request, and resent by Timer G while an
+    /// INVITE's non-2xx, or our own 2xx, waits for its ACK.
     pub last_response: Option<Bytes>,
     /// The To tag of our own answer, for the 200 to a late CANCEL.
     pub to_tag: Option<String>,
     pub retransmit: Duration,
     /// Our own 2xx's ACK is found by this key.
     pub ack_key: Option<u64>,
-    pub state: ServerState,
-    pub reliable: bool,
-    /// Spans of branches still open when the final went (a fork's).
-    pub trace: Option<Box<super::trace::TxTrace>>,
-    pub mark: EndedMark,
+}
+
+impl<F> EndedServer<F> {
+    pub fn last_response(&self) -> Option<&Bytes> {
+        self.replay.as_ref()?.last_response.as_ref()
+    }
+
+    pub fn ack_key(&self) -> Option<u64> {
+        self.replay.as_ref()?.ack_key
+    }
 }
 
 /// The ended transactions of one engine, by when their timers end them.
@@ -63,12 +124,17 @@ pub(super) struct EndedStore {
     /// Soonest first; an entry whose transaction is gone, or whose mark
     /// changed since (an ACK moves Timer H to Timer I), is skipped.
     by_deadline: BinaryHeap<Reverse<(Instant, EndedOwner)>>,
+    /// Branches ended but still whole in the live table, until the tick
+    /// moves them to the compact one.
     clients: usize,
+    /// Their tokens.
+    fresh_clients: Vec<u64>,
     bytes: usize,
 }
 
-/// What an ended transaction's map entries cost beyond its struct: the
-/// key, the hash and the slot, with the map's spare room.
+/// What an ended transaction's map entries cost beyond its (boxed) struct:
+/// the key, the hash, the slot and the pointer, with the map's spare room,
+/// and the allocator's header.
 const MAP_ENTRY_BYTES: usize = 64;
 
 impl EndedStore {
@@ -78,12 +144,25 @@ impl EndedStore {
     }
 }
 
+/// What an ended branch is charged.
+fn client_charge(ended: &EndedClient) -> usize {
+    std::mem::size_of::<EndedClient>()
+        + MAP_ENTRY_BYTES
+        + ended.ack.len()
+        + ended
+            .caller_flow
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<Hop>())
+}
+
 /// What an ended server transaction is charged.
 fn server_charge<F>(ended: &EndedServer<F>) -> usize {
-    std::mem::size_of::<EndedServer<F>>()
-        + 2 * MAP_ENTRY_BYTES
-        + ended.last_response.as_ref().map_or(0, Bytes::len)
-        + ended.to_tag.as_ref().map_or(0, String::capacity)
+    let replay = ended.replay.as_deref().map_or(0, |replay| {
+        std::mem::size_of::<Replay>()
+            + replay.last_response.as_ref().map_or(0, Bytes::len)
+            + replay.to_tag.as_ref().map_or(0, String::capacity)
+    });
+    std::mem::size_of::<EndedServer<F>>() + 2 * MAP_ENTRY_BYTES + replay
 }
 
 impl<F: Clone> Engine<F> {
@@ -98,10 +177,15 @@ impl<F: Clone> Engine<F> {
             flow: tx.flow,
             reply_to: tx.reply_to,
             source_ip: tx.source.ip(),
-            last_response: tx.last_response,
-            to_tag: tx.to_tag,
-            retransmit: tx.retransmit,
-            ack_key: tx.ack_key,
+            replay: (tx.last_response.is_some() || tx.to_tag.is_some() || tx.ack_key.is_some())
+                .then(|| {
+                    Box::new(Replay {
+                        last_response: tx.last_response,
+                        to_tag: tx.to_tag,
+                        retransmit: tx.retransmit,
+                        ack_key: tx.ack_key,
+                    })
+                }),
             state: tx.state,
             reliable: tx.protocol.is_reliable(),
             trace: tx.trace,
@@ -109,7 +193,7 @@ impl<F: Clone> Engine<F> {
         };
         ended.mark.bytes = server_charge(&ended);
         self.ended.bytes += ended.mark.bytes;
-        self.ended_servers.insert(slot, ended);
+        self.ended_servers.insert(slot, Box::new(ended));
         let entry = Reverse((until, EndedOwner::Server(slot)));
         self.ended.by_deadline.push(entry);
     }
@@ -136,7 +220,7 @@ impl<F: Clone> Engine<F> {
             return false;
         };
         self.server_index.remove(&ended.key);
-        if let Some(key) = ended.ack_key {
+        if let Some(key) = ended.ack_key() {
             self.awaiting_ack.remove(&key);
         }
         self.ended.bytes -= ended.mark.bytes;
@@ -155,7 +239,10 @@ impl<F: Clone> Engine<F> {
             + client.udp_fallback.as_ref().map_or(0, Bytes::len);
         match client.ended.replace(EndedMark { bytes, until }) {
             Some(old) => self.ended.bytes -= old.bytes,
-            None => self.ended.clients += 1,
+            None => {
+                self.ended.clients += 1;
+                self.ended.fresh_clients.push(token);
+            }
         }
         self.ended.bytes += bytes;
         let entry = Reverse((until, EndedOwner::Client(token)));
@@ -172,12 +259,59 @@ impl<F: Clone> Engine<F> {
         Some(client)
     }
 
+    /// An ended branch changed: a 2xx after its non-2xx final made it
+    /// Accepted, until Timer M.
+    pub(super) fn recharge_client(&mut self, token: u64, until: Instant) {
+        let Some(ended) = self.ended_clients.get_mut(&token) else {
+            return;
+        };
+        let bytes = client_charge(ended);
+        self.ended.bytes = self.ended.bytes - ended.mark.bytes + bytes;
+        ended.mark = EndedMark { bytes, until };
+        let entry = Reverse((until, EndedOwner::Client(token)));
+        self.ended.by_deadline.push(entry);
+    }
+
+    /// Removes the compact ended branch of `token`, if there is one.
+    pub(super) fn remove_ended_client(&mut self, token: u64) {
+        if let Some(ended) = self.ended_clients.remove(&token) {
+            self.ended.bytes -= ended.mark.bytes;
+        }
+    }
+
+    /// The branches that ended since the last tick leave the live table
+    /// for the compact one. Never from inside a branch's own handling,
+    /// which goes on with the whole branch after marking it ended.
+    fn compact_ended_clients(&mut self) {
+        for token in std::mem::take(&mut self.ended.fresh_clients) {
+            let compact = self.clients.get(&token).is_some_and(|client| {
+                client.ended.is_some()
+                    && matches!(client.owner, Owner::Server(_))
+                    && matches!(client.state, ClientState::Completed | ClientState::Accepted)
+            });
+            if !compact {
+                continue;
+            }
+            let Some(client) = self.remove_client(token) else {
+                continue;
+            };
+            let (Owner::Server(server), Some(mark)) = (client.owner, client.ended) else {
+                continue;
+            };
+            let mut ended = EndedClient::of(client, server, mark);
+            ended.mark.bytes = client_charge(&ended);
+            self.ended.bytes += ended.mark.bytes;
+            self.ended_clients.insert(token, Box::new(ended));
+        }
+    }
+
     /// Past the memory bound, the ended transactions whose timers end
     /// soonest go now; stale entries are swept once they outnumber the
     /// held ones. Run with the timers, never from inside a transaction's
     /// own handling (which may still use the one evicted): the bound may
     /// be passed by what arrives between two ticks.
     pub(super) fn evict_ended(&mut self, now: Instant) {
+        self.compact_ended_clients();
         while self.ended.bytes > self.config.ended_bytes {
             let Some(Reverse((until, owner))) = self.ended.by_deadline.pop() else {
                 break;
@@ -192,15 +326,20 @@ impl<F: Clone> Engine<F> {
                 }
                 EndedOwner::Client(token) => {
                     self.remove_client(token);
+                    self.remove_ended_client(token);
                 }
             }
         }
         if self.ended.by_deadline.len() > 2 * self.ended() + 1024 {
             let (servers, clients) = (&self.ended_servers, &self.clients);
+            let ended_clients = &self.ended_clients;
             self.ended.by_deadline.retain(|Reverse((until, owner))| {
                 let mark = match owner {
                     EndedOwner::Server(slot) => servers.get(slot).map(|ended| ended.mark),
-                    EndedOwner::Client(token) => clients.get(token).and_then(|c| c.ended),
+                    EndedOwner::Client(token) => match ended_clients.get(token) {
+                        Some(ended) => Some(ended.mark),
+                        None => clients.get(token).and_then(|c| c.ended),
+                    },
                 };
                 mark.is_some_and(|mark| mark.until == *until)
             });
@@ -210,13 +349,22 @@ impl<F: Clone> Engine<F> {
     fn ended_mark(&self, owner: EndedOwner) -> Option<EndedMark> {
         match owner {
             EndedOwner::Server(slot) => Some(self.ended_servers.get(&slot)?.mark),
-            EndedOwner::Client(token) => self.clients.get(&token)?.ended,
+            EndedOwner::Client(token) => match self.ended_clients.get(&token) {
+                Some(ended) => Some(ended.mark),
+                None => self.clients.get(&token)?.ended,
+            },
         }
     }
 
     /// Transactions that have ended and linger for their timers.
     pub fn ended(&self) -> usize {
-        self.ended_servers.len() + self.ended.clients()
+        self.ended_servers.len() + self.ended.clients() + self.ended_clients.len()
+    }
+
+    /// Branches in the compact table (for tests).
+    #[cfg(test)]
+    pub fn ended_branches(&self) -> usize {
+        self.ended_clients.len()
     }
 
     /// What those are charged, in bytes.

@@ -45,7 +45,7 @@ use bytes::Bytes;
 use self::branch::{
     parse_client_branch, push_client_branch, push_stateless_branch, BranchTokens, CLIENT_BRANCH_LEN,
 };
-use self::client::{CancelTx, ClientState, ClientTx, Owner, SentMethod};
+use self::client::{accepts_from, CancelTx, ClientState, ClientTx, Owner, SentMethod};
 use self::context::{upstream_copy, Best, Candidate, ResponseContext};
 use self::server::{Failover, FailureHook, ServerKey, ServerState, ServerTx};
 use crate::proxy::capacity::{ActiveCalls, CallSlot, Collected, NotCounted, Refusal};
@@ -142,11 +142,11 @@ pub struct Reconfigure {
 /// The Retry-After of a 503 sent because the transaction table is full.
 const FULL_RETRY_AFTER: &str = "5";
 
-/// The timer queue is swept of ended transactions' timers once it holds
-/// this many entries and more than [`TIMERS_PER_TRANSACTION`] per live
-/// transaction (live ones hold at most four), so sweeps stay rare.
+/// The timer queue is swept of the timers nothing will act on (those of
+/// gone transactions, and an ended one's Timers B, C and F) once it holds
+/// this many entries and twice what the last sweep kept: a sweep costs a
+/// pass over the queue, and the doubling makes it a constant per timer.
 const TIMER_SWEEP_FLOOR: usize = 4096;
-const TIMERS_PER_TRANSACTION: usize = 8;
 
 /// Something for the caller to carry out.
 #[derive(Debug)]
@@ -329,7 +329,14 @@ pub struct Engine<F> {
     untracked_calls: u64,
     /// Server transactions that sent their final response and linger for
     /// their timers, compact (see [`ended`]).
-    ended_servers: FastMap<u64, ended::EndedServer<F>>,
+    /// Boxed, like `ended_clients`: a table sized for the peak holds
+    /// pointers, not entries, in its spare room.
+    ended_servers: FastMap<u64, Box<ended::EndedServer<F>>>,
+    /// Branches that got their final response and linger for their
+    /// timers, compact; moved there at the tick after they ended.
+    ended_clients: FastMap<u64, Box<ended::EndedClient>>,
+    /// Timer entries the last sweep kept.
+    timers_kept: usize,
     /// What ended transactions are charged, by deadline.
     ended: ended::EndedStore,
 }
@@ -378,6 +385,8 @@ impl<F: Clone> Engine<F> {
             ),
             untracked_calls: 0,
             ended_servers: FastMap::default(),
+            ended_clients: FastMap::default(),
+            timers_kept: 0,
             ended: ended::EndedStore::default(),
             config,
             servers: FastMap::default(),
@@ -521,7 +530,7 @@ impl<F: Clone> Engine<F> {
     fn fresh_token(&mut self) -> u64 {
         loop {
             let token = self.tokens.next_token();
-            if !self.clients.contains_key(&token) {
+            if !self.clients.contains_key(&token) && !self.ended_clients.contains_key(&token) {
                 return token;
             }
         }

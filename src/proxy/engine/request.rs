@@ -252,8 +252,7 @@ impl<F: Clone> Engine<F> {
                 .as_ref()
                 .map(|r| (&tx.flow, tx.reply_to, r)),
             (None, Some(ended)) if ended.state != ServerState::Accepted => ended
-                .last_response
-                .as_ref()
+                .last_response()
                 .map(|r| (&ended.flow, ended.reply_to, r)),
             _ => None,
         };

@@ -50,9 +50,57 @@ impl<F: Clone> Engine<F> {
                 }
                 self.on_client_response(now, token, msg);
             }
-            // RFC 6026 §8.5: a response that matches no client transaction
-            // is not forwarded (late 2xx ride on the Accepted state).
-            None => tracing::debug!("response for no transaction; dropped"),
+            None => match self.ended_clients.get(&token) {
+                Some(ended)
+                    if ended.loop_hash == loop_hash
+                        && ended.method.matches(method)
+                        && accepts_from(ended.strict_source, &ended.hop, source) =>
+                {
+                    self.on_ended_client_response(now, token, &msg)
+                }
+                Some(_) => tracing::debug!(
+                    %source,
+                    "response does not match the request we sent; dropped"
+                ),
+                // RFC 6026 §8.5: a response that matches no client
+                // transaction is not forwarded (late 2xx ride on the
+                // Accepted state).
+                None => tracing::debug!("response for no transaction; dropped"),
+            },
+        }
+    }
+
+    /// A final response again for a branch that got its final: an INVITE's
+    /// 2xx goes upstream (RFC 6026 §7.2; after a non-2xx one, the branch is
+    /// Accepted from now on), an INVITE's non-2xx gets its ACK again, the
+    /// rest is absorbed.
+    fn on_ended_client_response(&mut self, now: Instant, token: u64, msg: &Message) {
+        let code = msg.status().unwrap_or(0);
+        let timeout = self.settings().timeout();
+        let Some(ended) = self.ended_clients.get_mut(&token) else {
+            return;
+        };
+        let (slot, candidate, abandoned) = (ended.server, ended.candidate, ended.abandoned);
+        if code < 200 || !ended.invite {
+            return;
+        }
+        if (200..300).contains(&code) {
+            let first = ended.state != ClientState::Accepted;
+            ended.state = ClientState::Accepted;
+            ended.ack = Bytes::new();
+            let caller_flow = ended.caller_flow.as_deref().cloned();
+            if first {
+                let owner = TimerOwner::Client(token);
+                self.timers.arm(now, timeout, owner, TimerKind::M);
+                self.recharge_client(token, now + timeout);
+            }
+            if let Some(index) = candidate {
+                self.gateway_answered(slot, index, code, abandoned);
+            }
+            self.forward_2xx(slot, msg, caller_flow, now);
+        } else if ended.state == ClientState::Completed {
+            let (hop, ack) = (ended.hop.clone(), ended.ack.clone());
+            self.send(hop, ack);
         }
     }
 
@@ -457,9 +505,10 @@ impl<F: Clone> Engine<F> {
         if let Some(key) = ack {
             let t1 = self.settings().t1;
             if let Some(tx) = self.ended_servers.get_mut(&slot) {
-                tx.ack_key = Some(key);
-                tx.last_response = Some(bytes);
-                tx.retransmit = t1;
+                let replay = tx.replay.get_or_insert_with(Default::default);
+                replay.ack_key = Some(key);
+                replay.last_response = Some(bytes);
+                replay.retransmit = t1;
                 if !tx.reliable {
                     self.timers
                         .arm(now, t1, TimerOwner::Server(slot), TimerKind::G);
@@ -569,8 +618,10 @@ impl<F: Clone> Engine<F> {
             return false;
         };
         if let Some(tx) = self.ended_servers.get_mut(&slot) {
-            tx.ack_key = None;
-            tx.last_response = None;
+            if let Some(replay) = tx.replay.as_deref_mut() {
+                replay.ack_key = None;
+                replay.last_response = None;
+            }
             let until = tx.mark.until;
             self.recharge_server(slot, until);
         }

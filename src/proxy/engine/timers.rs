@@ -21,23 +21,28 @@ impl<F: Clone> Engine<F> {
                 TimerOwner::Cancel(token) => self.cancel_timer(token, kind, now),
             }
         }
-        // A transaction has a few timers live at once; many more entries
-        // than that are ended transactions' (Timer C above all).
-        let held = self.active() + self.ended();
-        if self.timers.len() >= TIMER_SWEEP_FLOOR.max(TIMERS_PER_TRANSACTION * held) {
-            let (servers, ended, clients, cancels) = (
+        // Entries of gone transactions, and an ended branch's Timer B, C
+        // (180 s) or F, are swept once they could be half the queue.
+        if self.timers.len() >= TIMER_SWEEP_FLOOR.max(2 * self.timers_kept) {
+            let (servers, ended, clients, ended_clients, cancels) = (
                 &self.servers,
                 &self.ended_servers,
                 &self.clients,
+                &self.ended_clients,
                 &self.cancels,
             );
-            self.timers.retain(|owner| match owner {
+            self.timers.retain(|owner, kind| match owner {
                 TimerOwner::Server(slot) => {
-                    servers.contains_key(&slot) || ended.contains_key(&slot)
+                    servers.contains_key(&slot)
+                        || (ended.contains_key(&slot) && kind.ends_a_server())
                 }
-                TimerOwner::Client(token) => clients.contains_key(&token),
+                TimerOwner::Client(token) => {
+                    clients.contains_key(&token)
+                        || (ended_clients.contains_key(&token) && kind.ends_a_client())
+                }
                 TimerOwner::Cancel(token) => cancels.contains_key(&token),
             });
+            self.timers_kept = self.timers.len();
         }
     }
 
@@ -73,16 +78,23 @@ impl<F: Clone> Engine<F> {
         let awaits_ack = match tx.state {
             ServerState::Completed => true,
             // Our own 2xx, until its ACK or Timer L.
-            ServerState::Accepted => tx.ack_key.is_some(),
+            ServerState::Accepted => tx.ack_key().is_some(),
             _ => false,
         };
         match kind {
             TimerKind::G if awaits_ack => {
-                tx.retransmit = settings.backoff(tx.retransmit, true);
-                self.timers
-                    .arm(now, tx.retransmit, TimerOwner::Server(slot), TimerKind::G);
-                if let Some(response) = tx.last_response.clone() {
-                    let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+                let (flow, dest) = (tx.flow.clone(), tx.reply_to);
+                let Some(replay) = tx.replay.as_deref_mut() else {
+                    return;
+                };
+                replay.retransmit = settings.backoff(replay.retransmit, true);
+                self.timers.arm(
+                    now,
+                    replay.retransmit,
+                    TimerOwner::Server(slot),
+                    TimerKind::G,
+                );
+                if let Some(response) = replay.last_response.clone() {
                     self.reply(&flow, dest, response, None);
                 }
             }
@@ -100,6 +112,7 @@ impl<F: Clone> Engine<F> {
     fn client_timer(&mut self, token: u64, kind: TimerKind, now: Instant) {
         let settings = self.settings();
         let Some(client) = self.clients.get_mut(&token) else {
+            self.ended_client_timer(token, kind);
             return;
         };
         let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
@@ -178,6 +191,21 @@ impl<F: Clone> Engine<F> {
             TimerKind::D if client.state == ClientState::Accepted => {}
             TimerKind::D | TimerKind::K | TimerKind::M => {
                 self.remove_client(token);
+            }
+            _ => {}
+        }
+    }
+
+    /// The timers of a branch that got its final response: D, K or M end
+    /// it (D not once a 2xx made it Accepted: Timer M does).
+    fn ended_client_timer(&mut self, token: u64, kind: TimerKind) {
+        let Some(ended) = self.ended_clients.get(&token) else {
+            return;
+        };
+        match kind {
+            TimerKind::D if ended.state == ClientState::Accepted => {}
+            TimerKind::D | TimerKind::K | TimerKind::M => {
+                self.remove_ended_client(token);
             }
             _ => {}
         }

@@ -128,3 +128,86 @@ fn the_bound_holds_and_only_live_transactions_count_against_max_transactions() {
         "the table of live ones is full"
     );
 }
+
+/// A call relayed to backend 1, which answers `code`; what it sent, and
+/// the branch moved to the compact table by the tick after.
+fn relayed_and_answered(h: &mut Harness, call_id: &str, code: u16) -> Message {
+    h.relay(invite(call_id), Some("sip:bob@backend1.example"));
+    let sent = h.sent_to_after_relay();
+    h.respond(answer(&sent, code, &[]), BACKEND1);
+    h.advance(Duration::from_millis(10));
+    sent
+}
+
+#[test]
+fn an_ended_branch_acks_a_retransmitted_final_and_passes_a_late_2xx_on() {
+    let mut h = Harness::new();
+    let sent = relayed_and_answered(&mut h, "branch-486", 486);
+    assert_eq!(h.engine.ended_branches(), 1, "compact after the tick");
+    let acks = h.sent_to(BACKEND1);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method_str(), "ACK");
+    assert_eq!(h.distinct_reply_codes(), [100, 486]);
+    // The final again: the same ACK again, nothing upstream.
+    h.respond(answer(&sent, 486, &[]), BACKEND1);
+    let again = h.sent_to(BACKEND1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].as_bytes(), acks[0].as_bytes());
+    assert!(h.replies().is_empty(), "a retransmission is absorbed");
+    // A 2xx after it (RFC 6026 §7.2) still reaches the caller, and Timer M
+    // (64·T1), not Timer D, ends the branch.
+    h.respond(answer(&sent, 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [200]);
+    h.advance(Duration::from_secs(31));
+    h.take();
+    h.respond(answer(&sent, 200, &[]), BACKEND1);
+    assert_eq!(h.reply_codes(), [200], "Accepted until Timer M");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.engine.ended_branches(), 0);
+    h.advance(Duration::from_secs(40));
+    assert_eq!((h.engine.ended(), h.engine.ended_bytes()), (0, 0));
+}
+
+#[test]
+fn a_response_from_elsewhere_does_not_match_an_ended_branch_of_a_strict_group() {
+    let mut h = Harness::new();
+    let sent = relayed_and_answered(&mut h, "branch-strict", 486);
+    h.take();
+    h.engine
+        .ended_clients
+        .values_mut()
+        .for_each(|ended| ended.strict_source = true);
+    h.respond(answer(&sent, 486, &[]), BACKEND2);
+    assert!(h.sent_to(BACKEND1).is_empty(), "no ACK for a stranger");
+    h.respond(answer(&sent, 486, &[]), BACKEND1);
+    assert_eq!(h.sent_to(BACKEND1).len(), 1);
+}
+
+#[test]
+fn the_timers_an_ended_branch_no_longer_needs_are_swept() {
+    const CALLS: usize = 5_000;
+    let mut h = Harness::new();
+    for n in 0..CALLS {
+        h.relay(
+            invite(&format!("swept-{n}")),
+            Some("sip:bob@backend1.example"),
+        );
+        let sent = h.sent_to_after_relay();
+        h.respond(answer(&sent, 200, &[]), BACKEND1);
+        h.take();
+    }
+    h.advance(Duration::from_secs(1));
+    h.take();
+    assert_eq!(
+        h.engine.ended(),
+        2 * CALLS,
+        "each call's INVITE, both sides"
+    );
+    // Left: Timer L of each server transaction, Timer M of each branch;
+    // not Timers B and C (180 s) of the branches.
+    assert!(
+        h.engine.timer_entries() <= 2 * CALLS,
+        "{} timer entries for {CALLS} calls",
+        h.engine.timer_entries()
+    );
+}
