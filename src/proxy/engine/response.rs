@@ -129,7 +129,11 @@ impl<F: Clone> Engine<F> {
         };
         let candidate = client.candidate;
         let abandoned = client.abandoned;
-        if let Some(index) = candidate {
+        // A branch that had its final counts again only for a 2xx (a
+        // reordered 1xx after a 503 must not stop the failover); the same
+        // as once it is in the compact table.
+        let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
+        if let Some(index) = candidate.filter(|_| live || (200..300).contains(&code)) {
             self.gateway_answered(slot, index, code, abandoned);
         }
         let Some(client) = self.clients.get_mut(&token) else {
