@@ -162,6 +162,12 @@ impl TimerQueue {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+
+    /// The kinds of the entries held (for tests).
+    #[cfg(test)]
+    pub fn kinds(&self) -> Vec<TimerKind> {
+        self.heap.iter().map(|Reverse(entry)| entry.kind).collect()
+    }
 }
 
 #[cfg(test)]

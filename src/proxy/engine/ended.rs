@@ -312,6 +312,15 @@ impl<F: Clone> Engine<F> {
     /// be passed by what arrives between two ticks.
     pub(super) fn evict_ended(&mut self, now: Instant) {
         self.compact_ended_clients();
+        // Entries whose time has come: their transactions' own timers end
+        // them in this tick (or they are stale), so they go here, and the
+        // heap holds about one entry per ended transaction.
+        while let Some(Reverse((until, _))) = self.ended.by_deadline.peek() {
+            if *until > now {
+                break;
+            }
+            self.ended.by_deadline.pop();
+        }
         while self.ended.bytes > self.config.ended_bytes {
             let Some(Reverse((until, owner))) = self.ended.by_deadline.pop() else {
                 break;

@@ -547,8 +547,12 @@ impl<F: Clone> Engine<F> {
         }
         let kind = if invite { TimerKind::B } else { TimerKind::F };
         self.timers.arm(now, settings.timeout(), owner, kind);
-        if invite && matches!(client.owner, Owner::Server(_)) {
-            let wait = client.timer_c_due.saturating_duration_since(now);
+        // Timer C (185 s) due after Timer B is armed when B fires on a
+        // branch still Proceeding: nearly every branch has its final long
+        // before, and an entry minutes ahead would outlive its branch in
+        // the queue.
+        let wait = client.timer_c_due.saturating_duration_since(now);
+        if invite && matches!(client.owner, Owner::Server(_)) && wait <= settings.timeout() {
             self.timers.arm(now, wait, owner, TimerKind::C);
         }
         self.clients.insert(token, client);

@@ -51,6 +51,12 @@ impl<F: Clone> Engine<F> {
         self.timers.len()
     }
 
+    /// The kinds of those entries (for tests).
+    #[cfg(test)]
+    pub fn timer_kinds(&self) -> Vec<TimerKind> {
+        self.timers.kinds()
+    }
+
     fn server_timer(&mut self, slot: u64, kind: TimerKind, now: Instant) {
         let Some(tx) = self.servers.get_mut(&slot) else {
             self.ended_server_timer(slot, kind, now);
@@ -116,6 +122,15 @@ impl<F: Clone> Engine<F> {
             return;
         };
         let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
+        if kind == TimerKind::B
+            && client.state == ClientState::Proceeding
+            && matches!(client.owner, Owner::Server(_))
+        {
+            // Timer C from here on (see `add_client`).
+            let wait = client.timer_c_due.saturating_duration_since(now);
+            self.timers
+                .arm(now, wait, TimerOwner::Client(token), TimerKind::C);
+        }
         match kind {
             // A branch given up for another goes on until it answers
             // provisionally (and is CANCELed) or Timer B: its 1xx may have

@@ -199,3 +199,23 @@ fn tcp_responses_name_the_sent_by_port_to_reconnect_to() {
         .collect();
     assert_eq!(dests, [addr("198.51.100.10:5070")]);
 }
+
+#[test]
+fn timer_c_waits_in_the_queue_only_for_a_branch_still_proceeding_at_timer_b() {
+    let mut h = Harness::new();
+    let run = h.relay(invite("no-timer-c"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 200, &[]), BACKEND1);
+    drop(run);
+    assert!(
+        !h.engine.timer_kinds().contains(&TimerKind::C),
+        "an answered branch leaves no Timer C minutes ahead"
+    );
+    // A branch still ringing at Timer B gets its Timer C then, due 185 s
+    // after its 180 as ever (a_180_resets_timer_c).
+    h.relay(invite("ringing"), Some("sip:backend1.example"));
+    let sent = h.sent_to(BACKEND1);
+    h.respond(answer(&sent[0], 180, &[]), BACKEND1);
+    h.advance(Duration::from_secs(33));
+    assert!(h.engine.timer_kinds().contains(&TimerKind::C));
+}
