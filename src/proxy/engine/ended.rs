@@ -312,15 +312,6 @@ impl<F: Clone> Engine<F> {
     /// be passed by what arrives between two ticks.
     pub(super) fn evict_ended(&mut self, now: Instant) {
         self.compact_ended_clients();
-        // Entries whose time has come: their transactions' own timers end
-        // them in this tick (or they are stale), so they go here, and the
-        // heap holds about one entry per ended transaction.
-        while let Some(Reverse((until, _))) = self.ended.by_deadline.peek() {
-            if *until > now {
-                break;
-            }
-            self.ended.by_deadline.pop();
-        }
         while self.ended.bytes > self.config.ended_bytes {
             let Some(Reverse((until, owner))) = self.ended.by_deadline.pop() else {
                 break;
@@ -338,6 +329,16 @@ impl<F: Clone> Engine<F> {
                     self.remove_ended_client(token);
                 }
             }
+        }
+        // Entries whose time has come, once the bound is kept (they count
+        // until then): their transactions' own timers end them in this
+        // tick, or they are stale; so the heap holds about one entry per
+        // ended transaction.
+        while let Some(Reverse((until, _))) = self.ended.by_deadline.peek() {
+            if *until > now {
+                break;
+            }
+            self.ended.by_deadline.pop();
         }
         if self.ended.by_deadline.len() > 2 * self.ended() + 1024 {
             let (servers, clients) = (&self.ended_servers, &self.clients);

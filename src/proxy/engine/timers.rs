@@ -124,9 +124,10 @@ impl<F: Clone> Engine<F> {
         let live = matches!(client.state, ClientState::Trying | ClientState::Proceeding);
         if kind == TimerKind::B
             && client.state == ClientState::Proceeding
+            && !client.cancel_sent
             && matches!(client.owner, Owner::Server(_))
         {
-            // Timer C from here on (see `add_client`).
+            // Timer C from here on (see `add_client`; a CANCEL armed its own).
             let wait = client.timer_c_due.saturating_duration_since(now);
             self.timers
                 .arm(now, wait, TimerOwner::Client(token), TimerKind::C);
