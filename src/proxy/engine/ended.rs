@@ -284,18 +284,16 @@ impl<F: Clone> Engine<F> {
     /// which goes on with the whole branch after marking it ended.
     fn compact_ended_clients(&mut self) {
         for token in std::mem::take(&mut self.ended.fresh_clients) {
-            let compact = self.clients.get(&token).is_some_and(|client| {
-                client.ended.is_some()
-                    && matches!(client.owner, Owner::Server(_))
-                    && matches!(client.state, ClientState::Completed | ClientState::Accepted)
-            });
-            if !compact {
-                continue;
-            }
-            let Some(client) = self.remove_client(token) else {
+            let Some(client) = self.clients.get(&token) else {
                 continue;
             };
             let (Owner::Server(server), Some(mark)) = (client.owner, client.ended) else {
+                continue;
+            };
+            if !matches!(client.state, ClientState::Completed | ClientState::Accepted) {
+                continue;
+            }
+            let Some(client) = self.remove_client(token) else {
                 continue;
             };
             let mut ended = EndedClient::of(client, server, mark);
@@ -341,29 +339,18 @@ impl<F: Clone> Engine<F> {
             self.ended.by_deadline.pop();
         }
         if self.ended.by_deadline.len() > 2 * self.ended() + 1024 {
-            let (servers, clients) = (&self.ended_servers, &self.clients);
-            let ended_clients = &self.ended_clients;
+            let tables = (&self.ended_servers, &self.clients, &self.ended_clients);
             self.ended.by_deadline.retain(|Reverse((until, owner))| {
-                let mark = match owner {
-                    EndedOwner::Server(slot) => servers.get(slot).map(|ended| ended.mark),
-                    EndedOwner::Client(token) => match ended_clients.get(token) {
-                        Some(ended) => Some(ended.mark),
-                        None => clients.get(token).and_then(|c| c.ended),
-                    },
-                };
-                mark.is_some_and(|mark| mark.until == *until)
+                mark_of(tables, *owner).is_some_and(|mark| mark.until == *until)
             });
         }
     }
 
     fn ended_mark(&self, owner: EndedOwner) -> Option<EndedMark> {
-        match owner {
-            EndedOwner::Server(slot) => Some(self.ended_servers.get(&slot)?.mark),
-            EndedOwner::Client(token) => match self.ended_clients.get(&token) {
-                Some(ended) => Some(ended.mark),
-                None => self.clients.get(&token)?.ended,
-            },
-        }
+        mark_of(
+            (&self.ended_servers, &self.clients, &self.ended_clients),
+            owner,
+        )
     }
 
     /// Transactions that have ended and linger for their timers.
@@ -380,5 +367,27 @@ impl<F: Clone> Engine<F> {
     /// What those are charged, in bytes.
     pub fn ended_bytes(&self) -> usize {
         self.ended.bytes
+    }
+}
+
+/// Where ended transactions linger: the compact servers, the live
+/// branches (until the tick after they ended), the compact branches.
+type EndedTables<'a, F> = (
+    &'a FastMap<u64, Box<EndedServer<F>>>,
+    &'a FastMap<u64, ClientTx>,
+    &'a FastMap<u64, Box<EndedClient>>,
+);
+
+/// The mark of an ended transaction, wherever it lingers.
+fn mark_of<F>(
+    (servers, clients, ended_clients): EndedTables<'_, F>,
+    owner: EndedOwner,
+) -> Option<EndedMark> {
+    match owner {
+        EndedOwner::Server(slot) => Some(servers.get(&slot)?.mark),
+        EndedOwner::Client(token) => match ended_clients.get(&token) {
+            Some(ended) => Some(ended.mark),
+            None => clients.get(&token)?.ended,
+        },
     }
 }
